@@ -1,0 +1,179 @@
+"""Future and the waiting primitives, with no transport in sight.
+
+A Future belongs to the runtime of the process that submitted it.  Blocking calls go through
+``runtime.wait_until``: a task greenlet on a worker switches away (so the worker runs other
+work meanwhile, which is why nested futures never deadlock) while the origin pumps its socket.
+"""
+from __future__ import annotations
+
+import time
+
+from .errors import CancelledError, TimeoutError
+
+PENDING, RUNNING, FINISHED, CANCELLED = 0, 1, 2, 3
+_STATE_NAMES = ("pending", "running", "finished", "cancelled")
+
+FIRST_COMPLETED = "FIRST_COMPLETED"
+FIRST_EXCEPTION = "FIRST_EXCEPTION"
+ALL_COMPLETED = "ALL_COMPLETED"
+ALWAYS = "ALWAYS"  # SCOOP 0.7's name for "return at once"
+
+
+class Future:
+    """PEP 3148 future for a task running somewhere in the cluster."""
+
+    __slots__ = ("id", "_state", "_result", "_exception", "_callbacks", "_waiters", "_rt",
+                 "_name", "group", "__weakref__")
+
+    def __init__(self, rt, task_id: int, name: str, group: int = 0):
+        self.id = task_id
+        self._rt = rt
+        self._name = name
+        self.group = group
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._callbacks = None
+        self._waiters = None
+
+    def __repr__(self):
+        state = _STATE_NAMES[self._state]
+        if self._state == FINISHED:
+            state += " raised " + type(self._exception).__name__ if self._exception else " returned"
+        return f"<Future {self._name} #{self.id:x} {state}>"
+
+    # ---- queries -----------------------------------------------------------------------
+    def done(self) -> bool:
+        if self._state < FINISHED:
+            self._rt.poll()
+        return self._state >= FINISHED
+
+    def cancelled(self) -> bool:
+        return self._state == CANCELLED
+
+    def running(self) -> bool:
+        """True once the task has left its submitter and could not be cancelled."""
+        return self._state == RUNNING
+
+    def cancel(self) -> bool:
+        """Cancels the task if it is still queued at the broker (a round trip); never a
+        task that a worker has started."""
+        if self._state == CANCELLED:
+            return True
+        if self._state == FINISHED:
+            return False
+        return self._rt.cancel(self)
+
+    def result(self, timeout=None):
+        if self._state < FINISHED:
+            self._wait(timeout)
+        if self._state == CANCELLED:
+            raise CancelledError(f"task {self._name} was cancelled")
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+    def exception(self, timeout=None):
+        if self._state < FINISHED:
+            self._wait(timeout)
+        if self._state == CANCELLED:
+            raise CancelledError(f"task {self._name} was cancelled")
+        return self._exception
+
+    def add_done_callback(self, fn) -> None:
+        """Runs ``fn(future)`` when the future completes, at once if it already has."""
+        if self._state >= FINISHED:
+            _call(fn, self)
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(fn)
+
+    def _wait(self, timeout):
+        if not self._rt.wait_until(lambda: self._state >= FINISHED, timeout, (self,)):
+            raise TimeoutError(f"task {self._name} did not complete within {timeout} s")
+
+    # ---- completion (runtime side) -----------------------------------------------------------
+    def _finish(self, state, result=None, exception=None) -> bool:
+        if self._state >= FINISHED:
+            return False  # exactly once: a late duplicate is ignored
+        self._state = state
+        self._result = result
+        self._exception = exception
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            for w in waiters:
+                w.notify()
+        cbs, self._callbacks = self._callbacks, None
+        if cbs:
+            for fn in cbs:
+                _call(fn, self)
+        return True
+
+
+def _call(fn, fut):
+    try:
+        fn(fut)
+    except Exception:
+        from . import logger
+        logger.exception("exception in done callback %r of %r", fn, fut)
+
+
+def _deadline(timeout):
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline):
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def wait(fs, timeout=None, return_when=ALL_COMPLETED):
+    """Waits for futures; returns ``(done, not_done)`` sets, as concurrent.futures does."""
+    fs = set(fs)
+    if not fs:
+        return set(), set()
+    rt = next(iter(fs))._rt
+
+    def split():
+        done = {f for f in fs if f._state >= FINISHED}
+        return done, fs - done
+
+    def satisfied():
+        done, not_done = split()
+        if not not_done or return_when == ALWAYS:
+            return True
+        if return_when == FIRST_COMPLETED:
+            return bool(done)
+        if return_when == FIRST_EXCEPTION:
+            return any(f._exception is not None or f._state == CANCELLED for f in done)
+        return False
+
+    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, ALWAYS):
+        raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, not {return_when!r}")
+    rt.poll()
+    if not satisfied():
+        rt.wait_until(satisfied, timeout, fs)
+    return split()
+
+
+def as_completed(fs, timeout=None):
+    """Yields futures as they complete; raises TimeoutError if some are still pending at the
+    deadline (counted from the call, as in concurrent.futures)."""
+    deadline = _deadline(timeout)
+    pending = list(dict.fromkeys(fs))
+    if not pending:
+        return
+    rt = pending[0]._rt
+    rt.poll()
+    while pending:
+        ready = [f for f in pending if f._state >= FINISHED]
+        if not ready:
+            rt.wait_until(lambda: any(f._state >= FINISHED for f in pending),
+                          _remaining(deadline), pending)
+            ready = [f for f in pending if f._state >= FINISHED]
+            if not ready:
+                raise TimeoutError(f"{len(pending)} (of {len(fs) if hasattr(fs, '__len__') else '?'}) "
+                                   f"futures unfinished after {timeout} s")
+        ready_ids = {id(f) for f in ready}
+        pending = [f for f in pending if id(f) not in ready_ids]
+        yield from ready

@@ -1,0 +1,27 @@
+"""Process plumbing shared by broker and workers: nothing outlives the process that started it."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Asks Linux to kill us when our parent dies (the launcher, a kernel, an sshd session).
+
+    Checked against SCOOP_PARENT_PID afterwards: the parent may have died before the request.
+    Elsewhere the stdin-EOF and heartbeat watchdogs still end us.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except Exception:
+        return
+    expected = os.environ.get("SCOOP_PARENT_PID")
+    if expected and expected.isdigit() and os.getppid() != int(expected):
+        os._exit(1)

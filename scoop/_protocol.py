@@ -1,0 +1,212 @@
+"""Wire protocol: signed multipart messages made of records, and (de)serialization.
+
+A message is ``[signature, record_header, record_body, record_header, record_body, ...]``.
+The broker reads only record headers (a type byte and fixed binary fields); bodies are opaque
+to it, so it never unpickles a payload.  Every message carries a keyed BLAKE2b MAC over all
+its frames: a message whose MAC does not verify is dropped before any frame is parsed, so no
+peer without the cluster secret can make a process unpickle anything.
+
+Batching falls out of the format: one message may carry any number of records.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import pickle
+import struct
+
+import cloudpickle
+
+# ---- record types (first byte of a record header) ------------------------------------------
+HELLO = b"H"       # worker -> broker: body = JSON identity (host, pid, role)
+WELCOME = b"W"     # broker -> worker: body = JSON (index, size, broker info)
+BLOB = b"F"        # callable, referenced by digest: header = F + digest(16)
+TASK = b"T"        # header = T + task id(8) + group(4) + digest(16); body = pickled (args, kwargs)
+RESULT = b"R"      # header = R + task id(8) + status(1); body = pickled value / exception
+CREDIT = b"K"      # worker -> broker: header = K + count(i4); how many more tasks it can take
+CANCEL = b"X"      # header = X + task id(8) [+ ok(1) in the broker's reply]
+CONST = b"S"       # header = S + name (utf-8); body = pickled value
+INTERRUPT = b"I"   # header = I + group(4): drop queued tasks of a group, interrupt running ones
+FAIL = b"E"        # broker -> submitter: header = E + task id(8); body = utf-8 reason
+SHUTDOWN = b"D"    # either way: the cluster (or this worker) is ending; body = utf-8 reason
+SIZE = b"Z"        # broker -> workers: header = Z + size(4)
+BYE = b"Q"         # worker -> broker: leaving cleanly
+RETIRE = b"Y"      # broker -> worker: stop taking work, return unstarted tasks, exit when idle
+RELEASE = b"U"     # worker -> broker: hands back unstarted tasks (header = U + task id(8))
+HEARTBEAT = b"h"   # control socket, worker -> broker: body = JSON load figures
+PONG = b"p"        # control socket, broker -> worker: liveness of the broker
+STATUS = b"s"      # meta socket: body = JSON cluster snapshot
+EVENT = b"e"       # meta socket: body = JSON event (joined / left / const)
+
+# RESULT status byte
+OK = 0
+RAISED = 1
+
+TASK_HEADER = struct.Struct("<cQI16s")
+RESULT_HEADER = struct.Struct("<cQB")
+ID = struct.Struct("<Q")
+I32 = struct.Struct("<i")
+U32 = struct.Struct("<I")
+EMPTY = b""
+
+SECRET_ENV = "SCOOP_SECRET"
+
+
+class AuthError(Exception):
+    """Raised for a message whose signature does not verify."""
+
+
+def new_secret() -> bytes:
+    return os.urandom(32)
+
+
+class Signer:
+    """Signs and verifies messages with the cluster secret (keyed BLAKE2b, 128-bit tag).
+
+    Frame lengths are hashed in, so frames cannot be re-split to forge a different message.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, secret: bytes):
+        if not secret or len(secret) < 16:
+            raise ValueError("cluster secret must be at least 16 bytes")
+        self._key = secret[:64]
+
+    def sign(self, frames) -> bytes:
+        h = hashlib.blake2b(key=self._key, digest_size=16)
+        pack = U32.pack
+        for f in frames:
+            h.update(pack(len(f)))
+            h.update(f)
+        return h.digest()
+
+    def verify(self, sig, frames) -> bool:
+        return len(sig) == 16 and hmac.compare_digest(sig, self.sign(frames))
+
+
+def send(sock, signer: Signer, frames: list, flags: int = 0) -> None:
+    sock.send_multipart([signer.sign(frames), *frames], flags, copy=True)
+
+
+def recv_verified(sock, signer: Signer, flags: int = 0):
+    """Returns the frames after the signature, or None for a message that does not verify."""
+    msg = sock.recv_multipart(flags)
+    if len(msg) < 1 or len(msg) % 2 == 0:
+        return None
+    sig, frames = msg[0], msg[1:]
+    if not signer.verify(sig, frames):
+        return None
+    return frames
+
+
+def split_routed(msg, signer: Signer):
+    """ROUTER side: ``[identity, sig, frames...]`` -> (identity, frames) or (identity, None)."""
+    if len(msg) < 2 or len(msg) % 2 == 1:
+        return (msg[0] if msg else b""), None
+    ident, sig, frames = msg[0], msg[1], msg[2:]
+    if not signer.verify(sig, frames):
+        return ident, None
+    return ident, frames
+
+
+# ---- serialization ---------------------------------------------------------------------------
+class SerializationError(TypeError):
+    """Raised when a callable, an argument or a result cannot be pickled; names the culprit."""
+
+
+_MAIN_MARK = b"__main__"
+
+
+def dumps(obj, what: str = "object") -> bytes:
+    """Plain pickle when it is faithful, cloudpickle when the object needs shipping by value.
+
+    Pickle is ~8x cheaper than cloudpickle for small arguments, but it refers to anything
+    defined in ``__main__`` (a script or a notebook) by name, which a worker cannot resolve;
+    such payloads are re-made with cloudpickle, which ships those definitions by value.
+    """
+    try:
+        data = pickle.dumps(obj, 5)
+        if _MAIN_MARK not in data:
+            return data
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(obj, 5)
+    except Exception as exc:
+        raise SerializationError(f"{what} could not be pickled: {_describe(obj)}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+
+
+def dumps_callable(fn) -> bytes:
+    try:
+        return cloudpickle.dumps(fn, 5)
+    except Exception as exc:
+        raise SerializationError(f"function {_describe(fn)} could not be pickled: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+
+
+def loads(data):
+    return pickle.loads(data)
+
+
+def digest(blob: bytes) -> bytes:
+    return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def _describe(obj) -> str:
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if name and callable(obj):
+        mod = getattr(obj, "__module__", None)
+        return f"{mod}.{name}" if mod and mod != "builtins" else name
+    text = repr(obj)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def find_unpicklable(obj, path: str = "") -> str:
+    """Best-effort path to the first part of ``obj`` that does not pickle, for error messages."""
+    if isinstance(obj, (tuple, list)):
+        for i, item in enumerate(obj):
+            try:
+                cloudpickle.dumps(item)
+            except Exception:
+                return find_unpicklable(item, f"{path}[{i}]")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            try:
+                cloudpickle.dumps(v)
+            except Exception:
+                return find_unpicklable(v, f"{path}[{k!r}]")
+    return f"{path or 'value'} = {_describe(obj)}"
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's formatted traceback; set as ``__cause__`` of re-raised exceptions."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return self.tb
+
+
+def dump_exception(exc: BaseException, tb_text: str) -> bytes:
+    """Pickles a task's exception with its remote traceback; unpicklable ones degrade to a
+    ``RemoteError`` that keeps the original type name and message."""
+    try:
+        return pickle.dumps((exc, tb_text), 5)
+    except Exception:
+        try:
+            return cloudpickle.dumps((exc, tb_text), 5)
+        except Exception:
+            from .errors import RemoteError
+            return pickle.dumps((RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"), tb_text), 5)
+
+
+def load_exception(data: bytes) -> BaseException:
+    exc, tb_text = pickle.loads(data)
+    if tb_text:
+        exc.__cause__ = RemoteTraceback(tb_text)
+    return exc

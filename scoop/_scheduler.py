@@ -1,0 +1,91 @@
+"""Greenlet scheduler of a worker.
+
+Every task runs in its own greenlet.  A task that blocks (``result()``, iterating ``map``,
+``wait``) switches back to the hub, which runs other tasks -- including that task's own
+children -- until what it waits for completes.  Blocked greenlets hold no credit at the
+broker, so a worker keeps pulling work while its parents wait: nested futures never deadlock.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import deque
+
+import greenlet
+
+
+class Waiter:
+    """Wakes one blocked greenlet, once per block, whoever notifies it."""
+
+    __slots__ = ("g", "armed", "hub")
+
+    def __init__(self, hub, g):
+        self.hub = hub
+        self.g = g
+        self.armed = True
+
+    def notify(self):
+        if self.armed:
+            self.armed = False
+            self.hub.ready.append(self.g)
+
+
+class TaskGreenlet(greenlet.greenlet):
+    """A greenlet running one task; remembers the task's group so children inherit it."""
+
+    __slots__ = ("group", "task_id")
+
+    def __init__(self, run, parent, group, task_id):
+        super().__init__(run, parent)
+        self.group = group
+        self.task_id = task_id
+
+
+class Hub:
+    def __init__(self):
+        self.g = greenlet.getcurrent()
+        self.ready = deque()        # greenlets to switch into
+        self.timers = []            # heap of (deadline, seq, waiter)
+        self._seq = itertools.count()
+        self.blocked = 0            # task greenlets waiting on futures
+        self.blocked_by_group = {}  # group -> set of blocked greenlets (for interrupts)
+
+    @staticmethod
+    def current_task():
+        g = greenlet.getcurrent()
+        return g if type(g) is TaskGreenlet else None
+
+    def block(self, futures, deadline):
+        """Parks the current task greenlet until one of ``futures`` completes or the deadline."""
+        g = greenlet.getcurrent()
+        w = Waiter(self, g)
+        for f in futures:
+            if f._state < 2:
+                if f._waiters is None:
+                    f._waiters = [w]
+                else:
+                    f._waiters.append(w)
+        if deadline is not None:
+            heapq.heappush(self.timers, (deadline, next(self._seq), w))
+        self.blocked += 1
+        group_set = self.blocked_by_group.setdefault(g.group, set())
+        group_set.add(g)
+        try:
+            self.g.switch()
+        finally:
+            w.armed = False
+            self.blocked -= 1
+            group_set.discard(g)
+
+    def fire_timers(self):
+        now = time.monotonic()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            heapq.heappop(timers)[2].notify()
+
+    def next_timer(self):
+        # drop waiters already woken so a long timeout does not cap the poll forever
+        while self.timers and not self.timers[0][2].armed:
+            heapq.heappop(self.timers)
+        return self.timers[0][0] if self.timers else None

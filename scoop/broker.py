@@ -1,0 +1,479 @@
+"""The broker: routes tasks to workers that asked for them and results back to submitters.
+
+It reads record headers only; task, result and constant bodies pass through as opaque bytes.
+Balancing is credit-based: a worker asks for as many tasks as it can start soon, and the
+broker hands queued tasks to the workers with the most unused credit.  It knows which worker
+holds which task, so a worker that stops heartbeating has its tasks dispatched again, and the
+first result for a task id wins (each future completes exactly once).
+
+Run as ``python -m scoop.broker``; the configuration (including the secret) arrives as one
+JSON line on stdin, and stdin's end means the launcher is gone, so the broker ends too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections import deque
+
+import zmq
+
+from . import _protocol as P
+
+MAX_ATTEMPTS = 3  # a task lost with this many dead workers fails with WorkerLostError
+
+
+class Task:
+    __slots__ = ("id", "hdr", "body", "digest", "group", "submitter", "worker", "attempts", "name")
+
+    def __init__(self, tid, hdr, body, digest, group, submitter):
+        self.id = tid
+        self.hdr = hdr
+        self.body = body
+        self.digest = digest
+        self.group = group
+        self.submitter = submitter
+        self.worker = None
+        self.attempts = 0
+
+
+class Peer:
+    """A connected process: a worker, the origin, or an observer that only heartbeats."""
+
+    __slots__ = ("uid", "tident", "cident", "index", "host", "pid", "role", "credit", "assigned",
+                 "have", "last_seen", "load", "out", "cout", "joined", "done_routed", "retiring")
+
+    def __init__(self, uid, tident, index, info, now):
+        self.uid = uid
+        self.tident = tident
+        self.cident = b"c" + uid
+        self.index = index
+        self.host = info.get("host", "?")
+        self.pid = info.get("pid", 0)
+        self.role = info.get("role", "worker")
+        self.credit = 0
+        self.assigned: dict[int, Task] = {}
+        self.have: set[bytes] = set()
+        self.last_seen = now
+        self.load: dict = {}
+        self.out: list = []
+        self.cout: list = []
+        self.joined = time.time()
+        self.done_routed = 0
+        self.retiring = False
+
+
+class Broker:
+    def __init__(self, secret: bytes, main_addr: str, meta_addr: str, *,
+                 heartbeat_timeout: float = 3.0, status_interval: float = 0.2,
+                 context: zmq.Context | None = None, log=None):
+        self.signer = P.Signer(secret)
+        self.ctx = context or zmq.Context.instance()
+        self.heartbeat_timeout = heartbeat_timeout
+        self.status_interval = status_interval
+        self.log = log or (lambda msg: sys.stderr.write(f"scoop broker: {msg}\n"))
+        self.main = self.ctx.socket(zmq.ROUTER)
+        for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 1000), (zmq.ROUTER_MANDATORY, 1)):
+            self.main.setsockopt(opt, val)
+        self.meta = self.ctx.socket(zmq.PUB)
+        self.meta.setsockopt(zmq.LINGER, 0)
+        self.main_port = _bind(self.main, main_addr)
+        self.meta_port = _bind(self.meta, meta_addr)
+        self.peers: dict[bytes, Peer] = {}
+        self.tasks: dict[int, Task] = {}
+        self.queue: deque[Task] = deque()
+        self.blobs: dict[bytes, bytes] = {}
+        self.consts: list = []
+        self.const_names: set[str] = set()
+        self.interrupted: set[int] = set()
+        self.next_index = 1
+        self.origin: Peer | None = None
+        self.running = True
+        self.reason = ""
+        self.routed = 0       # messages routed (in and out), for capacity figures
+        self.done_total = 0
+        self._rate_mark = (time.monotonic(), 0)
+        self.rate = 0.0
+        self.dropped = 0
+        self.lost_workers = 0
+        self.stop_event = threading.Event()
+
+    # ---- main loop ---------------------------------------------------------------------------
+    def serve(self):
+        main = self.main
+        stop_event = self.stop_event
+        poller = zmq.Poller()
+        poller.register(main, zmq.POLLIN)
+        next_check = next_status = time.monotonic()
+        try:
+            while self.running:
+                if stop_event.is_set():
+                    self.shutdown(self.reason or "stopped")
+                    break
+                events = poller.poll(100)
+                if events:
+                    for _ in range(256):
+                        try:
+                            msg = main.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._on_message(msg)
+                if self.queue:
+                    self._dispatch()
+                self._flush()
+                now = time.monotonic()
+                if now >= next_check:
+                    self._check_liveness(now)
+                    next_check = now + 0.1
+                if now >= next_status:
+                    self._publish_status(now)
+                    next_status = now + self.status_interval
+        finally:
+            self._flush()
+            self._publish_status(time.monotonic())
+            self.main.close(linger=500)
+            self.meta.close(linger=0)
+
+    def _on_message(self, msg):
+        self.routed += 1
+        ident, frames = P.split_routed(msg, self.signer)
+        if frames is None:
+            self.dropped += 1
+            return
+        if not ident or len(ident) < 2:
+            return
+        kind, uid = ident[:1], ident[1:]
+        peer = self.peers.get(uid)
+        now = time.monotonic()
+        if peer is not None:
+            peer.last_seen = now
+        try:
+            if kind == b"c":
+                self._on_control(peer, uid, frames)
+            elif kind == b"t":
+                self._on_records(peer, ident, uid, frames, now)
+        except Exception as exc:  # malformed but signed input must not kill the broker
+            self.log(f"dropped a malformed message from {uid!r}: {type(exc).__name__}: {exc}")
+
+    def _on_control(self, peer, uid, frames):
+        if peer is None:
+            if frames[0][:1] == P.HEARTBEAT:
+                # not (yet) known: tell it to go away only if it claims to be a task peer we lost
+                return
+            return
+        for i in range(0, len(frames), 2):
+            if frames[i][:1] == P.HEARTBEAT:
+                try:
+                    peer.load = json.loads(frames[i + 1])
+                except ValueError:
+                    pass
+        peer.cout += [P.PONG, P.EMPTY]
+
+    def _on_records(self, peer, ident, uid, frames, now):
+        i, n = 0, len(frames)
+        while i < n:
+            hdr, body = frames[i], frames[i + 1]
+            i += 2
+            t = hdr[:1]
+            if t == P.TASK:
+                if peer is None:
+                    continue
+                _, tid, group, d = P.TASK_HEADER.unpack(hdr)
+                if tid in self.tasks:
+                    continue  # a duplicate submission (replay, resend): ignore
+                if group in self.interrupted:
+                    continue
+                task = Task(tid, hdr, body, d, group, peer)
+                self.tasks[tid] = task
+                self.queue.append(task)
+            elif t == P.RESULT:
+                _, tid, _status = P.RESULT_HEADER.unpack(hdr)
+                task = self.tasks.pop(tid, None)
+                if task is None:
+                    continue  # duplicate, cancelled or orphaned: first result already won
+                w = task.worker
+                if w is not None:
+                    w.assigned.pop(tid, None)
+                    w.done_routed += 1
+                self.done_total += 1
+                sub = task.submitter
+                if sub.uid in self.peers:
+                    sub.out += [hdr, body]
+            elif t == P.CREDIT:
+                if peer is not None and not peer.retiring:
+                    peer.credit += P.I32.unpack_from(hdr, 1)[0]
+            elif t == P.RETIRE:
+                if peer is not None and peer.role == "origin":
+                    idx = P.U32.unpack_from(hdr, 1)[0]
+                    for p in self.peers.values():
+                        if p.index == idx and p.role == "worker":
+                            p.retiring = True
+                            p.credit = 0
+                            p.out += [P.RETIRE, P.EMPTY]
+            elif t == P.BLOB:
+                self.blobs[hdr[1:17]] = body
+            elif t == P.HELLO:
+                self._on_hello(ident, uid, body, now)
+                peer = self.peers.get(uid)
+            elif t == P.CANCEL:
+                if peer is None:
+                    continue
+                tid = P.ID.unpack_from(hdr, 1)[0]
+                task = self.tasks.get(tid)
+                ok = task is not None and task.worker is None and task.submitter is peer
+                if ok:
+                    del self.tasks[tid]  # left in the queue; skipped when popped
+                peer.out += [P.CANCEL + hdr[1:9] + (b"\x01" if ok else b"\x00"), P.EMPTY]
+            elif t == P.CONST:
+                name = hdr[1:].decode("utf-8", "replace")
+                if name in self.const_names:
+                    continue
+                self.const_names.add(name)
+                self.consts.append((hdr, body))
+                for p in self.peers.values():
+                    if p is not peer:
+                        p.out += [hdr, body]
+                self._event("const", name=name)
+            elif t == P.INTERRUPT:
+                self._interrupt(P.U32.unpack_from(hdr, 1)[0])
+            elif t == P.RELEASE:
+                tid = P.ID.unpack_from(hdr, 1)[0]
+                task = self.tasks.get(tid)
+                if task is not None and task.worker is peer:
+                    peer.assigned.pop(tid, None)
+                    task.worker = None
+                    self.queue.appendleft(task)
+            elif t == P.BYE:
+                if peer is not None:
+                    self._remove(peer, "left")
+                    peer = None
+            elif t == P.SHUTDOWN:
+                if peer is not None and peer.role == "origin":
+                    self.shutdown(body.decode("utf-8", "replace") or "stopped by the origin")
+
+    def _on_hello(self, ident, uid, body, now):
+        info = json.loads(body)
+        if uid in self.peers:
+            return
+        peer = Peer(uid, ident, self.next_index, info, now)
+        self.next_index += 1
+        self.peers[uid] = peer
+        if peer.role == "origin":
+            self.origin = peer
+        size = self._size()
+        welcome = {"index": peer.index, "size": size, "meta_port": self.meta_port,
+                   "main_port": self.main_port}
+        peer.out += [P.WELCOME, json.dumps(welcome).encode()]
+        for hdr, body in self.consts:
+            peer.out += [hdr, body]
+        if peer.role == "worker":
+            self._broadcast_size()
+        self._event("joined", worker=self._peer_info(peer))
+
+    def _size(self):
+        return sum(1 for p in self.peers.values() if p.role == "worker")
+
+    def _broadcast_size(self):
+        rec = [P.SIZE + P.U32.pack(self._size()), P.EMPTY]
+        for p in self.peers.values():
+            p.out += rec
+
+    # ---- dispatch ----------------------------------------------------------------------------
+    def _dispatch(self):
+        workers = [p for p in self.peers.values() if p.credit > 0 and p.role == "worker"]
+        if not workers:
+            return
+        queue, tasks, blobs = self.queue, self.tasks, self.blobs
+        while queue and workers:
+            # the worker with the most unused credit takes the next task: spreads a burst evenly
+            w = max(workers, key=_credit) if len(workers) > 1 else workers[0]
+            take = max(1, min(w.credit, len(queue) // len(workers) or 1))
+            out = w.out
+            while take and queue:
+                task = queue.popleft()
+                if tasks.get(task.id) is not task or task.worker is not None:
+                    continue  # cancelled, interrupted or already done
+                d = task.digest
+                if d not in w.have:
+                    blob = blobs.get(d)
+                    if blob is None:
+                        self._fail(task, "its function never reached the broker")
+                        continue
+                    w.have.add(d)
+                    out += [P.BLOB + d, blob]
+                out += [task.hdr, task.body]
+                task.worker = w
+                w.assigned[task.id] = task
+                w.credit -= 1
+                take -= 1
+            if w.credit <= 0:
+                workers.remove(w)
+
+    def _flush(self):
+        send = self.main.send_multipart
+        sign = self.signer.sign
+        for p in list(self.peers.values()):
+            for ident, attr in ((p.tident, "out"), (p.cident, "cout")):
+                frames = getattr(p, attr)
+                if frames:
+                    setattr(p, attr, [])
+                    try:
+                        send([ident, sign(frames), *frames], zmq.NOBLOCK)
+                        self.routed += 1
+                    except zmq.ZMQError:
+                        pass  # peer not connected (yet/any more); liveness handles it
+
+    # ---- failures ------------------------------------------------------------------------------
+    def _check_liveness(self, now):
+        limit = self.heartbeat_timeout
+        for p in list(self.peers.values()):
+            if now - p.last_seen > limit:
+                self._remove(p, f"lost (no heartbeat for {now - p.last_seen:.1f} s)")
+
+    def _remove(self, peer: Peer, why: str):
+        if self.peers.pop(peer.uid, None) is None:
+            return
+        graceful = why == "left"
+        if not graceful and peer.role == "worker":
+            self.lost_workers += 1
+            self.log(f"worker {peer.index} ({peer.host}, pid {peer.pid}) {why}; "
+                     f"re-dispatching {len(peer.assigned)} task(s)")
+        for task in sorted(peer.assigned.values(), key=lambda t: t.id, reverse=True):
+            task.worker = None
+            task.attempts += 0 if graceful else 1
+            if task.attempts >= MAX_ATTEMPTS:
+                self._fail(task, f"task was lost with {task.attempts} workers that died while "
+                                 f"running it (last: worker {peer.index} on {peer.host}, pid {peer.pid}, {why})")
+            else:
+                self.queue.appendleft(task)
+        peer.assigned.clear()
+        # tasks this peer submitted have nobody to report to: forget them
+        orphans = [t for t in self.tasks.values() if t.submitter is peer]
+        for t in orphans:
+            del self.tasks[t.id]
+            if t.worker is not None:
+                t.worker.assigned.pop(t.id, None)
+        if peer.role == "worker":
+            self._broadcast_size()
+        self._event("left", worker=self._peer_info(peer), reason=why)
+        if peer is self.origin:
+            self.shutdown(f"the origin {why}")
+
+    def _fail(self, task: Task, reason: str):
+        self.tasks.pop(task.id, None)
+        if task.submitter.uid in self.peers:
+            task.submitter.out += [P.FAIL + P.ID.pack(task.id), reason.encode()]
+
+    def _interrupt(self, group: int):
+        self.interrupted.add(group)
+        holders = set()
+        for tid, task in list(self.tasks.items()):
+            if task.group == group:
+                del self.tasks[tid]
+                if task.worker is not None:
+                    task.worker.assigned.pop(tid, None)
+                    holders.add(task.worker)
+        rec = [P.INTERRUPT + P.U32.pack(group), P.EMPTY]
+        for p in self.peers.values():
+            if p.role == "worker":
+                p.cout += rec
+
+    def shutdown(self, reason: str):
+        if not self.running:
+            return
+        self.running = False
+        self.reason = reason
+        rec = [P.SHUTDOWN, reason.encode()]
+        for p in self.peers.values():
+            if p is not self.origin or not reason.startswith("the origin"):
+                p.out += rec
+                p.cout += rec
+        self._event("shutdown", reason=reason)
+
+    # ---- meta stream ---------------------------------------------------------------------------
+    def _peer_info(self, p: Peer) -> dict:
+        load = p.load
+        running = load.get("running", 0)
+        return {"id": str(p.index), "uid": p.uid.decode(), "host": p.host, "pid": p.pid,
+                "role": p.role, "state": "busy" if (running or p.assigned) and p.role == "worker" else "idle",
+                "queued": load.get("queued", 0), "running": running, "blocked": load.get("blocked", 0),
+                "assigned": len(p.assigned), "done": load.get("done", 0),
+                "cpu": load.get("cpu", 0.0), "mem": load.get("mem", 0)}
+
+    def _event(self, kind, **data):
+        data["event"] = kind
+        data["time"] = time.time()
+        frames = [P.EVENT, json.dumps(data).encode()]
+        self.meta.send_multipart([P.EVENT, self.signer.sign(frames), *frames])
+
+    def _publish_status(self, now):
+        t0, d0 = self._rate_mark
+        if now - t0 >= 1.0:
+            self.rate = (self.done_total - d0) / (now - t0)
+            self._rate_mark = (now, self.done_total)
+        workers = [self._peer_info(p) for p in self.peers.values() if p.role == "worker"]
+        busy = sum(1 for w in workers if w["state"] == "busy")
+        snap = {
+            "state": "running" if self.running else "stopped",
+            "time": time.time(),
+            "workers": workers,
+            "origin": self._peer_info(self.origin) if self.origin and self.origin.uid in self.peers else None,
+            "totals": {"workers": len(workers), "busy": busy / len(workers) if workers else 0.0,
+                       "done": self.done_total, "queued": len(self.queue), "in_flight": len(self.tasks),
+                       "running": sum(len(p.assigned) for p in self.peers.values()),
+                       "rate": round(self.rate, 1), "lost_workers": self.lost_workers,
+                       "dropped_messages": self.dropped, "routed_messages": self.routed},
+            "broker": {"main_port": self.main_port, "meta_port": self.meta_port},
+        }
+        frames = [P.STATUS, json.dumps(snap).encode()]
+        self.meta.send_multipart([P.STATUS, self.signer.sign(frames), *frames])
+
+
+def _credit(p):
+    return p.credit
+
+
+def _bind(sock, addr: str) -> int:
+    if addr.endswith(":0"):
+        return sock.bind_to_random_port(addr[:-2])
+    sock.bind(addr)
+    return int(addr.rsplit(":", 1)[1])
+
+
+def _watch_stdin(broker: Broker):
+    """The launcher holds our stdin open: its end means the launcher is gone."""
+    try:
+        while sys.stdin.buffer.read(65536):
+            pass
+    except Exception:
+        pass
+    broker.reason = "the launcher ended"
+    broker.stop_event.set()
+
+
+def main():
+    from ._procutil import die_with_parent
+    die_with_parent()
+    line = sys.stdin.buffer.readline()
+    if not line:
+        sys.stderr.write("scoop broker: expected its configuration on stdin\n")
+        sys.exit(2)
+    cfg = json.loads(line)
+    secret = bytes.fromhex(cfg.pop("secret"))
+    try:
+        broker = Broker(secret, cfg["main"], cfg["meta"],
+                        heartbeat_timeout=cfg.get("heartbeat_timeout", 3.0))
+    except zmq.ZMQError as exc:
+        sys.stderr.write(f"scoop broker: cannot listen on {cfg['main']} / {cfg['meta']}: {exc}\n")
+        sys.exit(2)
+    sys.stdout.write(json.dumps({"main_port": broker.main_port, "meta_port": broker.meta_port}) + "\n")
+    sys.stdout.flush()
+    threading.Thread(target=_watch_stdin, args=(broker,), daemon=True).start()
+    broker.serve()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

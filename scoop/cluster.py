@@ -1,0 +1,452 @@
+"""The public Cluster API: start, stop, scale and observe a SCOOP cluster.
+
+``python -m scoop`` and ``%scoop_cluster`` are thin front ends over this class.  A cluster is
+one broker on this machine plus workers here and on remote hosts (over SSH); the process that
+calls :meth:`Cluster.start` becomes the origin unless told otherwise.  Every process the
+cluster starts holds a pipe or an SSH channel to this one and a heartbeat to the broker, so
+none outlives it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from . import _globals, _protocol as P
+from .errors import ClusterError
+from .launch import local as _local
+from .meta import MetaSubscriber
+
+_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "", None}
+
+
+def _is_local(host) -> bool:
+    if host in _LOCAL_NAMES:
+        return True
+    try:
+        return host in (socket.gethostname(), socket.getfqdn())
+    except OSError:
+        return False
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class _WorkerHandle:
+    """A worker we started: a local Popen or a remote process, with its label for output."""
+
+    def __init__(self, label, host, proc, remote=False):
+        self.label = label
+        self.host = host
+        self.proc = proc
+        self.remote = remote
+        self.retired = False
+
+    @property
+    def pid(self):
+        return getattr(self.proc, "pid", None)
+
+    def poll(self):
+        return self.proc.poll()
+
+    def kill(self):
+        try:
+            self.proc.kill()
+        except Exception:
+            pass
+
+
+class Cluster:
+    """A SCOOP cluster: one broker here, ``n`` workers spread over ``hosts``.
+
+    ``n`` counts the workers that run tasks; the origin (the program or notebook kernel that
+    submits them) comes in addition and runs no queued tasks, so ``-n 2`` on a 2-core machine
+    keeps both cores computing while the origin waits.
+    """
+
+    def __init__(self, n: int | None = None, hosts=None, hostfile: str | None = None, *,
+                 python: str | None = None, pythonpath=None, path: str | None = None,
+                 prolog: str | None = None, nice: int | None = None,
+                 external_hostname: str | None = None, tunnel: bool = False,
+                 output=None, prefix_output: bool = False, heartbeat_timeout: float = 3.0,
+                 connect_timeout: float = 10.0, ssh_config: str | None = None,
+                 env: dict | None = None, program_dir: str | None = None, verbose: int = 0):
+        self.n = n
+        self.hosts = list(hosts or [])
+        self.hostfile = hostfile
+        self.python = python or sys.executable
+        self.pythonpath = [pythonpath] if isinstance(pythonpath, str) else list(pythonpath or [])
+        self.path = os.path.abspath(path) if path else os.getcwd()
+        self.prolog = prolog
+        self.nice = nice
+        self.external_hostname = external_hostname
+        self.tunnel = tunnel
+        self.heartbeat_timeout = heartbeat_timeout
+        self.connect_timeout = connect_timeout
+        self.ssh_config = ssh_config
+        self.env = dict(env or {})
+        self.program_dir = program_dir
+        self.verbose = verbose
+        self.secret = P.new_secret()
+        self.relay = None
+        self._output = output
+        self._prefix = prefix_output
+        self.broker_proc = None
+        self.workers: list[_WorkerHandle] = []
+        self.remote_hosts: dict = {}
+        self.plan: list[tuple[str, int]] = []
+        self.meta: MetaSubscriber | None = None
+        self.runtime = None
+        self.bind_host = "127.0.0.1"
+        self.broker_host = "127.0.0.1"
+        self.main_port = self.meta_port = None
+        self._started = False
+        self._stopping = False
+        self._labels = 0
+        self._lock = threading.RLock()
+        self.allocation = None
+
+    # ---- planning --------------------------------------------------------------------------
+    def _make_plan(self):
+        cores = os.cpu_count() or 1
+        if not (self.hostfile or self.hosts) and not any(
+                k in os.environ for k in ("SLURM_JOB_NODELIST", "SLURM_NODELIST", "PBS_NODEFILE", "PE_HOSTFILE")):
+            return [("localhost", self.n if self.n is not None else cores)]
+        from .launch import hosts as H
+        entries = []
+        if self.hostfile:
+            entries = H.parse_hostfile(self.hostfile)
+        if self.hosts:
+            entries += H.parse_hosts_args(self.hosts)
+        if not entries:
+            alloc = H.detect_allocation(os.environ)
+            if alloc:
+                self.allocation, entries = alloc[0], list(alloc[1])
+        if not entries:
+            return [("localhost", self.n if self.n is not None else cores)]
+        return [(h, k) for h, k in H.distribute(self.n, entries, cores) if k > 0]
+
+    # ---- start -------------------------------------------------------------------------------
+    def start(self, *, connect: bool = True, wait: bool = True, timeout: float = 60.0) -> "Cluster":
+        """Starts broker and workers; with ``connect`` this process becomes the origin.
+        Returns once every worker has joined (``wait``), or raises ClusterError naming what
+        failed, with nothing left running."""
+        if self._started:
+            raise ClusterError("this cluster is already started")
+        self._started = True
+        try:
+            self._start(connect, wait, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, connect, wait, timeout):
+        self.plan = self._make_plan()
+        remote = [(h, k) for h, k in self.plan if not _is_local(h)]
+        if remote and not self.tunnel:
+            self.bind_host = "0.0.0.0"
+        self.relay = _local.OutputRelay(self._output, self._prefix)
+        if remote:
+            self._connect_remote([h for h, _ in remote])
+        # ports chosen here so broker and workers start side by side, not one after the other
+        for attempt in range(3):
+            probe = "127.0.0.1" if self.bind_host == "0.0.0.0" else self.bind_host
+            self.main_port, self.meta_port = _free_port(probe), _free_port(probe)
+            self._spawn_broker()
+            for host, count in self.plan:
+                for _ in range(count):
+                    self._spawn_worker(host)
+            ready = self._await_broker()
+            if ready:
+                break
+            self._kill_all()
+        else:
+            raise ClusterError("the SCOOP broker could not listen on a free port: "
+                               + self.relay.tail("broker"))
+        self.meta = MetaSubscriber(f"tcp://127.0.0.1:{self.meta_port}", self.secret)
+        self.meta.start()
+        if connect:
+            self.connect()
+        if wait:
+            self.wait_for_workers(sum(k for _, k in self.plan), timeout)
+
+    def _env(self):
+        env = dict(os.environ)
+        env.update(self.env)
+        env.pop(P.SECRET_ENV, None)
+        env["PYTHONUNBUFFERED"] = "1"
+        if self.pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(self.pythonpath + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        return env
+
+    def _spawn_broker(self):
+        cfg = {"secret": self.secret.hex(), "heartbeat_timeout": self.heartbeat_timeout,
+               "main": f"tcp://{self.bind_host}:{self.main_port}",
+               "meta": f"tcp://{self.bind_host}:{self.meta_port}"}
+        self.broker_proc = _local.spawn([sys.executable, "-m", "scoop.broker"],
+                                        (json.dumps(cfg) + "\n").encode(), env=self._env(), cwd=self.path)
+        self._broker_stdout = self.broker_proc.stdout  # carries the ready line
+        self.relay.add("broker", stderr=self.broker_proc.stderr)
+
+    def _await_broker(self) -> bool:
+        import select
+        deadline = time.monotonic() + 20
+        fd = self._broker_stdout
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.1)
+            if r:
+                line = fd.readline()
+                if line:
+                    ports = json.loads(line)
+                    return ports["main_port"] == self.main_port
+                break
+            if self.broker_proc.poll() is not None:
+                break
+        self.relay.flush(0.3)
+        return False
+
+    def _worker_config(self, host, label, broker_addr):
+        sys_path = [p for p in (self.program_dir, self.path) if p]
+        return {"secret": self.secret.hex(), "broker": broker_addr, "label": label,
+                "sys_path": sys_path, "nice": self.nice, "host": None if _is_local(host) else host,
+                "broker_timeout": max(5.0, self.heartbeat_timeout + 2),
+                "broker_info": self.broker_info()}
+
+    def broker_info(self) -> dict:
+        return {"hostname": self.external_hostname or socket.gethostname(), "task_port": self.main_port,
+                "info_port": self.meta_port, "externalHostname": self.external_hostname}
+
+    def _next_label(self, host):
+        self._labels += 1
+        return f"w{self._labels}" if _is_local(host) else f"w{self._labels}@{host}"
+
+    def _spawn_worker(self, host):
+        label = self._next_label(host)
+        if _is_local(host):
+            addr = f"tcp://127.0.0.1:{self.main_port}"
+            cfg = self._worker_config(host, label, addr)
+            proc = _local.spawn([self.python, "-m", "scoop.worker"], (json.dumps(cfg) + "\n").encode(),
+                                env=self._env(), cwd=self.path, prolog=self.prolog)
+            self.relay.add(label, proc.stdout, proc.stderr)
+            handle = _WorkerHandle(label, "localhost", proc)
+        else:
+            rh = self.remote_hosts[host]
+            if self.tunnel:
+                port = self._tunnel_ports.get(host)
+                if port is None:
+                    port = self._tunnel_ports[host] = rh.forward_remote_port("127.0.0.1", self.main_port)
+                addr = f"tcp://127.0.0.1:{port}"
+            else:
+                addr = f"tcp://{self.external_hostname or rh.local_address}:{self.main_port}"
+            cfg = self._worker_config(host, label, addr)
+            env = {"PYTHONUNBUFFERED": "1"}
+            if self.pythonpath:
+                env["PYTHONPATH"] = os.pathsep.join(self.pythonpath)
+            proc = rh.start([self.python, "-m", "scoop.worker"], stdin_data=(json.dumps(cfg) + "\n").encode(),
+                            cwd=self.path, env=env, prolog=self.prolog,
+                            on_output=lambda stream, line, _l=label: self.relay.emit(_l, stream, line + "\n"))
+            handle = _WorkerHandle(label, host, proc, remote=True)
+        self.workers.append(handle)
+        return handle
+
+    def _connect_remote(self, names):
+        from .launch import ssh
+        self._tunnel_ports = {}
+        unique = list(dict.fromkeys(names))
+        self.remote_hosts = ssh.connect_hosts(unique, config_path=self.ssh_config,
+                                              connect_timeout=self.connect_timeout)
+        errors = []
+        for name, rh in self.remote_hosts.items():
+            try:
+                rh.check_python(self.python)
+            except ssh.SSHError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ClusterError("; ".join(errors))
+
+    # ---- origin -----------------------------------------------------------------------------
+    def connect(self):
+        """Makes this process the origin: ``scoop.futures`` calls now go to this cluster."""
+        from ._runtime import Runtime
+        if self.runtime is not None:
+            return self.runtime
+        if _globals.current() is not None:
+            raise ClusterError("this process is already the origin of another SCOOP cluster; stop it first")
+        rt = Runtime(f"tcp://127.0.0.1:{self.main_port}", self.secret, "origin",
+                     broker_timeout=max(5.0, self.heartbeat_timeout + 2))
+        rt.connect(timeout=20)
+        rt.size = max(rt.size, sum(k for _, k in self.plan))
+        self.runtime = rt
+        _globals.activate(rt, is_origin=True, broker=self.broker_info())
+        return rt
+
+    def wait_for_workers(self, count: int, timeout: float = 60.0):
+        """Blocks until ``count`` workers have joined; a worker that dies first is reported."""
+        deadline = time.monotonic() + timeout
+        while True:
+            snap = self.meta.wait_for(lambda s: len(s["workers"]) >= count, 0.1)
+            if snap is not None and len(snap["workers"]) >= count:
+                if self.runtime is not None:
+                    self.runtime.size = len(snap["workers"])
+                    import scoop
+                    scoop.SIZE = self.runtime.size
+                return snap
+            for w in self.workers:
+                code = w.poll()
+                if code is not None and not w.retired:
+                    self.relay.flush(0.3)
+                    tail = self.relay.tail(w.label)
+                    raise ClusterError(f"worker {w.label} on {w.host} exited with status {code} before "
+                                       f"joining the cluster" + (f":\n{tail}" if tail else ""))
+            if self.broker_proc.poll() is not None:
+                raise ClusterError("the SCOOP broker exited: " + self.relay.tail("broker"))
+            if time.monotonic() > deadline:
+                have = len(snap["workers"]) if snap else 0
+                raise ClusterError(f"only {have} of {count} workers joined within {timeout:.0f} s")
+
+    # ---- observe -----------------------------------------------------------------------------
+    def status(self, timeout: float = 2.0) -> dict:
+        """The latest load snapshot from the meta stream (workers, totals)."""
+        if self.meta is None:
+            return {"state": "stopped", "workers": [], "totals": {}}
+        snap = self.meta.wait_for(lambda s: True, timeout)
+        return snap or {"state": "starting", "workers": [], "totals": {}}
+
+    def subscribe(self, callback):
+        """``callback(kind, data)`` for every snapshot and event; returns an unsubscribe function."""
+        if self.meta is None:
+            raise ClusterError("the cluster is not running")
+        return self.meta.subscribe(callback)
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopping and self.broker_proc is not None \
+            and self.broker_proc.poll() is None
+
+    @property
+    def size(self) -> int:
+        return len([w for w in self.workers if not w.retired and w.poll() is None])
+
+    # ---- scale -------------------------------------------------------------------------------
+    def scale(self, n: int, timeout: float = 60.0):
+        """Adds local workers, or retires workers (newest first) after they finish their running
+        tasks; their queued tasks go back to the broker."""
+        with self._lock:
+            live = [w for w in self.workers if not w.retired and w.poll() is None]
+            if n > len(live):
+                for _ in range(n - len(live)):
+                    host = live[0].host if live and live[0].remote else "localhost"
+                    self._spawn_worker(host)
+                self.wait_for_workers(n, timeout)
+            elif n < len(live):
+                if self.runtime is None:
+                    raise ClusterError("scaling down needs this process to be the origin")
+                victims = live[n:]
+                snap = self.status()
+                by_pid = {(w["pid"]): int(w["id"]) for w in snap.get("workers", [])}
+                for w in victims:
+                    w.retired = True
+                    idx = by_pid.get(w.pid)
+                    if idx is not None:
+                        self.runtime.retire(idx)
+                    else:
+                        w.kill()
+                deadline = time.monotonic() + timeout
+                for w in victims:
+                    while w.poll() is None and time.monotonic() < deadline:
+                        self.runtime.pump(0.05)
+                    if w.poll() is None:
+                        w.kill()
+                self.meta.wait_for(lambda s: len(s["workers"]) <= n, 5)
+
+    # ---- stop --------------------------------------------------------------------------------
+    def stop(self, timeout: float = 5.0):
+        """Ends every process this cluster started, here and on remote hosts."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        rt, self.runtime = self.runtime, None
+        if rt is not None:
+            try:
+                if not rt.broken and rt.sock is not None:
+                    rt.out += [P.SHUTDOWN, b"stopped by the origin"]
+                    rt.flush()
+            except Exception:
+                pass
+            if _globals.current() is rt:
+                _globals.deactivate()
+            rt.close(notify=False)
+        if self.broker_proc is not None and self.broker_proc.stdin:
+            try:
+                self.broker_proc.stdin.close()  # the broker's cue to end
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        procs = [w.proc for w in self.workers if not w.remote] + ([self.broker_proc] if self.broker_proc else [])
+        for w in self.workers:
+            if not w.remote and w.proc.stdin:
+                try:
+                    w.proc.stdin.close()
+                except OSError:
+                    pass
+        for p in procs:
+            left = deadline - time.monotonic()
+            try:
+                p.wait(max(0.05, left))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(2)
+        for w in self.workers:
+            if w.remote:
+                w.kill()
+        for rh in self.remote_hosts.values():
+            try:
+                rh.close()
+            except Exception:
+                pass
+        if self.meta is not None:
+            self.meta.stop()
+        if self.relay is not None:
+            self.relay.flush(0.5)
+            self.relay.close()
+        for p in procs:
+            for f in (p.stdout, p.stderr):
+                if f:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+
+    def _kill_all(self):
+        for w in self.workers:
+            w.kill()
+        if self.broker_proc is not None:
+            self.broker_proc.kill()
+            self.broker_proc.wait()
+        for w in self.workers:
+            if not w.remote:
+                w.proc.wait()
+        self.workers = []
+
+    def __enter__(self):
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def __repr__(self):
+        state = "running" if self.running else ("stopped" if self._stopping else "new")
+        hosts = ", ".join(f"{h}:{k}" for h, k in self.plan) or "?"
+        return f"<scoop.Cluster {state}, {self.size} workers on {hosts}>"

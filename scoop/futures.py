@@ -1,0 +1,233 @@
+"""SCOOP futures: PEP 3148 style parallel calls that may be made from any task, at any depth.
+
+Run under ``python -m scoop`` (or in a notebook after ``%scoop_cluster start``) these calls go
+to the cluster; in a plain ``python prog.py`` they run serially, after one warning.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+import warnings
+from collections import deque
+
+from . import _globals
+from ._future import (ALL_COMPLETED, ALWAYS, CANCELLED, FINISHED, FIRST_COMPLETED,  # noqa: F401
+                      FIRST_EXCEPTION, Future, as_completed, wait)
+from .errors import CancelledError, ClusterError, RemoteError, TaskInterrupted, TimeoutError, WorkerLostError  # noqa: F401
+
+__all__ = ["submit", "map", "map_as_completed", "as_completed", "wait", "mapReduce", "mapScan",
+           "shutdown", "Future", "TimeoutError", "CancelledError", "WorkerLostError",
+           "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
+
+_serial = None
+
+
+class _SerialRuntime:
+    """Stand-in when no cluster runs: every call completes at submit, in this process."""
+
+    def __init__(self):
+        self.group = 0
+        self.closed = False
+
+    def submit(self, fn, args, kwargs, flush=True, digest=None):
+        fut = Future(self, 0, getattr(fn, "__qualname__", repr(fn)))
+        try:
+            fut._finish(FINISHED, fn(*args, **kwargs))
+        except Exception as exc:
+            fut._finish(FINISHED, exception=exc)
+        return fut
+
+    def poll(self):
+        pass
+
+    def flush(self):
+        pass
+
+    def wait_until(self, pred, timeout, futures, const=False):
+        return pred()
+
+    def cancel(self, fut):
+        return False
+
+    batching = 0
+
+
+def _rt():
+    rt = _globals.current()
+    if rt is not None:
+        return rt
+    global _serial
+    if _serial is None:
+        warnings.warn("SCOOP is not running (start the program with `python -m scoop` or a notebook "
+                      "cluster with `%scoop_cluster start`): futures run serially in this process.",
+                      RuntimeWarning, stacklevel=3)
+        _serial = _SerialRuntime()
+    return _serial
+
+
+def submit(func, *args, **kwargs) -> Future:
+    """Runs ``func(*args, **kwargs)`` on the cluster; returns its Future at once."""
+    return _rt().submit(func, args, kwargs)
+
+
+def _window(rt) -> int:
+    import scoop
+    return max(2048, 512 * max(1, scoop.SIZE))
+
+
+class _MapIterator:
+    """Submits through a window, so a huge or endless input never materialises every future."""
+
+    def __init__(self, func, iterables, timeout, ordered: bool):
+        if not callable(func):
+            raise TypeError(f"futures.map needs a callable, got {type(func).__name__}")
+        if not iterables:
+            raise TypeError("futures.map needs at least one iterable")
+        self.rt = rt = _rt()
+        self.func = func
+        self.args = zip(*iterables)
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.timeout = timeout
+        self.ordered = ordered
+        self.window = deque()
+        self.size = _window(rt)
+        self.exhausted = False
+        self.digest = None
+        self._fill()
+
+    def _fill(self):
+        rt = self.rt
+        window = self.window
+        room = self.size - len(window)
+        if room <= 0 or self.exhausted:
+            return
+        if self.digest is None and hasattr(rt, "_callable_digest"):
+            self.digest = rt._callable_digest(self.func)
+        rt.batching += 1
+        try:
+            for args in itertools.islice(self.args, room):
+                window.append(rt.submit(self.func, args, {}, False, self.digest))
+            else:
+                if len(window) < self.size:
+                    self.exhausted = True
+        finally:
+            rt.batching -= 1
+        rt.flush()
+
+    def __iter__(self):
+        return self
+
+    def _remaining(self):
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def __next__(self):
+        window = self.window
+        if not window:
+            self._fill()
+            if not window:
+                raise StopIteration
+        if self.ordered:
+            fut = window[0]
+            if fut._state < FINISHED and not self.rt.wait_until(
+                    lambda: fut._state >= FINISHED, self._remaining(), (fut,)):
+                raise TimeoutError(f"futures.map: task {fut._name} not done within {self.timeout} s")
+            window.popleft()
+        else:
+            fut = next((f for f in window if f._state >= FINISHED), None)
+            if fut is None:
+                if not self.rt.wait_until(lambda: any(f._state >= FINISHED for f in window),
+                                          self._remaining(), window):
+                    raise TimeoutError(f"futures.map_as_completed: nothing completed within {self.timeout} s")
+                fut = next(f for f in window if f._state >= FINISHED)
+            window.remove(fut)
+        if len(window) < self.size // 2:
+            self._fill()
+        return fut.result()
+
+    def __del__(self):
+        # an abandoned map must not leave its queued tasks to run for nobody
+        try:
+            if self.window and getattr(self.rt, "sock", None) is not None:
+                for f in self.window:
+                    if f._state < FINISHED:
+                        f._rt.futures.pop(f.id, None)
+        except Exception:
+            pass
+
+
+def map(func, *iterables, timeout=None, **kwargs):
+    """Parallel ``map``: an iterator over results in input order.
+
+    Inputs are consumed lazily (generators and endless iterables work); the first results can
+    be used while later inputs are still being submitted.  A task's exception is raised when the
+    iteration reaches it.  ``timeout`` counts from the call, as in concurrent.futures.
+    """
+    return _MapIterator(func, iterables, timeout, ordered=True)
+
+
+def map_as_completed(func, *iterables, timeout=None, **kwargs):
+    """Like :func:`map`, but yields results in completion order."""
+    return _MapIterator(func, iterables, timeout, ordered=False)
+
+
+def _chunks(seq, n):
+    size = max(1, -(-len(seq) // n))
+    return [seq[i:i + size] for i in range(0, len(seq), size)]
+
+
+def _reduce_chunk(mapFunc, reductionFunc, chunk):
+    return functools.reduce(reductionFunc, (mapFunc(*args) for args in chunk))
+
+
+def _scan_chunk(mapFunc, reductionFunc, chunk):
+    return list(itertools.accumulate((mapFunc(*args) for args in chunk), reductionFunc))
+
+
+def mapReduce(mapFunc, reductionFunc, *iterables, **kwargs):
+    """Applies ``mapFunc`` to every element and reduces the results with ``reductionFunc``.
+
+    The reduction is a tree: each task maps and reduces a contiguous block on a worker, and the
+    block results are reduced in order, so any associative ``reductionFunc`` gives the serial
+    answer (commutativity is not needed).
+    """
+    import scoop
+    items = list(zip(*iterables))
+    if not items:
+        raise TypeError("mapReduce() of empty sequence with no initial value")
+    blocks = _chunks(items, 4 * max(1, scoop.SIZE))
+    partial = list(map(functools.partial(_reduce_chunk, mapFunc, reductionFunc), blocks))
+    return functools.reduce(reductionFunc, partial)
+
+
+def mapScan(mapFunc, reductionFunc, *iterables, **kwargs):
+    """Returns the list of prefix reductions (an inclusive scan) of the mapped values.
+
+    Each block is mapped and scanned on a worker; block offsets are combined at the caller.
+    """
+    import scoop
+    items = list(zip(*iterables))
+    if not items:
+        return []
+    blocks = _chunks(items, 4 * max(1, scoop.SIZE))
+    scans = list(map(functools.partial(_scan_chunk, mapFunc, reductionFunc), blocks))
+    out = list(scans[0])
+    for block in scans[1:]:
+        carry = out[-1]
+        out.extend(reductionFunc(carry, v) for v in block)
+    return out
+
+
+def shutdown(wait=True):
+    """Waits (if asked) for this process's outstanding futures; later submits raise."""
+    rt = _globals.current()
+    if rt is None:
+        return
+    if wait:
+        pending = list(rt.futures.values())
+        if pending:
+            _future_wait(pending)
+    rt.closed_for_submit = True
+
+
+_future_wait = wait

@@ -1,0 +1,140 @@
+"""``python -m scoop``: start a cluster, run a program as its origin, end everything after.
+
+The launcher process itself is the origin: it starts the broker and the workers through the
+Cluster API, runs the program as ``__main__``, and stops the cluster however the program ends
+(normally, by an exception, by SIGINT or SIGTERM).  Its exit status is the program's.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import signal
+import sys
+import traceback
+
+DESCRIPTION = """\
+Run a Python program on a SCOOP cluster: the program is the origin, and its scoop.futures calls
+run on the workers.  With no hosts, the workers run on this machine (one per core); inside a
+SLURM, PBS/Torque or SGE allocation the allocated nodes are used.
+
+-n counts the workers that run tasks.  The origin (your program) comes in addition and runs no
+queued tasks, so `-n 2` on a 2-core machine keeps both cores computing while it waits.
+"""
+
+EPILOG = """\
+examples:
+  python -m scoop prog.py                     one worker per core on this machine
+  python -m scoop -n 8 --hosts a b prog.py    8 workers over hosts a and b (over SSH)
+  python -m scoop --hostfile hosts.txt prog.py arg1 arg2
+hostfile lines: `host [count]`; # starts a comment.  SSH honours ~/.ssh/config.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m scoop", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", "--workers", "--number", dest="n", type=int, default=None, metavar="N",
+                   help="number of workers (default: the hosts' counts, or one per local core)")
+    p.add_argument("--hosts", "--host", nargs="+", default=[], metavar="HOST",
+                   help="hosts to run workers on; repeat a host to give it more workers")
+    p.add_argument("--hostfile", metavar="FILE", help="file of `host [count]` lines")
+    p.add_argument("-b", "--brokers", type=int, default=1, metavar="B",
+                   help="number of brokers (one broker serves the whole cluster; accepted for SCOOP compatibility)")
+    p.add_argument("--path", "-p", metavar="DIR", default=None,
+                   help="working directory of the workers (default: the current one)")
+    p.add_argument("--python-interpreter", "-e", dest="python", metavar="P", default=None,
+                   help="Python interpreter of the workers (default: this one, %(default)s)")
+    p.add_argument("--pythonpath", nargs="+", default=[], metavar="DIR",
+                   help="directories prepended to the workers' PYTHONPATH")
+    p.add_argument("--prolog", metavar="SCRIPT", default=None,
+                   help="shell script sourced before each worker starts (module loads, venvs)")
+    p.add_argument("--nice", type=int, default=None, metavar="N", help="niceness of the workers")
+    p.add_argument("--external-hostname", metavar="ADDR", default=None,
+                   help="address remote workers use to reach the broker (default: the local "
+                        "address of the SSH connection to each host)")
+    p.add_argument("--tunnel", action="store_true",
+                   help="forward the broker port through SSH, for hosts that cannot connect back")
+    p.add_argument("--ssh-config", metavar="FILE", default=None, help="SSH config file (default ~/.ssh/config)")
+    p.add_argument("--heartbeat-timeout", type=float, default=3.0, metavar="S",
+                   help="seconds of silence after which a worker is declared lost (default 3)")
+    p.add_argument("--prefix-output", action="store_true", help="prefix worker output lines with the worker")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more launcher messages")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors from the launcher")
+    p.add_argument("program", help="the Python program to run (the origin)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the program")
+    return p
+
+
+class _Terminated(BaseException):
+    pass
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    prog = args.program
+    if not os.path.isfile(prog):
+        sys.stderr.write(f"scoop: error: program {prog!r} not found\n")
+        return 2
+    from ..cluster import Cluster
+    from ..errors import ClusterError
+    try:
+        from .hosts import HostfileError
+    except ImportError:  # TEMP until hosts.py lands
+        HostfileError = ValueError
+
+    def on_term(signum, frame):
+        raise _Terminated(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    prog_dir = os.path.dirname(os.path.abspath(prog))
+    cluster = Cluster(args.n, hosts=args.hosts, hostfile=args.hostfile, python=args.python,
+                      pythonpath=args.pythonpath, path=args.path, prolog=args.prolog, nice=args.nice,
+                      external_hostname=args.external_hostname, tunnel=args.tunnel,
+                      heartbeat_timeout=args.heartbeat_timeout, ssh_config=args.ssh_config,
+                      prefix_output=args.prefix_output, program_dir=prog_dir, verbose=args.verbose)
+    code = 0
+    try:
+        try:
+            cluster.start()
+        except (ClusterError, HostfileError, OSError) as exc:
+            sys.stderr.write(f"scoop: error: {exc}\n")
+            return 1
+        if args.verbose and not args.quiet:
+            plan = ", ".join(f"{h}: {k}" for h, k in cluster.plan)
+            sys.stderr.write(f"scoop: {cluster.size} workers ({plan}); broker on port {cluster.main_port}\n")
+        sys.argv = [prog] + list(args.args)
+        sys.path.insert(0, prog_dir)
+        try:
+            runpy.run_path(prog, run_name="__main__")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if exc.code is not None and not isinstance(exc.code, int):
+                sys.stderr.write(f"{exc.code}\n")
+        except KeyboardInterrupt:
+            sys.stderr.write("scoop: interrupted\n")
+            code = 130
+        except _Terminated as exc:
+            code = 128 + exc.args[0]
+        except BaseException:
+            _print_user_traceback()
+            code = 1
+    except (KeyboardInterrupt, _Terminated) as exc:
+        code = 130 if isinstance(exc, KeyboardInterrupt) else 128 + exc.args[0]
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.stdout.flush()
+        cluster.stop()
+    return code
+
+
+def _print_user_traceback():
+    """Prints the program's traceback without the launcher's own frames."""
+    etype, value, tb = sys.exc_info()
+    while tb is not None and ("runpy" in tb.tb_frame.f_code.co_filename
+                              or tb.tb_frame.f_code.co_filename == __file__):
+        tb = tb.tb_next
+    traceback.print_exception(etype, value, tb)
+    sys.stderr.flush()

@@ -1,0 +1,138 @@
+"""Starting broker and worker processes on this machine, and relaying their output."""
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import threading
+from collections import deque
+
+
+class OutputRelay:
+    """One thread relays every local child's stdout/stderr, optionally prefixed by its label.
+
+    Pipes (rather than inherited descriptors) let a notebook show worker output in the cell,
+    and keep the last lines of each child's stderr to explain a child that died.
+    """
+
+    def __init__(self, sink=None, prefix: bool = False):
+        self.sink = sink  # callable(label, stream, text) or None for this process's stdout/stderr
+        self.prefix = prefix
+        self.sel = selectors.DefaultSelector()
+        self.tails: dict[str, deque] = {}
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._partial: dict[tuple, bytes] = {}
+        self._thread = threading.Thread(target=self._run, name="scoop-output", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    def add(self, label: str, stdout=None, stderr=None):
+        self.tails[label] = deque(maxlen=30)
+        with self._lock:
+            for stream, pipe in (("stdout", stdout), ("stderr", stderr)):
+                if pipe is not None:
+                    os.set_blocking(pipe.fileno(), False)
+                    self.sel.register(pipe, selectors.EVENT_READ, (label, stream))
+        os.write(self._wake_w, b"x")
+
+    def emit(self, label: str, stream: str, text: str):
+        """Delivers text from any child (local pipe or remote channel) to the sink."""
+        if stream == "stderr":
+            tail = self.tails.setdefault(label, deque(maxlen=30))
+            tail.extend(text.splitlines())
+        if self.prefix:
+            text = "".join(f"[{label}] {line}\n" for line in text.splitlines())
+        if self.sink is not None:
+            self.sink(label, stream, text)
+        else:
+            out = sys.stderr if stream == "stderr" else sys.stdout
+            try:
+                out.write(text)
+                out.flush()
+            except Exception:
+                pass
+
+    def tail(self, label: str) -> str:
+        return "\n".join(self.tails.get(label, ()))
+
+    def _run(self):
+        while not self._closed:
+            try:
+                events = self.sel.select(0.5)
+            except (OSError, ValueError):
+                return
+            for key, _ in events:
+                if key.data is None:
+                    os.read(self._wake_r, 4096)
+                    continue
+                label, stream = key.data
+                try:
+                    data = key.fileobj.read1(65536) if hasattr(key.fileobj, "read1") else key.fileobj.read(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except (OSError, ValueError):
+                    data = b""
+                if not data:
+                    with self._lock:
+                        try:
+                            self.sel.unregister(key.fileobj)
+                        except (KeyError, ValueError):
+                            pass
+                    rest = self._partial.pop((label, stream), b"")
+                    if rest:
+                        self.emit(label, stream, rest.decode("utf-8", "replace"))
+                    continue
+                if self.prefix:
+                    data = self._partial.pop((label, stream), b"") + data
+                    cut = data.rfind(b"\n") + 1
+                    if cut < len(data):
+                        self._partial[(label, stream)] = data[cut:]
+                    data = data[:cut]
+                    if not data:
+                        continue
+                self.emit(label, stream, data.decode("utf-8", "replace"))
+
+    def flush(self, timeout: float = 0.5):
+        """Gives the relay a moment to drain pipes of children that just exited."""
+        import time
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._lock:
+                live = [k for k in self.sel.get_map().values() if k.data is not None]
+            if not live:
+                return
+            time.sleep(0.02)
+
+    def close(self):
+        self._closed = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        self._thread.join(1)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def spawn(argv: list[str], config_line: bytes, *, env: dict, cwd: str | None, prolog: str | None = None,
+          pipe_output: bool = True) -> subprocess.Popen:
+    """Starts a broker or worker whose configuration (with the secret) goes through stdin,
+    which then stays open: the child ends when we do."""
+    if prolog:
+        import shlex
+        argv = ["/bin/sh", "-c", f". {shlex.quote(prolog)} && exec " + " ".join(shlex.quote(a) for a in argv)]
+    env = dict(env, SCOOP_PARENT_PID=str(os.getpid()))
+    if prolog:
+        env.pop("SCOOP_PARENT_PID")  # the shell is our child, the worker its child
+    out = subprocess.PIPE if pipe_output else None
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=out, env=env, cwd=cwd,
+                            close_fds=True)
+    proc.stdin.write(config_line)
+    proc.stdin.flush()
+    return proc

@@ -1,0 +1,54 @@
+"""Worker process entry: ``python -m scoop.worker`` with its configuration as a JSON line on stdin.
+
+The secret arrives on stdin, never on a command line.  stdin then stays open: its end means the
+launcher (or the SSH session that carried us) is gone, and the worker leaves at once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+
+def _watch_stdin():
+    try:
+        while sys.stdin.buffer.read(65536):
+            pass
+    except Exception:
+        pass
+    os._exit(0)
+
+
+def main():
+    from ._procutil import die_with_parent
+    die_with_parent()
+    line = sys.stdin.buffer.readline()
+    if not line:
+        sys.stderr.write("scoop worker: expected its configuration on stdin\n")
+        sys.exit(2)
+    cfg = json.loads(line)
+    secret = bytes.fromhex(cfg.pop("secret"))
+    threading.Thread(target=_watch_stdin, name="scoop-stdin", daemon=True).start()
+    if cfg.get("nice"):
+        os.nice(int(cfg["nice"]))
+    for p in reversed(cfg.get("sys_path", [])):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    # the user's program runs as __main__ on the origin only; workers get its definitions by value
+    from . import _runtime
+    from . import _globals
+    rt = _runtime.Runtime(cfg["broker"], secret, "worker",
+                          info={"host": cfg.get("host") or None, "label": cfg.get("label")},
+                          broker_timeout=cfg.get("broker_timeout", 5.0))
+    rt.connect(timeout=cfg.get("connect_timeout", 60.0))
+    _globals.activate(rt, is_origin=False, broker=cfg.get("broker_info"))
+    try:
+        rt.run_worker()
+    except KeyboardInterrupt:
+        pass
+    _runtime._hard_exit(0)
+
+
+if __name__ == "__main__":
+    main()
