@@ -89,8 +89,9 @@ class Runtime:
         self.fns: dict[bytes, object] = {}
         self._blob_bytes: dict[bytes, bytes] = {}
         self.outstanding = 0
-        self.target = 2
+        self.target = 1
         self._avg = None
+        self._fn_avg: dict[bytes, float] = {}
         self.executing = None
         self.interrupted: set[int] = set()
         self._new_interrupts: deque = deque()
@@ -213,6 +214,14 @@ class Runtime:
             fut._state = RUNNING
         return fut._state == CANCELLED
 
+    def cancel_many(self, futs):
+        """Asks the broker to drop these tasks if still queued, without waiting for answers
+        (an abandoned map must not leave work behind for nobody)."""
+        for f in futs:
+            if f._state < FINISHED and f.id in self.futures:
+                self.out += [P.CANCEL + P.ID.pack(f.id), P.EMPTY]
+        self.flush()
+
     def set_const(self, name: str, value):
         if name in self.consts:
             raise TypeError(f"shared constant {name!r} is already defined; constants are set once")
@@ -333,6 +342,7 @@ class Runtime:
             elif t == P.RETIRE:
                 self.retiring = True
 
+
     def _on_shutdown(self, reason: str):
         if self.role == "worker":
             _hard_exit(0)
@@ -400,6 +410,7 @@ class Runtime:
         pending, ready = self.pending, hub.ready
         run_task = self._run_task
         monotonic = time.monotonic
+        fn_avg = self._fn_avg
         while True:
             t0 = monotonic()
             while True:
@@ -407,9 +418,11 @@ class Runtime:
                     ready.popleft().switch()
                 elif pending:
                     hdr, body = pending.popleft()
-                    _, tid, group, _d = P.TASK_HEADER.unpack(hdr)
+                    _, tid, group, d = P.TASK_HEADER.unpack(hdr)
                     if group in self.interrupted:
                         continue
+                    if self.out and fn_avg.get(d, 1.0) > 0.0005:
+                        self.flush()  # a task that may be long must not hold finished results back
                     TaskGreenlet(run_task, hub.g, group, tid).switch(hdr, body)
                 else:
                     break
@@ -456,15 +469,17 @@ class Runtime:
                 tb = tb.tb_next  # hide this frame: the user's code starts below it
             text = "".join(traceback.format_exception(type(exc), exc, tb))
             host = self.info.get("host") or _socket.gethostname()
-            text = f"Traceback on worker {self.index} ({host}, pid {os.getpid()}) running {name}:\n" + text.split("\n", 1)[1]
+            text = f"[worker {self.index} on {host}, pid {os.getpid()}, task {name}]\n" + text
             rb = P.dump_exception(exc, text)
             status = P.RAISED
         self.out += [P.RESULT_HEADER.pack(P.RESULT, tid, status), rb]
         self.done_count += 1
         dt = time.perf_counter() - t0
+        fa = self._fn_avg.get(d)
+        self._fn_avg[d] = dt if fa is None else 0.8 * fa + 0.2 * dt
         avg = self._avg = dt if self._avg is None else 0.8 * self._avg + 0.2 * dt
         # keep ~2 ms of queued work per worker: deep prefetch for tiny tasks, none for long ones
-        self.target = 1 if avg > 0.5 else max(2, min(256, int(0.002 / max(avg, 1e-6)) + 1))
+        self.target = min(256, int(0.002 / max(avg, 1e-6)) + 1)
 
     def _install_interrupt_handler(self):
         if threading.current_thread() is not threading.main_thread():
@@ -535,6 +550,21 @@ class _Control(threading.Thread):
         if self.is_alive() and threading.current_thread() is not self:
             self.join(2)
 
+    def _give_back(self, s, n: int):
+        """Hands unstarted tasks back to the broker while the main thread is busy in a task;
+        deque pops are atomic, so the two threads never take the same task."""
+        out = []
+        pending = self.rt.pending
+        while n > 0:
+            try:
+                hdr, _body = pending.pop()
+            except IndexError:
+                break
+            out += [P.RELEASE + hdr[1:9], P.EMPTY]
+            n -= 1
+        if out:
+            P.send(s, self.rt.signer, out)
+
     def _figures(self) -> dict:
         load = self.rt.load()
         if self._proc is not None:
@@ -573,6 +603,8 @@ class _Control(threading.Thread):
                             t = frames[i][:1]
                             if t == P.INTERRUPT:
                                 rt.on_interrupt(P.U32.unpack_from(frames[i], 1)[0])
+                            elif t == P.STEAL:
+                                self._give_back(s, P.U32.unpack_from(frames[i], 1)[0])
                             elif t == P.SHUTDOWN:
                                 rt.broken = rt.broken or "the SCOOP cluster ended: " + frames[i + 1].decode()
                                 if rt.role == "worker":

@@ -23,6 +23,7 @@ import zmq
 from . import _protocol as P
 
 MAX_ATTEMPTS = 3  # a task lost with this many dead workers fails with WorkerLostError
+SUSPECT_SILENCE = 0.8
 
 
 class Task:
@@ -43,7 +44,7 @@ class Peer:
     """A connected process: a worker, the origin, or an observer that only heartbeats."""
 
     __slots__ = ("uid", "tident", "cident", "index", "host", "pid", "role", "credit", "assigned",
-                 "have", "last_seen", "load", "out", "cout", "joined", "done_routed", "retiring")
+                 "have", "last_seen", "load", "out", "cout", "joined", "done_routed", "retiring", "last_steal")
 
     def __init__(self, uid, tident, index, info, now):
         self.uid = uid
@@ -63,6 +64,7 @@ class Peer:
         self.joined = time.time()
         self.done_routed = 0
         self.retiring = False
+        self.last_steal = 0.0
 
 
 class Broker:
@@ -99,6 +101,7 @@ class Broker:
         self.dropped = 0
         self.lost_workers = 0
         self.stop_event = threading.Event()
+        self._suspect_until = 0.0
 
     # ---- main loop ---------------------------------------------------------------------------
     def serve(self):
@@ -106,24 +109,33 @@ class Broker:
         stop_event = self.stop_event
         poller = zmq.Poller()
         poller.register(main, zmq.POLLIN)
+        # a dropped connection is the fast hint that a worker crashed; heartbeats confirm it
+        monitor = main.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        poller.register(monitor, zmq.POLLIN)
         next_check = next_status = time.monotonic()
         try:
             while self.running:
                 if stop_event.is_set():
                     self.shutdown(self.reason or "stopped")
                     break
-                events = poller.poll(100)
-                if events:
+                events = dict(poller.poll(100))
+                if monitor in events:
+                    while monitor.poll(0):
+                        monitor.recv_multipart()
+                    self._suspect_until = time.monotonic() + 1.5
+                if main in events:
                     for _ in range(256):
                         try:
                             msg = main.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
                         self._on_message(msg)
+                now = time.monotonic()
                 if self.queue:
                     self._dispatch()
+                if not self.queue and self.tasks:
+                    self._steal(now)
                 self._flush()
-                now = time.monotonic()
                 if now >= next_check:
                     self._check_liveness(now)
                     next_check = now + 0.1
@@ -133,6 +145,8 @@ class Broker:
         finally:
             self._flush()
             self._publish_status(time.monotonic())
+            main.disable_monitor()
+            monitor.close(0)
             self.main.close(linger=500)
             self.meta.close(linger=0)
 
@@ -159,17 +173,20 @@ class Broker:
 
     def _on_control(self, peer, uid, frames):
         if peer is None:
-            if frames[0][:1] == P.HEARTBEAT:
-                # not (yet) known: tell it to go away only if it claims to be a task peer we lost
-                return
+            # a control socket only starts after its HELLO was welcomed: this peer was declared
+            # lost (its tasks already run elsewhere), so it must not come back half-alive
+            self._send_now(b"c" + uid, [P.SHUTDOWN, b"declared lost by the broker"])
             return
         for i in range(0, len(frames), 2):
-            if frames[i][:1] == P.HEARTBEAT:
+            t = frames[i][:1]
+            if t == P.HEARTBEAT:
                 try:
                     peer.load = json.loads(frames[i + 1])
                 except ValueError:
                     pass
-        peer.cout += [P.PONG, P.EMPTY]
+                peer.cout += [P.PONG, P.EMPTY]
+            elif t == P.RELEASE:
+                self._release(peer, P.ID.unpack_from(frames[i], 1)[0])
 
     def _on_records(self, peer, ident, uid, frames, now):
         i, n = 0, len(frames)
@@ -179,7 +196,8 @@ class Broker:
             t = hdr[:1]
             if t == P.TASK:
                 if peer is None:
-                    continue
+                    self._send_now(ident, [P.SHUTDOWN, b"declared lost by the broker"])
+                    return
                 _, tid, group, d = P.TASK_HEADER.unpack(hdr)
                 if tid in self.tasks:
                     continue  # a duplicate submission (replay, resend): ignore
@@ -239,12 +257,7 @@ class Broker:
             elif t == P.INTERRUPT:
                 self._interrupt(P.U32.unpack_from(hdr, 1)[0])
             elif t == P.RELEASE:
-                tid = P.ID.unpack_from(hdr, 1)[0]
-                task = self.tasks.get(tid)
-                if task is not None and task.worker is peer:
-                    peer.assigned.pop(tid, None)
-                    task.worker = None
-                    self.queue.appendleft(task)
+                self._release(peer, P.ID.unpack_from(hdr, 1)[0])
             elif t == P.BYE:
                 if peer is not None:
                     self._remove(peer, "left")
@@ -287,9 +300,9 @@ class Broker:
             return
         queue, tasks, blobs = self.queue, self.tasks, self.blobs
         while queue and workers:
-            # the worker with the most unused credit takes the next task: spreads a burst evenly
-            w = max(workers, key=_credit) if len(workers) > 1 else workers[0]
-            take = max(1, min(w.credit, len(queue) // len(workers) or 1))
+            # the least loaded worker goes first, a fair share at a time: spreads a burst evenly
+            w = min(workers, key=_load) if len(workers) > 1 else workers[0]
+            take = min(w.credit, -(-len(queue) // len(workers)))
             out = w.out
             while take and queue:
                 task = queue.popleft()
@@ -311,23 +324,51 @@ class Broker:
             if w.credit <= 0:
                 workers.remove(w)
 
+    def _release(self, peer, tid):
+        task = self.tasks.get(tid)
+        if task is not None and task.worker is peer:
+            peer.assigned.pop(tid, None)
+            task.worker = None
+            self.queue.appendleft(task)
+
+    def _steal(self, now):
+        """An idle worker while another holds several unstarted tasks: ask for half of them
+        back, so a burst prefetched by one worker does not run serially (work stealing)."""
+        idle = [p for p in self.peers.values() if p.role == "worker" and p.credit > 0 and not p.assigned]
+        if not idle:
+            return
+        victim = max((p for p in self.peers.values() if p.role == "worker"), key=_load)
+        if len(victim.assigned) >= 2 and now - victim.last_steal > 0.02:
+            victim.last_steal = now
+            n = max(1, min(len(idle), len(victim.assigned) // 2))
+            victim.cout += [P.STEAL + P.U32.pack(n), P.EMPTY]
+
     def _flush(self):
         send = self.main.send_multipart
-        sign = self.signer.sign
+        signer = self.signer
         for p in list(self.peers.values()):
             for ident, attr in ((p.tident, "out"), (p.cident, "cout")):
                 frames = getattr(p, attr)
                 if frames:
                     setattr(p, attr, [])
                     try:
-                        send([ident, sign(frames), *frames], zmq.NOBLOCK)
+                        send([ident, P.seal(signer, frames)], zmq.NOBLOCK)
                         self.routed += 1
                     except zmq.ZMQError:
                         pass  # peer not connected (yet/any more); liveness handles it
 
+    def _send_now(self, ident, frames):
+        try:
+            self.main.send_multipart([ident, P.seal(self.signer, frames)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
     # ---- failures ------------------------------------------------------------------------------
     def _check_liveness(self, now):
         limit = self.heartbeat_timeout
+        if now < self._suspect_until:
+            # after a disconnect, a peer silent for 3 heartbeat intervals is taken for dead
+            limit = min(limit, SUSPECT_SILENCE)
         for p in list(self.peers.values()):
             if now - p.last_seen > limit:
                 self._remove(p, f"lost (no heartbeat for {now - p.last_seen:.1f} s)")
@@ -405,8 +446,7 @@ class Broker:
     def _event(self, kind, **data):
         data["event"] = kind
         data["time"] = time.time()
-        frames = [P.EVENT, json.dumps(data).encode()]
-        self.meta.send_multipart([P.EVENT, self.signer.sign(frames), *frames])
+        self.meta.send_multipart([P.EVENT, P.seal(self.signer, [P.EVENT, json.dumps(data).encode()])])
 
     def _publish_status(self, now):
         t0, d0 = self._rate_mark
@@ -427,12 +467,11 @@ class Broker:
                        "dropped_messages": self.dropped, "routed_messages": self.routed},
             "broker": {"main_port": self.main_port, "meta_port": self.meta_port},
         }
-        frames = [P.STATUS, json.dumps(snap).encode()]
-        self.meta.send_multipart([P.STATUS, self.signer.sign(frames), *frames])
+        self.meta.send_multipart([P.STATUS, P.seal(self.signer, [P.STATUS, json.dumps(snap).encode()])])
 
 
-def _credit(p):
-    return p.credit
+def _load(p):
+    return len(p.assigned)
 
 
 def _bind(sock, addr: str) -> int:

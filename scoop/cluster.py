@@ -169,22 +169,54 @@ class Cluster:
                 break
             self._kill_all()
         else:
-            raise ClusterError("the SCOOP broker could not listen on a free port: "
-                               + self.relay.tail("broker"))
+            raise ClusterError("the SCOOP broker did not start: " + self.relay.tail("broker"))
         self.meta = MetaSubscriber(f"tcp://127.0.0.1:{self.meta_port}", self.secret)
         self.meta.start()
         if connect:
             self.connect()
         if wait:
             self.wait_for_workers(sum(k for _, k in self.plan), timeout)
+        self._supervisor = threading.Thread(target=self._supervise, name="scoop-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def _supervise(self):
+        """Replaces workers that die (a crash, ``os._exit`` in a task, a lost host) so the
+        cluster keeps its size; their tasks are re-dispatched by the broker.  A crash loop
+        (more than 2n+8 deaths a minute) stops the replacing."""
+        from . import logger
+        deaths = []
+        while not self._stopping:
+            time.sleep(0.2)
+            with self._lock:
+                if self._stopping:
+                    return
+                for w in list(self.workers):
+                    code = w.poll()
+                    if code is None or w.retired:
+                        continue
+                    w.retired = True
+                    now = time.monotonic()
+                    deaths = [t for t in deaths if now - t < 60] + [now]
+                    if len(deaths) > 2 * len(self.workers) + 8:
+                        logger.error("worker %s on %s exited with status %s; too many worker deaths "
+                                     "this minute, not replacing it", w.label, w.host, code)
+                        continue
+                    logger.warning("worker %s on %s exited with status %s; starting a replacement",
+                                   w.label, w.host, code)
+                    try:
+                        self._spawn_worker(w.host if w.remote else "localhost")
+                    except Exception as exc:
+                        logger.error("could not replace worker %s: %s", w.label, exc)
 
     def _env(self):
         env = dict(os.environ)
         env.update(self.env)
         env.pop(P.SECRET_ENV, None)
         env["PYTHONUNBUFFERED"] = "1"
-        if self.pythonpath:
-            env["PYTHONPATH"] = os.pathsep.join(self.pythonpath + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        # local children import the very scoop this process runs, installed or not
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        paths = self.pythonpath + [here] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         return env
 
     def _spawn_broker(self):

@@ -50,6 +50,9 @@ class _SerialRuntime:
     def cancel(self, fut):
         return False
 
+    def cancel_many(self, futs):
+        pass
+
     batching = 0
 
 
@@ -122,6 +125,18 @@ class _MapIterator:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
     def __next__(self):
+        try:
+            return self._next()
+        except StopIteration:
+            raise
+        except BaseException:
+            # like a generator that raised (and Executor.map): finished, its queued tasks dropped
+            self.exhausted = True
+            window, self.window = self.window, deque()
+            self.rt.cancel_many(window)
+            raise
+
+    def _next(self):
         window = self.window
         if not window:
             self._fill()
@@ -145,13 +160,16 @@ class _MapIterator:
             self._fill()
         return fut.result()
 
+    def close(self):
+        """Drops the tasks still queued for this map (also done when it is garbage-collected)."""
+        self.exhausted = True
+        window, self.window = self.window, deque()
+        if window and getattr(self.rt, "sock", None) is not None:
+            self.rt.cancel_many(window)
+
     def __del__(self):
-        # an abandoned map must not leave its queued tasks to run for nobody
         try:
-            if self.window and getattr(self.rt, "sock", None) is not None:
-                for f in self.window:
-                    if f._state < FINISHED:
-                        f._rt.futures.pop(f.id, None)
+            self.close()
         except Exception:
             pass
 

@@ -69,11 +69,12 @@ class MetaSubscriber(threading.Thread):
                         msg = s.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    if len(msg) != 4 or not self.signer.verify(msg[1], msg[2:]):
+                    recs = P.open_sealed(self.signer, msg[1]) if len(msg) == 2 else None
+                    if recs is None:
                         continue
-                    kind = "status" if msg[2] == P.STATUS else "event"
+                    kind = "status" if recs[0] == P.STATUS else "event"
                     try:
-                        data = json.loads(msg[3])
+                        data = json.loads(recs[1])
                     except ValueError:
                         continue
                     with self._cond:

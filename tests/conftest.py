@@ -1,0 +1,78 @@
+"""Shared fixtures: real clusters (broker and worker processes on loopback) and leak checks."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+PROGRAMS = os.path.join(TESTS, "programs")
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def scoop_processes(exclude=()):
+    """Live broker/worker processes (ours or leaked), by command line."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if p.info["status"] == psutil.STATUS_ZOMBIE or p.pid in exclude:
+            continue
+        if "scoop.worker" in cmd or "scoop.broker" in cmd:
+            found.append(p)
+    return found
+
+
+def wait_no_new_processes(before: set, timeout: float = 8.0):
+    """Asserts every broker/worker started since ``before`` is gone within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in scoop_processes() if p.pid not in before]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not left, "left running: " + "; ".join(" ".join(p.cmdline()) for p in left if p.is_running())
+
+
+@pytest.fixture
+def no_leak():
+    before = {p.pid for p in scoop_processes()}
+    yield before
+    wait_no_new_processes(before)
+
+
+def run_scoop(args, *, cwd=None, timeout=120, env=None, input=None):
+    """Runs ``python -m scoop ARGS`` as a user would; returns the CompletedProcess."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, e.get("PYTHONPATH")]))
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "scoop", *args], cwd=cwd or PROGRAMS, env=e,
+                          capture_output=True, text=True, timeout=timeout, input=input)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A 2-worker cluster whose origin is this test process."""
+    from scoop.cluster import Cluster
+    before = {p.pid for p in scoop_processes()}
+    c = Cluster(2, pythonpath=[TESTS, PROGRAMS])
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+        wait_no_new_processes(before)
+
+
+def wait_idle(cluster, timeout=30.0):
+    """Waits until the broker holds no task in flight, so one test's leftovers cannot
+    change the next test's scheduling."""
+    snap = cluster.meta.wait_for(lambda s: s["totals"].get("in_flight", 1) == 0, timeout)
+    assert snap["totals"]["in_flight"] == 0, snap["totals"]

@@ -1,0 +1,94 @@
+"""Task functions for the tests (importable by workers through the cluster's pythonpath)."""
+import os
+import time
+
+import scoop
+from scoop import futures, shared
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def ident(x):
+    return x
+
+
+def sleep_return(seconds, value=None):
+    time.sleep(seconds)
+    return value if value is not None else seconds
+
+
+def fail_on(x, bad=3):
+    if x == bad:
+        raise ValueError(f"bad value {x}")
+    return x
+
+
+def nested_fail(x):
+    return futures.submit(fail_on, x).result()
+
+
+def tree(depth):
+    """Binary recursion: 2**(depth+1)-1 futures in all."""
+    if depth == 0:
+        return 1
+    a = futures.submit(tree, depth - 1)
+    b = futures.submit(tree, depth - 1)
+    return a.result() + b.result()
+
+
+def map_tree(depth):
+    if depth == 0:
+        return 1
+    return sum(futures.map(map_tree, [depth - 1] * 2))
+
+
+def where():
+    return {"is_origin": scoop.IS_ORIGIN, "running": scoop.IS_RUNNING, "size": scoop.SIZE,
+            "worker": scoop.worker, "pid": os.getpid(), "broker": tuple(scoop.BROKER or ())}
+
+
+def use_const(name, x):
+    return shared.getConst(name, timeout=5)(x)
+
+
+def get_const(name, timeout=0.1):
+    return shared.getConst(name, timeout=timeout)
+
+
+def unpicklable_result():
+    import threading
+    return threading.Lock()
+
+
+def die(code=7):
+    os._exit(code)
+
+
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def as_completed_inside(n):
+    fs = [futures.submit(sleep_return, 0.01 * (n - i), i) for i in range(n)]
+    return sorted(f.result() for f in futures.as_completed(fs))
+
+
+def wait_inside(n):
+    fs = [futures.submit(square, i) for i in range(n)]
+    done, not_done = futures.wait(fs)
+    return sorted(f.result() for f in done), len(not_done)
+
+
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+
+    def scale(self, x):
+        return self.k * x
