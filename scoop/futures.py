@@ -9,6 +9,7 @@ import functools
 import itertools
 import time
 import warnings
+import weakref
 from collections import deque
 
 from . import _globals
@@ -21,6 +22,7 @@ __all__ = ["submit", "map", "map_as_completed", "as_completed", "wait", "mapRedu
            "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
 
 _serial = None
+_active_maps: "weakref.WeakSet[_MapIterator]" = weakref.WeakSet()
 
 
 class _SerialRuntime:
@@ -97,6 +99,15 @@ class _MapIterator:
         self.size = _window(rt)
         self.exhausted = False
         self.digest = None
+        self.name = getattr(func, "__qualname__", None) or type(func).__name__
+        self.submitted = 0
+        self.yielded = 0
+        self.started = time.time()
+        try:
+            self.total = min(len(it) for it in iterables)
+        except TypeError:
+            self.total = None  # a generator or an endless iterable
+        _active_maps.add(self)
         self._fill()
 
     def _fill(self):
@@ -109,9 +120,11 @@ class _MapIterator:
             self.digest = rt._callable_digest(self.func)
         rt.batching += 1
         try:
+            before = len(window)
             for args in itertools.islice(self.args, room):
                 window.append(rt.submit(self.func, args, {}, False, self.digest))
             else:
+                self.submitted += len(window) - before
                 if len(window) < self.size:
                     self.exhausted = True
         finally:
@@ -158,7 +171,14 @@ class _MapIterator:
             window.remove(fut)
         if len(window) < self.size // 2:
             self._fill()
+        self.yielded += 1
         return fut.result()
+
+    def progress(self) -> dict:
+        """How far this map is: for progress bars and the dashboard."""
+        done = self.yielded + sum(1 for f in self.window if f._state >= FINISHED)
+        return {"name": self.name, "done": done, "submitted": self.submitted, "total": self.total,
+                "finished": self.exhausted and not self.window, "started": self.started}
 
     def close(self):
         """Drops the tasks still queued for this map (also done when it is garbage-collected)."""
