@@ -92,3 +92,10 @@ class Scaler:
 
     def scale(self, x):
         return self.k * x
+
+
+def work_ms(ms, value):
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        pass
+    return value

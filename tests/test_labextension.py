@@ -1,0 +1,305 @@
+"""Real-browser test of the JupyterLab extension in labextension/.
+
+Starts a private JupyterLab server, drives headless Chromium with Playwright,
+runs a SCOOP cluster from notebook cells and checks the SCOOP sidebar panel and
+status-bar item, then makes sure the server leaves no process behind.
+
+Needs the prebuilt extension installed (``pip install -e .`` builds it) and
+Debian's ``/usr/bin/chromium`` (Playwright's own browser downloads are not used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+psutil = pytest.importorskip("psutil")
+expect = sync_api.expect
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PANEL = "#scoop-cluster-panel"
+STATUS_ITEM = "#scoop-status-item"
+# Lumino hides inactive dock tabs with lm-mod-hidden: target the visible notebook.
+ACTIVE_NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+
+
+def labextension_installed() -> bool:
+    from jupyter_core.paths import jupyter_path
+
+    return any(
+        Path(p, "scoop-jupyter", "package.json").is_file() for p in jupyter_path("labextensions")
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LabServer:
+    """A throwaway ``jupyter lab`` with its own runtime/config/settings dirs."""
+
+    def __init__(self, tmp: Path, python: str = sys.executable):
+        self.root = tmp / "notebooks"
+        self.root.mkdir(parents=True)
+        self.token = secrets.token_hex(16)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        settings = tmp / "lab-settings"
+        # No news/update toasts over the UI, and no request to the internet.
+        notif = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+        notif.parent.mkdir(parents=True)
+        notif.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+        env = dict(
+            os.environ,
+            JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+            JUPYTER_CONFIG_DIR=str(tmp / "config"),
+            JUPYTERLAB_SETTINGS_DIR=str(settings),
+            JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
+            PYTHONUNBUFFERED="1",
+        )
+        self.log_path = tmp / "jupyter-lab.log"
+        self._log = open(self.log_path, "wb")
+        cmd = [
+            python, "-m", "jupyterlab", "--no-browser",
+            f"--port={self.port}", "--ip=127.0.0.1", "--port-retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.root}",
+            "--LabApp.news_url=",
+        ]  # fmt: skip
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-root")  # CI containers run as root
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jupyter lab exited early:\n{self.log()}")
+            try:
+                self.api("GET", "/api/status")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.3)
+        raise TimeoutError(f"jupyter lab did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}?token={self.token}"
+
+    def api(self, method: str, path: str, body: object = None):
+        req = urllib.request.Request(
+            self.base + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            data = resp.read()
+        return json.loads(data) if data else None
+
+    def new_notebook(self, name: str) -> str:
+        nb = {
+            "type": "notebook",
+            "format": "json",
+            "content": {
+                "cells": [],
+                "metadata": {
+                    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+                },
+                "nbformat": 4,
+                "nbformat_minor": 5,
+            },
+        }
+        self.api("PUT", f"/api/contents/{name}", nb)
+        return name
+
+    def wait_kernel_idle(self, path: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for session in self.api("GET", "/api/sessions") or []:
+                if session["path"] == path and session["kernel"]["execution_state"] == "idle":
+                    return
+            time.sleep(0.3)
+        raise TimeoutError(f"kernel of {path} never became idle:\n{self.log()}")
+
+    def descendants(self) -> list:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def shutdown_kernels(self) -> None:
+        for session in self.api("GET", "/api/sessions") or []:
+            self.api("DELETE", f"/api/sessions/{session['id']}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.api("POST", "/api/shutdown")
+                self.proc.wait(timeout=30)
+            except (urllib.error.URLError, ConnectionError, subprocess.TimeoutExpired):
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        self._log.close()
+
+
+def leftover_processes(known: list, root: Path) -> list:
+    """Processes that outlived the server: known descendants, or anything
+    (e.g. a detached SCOOP worker) still running in the notebook dir."""
+    def running(p) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    alive = {p.pid: p for p in known if running(p)}
+    for p in psutil.process_iter(["cwd"]):
+        if not running(p):
+            continue
+        cwd = p.info.get("cwd") or ""
+        if cwd == str(root) or cwd.startswith(str(root) + os.sep):
+            alive[p.pid] = p
+    return list(alive.values())
+
+
+def open_notebook(page, server: LabServer, name: str) -> None:
+    page.goto(server.url(f"/lab/tree/{name}"))
+    expect(page.locator(f"{ACTIVE_NOTEBOOK} .jp-Cell .cm-content").first).to_be_visible(
+        timeout=60_000
+    )
+    server.wait_kernel_idle(name)
+
+
+def run_cell(page, code: str, timeout: float = 120) -> str:
+    """Type code into the last (empty) cell, run it, wait, return its output text."""
+    nb = page.locator(ACTIVE_NOTEBOOK)
+    cells = nb.locator(".jp-Notebook .jp-Cell")
+    # Pin the index: Shift+Enter appends a new cell, so `.last` would move.
+    cell = cells.nth(cells.count() - 1)
+    cell.locator(".cm-content").click()
+    # insert_text skips per-key editor behaviour (auto-brackets, auto-indent).
+    page.keyboard.insert_text(code)
+    page.keyboard.press("Shift+Enter")
+    expect(cell.locator(".jp-InputPrompt")).to_have_text(
+        re.compile(r"\[\d+\]"), timeout=timeout * 1000
+    )
+    errors = cell.locator("[data-mime-type='application/vnd.jupyter.error']")
+    if errors.count():
+        pytest.fail(f"cell {code!r} raised:\n{errors.first.inner_text()}")
+    return cell.locator(".jp-OutputArea").inner_text()
+
+
+def open_scoop_panel(page) -> None:
+    tab = page.locator(f".jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id='{PANEL[1:]}']")
+    expect(tab).to_have_count(1, timeout=30_000)
+    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
+        tab.click()
+    expect(page.locator(PANEL)).to_be_visible()
+
+
+@pytest.fixture
+def lab(tmp_path):
+    if not labextension_installed():
+        pytest.fail("scoop-jupyter labextension is not installed: run `pip install -e .`")
+    server = LabServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page(tmp_path):
+    with sync_api.sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 900},
+        )
+        try:
+            yield ctx.pages[0] if ctx.pages else ctx.new_page()
+        finally:
+            ctx.close()
+
+
+def test_scoop_panel_follows_cluster(no_leak, lab, page):
+    # no_leak (conftest) also fails the test if broker/worker processes outlive it.
+    open_notebook(page, lab, lab.new_notebook("scoop-test.ipynb"))
+    open_scoop_panel(page)
+    # Before %load_ext the comm target does not exist in the kernel.
+    expect(page.locator(PANEL)).to_contain_text("%load_ext scoop_jupyter", timeout=30_000)
+
+    run_cell(page, "%load_ext scoop_jupyter")
+    run_cell(page, "%scoop_cluster start -n 2")
+    out = run_cell(
+        page,
+        "from scoop import futures\n"
+        "squares = list(futures.map(lambda x: x * x, range(2000)))\n"
+        "print(len(squares), sum(squares))",
+    )
+    assert f"2000 {sum(x * x for x in range(2000))}" in out
+
+    rows = page.locator(f"{PANEL} .scoop-worker-row")
+    expect(rows).to_have_count(2, timeout=30_000)
+    expect(page.locator(f"{PANEL} .scoop-load-bar")).to_have_count(2)
+    expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("running")
+    expect(page.locator(STATUS_ITEM)).to_contain_text("2 workers")
+    known = lab.descendants()  # kernel + cluster processes, for the leak check
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "labextension-panel.png"))
+
+    run_cell(page, "%scoop_cluster stop")
+    expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("stopped", timeout=30_000)
+    expect(rows).to_have_count(0)
+    expect(page.locator(STATUS_ITEM)).to_have_text("SCOOP: stopped")
+
+    known += lab.descendants()
+    lab.shutdown_kernels()
+    lab.stop()
+    _, alive = psutil.wait_procs(known, timeout=20)
+    leftovers = leftover_processes(alive, lab.root)
+    described = []
+    for p in leftovers:
+        with contextlib.suppress(psutil.Error):
+            described.append((p.pid, " ".join(p.cmdline())[:120]))
+            p.kill()
+    assert not leftovers, f"processes left behind: {described}"
