@@ -24,6 +24,7 @@ HELLO = b"H"       # worker -> broker: body = JSON identity (host, pid, role)
 WELCOME = b"W"     # broker -> worker: body = JSON (index, size, broker info)
 BLOB = b"F"        # callable, referenced by digest: header = F + digest(16)
 TASK = b"T"        # header = T + task id(8) + group(4) + digest(16); body = pickled (args, kwargs)
+CHUNK = b"M"       # like TASK; body = pickled list of argument tuples (a map's inputs, run in order)
 RESULT = b"R"      # header = R + task id(8) + status(1); body = pickled value / exception
 CREDIT = b"K"      # worker -> broker: header = K + count(i4); how many more tasks it can take
 CANCEL = b"X"      # header = X + task id(8) [+ ok(1) in the broker's reply]

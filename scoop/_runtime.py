@@ -169,6 +169,23 @@ class Runtime:
                 return g.group
         return self.group
 
+    def submit_chunk(self, fn, digest: bytes, arglist: list, name: str) -> Future:
+        """One record for several inputs of a map: the per-task costs are paid once per chunk."""
+        try:
+            body = P.dumps(arglist, what=f"argument of task {name}")
+        except P.SerializationError as exc:
+            where = P.find_unpicklable(arglist)
+            raise P.SerializationError(f"argument of task {name} could not be pickled: {where}: "
+                                       f"{exc.__cause__}") from exc.__cause__
+        self._seq += 1
+        tid = self._prefix | self._seq
+        group = self.current_group()
+        fut = Future(self, tid, name, group)
+        self.futures[tid] = fut
+        self.out += [P.TASK_HEADER.pack(P.CHUNK, tid, group, digest), body]
+        self.submitted += len(arglist)
+        return fut
+
     def submit(self, fn, args, kwargs, flush: bool = True, digest: bytes | None = None) -> Future:
         if self.closed or self.broken:
             raise ClusterError(self.broken or "cannot submit: the SCOOP cluster connection is closed")
@@ -299,7 +316,7 @@ class Runtime:
                     fut._finish(FINISHED, exception=P.SerializationError(
                         f"result of task {fut._name} could not be unpickled: {type(exc).__name__}: {exc}"))
                 self.done_count += 1
-            elif t == P.TASK:
+            elif t == P.TASK or t == P.CHUNK:
                 if self.outstanding > 0:
                     self.outstanding -= 1
                 self.pending.append((hdr, body))
@@ -447,31 +464,29 @@ class Runtime:
             self.pump(timeout)
 
     def _run_task(self, hdr, body):
-        _, tid, group, d = P.TASK_HEADER.unpack(hdr)
+        kind, tid, group, d = P.TASK_HEADER.unpack(hdr)
         t0 = time.perf_counter()
         name = "task"
         try:
             fn = self._get_fn(d)
             name = _name_of(fn)
-            args, kwargs = P.loads(body)
-            value = fn(*args, **kwargs)
+            if kind == P.CHUNK:
+                value = self._run_chunk(fn, name, P.loads(body))
+            else:
+                args, kwargs = P.loads(body)
+                value = fn(*args, **kwargs)
             try:
                 rb = P.dumps(value, what=f"result of task {name}")
                 status = P.OK
             except P.SerializationError as exc:
-                rb = P.dump_exception(exc, "")
-                status = P.RAISED
+                if kind == P.CHUNK:
+                    rb, status = self._chunk_unpicklable(value, name, exc), P.OK
+                else:
+                    rb, status = P.dump_exception(exc, ""), P.RAISED
         except TaskInterrupted:
             return
         except BaseException as exc:  # noqa: B902 -- everything a task raises goes back to its caller
-            tb = exc.__traceback__
-            if tb is not None and tb.tb_next is not None:
-                tb = tb.tb_next  # hide this frame: the user's code starts below it
-            text = "".join(traceback.format_exception(type(exc), exc, tb))
-            host = self.info.get("host") or _socket.gethostname()
-            text = f"[worker {self.index} on {host}, pid {os.getpid()}, task {name}]\n" + text
-            rb = P.dump_exception(exc, text)
-            status = P.RAISED
+            rb, status = self._exception_payload(exc, name), P.RAISED
         self.out += [P.RESULT_HEADER.pack(P.RESULT, tid, status), rb]
         self.done_count += 1
         dt = time.perf_counter() - t0
@@ -480,6 +495,39 @@ class Runtime:
         avg = self._avg = dt if self._avg is None else 0.8 * self._avg + 0.2 * dt
         # keep ~2 ms of queued work per worker: deep prefetch for tiny tasks, none for long ones
         self.target = min(256, int(0.002 / max(avg, 1e-6)) + 1)
+
+    def _run_chunk(self, fn, name, arglist):
+        """Runs a map chunk in order; stops at the first exception, which the origin raises
+        when its iteration reaches that input.  Returns (values, error_index, error, seconds)."""
+        values = []
+        t0 = time.perf_counter()
+        append = values.append
+        try:
+            for args in arglist:
+                append(fn(*args))
+        except TaskInterrupted:
+            raise
+        except BaseException as exc:  # noqa: B902
+            return values, len(values), self._exception_payload(exc, name), time.perf_counter() - t0
+        return values, -1, None, time.perf_counter() - t0
+
+    def _chunk_unpicklable(self, value, name, exc):
+        values, err_i, err, elapsed = value
+        for j, v in enumerate(values):
+            try:
+                P.dumps(v)
+            except P.SerializationError as e:
+                return P.dumps((values[:j], j, P.dump_exception(e, ""), elapsed))
+        return P.dumps(([], 0, P.dump_exception(exc, ""), elapsed))
+
+    def _exception_payload(self, exc, name) -> bytes:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next  # hide the worker's own frames: the user's code starts below them
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        host = self.info.get("host") or _socket.gethostname()
+        text = f"[worker {self.index} on {host}, pid {os.getpid()}, task {name}]\n" + text
+        return P.dump_exception(exc, text)
 
     def _install_interrupt_handler(self):
         if threading.current_thread() is not threading.main_thread():

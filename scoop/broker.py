@@ -194,7 +194,7 @@ class Broker:
             hdr, body = frames[i], frames[i + 1]
             i += 2
             t = hdr[:1]
-            if t == P.TASK:
+            if t == P.TASK or t == P.CHUNK:
                 if peer is None:
                     self._send_now(ident, [P.SHUTDOWN, b"declared lost by the broker"])
                     return

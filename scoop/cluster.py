@@ -19,18 +19,11 @@ import time
 from . import _globals, _protocol as P
 from .errors import ClusterError
 from .launch import local as _local
+from .launch.hosts import is_local_host
 from .meta import MetaSubscriber
 
-_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "", None}
-
-
 def _is_local(host) -> bool:
-    if host in _LOCAL_NAMES:
-        return True
-    try:
-        return host in (socket.gethostname(), socket.getfqdn())
-    except OSError:
-        return False
+    return not host or is_local_host(host)
 
 
 def _free_port(host: str) -> int:
@@ -115,11 +108,8 @@ class Cluster:
 
     # ---- planning --------------------------------------------------------------------------
     def _make_plan(self):
-        cores = os.cpu_count() or 1
-        if not (self.hostfile or self.hosts) and not any(
-                k in os.environ for k in ("SLURM_JOB_NODELIST", "SLURM_NODELIST", "PBS_NODEFILE", "PE_HOSTFILE")):
-            return [("localhost", self.n if self.n is not None else cores)]
         from .launch import hosts as H
+        cores = os.cpu_count() or 1
         entries = []
         if self.hostfile:
             entries = H.parse_hostfile(self.hostfile)
@@ -293,8 +283,11 @@ class Cluster:
         from .launch import ssh
         self._tunnel_ports = {}
         unique = list(dict.fromkeys(names))
-        self.remote_hosts = ssh.connect_hosts(unique, config_path=self.ssh_config,
-                                              connect_timeout=self.connect_timeout)
+        try:
+            self.remote_hosts = ssh.connect_hosts(unique, config_path=self.ssh_config,
+                                                  connect_timeout=self.connect_timeout)
+        except ssh.SSHError as exc:
+            raise ClusterError(str(exc)) from None
         errors = []
         for name, rh in self.remote_hosts.items():
             try:

@@ -55,6 +55,22 @@ class _SerialRuntime:
     def cancel_many(self, futs):
         pass
 
+    def _callable_digest(self, fn):
+        return b""
+
+    def submit_chunk(self, fn, digest, arglist, name):
+        values = []
+        t0 = time.perf_counter()
+        fut = Future(self, 0, name)
+        for args in arglist:
+            try:
+                values.append(fn(*args))
+            except Exception as exc:
+                fut._finish(FINISHED, (values, len(values), exc, time.perf_counter() - t0))
+                return fut
+        fut._finish(FINISHED, (values, -1, None, time.perf_counter() - t0))
+        return fut
+
     batching = 0
 
 
@@ -78,27 +94,40 @@ def submit(func, *args, **kwargs) -> Future:
 
 def _window(rt) -> int:
     import scoop
-    return max(2048, 512 * max(1, scoop.SIZE))
+    return max(4096, 1024 * max(1, scoop.SIZE))
+
+
+_CHUNK_SECONDS = 0.001  # aim for ~1 ms of work per chunk: fine balance, per-task costs amortised
 
 
 class _MapIterator:
-    """Submits through a window, so a huge or endless input never materialises every future."""
+    """Submits through a window, so a huge or endless input never materialises every future.
+
+    Inputs go in chunks whose size adapts to the measured time per input: one input per task
+    while tasks are long (best balance), up to hundreds while they are tiny, where per-task
+    messaging would otherwise dominate.  Results and errors keep input order.
+    """
 
     def __init__(self, func, iterables, timeout, ordered: bool):
         if not callable(func):
             raise TypeError(f"futures.map needs a callable, got {type(func).__name__}")
         if not iterables:
             raise TypeError("futures.map needs at least one iterable")
-        self.rt = rt = _rt()
+        self.rt = _rt()
         self.func = func
         self.args = zip(*iterables)
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.timeout = timeout
         self.ordered = ordered
-        self.window = deque()
-        self.size = _window(rt)
+        self.window = deque()          # (future, number of inputs)
+        self.in_window = 0
+        self.size = _window(self.rt)
+        self.buffer = deque()          # results ready to yield
+        self.error = None              # raised once the buffer before it is drained
         self.exhausted = False
         self.digest = None
+        self.chunk = 1
+        self.per_input = None
         self.name = getattr(func, "__qualname__", None) or type(func).__name__
         self.submitted = 0
         self.yielded = 0
@@ -112,23 +141,22 @@ class _MapIterator:
 
     def _fill(self):
         rt = self.rt
-        window = self.window
-        room = self.size - len(window)
-        if room <= 0 or self.exhausted:
+        if self.exhausted or self.in_window >= self.size:
             return
-        if self.digest is None and hasattr(rt, "_callable_digest"):
+        if self.digest is None:
             self.digest = rt._callable_digest(self.func)
-        rt.batching += 1
-        try:
-            before = len(window)
-            for args in itertools.islice(self.args, room):
-                window.append(rt.submit(self.func, args, {}, False, self.digest))
-            else:
-                self.submitted += len(window) - before
-                if len(window) < self.size:
-                    self.exhausted = True
-        finally:
-            rt.batching -= 1
+        import scoop
+        # never fewer chunks in flight than a few per worker
+        k = max(1, min(self.chunk, self.size // (4 * max(1, scoop.SIZE))))
+        islice = itertools.islice
+        while self.in_window < self.size:
+            batch = list(islice(self.args, min(k, self.size - self.in_window)))
+            if not batch:
+                self.exhausted = True
+                break
+            self.window.append((rt.submit_chunk(self.func, self.digest, batch, self.name), len(batch)))
+            self.in_window += len(batch)
+            self.submitted += len(batch)
         rt.flush()
 
     def __iter__(self):
@@ -144,48 +172,69 @@ class _MapIterator:
             raise
         except BaseException:
             # like a generator that raised (and Executor.map): finished, its queued tasks dropped
-            self.exhausted = True
-            window, self.window = self.window, deque()
-            self.rt.cancel_many(window)
+            self.close()
             raise
 
     def _next(self):
+        while not self.buffer:
+            if self.error is not None:
+                err, self.error = self.error, None
+                raise err
+            if not self.window:
+                self._fill()
+                if not self.window:
+                    raise StopIteration
+            self._take()
+        self.yielded += 1
+        return self.buffer.popleft()
+
+    def _take(self):
+        """Moves the next finished chunk (the first one, in ordered mode) into the buffer."""
         window = self.window
-        if not window:
-            self._fill()
-            if not window:
-                raise StopIteration
         if self.ordered:
-            fut = window[0]
+            entry = window[0]
+            fut = entry[0]
             if fut._state < FINISHED and not self.rt.wait_until(
                     lambda: fut._state >= FINISHED, self._remaining(), (fut,)):
-                raise TimeoutError(f"futures.map: task {fut._name} not done within {self.timeout} s")
-            window.popleft()
+                raise TimeoutError(f"futures.map: task {self.name} not done within {self.timeout} s")
         else:
-            fut = next((f for f in window if f._state >= FINISHED), None)
-            if fut is None:
-                if not self.rt.wait_until(lambda: any(f._state >= FINISHED for f in window),
-                                          self._remaining(), window):
+            entry = next((e for e in window if e[0]._state >= FINISHED), None)
+            if entry is None:
+                futs = [e[0] for e in window]
+                if not self.rt.wait_until(lambda: any(f._state >= FINISHED for f in futs),
+                                          self._remaining(), futs):
                     raise TimeoutError(f"futures.map_as_completed: nothing completed within {self.timeout} s")
-                fut = next(f for f in window if f._state >= FINISHED)
-            window.remove(fut)
-        if len(window) < self.size // 2:
+                entry = next(e for e in window if e[0]._state >= FINISHED)
+        window.remove(entry)
+        self.in_window -= entry[1]
+        values, err_index, err, elapsed = entry[0].result()
+        self._adapt(elapsed, len(values) + (err_index >= 0))
+        self.buffer.extend(values)
+        if err_index >= 0:
+            from ._protocol import load_exception
+            self.error = err if isinstance(err, BaseException) else load_exception(err)
+            self.exhausted = True
+        elif self.in_window < self.size // 2:
             self._fill()
-        self.yielded += 1
-        return fut.result()
+
+    def _adapt(self, elapsed, n):
+        per = elapsed / max(1, n)
+        self.per_input = per if self.per_input is None else 0.7 * self.per_input + 0.3 * per
+        self.chunk = max(1, min(1024, int(_CHUNK_SECONDS / max(self.per_input, 1e-7))))
 
     def progress(self) -> dict:
         """How far this map is: for progress bars and the dashboard."""
-        done = self.yielded + sum(1 for f in self.window if f._state >= FINISHED)
+        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window if f._state >= FINISHED)
         return {"name": self.name, "done": done, "submitted": self.submitted, "total": self.total,
-                "finished": self.exhausted and not self.window, "started": self.started}
+                "finished": self.exhausted and not self.window and not self.buffer, "started": self.started}
 
     def close(self):
         """Drops the tasks still queued for this map (also done when it is garbage-collected)."""
         self.exhausted = True
         window, self.window = self.window, deque()
+        self.in_window = 0
         if window and getattr(self.rt, "sock", None) is not None:
-            self.rt.cancel_many(window)
+            self.rt.cancel_many([f for f, _ in window])
 
     def __del__(self):
         try:

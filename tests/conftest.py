@@ -14,19 +14,27 @@ TESTS = os.path.join(ROOT, "tests")
 PROGRAMS = os.path.join(TESTS, "programs")
 EXAMPLES = os.path.join(ROOT, "examples")
 
+# every process this test session starts inherits this marker, so leak checks count only ours
+SESSION_MARK = "SCOOP_TEST_SESSION"
+os.environ.setdefault(SESSION_MARK, f"{os.getpid()}-{time.time_ns()}")
 
-def scoop_processes(exclude=()):
-    """Live broker/worker processes (ours or leaked), by command line."""
+
+def scoop_processes(exclude=(), session_only: bool = True):
+    """Live broker/worker processes by command line (by default only this test session's)."""
     found = []
+    mark = os.environ[SESSION_MARK]
     for p in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
+            if p.info["status"] == psutil.STATUS_ZOMBIE or p.pid in exclude:
+                continue
+            if "scoop.worker" not in cmd and "scoop.broker" not in cmd:
+                continue
+            if session_only and p.environ().get(SESSION_MARK) != mark:
+                continue
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if p.info["status"] == psutil.STATUS_ZOMBIE or p.pid in exclude:
-            continue
-        if "scoop.worker" in cmd or "scoop.broker" in cmd:
-            found.append(p)
+        found.append(p)
     return found
 
 

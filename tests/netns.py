@@ -29,9 +29,11 @@ or ``with NetnsCluster(2) as cluster: ...`` outside pytest.
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -66,6 +68,33 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
+
+
+_STALE_NETNS = re.compile(r"^scooptest-([0-9a-f]{6})-p(\d+)-h\d+$")
+
+
+def sweep_stale() -> None:
+    """Remove test hosts left by runs that were killed before cleaning up.
+
+    Namespace names carry the creating pid, so only hosts whose creator is
+    gone are touched; parallel live runs are left alone.
+    """
+    out = _run("ip", "netns", "list", check=False).stdout
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = _STALE_NETNS.match(name)
+        if not m or psutil.pid_exists(int(m.group(2))):
+            continue
+        tag = m.group(1)
+        for pid in _run("ip", "netns", "pids", name, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        _run("ip", "netns", "del", name, check=False)  # also removes its veth pair
+        _run("ip", "link", "del", f"scb{tag}", check=False)
+        for entry in glob.glob(os.path.join(tempfile.gettempdir(), f"scooptest-{tag}-*")):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def processes_matching(pattern: str) -> list[psutil.Process]:
@@ -168,6 +197,7 @@ class NetnsCluster:
         raise RuntimeError("no free 10.213.x.0/24 subnet for test hosts")
 
     def _setup(self) -> None:
+        sweep_stale()
         self.tmp = tempfile.mkdtemp(prefix=f"{self.prefix}-")
         os.chmod(self.tmp, 0o755)
         self.home = os.path.join(self.tmp, "home")
@@ -194,7 +224,7 @@ class NetnsCluster:
         for k in range(1, self.n + 1):
             host = TestHost(
                 name=f"h{k}",
-                netns=f"{self.prefix}-h{k}",
+                netns=f"{self.prefix}-p{os.getpid()}-h{k}",
                 ip=str(base + 10 + k),
                 veth=f"sct{self.tag}{k}",
                 dir=os.path.join(self.tmp, f"h{k}"),

@@ -79,9 +79,10 @@ class LabServer:
         notif = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
         notif.parent.mkdir(parents=True)
         notif.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+        self.runtime_dir = tmp / "runtime"
         env = dict(
             os.environ,
-            JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+            JUPYTER_RUNTIME_DIR=str(self.runtime_dir),
             JUPYTER_CONFIG_DIR=str(tmp / "config"),
             JUPYTERLAB_SETTINGS_DIR=str(settings),
             JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
@@ -182,21 +183,29 @@ class LabServer:
         self._log.close()
 
 
-def leftover_processes(known: list, root: Path) -> list:
-    """Processes that outlived the server: known descendants, or anything
-    (e.g. a detached SCOOP worker) still running in the notebook dir."""
+def leftover_processes(known: list, lab: LabServer) -> list:
+    """Processes that outlived the server: known descendants, plus anything
+    that inherited this server's private runtime dir or runs in its notebook
+    dir (e.g. a detached SCOOP worker). Other sessions' processes don't match."""
+
     def running(p) -> bool:
         try:
             return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
 
+    def ours(p) -> bool:
+        try:
+            cwd = p.cwd()
+            if cwd == str(lab.root) or cwd.startswith(str(lab.root) + os.sep):
+                return True
+            return p.environ().get("JUPYTER_RUNTIME_DIR") == str(lab.runtime_dir)
+        except psutil.Error:
+            return False
+
     alive = {p.pid: p for p in known if running(p)}
-    for p in psutil.process_iter(["cwd"]):
-        if not running(p):
-            continue
-        cwd = p.info.get("cwd") or ""
-        if cwd == str(root) or cwd.startswith(str(root) + os.sep):
+    for p in psutil.process_iter():
+        if p.pid != os.getpid() and running(p) and ours(p):
             alive[p.pid] = p
     return list(alive.values())
 
@@ -261,15 +270,20 @@ def page(tmp_path):
             ctx.close()
 
 
-def test_scoop_panel_follows_cluster(no_leak, lab, page):
-    # no_leak (conftest) also fails the test if broker/worker processes outlive it.
+def test_scoop_panel_follows_cluster(lab, page):
     open_notebook(page, lab, lab.new_notebook("scoop-test.ipynb"))
     open_scoop_panel(page)
     # Before %load_ext the comm target does not exist in the kernel.
     expect(page.locator(PANEL)).to_contain_text("%load_ext scoop_jupyter", timeout=30_000)
 
-    run_cell(page, "%load_ext scoop_jupyter")
-    run_cell(page, "%scoop_cluster start -n 2")
+    out = run_cell(page, "%load_ext scoop_jupyter")
+    assert "not an IPython extension" not in out, out
+    # The panel retries the comm after each executed cell: it must come alive.
+    expect(
+        page.locator(f"{PANEL} .scoop-state"), "panel did not connect after %load_ext"
+    ).to_have_text(re.compile("stopped|running"), timeout=30_000)
+    out = run_cell(page, "%scoop_cluster start -n 2")
+    assert "UsageError" not in out, out
     out = run_cell(
         page,
         "from scoop import futures\n"
@@ -287,7 +301,8 @@ def test_scoop_panel_follows_cluster(no_leak, lab, page):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "labextension-panel.png"))
 
-    run_cell(page, "%scoop_cluster stop")
+    out = run_cell(page, "%scoop_cluster stop")
+    assert "UsageError" not in out, out
     expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("stopped", timeout=30_000)
     expect(rows).to_have_count(0)
     expect(page.locator(STATUS_ITEM)).to_have_text("SCOOP: stopped")
@@ -296,7 +311,7 @@ def test_scoop_panel_follows_cluster(no_leak, lab, page):
     lab.shutdown_kernels()
     lab.stop()
     _, alive = psutil.wait_procs(known, timeout=20)
-    leftovers = leftover_processes(alive, lab.root)
+    leftovers = leftover_processes(alive, lab)
     described = []
     for p in leftovers:
         with contextlib.suppress(psutil.Error):

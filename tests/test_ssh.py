@@ -1,8 +1,6 @@
 """RemoteHost against real sshd servers in network namespaces (tests/netns.py)."""
 
-import os
 import secrets
-import socket
 import socketserver
 import sys
 import threading
@@ -232,10 +230,11 @@ def test_proxy_jump(cluster, home, tmp_path, hosts_to_close, marker):
     config = cluster.write_config(
         str(tmp_path / "config"),
         cluster.config_entry("h2-via-h1", cluster["h2"].ip, ProxyJump="h1")
-        + cluster.config_entry("h2-via-h1-h3", cluster["h2"].ip, ProxyJump="h1,h3"),
+        + cluster.config_entry("h2-via-h1-h3", cluster["h2"].ip, ProxyJump="h1,h3")
+        + cluster.config_entry("h3-via-h1-explicit", cluster["h3"].ip, ProxyJump="root@h1:22"),
     )
     code = "import os; print(os.environ['SSH_CONNECTION'].split()[0])"
-    for alias, seen_from in (("h2-via-h1", "h1"), ("h2-via-h1-h3", "h3")):
+    for alias, seen_from in (("h2-via-h1", "h1"), ("h2-via-h1-h3", "h3"), ("h3-via-h1-explicit", "h1")):
         host = connect(alias, hosts_to_close, config_path=config)
         assert host.jumped
         assert host.local_address == cluster.gateway_ip
@@ -344,20 +343,25 @@ def test_cut_link(cluster, home, hosts_to_close, marker):
     host = connect("h3", hosts_to_close)
     host.start([PY, "-c", "import time; time.sleep(600)", marker])
     wait_started(marker)
+    assert host.alive(2)
     cluster.cut_link("h3")
     try:
         started = time.monotonic()
+        assert not host.alive(1.5)  # the silent host is noticed
         with pytest.raises(SSHError) as err:
             connect("h3", hosts_to_close, connect_timeout=3)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 6
         assert str(err.value).startswith("host 'h3': unreachable")
+        started = time.monotonic()
+        host.close()  # must not hang on the dead link
+        assert time.monotonic() - started < 3
+        assert not host.alive(1)
         # sshd drops the silent client (~7 s with the test ClientAlive
         # settings); the session's stdin then closes and the program ends.
         assert wait_no_processes(marker, 10 + DEATH_TIMEOUT) == []
     finally:
         cluster.restore_link("h3")
-    host.close()
-    connect("h3", hosts_to_close)  # reachable again
+    assert connect("h3", hosts_to_close).alive(2)  # reachable again
 
 
 # --------------------------------------------------------------- python

@@ -61,9 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix-output", action="store_true", help="prefix worker output lines with the worker")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more launcher messages")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors from the launcher")
-    p.add_argument("program", help="the Python program to run (the origin)")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the program")
+    p.add_argument("program", nargs="?", help="the Python program to run (the origin); its arguments follow it")
     return p
+
+
+_ONE_VALUE = {"-n", "--workers", "--number", "--hostfile", "-b", "--brokers", "--path", "-p",
+              "--python-interpreter", "-e", "--prolog", "--nice", "--external-hostname",
+              "--ssh-config", "--heartbeat-timeout"}
+
+
+def split_argv(argv):
+    """Splits ``[launcher options] program [program args]``.
+
+    ``--hosts a b prog.py`` must work as in SCOOP, so the program is found by looking (the
+    first word that is a ``.py`` file or an existing file, not an option's value) rather than
+    left to argparse, whose ``nargs='+'`` would swallow it; ``--`` also ends the options.
+    """
+    for i, tok in enumerate(argv):
+        if tok == "--":
+            return argv[:i], argv[i + 1:i + 2], argv[i + 2:]
+        if tok.startswith("-") or (i > 0 and argv[i - 1] in _ONE_VALUE):
+            continue
+        if tok.endswith(".py") or os.path.isfile(tok):
+            return argv[:i], [tok], argv[i + 1:]
+    return argv, [], []
 
 
 class _Terminated(BaseException):
@@ -71,17 +92,21 @@ class _Terminated(BaseException):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    launcher_argv, program, prog_args = split_argv(sys.argv[1:] if argv is None else list(argv))
+    parser = build_parser()
+    args = parser.parse_args(launcher_argv)
+    if program:
+        args.program = program[0]
+    if not args.program:
+        parser.error("no program given: python -m scoop [options] program.py [args]")
+    args.args = prog_args
     prog = args.program
     if not os.path.isfile(prog):
         sys.stderr.write(f"scoop: error: program {prog!r} not found\n")
         return 2
     from ..cluster import Cluster
     from ..errors import ClusterError
-    try:
-        from .hosts import HostfileError
-    except ImportError:  # TEMP until hosts.py lands
-        HostfileError = ValueError
+    from .hosts import HostfileError
 
     def on_term(signum, frame):
         raise _Terminated(signum)

@@ -317,6 +317,8 @@ class RemoteHost:
         self._procs: list[RemoteProcess] = []
         self._forwards: dict[int, tuple[str, int]] = {}
         self._lock = threading.Lock()
+        # paramiko tracks one pending global request per transport.
+        self._global_lock = threading.Lock()
 
     # -- configuration ----------------------------------------------------
 
@@ -496,6 +498,31 @@ class RemoteHost:
             raise SSHError(self.name, "not connected")
         return self._local_address
 
+    def alive(self, timeout: float = 5.0) -> bool:
+        """Whether the host answers on this connection within ``timeout``.
+
+        paramiko's keepalive only sends, it never notices silence, so a cut
+        link would go unseen until TCP gives up (many minutes).  This sends
+        an OpenSSH keepalive request, which sshd always answers; polling it
+        is how a launcher detects a dead host and calls :meth:`close`.
+        """
+        t = self._client.get_transport() if self._client else None
+        if t is None or not t.is_active():
+            return False
+        answered = threading.Event()
+
+        def probe():
+            with self._global_lock:
+                try:
+                    t.global_request("keepalive@openssh.com", wait=True)
+                except Exception:
+                    return
+            if t.is_active():
+                answered.set()
+
+        threading.Thread(target=probe, daemon=True, name=f"ssh-alive-{self.name}").start()
+        return answered.wait(timeout)
+
     @property
     def jumped(self) -> bool:
         """Whether the connection goes through ProxyJump hosts."""
@@ -575,7 +602,7 @@ class RemoteHost:
         in on.
         """
         transport = self._transport()
-        with self._lock:
+        with self._global_lock, self._lock:
             try:
                 port = transport.request_port_forward("127.0.0.1", 0, handler=self._on_forward)
             except Exception as e:

@@ -99,3 +99,12 @@ def work_ms(ms, value):
     while time.perf_counter() < end:
         pass
     return value
+
+
+def netns():
+    """Identity of the network namespace this task ran in (which test host)."""
+    return os.readlink("/proc/self/ns/net")
+
+
+def env_var(name):
+    return os.environ.get(name)

@@ -1,0 +1,334 @@
+"""The Jupyter kernel extension, driven through a real IPython kernel with jupyter_client.
+
+Everything a notebook user does goes through execute requests, so these tests see exactly
+what a front end sees: stream, error and display messages with their parent cells.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import psutil
+import pytest
+
+from conftest import scoop_processes
+from kernel_driver import KernelDriver
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def kernel_cluster_processes(driver, before: set) -> list:
+    """Brokers and workers started by this kernel: new since ``before`` and its descendants
+    (other jobs on the machine may run clusters of their own meanwhile)."""
+    try:
+        kids = {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return []
+    return [p for p in scoop_processes() if p.pid not in before and p.pid in kids]
+
+
+def wait_gone(procs, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def start_kernel_with_cluster(n=2, options=""):
+    before = {p.pid for p in scoop_processes()}
+    k = KernelDriver()
+    k.run("%load_ext scoop_jupyter")
+    res = k.run(f"%scoop_cluster start -n {n} {options}")
+    return k, before, res
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k, before, res = start_kernel_with_cluster(2)
+    k.start_result = res
+    try:
+        yield k
+    finally:
+        procs = kernel_cluster_processes(k, before)
+        k.shutdown()
+        left = wait_gone(procs, 5.0)
+        assert not left, f"left running after kernel shutdown: {left}"
+
+
+def busy_until_idle(k, timeout=20.0):
+    """Waits (in the kernel) until the broker holds no task, so tests do not see each other's."""
+    k.run(f"""
+import time as _t, scoop_jupyter as _sj
+_d = _t.monotonic() + {timeout}
+while _sj.status()['totals'].get('in_flight', 0) and _t.monotonic() < _d:
+    _t.sleep(0.1)
+""", timeout=timeout + 10)
+
+
+@pytest.fixture(autouse=True)
+def _idle(request):
+    if "kernel" in request.fixturenames:
+        k = request.getfixturevalue("kernel")
+        busy_until_idle(k)
+    yield
+
+
+# ---- starting ------------------------------------------------------------------------------------
+
+def test_start_prints_one_line_summary(kernel):
+    text = kernel.start_result.stream("stdout")
+    assert len(text.strip().splitlines()) == 1, text
+    m = re.search(r"started in ([\d.]+) s: 2 workers \((\S+): 2\)", text)
+    assert m, text
+    # measured ~0.4 s on an idle 2-core machine; generous here because the machine is shared
+    assert float(m.group(1)) < 5.0
+    st = kernel.run("%scoop_cluster status").stream("stdout")
+    assert "2 workers" in st, st
+    assert len(re.findall(r"^\d+\s+\S+\s+\d+\s+(idle|busy)\s", st, re.M)) == 2, st
+
+
+def test_map_with_lambda_function_and_class_from_cells(kernel):
+    kernel.run("""
+from scoop import futures, shared
+def cube(x):
+    return x ** 3
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+    def __call__(self, x):
+        return self.k * x
+""")
+    assert kernel.value("list(futures.map(lambda x: x + 1, range(5)))") == [1, 2, 3, 4, 5]
+    assert kernel.value("list(futures.map(cube, range(5)))") == [0, 1, 8, 27, 64]
+    assert kernel.value("list(futures.map(Scaler(3), range(5)))") == [0, 3, 6, 9, 12]
+    assert kernel.value("sorted(type(s).__name__ for s in futures.map(lambda k: Scaler(k), [1, 2]))") \
+        == ["Scaler", "Scaler"]
+
+
+def test_nested_futures(kernel):
+    kernel.run("""
+def pfib(n):
+    if n < 2:
+        return n
+    a = futures.submit(pfib, n - 1)
+    b = futures.submit(pfib, n - 2)
+    return a.result() + b.result()
+""")
+    assert kernel.value("pfib(10)") == 55
+    assert kernel.value("futures.submit(pfib, 12).result()") == 144
+
+
+def test_shared_constants(kernel):
+    kernel.run("shared.setConst(offset_kernel_test=100)")
+    got = kernel.value("list(futures.map(lambda x: x + shared.getConst('offset_kernel_test', timeout=10), range(3)))")
+    assert got == [100, 101, 102]
+
+
+def test_future_from_one_cell_completes_between_cells(kernel):
+    kernel.run("""
+import time
+delivered = []
+def slow_answer(x):
+    time.sleep(0.5)
+    return x + 1
+pending = futures.submit(slow_answer, 41)
+pending.add_done_callback(lambda f: delivered.append(f.result()))
+""")
+    time.sleep(2.0)  # no cell runs meanwhile: only the kernel's event loop can deliver the result
+    # reads plain Python state only, so nothing in this cell pumps the origin
+    assert kernel.value("delivered") == [42]
+    assert kernel.value("(pending.done(), pending.result())") == (True, 42)
+
+
+def test_worker_output_goes_to_the_submitting_cell(kernel):
+    res = kernel.run("""
+import sys
+def talk(x):
+    print(f"hello from task {x}")
+    print(f"warning from task {x}", file=sys.stderr)
+    return x
+list(futures.map(talk, range(4)))
+time.sleep(1.0)  # the relay is asynchronous: give it a moment while this cell still runs
+""")
+    out = res.stream("stdout")
+    for x in range(4):
+        assert re.search(rf"^\[w\d+\] hello from task {x}$", out, re.M), out
+        assert re.search(rf"^\[w\d+\] warning from task {x}$", res.stream("stderr"), re.M)
+    # and not in the next cell
+    nxt = kernel.run("1 + 1")
+    assert "hello from task" not in nxt.stream()
+
+
+def test_remote_exception_shows_worker_traceback(kernel):
+    res = kernel.run("""
+def divide_badly(x):
+    y = x - 3
+    return 1 / y
+list(futures.map(divide_badly, range(5)))
+""", ok=False)
+    err = res.error
+    assert err and err["ename"] == "ZeroDivisionError", res
+    tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(err["traceback"]))
+    assert "RemoteTraceback" in tb and "divide_badly" in tb
+    assert "line 4, in divide_badly" in tb and "return 1 / y" in tb
+    assert "The above exception was the direct cause" in tb
+
+
+def test_interrupt_stops_the_cell_and_drops_its_tasks(kernel):
+    kernel.run("""
+import scoop.origin
+def nap(s):
+    time.sleep(s)
+    return s
+""")
+    msg_id = kernel.submit("list(futures.map(nap, [30] * 8))")
+    # wait until the tasks run on the workers
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if any("execute_input" == m["msg_type"] for m in kernel.messages(parent=msg_id)):
+            break
+        time.sleep(0.05)
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    kernel.km.interrupt_kernel()
+    res = kernel.wait(msg_id, timeout=30)
+    stopped_after = time.monotonic() - t0
+    assert res.status == "error" and res.error["ename"] == "KeyboardInterrupt", res
+    assert stopped_after < 5.0, stopped_after
+    # the cluster is usable at once, and nothing of the interrupted cell is left
+    t1 = time.monotonic()
+    assert kernel.value("list(futures.map(abs, range(-3, 3)))", timeout=30) == [3, 2, 1, 0, 1, 2]
+    assert time.monotonic() - t1 < 10
+    assert kernel.value("scoop.origin.outstanding()") == 0
+    busy_until_idle(kernel, 10)
+    assert kernel.value("(scoop.origin.outstanding(), _sj.status()['totals']['in_flight'])") == (0, 0)
+
+
+def test_progress_bar_for_long_maps(kernel):
+    res = kernel.run("_r = list(futures.map(nap, [0.25] * 16))")
+    views = [d for d in res.data("application/vnd.jupyter.widget-view+json") if d]
+    assert views, "no progress bar shown for a 2 s map"
+    kernel.run("%scoop_cluster progress off")
+    res = kernel.run("_r = list(futures.map(nap, [0.25] * 16))")
+    assert not [d for d in res.data("application/vnd.jupyter.widget-view+json") if d]
+    kernel.run("%scoop_cluster progress on")
+    quick = kernel.run("_r = list(futures.map(abs, range(100)))")
+    assert not [d for d in quick.data("application/vnd.jupyter.widget-view+json") if d]
+
+
+# ---- the magic's interface ---------------------------------------------------------------------
+
+def test_help(kernel):
+    out = kernel.run("%scoop_cluster --help").stream("stdout")
+    assert "usage: %scoop_cluster" in out
+    for cmd in ("start", "stop", "status", "restart", "scale", "dashboard", "progress"):
+        assert cmd in out
+    out = kernel.run("%scoop_cluster start --help").stream("stdout")
+    for opt in ("--hosts", "--hostfile", "--python-interpreter", "--pythonpath", "--path", "--prolog",
+                "--nice", "--external-hostname", "--tunnel", "--ssh-config", "--no-progress"):
+        assert opt in out, opt
+
+
+@pytest.mark.parametrize("line, says", [
+    ("start --bogus", "unrecognized arguments: --bogus"),
+    ("scale zero", "expected a whole number"),
+    ("frobnicate", "invalid choice"),
+    ("start -n 2", "already running"),
+])
+def test_bad_arguments_give_one_clear_message(kernel, line, says):
+    res = kernel.run(f"%scoop_cluster {line}", ok=False)
+    text = res.stream() + str(res.error or "")
+    assert says in text, text
+    assert "Traceback" not in text and "argparse" not in text, text
+
+
+def test_scale_up_and_down(kernel):
+    kernel.run("import scoop_jupyter as _sj")
+    kernel.run("%scoop_cluster scale 3")
+    assert kernel.value("len(_sj.status()['workers'])") == 3
+    assert kernel.value("sorted(futures.map(abs, range(-4, 4)))") == sorted(abs(x) for x in range(-4, 4))
+    kernel.run("%scoop_cluster scale 1")
+    assert kernel.value("len(_sj.status()['workers'])") == 1
+    assert kernel.value("list(futures.map(abs, range(-2, 2)))") == [2, 1, 0, 1]
+    kernel.run("%scoop_cluster scale 2")
+    assert kernel.value("len(_sj.status()['workers'])") == 2
+
+
+def test_stop_start_and_restart(kernel):
+    kernel.run("import scoop_jupyter as _sj")
+    port = kernel.value("_sj.cluster().main_port")
+    out = kernel.run("%scoop_cluster stop").stream()
+    assert "stopped" in out
+    assert "no SCOOP cluster is running" in kernel.run("%scoop_cluster status").stream()
+    kernel.run("%scoop_cluster start -n 2")
+    assert kernel.value("list(futures.map(cube, range(3)))") == [0, 1, 8]
+    out = kernel.run("%scoop_cluster restart").stream()
+    assert "started" in out
+    assert kernel.value("_sj.cluster().main_port") != port
+    assert kernel.value("list(futures.map(lambda x: -x, range(3)))") == [0, -1, -2]
+
+
+def test_python_api(kernel):
+    kernel.run("import scoop_jupyter as _sj; _sj.stop()")
+    res = kernel.run("c = _sj.start(n=2); print(type(c).__name__, c.size); print(_sj.status())")
+    out = res.stream()
+    assert "Cluster 2" in out and "SCOOP cluster: 2 workers" in out
+    assert kernel.value("list(futures.map(abs, [-1, -2]))") == [1, 2]
+
+
+# ---- kernel lifecycle ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["shutdown", "restart", "sigkill"])
+def test_kernel_end_leaves_no_cluster_process(how):
+    k, before, _ = start_kernel_with_cluster(2)
+    try:
+        procs = kernel_cluster_processes(k, before)
+        assert len(procs) == 3, procs  # broker and 2 workers
+        t0 = time.monotonic()
+        if how == "shutdown":
+            k.km.shutdown_kernel(now=False)
+        elif how == "restart":
+            k.km.restart_kernel(now=False)
+        else:
+            os.kill(k.pid, signal.SIGKILL)
+        left = wait_gone(procs, 5.0)
+        assert not left, f"{how}: still running after {time.monotonic() - t0:.1f} s: {left}"
+    finally:
+        k.shutdown(now=True)
+
+
+def test_two_kernels_do_not_see_each_other():
+    a, before_a, _ = start_kernel_with_cluster(2)
+    b = None
+    try:
+        b, before_b, _ = start_kernel_with_cluster(2)
+        for k, tag in ((a, 1000), (b, 2000)):
+            k.run(f"import scoop_jupyter as _sj\nfrom scoop import futures\ndef tagged(x):\n    time.sleep(0.05); return x + {tag}"
+                  .replace("import scoop_jupyter", "import time, scoop_jupyter"))
+        ids = [k.submit("r = list(futures.map(tagged, range(40)))") for k in (a, b)]
+        for k, i in zip((a, b), ids):
+            res = k.wait(i, 60)
+            assert res.status == "ok", res
+        assert a.value("r") == [x + 1000 for x in range(40)]
+        assert b.value("r") == [x + 2000 for x in range(40)]
+        pa = a.value("(_sj.cluster().main_port, _sj.cluster().meta_port)")
+        pb = b.value("(_sj.cluster().main_port, _sj.cluster().meta_port)")
+        assert not set(pa) & set(pb)
+        # each broker knows only its own kernel's workers
+        wa = set(a.value("[w['pid'] for w in _sj.status()['workers']]"))
+        wb = set(b.value("[w['pid'] for w in _sj.status()['workers']]"))
+        kids_a = {p.pid for p in psutil.Process(a.pid).children(recursive=True)}
+        kids_b = {p.pid for p in psutil.Process(b.pid).children(recursive=True)}
+        assert len(wa) == 2 and wa <= kids_a and not wa & kids_b
+        assert len(wb) == 2 and wb <= kids_b and not wb & kids_a
+    finally:
+        for k, before in ((a, before_a), (b, before_b if b else set())):
+            if k is None:
+                continue
+            procs = kernel_cluster_processes(k, before)
+            k.shutdown()
+            assert not wait_gone(procs, 5.0)
