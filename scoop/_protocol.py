@@ -25,7 +25,7 @@ WELCOME = b"W"     # broker -> worker: body = JSON (index, size, broker info)
 BLOB = b"F"        # callable, referenced by digest: header = F + digest(16)
 TASK = b"T"        # header = T + task id(8) + group(4) + digest(16); body = pickled (args, kwargs)
 CHUNK = b"M"       # like TASK; body = pickled list of argument tuples (a map's inputs, run in order)
-RESULT = b"R"      # header = R + task id(8) + status(1); body = pickled value / exception
+RESULT = b"R"      # header = R + task id(8) + status(1) + inputs(4); body = pickled value / exception
 CREDIT = b"K"      # worker -> broker: header = K + count(i4); how many more tasks it can take
 CANCEL = b"X"      # header = X + task id(8) [+ ok(1) in the broker's reply]
 CONST = b"S"       # header = S + name (utf-8); body = pickled value
@@ -47,7 +47,7 @@ OK = 0
 RAISED = 1
 
 TASK_HEADER = struct.Struct("<cQI16s")
-RESULT_HEADER = struct.Struct("<cQB")
+RESULT_HEADER = struct.Struct("<cQBI")
 ID = struct.Struct("<Q")
 I32 = struct.Struct("<i")
 U32 = struct.Struct("<I")

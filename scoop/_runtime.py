@@ -303,7 +303,7 @@ class Runtime:
             i += 2
             t = hdr[:1]
             if t == P.RESULT:
-                _, tid, status = P.RESULT_HEADER.unpack(hdr)
+                _, tid, status, _n = P.RESULT_HEADER.unpack(hdr)
                 fut = self.futures.pop(tid, None)
                 if fut is None:
                     continue
@@ -467,11 +467,14 @@ class Runtime:
         kind, tid, group, d = P.TASK_HEADER.unpack(hdr)
         t0 = time.perf_counter()
         name = "task"
+        inputs = 1
         try:
             fn = self._get_fn(d)
             name = _name_of(fn)
             if kind == P.CHUNK:
-                value = self._run_chunk(fn, name, P.loads(body))
+                arglist = P.loads(body)
+                inputs = len(arglist)
+                value = self._run_chunk(fn, name, arglist)
             else:
                 args, kwargs = P.loads(body)
                 value = fn(*args, **kwargs)
@@ -487,8 +490,8 @@ class Runtime:
             return
         except BaseException as exc:  # noqa: B902 -- everything a task raises goes back to its caller
             rb, status = self._exception_payload(exc, name), P.RAISED
-        self.out += [P.RESULT_HEADER.pack(P.RESULT, tid, status), rb]
-        self.done_count += 1
+        self.out += [P.RESULT_HEADER.pack(P.RESULT, tid, status, inputs), rb]
+        self.done_count += inputs
         dt = time.perf_counter() - t0
         fa = self._fn_avg.get(d)
         self._fn_avg[d] = dt if fa is None else 0.8 * fa + 0.2 * dt
@@ -613,6 +616,19 @@ class _Control(threading.Thread):
         if out:
             P.send(s, self.rt.signer, out)
 
+    def _cancel_pending(self, s, tid_bytes: bytes):
+        """Cancels a prefetched task if the main thread has not started it yet."""
+        ok = False
+        for item in list(self.rt.pending):
+            if item[0][1:9] == tid_bytes:
+                try:
+                    self.rt.pending.remove(item)
+                    ok = True
+                except ValueError:
+                    pass  # started meanwhile
+                break
+        P.send(s, self.rt.signer, [P.CANCEL + tid_bytes + (b"\x01" if ok else b"\x00"), P.EMPTY])
+
     def _figures(self) -> dict:
         load = self.rt.load()
         if self._proc is not None:
@@ -653,6 +669,8 @@ class _Control(threading.Thread):
                                 rt.on_interrupt(P.U32.unpack_from(frames[i], 1)[0])
                             elif t == P.STEAL:
                                 self._give_back(s, P.U32.unpack_from(frames[i], 1)[0])
+                            elif t == P.CANCEL:
+                                self._cancel_pending(s, frames[i][1:9])
                             elif t == P.SHUTDOWN:
                                 rt.broken = rt.broken or "the SCOOP cluster ended: " + frames[i + 1].decode()
                                 if rt.role == "worker":

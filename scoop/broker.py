@@ -187,6 +187,15 @@ class Broker:
                 peer.cout += [P.PONG, P.EMPTY]
             elif t == P.RELEASE:
                 self._release(peer, P.ID.unpack_from(frames[i], 1)[0])
+            elif t == P.CANCEL:  # a worker's answer to a forwarded cancel
+                tid = P.ID.unpack_from(frames[i], 1)[0]
+                task = self.tasks.get(tid)
+                ok = frames[i][9:10] == b"\x01" and task is not None and task.worker is peer
+                if ok:
+                    del self.tasks[tid]
+                    peer.assigned.pop(tid, None)
+                if task is not None and task.submitter.uid in self.peers:
+                    task.submitter.out += [P.CANCEL + frames[i][1:9] + (b"\x01" if ok else b"\x00"), P.EMPTY]
 
     def _on_records(self, peer, ident, uid, frames, now):
         i, n = 0, len(frames)
@@ -207,15 +216,15 @@ class Broker:
                 self.tasks[tid] = task
                 self.queue.append(task)
             elif t == P.RESULT:
-                _, tid, _status = P.RESULT_HEADER.unpack(hdr)
+                _, tid, _status, inputs = P.RESULT_HEADER.unpack(hdr)
                 task = self.tasks.pop(tid, None)
                 if task is None:
                     continue  # duplicate, cancelled or orphaned: first result already won
                 w = task.worker
                 if w is not None:
                     w.assigned.pop(tid, None)
-                    w.done_routed += 1
-                self.done_total += 1
+                    w.done_routed += inputs
+                self.done_total += inputs
                 sub = task.submitter
                 if sub.uid in self.peers:
                     sub.out += [hdr, body]
@@ -240,6 +249,10 @@ class Broker:
                     continue
                 tid = P.ID.unpack_from(hdr, 1)[0]
                 task = self.tasks.get(tid)
+                if task is not None and task.submitter is peer and task.worker is not None:
+                    # prefetched but maybe not started: its worker's control thread decides
+                    task.worker.cout += [P.CANCEL + hdr[1:9], P.EMPTY]
+                    continue
                 ok = task is not None and task.worker is None and task.submitter is peer
                 if ok:
                     del self.tasks[tid]  # left in the queue; skipped when popped

@@ -1,0 +1,334 @@
+// Comm link between the frontend and the `scoop_cluster` target of ONE kernel
+// (the active notebook's). The kernel side lives in scoop_jupyter/comm.py.
+import { ISessionContext } from '@jupyterlab/apputils';
+import { Kernel, KernelMessage } from '@jupyterlab/services';
+import { ISignal, Signal } from '@lumino/signaling';
+
+export const COMM_TARGET = 'scoop_cluster';
+
+export type WorkerState = 'idle' | 'busy' | 'joining' | 'lost';
+
+export interface IWorker {
+  id: string;
+  host: string;
+  pid: number;
+  state: WorkerState;
+  queued: number;
+  running: number;
+  done: number;
+  cpu: number; // percent, may exceed 100 on multi-threaded workers
+  mem: number; // bytes
+}
+
+export interface ITotals {
+  workers: number;
+  busy: number; // 0..1
+  done: number;
+  queued: number;
+  running: number;
+  rate: number; // tasks/s
+}
+
+export interface IClusterStatus {
+  state: 'running' | 'stopped';
+  workers: IWorker[];
+  totals: ITotals;
+}
+
+/** What the UI can say about the active kernel. */
+export type Phase = 'no-kernel' | 'connecting' | 'not-loaded' | 'connected';
+
+export type Action =
+  | { action: 'start'; n: number }
+  | { action: 'stop' }
+  | { action: 'refresh' };
+
+const RETRY_MIN_MS = 2000;
+// Each failed comm_open makes ipykernel log "No such comm target", so back off.
+const RETRY_MAX_MS = 30000;
+// A kernel that accepts the comm must send a status right away (protocol).
+const FIRST_STATUS_TIMEOUT_MS = 2000;
+// Kernel states after which comms of the old kernel process are gone.
+const RESET_STATES: ReadonlyArray<Kernel.Status> = [
+  'restarting',
+  'autorestarting',
+  'starting',
+  'dead',
+  'terminating'
+];
+
+export class ScoopConnection {
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+  get phase(): Phase {
+    return this._phase;
+  }
+  get status(): IClusterStatus | null {
+    return this._status;
+  }
+  /** Message of the kernel's last `{"type": "error"}` reply (cleared by send). */
+  get error(): string {
+    return this._error;
+  }
+  /** Path of the notebook whose kernel is followed ('' if none). */
+  get path(): string {
+    return this._ctx?.path ?? '';
+  }
+  get hasNotebook(): boolean {
+    return this._ctx !== null;
+  }
+
+  /** Follow another notebook's session (or none). */
+  setSession(ctx: ISessionContext | null): void {
+    if (ctx === this._ctx) {
+      return;
+    }
+    if (this._ctx) {
+      this._ctx.kernelChanged.disconnect(this._onKernelChanged, this);
+      this._ctx.sessionChanged.disconnect(this._onKernelChanged, this);
+      this._ctx.statusChanged.disconnect(this._onKernelStatus, this);
+      this._ctx.disposed.disconnect(this._onCtxDisposed, this);
+    }
+    this._ctx = ctx;
+    if (ctx) {
+      ctx.kernelChanged.connect(this._onKernelChanged, this);
+      ctx.sessionChanged.connect(this._onKernelChanged, this);
+      ctx.statusChanged.connect(this._onKernelStatus, this);
+      ctx.disposed.connect(this._onCtxDisposed, this);
+    }
+    this._setKernel(ctx?.session?.kernel ?? null, true);
+  }
+
+  /** Send an action to the kernel; false if there is no live comm. */
+  send(action: Action): boolean {
+    const comm = this._comm;
+    if (this._phase !== 'connected' || !comm || comm.isDisposed) {
+      return false;
+    }
+    this._error = '';
+    comm.send(action as any);
+    return true;
+  }
+
+  dispose(): void {
+    this.setSession(null);
+    Signal.clearData(this);
+  }
+
+  private _onCtxDisposed(): void {
+    this.setSession(null);
+  }
+
+  private _onKernelChanged(): void {
+    this._setKernel(this._ctx?.session?.kernel ?? null, false);
+  }
+
+  private _onKernelStatus(_: ISessionContext, status: Kernel.Status): void {
+    if (RESET_STATES.includes(status) && this._phase !== 'no-kernel') {
+      // Restart: the kernel connection object survives but its comms are
+      // disposed without onClose, and the new process has no extension loaded.
+      this._dropComm(false);
+      this._status = null;
+      this._delay = RETRY_MIN_MS;
+      const gone = status === 'dead' || status === 'terminating';
+      this._setPhase(gone ? 'no-kernel' : 'connecting', true);
+      if (!gone) {
+        this._schedule();
+      }
+    }
+  }
+
+  private _onIopub(_: Kernel.IKernelConnection, msg: KernelMessage.IIOPubMessage): void {
+    // Retry right after each executed cell: that is how `%load_ext` arrives.
+    // Only execute_request counts, or our own comm_open busy/idle would loop.
+    if (
+      this._phase === 'not-loaded' &&
+      KernelMessage.isStatusMsg(msg) &&
+      msg.content.execution_state === 'idle' &&
+      (msg.parent_header as Partial<KernelMessage.IHeader>).msg_type === 'execute_request'
+    ) {
+      this._delay = RETRY_MIN_MS;
+      this._tryOpen();
+    }
+  }
+
+  private _setKernel(kernel: Kernel.IKernelConnection | null, force: boolean): void {
+    if (kernel === this._kernel && !force) {
+      return;
+    }
+    this._dropComm(true);
+    if (this._kernel && this._kernel !== kernel) {
+      this._kernel.iopubMessage.disconnect(this._onIopub, this);
+    }
+    if (kernel && kernel !== this._kernel) {
+      kernel.iopubMessage.connect(this._onIopub, this);
+    }
+    this._kernel = kernel;
+    this._status = null;
+    this._error = '';
+    this._delay = RETRY_MIN_MS;
+    if (kernel) {
+      this._setPhase('connecting', true);
+      this._tryOpen();
+    } else {
+      this._setPhase('no-kernel', true);
+    }
+  }
+
+  private _tryOpen(): void {
+    window.clearTimeout(this._timer);
+    const kernel = this._kernel;
+    if (!kernel || kernel.isDisposed) {
+      this._setPhase('no-kernel');
+      return;
+    }
+    if (this._comm && !this._comm.isDisposed) {
+      return; // an attempt is pending (kernel busy) or we are connected
+    }
+    const gen = ++this._gen;
+    let comm: Kernel.IComm;
+    try {
+      comm = kernel.createComm(COMM_TARGET);
+    } catch (err) {
+      console.warn('scoop-jupyter: cannot create comm', err);
+      this._schedule();
+      return;
+    }
+    this._comm = comm;
+    this._gotStatus = false;
+    comm.onMsg = msg => {
+      if (gen === this._gen) {
+        this._onData(msg.content.data);
+      }
+    };
+    // Unregistered target: ipykernel answers comm_open with comm_close.
+    comm.onClose = () => {
+      if (gen === this._gen) {
+        this._comm = null;
+        this._status = null;
+        this._setPhase('not-loaded');
+        this._schedule();
+      }
+    };
+    const giveUp = () => {
+      if (gen === this._gen && this._comm === comm && !this._gotStatus) {
+        this._dropComm(true);
+        this._setPhase('not-loaded');
+        this._schedule();
+      }
+    };
+    try {
+      // `done` resolves once the kernel has handled comm_open (it may sit in
+      // the shell queue while a long cell runs: we stay 'connecting' then).
+      comm
+        .open({})
+        .done.then(() => window.setTimeout(giveUp, FIRST_STATUS_TIMEOUT_MS))
+        .catch(giveUp);
+    } catch (err) {
+      giveUp();
+    }
+  }
+
+  private _onData(data: unknown): void {
+    const msg = data as { type?: unknown; message?: unknown } | null;
+    if (msg?.type === 'error') {
+      this._error = String(msg.message ?? 'unknown error');
+      this._changed.emit();
+      return;
+    }
+    const status = parseStatus(data);
+    if (!status) {
+      return;
+    }
+    this._gotStatus = true;
+    this._delay = RETRY_MIN_MS;
+    this._status = status;
+    this._setPhase('connected', true);
+  }
+
+  private _schedule(): void {
+    window.clearTimeout(this._timer);
+    if (!this._kernel) {
+      return;
+    }
+    this._timer = window.setTimeout(() => this._tryOpen(), this._delay);
+    this._delay = Math.min(this._delay * 2, RETRY_MAX_MS);
+  }
+
+  private _dropComm(sendClose: boolean): void {
+    window.clearTimeout(this._timer);
+    this._gen++; // silences callbacks of the dropped comm
+    const comm = this._comm;
+    this._comm = null;
+    if (comm && !comm.isDisposed && sendClose) {
+      try {
+        comm.close();
+      } catch {
+        // kernel already gone: nothing to tell it
+      }
+    }
+  }
+
+  private _setPhase(phase: Phase, emit = false): void {
+    if (phase !== this._phase || emit) {
+      this._phase = phase;
+      this._changed.emit();
+    }
+  }
+
+  private _ctx: ISessionContext | null = null;
+  private _kernel: Kernel.IKernelConnection | null = null;
+  private _comm: Kernel.IComm | null = null;
+  private _gen = 0;
+  private _gotStatus = false;
+  private _timer = 0;
+  private _delay = RETRY_MIN_MS;
+  private _phase: Phase = 'no-kernel';
+  private _status: IClusterStatus | null = null;
+  private _error = '';
+  private _changed = new Signal<this, void>(this);
+}
+
+function num(value: unknown, fallback = 0): number {
+  return typeof value === 'number' && isFinite(value) ? value : fallback;
+}
+
+/** Validate a kernel message; tolerate missing fields rather than crash the UI. */
+export function parseStatus(data: unknown): IClusterStatus | null {
+  if (!data || typeof data !== 'object') {
+    return null;
+  }
+  const d = data as { [key: string]: any };
+  if (d.type !== 'status') {
+    return null;
+  }
+  const workers: IWorker[] = (Array.isArray(d.workers) ? d.workers : []).map(
+    (w: any): IWorker => ({
+      id: String(w?.id ?? ''),
+      host: String(w?.host ?? '?'),
+      pid: num(w?.pid),
+      state: ['idle', 'busy', 'joining', 'lost'].includes(w?.state) ? w.state : 'idle',
+      queued: num(w?.queued),
+      running: num(w?.running),
+      done: num(w?.done),
+      cpu: num(w?.cpu),
+      mem: num(w?.mem)
+    })
+  );
+  const t = d.totals && typeof d.totals === 'object' ? d.totals : {};
+  const sum = (key: 'done' | 'queued' | 'running') =>
+    workers.reduce((acc, w) => acc + w[key], 0);
+  return {
+    state: d.state === 'running' ? 'running' : 'stopped',
+    workers,
+    totals: {
+      workers: num(t.workers, workers.length),
+      busy: Math.min(1, Math.max(0, num(t.busy))),
+      done: num(t.done, sum('done')),
+      queued: num(t.queued, sum('queued')),
+      running: num(t.running, sum('running')),
+      rate: num(t.rate)
+    }
+  };
+}

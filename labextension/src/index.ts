@@ -1,0 +1,317 @@
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { INotebookTracker } from '@jupyterlab/notebook';
+import { IStatusBar } from '@jupyterlab/statusbar';
+import { LabIcon } from '@jupyterlab/ui-components';
+import { Message } from '@lumino/messaging';
+import { Widget } from '@lumino/widgets';
+
+import { IClusterStatus, IWorker, ScoopConnection } from './connection';
+
+const PANEL_ID = 'scoop-cluster-panel';
+const LOAD_HINT = 'SCOOP extension not loaded in this kernel — run %load_ext scoop_jupyter';
+
+const scoopIcon = new LabIcon({
+  name: 'scoop-jupyter:cluster',
+  svgstr:
+    '<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">' +
+    '<g class="jp-icon3" fill="#616161">' +
+    '<circle cx="12" cy="4.5" r="3"/><circle cx="4.5" cy="18.5" r="3"/><circle cx="19.5" cy="18.5" r="3"/>' +
+    '<path d="M11 7h2v4.6l5.4 4.6-1.3 1.5L12 13.4l-5.1 4.3-1.3-1.5 5.4-4.6z"/></g></svg>'
+});
+
+/** Header badge / status bar wording for the current phase + cluster state. */
+function stateLabel(model: ScoopConnection): string {
+  switch (model.phase) {
+    case 'no-kernel':
+      return 'no kernel';
+    case 'connecting':
+      return 'connecting';
+    case 'not-loaded':
+      return 'not loaded';
+    default:
+      return model.status?.state ?? 'connecting';
+  }
+}
+
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
+function fmtInt(n: number): string {
+  return Math.round(n).toLocaleString('en-US');
+}
+
+function fmtBytes(n: number): string {
+  if (n <= 0) {
+    return '–';
+  }
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  const i = Math.min(units.length - 1, Math.floor(Math.log(n) / Math.log(1024)));
+  return `${(n / 1024 ** i).toFixed(i >= 2 ? 1 : 0)} ${units[i]}`;
+}
+
+/** Load bar width: measured cpu% when the kernel reports it, else busy/idle. */
+function loadPercent(w: IWorker): number {
+  if (w.cpu > 0) {
+    return Math.min(100, w.cpu);
+  }
+  return w.state === 'busy' ? 100 : 0;
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  className: string,
+  text?: string
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  node.className = className;
+  if (text !== undefined) {
+    node.textContent = text;
+  }
+  return node;
+}
+
+/** Left sidebar panel showing the active notebook kernel's cluster. */
+class ScoopPanel extends Widget {
+  constructor(model: ScoopConnection) {
+    super();
+    this._model = model;
+    this.id = PANEL_ID;
+    this.addClass('scoop-panel');
+    this.title.icon = scoopIcon;
+    this.title.label = 'SCOOP';
+    this.title.caption = 'SCOOP cluster';
+
+    const header = el('div', 'scoop-header');
+    header.append(el('span', 'scoop-title', 'SCOOP'), this._badge);
+    const controls = el('div', 'scoop-controls');
+    const label = el('label', 'scoop-n-label', 'Workers ');
+    this._nInput.type = 'number';
+    this._nInput.min = '1';
+    this._nInput.value = String(Math.max(1, navigator.hardwareConcurrency || 2));
+    this._nInput.className = 'scoop-n-input jp-mod-styled';
+    this._nInput.title = 'Number of workers to start';
+    label.append(this._nInput);
+    this._start.id = 'scoop-start-button';
+    this._start.className = 'jp-mod-styled jp-mod-accept';
+    this._start.textContent = 'Start';
+    this._stop.id = 'scoop-stop-button';
+    this._stop.className = 'jp-mod-styled jp-mod-warn';
+    this._stop.textContent = 'Stop';
+    controls.append(label, this._start, this._stop);
+
+    this.node.append(
+      header,
+      this._source,
+      this._message,
+      controls,
+      this._error,
+      this._totals,
+      this._workers
+    );
+
+    this._start.addEventListener('click', () => this._startCluster());
+    this._nInput.addEventListener('keydown', ev => {
+      if (ev.key === 'Enter') {
+        this._startCluster();
+      }
+    });
+    this._stop.addEventListener('click', () => {
+      if (this._model.send({ action: 'stop' })) {
+        this._stop.disabled = true; // re-enabled by the next status
+      }
+    });
+    model.changed.connect(() => this.update(), this);
+  }
+
+  protected onAfterShow(msg: Message): void {
+    // Status only streams while a cluster runs: ask for a fresh one.
+    this._model.send({ action: 'refresh' });
+    this.update();
+  }
+
+  protected onUpdateRequest(msg: Message): void {
+    if (this.isVisible) {
+      this._render();
+    }
+  }
+
+  private _startCluster(): void {
+    const n = parseInt(this._nInput.value, 10);
+    if (!(n >= 1)) {
+      this._nInput.focus();
+      return;
+    }
+    if (this._model.send({ action: 'start', n })) {
+      this._start.disabled = true;
+    }
+  }
+
+  private _render(): void {
+    const model = this._model;
+    const status: IClusterStatus | null = model.phase === 'connected' ? model.status : null;
+    const state = stateLabel(model);
+    this._badge.textContent = state;
+    this._badge.className = `scoop-state scoop-state-${state.replace(' ', '-')}`;
+    this._source.textContent = model.path ? `Kernel of ${model.path}` : '';
+
+    let message = '';
+    if (model.phase === 'no-kernel') {
+      message = model.hasNotebook
+        ? 'The active notebook has no running kernel.'
+        : 'Open a notebook to see its SCOOP cluster.';
+    } else if (model.phase === 'not-loaded') {
+      message = LOAD_HINT;
+    } else if (model.phase === 'connecting') {
+      message = 'Connecting to the kernel…';
+    } else if (status?.state === 'stopped') {
+      message = 'Cluster stopped. Start one here or run %scoop_cluster start -n N.';
+    }
+    this._message.textContent = message;
+    this._message.hidden = !message;
+    this._error.textContent = model.error;
+    this._error.hidden = !model.error;
+
+    const running = status?.state === 'running';
+    this._start.disabled = !status || running;
+    this._stop.disabled = !running;
+    this._nInput.disabled = !status || running;
+
+    this._renderTotals(status);
+    this._renderWorkers(status?.workers ?? []);
+  }
+
+  private _renderTotals(status: IClusterStatus | null): void {
+    this._totals.replaceChildren();
+    this._totals.hidden = !status;
+    if (!status) {
+      return;
+    }
+    const t = status.totals;
+    const items: [string, string][] = [
+      ['Workers', fmtInt(t.workers)],
+      ['Busy', `${Math.round(t.busy * 100)}%`],
+      ['Done', fmtInt(t.done)],
+      ['Queued', fmtInt(t.queued)],
+      ['Running', fmtInt(t.running)],
+      ['Throughput', `${t.rate < 10 ? t.rate.toFixed(1) : fmtInt(t.rate)}/s`]
+    ];
+    for (const [name, value] of items) {
+      const cell = el('div', 'scoop-total');
+      cell.append(el('div', 'scoop-total-value', value), el('div', 'scoop-total-name', name));
+      this._totals.append(cell);
+    }
+  }
+
+  private _renderWorkers(workers: IWorker[]): void {
+    // Rebuilt wholesale: a status is ≤10/s and small, not worth DOM diffing.
+    this._workers.replaceChildren(
+      ...workers.map(w => {
+        const row = el('div', `scoop-worker-row scoop-worker-${w.state}`);
+        row.dataset.workerId = w.id;
+        const top = el('div', 'scoop-worker-top');
+        top.append(
+          el('span', 'scoop-worker-host', w.host),
+          el('span', 'scoop-worker-pid', `pid ${w.pid}`),
+          el('span', 'scoop-worker-state', w.state)
+        );
+        const track = el('div', 'scoop-load');
+        const bar = el('div', 'scoop-load-bar');
+        const pct = loadPercent(w);
+        bar.style.width = `${pct}%`;
+        track.title = w.cpu > 0 ? `${w.cpu.toFixed(0)}% CPU` : w.state;
+        track.append(bar);
+        const stats = el('div', 'scoop-worker-stats');
+        stats.append(
+          el('span', '', `${fmtInt(w.done)} done · ${w.running} running · ${w.queued} queued`),
+          el('span', '', `${w.cpu.toFixed(0)}% cpu · ${fmtBytes(w.mem)}`)
+        );
+        row.append(top, track, stats);
+        return row;
+      })
+    );
+  }
+
+  private _model: ScoopConnection;
+  private _badge = el('span', 'scoop-state');
+  private _source = el('div', 'scoop-source');
+  private _message = el('div', 'scoop-message');
+  private _error = el('div', 'scoop-error');
+  private _nInput = document.createElement('input');
+  private _start = document.createElement('button');
+  private _stop = document.createElement('button');
+  private _totals = el('div', 'scoop-totals');
+  private _workers = el('div', 'scoop-workers');
+}
+
+/** Status bar text: "SCOOP: 4 workers, 73% busy" / "SCOOP: stopped". */
+class ScoopStatusItem extends Widget {
+  constructor(model: ScoopConnection) {
+    super();
+    this._model = model;
+    this.id = 'scoop-status-item';
+    this.addClass('scoop-status-item');
+    this.node.title = 'SCOOP cluster of the active notebook (click to show)';
+    model.changed.connect(() => this.update(), this);
+    this.update();
+  }
+
+  protected onUpdateRequest(msg: Message): void {
+    const status = this._model.status;
+    let text = `SCOOP: ${stateLabel(this._model)}`;
+    if (this._model.phase === 'connected' && status?.state === 'running') {
+      const t = status.totals;
+      text = `SCOOP: ${plural(t.workers, 'worker')}, ${Math.round(t.busy * 100)}% busy`;
+    }
+    this.node.textContent = text;
+  }
+
+  private _model: ScoopConnection;
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: 'scoop-jupyter:plugin',
+  description: 'Sidebar panel and status bar item for the SCOOP cluster of the active notebook.',
+  autoStart: true,
+  requires: [INotebookTracker],
+  optional: [IStatusBar, ILayoutRestorer],
+  activate: (
+    app: JupyterFrontEnd,
+    tracker: INotebookTracker,
+    statusBar: IStatusBar | null,
+    restorer: ILayoutRestorer | null
+  ) => {
+    const model = new ScoopConnection();
+    // currentWidget keeps the last focused notebook when e.g. a console gets
+    // focus, which is what "the active notebook" should mean here.
+    const follow = () => model.setSession(tracker.currentWidget?.sessionContext ?? null);
+    tracker.currentChanged.connect(follow);
+    follow();
+
+    const panel = new ScoopPanel(model);
+    app.shell.add(panel, 'left', { rank: 700 });
+    restorer?.add(panel, PANEL_ID);
+
+    const command = 'scoop-jupyter:show-panel';
+    app.commands.addCommand(command, {
+      label: 'Show SCOOP Cluster Panel',
+      execute: () => app.shell.activateById(PANEL_ID)
+    });
+
+    if (statusBar) {
+      const item = new ScoopStatusItem(model);
+      item.node.addEventListener('click', () => void app.commands.execute(command));
+      statusBar.registerStatusItem('scoop-jupyter:status', {
+        item,
+        align: 'left',
+        rank: 5
+      });
+    }
+  }
+};
+
+export default plugin;
