@@ -7,12 +7,11 @@ import scoop
 from scoop import futures, shared
 
 
-def work(ms):
-    """CPU-bound work of about ``ms`` milliseconds."""
-    end = time.perf_counter() + ms / 1000
+def work(n):
+    """CPU-bound work: a fixed number of loop iterations."""
     x = 0
-    while time.perf_counter() < end:
-        x += 1
+    for i in range(n):
+        x += i * i
     return x
 
 
@@ -33,13 +32,14 @@ if __name__ == "__main__":
     print(f"origin: {scoop.IS_ORIGIN}, workers: {scoop.SIZE}, broker ports: "
           f"{scoop.BROKER.task_port}/{scoop.BROKER.info_port}")
 
+    n = 400_000  # about 20 ms of work
     t0 = time.perf_counter()
-    [work(50) for _ in range(8)]
+    [work(n) for _ in range(40)]
     serial = time.perf_counter() - t0
     t0 = time.perf_counter()
-    list(futures.map(work, [50] * 40))
-    parallel = (time.perf_counter() - t0) / 5
-    print(f"CPU-bound map: {serial / parallel:.2f}x faster than serial on {scoop.SIZE} workers")
+    list(futures.map(work, [n] * 40))
+    parallel = time.perf_counter() - t0
+    print(f"40 CPU-bound tasks: {serial / parallel:.2f}x faster than serial on {scoop.SIZE} workers")
 
     print("nested futures: fib(15) =", fib(15))
     print("mapReduce:", futures.mapReduce(math.sqrt, add, range(10_000)))
@@ -49,6 +49,6 @@ if __name__ == "__main__":
         list(futures.map(risky, range(5)))
     except ValueError as exc:
         print("a task's exception reaches the caller:", repr(exc))
-    fs = [futures.submit(work, ms) for ms in (30, 10, 20)]
+    fs = [futures.submit(work, k) for k in (30_000, 10_000, 20_000)]
     print("as_completed:", [f.result() > 0 for f in futures.as_completed(fs)])
     print("done")

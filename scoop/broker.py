@@ -112,6 +112,8 @@ class Broker:
         # a dropped connection is the fast hint that a worker crashed; heartbeats confirm it
         monitor = main.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         poller.register(monitor, zmq.POLLIN)
+        for sock in self._extra_sockets():
+            poller.register(sock, zmq.POLLIN)
         next_check = next_status = time.monotonic()
         try:
             while self.running:
@@ -130,6 +132,8 @@ class Broker:
                         except zmq.Again:
                             break
                         self._on_message(msg)
+                if len(events) > (main in events) + (monitor in events):
+                    self._on_extra(events)
                 now = time.monotonic()
                 if self.queue:
                     self._dispatch()
@@ -138,6 +142,7 @@ class Broker:
                 self._flush()
                 if now >= next_check:
                     self._check_liveness(now)
+                    self._periodic(now)
                     next_check = now + 0.1
                 if now >= next_status:
                     self._publish_status(now)
@@ -181,9 +186,13 @@ class Broker:
             t = frames[i][:1]
             if t == P.HEARTBEAT:
                 try:
-                    peer.load = json.loads(frames[i + 1])
+                    load = json.loads(frames[i + 1])
                 except ValueError:
-                    pass
+                    load = peer.load
+                if peer.role == "broker" and len(load.get("workers", ())) != len(peer.load.get("workers", ())):
+                    peer.load = load
+                    self._broadcast_size()
+                peer.load = load
                 peer.cout += [P.PONG, P.EMPTY]
             elif t == P.RELEASE:
                 self._release(peer, P.ID.unpack_from(frames[i], 1)[0])
@@ -194,8 +203,8 @@ class Broker:
                 if ok:
                     del self.tasks[tid]
                     peer.assigned.pop(tid, None)
-                if task is not None and task.submitter.uid in self.peers:
-                    task.submitter.out += [P.CANCEL + frames[i][1:9] + (b"\x01" if ok else b"\x00"), P.EMPTY]
+                if task is not None:
+                    self._cancel_answer(task, [P.CANCEL + frames[i][1:9] + (b"\x01" if ok else b"\x00"), P.EMPTY])
 
     def _on_records(self, peer, ident, uid, frames, now):
         i, n = 0, len(frames)
@@ -212,9 +221,7 @@ class Broker:
                     continue  # a duplicate submission (replay, resend): ignore
                 if group in self.interrupted:
                     continue
-                task = Task(tid, hdr, body, d, group, peer)
-                self.tasks[tid] = task
-                self.queue.append(task)
+                self._accept_task(peer, tid, hdr, body, d, group)
             elif t == P.RESULT:
                 _, tid, _status, inputs = P.RESULT_HEADER.unpack(hdr)
                 task = self.tasks.pop(tid, None)
@@ -226,11 +233,18 @@ class Broker:
                     w.done_routed += inputs
                 self.done_total += inputs
                 sub = task.submitter
-                if sub.uid in self.peers:
+                if self._alive(sub):
                     sub.out += [hdr, body]
+            elif t == P.FAIL:  # a sub-broker gave up on a task: pass the verdict on
+                task = self.tasks.pop(P.ID.unpack_from(hdr, 1)[0], None)
+                if task is not None:
+                    if task.worker is not None:
+                        task.worker.assigned.pop(task.id, None)
+                    if self._alive(task.submitter):
+                        task.submitter.out += [hdr, body]
             elif t == P.CREDIT:
                 if peer is not None and not peer.retiring:
-                    peer.credit += P.I32.unpack_from(hdr, 1)[0]
+                    self._on_credit(peer, P.I32.unpack_from(hdr, 1)[0])
             elif t == P.RETIRE:
                 if peer is not None and peer.role == "origin":
                     idx = P.U32.unpack_from(hdr, 1)[0]
@@ -240,7 +254,7 @@ class Broker:
                             p.credit = 0
                             p.out += [P.RETIRE, P.EMPTY]
             elif t == P.BLOB:
-                self.blobs[hdr[1:17]] = body
+                self._on_blob(hdr, body)
             elif t == P.HELLO:
                 self._on_hello(ident, uid, body, now)
                 peer = self.peers.get(uid)
@@ -248,6 +262,8 @@ class Broker:
                 if peer is None:
                     continue
                 tid = P.ID.unpack_from(hdr, 1)[0]
+                if self._forward_cancel(peer, tid, hdr):
+                    continue
                 task = self.tasks.get(tid)
                 if task is not None and task.submitter is peer and task.worker is not None:
                     # prefetched but maybe not started: its worker's control thread decides
@@ -258,17 +274,9 @@ class Broker:
                     del self.tasks[tid]  # left in the queue; skipped when popped
                 peer.out += [P.CANCEL + hdr[1:9] + (b"\x01" if ok else b"\x00"), P.EMPTY]
             elif t == P.CONST:
-                name = hdr[1:].decode("utf-8", "replace")
-                if name in self.const_names:
-                    continue
-                self.const_names.add(name)
-                self.consts.append((hdr, body))
-                for p in self.peers.values():
-                    if p is not peer:
-                        p.out += [hdr, body]
-                self._event("const", name=name)
+                self._on_const(peer, hdr, body)
             elif t == P.INTERRUPT:
-                self._interrupt(P.U32.unpack_from(hdr, 1)[0])
+                self._on_interrupt_request(P.U32.unpack_from(hdr, 1)[0])
             elif t == P.RELEASE:
                 self._release(peer, P.ID.unpack_from(hdr, 1)[0])
             elif t == P.BYE:
@@ -298,8 +306,55 @@ class Broker:
             self._broadcast_size()
         self._event("joined", worker=self._peer_info(peer))
 
+    # ---- hooks a sub-broker (scoop.federation) overrides ----------------------------------------
+    def _accept_task(self, peer, tid, hdr, body, d, group):
+        task = Task(tid, hdr, body, d, group, peer)
+        self.tasks[tid] = task
+        self.queue.append(task)
+
+    def _on_credit(self, peer, n):
+        peer.credit += n
+
+    def _on_blob(self, hdr, body):
+        self.blobs[hdr[1:17]] = body
+
+    def _forward_cancel(self, peer, tid, hdr) -> bool:
+        return False
+
+    def _cancel_answer(self, task, rec):
+        if self._alive(task.submitter):
+            task.submitter.out += rec
+
+    def _alive(self, peer) -> bool:
+        return peer.uid in self.peers
+
+    def _on_const(self, peer, hdr, body):
+        name = hdr[1:].decode("utf-8", "replace")
+        if name in self.const_names:
+            return
+        self.const_names.add(name)
+        self.consts.append((hdr, body))
+        for p in self.peers.values():
+            if p is not peer:
+                p.out += [hdr, body]
+        self._event("const", name=name)
+
+    def _on_interrupt_request(self, group):
+        self._interrupt(group)
+
+    def _extra_sockets(self):
+        return ()
+
+    def _on_extra(self, events):
+        pass
+
+    def _periodic(self, now):
+        pass
+
     def _size(self):
-        return sum(1 for p in self.peers.values() if p.role == "worker")
+        """Workers in the whole cluster, those behind sub-brokers included."""
+        return sum(1 if p.role == "worker" else len(p.load.get("workers", ()))
+                   for p in self.peers.values() if p.role in _TARGETS)
 
     def _broadcast_size(self):
         rec = [P.SIZE + P.U32.pack(self._size()), P.EMPTY]
@@ -308,7 +363,7 @@ class Broker:
 
     # ---- dispatch ----------------------------------------------------------------------------
     def _dispatch(self):
-        workers = [p for p in self.peers.values() if p.credit > 0 and p.role == "worker"]
+        workers = [p for p in self.peers.values() if p.credit > 0 and p.role in _TARGETS]
         if not workers:
             return
         queue, tasks, blobs = self.queue, self.tasks, self.blobs
@@ -347,10 +402,10 @@ class Broker:
     def _steal(self, now):
         """An idle worker while another holds several unstarted tasks: ask for half of them
         back, so a burst prefetched by one worker does not run serially (work stealing)."""
-        idle = [p for p in self.peers.values() if p.role == "worker" and p.credit > 0 and not p.assigned]
+        idle = [p for p in self.peers.values() if p.role in _TARGETS and p.credit > 0 and not p.assigned]
         if not idle:
             return
-        victim = max((p for p in self.peers.values() if p.role == "worker"), key=_load)
+        victim = max((p for p in self.peers.values() if p.role in _TARGETS), key=_load)
         if len(victim.assigned) >= 2 and now - victim.last_steal > 0.02:
             victim.last_steal = now
             n = max(1, min(len(idle), len(victim.assigned) // 2))
@@ -390,7 +445,7 @@ class Broker:
         if self.peers.pop(peer.uid, None) is None:
             return
         graceful = why == "left"
-        if not graceful and peer.role == "worker":
+        if not graceful and peer.role in _TARGETS:
             self.lost_workers += 1
             self.log(f"worker {peer.index} ({peer.host}, pid {peer.pid}) {why}; "
                      f"re-dispatching {len(peer.assigned)} task(s)")
@@ -409,7 +464,7 @@ class Broker:
             del self.tasks[t.id]
             if t.worker is not None:
                 t.worker.assigned.pop(t.id, None)
-        if peer.role == "worker":
+        if peer.role in _TARGETS:
             self._broadcast_size()
         self._event("left", worker=self._peer_info(peer), reason=why)
         if peer is self.origin:
@@ -417,7 +472,7 @@ class Broker:
 
     def _fail(self, task: Task, reason: str):
         self.tasks.pop(task.id, None)
-        if task.submitter.uid in self.peers:
+        if self._alive(task.submitter):
             task.submitter.out += [P.FAIL + P.ID.pack(task.id), reason.encode()]
 
     def _interrupt(self, group: int):
@@ -431,7 +486,7 @@ class Broker:
                     holders.add(task.worker)
         rec = [P.INTERRUPT + P.U32.pack(group), P.EMPTY]
         for p in self.peers.values():
-            if p.role == "worker":
+            if p.role in _TARGETS:
                 p.cout += rec
 
     def shutdown(self, reason: str):
@@ -466,7 +521,12 @@ class Broker:
         if now - t0 >= 1.0:
             self.rate = (self.done_total - d0) / (now - t0)
             self._rate_mark = (now, self.done_total)
-        workers = [self._peer_info(p) for p in self.peers.values() if p.role == "worker"]
+        workers = []
+        for p in self.peers.values():
+            if p.role == "worker":
+                workers.append(self._peer_info(p))
+            elif p.role == "broker":  # a sub-broker reports the workers behind it
+                workers.extend(dict(w, via=p.index) for w in p.load.get("workers", ()))
         busy = sum(1 for w in workers if w["state"] == "busy")
         snap = {
             "state": "running" if self.running else "stopped",
@@ -481,6 +541,9 @@ class Broker:
             "broker": {"main_port": self.main_port, "meta_port": self.meta_port},
         }
         self.meta.send_multipart([P.STATUS, P.seal(self.signer, [P.STATUS, json.dumps(snap).encode()])])
+
+
+_TARGETS = ("worker", "broker")  # peers that take tasks: workers and sub-brokers
 
 
 def _load(p):
@@ -515,8 +578,13 @@ def main():
     cfg = json.loads(line)
     secret = bytes.fromhex(cfg.pop("secret"))
     try:
-        broker = Broker(secret, cfg["main"], cfg["meta"],
-                        heartbeat_timeout=cfg.get("heartbeat_timeout", 3.0))
+        if cfg.get("upstream"):
+            from .federation import SubBroker
+            broker = SubBroker(secret, cfg["main"], cfg["meta"], cfg["upstream"],
+                               heartbeat_timeout=cfg.get("heartbeat_timeout", 3.0))
+        else:
+            broker = Broker(secret, cfg["main"], cfg["meta"],
+                            heartbeat_timeout=cfg.get("heartbeat_timeout", 3.0))
     except zmq.ZMQError as exc:
         sys.stderr.write(f"scoop broker: cannot listen on {cfg['main']} / {cfg['meta']}: {exc}\n")
         sys.exit(2)

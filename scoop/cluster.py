@@ -70,7 +70,8 @@ class Cluster:
                  external_hostname: str | None = None, tunnel: bool = False,
                  output=None, prefix_output: bool = False, heartbeat_timeout: float = 3.0,
                  connect_timeout: float = 10.0, ssh_config: str | None = None,
-                 env: dict | None = None, program_dir: str | None = None, verbose: int = 0):
+                 env: dict | None = None, program_dir: str | None = None, verbose: int = 0,
+                 brokers: int = 1):
         self.n = n
         self.hosts = list(hosts or [])
         self.hostfile = hostfile
@@ -91,7 +92,10 @@ class Cluster:
         self.relay = None
         self._output = output
         self._prefix = prefix_output
-        self.broker_proc = None
+        self.brokers = max(1, int(brokers))
+        self.broker_procs: list = []
+        self.broker_ports: list = []
+        self._spread = 0
         self.workers: list[_WorkerHandle] = []
         self.remote_hosts: dict = {}
         self.plan: list[tuple[str, int]] = []
@@ -149,13 +153,15 @@ class Cluster:
         # ports chosen here so broker and workers start side by side, not one after the other
         for attempt in range(3):
             probe = "127.0.0.1" if self.bind_host == "0.0.0.0" else self.bind_host
-            self.main_port, self.meta_port = _free_port(probe), _free_port(probe)
-            self._spawn_broker()
+            self.broker_ports = [(_free_port(probe), _free_port(probe)) for _ in range(self.brokers)]
+            self.main_port, self.meta_port = self.broker_ports[0]
+            self.broker_procs = []
+            for k, (main, meta) in enumerate(self.broker_ports):
+                self._spawn_broker(k, main, meta)
             for host, count in self.plan:
                 for _ in range(count):
                     self._spawn_worker(host)
-            ready = self._await_broker()
-            if ready:
+            if all(self._await_broker(k) for k in range(self.brokers)):
                 break
             self._kill_all()
         else:
@@ -180,6 +186,14 @@ class Cluster:
             with self._lock:
                 if self._stopping:
                     return
+                for k in range(1, len(self.broker_procs)):
+                    code = self.broker_procs[k].poll()
+                    if code is not None:
+                        # a sub-broker died: its tasks are re-dispatched by the root; restart it on
+                        # the same ports so its workers' replacements have somewhere to join
+                        logger.warning("sub-broker %d exited with status %s; restarting it", k, code)
+                        main, meta = self.broker_ports[k]
+                        self._spawn_broker(k, main, meta, replace=True)
                 for w in list(self.workers):
                     code = w.poll()
                     if code is None or w.retired:
@@ -209,28 +223,39 @@ class Cluster:
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         return env
 
-    def _spawn_broker(self):
+    def _spawn_broker(self, k, main, meta, replace: bool = False):
+        """Broker 0 is the root; the others are sub-brokers under it (a federation), each
+        serving its share of the workers."""
         cfg = {"secret": self.secret.hex(), "heartbeat_timeout": self.heartbeat_timeout,
-               "main": f"tcp://{self.bind_host}:{self.main_port}",
-               "meta": f"tcp://{self.bind_host}:{self.meta_port}"}
-        self.broker_proc = _local.spawn([sys.executable, "-m", "scoop.broker"],
-                                        (json.dumps(cfg) + "\n").encode(), env=self._env(), cwd=self.path)
-        self._broker_stdout = self.broker_proc.stdout  # carries the ready line
-        self.relay.add("broker", stderr=self.broker_proc.stderr)
+               "main": f"tcp://{self.bind_host}:{main}", "meta": f"tcp://{self.bind_host}:{meta}"}
+        if k:
+            cfg["upstream"] = f"tcp://127.0.0.1:{self.main_port}"
+        proc = _local.spawn([sys.executable, "-m", "scoop.broker"], (json.dumps(cfg) + "\n").encode(),
+                            env=self._env(), cwd=self.path)
+        if replace:
+            self.broker_procs[k] = proc
+        else:
+            self.broker_procs.append(proc)
+        # stdout carries the ready line; stderr is relayed
+        self.relay.add("broker" if not k else f"broker{k}", stderr=proc.stderr)
 
-    def _await_broker(self) -> bool:
+    @property
+    def broker_proc(self):
+        return self.broker_procs[0] if self.broker_procs else None
+
+    def _await_broker(self, k) -> bool:
         import select
         deadline = time.monotonic() + 20
-        fd = self._broker_stdout
+        proc = self.broker_procs[k]
         while time.monotonic() < deadline:
-            r, _, _ = select.select([fd], [], [], 0.1)
+            r, _, _ = select.select([proc.stdout], [], [], 0.1)
             if r:
-                line = fd.readline()
+                line = proc.stdout.readline()
                 if line:
                     ports = json.loads(line)
-                    return ports["main_port"] == self.main_port
+                    return ports["main_port"] == self.broker_ports[k][0]
                 break
-            if self.broker_proc.poll() is not None:
+            if proc.poll() is not None:
                 break
         self.relay.flush(0.3)
         return False
@@ -252,8 +277,10 @@ class Cluster:
 
     def _spawn_worker(self, host):
         label = self._next_label(host)
+        port = self.broker_ports[self._spread % self.brokers][0]  # workers spread over the brokers
+        self._spread += 1
         if _is_local(host):
-            addr = f"tcp://127.0.0.1:{self.main_port}"
+            addr = f"tcp://127.0.0.1:{port}"
             cfg = self._worker_config(host, label, addr)
             proc = _local.spawn([self.python, "-m", "scoop.worker"], (json.dumps(cfg) + "\n").encode(),
                                 env=self._env(), cwd=self.path, prolog=self.prolog)
@@ -262,12 +289,13 @@ class Cluster:
         else:
             rh = self.remote_hosts[host]
             if self.tunnel:
-                port = self._tunnel_ports.get(host)
-                if port is None:
-                    port = self._tunnel_ports[host] = rh.forward_remote_port("127.0.0.1", self.main_port)
-                addr = f"tcp://127.0.0.1:{port}"
+                key = (host, port)
+                rport = self._tunnel_ports.get(key)
+                if rport is None:
+                    rport = self._tunnel_ports[key] = rh.forward_remote_port("127.0.0.1", port)
+                addr = f"tcp://127.0.0.1:{rport}"
             else:
-                addr = f"tcp://{self.external_hostname or rh.local_address}:{self.main_port}"
+                addr = f"tcp://{self.external_hostname or rh.local_address}:{port}"
             cfg = self._worker_config(host, label, addr)
             env = {"PYTHONUNBUFFERED": "1"}
             if self.pythonpath:
@@ -410,13 +438,14 @@ class Cluster:
             if _globals.current() is rt:
                 _globals.deactivate()
             rt.close(notify=False)
-        if self.broker_proc is not None and self.broker_proc.stdin:
-            try:
-                self.broker_proc.stdin.close()  # the broker's cue to end
-            except OSError:
-                pass
+        for bp in self.broker_procs:
+            if bp.stdin:
+                try:
+                    bp.stdin.close()  # a broker's cue to end
+                except OSError:
+                    pass
         deadline = time.monotonic() + timeout
-        procs = [w.proc for w in self.workers if not w.remote] + ([self.broker_proc] if self.broker_proc else [])
+        procs = [w.proc for w in self.workers if not w.remote] + list(self.broker_procs)
         for w in self.workers:
             if not w.remote and w.proc.stdin:
                 try:
@@ -454,9 +483,10 @@ class Cluster:
     def _kill_all(self):
         for w in self.workers:
             w.kill()
-        if self.broker_proc is not None:
-            self.broker_proc.kill()
-            self.broker_proc.wait()
+        for bp in self.broker_procs:
+            bp.kill()
+            bp.wait()
+        self.broker_procs = []
         for w in self.workers:
             if not w.remote:
                 w.proc.wait()

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hosts to run workers on; repeat a host to give it more workers")
     p.add_argument("--hostfile", metavar="FILE", help="file of `host [count]` lines")
     p.add_argument("-b", "--brokers", type=int, default=1, metavar="B",
-                   help="number of brokers (one broker serves the whole cluster; accepted for SCOOP compatibility)")
+                   help="number of brokers: a root plus B-1 sub-brokers that each serve a share of "
+                        "the workers (a federation, for very large clusters; default 1)")
     p.add_argument("--path", "-p", metavar="DIR", default=None,
                    help="working directory of the workers (default: the current one)")
     p.add_argument("--python-interpreter", "-e", dest="python", metavar="P", default=None,
@@ -118,7 +119,8 @@ def main(argv=None) -> int:
                       pythonpath=args.pythonpath, path=args.path, prolog=args.prolog, nice=args.nice,
                       external_hostname=args.external_hostname, tunnel=args.tunnel,
                       heartbeat_timeout=args.heartbeat_timeout, ssh_config=args.ssh_config,
-                      prefix_output=args.prefix_output, program_dir=prog_dir, verbose=args.verbose)
+                      prefix_output=args.prefix_output, program_dir=prog_dir, verbose=args.verbose,
+                      brokers=args.brokers)
     code = 0
     try:
         try:

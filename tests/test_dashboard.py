@@ -1,0 +1,181 @@
+"""The live dashboard widget and the lab panel's comm, seen from a real kernel's IOPub stream."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from conftest import scoop_processes
+from kernel_driver import KernelDriver
+from test_jupyter_kernel import kernel_cluster_processes, wait_gone
+
+pytestmark = pytest.mark.timeout(300)
+
+ROW = re.compile(r'<tr class="scoop-worker" data-state="(\w+)">(.*?)</tr>')
+CELLS = re.compile(r"<td[^>]*>(.*?)</td>")
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    before = {p.pid for p in scoop_processes()}
+    k = KernelDriver()
+    k.run("%load_ext scoop_jupyter\nimport time\nfrom scoop import futures\nimport scoop_jupyter as _sj")
+    try:
+        yield k
+    finally:
+        procs = kernel_cluster_processes(k, before)
+        k.shutdown()
+        assert not wait_gone(procs, 5.0)
+
+
+def rows(html: str) -> list[dict]:
+    """Worker rows of a rendered dashboard: state, id and the done count."""
+    out = []
+    for state, cells in ROW.findall(html):
+        c = CELLS.findall(cells)
+        out.append({"state": state, "id": c[0], "pid": int(c[2]), "done": int(c[6])})
+    return out
+
+
+def panel_comm_id(k, since: float) -> str:
+    """The comm of the dashboard's HTML panel, from the widget models the kernel opened."""
+    for m in k.messages(since=since, types={"comm_open"}):
+        state = m["content"]["data"].get("state", {})
+        if state.get("_model_name") == "HTMLModel" and "scoop-dashboard" in state.get("value", ""):
+            return m["content"]["comm_id"]
+    raise AssertionError("no dashboard panel widget was opened")
+
+
+def panel_updates(k, comm_id: str, since: float, until: float = float("inf")) -> list[tuple[float, str]]:
+    return [(t, m["content"]["data"]["state"]["value"]) for t, m in k.timed(since, {"comm_msg"})
+            if t <= until and m["content"]["comm_id"] == comm_id
+            and "value" in m["content"]["data"].get("state", {})]
+
+
+def wait_for_update(k, comm_id, since, pred, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _, html in panel_updates(k, comm_id, since):
+            if pred(html):
+                return html
+        time.sleep(0.1)
+    last = panel_updates(k, comm_id, since)
+    raise AssertionError(f"no matching dashboard update; last: {last[-1][1] if last else None}")
+
+
+def test_dashboard_live_updates(kernel):
+    k = kernel
+    k.run("%scoop_cluster start -n 2")
+    t0 = time.monotonic()
+    shown = k.run("%scoop_cluster dashboard")
+    assert any(d for d in shown.data("application/vnd.jupyter.widget-view+json")), shown
+    cid = panel_comm_id(k, t0)
+
+    # a ~5 s map of sleeping tasks in another cell, while the dashboard is live
+    k.run("def doze(x):\n    time.sleep(0.25)\n    return x")
+    start = time.monotonic()
+    res = k.run("_ = list(futures.map(doze, range(40)))", timeout=120)
+    end = time.monotonic()
+    ups = panel_updates(k, cid, start, end)
+    rate = len(ups) / (end - start)
+    assert end - start > 3.0, res
+    assert 2.0 <= rate <= 12.0, f"{len(ups)} updates in {end - start:.1f} s"
+    # no two updates closer than the throttle allows (with a little scheduling slack)
+    gaps = [b[0] - a[0] for a, b in zip(ups, ups[1:])]
+    assert not gaps or min(gaps) > 0.05, gaps
+    # no gap of a second or more while the cell ran
+    assert max([ups[0][0] - start] + gaps) < 1.5, gaps
+
+    seen = [rows(html) for _, html in ups]
+    assert any(len(r) == 2 and all(w["state"] == "busy" for w in r) for r in seen), seen
+    done = [sum(w["done"] for w in r) for r in seen if r]
+    assert done[-1] > done[0] and done == sorted(done), done
+    assert any("map <code>doze</code>" in html for _, html in ups)
+    assert any("<polyline" in html for _, html in ups)
+
+    # a new worker shows up as a row
+    t1 = time.monotonic()
+    k.run("%scoop_cluster scale 3")
+    wait_for_update(k, cid, t1, lambda h: len([r for r in rows(h) if r["state"] in ("idle", "busy")]) == 3)
+    # and stopping the cluster says so
+    t2 = time.monotonic()
+    k.run("%scoop_cluster stop")
+    html = wait_for_update(k, cid, t2, lambda h: "stopped" in h)
+    assert rows(html) == []
+
+
+def check_status_shape(data):
+    assert data["type"] == "status" and data["state"] in ("running", "stopped")
+    assert set(data["totals"]) == {"workers", "busy", "done", "queued", "running", "rate"}
+    t = data["totals"]
+    assert isinstance(t["workers"], int) and isinstance(t["done"], int) and isinstance(t["queued"], int)
+    assert isinstance(t["running"], int) and isinstance(t["busy"], float) and 0.0 <= t["busy"] <= 1.0
+    assert isinstance(t["rate"], float)
+    for w in data["workers"]:
+        assert set(w) == {"id", "host", "pid", "state", "queued", "running", "done", "cpu", "mem"}
+        assert isinstance(w["id"], str) and isinstance(w["host"], str) and isinstance(w["pid"], int)
+        assert w["state"] in ("idle", "busy", "joining", "lost")
+        for key in ("queued", "running", "done", "mem"):
+            assert isinstance(w[key], int)
+        assert isinstance(w["cpu"], float)
+
+
+def wait_comm(k, cid, since, pred, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _, d in k.comm_data(cid, since):
+            if pred(d):
+                return d
+        time.sleep(0.05)
+    got = k.comm_data(cid, since)
+    raise AssertionError(f"no matching comm message; last: {got[-1][1] if got else None}")
+
+
+def test_panel_comm_protocol(kernel):
+    k = kernel
+    k.run("_sj.stop()")
+    t0 = time.monotonic()
+    cid = k.comm_open("scoop_cluster")
+    first = wait_comm(k, cid, t0, lambda d: True)
+    check_status_shape(first)
+    assert first["state"] == "stopped" and first["workers"] == []
+
+    t1 = time.monotonic()
+    k.comm_send(cid, {"action": "start", "n": 2})
+    running = wait_comm(k, cid, t1, lambda d: d.get("state") == "running" and len(d["workers"]) == 2)
+    check_status_shape(running)
+    assert {w["state"] for w in running["workers"]} <= {"idle", "busy"}
+    assert running["totals"]["workers"] == 2
+    # the kernel is the origin of the cluster the panel started
+    assert k.value("list(futures.map(abs, [-1, -2, -3]))") == [1, 2, 3]
+
+    # while the cluster runs, status keeps coming, at most ~10 a second
+    t2 = time.monotonic()
+    time.sleep(2.0)
+    stream = [d for _, d in k.comm_data(cid, t2)]
+    assert 4 <= len(stream) <= 25, len(stream)
+    for d in stream:
+        check_status_shape(d)
+
+    t3 = time.monotonic()
+    k.comm_send(cid, {"action": "refresh"})
+    wait_comm(k, cid, t3, lambda d: d.get("type") == "status")
+
+    t4 = time.monotonic()
+    k.comm_send(cid, {"action": "frobnicate"})
+    err = wait_comm(k, cid, t4, lambda d: d.get("type") == "error")
+    assert "frobnicate" in err["message"]
+
+    t5 = time.monotonic()
+    k.comm_send(cid, {"action": "stop"})
+    stopped = wait_comm(k, cid, t5, lambda d: d.get("state") == "stopped")
+    check_status_shape(stopped)
+    assert "no SCOOP cluster is running" in k.run("%scoop_cluster status").stream()
+    # a closed panel gets nothing more
+    k.comm_close(cid)
+    k.run("%scoop_cluster start -n 1")
+    t6 = time.monotonic()
+    time.sleep(1.0)
+    assert k.comm_data(cid, t6) == []
+    k.run("%scoop_cluster stop")
