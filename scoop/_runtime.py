@@ -286,11 +286,8 @@ class Runtime:
             return 0
         n = 0
         signer = self.signer
-        while True:
-            try:
-                frames = P.recv_verified(sock, signer, zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = P.recv_verified(sock, signer, zmq.NOBLOCK)
             n += 1
             if frames is not None:
                 self._handle(frames)

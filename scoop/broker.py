@@ -102,6 +102,7 @@ class Broker:
         self.lost_workers = 0
         self.stop_event = threading.Event()
         self._suspect_until = 0.0
+        self._last_steal_check = 0.0
 
     # ---- main loop ---------------------------------------------------------------------------
     def serve(self):
@@ -126,18 +127,18 @@ class Broker:
                         monitor.recv_multipart()
                     self._suspect_until = time.monotonic() + 1.5
                 if main in events:
-                    for _ in range(256):
-                        try:
-                            msg = main.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
+                    recv, on_message = main.recv_multipart, self._on_message
+                    for _ in range(256):  # drain, but let dispatch and flushing run in between
+                        on_message(recv(zmq.NOBLOCK))
+                        if not main.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                             break
-                        self._on_message(msg)
                 if len(events) > (main in events) + (monitor in events):
                     self._on_extra(events)
                 now = time.monotonic()
                 if self.queue:
                     self._dispatch()
-                if not self.queue and self.tasks:
+                if not self.queue and self.tasks and now - self._last_steal_check > 0.005:
+                    self._last_steal_check = now
                     self._steal(now)
                 self._flush()
                 if now >= next_check:
