@@ -52,7 +52,9 @@ class Future:
         return self._state == CANCELLED
 
     def running(self) -> bool:
-        """True once the task has left its submitter and could not be cancelled."""
+        """True while a worker holds the task (asks the broker: a round trip)."""
+        if self._state == PENDING and self._rt.where(self) == 1:
+            self._state = RUNNING
         return self._state == RUNNING
 
     def cancel(self) -> bool:

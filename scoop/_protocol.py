@@ -36,6 +36,7 @@ SIZE = b"Z"        # broker -> workers: header = Z + size(4)
 BYE = b"Q"         # worker -> broker: leaving cleanly
 RETIRE = b"Y"      # broker -> worker: stop taking work, return unstarted tasks, exit when idle
 RELEASE = b"U"     # worker -> broker: hands back unstarted tasks (header = U + task id(8))
+ASK = b"A"         # where is task id? header = A + task id(8) [+ state(1) in the reply: 0 queued, 1 at a worker, 2 gone]
 STEAL = b"V"       # broker -> worker: hand back up to n unstarted tasks (header = V + n(4))
 HEARTBEAT = b"h"   # control socket, worker -> broker: body = JSON load figures
 PONG = b"p"        # control socket, broker -> worker: liveness of the broker

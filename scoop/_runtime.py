@@ -76,6 +76,7 @@ class Runtime:
         self.consts: dict[str, object] = {}
         self._const_event = _Event()
         self._cancel_replies: dict[int, bool] = {}
+        self._ask_replies: dict[int, int] = {}
         self.group = 0
         self.closed = False
         self.broken: str | None = None
@@ -231,6 +232,16 @@ class Runtime:
             fut._state = RUNNING
         return fut._state == CANCELLED
 
+    def where(self, fut: Future) -> int:
+        """Asks the broker where the task is: 0 queued, 1 at a worker, 2 gone (done or dropped)."""
+        if fut.id not in self.futures:
+            return 2
+        self._ask_replies.pop(fut.id, None)
+        self.out += [P.ASK + P.ID.pack(fut.id), P.EMPTY]
+        self.flush()
+        self.wait_until(lambda: fut.id in self._ask_replies or fut._state >= FINISHED, 10.0, (fut,))
+        return self._ask_replies.pop(fut.id, 2)
+
     def cancel_many(self, futs):
         """Asks the broker to drop these tasks if still queued, without waiting for answers
         (an abandoned map must not leave work behind for nobody)."""
@@ -337,6 +348,8 @@ class Runtime:
                     fut = self.futures.pop(tid, None)
                     if fut is not None:
                         fut._finish(CANCELLED)
+            elif t == P.ASK:
+                self._ask_replies[P.ID.unpack_from(hdr, 1)[0]] = hdr[9] if len(hdr) > 9 else 2
             elif t == P.FAIL:
                 tid = P.ID.unpack_from(hdr, 1)[0]
                 fut = self.futures.pop(tid, None)

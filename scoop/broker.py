@@ -274,6 +274,11 @@ class Broker:
                 if ok:
                     del self.tasks[tid]  # left in the queue; skipped when popped
                 peer.out += [P.CANCEL + hdr[1:9] + (b"\x01" if ok else b"\x00"), P.EMPTY]
+            elif t == P.ASK:
+                if peer is not None and not self._forward_ask(peer, P.ID.unpack_from(hdr, 1)[0], hdr):
+                    task = self.tasks.get(P.ID.unpack_from(hdr, 1)[0])
+                    state = b"\x02" if task is None else (b"\x00" if task.worker is None else b"\x01")
+                    peer.out += [hdr[:9] + state, P.EMPTY]
             elif t == P.CONST:
                 self._on_const(peer, hdr, body)
             elif t == P.INTERRUPT:
@@ -320,6 +325,9 @@ class Broker:
         self.blobs[hdr[1:17]] = body
 
     def _forward_cancel(self, peer, tid, hdr) -> bool:
+        return False
+
+    def _forward_ask(self, peer, tid, hdr) -> bool:
         return False
 
     def _cancel_answer(self, task, rec):

@@ -265,7 +265,7 @@ class Cluster:
         return {"secret": self.secret.hex(), "broker": broker_addr, "label": label,
                 "sys_path": sys_path, "nice": self.nice, "host": None if _is_local(host) else host,
                 "broker_timeout": max(5.0, self.heartbeat_timeout + 2),
-                "broker_info": self.broker_info()}
+                "connect_timeout": 15.0, "broker_info": self.broker_info()}
 
     def broker_info(self) -> dict:
         return {"hostname": self.external_hostname or socket.gethostname(), "task_port": self.main_port,
@@ -282,8 +282,12 @@ class Cluster:
         if _is_local(host):
             addr = f"tcp://127.0.0.1:{port}"
             cfg = self._worker_config(host, label, addr)
-            proc = _local.spawn([self.python, "-m", "scoop.worker"], (json.dumps(cfg) + "\n").encode(),
-                                env=self._env(), cwd=self.path, prolog=self.prolog)
+            try:
+                proc = _local.spawn([self.python, "-m", "scoop.worker"], (json.dumps(cfg) + "\n").encode(),
+                                    env=self._env(), cwd=self.path, prolog=self.prolog)
+            except OSError as exc:
+                raise ClusterError(f"cannot start a worker with the Python interpreter {self.python!r} "
+                                   f"in {self.path!r}: {exc.strerror}") from None
             self.relay.add(label, proc.stdout, proc.stderr)
             handle = _WorkerHandle(label, "localhost", proc)
         else:

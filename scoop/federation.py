@@ -70,6 +70,12 @@ class SubBroker(Broker):
         self.blobs[hdr[1:17]] = body
         self.upstream.out += [hdr, body]
 
+    def _forward_ask(self, peer, tid, hdr) -> bool:
+        if self.local_submitted.get(tid) is peer:
+            self.upstream.out += [hdr, P.EMPTY]
+            return True
+        return False
+
     def _forward_cancel(self, peer, tid, hdr) -> bool:
         if self.local_submitted.get(tid) is peer:
             self.upstream.out += [hdr, P.EMPTY]
@@ -132,6 +138,10 @@ class SubBroker(Broker):
                 if peer is not None:
                     if hdr[9:10] == b"\x01":
                         del self.local_submitted[tid]
+                    peer.out += [hdr, body]
+            elif t == P.ASK:
+                peer = self.local_submitted.get(P.ID.unpack_from(hdr, 1)[0])
+                if peer is not None:
                     peer.out += [hdr, body]
             elif t == P.CONST:
                 self._on_const(self.upstream, hdr, body)

@@ -52,6 +52,9 @@ class _SerialRuntime:
     def cancel(self, fut):
         return False
 
+    def where(self, fut):
+        return 2
+
     def cancel_many(self, futs):
         pass
 

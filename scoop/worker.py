@@ -41,7 +41,12 @@ def main():
     rt = _runtime.Runtime(cfg["broker"], secret, "worker",
                           info={"host": cfg.get("host") or None, "label": cfg.get("label")},
                           broker_timeout=cfg.get("broker_timeout", 5.0))
-    rt.connect(timeout=cfg.get("connect_timeout", 60.0))
+    try:
+        rt.connect(timeout=cfg.get("connect_timeout", 15.0))
+    except Exception as exc:
+        sys.stderr.write(f"scoop worker {cfg.get('label', '')}: {exc}\n")
+        sys.stderr.flush()
+        os._exit(3)
     _globals.activate(rt, is_origin=False, broker=cfg.get("broker_info"))
     try:
         rt.run_worker()

@@ -133,3 +133,23 @@ def test_sigkill_of_launcher_leaves_nothing_running(no_leak):
     while time.monotonic() < deadline and any(psutil.pid_exists(pid) for pid in mine):
         time.sleep(0.1)
     assert not [pid for pid in mine if psutil.pid_exists(pid)]
+
+
+def test_path_pythonpath_and_nice_reach_the_workers(tmp_path, no_leak):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "scoop_test_mylib.py").write_text("def bump(x):\n    return x + 1\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    prog = tmp_path / "probe.py"
+    prog.write_text(
+        "import os\n"
+        "from scoop import futures\n\n"
+        "def probe(_):\n"
+        "    import scoop_test_mylib\n"
+        "    return os.getcwd(), os.nice(0), scoop_test_mylib.bump(1)\n\n"
+        "if __name__ == '__main__':\n"
+        "    print(sorted(set(futures.map(probe, range(8)))))\n")
+    r = run_scoop(["-n", "2", "--path", str(work), "--pythonpath", str(lib), "--nice", "5", str(prog)])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str([(str(work), 5, 2)])

@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from conftest import scoop_processes
 from kernel_driver import KernelDriver
 from test_jupyter_kernel import kernel_cluster_processes, wait_gone
 
@@ -18,15 +17,14 @@ CELLS = re.compile(r"<td[^>]*>(.*?)</td>")
 
 @pytest.fixture(scope="module")
 def kernel():
-    before = {p.pid for p in scoop_processes()}
     k = KernelDriver()
     k.run("%load_ext scoop_jupyter\nimport time\nfrom scoop import futures\nimport scoop_jupyter as _sj")
     try:
         yield k
     finally:
-        procs = kernel_cluster_processes(k, before)
+        pid = k.pid
         k.shutdown()
-        assert not wait_gone(procs, 5.0)
+        assert not wait_gone(pid, 5.0)
 
 
 def rows(html: str) -> list[dict]:

@@ -102,6 +102,17 @@ def test_cancel_queued_task_but_not_running_one(cluster):
     assert [b.result() for b in blockers] == [1.0, 1.0]
 
 
+def test_running_while_a_worker_holds_the_task(cluster):
+    f = futures.submit(T.sleep_return, 0.8)
+    deadline = time.monotonic() + 10
+    while not f.running():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert not f.done()
+    f.result()
+    assert not f.running() and f.done()
+
+
 def test_done_callbacks_early_and_late(cluster):
     seen = []
     f = futures.submit(T.sleep_return, 0.2, 42)

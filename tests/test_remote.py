@@ -145,3 +145,21 @@ def test_cut_link_mid_map_loses_nothing(hosts, env, no_leak):
     finally:
         c.stop()
         hosts.restore_link("h2")
+
+
+def test_slurm_allocation_is_used_without_hosts(hosts, env, no_leak):
+    slurm = dict(env, SLURM_JOB_NODELIST="h[1-2]", SLURM_TASKS_PER_NODE="2,1")
+    r = run_scoop(["where_remote.py"], env=slurm, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert _counts(r.stdout) == {_host_ns(hosts, "h1"): 2, _host_ns(hosts, "h2"): 1}
+
+
+def test_external_hostname_is_the_address_workers_dial(hosts, env, no_leak):
+    r = run_scoop(["--external-hostname", hosts.gateway_ip, "--hosts", "h1", "where_remote.py"],
+                  env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert _counts(r.stdout) == {_host_ns(hosts, "h1"): 1}
+    r = run_scoop(["--external-hostname", "10.213.254.254", "--heartbeat-timeout", "2",
+                   "--hosts", "h1", "exit_code.py", "0"], env=env, timeout=120)
+    assert r.returncode != 0  # an address the workers cannot reach: they never join
+    assert "w1@h1" in r.stderr and "no answer from the broker at tcp://10.213.254.254" in r.stderr

@@ -108,3 +108,13 @@ def netns():
 
 def env_var(name):
     return os.environ.get(name)
+
+
+def slow_tree(depth, pause):
+    """Binary recursion with a pause per node, so a tree spans several workers for a while."""
+    time.sleep(pause)
+    if depth == 0:
+        return 1
+    a = futures.submit(slow_tree, depth - 1, pause)
+    b = futures.submit(slow_tree, depth - 1, pause)
+    return a.result() + b.result()

@@ -1,0 +1,79 @@
+"""The public Cluster API: start/stop, context manager, status, scale, failures at start."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from scoop import futures
+from scoop.cluster import Cluster
+from scoop.errors import ClusterError
+
+import tasklib as T
+from conftest import PROGRAMS
+
+
+def test_context_manager_status_and_stop(no_leak):
+    import scoop
+    with Cluster(2, pythonpath=[PROGRAMS]) as c:
+        assert c.running and c.size == 2 and scoop.IS_RUNNING
+        assert "running" in repr(c) and "2 workers" in repr(c)
+        assert futures.submit(T.square, 3).result() == 9
+        snap = c.status()
+        assert snap["state"] == "running" and snap["totals"]["workers"] == 2
+        events = []
+        unsubscribe = c.subscribe(lambda kind, data: events.append(kind))
+        time.sleep(0.6)
+        unsubscribe()
+        assert events.count("status") >= 2  # the meta stream runs at ~5 Hz
+    assert not c.running and not scoop.IS_RUNNING
+    # no cluster any more: like a plain `python prog.py`, futures run serially here
+    assert futures.submit(T.square, 4).result() == 16
+
+
+def test_only_one_origin_per_process(no_leak):
+    with Cluster(1, pythonpath=[PROGRAMS]):
+        other = Cluster(1)
+        with pytest.raises(ClusterError, match="already the origin"):
+            other.start()
+        assert not other.running
+
+
+def test_scale_up_and_down_while_tasks_run(no_leak):
+    with Cluster(2, pythonpath=[PROGRAMS]) as c:
+        fs = [futures.submit(T.work_ms, 30, i) for i in range(120)]
+        c.scale(4)
+        snap = c.meta.wait_for(lambda s: len(s["workers"]) == 4, 10)
+        assert len(snap["workers"]) == 4 and c.size == 4
+        c.scale(1)
+        assert c.size == 1
+        assert [f.result(timeout=120) for f in fs] == list(range(120))  # nothing lost by retiring
+        snap = c.meta.wait_for(lambda s: len(s["workers"]) == 1, 10)
+        assert len(snap["workers"]) == 1
+        assert list(futures.map(T.square, range(10))) == [x * x for x in range(10)]
+
+
+def test_a_failed_start_leaves_nothing_running(no_leak):
+    c = Cluster(2, python="/nonexistent/python3")
+    t0 = time.monotonic()
+    with pytest.raises(ClusterError, match="nonexistent"):
+        c.start(timeout=30)
+    assert time.monotonic() - t0 < 30
+    assert not c.running
+
+
+def test_futures_whose_parent_task_was_on_a_lost_worker_complete_once(no_leak):
+    """A parent dies with its worker: it runs again elsewhere and resubmits its children; the
+    orphaned first children are forgotten, and the root future completes exactly once."""
+    with Cluster(3, pythonpath=[PROGRAMS]) as c:
+        calls = []
+        f = futures.submit(T.slow_tree, 5, 0.02)
+        f.add_done_callback(lambda fut: calls.append(fut.result()))
+        time.sleep(0.5)
+        victim = [w for w in c.workers if w.poll() is None][0]
+        os.kill(victim.pid, signal.SIGKILL)
+        assert f.result(timeout=120) == 32
+        time.sleep(0.2)
+        assert calls == [32]
