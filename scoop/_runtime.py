@@ -97,6 +97,9 @@ class Runtime:
         self.interrupted: set[int] = set()
         self._new_interrupts: deque = deque()
         self.retiring = False
+        self._task_lock = threading.Lock()  # task receipt vs. a cancel decided by the control thread
+        self._known: set[int] = set()        # received, not finished
+        self._precancelled: set[int] = set()  # cancelled before they were received
         self.sock = None
         self.control = None
 
@@ -327,7 +330,13 @@ class Runtime:
             elif t == P.TASK or t == P.CHUNK:
                 if self.outstanding > 0:
                     self.outstanding -= 1
-                self.pending.append((hdr, body))
+                tid = P.ID.unpack_from(hdr, 1)[0]
+                with self._task_lock:
+                    if tid in self._precancelled:
+                        self._precancelled.discard(tid)  # cancelled while still in the socket
+                        continue
+                    self._known.add(tid)
+                    self.pending.append((hdr, body))
             elif t == P.BLOB:
                 self._blob_bytes[hdr[1:]] = body
             elif t == P.CONST:
@@ -497,9 +506,11 @@ class Runtime:
                 else:
                     rb, status = P.dump_exception(exc, ""), P.RAISED
         except TaskInterrupted:
+            self._known.discard(tid)
             return
         except BaseException as exc:  # noqa: B902 -- everything a task raises goes back to its caller
             rb, status = self._exception_payload(exc, name), P.RAISED
+        self._known.discard(tid)
         self.out += [P.RESULT_HEADER.pack(P.RESULT, tid, status, inputs), rb]
         self.done_count += inputs
         dt = time.perf_counter() - t0
@@ -567,7 +578,16 @@ class Runtime:
     def _apply_interrupts(self):
         while self._new_interrupts:
             group = self._new_interrupts.popleft()
-            self.pending = deque(p for p in self.pending if P.TASK_HEADER.unpack(p[0])[2] != group)
+            with self._task_lock:
+                kept = deque()
+                for item in self.pending:
+                    _, tid, g, _d = P.TASK_HEADER.unpack(item[0])
+                    if g == group:
+                        self._known.discard(tid)
+                    else:
+                        kept.append(item)
+                self.pending.clear()  # in place: the hub loop holds this very deque
+                self.pending.extend(kept)
             for g in list(self.hub.blocked_by_group.get(group, ())):
                 g.throw(TaskInterrupted(f"task interrupted by its origin (group {group})"))
             for tid, f in list(self.futures.items()):
@@ -575,9 +595,11 @@ class Runtime:
                     del self.futures[tid]
 
     def _release_pending(self):
-        for hdr, _body in self.pending:
-            self.out += [P.RELEASE + hdr[1:9], P.EMPTY]
-        self.pending.clear()
+        with self._task_lock:
+            for hdr, _body in self.pending:
+                self._known.discard(P.ID.unpack_from(hdr, 1)[0])
+                self.out += [P.RELEASE + hdr[1:9], P.EMPTY]
+            self.pending.clear()
 
     def load(self) -> dict:
         hub = self.hub
@@ -615,29 +637,40 @@ class _Control(threading.Thread):
         """Hands unstarted tasks back to the broker while the main thread is busy in a task;
         deque pops are atomic, so the two threads never take the same task."""
         out = []
-        pending = self.rt.pending
-        while n > 0:
-            try:
-                hdr, _body = pending.pop()
-            except IndexError:
-                break
-            out += [P.RELEASE + hdr[1:9], P.EMPTY]
-            n -= 1
+        rt = self.rt
+        with rt._task_lock:
+            while n > 0:
+                try:
+                    hdr, _body = rt.pending.pop()
+                except IndexError:
+                    break
+                rt._known.discard(P.ID.unpack_from(hdr, 1)[0])
+                out += [P.RELEASE + hdr[1:9], P.EMPTY]
+                n -= 1
         if out:
             P.send(s, self.rt.signer, out)
 
     def _cancel_pending(self, s, tid_bytes: bytes):
-        """Cancels a prefetched task if the main thread has not started it yet."""
-        ok = False
-        for item in list(self.rt.pending):
-            if item[0][1:9] == tid_bytes:
-                try:
-                    self.rt.pending.remove(item)
-                    ok = True
-                except ValueError:
-                    pass  # started meanwhile
-                break
-        P.send(s, self.rt.signer, [P.CANCEL + tid_bytes + (b"\x01" if ok else b"\x00"), P.EMPTY])
+        """Cancels a prefetched task unless the main thread has started it: still in the
+        socket (not received yet) or waiting in ``pending`` both count as not started."""
+        rt = self.rt
+        tid = P.ID.unpack(tid_bytes)[0]
+        with rt._task_lock:
+            if tid not in rt._known:
+                rt._precancelled.add(tid)
+                ok = True
+            else:
+                ok = False
+                for item in list(rt.pending):
+                    if item[0][1:9] == tid_bytes:
+                        try:
+                            rt.pending.remove(item)
+                            rt._known.discard(tid)
+                            ok = True
+                        except ValueError:
+                            pass  # started meanwhile
+                        break
+        P.send(s, rt.signer, [P.CANCEL + tid_bytes + (b"\x01" if ok else b"\x00"), P.EMPTY])
 
     def _figures(self) -> dict:
         load = self.rt.load()

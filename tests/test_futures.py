@@ -223,3 +223,19 @@ def test_status_reports_workers(cluster):
     snap = cluster.status()
     assert len(snap["workers"]) == 2
     assert all({"host", "pid", "state", "done", "cpu", "mem"} <= set(w) for w in snap["workers"])
+
+
+def test_interrupt_a_group_frees_the_workers_at_once(cluster):
+    import scoop.origin as origin
+    origin.new_group()
+    fs = [futures.submit(T.sleep_return, 20) for _ in range(6)]
+    nested = futures.submit(T.tree, 14)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    origin.interrupt()
+    assert all(f.cancelled() for f in fs + [nested])
+    origin.new_group()
+    assert futures.submit(T.square, 3).result(timeout=10) == 9  # running sleeps were interrupted
+    assert time.monotonic() - t0 < 5
+    wait_idle(cluster, timeout=10)
+    assert origin.outstanding() == 0
