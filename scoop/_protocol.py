@@ -17,7 +17,12 @@ import os
 import pickle
 import struct
 
-import cloudpickle
+
+def _cloudpickle():
+    """Imported on first use: brokers never need it and workers rarely do, and every
+    millisecond of import is paid at each cluster start."""
+    import cloudpickle
+    return cloudpickle
 
 # ---- record types (first byte of a record header) ------------------------------------------
 HELLO = b"H"       # worker -> broker: body = JSON identity (host, pid, role)
@@ -183,7 +188,7 @@ def dumps(obj, what: str = "object") -> bytes:
     except Exception:
         pass
     try:
-        return cloudpickle.dumps(obj, 5)
+        return _cloudpickle().dumps(obj, 5)
     except Exception as exc:
         raise SerializationError(f"{what} could not be pickled: {_describe(obj)}: "
                                  f"{type(exc).__name__}: {exc}") from exc
@@ -191,7 +196,7 @@ def dumps(obj, what: str = "object") -> bytes:
 
 def dumps_callable(fn) -> bytes:
     try:
-        return cloudpickle.dumps(fn, 5)
+        return _cloudpickle().dumps(fn, 5)
     except Exception as exc:
         raise SerializationError(f"function {_describe(fn)} could not be pickled: "
                                  f"{type(exc).__name__}: {exc}") from exc
@@ -219,13 +224,13 @@ def find_unpicklable(obj, path: str = "") -> str:
     if isinstance(obj, (tuple, list)):
         for i, item in enumerate(obj):
             try:
-                cloudpickle.dumps(item)
+                _cloudpickle().dumps(item)
             except Exception:
                 return find_unpicklable(item, f"{path}[{i}]")
     elif isinstance(obj, dict):
         for k, v in obj.items():
             try:
-                cloudpickle.dumps(v)
+                _cloudpickle().dumps(v)
             except Exception:
                 return find_unpicklable(v, f"{path}[{k!r}]")
     return f"{path or 'value'} = {_describe(obj)}"
@@ -249,7 +254,7 @@ def dump_exception(exc: BaseException, tb_text: str) -> bytes:
         return pickle.dumps((exc, tb_text), 5)
     except Exception:
         try:
-            return cloudpickle.dumps((exc, tb_text), 5)
+            return _cloudpickle().dumps((exc, tb_text), 5)
         except Exception:
             from .errors import RemoteError
             return pickle.dumps((RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"), tb_text), 5)

@@ -97,6 +97,7 @@ class Runtime:
         self.interrupted: set[int] = set()
         self._new_interrupts: deque = deque()
         self.retiring = False
+        self.running_group = None  # group of the task the hub is running; read by the control thread
         self._task_lock = threading.Lock()  # task receipt vs. a cancel decided by the control thread
         self._known: set[int] = set()        # received, not finished
         self._precancelled: set[int] = set()  # cancelled before they were received
@@ -451,7 +452,10 @@ class Runtime:
             t0 = monotonic()
             while True:
                 if ready:
-                    ready.popleft().switch()
+                    g = ready.popleft()
+                    self.running_group = g.group if type(g) is TaskGreenlet else None
+                    g.switch()
+                    self.running_group = None
                 elif pending:
                     hdr, body = pending.popleft()
                     _, tid, group, d = P.TASK_HEADER.unpack(hdr)
@@ -459,7 +463,9 @@ class Runtime:
                         continue
                     if self.out and fn_avg.get(d, 1.0) > 0.0005:
                         self.flush()  # a task that may be long must not hold finished results back
+                    self.running_group = group
                     TaskGreenlet(run_task, hub.g, group, tid).switch(hdr, body)
+                    self.running_group = None
                 else:
                     break
                 if len(self.out) >= 128 or monotonic() - t0 > 0.002:
@@ -571,8 +577,8 @@ class Runtime:
         self.interrupted.add(group)
         self._new_interrupts.append(group)
         ident = getattr(self, "_main_ident", None)
-        g = self.hub.current_task() if self.hub is not None else None
-        if ident is not None and g is not None and g.group == group:
+        # greenlet.getcurrent() is per thread: the hub publishes the running task's group
+        if ident is not None and self.running_group == group:
             signal.pthread_kill(ident, signal.SIGUSR1)
 
     def _apply_interrupts(self):
@@ -605,7 +611,7 @@ class Runtime:
         hub = self.hub
         return {
             "queued": len(self.pending),
-            "running": 0 if hub is None else (1 if hub.current_task() is not None else 0) + len(hub.ready),
+            "running": 0 if hub is None else (self.running_group is not None) + len(hub.ready),
             "blocked": 0 if hub is None else hub.blocked,
             "done": self.done_count,
             "submitted": self.submitted,
@@ -697,7 +703,8 @@ class _Control(threading.Thread):
                 if now >= next_beat:
                     P.send(s, signer, [P.HEARTBEAT, json.dumps(self._figures()).encode()])
                     next_beat = now + HEARTBEAT_INTERVAL
-                if s.poll(int(max(0.0, next_beat - time.monotonic()) * 1000) + 1):
+                # short polls: stop() joins this thread, and a close must not wait a heartbeat
+                if s.poll(min(50, int(max(0.0, next_beat - time.monotonic()) * 1000) + 1)):
                     while True:
                         try:
                             frames = P.recv_verified(s, signer, zmq.NOBLOCK)

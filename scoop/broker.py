@@ -123,6 +123,7 @@ class Broker:
         self.stop_event = threading.Event()
         self._suspect_until = 0.0
         self._last_steal_check = 0.0
+        self._status_due = False  # a join or leave: publish a snapshot now, not at the next tick
 
     # ---- main loop ---------------------------------------------------------------------------
     def serve(self):
@@ -165,7 +166,8 @@ class Broker:
                     self._check_liveness(now)
                     self._periodic(now)
                     next_check = now + 0.1
-                if now >= next_status:
+                if now >= next_status or self._status_due:
+                    self._status_due = False
                     self._publish_status(now)
                     next_status = now + self.status_interval
         finally:
@@ -542,6 +544,7 @@ class Broker:
                 "cpu": load.get("cpu", 0.0), "mem": load.get("mem", 0)}
 
     def _event(self, kind, **data):
+        self._status_due = True
         data["event"] = kind
         data["time"] = time.time()
         self.meta.send_multipart([P.EVENT, P.seal(self.signer, [P.EVENT, json.dumps(data).encode()])])

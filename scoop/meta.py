@@ -62,7 +62,7 @@ class MetaSubscriber(threading.Thread):
         s.connect(self.address)
         try:
             while not self._halt.is_set():
-                if not s.poll(100):
+                if not s.poll(50):
                     continue
                 while True:
                     try:

@@ -32,7 +32,7 @@ hostfile lines: `host [count]`; # starts a comment.  SSH honours ~/.ssh/config.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scoop", description=DESCRIPTION, epilog=EPILOG,
+    p = argparse.ArgumentParser(prog="python -m scoop", description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", "--workers", "--number", dest="n", type=int, default=None, metavar="N",
                    help="number of workers (default: the hosts' counts, or one per local core)")
