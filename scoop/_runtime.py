@@ -25,6 +25,8 @@ from ._future import CANCELLED, FINISHED, RUNNING, Future
 from .errors import ClusterError, TaskInterrupted, WorkerLostError
 
 HEARTBEAT_INTERVAL = 0.25
+HOLD_SECONDS = 0.002   # a held task not waited on goes out after this (sent by the control thread)
+INLINE_DEPTH = 50      # inline runs nest in one greenlet's stack: keep far from the recursion limit
 _FN_CACHE_MAX = 1024
 
 
@@ -56,7 +58,7 @@ class Runtime:
     """Connection of this process to the broker; one per process."""
 
     def __init__(self, broker: str, secret: bytes, role: str, *, info: dict | None = None,
-                 broker_timeout: float = 5.0, context: zmq.Context | None = None):
+                 broker_timeout: float = 5.0, context: zmq.Context | None = None, inline: bool = True):
         self.broker = broker
         self.signer = P.Signer(secret)
         self.role = role
@@ -98,7 +100,10 @@ class Runtime:
         self._new_interrupts: deque = deque()
         self.retiring = False
         self.running_group = None  # group of the task the hub is running; read by the control thread
-        self._task_lock = threading.Lock()  # task receipt vs. a cancel decided by the control thread
+        self._task_lock = threading.Lock()  # task receipt / held task vs. the control thread
+        self.inline = inline
+        self._held = None                   # (future, fn, args, kwargs, records, since)
+        self._inline_depth = 0
         self._known: set[int] = set()        # received, not finished
         self._precancelled: set[int] = set()  # cancelled before they were received
         self.sock = None
@@ -212,13 +217,61 @@ class Runtime:
         group = self.current_group()
         fut = Future(self, tid, name, group)
         self.futures[tid] = fut
-        self.out += [P.TASK_HEADER.pack(P.TASK, tid, group, digest), body]
+        recs = [P.TASK_HEADER.pack(P.TASK, tid, group, digest), body]
         self.submitted += 1
-        if flush and not self.batching:
-            self.flush()
+        if flush and not self.batching and self.inline and not self.out:
+            # hold the newest task: if its submitter waits on it next, it runs right here
+            # (no round trip); any other call, the hub, or the control thread after HOLD_SECONDS
+            # sends it.  Never held when its function still has to be shipped (out not empty).
+            with self._task_lock:
+                prev, self._held = self._held, (fut, fn, args, kwargs, recs, time.monotonic())
+            if prev is not None:
+                self.out += prev[4]
+                self._send_out()
+        else:
+            self.out += recs
+            if flush and not self.batching:
+                self.flush()
         return fut
 
+    def _release_held(self):
+        with self._task_lock:
+            held, self._held = self._held, None
+        if held is not None:
+            self.out += held[4]
+
+    def _claim(self, fut):
+        with self._task_lock:
+            held = self._held
+            if held is not None and held[0] is fut:
+                self._held = None
+                return held
+        return None
+
+    def _run_inline(self, held):
+        """Runs a held task in the waiting greenlet, as SCOOP's origin ran futures it waited on."""
+        fut, fn, args, kwargs = held[:4]
+        self.futures.pop(fut.id, None)
+        self._inline_depth += 1
+        try:
+            value = fn(*args, **kwargs)
+        except (KeyboardInterrupt, SystemExit, TaskInterrupted):
+            fut._finish(CANCELLED)
+            raise
+        except BaseException as exc:  # noqa: B902 -- the task's own error, for its future
+            fut._finish(FINISHED, exception=exc)
+        else:
+            fut._finish(FINISHED, value)
+        finally:
+            self._inline_depth -= 1
+        self.done_count += 1
+
     def flush(self):
+        if self._held is not None:
+            self._release_held()
+        self._send_out()
+
+    def _send_out(self):
         if self.hub is not None and not self.retiring:
             self._request_credit()
         if self.out and self.sock is not None:
@@ -226,6 +279,10 @@ class Runtime:
             P.send(self.sock, self.signer, out)
 
     def cancel(self, fut: Future) -> bool:
+        if self._held is not None and self._claim(fut) is not None:
+            self.futures.pop(fut.id, None)
+            fut._finish(CANCELLED)
+            return True
         if fut.id not in self.futures:
             return fut._state == CANCELLED
         self.out += [P.CANCEL + P.ID.pack(fut.id), P.EMPTY]
@@ -240,6 +297,8 @@ class Runtime:
         """Asks the broker where the task is: 0 queued, 1 at a worker, 2 gone (done or dropped)."""
         if fut.id not in self.futures:
             return 2
+        if self._held is not None and self._held[0] is fut:
+            return 0
         self._ask_replies.pop(fut.id, None)
         self.out += [P.ASK + P.ID.pack(fut.id), P.EMPTY]
         self.flush()
@@ -261,6 +320,15 @@ class Runtime:
         self.consts[name] = value
         self.out += [P.CONST + name.encode(), body]
         self.flush()
+        # a round trip: once answered, the broker holds the constant, so no task submitted
+        # afterwards (on either socket) can reach a worker ahead of it
+        self._ask_replies.pop(0, None)
+        self.out += [P.ASK + P.ID.pack(0), P.EMPTY]
+        self._send_out()
+        deadline = time.monotonic() + 10
+        while 0 not in self._ask_replies and time.monotonic() < deadline and not self.broken:
+            self.pump(0.05)
+        self._ask_replies.pop(0, None)
 
     def get_const(self, name: str, timeout):
         if name not in self.consts:
@@ -270,6 +338,9 @@ class Runtime:
     def interrupt(self, group: int | None = None):
         """Drops the queued tasks of ``group`` and interrupts its running ones, cluster-wide."""
         group = self.group if group is None else group
+        if self._held is not None and self._held[0].group == group:
+            with self._task_lock:
+                self._held = None
         exc = TaskInterrupted(f"interrupted (group {group})")
         for tid, f in list(self.futures.items()):
             if f.group == group:
@@ -390,6 +461,16 @@ class Runtime:
     def wait_until(self, pred, timeout, futures, const: bool = False) -> bool:
         if pred():
             return True
+        # in place only for an unbounded wait: a timeout must be honoured, and a run cannot be cut
+        if self._held is not None and timeout is None and futures is not None and len(futures) == 1 \
+                and self._inline_depth < INLINE_DEPTH:
+            held = self._claim(next(iter(futures)))
+            if held is not None:
+                self._run_inline(held)
+                if pred():
+                    return True
+        if self._held is not None:
+            self._release_held()  # about to block on something else: the held task must run meanwhile
         deadline = None if timeout is None else time.monotonic() + timeout
         hub = self.hub
         if hub is not None and hub.current_task() is not None:
@@ -639,6 +720,16 @@ class _Control(threading.Thread):
         if self.is_alive() and threading.current_thread() is not self:
             self.join(2)
 
+    def _send_held(self, s):
+        """The submitter went on without waiting: its held task goes out from here."""
+        rt = self.rt
+        with rt._task_lock:
+            held = rt._held
+            if held is None or time.monotonic() - held[5] <= HOLD_SECONDS:
+                return
+            rt._held = None
+        P.send(s, rt.signer, held[4])
+
     def _give_back(self, s, n: int):
         """Hands unstarted tasks back to the broker while the main thread is busy in a task;
         deque pops are atomic, so the two threads never take the same task."""
@@ -703,8 +794,11 @@ class _Control(threading.Thread):
                 if now >= next_beat:
                     P.send(s, signer, [P.HEARTBEAT, json.dumps(self._figures()).encode()])
                     next_beat = now + HEARTBEAT_INTERVAL
-                # short polls: stop() joins this thread, and a close must not wait a heartbeat
-                if s.poll(min(50, int(max(0.0, next_beat - time.monotonic()) * 1000) + 1)):
+                held = rt._held
+                if held is not None and time.monotonic() - held[5] > HOLD_SECONDS:
+                    self._send_held(s)
+                # short polls: stop() joins this thread, and a held task must not wait long
+                if s.poll(min(5, int(max(0.0, next_beat - time.monotonic()) * 1000) + 1)):
                     while True:
                         try:
                             frames = P.recv_verified(s, signer, zmq.NOBLOCK)

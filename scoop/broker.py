@@ -107,6 +107,7 @@ class Broker:
         self.tasks: dict[int, Task] = {}
         self.queue: deque[Task] = deque()
         self.blobs: dict[bytes, bytes] = {}
+        self.waiting_blob: dict[bytes, list] = {}  # tasks that arrived before their function
         self.consts: list = []
         self.const_names: set[str] = set()
         self.interrupted: set[int] = set()
@@ -219,6 +220,8 @@ class Broker:
                 peer.cout += [P.PONG, P.EMPTY]
             elif t == P.RELEASE:
                 self._release(peer, P.ID.unpack_from(frames[i], 1)[0])
+            elif t == P.TASK:  # a held task its submitter did not wait on, sent by its control thread
+                self._on_records(peer, peer.tident, uid, frames[i:i + 2], time.monotonic())
             elif t == P.CANCEL:  # a worker's answer to a forwarded cancel
                 tid = P.ID.unpack_from(frames[i], 1)[0]
                 task = self.tasks.get(tid)
@@ -344,7 +347,11 @@ class Broker:
         peer.credit += n
 
     def _on_blob(self, hdr, body):
-        self.blobs[hdr[1:17]] = body
+        d = hdr[1:17]
+        self.blobs[d] = body
+        parked = self.waiting_blob.pop(d, None)
+        if parked:
+            self.queue.extendleft(reversed(parked))
 
     def _forward_cancel(self, peer, tid, hdr) -> bool:
         return False
@@ -411,7 +418,8 @@ class Broker:
                     if d not in w.have:
                         blob = blobs.get(d)
                         if blob is None:
-                            self._fail(task, "its function never reached the broker")
+                            # its function is on its way on the submitter's other socket
+                            self.waiting_blob.setdefault(d, []).append(task)
                             continue
                         w.have.add(d)
                         out += [P.BLOB + d, blob]

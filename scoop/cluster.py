@@ -62,6 +62,10 @@ class Cluster:
     ``n`` counts the workers that run tasks; the origin (the program or notebook kernel that
     submits them) comes in addition and runs no queued tasks, so ``-n 2`` on a 2-core machine
     keeps both cores computing while the origin waits.
+
+    ``inline`` (default True): a process that submits a task and then waits on it at once
+    (``submit(f, x).result()``) runs it itself, as SCOOP's origin did, instead of paying a
+    round trip through the broker; a task not waited on within ~2 ms goes to the cluster.
     """
 
     def __init__(self, n: int | None = None, hosts=None, hostfile: str | None = None, *,
@@ -71,7 +75,7 @@ class Cluster:
                  output=None, prefix_output: bool = False, heartbeat_timeout: float = 3.0,
                  connect_timeout: float = 10.0, ssh_config: str | None = None,
                  env: dict | None = None, program_dir: str | None = None, verbose: int = 0,
-                 brokers: int = 1):
+                 brokers: int = 1, inline: bool = True):
         self.n = n
         self.hosts = list(hosts or [])
         self.hostfile = hostfile
@@ -93,6 +97,7 @@ class Cluster:
         self._output = output
         self._prefix = prefix_output
         self.brokers = max(1, int(brokers))
+        self.inline = inline
         self.broker_procs: list = []
         self.broker_ports: list = []
         self._spread = 0
@@ -265,7 +270,7 @@ class Cluster:
         return {"secret": self.secret.hex(), "broker": broker_addr, "label": label,
                 "sys_path": sys_path, "nice": self.nice, "host": None if _is_local(host) else host,
                 "broker_timeout": max(5.0, self.heartbeat_timeout + 2),
-                "connect_timeout": 15.0, "broker_info": self.broker_info()}
+                "connect_timeout": 15.0, "broker_info": self.broker_info(), "inline": self.inline}
 
     def broker_info(self) -> dict:
         return {"hostname": self.external_hostname or socket.gethostname(), "task_port": self.main_port,
@@ -338,7 +343,7 @@ class Cluster:
         if _globals.current() is not None:
             raise ClusterError("this process is already the origin of another SCOOP cluster; stop it first")
         rt = Runtime(f"tcp://127.0.0.1:{self.main_port}", self.secret, "origin",
-                     broker_timeout=max(5.0, self.heartbeat_timeout + 2))
+                     broker_timeout=max(5.0, self.heartbeat_timeout + 2), inline=self.inline)
         rt.connect(timeout=20)
         rt.size = max(rt.size, sum(k for _, k in self.plan))
         self.runtime = rt

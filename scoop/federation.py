@@ -67,7 +67,7 @@ class SubBroker(Broker):
         self.upstream.out += [P.CREDIT + P.I32.pack(n), P.EMPTY]
 
     def _on_blob(self, hdr, body):
-        self.blobs[hdr[1:17]] = body
+        super()._on_blob(hdr, body)
         self.upstream.out += [hdr, body]
 
     def _forward_ask(self, peer, tid, hdr) -> bool:
@@ -126,7 +126,7 @@ class SubBroker(Broker):
                 if tid not in self.tasks and group not in self.interrupted:
                     Broker._accept_task(self, self.upstream, tid, hdr, body, d, group)
             elif t == P.BLOB:
-                self.blobs[hdr[1:17]] = body
+                Broker._on_blob(self, hdr, body)
             elif t in (P.RESULT, P.FAIL):
                 tid = P.ID.unpack_from(hdr, 1)[0]
                 peer = self.local_submitted.pop(tid, None)

@@ -40,7 +40,7 @@ def main():
     from . import _globals
     rt = _runtime.Runtime(cfg["broker"], secret, "worker",
                           info={"host": cfg.get("host") or None, "label": cfg.get("label")},
-                          broker_timeout=cfg.get("broker_timeout", 5.0))
+                          broker_timeout=cfg.get("broker_timeout", 5.0), inline=cfg.get("inline", True))
     try:
         rt.connect(timeout=cfg.get("connect_timeout", 15.0))
     except Exception as exc:

@@ -64,9 +64,10 @@ class CellResult:
 
 
 class KernelDriver:
-    def __init__(self, cwd=None, env=None):
+    def __init__(self, cwd=None, env=None, extra_arguments=None):
         self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel(env=env or kernel_env(), cwd=cwd or PROGRAMS)
+        self.km.start_kernel(env=env or kernel_env(), cwd=cwd or PROGRAMS,
+                             extra_arguments=list(extra_arguments or []))
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)

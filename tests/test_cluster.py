@@ -77,3 +77,9 @@ def test_futures_whose_parent_task_was_on_a_lost_worker_complete_once(no_leak):
         assert f.result(timeout=120) == 32
         time.sleep(0.2)
         assert calls == [32]
+
+
+def test_inline_off_sends_every_task_to_a_worker(no_leak):
+    with Cluster(1, pythonpath=[PROGRAMS], inline=False):
+        futures.submit(T.where).result()
+        assert not futures.submit(T.where).result()["is_origin"]

@@ -157,7 +157,7 @@ def test_lambdas_closures_partials_bound_methods(cluster):
 def test_remote_exception_keeps_type_message_and_traceback(cluster):
     f = futures.submit(T.nested_fail, 3)
     with pytest.raises(ValueError, match="bad value 3") as info:
-        f.result()
+        f.result(timeout=60)
     import traceback
     text = "".join(traceback.format_exception(info.value))
     assert "fail_on" in text and "nested_fail" in text and "tasklib.py" in text
@@ -184,7 +184,7 @@ def test_unpicklable_function_fails_at_submit_naming_it(cluster):
 
 def test_unpicklable_result_names_it_and_worker_survives(cluster):
     with pytest.raises(SerializationError, match="unpicklable_result"):
-        futures.submit(T.unpicklable_result).result()
+        futures.submit(T.unpicklable_result).result(timeout=60)  # a timeout: never run in place
     assert futures.submit(T.square, 9).result() == 81
 
 
@@ -239,3 +239,23 @@ def test_interrupt_a_group_frees_the_workers_at_once(cluster):
     assert time.monotonic() - t0 < 5
     wait_idle(cluster, timeout=10)
     assert origin.outstanding() == 0
+
+
+def test_a_task_waited_on_at_once_runs_in_place(cluster):
+    import os
+    futures.submit(T.where).result(timeout=30)  # ships the function
+    here = futures.submit(T.where).result()
+    assert here["pid"] == os.getpid() and here["is_origin"]
+    with pytest.raises(ValueError, match="bad value 3"):
+        futures.submit(T.fail_on, 3).result()
+    held = futures.submit(T.square, 6)
+    assert held.cancel() and held.cancelled()
+
+
+def test_a_task_not_waited_on_goes_to_a_worker_within_milliseconds(cluster):
+    import os
+    futures.submit(T.pid_after, 0).result(timeout=30)
+    f = futures.submit(T.pid_after, 0)
+    time.sleep(0.2)  # the submitter goes on without waiting: the task must not sit here
+    assert f.done()
+    assert f.result() != os.getpid()

@@ -269,16 +269,6 @@ def own_kernel():
         assert not wait_gone(pid, 5.0)
 
 
-# Core bugs (scoop/_runtime.py, reported to the lead), which this test shows:
-#  1. Runtime.on_interrupt runs on the worker's control thread and asks hub.current_task(),
-#     i.e. greenlet.getcurrent() of *that* thread: always None, so a running task is never
-#     sent SIGUSR1 and runs to its end;
-#  2. Runtime._apply_interrupts rebinds self.pending to a new deque while run_worker keeps
-#     the old one in a local: after any interrupt, a worker never starts another task.
-# The next cell's map then waits for tasks nobody runs (a TimeoutError of the driver).
-@pytest.mark.xfail(reason="core: workers neither interrupt running tasks nor take new ones after an "
-                          "interrupt (scoop/_runtime.py on_interrupt / _apply_interrupts)",
-                   raises=TimeoutError, strict=False)
 def test_interrupt_stops_the_cell_and_drops_its_tasks(own_kernel):
     kernel = own_kernel
     kernel.run("def nap(s):\n    time.sleep(s)\n    return s")
@@ -303,6 +293,35 @@ def test_interrupt_stops_the_cell_and_drops_its_tasks(own_kernel):
     assert kernel.value("scoop.origin.outstanding()") == 0
     busy_until_idle(kernel, 10)
     assert kernel.value("(scoop.origin.outstanding(), _sj.status()['totals']['in_flight'])") == (0, 0)
+
+
+def test_reload_ext_keeps_one_set_of_hooks(kernel):
+    kernel.run("%reload_ext scoop_jupyter")
+    assert "no SCOOP cluster is running" in kernel.run("%scoop_cluster status").stream()
+    hooks = kernel.value("sum(getattr(f, '__self__', None) is _sj.session() "
+                         "for f in get_ipython().events.callbacks['pre_run_cell'])")
+    assert hooks == 1
+    kernel.run("%scoop_cluster start -n 2")
+    assert kernel.value("list(futures.map(lambda x: x * 10, range(3)))") == [0, 10, 20]
+
+
+def test_extension_from_ipython_config():
+    """``c.IPKernelApp.extensions = ["scoop_jupyter"]`` (here on the command line) loads the
+    magics and the panel's comm target before any cell runs."""
+    k = KernelDriver(extra_arguments=["--IPKernelApp.extensions=['scoop_jupyter']"])
+    pid = k.pid
+    try:
+        t0 = time.monotonic()
+        cid = k.comm_open("scoop_cluster")
+        deadline = time.monotonic() + 15
+        while not k.comm_data(cid, t0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert k.comm_data(cid, t0)[0][1]["state"] == "stopped"
+        k.run("%scoop_cluster start -n 1")
+        assert k.value("__import__('scoop').futures.submit(abs, -5).result()") == 5
+    finally:
+        k.shutdown()
+        assert not wait_gone(pid, 5.0)
 
 
 # ---- kernel lifecycle ------------------------------------------------------------------------------

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-timeout", type=float, default=3.0, metavar="S",
                    help="seconds of silence after which a worker is declared lost (default 3)")
     p.add_argument("--prefix-output", action="store_true", help="prefix worker output lines with the worker")
+    p.add_argument("--no-inline", dest="inline", action="store_false",
+                   help="never run a task in the process that waits on it: `submit(f).result()` "
+                        "then always goes to a worker (default: it runs in place, saving a round trip)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more launcher messages")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors from the launcher")
     p.add_argument("program", nargs="?", help="the Python program to run (the origin); its arguments follow it")
@@ -120,7 +123,7 @@ def main(argv=None) -> int:
                       external_hostname=args.external_hostname, tunnel=args.tunnel,
                       heartbeat_timeout=args.heartbeat_timeout, ssh_config=args.ssh_config,
                       prefix_output=args.prefix_output, program_dir=prog_dir, verbose=args.verbose,
-                      brokers=args.brokers)
+                      brokers=args.brokers, inline=args.inline)
     code = 0
     try:
         try:
