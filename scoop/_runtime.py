@@ -179,12 +179,13 @@ class Runtime:
                 return g.group
         return self.group
 
-    def submit_chunk(self, fn, digest: bytes, arglist: list, name: str) -> Future:
-        """One record for several inputs of a map: the per-task costs are paid once per chunk."""
+    def _new_task(self, kind: bytes, name: str, digest: bytes, payload, inputs: int):
+        """Pickles a task's inputs (an error names what does not pickle) and registers its
+        future; returns the future and the task's records."""
         try:
-            body = P.dumps(arglist, what=f"argument of task {name}")
+            body = P.dumps(payload, what=f"argument of task {name}")
         except P.SerializationError as exc:
-            where = P.find_unpicklable(arglist)
+            where = P.find_unpicklable(payload)
             raise P.SerializationError(f"argument of task {name} could not be pickled: {where}: "
                                        f"{exc.__cause__}") from exc.__cause__
         self._seq += 1
@@ -192,8 +193,13 @@ class Runtime:
         group = self.current_group()
         fut = Future(self, tid, name, group)
         self.futures[tid] = fut
-        self.out += [P.TASK_HEADER.pack(P.CHUNK, tid, group, digest), body]
-        self.submitted += len(arglist)
+        self.submitted += inputs
+        return fut, [P.TASK_HEADER.pack(kind, tid, group, digest), body]
+
+    def submit_chunk(self, fn, digest: bytes, arglist: list, name: str) -> Future:
+        """One record for several inputs of a map: the per-task costs are paid once per chunk."""
+        fut, recs = self._new_task(P.CHUNK, name, digest, arglist, len(arglist))
+        self.out += recs
         return fut
 
     def submit(self, fn, args, kwargs, flush: bool = True, digest: bytes | None = None) -> Future:
@@ -206,19 +212,7 @@ class Runtime:
         name = _name_of(fn)
         if digest is None:
             digest = self._callable_digest(fn)
-        try:
-            body = P.dumps((args, kwargs), what=f"argument of task {name}")
-        except P.SerializationError as exc:
-            where = P.find_unpicklable((args, kwargs))
-            raise P.SerializationError(f"argument of task {name} could not be pickled: {where}: "
-                                       f"{exc.__cause__}") from exc.__cause__
-        self._seq += 1
-        tid = self._prefix | self._seq
-        group = self.current_group()
-        fut = Future(self, tid, name, group)
-        self.futures[tid] = fut
-        recs = [P.TASK_HEADER.pack(P.TASK, tid, group, digest), body]
-        self.submitted += 1
+        fut, recs = self._new_task(P.TASK, name, digest, (args, kwargs), 1)
         if flush and not self.batching and self.inline and not self.out:
             # hold the newest task: if its submitter waits on it next, it runs right here
             # (no round trip); any other call, the hub, or the control thread after HOLD_SECONDS

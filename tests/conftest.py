@@ -65,18 +65,24 @@ def run_scoop(args, *, cwd=None, timeout=120, env=None, input=None):
                           capture_output=True, text=True, timeout=timeout, input=input)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A 2-worker cluster whose origin is this test process."""
+def origin_cluster(*args, **kw):
+    """Starts a cluster whose origin is this test process; yields it, then stops it and checks
+    that every process it started is gone."""
     from scoop.cluster import Cluster
     before = {p.pid for p in scoop_processes()}
-    c = Cluster(2, pythonpath=[TESTS, PROGRAMS])
+    c = Cluster(*args, pythonpath=[TESTS, PROGRAMS], **kw)
     c.start()
     try:
         yield c
     finally:
         c.stop()
         wait_no_new_processes(before)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A 2-worker cluster whose origin is this test process."""
+    yield from origin_cluster(2)
 
 
 def wait_idle(cluster, timeout=30.0):

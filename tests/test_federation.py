@@ -8,10 +8,9 @@ import time
 import pytest
 
 from scoop import futures, shared
-from scoop.cluster import Cluster
 
 import tasklib as T
-from conftest import PROGRAMS, run_scoop, scoop_processes, wait_idle, wait_no_new_processes
+from conftest import origin_cluster, run_scoop, wait_idle
 
 
 def test_acceptance_program_on_two_brokers(no_leak):
@@ -22,14 +21,7 @@ def test_acceptance_program_on_two_brokers(no_leak):
 
 @pytest.fixture(scope="module")
 def fed():
-    before = {p.pid for p in scoop_processes()}
-    c = Cluster(4, brokers=3, pythonpath=[PROGRAMS])
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
-        wait_no_new_processes(before)
+    yield from origin_cluster(4, brokers=3)
 
 
 def test_every_worker_is_seen_through_the_root(fed):

@@ -284,17 +284,21 @@ def slurm_hosts(env: Optional[Mapping[str, str]] = None) -> HostList:
 # PBS / Torque and SGE
 
 
+def _read_lines(path: str, what: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except OSError as e:
+        raise HostfileError(path, 0, f"cannot read {what}: {e.strerror or e}") from e
+
+
 def pbs_hosts(env: Optional[Mapping[str, str]] = None) -> HostList:
     """Hosts from ``PBS_NODEFILE``: one line per slot, so repeats are counted."""
     env = os.environ if env is None else env
     path = env.get("PBS_NODEFILE")
     if not path:
         return []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise HostfileError(path, 0, f"cannot read PBS node file: {e.strerror or e}") from e
+    lines = _read_lines(path, "PBS node file")
     counts: dict[str, int] = {}
     for lineno, raw in enumerate(lines, 1):
         line = raw.strip()
@@ -312,11 +316,7 @@ def sge_hosts(env: Optional[Mapping[str, str]] = None) -> HostList:
     path = env.get("PE_HOSTFILE")
     if not path:
         return []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise HostfileError(path, 0, f"cannot read SGE host file: {e.strerror or e}") from e
+    lines = _read_lines(path, "SGE host file")
     entries: list[tuple[str, Optional[int]]] = []
     for lineno, raw in enumerate(lines, 1):
         fields = raw.split()
