@@ -17,7 +17,7 @@ import time
 import zmq
 
 from . import _protocol as P
-from .broker import Broker, Peer, Task
+from .broker import Broker, Peer
 
 
 class SubBroker(Broker):

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from conftest import EXAMPLES, PROGRAMS, ROOT, run_scoop, scoop_processes, wait_no_new_processes
+from conftest import EXAMPLES, PROGRAMS, ROOT, run_scoop
 
 
 def test_acceptance_program_under_two_workers(no_leak):

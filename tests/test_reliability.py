@@ -19,7 +19,7 @@ from scoop import futures
 from scoop.errors import WorkerLostError
 
 import tasklib as T
-from conftest import PROGRAMS, ROOT, scoop_processes, wait_idle
+from conftest import PROGRAMS, ROOT, wait_idle
 
 
 def _worker_pids(cluster):

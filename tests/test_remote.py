@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from conftest import PROGRAMS, ROOT, run_scoop, scoop_processes, wait_no_new_processes
+from conftest import PROGRAMS, ROOT, run_scoop, scoop_processes
 from netns import netns_hosts_fixture
 
 hosts = netns_hosts_fixture(2)

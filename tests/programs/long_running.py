@@ -1,5 +1,4 @@
 """Keeps the cluster busy until killed; prints READY once tasks run."""
-import sys
 import time
 from scoop import futures
 

@@ -1,7 +1,6 @@
 """Prints, per network namespace, how many distinct workers ran tasks (for the remote tests)."""
 import collections
 import os
-import sys
 import time
 
 from scoop import futures
