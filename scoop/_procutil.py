@@ -25,3 +25,10 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
     expected = os.environ.get("SCOOP_PARENT_PID")
     if expected and expected.isdigit() and os.getppid() != int(expected):
         os._exit(1)
+
+
+def ignore_interrupts() -> None:
+    """Ctrl-C in a terminal and Kernel > Interrupt in Jupyter signal the whole process group,
+    brokers and workers included; interrupting tasks is the origin's job (it tells the broker),
+    so a SIGINT must not kill the cluster under it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

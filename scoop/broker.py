@@ -610,8 +610,9 @@ def _watch_stdin(broker: Broker):
 
 
 def main():
-    from ._procutil import die_with_parent
+    from ._procutil import die_with_parent, ignore_interrupts
     die_with_parent()
+    ignore_interrupts()
     line = sys.stdin.buffer.readline()
     if not line:
         sys.stderr.write("scoop broker: expected its configuration on stdin\n")

@@ -21,8 +21,9 @@ def _watch_stdin():
 
 
 def main():
-    from ._procutil import die_with_parent
+    from ._procutil import die_with_parent, ignore_interrupts
     die_with_parent()
+    ignore_interrupts()
     line = sys.stdin.buffer.readline()
     if not line:
         sys.stderr.write("scoop worker: expected its configuration on stdin\n")

@@ -239,6 +239,7 @@ def test_stop_start_and_restart(kernel):
     assert "stopped" in out
     assert "no SCOOP cluster is running" in kernel.run("%scoop_cluster status").stream()
     kernel.run("%scoop_cluster start -n 2")
+    kernel.run("def cube(x):\n    return x ** 3")
     assert kernel.value("list(futures.map(cube, range(3)))") == [0, 1, 8]
     out = kernel.run("%scoop_cluster restart").stream()
     assert "started" in out

@@ -131,8 +131,10 @@ def spawn(argv: list[str], config_line: bytes, *, env: dict, cwd: str | None, pr
     if prolog:
         env.pop("SCOOP_PARENT_PID")  # the shell is our child, the worker its child
     out = subprocess.PIPE if pipe_output else None
+    # own session: the SIGINT that Ctrl-C or Kernel > Interrupt sends to the origin's process
+    # group must not reach the cluster; the origin decides what an interrupt stops
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=out, env=env, cwd=cwd,
-                            close_fds=True)
+                            close_fds=True, start_new_session=True)
     proc.stdin.write(config_line)
     proc.stdin.flush()
     return proc

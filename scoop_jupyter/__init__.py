@@ -1,0 +1,49 @@
+"""SCOOP in Jupyter: ``%load_ext scoop_jupyter``, then ``%scoop_cluster start -n 4``.
+
+The kernel becomes the cluster's origin and stays it between cells; see
+:mod:`scoop_jupyter.origin` for how, :mod:`scoop_jupyter.dashboard` for the live view and
+:mod:`scoop_jupyter.comm` for the JupyterLab panel's protocol.
+"""
+from __future__ import annotations
+
+from . import tracebacks
+from .api import cluster, dashboard, restart, scale, session, start, status, stop  # noqa: F401
+
+try:
+    from ._labext_paths import _jupyter_labextension_paths  # noqa: F401
+except ImportError:  # the lab extension's helper is not part of this checkout
+    def _jupyter_labextension_paths():
+        return [{"src": "labextension", "dest": "scoop-jupyter"}]
+
+__all__ = ["start", "stop", "restart", "scale", "status", "dashboard", "cluster",
+           "load_ipython_extension", "unload_ipython_extension"]
+
+_unregister_comm = None
+
+
+def load_ipython_extension(ip):
+    """``%load_ext scoop_jupyter`` (or the ``extensions`` config): magics, cell hooks, comm."""
+    global _unregister_comm
+    from .magics import ScoopMagics
+    ip.register_magics(ScoopMagics)
+    s = session()
+    s.install(ip)
+    tracebacks.install(ip)
+    kernel = getattr(ip, "kernel", None)
+    if kernel is not None and _unregister_comm is None:
+        from .comm import register
+        _unregister_comm = register(kernel, s)
+
+
+def unload_ipython_extension(ip):
+    """Stops this kernel's cluster and removes the hooks (``%unload_ext``/``%reload_ext``)."""
+    global _unregister_comm
+    s = session()
+    s.stop()
+    s.uninstall(ip)
+    tracebacks.uninstall(ip)
+    if _unregister_comm is not None:
+        _unregister_comm()
+        _unregister_comm = None
+    magics = ip.magics_manager.magics.get("line", {})
+    magics.pop("scoop_cluster", None)

@@ -1,0 +1,130 @@
+"""``%scoop_cluster``: start, stop, observe and resize this kernel's SCOOP cluster.
+
+The options mirror ``python -m scoop`` so a command line moves into a notebook unchanged.
+Mistakes are reported as one-line usage errors (IPython's ``UsageError``), never as a
+traceback from the parser.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from scoop.errors import ClusterError
+
+from . import api
+
+
+class _HelpShown(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports instead of exiting the kernel."""
+
+    def error(self, message):
+        raise UsageError(f"%scoop_cluster: {message}  (see %scoop_cluster --help)")
+
+    def exit(self, status=0, message=None):
+        if message:
+            print(message, end="")
+        raise _HelpShown()
+
+    def print_help(self, file=None):
+        print(self.format_help(), end="")
+
+
+def _positive(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="%scoop_cluster", description="Run a SCOOP cluster whose origin is this kernel: "
+                "scoop.futures calls in later cells run on its workers.",
+                epilog="Python equivalents: scoop_jupyter.start(n=4, ...), .stop(), .status(), "
+                       ".restart(), .scale(n), .dashboard().")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    s = sub.add_parser("start", help="start a cluster (this kernel becomes its origin)",
+                       description="Start a SCOOP broker and workers; this kernel becomes the origin.")
+    s.add_argument("-n", "--n", type=_positive, default=None, metavar="N",
+                   help="number of workers (default: one per core, spread over the hosts)")
+    s.add_argument("--hosts", "--host", nargs="+", default=None, metavar="HOST",
+                   help="hosts to run workers on (repeat a name for several workers; over SSH)")
+    s.add_argument("--hostfile", default=None, metavar="FILE", help="a file listing hosts (and worker counts)")
+    s.add_argument("--python-interpreter", dest="python", default=None, metavar="PATH",
+                   help="Python interpreter for the workers (default: this kernel's)")
+    s.add_argument("--pythonpath", nargs="+", default=None, metavar="DIR",
+                   help="directories prepended to the workers' PYTHONPATH")
+    s.add_argument("--path", "-p", default=None, metavar="DIR",
+                   help="working directory of the workers (default: the notebook's)")
+    s.add_argument("--prolog", default=None, metavar="SCRIPT",
+                   help="shell script sourced before each worker starts (e.g. to load modules)")
+    s.add_argument("--nice", type=int, default=None, metavar="N", help="nice level of the workers")
+    s.add_argument("--external-hostname", dest="external_hostname", default=None, metavar="ADDR",
+                   help="address remote workers use to reach this machine")
+    s.add_argument("--tunnel", action="store_true", help="reach remote workers through SSH tunnels")
+    s.add_argument("--ssh-config", dest="ssh_config", default=None, metavar="FILE",
+                   help="OpenSSH client configuration to use")
+    s.add_argument("--no-progress", dest="progress", action="store_false", default=True,
+                   help="no progress bars for long futures.map calls")
+    sub.add_parser("stop", help="stop the cluster")
+    sub.add_parser("status", help="workers per host, load and tasks done")
+    sub.add_parser("restart", help="stop, then start with the same options")
+    sc = sub.add_parser("scale", help="grow or shrink the cluster to N workers")
+    sc.add_argument("workers", type=_positive, metavar="N")
+    sub.add_parser("dashboard", help="show the live load dashboard")
+    pr = sub.add_parser("progress", help="turn progress bars for long maps on or off")
+    pr.add_argument("switch", choices=["on", "off"])
+    return p
+
+
+@magics_class
+class ScoopMagics(Magics):
+    @line_magic
+    def scoop_cluster(self, line: str = ""):
+        """Start, stop and observe a SCOOP cluster; ``%scoop_cluster --help`` for the commands."""
+        parser = build_parser()
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%scoop_cluster: {exc}") from None
+        try:
+            args = parser.parse_args(argv)
+        except _HelpShown:
+            return None
+        cmd = args.command or "status"
+        try:
+            if cmd == "start":
+                opts = {k: getattr(args, k) for k in ("hosts", "hostfile", "python", "pythonpath", "path",
+                                                      "prolog", "nice", "external_hostname", "tunnel",
+                                                      "ssh_config", "progress")}
+                api.start(args.n, **opts)
+                print(api.session().summary())
+            elif cmd == "stop":
+                print("SCOOP cluster stopped" if api.stop() else "no SCOOP cluster is running")
+            elif cmd == "status":
+                print(api.status())
+            elif cmd == "restart":
+                api.restart()
+                print(api.session().summary())
+            elif cmd == "scale":
+                api.scale(args.workers)
+                print(f"SCOOP cluster scaled to {args.workers} worker{'s' if args.workers != 1 else ''}")
+            elif cmd == "dashboard":
+                from IPython.display import display
+                display(api.dashboard())
+            elif cmd == "progress":
+                api.session().progress.enabled = args.switch == "on"
+                print(f"map progress bars {args.switch}")
+        except (ClusterError, ValueError) as exc:
+            # the cluster explains what failed; a traceback through this magic would only hide it
+            raise UsageError(f"%scoop_cluster {cmd}: {exc}") from None
+        return None

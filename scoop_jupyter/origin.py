@@ -1,0 +1,312 @@
+"""The notebook kernel as a long-lived SCOOP origin.
+
+A script's origin only pumps its task socket while it waits on a future.  A kernel spends most
+of its life between cells, so here the kernel's own event loop (the tornado/asyncio loop that
+ipykernel runs in its main thread) watches the origin's ZeroMQ descriptor and pumps it, with a
+100 ms safety timer because that descriptor is edge-triggered.  Results therefore reach their
+futures (and done-callbacks fire) while no cell runs.
+
+Each cell gets a task group of its own, so Kernel > Interrupt drops exactly that cell's work;
+worker output is routed to the cell that is running (else the last one that ran); and every
+cluster started here is stopped when the kernel exits, on top of the core's own
+parent-death guarantees.
+"""
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+import time
+
+import scoop.origin
+from scoop.cluster import Cluster
+from scoop.errors import ClusterError
+
+from .status import StatusFeed
+
+SAFETY_PUMP_MS = 100
+
+#: ``start`` options that map one to one onto ``scoop.cluster.Cluster`` arguments
+CLUSTER_OPTIONS = ("hosts", "hostfile", "python", "pythonpath", "path", "prolog", "nice",
+                   "external_hostname", "tunnel", "ssh_config", "env", "heartbeat_timeout",
+                   "connect_timeout")
+
+
+class _LoopPump:
+    """Pumps the origin's task socket from the kernel's event loop, between cells."""
+
+    def __init__(self, io_loop):
+        self.io_loop = io_loop
+        self.fd = None
+        self.timer = None
+        self.pumps = 0  # handled messages, for tests and curiosity
+
+    def attach(self):
+        from tornado.ioloop import IOLoop, PeriodicCallback
+        self.fd = scoop.origin.fileno()
+        self.io_loop.add_handler(self.fd, self._on_ready, IOLoop.READ)
+        self.timer = PeriodicCallback(self.pump_now, SAFETY_PUMP_MS)
+        self.timer.start()
+
+    def detach(self):
+        """Must run before the origin's socket closes: the loop must not watch a dead fd."""
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer = None
+        if self.fd is not None:
+            try:
+                self.io_loop.remove_handler(self.fd)
+            except Exception:
+                pass
+            self.fd = None
+
+    def _on_ready(self, fd, events):
+        self.pump_now()
+
+    def pump_now(self):
+        try:
+            if not scoop.origin.is_attached():
+                return
+            n = scoop.origin.pump(0)
+            while scoop.origin.has_input():
+                n += scoop.origin.pump(0)
+            self.pumps += n
+        except Exception:
+            import logging
+            logging.getLogger("scoop_jupyter").exception("pumping the SCOOP origin failed")
+
+
+class KernelOrigin:
+    """The cluster this kernel (or plain Python process) started, and its notebook plumbing."""
+
+    def __init__(self):
+        self.cluster: Cluster | None = None
+        self.options: dict = {}
+        self.feed = StatusFeed()
+        self.start_seconds: float | None = None
+        self.shell = None
+        self._pump: _LoopPump | None = None
+        self._cell_parent = None
+        self._cell_group = None
+        self.cell_running = False
+        self.cell_started = 0.0
+        self._out_parent: dict = {}
+        self._atexit = False
+        from .progress import ProgressBars
+        self.progress = ProgressBars(self)
+
+    # ---- IPython integration --------------------------------------------------------------------
+    @property
+    def kernel(self):
+        return getattr(self.shell, "kernel", None)
+
+    def install(self, shell):
+        """Hooks into an IPython shell (a kernel's, or a terminal's)."""
+        if self.shell is shell:
+            return
+        self.shell = shell
+        shell.events.register("pre_run_cell", self._pre_run_cell)
+        shell.events.register("post_run_cell", self._post_run_cell)
+        if hasattr(shell, "observe") and "exit_now" in shell.trait_names():
+            shell.observe(self._on_exit_now, names="exit_now")
+        if not self._atexit:
+            atexit.register(self._at_exit)
+            self._atexit = True
+
+    def uninstall(self, shell):
+        for name, fn in (("pre_run_cell", self._pre_run_cell), ("post_run_cell", self._post_run_cell)):
+            try:
+                shell.events.unregister(name, fn)
+            except ValueError:
+                pass
+        try:
+            shell.unobserve(self._on_exit_now, names="exit_now")
+        except (ValueError, AttributeError):
+            pass
+        if self.shell is shell:
+            self.shell = None
+
+    def _pre_run_cell(self, info=None):
+        kernel = self.kernel
+        if kernel is not None:
+            try:
+                self._cell_parent = kernel.get_parent("shell")
+            except Exception:
+                self._cell_parent = None
+        self.cell_started = time.time()
+        self.cell_running = True
+        self._cell_group = scoop.origin.new_group() if scoop.origin.is_attached() else None
+        self.progress.cell_started()
+
+    def _post_run_cell(self, result=None):
+        self.cell_running = False
+        err = getattr(result, "error_in_exec", None)
+        if isinstance(err, KeyboardInterrupt) and self._cell_group is not None and scoop.origin.is_attached():
+            # the core interrupts the group when Ctrl-C meets a futures wait; this also covers a
+            # Ctrl-C that landed anywhere else in the cell
+            try:
+                scoop.origin.interrupt(self._cell_group)
+            except Exception:
+                pass
+        self.progress.cell_finished(err)
+        if self._pump is not None:
+            self._pump.pump_now()
+
+    def _on_exit_now(self, change):
+        """A shutdown (or restart) request: ipykernel sets ``exit_now`` on its control thread,
+        then terminates the kernel's child processes.  Stopping the cluster first, on the main
+        thread that owns the origin's socket, ends it cleanly instead (no worker is replaced
+        meanwhile).  If the main thread is busy in a cell, ipykernel's kill and the core's
+        parent-death ties end the cluster anyway."""
+        if not change.get("new") or self.cluster is None:
+            return
+        io_loop = getattr(self.kernel, "io_loop", None)
+        if io_loop is None or threading.current_thread() is threading.main_thread():
+            self.stop()
+            return
+        done = threading.Event()
+
+        def stop():
+            try:
+                self.stop()
+            finally:
+                done.set()
+        io_loop.add_callback(stop)
+        done.wait(3.0)
+
+    def _at_exit(self):
+        try:
+            self.stop()
+        except Exception:
+            pass
+
+    # ---- worker output ------------------------------------------------------------------------
+    def _output_sink(self):
+        """Worker output goes to the running cell (else the last one), prefixed by worker.
+
+        ipykernel sends output written by background threads with whatever parent header was
+        set last (which may be a comm or completion request); setting the relay thread's parent
+        to the cell's execute request pins worker output to that cell.
+        """
+        if self.kernel is None:
+            return None
+        streams = {"stdout": sys.stdout, "stderr": sys.stderr}
+
+        def sink(label, stream, text):
+            out = streams.get(stream, streams["stdout"])
+            parent = self._cell_parent
+            if parent is not None and self._out_parent.get(stream) is not parent \
+                    and hasattr(out, "set_thread_parent"):
+                out.set_thread_parent(parent)
+                self._out_parent[stream] = parent
+            try:
+                out.write(text)
+            except Exception:
+                pass
+        return sink
+
+    # ---- cluster lifecycle ------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.cluster is not None and self.cluster.running
+
+    def start(self, n: int | None = None, *, progress: bool | None = None, **options) -> Cluster:
+        """Starts a cluster whose origin is this process; see :func:`scoop_jupyter.start`."""
+        if self.cluster is not None:
+            if self.cluster.running:
+                raise ClusterError(f"a SCOOP cluster is already running in this kernel "
+                                   f"({self.cluster.size} workers); stop or restart it first")
+            self.stop()
+        unknown = set(options) - set(CLUSTER_OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown cluster option(s): {', '.join(sorted(unknown))}")
+        if n is not None and n < 1:
+            raise ValueError(f"the number of workers must be at least 1, not {n}")
+        if progress is not None:
+            self.progress.enabled = bool(progress)
+        self.options = dict(options, n=n)
+        kwargs = {k: v for k, v in options.items() if v is not None and v is not False}
+        cluster = Cluster(n, output=self._output_sink(), prefix_output=True, **kwargs)
+        t0 = time.perf_counter()
+        cluster.start(connect=True)
+        self.start_seconds = time.perf_counter() - t0
+        self.cluster = cluster
+        if self.cell_running:
+            self._cell_group = scoop.origin.new_group()
+        kernel = self.kernel
+        io_loop = getattr(kernel, "io_loop", None)
+        if io_loop is not None:
+            self._pump = _LoopPump(io_loop)
+            self._pump.attach()
+        self.feed.attach(cluster)
+        return cluster
+
+    def stop(self) -> bool:
+        """Stops the cluster (idempotent); views show "stopped"."""
+        cluster, self.cluster = self.cluster, None
+        if self._pump is not None:
+            self._pump.detach()
+            self._pump = None
+        self._cell_group = None
+        if cluster is None:
+            return False
+        try:
+            cluster.stop()
+        finally:
+            self.feed.detach()
+        return True
+
+    def restart(self) -> Cluster:
+        """Stops the cluster and starts one with the same options."""
+        if not self.options:
+            raise ClusterError("no SCOOP cluster was started in this kernel yet")
+        opts = dict(self.options)
+        self.stop()
+        n = opts.pop("n", None)
+        return self.start(n, **opts)
+
+    def scale(self, n: int):
+        if not self.running:
+            raise ClusterError("no SCOOP cluster is running in this kernel")
+        if n < 1:
+            raise ValueError(f"a cluster needs at least 1 worker, not {n}")
+        self.cluster.scale(n)
+        self.options["n"] = n
+
+    def status(self, settle: float = 1.0) -> dict:
+        """The latest broker snapshot.  Right after a start or scale the snapshot (sent ~5 times
+        a second) may not list every worker yet: wait up to ``settle`` s for it to agree with
+        the cluster's size, so a status asked for just then shows the cluster as it is."""
+        cluster = self.cluster
+        if cluster is None:
+            return {"state": "stopped", "workers": [], "totals": {}}
+        deadline = time.monotonic() + settle
+        while True:
+            snap = cluster.status()
+            if len(snap.get("workers", [])) == cluster.size or time.monotonic() > deadline:
+                return snap
+            time.sleep(0.05)
+
+    def summary(self) -> str:
+        """One line: workers per host and the start time."""
+        c = self.cluster
+        if c is None:
+            return "no SCOOP cluster is running"
+        hosts = ", ".join(f"{h}: {k}" for h, k in c.plan)
+        total = sum(k for _, k in c.plan)
+        took = f" in {self.start_seconds:.2f} s" if self.start_seconds is not None else ""
+        return (f"SCOOP cluster started{took}: {total} worker{'s' if total != 1 else ''} "
+                f"({hosts}); this kernel is the origin (broker port {c.main_port})")
+
+
+_session: KernelOrigin | None = None
+_session_lock = threading.Lock()
+
+
+def session() -> KernelOrigin:
+    """The process-wide KernelOrigin (a process is the origin of at most one cluster)."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = KernelOrigin()
+        return _session

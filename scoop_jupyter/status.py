@@ -1,0 +1,174 @@
+"""One subscription to the cluster's meta stream, fanned out to every notebook view.
+
+The dashboard widget, the JupyterLab panel's comm and the map progress bars all want the
+same ~5 snapshots a second.  Subscribing each of them to the broker would multiply the
+decoding work in the kernel and make their views disagree; instead this feed subscribes once
+per cluster, normalises the snapshot into the panel protocol's shape, keeps a short
+throughput history for sparklines, and calls its listeners from the meta-stream thread.
+The feed outlives clusters, so a view stays valid across ``%scoop_cluster restart``.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import deque
+
+import scoop.origin
+
+#: how long a worker that vanished without saying goodbye stays listed as "lost"
+LOST_LINGER = 6.0
+#: throughput samples kept for sparklines (the meta stream sends ~5 a second)
+HISTORY = 150
+
+
+def safe_maps() -> list[dict]:
+    """``scoop.origin.maps()`` read from a thread other than the submitting one.
+
+    The map objects are mutated by the kernel's main thread while we read them, so a read
+    can meet a container changing size; such a read is simply retried.
+    """
+    for _ in range(5):
+        try:
+            return scoop.origin.maps()
+        except RuntimeError:
+            time.sleep(0.001)
+        except Exception:
+            return []
+    return []
+
+
+def stopped_status() -> dict:
+    return {"type": "status", "state": "stopped", "workers": [],
+            "totals": {"workers": 0, "busy": 0.0, "done": 0, "queued": 0, "running": 0, "rate": 0.0}}
+
+
+class StatusFeed:
+    """Latest normalised status plus listeners called as ``fn(status)`` on every change."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._listeners: list = []
+        self._unsubscribe = None
+        self._cluster = None
+        self._lost: dict[str, tuple[float, dict]] = {}
+        self.history: deque = deque(maxlen=HISTORY)  # (time, tasks/s)
+        self.latest: dict = stopped_status()
+        self.raw: dict | None = None
+        self.events: deque = deque(maxlen=50)
+
+    # ---- listeners ---------------------------------------------------------------------------
+    def add_listener(self, fn):
+        """Registers ``fn(status)``; returns the function that removes it."""
+        with self._lock:
+            self._listeners.append(fn)
+
+        def remove():
+            with self._lock:
+                if fn in self._listeners:
+                    self._listeners.remove(fn)
+        return remove
+
+    def _publish(self, status: dict):
+        with self._lock:
+            listeners = list(self._listeners)
+        for fn in listeners:
+            try:
+                fn(status)
+            except Exception:  # a broken view must not silence the others
+                import logging
+                logging.getLogger("scoop_jupyter").exception("status listener %r failed", fn)
+
+    # ---- cluster lifecycle ----------------------------------------------------------------------
+    def attach(self, cluster):
+        """Follows ``cluster`` (a started scoop Cluster) until :meth:`detach`."""
+        self.detach(publish=False)
+        self._cluster = cluster
+        self._lost.clear()
+        self.history.clear()
+        self._unsubscribe = cluster.subscribe(self._on_meta)
+        raw = cluster.status(timeout=0)
+        if raw.get("workers") is not None and raw.get("state") == "running":
+            self._on_meta("status", raw)
+
+    def detach(self, publish: bool = True):
+        """Stops following the cluster; listeners get one "stopped" status."""
+        unsub, self._unsubscribe = self._unsubscribe, None
+        self._cluster = None
+        if unsub is not None:
+            try:
+                unsub()
+            except Exception:
+                pass
+        self.raw = None
+        self.latest = stopped_status()
+        if publish:
+            self._publish(self.latest)
+
+    def refresh(self):
+        """Publishes the latest status again (e.g. for a view that just opened)."""
+        self._publish(self.latest)
+
+    # ---- meta stream (background thread) -------------------------------------------------------
+    def _on_meta(self, kind: str, data: dict):
+        if kind == "event":
+            self.events.append(data)
+            ev = data.get("event")
+            w = data.get("worker") or {}
+            if ev == "left" and w.get("role") == "worker" and data.get("reason") != "left":
+                self._lost[str(w.get("id"))] = (time.monotonic(), w)
+            if ev in ("joined", "left") and self.raw is not None:
+                self._publish_raw(self.raw)  # show joins and leaves without waiting for a snapshot
+            return
+        if kind != "status" or self._cluster is None:
+            return
+        self.raw = data
+        self.history.append((data.get("time", time.time()), float(data.get("totals", {}).get("rate", 0.0))))
+        self._publish_raw(data)
+
+    def _publish_raw(self, raw: dict):
+        status = self.normalise(raw)
+        self.latest = status
+        self._publish(status)
+
+    def normalise(self, raw: dict) -> dict:
+        """The panel protocol's status message (see scoop_jupyter.comm) from a broker snapshot."""
+        workers = []
+        seen_pids = set()
+        for w in raw.get("workers", []):
+            if w.get("role", "worker") != "worker":
+                continue
+            seen_pids.add(w.get("pid"))
+            workers.append(_worker_row(w, "busy" if w.get("state") == "busy" else "idle"))
+        now = time.monotonic()
+        ids = {w["id"] for w in workers}
+        for wid, (when, w) in list(self._lost.items()):
+            if now - when > LOST_LINGER or wid in ids:
+                del self._lost[wid]
+            else:
+                workers.append(_worker_row(w, "lost"))
+        cluster = self._cluster
+        if cluster is not None:
+            # started but not joined yet: shown as "joining" so a scale-up is visible at once
+            for h in list(getattr(cluster, "workers", ())):
+                try:
+                    alive = not h.retired and h.poll() is None
+                except Exception:
+                    continue
+                if alive and not h.remote and h.pid not in seen_pids:
+                    host = h.host if h.remote else socket.gethostname()
+                    workers.append({"id": "", "host": host, "pid": int(h.pid or 0), "state": "joining",
+                                    "queued": 0, "running": 0, "done": 0, "cpu": 0.0, "mem": 0})
+        t = raw.get("totals", {})
+        totals = {"workers": int(t.get("workers", len(workers))), "busy": float(t.get("busy", 0.0)),
+                  "done": int(t.get("done", 0)), "queued": int(t.get("queued", 0)),
+                  "running": int(t.get("running", 0)), "rate": float(t.get("rate", 0.0))}
+        state = "running" if raw.get("state", "running") == "running" else "stopped"
+        return {"type": "status", "state": state, "workers": workers, "totals": totals}
+
+
+def _worker_row(w: dict, state: str) -> dict:
+    return {"id": str(w.get("id", "")), "host": str(w.get("host", "")), "pid": int(w.get("pid") or 0),
+            "state": state, "queued": int(w.get("queued", 0)), "running": int(w.get("running", 0)),
+            "done": int(w.get("done", 0)), "cpu": float(w.get("cpu", 0.0) or 0.0),
+            "mem": int(w.get("mem", 0) or 0)}
