@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--external-hostname", dest="external_hostname", default=None, metavar="ADDR",
                    help="address remote workers use to reach this machine")
     s.add_argument("--tunnel", action="store_true", help="reach remote workers through SSH tunnels")
+    s.add_argument("-b", "--brokers", type=_positive, default=None, metavar="B",
+                   help="number of brokers (a root and B-1 sub-brokers)")
+    s.add_argument("--no-inline", dest="inline", action="store_false", default=None,
+                   help="always send tasks to workers, even `submit(f).result()` (default: run it here)")
     s.add_argument("--ssh-config", dest="ssh_config", default=None, metavar="FILE",
                    help="OpenSSH client configuration to use")
     s.add_argument("--no-progress", dest="progress", action="store_false", default=True,
@@ -105,7 +109,7 @@ class ScoopMagics(Magics):
             if cmd == "start":
                 opts = {k: getattr(args, k) for k in ("hosts", "hostfile", "python", "pythonpath", "path",
                                                       "prolog", "nice", "external_hostname", "tunnel",
-                                                      "ssh_config", "progress")}
+                                                      "ssh_config", "progress", "brokers", "inline")}
                 api.start(args.n, **opts)
                 print(api.session().summary())
             elif cmd == "stop":

@@ -29,7 +29,7 @@ SAFETY_PUMP_MS = 100
 #: ``start`` options that map one to one onto ``scoop.cluster.Cluster`` arguments
 CLUSTER_OPTIONS = ("hosts", "hostfile", "python", "pythonpath", "path", "prolog", "nice",
                    "external_hostname", "tunnel", "ssh_config", "env", "heartbeat_timeout",
-                   "connect_timeout")
+                   "connect_timeout", "inline", "brokers")
 
 
 class _LoopPump:
@@ -225,7 +225,7 @@ class KernelOrigin:
         if progress is not None:
             self.progress.enabled = bool(progress)
         self.options = dict(options, n=n)
-        kwargs = {k: v for k, v in options.items() if v is not None and v is not False}
+        kwargs = {k: v for k, v in options.items() if v is not None}
         cluster = Cluster(n, output=self._output_sink(), prefix_output=True, **kwargs)
         t0 = time.perf_counter()
         cluster.start(connect=True)

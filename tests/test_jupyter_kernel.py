@@ -380,3 +380,19 @@ def test_two_kernels_do_not_see_each_other():
                 pid = k.pid
                 k.shutdown()
                 assert not wait_gone(pid, 5.0)
+
+
+def test_no_inline_and_brokers_options_reach_the_cluster(kernel):
+    kernel.run("%scoop_cluster stop")
+    try:
+        res = kernel.run("%scoop_cluster start -n 2 -b 2 --no-inline\n"
+                         "import os\n"
+                         "def _pid(_=None):\n"
+                         "    return os.getpid()\n"
+                         "futures.submit(_pid).result()\n"
+                         "print('REMOTE', futures.submit(_pid).result() != os.getpid())\n"
+                         "print('BROKERS', len(_sj.cluster().broker_procs))")
+        out = res.stream()
+        assert "REMOTE True" in out and "BROKERS 2" in out, out
+    finally:
+        kernel.run("%scoop_cluster stop\n%scoop_cluster start -n 2")
