@@ -318,3 +318,51 @@ def test_scoop_panel_follows_cluster(lab, page):
             described.append((p.pid, " ".join(p.cmdline())[:120]))
             p.kill()
     assert not leftovers, f"processes left behind: {described}"
+
+
+def test_dashboard_widget_and_panel_buttons(lab, page):
+    """The dashboard renders as plain ipywidgets in JupyterLab and keeps updating while another
+    cell blocks in a map; the panel's Start and Stop buttons drive the kernel's cluster."""
+    open_notebook(page, lab, lab.new_notebook("dashboard-test.ipynb"))
+    open_scoop_panel(page)
+    run_cell(page, "%load_ext scoop_jupyter")
+    expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("stopped", timeout=30_000)
+
+    # Start from the panel, with n = 2
+    n_input = page.locator(f"{PANEL} .scoop-n-input")
+    n_input.fill("2")
+    page.locator("#scoop-start-button").click()
+    expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("running", timeout=60_000)
+    expect(page.locator(f"{PANEL} .scoop-worker-row")).to_have_count(2, timeout=30_000)
+
+    run_cell(page, "%scoop_cluster dashboard")
+    dash = page.locator(".scoop-dashboard").first
+    expect(dash).to_be_visible(timeout=30_000)
+    expect(dash.locator("tr.scoop-worker")).to_have_count(2, timeout=30_000)
+
+    # a map that blocks its cell for a few seconds: the dashboard above shows busy workers
+    nb = page.locator(ACTIVE_NOTEBOOK)
+    cells = nb.locator(".jp-Notebook .jp-Cell")
+    cell = cells.nth(cells.count() - 1)
+    cell.locator(".cm-content").click()
+    page.keyboard.insert_text("import time\nfrom scoop import futures\n"
+                              "_ = list(futures.map(time.sleep, [0.25] * 40))")
+    page.keyboard.press("Shift+Enter")
+    expect(dash.locator("tr.scoop-worker[data-state='busy']").first).to_be_visible(timeout=30_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-widget.png"))
+    expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"), timeout=120_000)
+
+    known = lab.descendants()
+    page.locator("#scoop-stop-button").click()
+    expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("stopped", timeout=30_000)
+    expect(dash).to_contain_text("stopped", timeout=30_000)
+
+    lab.shutdown_kernels()
+    lab.stop()
+    _, alive = psutil.wait_procs(known, timeout=20)
+    leftovers = leftover_processes(alive, lab)
+    for p in leftovers:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
