@@ -95,12 +95,17 @@ def submit(func, *args, **kwargs) -> Future:
     return _rt().submit(func, args, kwargs)
 
 
-def _window(rt) -> int:
+def _size() -> int:
     import scoop
-    return max(4096, 1024 * max(1, scoop.SIZE))
+    return max(1, scoop.SIZE)
+
+
+def _window(rt) -> int:
+    return max(4096, 1024 * _size())
 
 
 _CHUNK_SECONDS = 0.001  # aim for ~1 ms of work per chunk: fine balance, per-task costs amortised
+_per_input: dict = {}   # function digest -> seconds per input seen in earlier maps
 
 
 class _MapIterator:
@@ -129,8 +134,8 @@ class _MapIterator:
         self.error = None              # raised once the buffer before it is drained
         self.exhausted = False
         self.digest = None
-        self.chunk = 1
         self.per_input = None
+        self.chunk = 1
         self.name = getattr(func, "__qualname__", None) or type(func).__name__
         self.submitted = 0
         self.yielded = 0
@@ -146,14 +151,20 @@ class _MapIterator:
         rt = self.rt
         if self.exhausted or self.in_window >= self.size:
             return
+        workers = _size()
         if self.digest is None:
             self.digest = rt._callable_digest(self.func)
-        import scoop
+            known = _per_input.get(self.digest)  # this function's speed in earlier maps
+            if known is not None:
+                self._adapt_to(known)
+        # until the inputs' cost is known, send a probe of a few tasks per worker: a long task
+        # is then not stuck in a big chunk, and a tiny one gets chunked after the first results
+        limit = self.size if self.per_input is not None else min(self.size, 4 * workers)
         # never fewer chunks in flight than a few per worker
-        k = max(1, min(self.chunk, self.size // (4 * max(1, scoop.SIZE))))
+        k = max(1, min(self.chunk, self.size // (4 * workers)))
         islice = itertools.islice
-        while self.in_window < self.size:
-            batch = list(islice(self.args, min(k, self.size - self.in_window)))
+        while self.in_window < limit:
+            batch = list(islice(self.args, min(k, limit - self.in_window)))
             if not batch:
                 self.exhausted = True
                 break
@@ -217,13 +228,18 @@ class _MapIterator:
             from ._protocol import load_exception
             self.error = err if isinstance(err, BaseException) else load_exception(err)
             self.exhausted = True
-        elif self.in_window < self.size // 2:
+        elif self.in_window < self.size // 2 or self.submitted <= 4 * max(1, _size()):
             self._fill()
 
     def _adapt(self, elapsed, n):
         per = elapsed / max(1, n)
-        self.per_input = per if self.per_input is None else 0.7 * self.per_input + 0.3 * per
-        self.chunk = max(1, min(1024, int(_CHUNK_SECONDS / max(self.per_input, 1e-7))))
+        self._adapt_to(per if self.per_input is None else 0.7 * self.per_input + 0.3 * per)
+        if self.digest:
+            _per_input[self.digest] = self.per_input
+
+    def _adapt_to(self, per_input):
+        self.per_input = per_input
+        self.chunk = max(1, min(1024, int(_CHUNK_SECONDS / max(per_input, 1e-7))))
 
     def progress(self) -> dict:
         """How far this map is: for progress bars and the dashboard."""
