@@ -345,7 +345,6 @@ class Cluster:
         rt = Runtime(f"tcp://127.0.0.1:{self.main_port}", self.secret, "origin",
                      broker_timeout=max(5.0, self.heartbeat_timeout + 2), inline=self.inline)
         rt.connect(timeout=20)
-        rt.size = max(rt.size, sum(k for _, k in self.plan))
         self.runtime = rt
         _globals.activate(rt, is_origin=True, broker=self.broker_info())
         return rt
