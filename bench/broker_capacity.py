@@ -60,21 +60,33 @@ def simulated_workers(port, secret, count, credit, stop, ready):
         poller.register(s, zmq.POLLIN)
         socks.append(s)
     ready.put(count)
-    ok = P.RESULT_HEADER.pack
+    # lean on purpose: the simulators share the machine with the broker, and every cycle they
+    # spend is one the broker does not get; they read task ids by offset and reply with
+    # pre-packed pieces (a simulator need not check the broker's signatures)
+    body = b"\x80\x05K\x01."
+    res_hdr = P.RESULT_HEADER.pack
+    prefix = P.REC.pack(P.RESULT_HEADER.size, len(body))
+    rec_unpack, id_unpack = P.REC.unpack_from, P.ID.unpack_from
+    task_byte = P.TASK[0]
+    credit_hdr = P.REC.pack(5, 0) + P.CREDIT
     while not stop.is_set():
         for s, _ in poller.poll(100):
             while s.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                recs = P.recv_verified(s, signer)
-                out = []
+                data = s.recv()
+                i, end = P.SIG_SIZE, len(data)
+                pieces = []
                 n = 0
-                for i in range(0, len(recs), 2):
-                    h = recs[i]
-                    if h[:1] == P.TASK:
-                        out += [ok(P.RESULT, P.ID.unpack_from(h, 1)[0], P.OK, 1), b"\x80\x05K\x01."]
+                while i < end:
+                    hl, bl = rec_unpack(data, i)
+                    hs = i + 6
+                    if data[hs] == task_byte:
+                        pieces += (prefix, res_hdr(P.RESULT, id_unpack(data, hs + 1)[0], P.OK, 1), body)
                         n += 1
+                    i = hs + hl + bl
                 if n:
-                    out += [P.CREDIT + P.I32.pack(n), P.EMPTY]
-                    P.send(s, signer, out)
+                    pieces += (credit_hdr, P.I32.pack(n))
+                    msg = b"".join(pieces)
+                    s.send(signer.sign((msg,)) + msg)
     for s in socks:
         s.close(0)
     ctx.term()
@@ -122,6 +134,8 @@ def main(argv=None):
         t_end = time.monotonic() + a.seconds
         t_measure = time.monotonic() + min(2.0, a.seconds / 4)  # warm-up first
         pack = P.TASK_HEADER.pack
+        task_prefix = P.REC.pack(P.TASK_HEADER.size, len(BODY))
+        rec_unpack, result_byte = P.REC.unpack_from, P.RESULT[0]
         while True:
             now = time.monotonic()
             if not marks and now >= t_measure:
@@ -129,16 +143,21 @@ def main(argv=None):
             if now >= t_end:
                 break
             while in_flight < a.window:
-                out = []
+                pieces = []
                 for _ in range(a.batch):
                     seq += 1
-                    out += [pack(P.TASK, (index << 40) | seq, 0, digest), BODY]
-                P.send(origin, signer, out)
+                    pieces += (task_prefix, pack(P.TASK, (index << 40) | seq, 0, digest), BODY)
+                msg = b"".join(pieces)
+                origin.send(signer.sign((msg,)) + msg)
                 in_flight += a.batch
             if origin.poll(50):
                 while origin.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    recs = P.recv_verified(origin, signer)
-                    n = sum(1 for i in range(0, len(recs), 2) if recs[i][:1] == P.RESULT)
+                    data = origin.recv()
+                    i, end, n = P.SIG_SIZE, len(data), 0
+                    while i < end:
+                        hl, bl = rec_unpack(data, i)
+                        n += data[i + 6] == result_byte
+                        i += 6 + hl + bl
                     done += n
                     in_flight -= n
         t1, d1, c1 = time.monotonic(), done, bp.cpu_times()

@@ -27,12 +27,14 @@ SUSPECT_SILENCE = 0.8
 
 
 class Task:
-    __slots__ = ("id", "hdr", "body", "digest", "group", "submitter", "worker", "attempts", "name")
+    """A task in flight; ``raw`` is its record exactly as received (prefix, header, body),
+    forwarded to a worker as is."""
 
-    def __init__(self, tid, hdr, body, digest, group, submitter):
+    __slots__ = ("id", "raw", "digest", "group", "submitter", "worker", "attempts", "name")
+
+    def __init__(self, tid, raw, digest, group, submitter):
         self.id = tid
-        self.hdr = hdr
-        self.body = body
+        self.raw = raw
         self.digest = digest
         self.group = group
         self.submitter = submitter
@@ -41,8 +43,10 @@ class Task:
 
 
 class Outbox(list):
-    """Records waiting for one socket of one peer; the first ones mark the peer for the next
-    flush, so flushing costs O(peers with output), not O(peers) -- 1,000 idle workers are free."""
+    """Records waiting for one socket of one peer, kept encoded (length prefix, header, body
+    pieces) so a flush is one join: routed records are never decoded and encoded again.  The
+    first records mark the peer for the next flush, so flushing costs O(peers with output),
+    not O(peers) -- 1,000 idle workers are free."""
 
     __slots__ = ("key", "dirty")
 
@@ -51,11 +55,30 @@ class Outbox(list):
         self.key = key
         self.dirty = dirty
 
-    def __iadd__(self, records):
+    def __iadd__(self, records):  # [hdr0, body0, hdr1, body1, ...]
         if not self:
             self.dirty.add(self.key)
-        self.extend(records)
+        pack = P.REC.pack
+        for j in range(0, len(records), 2):
+            h, b = records[j], records[j + 1]
+            self.extend((pack(len(h), len(b)), h, b))
         return self
+
+    def put(self, h, b):
+        if not self:
+            self.dirty.add(self.key)
+        self.extend((P.REC.pack(len(h), len(b)), h, b))
+
+    def put_raw(self, raw):
+        """An already encoded record: the hot path (dispatching a task, routing a result)."""
+        if not self:
+            self.dirty.add(self.key)
+        self.append(raw)
+
+    def take(self) -> bytes:
+        data = b"".join(self)
+        self.clear()
+        return data
 
 
 class Peer:
@@ -125,6 +148,7 @@ class Broker:
         self._suspect_until = 0.0
         self._last_steal_check = 0.0
         self._status_due = False  # a join or leave: publish a snapshot now, not at the next tick
+        self._size_due = False
 
     # ---- main loop ---------------------------------------------------------------------------
     def serve(self):
@@ -166,6 +190,8 @@ class Broker:
                 if now >= next_check:
                     self._check_liveness(now)
                     self._periodic(now)
+                    if self._size_due:
+                        self._send_size()
                     next_check = now + 0.1
                 if now >= next_status or self._status_due:
                     self._status_due = False
@@ -181,11 +207,11 @@ class Broker:
 
     def _on_message(self, msg):
         self.routed += 1
-        ident, frames = P.split_routed(msg, self.signer)
-        if frames is None:
-            self.dropped += 1
+        if len(msg) != 2 or not P.verify_sealed(self.signer, msg[1]):
+            self.dropped += 1  # dropped before any byte of it is interpreted
             return
-        if not ident or len(ident) < 2:
+        ident, data = msg
+        if len(ident) < 2:
             return
         kind, uid = ident[:1], ident[1:]
         peer = self.peers.get(uid)
@@ -193,12 +219,49 @@ class Broker:
         if peer is not None:
             peer.last_seen = now
         try:
-            if kind == b"c":
-                self._on_control(peer, uid, frames)
-            elif kind == b"t":
-                self._on_records(peer, ident, uid, frames, now)
+            if kind == b"t":
+                self._on_task_socket(peer, ident, uid, data, now)
+            elif kind == b"c":
+                frames = P.decode(data, P.SIG_SIZE)
+                if frames is not None:
+                    self._on_control(peer, uid, frames)
         except Exception as exc:  # malformed but signed input must not kill the broker
             self.log(f"dropped a malformed message from {uid!r}: {type(exc).__name__}: {exc}")
+
+    def _on_task_socket(self, peer, ident, uid, data, now):
+        """Walks the records in place: results and tasks, nearly all of the traffic, are read
+        by offset and forwarded as slices of the received buffer; the rest take the general
+        path."""
+        i, n = P.SIG_SIZE, len(data)
+        rec_unpack, tasks = P.REC.unpack_from, self.tasks
+        while i < n:
+            hl, bl = rec_unpack(data, i)
+            hs = i + 6
+            end = hs + hl + bl
+            if end > n or hl < 1:
+                raise ValueError("truncated record")
+            t = data[hs]
+            if t == _RESULT and peer is not None:
+                _, tid, _status, inputs = P.RESULT_HEADER.unpack_from(data, hs)
+                task = tasks.pop(tid, None)
+                if task is not None:  # else: duplicate, cancelled or orphaned; the first result won
+                    w = task.worker
+                    if w is not None:
+                        w.assigned.pop(tid, None)
+                        w.done_routed += inputs
+                    self.done_total += inputs
+                    sub = task.submitter
+                    if self._alive(sub):
+                        sub.out.put_raw(data[i:end])
+            elif (t == _TASK or t == _CHUNK) and peer is not None:
+                _, tid, group, d = P.TASK_HEADER.unpack_from(data, hs)
+                if tid not in tasks and group not in self.interrupted:
+                    self._accept_task(peer, tid, data[i:end], d, group)
+            else:
+                peer = self._on_record(peer, ident, uid, data[hs:hs + hl], data[hs + hl:end], now)
+                if peer is _GONE:
+                    return
+            i = end
 
     def _on_control(self, peer, uid, frames):
         if peer is None:
@@ -233,90 +296,93 @@ class Broker:
                     self._cancel_answer(task, [P.CANCEL + frames[i][1:9] + (b"\x01" if ok else b"\x00"), P.EMPTY])
 
     def _on_records(self, peer, ident, uid, frames, now):
-        i, n = 0, len(frames)
-        while i < n:
-            hdr, body = frames[i], frames[i + 1]
-            i += 2
-            t = hdr[:1]
-            if t == P.TASK or t == P.CHUNK:
-                if peer is None:
-                    self._send_now(ident, [P.SHUTDOWN, b"declared lost by the broker"])
-                    return
-                _, tid, group, d = P.TASK_HEADER.unpack(hdr)
-                if tid in self.tasks:
-                    continue  # a duplicate submission (replay, resend): ignore
-                if group in self.interrupted:
-                    continue
-                self._accept_task(peer, tid, hdr, body, d, group)
-            elif t == P.RESULT:
-                _, tid, _status, inputs = P.RESULT_HEADER.unpack(hdr)
-                task = self.tasks.pop(tid, None)
-                if task is None:
-                    continue  # duplicate, cancelled or orphaned: first result already won
-                w = task.worker
-                if w is not None:
-                    w.assigned.pop(tid, None)
-                    w.done_routed += inputs
-                self.done_total += inputs
-                sub = task.submitter
-                if self._alive(sub):
-                    sub.out += [hdr, body]
-            elif t == P.FAIL:  # a sub-broker gave up on a task: pass the verdict on
-                task = self.tasks.pop(P.ID.unpack_from(hdr, 1)[0], None)
-                if task is not None:
-                    if task.worker is not None:
-                        task.worker.assigned.pop(task.id, None)
-                    if self._alive(task.submitter):
-                        task.submitter.out += [hdr, body]
-            elif t == P.CREDIT:
-                if peer is not None and not peer.retiring:
-                    self._on_credit(peer, P.I32.unpack_from(hdr, 1)[0])
-            elif t == P.RETIRE:
-                if peer is not None and peer.role == "origin":
-                    idx = P.U32.unpack_from(hdr, 1)[0]
-                    for p in self.peers.values():
-                        if p.index == idx and p.role == "worker":
-                            p.retiring = True
-                            p.credit = 0
-                            p.out += [P.RETIRE, P.EMPTY]
-            elif t == P.BLOB:
-                self._on_blob(hdr, body)
-            elif t == P.HELLO:
-                self._on_hello(ident, uid, body, now)
-                peer = self.peers.get(uid)
-            elif t == P.CANCEL:
-                if peer is None:
-                    continue
-                tid = P.ID.unpack_from(hdr, 1)[0]
-                if self._forward_cancel(peer, tid, hdr):
-                    continue
-                task = self.tasks.get(tid)
-                if task is not None and task.submitter is peer and task.worker is not None:
-                    # prefetched but maybe not started: its worker's control thread decides
-                    task.worker.cout += [P.CANCEL + hdr[1:9], P.EMPTY]
-                    continue
-                ok = task is not None and task.worker is None and task.submitter is peer
-                if ok:
-                    del self.tasks[tid]  # left in the queue; skipped when popped
-                peer.out += [P.CANCEL + hdr[1:9] + (b"\x01" if ok else b"\x00"), P.EMPTY]
-            elif t == P.ASK:
-                if peer is not None and not self._forward_ask(peer, P.ID.unpack_from(hdr, 1)[0], hdr):
-                    task = self.tasks.get(P.ID.unpack_from(hdr, 1)[0])
-                    state = b"\x02" if task is None else (b"\x00" if task.worker is None else b"\x01")
-                    peer.out += [hdr[:9] + state, P.EMPTY]
-            elif t == P.CONST:
-                self._on_const(peer, hdr, body)
-            elif t == P.INTERRUPT:
-                self._on_interrupt_request(P.U32.unpack_from(hdr, 1)[0])
-            elif t == P.RELEASE:
-                self._release(peer, P.ID.unpack_from(hdr, 1)[0])
-            elif t == P.BYE:
-                if peer is not None:
-                    self._remove(peer, "left")
-                    peer = None
-            elif t == P.SHUTDOWN:
-                if peer is not None and peer.role == "origin":
-                    self.shutdown(body.decode("utf-8", "replace") or "stopped by the origin")
+        """Records as ``[hdr, body, ...]`` pairs (a held task arriving on a control socket)."""
+        for i in range(0, len(frames), 2):
+            peer = self._on_record(peer, ident, uid, frames[i], frames[i + 1], now)
+            if peer is _GONE:
+                return
+
+    def _on_record(self, peer, ident, uid, hdr, body, now):
+        """One record from a task socket; returns the sender (a HELLO creates it, a BYE
+        removes it), or _GONE when the rest of the message must be ignored."""
+        t = hdr[:1]
+        if t == P.TASK or t == P.CHUNK:
+            if peer is None:
+                self._send_now(ident, [P.SHUTDOWN, b"declared lost by the broker"])
+                return _GONE
+            _, tid, group, d = P.TASK_HEADER.unpack(hdr)
+            if tid not in self.tasks and group not in self.interrupted:
+                self._accept_task(peer, tid, P.REC.pack(len(hdr), len(body)) + hdr + body, d, group)
+        elif t == P.RESULT:
+            _, tid, _status, inputs = P.RESULT_HEADER.unpack(hdr)
+            task = self.tasks.pop(tid, None)
+            if task is None:
+                return peer  # duplicate, cancelled or orphaned: first result already won
+            w = task.worker
+            if w is not None:
+                w.assigned.pop(tid, None)
+                w.done_routed += inputs
+            self.done_total += inputs
+            sub = task.submitter
+            if self._alive(sub):
+                sub.out.put(hdr, body)
+        elif t == P.FAIL:  # a sub-broker gave up on a task: pass the verdict on
+            task = self.tasks.pop(P.ID.unpack_from(hdr, 1)[0], None)
+            if task is not None:
+                if task.worker is not None:
+                    task.worker.assigned.pop(task.id, None)
+                if self._alive(task.submitter):
+                    task.submitter.out += [hdr, body]
+        elif t == P.CREDIT:
+            if peer is not None and not peer.retiring:
+                self._on_credit(peer, P.I32.unpack_from(hdr, 1)[0])
+        elif t == P.RETIRE:
+            if peer is not None and peer.role == "origin":
+                idx = P.U32.unpack_from(hdr, 1)[0]
+                for p in self.peers.values():
+                    if p.index == idx and p.role == "worker":
+                        p.retiring = True
+                        p.credit = 0
+                        p.out += [P.RETIRE, P.EMPTY]
+        elif t == P.BLOB:
+            self._on_blob(hdr, body)
+        elif t == P.HELLO:
+            self._on_hello(ident, uid, body, now)
+            peer = self.peers.get(uid)
+        elif t == P.CANCEL:
+            if peer is None:
+                return peer
+            tid = P.ID.unpack_from(hdr, 1)[0]
+            if self._forward_cancel(peer, tid, hdr):
+                return peer
+            task = self.tasks.get(tid)
+            if task is not None and task.submitter is peer and task.worker is not None:
+                # prefetched but maybe not started: its worker's control thread decides
+                task.worker.cout += [P.CANCEL + hdr[1:9], P.EMPTY]
+                return peer
+            ok = task is not None and task.worker is None and task.submitter is peer
+            if ok:
+                del self.tasks[tid]  # left in the queue; skipped when popped
+            peer.out += [P.CANCEL + hdr[1:9] + (b"\x01" if ok else b"\x00"), P.EMPTY]
+        elif t == P.ASK:
+            if peer is not None and not self._forward_ask(peer, P.ID.unpack_from(hdr, 1)[0], hdr):
+                task = self.tasks.get(P.ID.unpack_from(hdr, 1)[0])
+                state = b"\x02" if task is None else (b"\x00" if task.worker is None else b"\x01")
+                peer.out += [hdr[:9] + state, P.EMPTY]
+        elif t == P.CONST:
+            self._on_const(peer, hdr, body)
+        elif t == P.INTERRUPT:
+            self._on_interrupt_request(P.U32.unpack_from(hdr, 1)[0])
+        elif t == P.RELEASE:
+            self._release(peer, P.ID.unpack_from(hdr, 1)[0])
+        elif t == P.BYE:
+            if peer is not None:
+                self._remove(peer, "left")
+                peer = None
+        elif t == P.SHUTDOWN:
+            if peer is not None and peer.role == "origin":
+                self.shutdown(body.decode("utf-8", "replace") or "stopped by the origin")
+        return peer
 
     def _on_hello(self, ident, uid, body, now):
         info = json.loads(body)
@@ -338,8 +404,8 @@ class Broker:
         self._event("joined", worker=self._peer_info(peer))
 
     # ---- hooks a sub-broker (scoop.federation) overrides ----------------------------------------
-    def _accept_task(self, peer, tid, hdr, body, d, group):
-        task = Task(tid, hdr, body, d, group, peer)
+    def _accept_task(self, peer, tid, raw, d, group):
+        task = Task(tid, raw, d, group, peer)
         self.tasks[tid] = task
         self.queue.append(task)
 
@@ -395,6 +461,12 @@ class Broker:
                    for p in self.peers.values() if p.role in _TARGETS)
 
     def _broadcast_size(self):
+        """Coalesced: sent by the periodic check, at most 10 times a second -- a burst of 1,000
+        joins must not cost a million SIZE records."""
+        self._size_due = True
+
+    def _send_size(self):
+        self._size_due = False
         rec = [P.SIZE + P.U32.pack(self._size()), P.EMPTY]
         for p in self.peers.values():
             p.out += rec
@@ -422,8 +494,8 @@ class Broker:
                             self.waiting_blob.setdefault(d, []).append(task)
                             continue
                         w.have.add(d)
-                        out += [P.BLOB + d, blob]
-                    out += [task.hdr, task.body]
+                        out.put(P.BLOB + d, blob)
+                    out.put_raw(task.raw)
                     task.worker = w
                     w.assigned[task.id] = task
                     w.credit -= 1
@@ -444,10 +516,9 @@ class Broker:
             box = p.cout if which else p.out
             if not box:
                 continue
-            frames = list(box)
-            box.clear()
+            data = box.take()
             try:
-                send([p.cident if which else p.tident, P.seal(signer, frames)], zmq.NOBLOCK)
+                send([p.cident if which else p.tident, signer.sign((data,)) + data], zmq.NOBLOCK)
                 self.routed += 1
             except zmq.ZMQError:
                 pass  # peer not connected (yet/any more); liveness handles it
@@ -517,13 +588,11 @@ class Broker:
 
     def _interrupt(self, group: int):
         self.interrupted.add(group)
-        holders = set()
         for tid, task in list(self.tasks.items()):
             if task.group == group:
                 del self.tasks[tid]
                 if task.worker is not None:
                     task.worker.assigned.pop(tid, None)
-                    holders.add(task.worker)
         rec = [P.INTERRUPT + P.U32.pack(group), P.EMPTY]
         for p in self.peers.values():
             if p.role in _TARGETS:
@@ -585,6 +654,8 @@ class Broker:
 
 
 _TARGETS = ("worker", "broker")  # peers that take tasks: workers and sub-brokers
+_TASK, _CHUNK, _RESULT = P.TASK[0], P.CHUNK[0], P.RESULT[0]
+_GONE = object()  # _on_record: the sender was told to go away; skip the rest of its message
 
 
 def _load(p):

@@ -58,9 +58,9 @@ class SubBroker(Broker):
         self._on_upstream(recs[2:])
 
     # ---- hooks ----------------------------------------------------------------------------------
-    def _accept_task(self, peer, tid, hdr, body, d, group):
+    def _accept_task(self, peer, tid, raw, d, group):
         self.local_submitted[tid] = peer
-        self.upstream.out += [hdr, body]
+        self.upstream.out.put_raw(raw)
 
     def _on_credit(self, peer, n):
         peer.credit += n
@@ -124,7 +124,8 @@ class SubBroker(Broker):
             if t == P.TASK or t == P.CHUNK:
                 _, tid, group, d = P.TASK_HEADER.unpack(hdr)
                 if tid not in self.tasks and group not in self.interrupted:
-                    Broker._accept_task(self, self.upstream, tid, hdr, body, d, group)
+                    Broker._accept_task(self, self.upstream, tid, P.REC.pack(len(hdr), len(body)) + hdr + body,
+                                        d, group)
             elif t == P.BLOB:
                 Broker._on_blob(self, hdr, body)
             elif t in (P.RESULT, P.FAIL):
@@ -147,7 +148,7 @@ class SubBroker(Broker):
                 self._on_const(self.upstream, hdr, body)
             elif t == P.SIZE:
                 self.global_size = P.U32.unpack_from(hdr, 1)[0]
-                self._broadcast_size()
+                self._send_size()
             elif t == P.SHUTDOWN:
                 self.shutdown(body.decode("utf-8", "replace") or "the root broker ended")
 
@@ -202,11 +203,10 @@ class SubBroker(Broker):
 
     def _flush(self):
         super()._flush()
-        for sock, attr in ((self.up, "out"), (self.upc, "cout")):
-            frames = getattr(self.upstream, attr)
-            if frames:
-                setattr(self.upstream, attr, [])
-                sock.send(P.seal(self.signer, frames))
+        for sock, box in ((self.up, self.upstream.out), (self.upc, self.upstream.cout)):
+            if box:
+                data = box.take()
+                sock.send(self.signer.sign((data,)) + data)
 
     def serve(self):
         try:
