@@ -4,9 +4,7 @@ Futures run on a cluster of worker processes behind a ZeroMQ broker.  Start a pr
 ``python -m scoop -n 4 prog.py`` (or a notebook with ``%scoop_cluster start``) and use
 ``scoop.futures``.  The module globals below describe this process's place in the cluster.
 """
-import logging as _logging
 import os as _os
-import socket as _socket
 
 __version__ = "0.1.0"
 __author__ = "SCOOP-Jupyter developers"
@@ -20,17 +18,33 @@ BROKER = None             # BrokerInfo(hostname, task_port, info_port, externalH
 CONFIGURATION = {}
 
 
-class _WorkerTag(_logging.Filter):
-    def filter(self, record):
-        record.worker = worker if worker is not None else f"{_socket.gethostname()}:{_os.getpid()}"
-        return True
 
 
-logger = _logging.getLogger("scoop")
-if not logger.handlers:
-    _h = _logging.StreamHandler()
-    _h.setFormatter(_logging.Formatter("[%(asctime)s] %(levelname)-7s %(worker)s %(message)s"))
-    _h.addFilter(_WorkerTag())
-    logger.addHandler(_h)
-    logger.setLevel(_logging.DEBUG if DEBUG else _logging.INFO)
-    logger.propagate = False
+def _make_logger():
+    """``scoop.logger``: records tagged with the worker that wrote them."""
+    import logging
+    import socket
+
+    class WorkerTag(logging.Filter):
+        def filter(self, record):
+            record.worker = worker if worker is not None else f"{socket.gethostname()}:{_os.getpid()}"
+            return True
+
+    log = logging.getLogger("scoop")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)-7s %(worker)s %(message)s"))
+        handler.addFilter(WorkerTag())
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG if DEBUG else logging.INFO)
+        log.propagate = False
+    return log
+
+
+def __getattr__(name):
+    # made on first use: importing logging costs every broker and worker start ~8 ms
+    if name == "logger":
+        global logger
+        logger = _make_logger()
+        return logger
+    raise AttributeError(f"module 'scoop' has no attribute {name!r}")

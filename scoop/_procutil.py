@@ -9,6 +9,16 @@ import sys
 _PR_SET_PDEATHSIG = 1
 
 
+def name_process(name: str) -> None:
+    """Names the process for ps/top (a forked worker still shows its launcher's command line;
+    its environment carries SCOOP_ROLE too)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+        except Exception:
+            pass
+
+
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """Asks Linux to kill us when our parent dies (the launcher, a kernel, an sshd session).
 

@@ -401,6 +401,10 @@ class Broker:
             peer.out += [hdr, body]
         if peer.role == "worker":
             self._broadcast_size()
+            origin = self.origin
+            if origin is not None and origin.uid in self.peers:
+                # the origin waits for joins (cluster start): it hears of each one at once
+                origin.out += [P.SIZE + P.U32.pack(self._size()), P.EMPTY]
         self._event("joined", worker=self._peer_info(peer))
 
     # ---- hooks a sub-broker (scoop.federation) overrides ----------------------------------------
@@ -681,7 +685,8 @@ def _watch_stdin(broker: Broker):
 
 
 def main():
-    from ._procutil import die_with_parent, ignore_interrupts
+    from ._procutil import die_with_parent, ignore_interrupts, name_process
+    name_process("scoop-broker")
     die_with_parent()
     ignore_interrupts()
     line = sys.stdin.buffer.readline()

@@ -110,6 +110,7 @@ class Cluster:
         self.broker_host = "127.0.0.1"
         self.main_port = self.meta_port = None
         self._started = False
+        self._fork = False
         self._stopping = False
         self._labels = 0
         self._lock = threading.RLock()
@@ -152,7 +153,11 @@ class Cluster:
         remote = [(h, k) for h, k in self.plan if not _is_local(h)]
         if remote and not self.tunnel:
             self.bind_host = "0.0.0.0"
-        self.relay = _local.OutputRelay(self._output, self._prefix)
+        # a local cluster started from a single-threaded launcher forks its broker and workers
+        # (no interpreter start, no imports); the relay's thread starts only after the forks
+        self._fork = (not remote and not self.prolog and self.python == sys.executable
+                      and _local.can_fork())
+        self.relay = _local.OutputRelay(self._output, self._prefix, start=not self._fork)
         if remote:
             self._connect_remote([h for h, _ in remote])
         # ports chosen here so broker and workers start side by side, not one after the other
@@ -166,6 +171,8 @@ class Cluster:
             for host, count in self.plan:
                 for _ in range(count):
                     self._spawn_worker(host)
+            self._fork = False
+            self.relay.start()
             if all(self._await_broker(k) for k in range(self.brokers)):
                 break
             self._kill_all()
@@ -235,8 +242,11 @@ class Cluster:
                "main": f"tcp://{self.bind_host}:{main}", "meta": f"tcp://{self.bind_host}:{meta}"}
         if k:
             cfg["upstream"] = f"tcp://127.0.0.1:{self.main_port}"
-        proc = _local.spawn([sys.executable, "-m", "scoop.broker"], (json.dumps(cfg) + "\n").encode(),
-                            env=self._env(), cwd=self.path)
+        line = (json.dumps(cfg) + "\n").encode()
+        if self._fork:
+            proc = _local.fork_spawn("scoop.broker", line, env=self._env(), cwd=self.path)
+        else:
+            proc = _local.spawn([sys.executable, "-m", "scoop.broker"], line, env=self._env(), cwd=self.path)
         if replace:
             self.broker_procs[k] = proc
         else:
@@ -288,8 +298,12 @@ class Cluster:
             addr = f"tcp://127.0.0.1:{port}"
             cfg = self._worker_config(host, label, addr)
             try:
-                proc = _local.spawn([self.python, "-m", "scoop.worker"], (json.dumps(cfg) + "\n").encode(),
-                                    env=self._env(), cwd=self.path, prolog=self.prolog)
+                line = (json.dumps(cfg) + "\n").encode()
+                if self._fork:
+                    proc = _local.fork_spawn("scoop.worker", line, env=self._env(), cwd=self.path)
+                else:
+                    proc = _local.spawn([self.python, "-m", "scoop.worker"], line,
+                                        env=self._env(), cwd=self.path, prolog=self.prolog)
             except OSError as exc:
                 raise ClusterError(f"cannot start a worker with the Python interpreter {self.python!r} "
                                    f"in {self.path!r}: {exc.strerror}") from None

@@ -50,9 +50,11 @@ class MetaSubscriber(threading.Thread):
                 self._cond.wait(min(left, 0.1))
             return self.latest
 
-    def stop(self):
+    def stop(self, wait: bool = False):
+        """Asks the thread to end; it does within one 50 ms poll, so stopping a cluster need
+        not wait for it (unless ``wait``)."""
         self._halt.set()
-        if self.is_alive() and threading.current_thread() is not self:
+        if wait and self.is_alive() and threading.current_thread() is not self:
             self.join(2)
 
     def run(self):

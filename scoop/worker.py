@@ -21,7 +21,8 @@ def _watch_stdin():
 
 
 def main():
-    from ._procutil import die_with_parent, ignore_interrupts
+    from ._procutil import die_with_parent, ignore_interrupts, name_process
+    name_process("scoop-worker")
     die_with_parent()
     ignore_interrupts()
     line = sys.stdin.buffer.readline()

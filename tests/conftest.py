@@ -28,9 +28,11 @@ def scoop_processes(exclude=(), session_only: bool = True):
             cmd = " ".join(p.info["cmdline"] or [])
             if p.info["status"] == psutil.STATUS_ZOMBIE or p.pid in exclude:
                 continue
-            if "scoop.worker" not in cmd and "scoop.broker" not in cmd:
+            env = p.environ()
+            # a forked worker keeps its launcher's command line: its environment names it
+            if "scoop.worker" not in cmd and "scoop.broker" not in cmd and "SCOOP_ROLE" not in env:
                 continue
-            if session_only and p.environ().get(SESSION_MARK) != mark:
+            if session_only and env.get(SESSION_MARK) != mark:
                 continue
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

@@ -107,7 +107,7 @@ def test_killing_the_origin_leaves_no_orphans_on_the_hosts(hosts, env, no_leak):
         assert p.stdout.readline().strip() == "READY"
         remote = [w for w in scoop_processes(session_only=False) if _ns_of(w.pid) in
                   (_host_ns(hosts, "h1"), _host_ns(hosts, "h2"))]
-        assert len([w for w in remote if w.name().startswith("python")]) == 2  # plus their sh wrappers
+        assert len([w for w in remote if w.name() == "scoop-worker"]) == 2  # plus their sh wrappers
         p.kill()
         p.wait()
         deadline = time.monotonic() + 15
