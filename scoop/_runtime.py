@@ -599,7 +599,9 @@ class Runtime:
         self._fn_avg[d] = dt if fa is None else 0.8 * fa + 0.2 * dt
         avg = self._avg = dt if self._avg is None else 0.8 * self._avg + 0.2 * dt
         # keep ~2 ms of queued work per worker: deep prefetch for tiny tasks, none for long ones
-        self.target = min(256, int(0.002 / max(avg, 1e-6)) + 1)
+        # one spare task queued unless tasks are long: no idle round trip between tasks, while
+        # work stealing evens out the end of a map
+        self.target = 1 if avg > 0.1 else min(256, max(2, int(0.002 / max(avg, 1e-6)) + 1))
 
     def _run_chunk(self, fn, name, arglist):
         """Runs a map chunk in order; stops at the first exception, which the origin raises
@@ -702,6 +704,9 @@ class _Control(threading.Thread):
         self.rt = rt
         self._halt = threading.Event()
         self.last_pong = time.monotonic()
+        # the origin waits on results and wants a held task out within ms; a worker computes,
+        # and every wake-up of this thread costs its main thread a GIL hand-off
+        self.tick_ms = 5 if rt.role == "origin" else 25
         try:
             import psutil
             self._proc = psutil.Process()
@@ -792,7 +797,7 @@ class _Control(threading.Thread):
                 if held is not None and time.monotonic() - held[5] > HOLD_SECONDS:
                     self._send_held(s)
                 # short polls: stop() joins this thread, and a held task must not wait long
-                if s.poll(min(5, int(max(0.0, next_beat - time.monotonic()) * 1000) + 1)):
+                if s.poll(min(self.tick_ms, int(max(0.0, next_beat - time.monotonic()) * 1000) + 1)):
                     while True:
                         try:
                             frames = P.recv_verified(s, signer, zmq.NOBLOCK)

@@ -63,6 +63,11 @@ class Cluster:
     submits them) comes in addition and runs no queued tasks, so ``-n 2`` on a 2-core machine
     keeps both cores computing while the origin waits.
 
+    ``fork`` (default False): start local broker and workers by forking this process, which
+    saves an interpreter start per worker; safe only from a fresh, single-threaded process that
+    holds no ZeroMQ context yet -- ``python -m scoop``'s launcher asks for it, a library caller
+    or a notebook kernel must not.
+
     ``inline`` (default True): a process that submits a task and then waits on it at once
     (``submit(f, x).result()``) runs it itself, as SCOOP's origin did, instead of paying a
     round trip through the broker; a task not waited on within ~2 ms goes to the cluster.
@@ -75,7 +80,7 @@ class Cluster:
                  output=None, prefix_output: bool = False, heartbeat_timeout: float = 3.0,
                  connect_timeout: float = 10.0, ssh_config: str | None = None,
                  env: dict | None = None, program_dir: str | None = None, verbose: int = 0,
-                 brokers: int = 1, inline: bool = True):
+                 brokers: int = 1, inline: bool = True, fork: bool = False):
         self.n = n
         self.hosts = list(hosts or [])
         self.hostfile = hostfile
@@ -98,6 +103,7 @@ class Cluster:
         self._prefix = prefix_output
         self.brokers = max(1, int(brokers))
         self.inline = inline
+        self.fork = fork
         self.broker_procs: list = []
         self.broker_ports: list = []
         self._spread = 0
@@ -155,7 +161,7 @@ class Cluster:
             self.bind_host = "0.0.0.0"
         # a local cluster started from a single-threaded launcher forks its broker and workers
         # (no interpreter start, no imports); the relay's thread starts only after the forks
-        self._fork = (not remote and not self.prolog and self.python == sys.executable
+        self._fork = (self.fork and not remote and not self.prolog and self.python == sys.executable
                       and _local.can_fork())
         self.relay = _local.OutputRelay(self._output, self._prefix, start=not self._fork)
         if remote:

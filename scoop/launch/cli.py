@@ -123,7 +123,7 @@ def main(argv=None) -> int:
                       external_hostname=args.external_hostname, tunnel=args.tunnel,
                       heartbeat_timeout=args.heartbeat_timeout, ssh_config=args.ssh_config,
                       prefix_output=args.prefix_output, program_dir=prog_dir, verbose=args.verbose,
-                      brokers=args.brokers, inline=args.inline)
+                      brokers=args.brokers, inline=args.inline, fork=True)
     code = 0
     try:
         try:

@@ -181,8 +181,9 @@ class Forked:
 
 
 def can_fork() -> bool:
-    """Forking is safe only from a single-threaded process (no lock can be held mid-fork);
-    the `python -m scoop` launcher is one before it starts its cluster, a notebook kernel is not."""
+    """Forking is safe only from a single-threaded process (no lock can be held mid-fork) that
+    has no ZeroMQ context yet (a child would inherit its descriptors); `python -m scoop`'s
+    launcher is one before it starts its cluster, a notebook kernel is not."""
     return hasattr(os, "fork") and threading.active_count() == 1 and sys.platform.startswith("linux")
 
 
