@@ -41,10 +41,16 @@ def _make_logger():
     return log
 
 
+_SUBMODULES = ("futures", "shared", "cluster", "origin", "errors", "meta")
+
+
 def __getattr__(name):
     # made on first use: importing logging costs every broker and worker start ~8 ms
     if name == "logger":
         global logger
         logger = _make_logger()
         return logger
+    if name in _SUBMODULES:  # `import scoop; scoop.futures.map(...)` works too
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'scoop' has no attribute {name!r}")

@@ -707,12 +707,8 @@ class _Control(threading.Thread):
         # the origin waits on results and wants a held task out within ms; a worker computes,
         # and every wake-up of this thread costs its main thread a GIL hand-off
         self.tick_ms = 5 if rt.role == "origin" else 25
-        try:
-            import psutil
-            self._proc = psutil.Process()
-            self._proc.cpu_percent(None)
-        except Exception:
-            self._proc = None
+        self._proc = None
+        self._born = time.monotonic()
 
     def stop(self):
         self._halt.set()
@@ -770,7 +766,15 @@ class _Control(threading.Thread):
 
     def _figures(self) -> dict:
         load = self.rt.load()
-        if self._proc is not None:
+        if self._proc is None and time.monotonic() - self._born > 0.5:
+            # psutil costs ~10 ms to import: not on the path of a cluster's start
+            try:
+                import psutil
+                self._proc = psutil.Process()
+                self._proc.cpu_percent(None)
+            except Exception:
+                self._proc = False
+        if self._proc:
             try:
                 load["cpu"] = self._proc.cpu_percent(None)
                 load["mem"] = self._proc.memory_info().rss

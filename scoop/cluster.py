@@ -110,7 +110,7 @@ class Cluster:
         self.workers: list[_WorkerHandle] = []
         self.remote_hosts: dict = {}
         self.plan: list[tuple[str, int]] = []
-        self.meta: MetaSubscriber | None = None
+        self._meta: MetaSubscriber | None = None
         self.runtime = None
         self.bind_host = "127.0.0.1"
         self.broker_host = "127.0.0.1"
@@ -184,8 +184,6 @@ class Cluster:
             self._kill_all()
         else:
             raise ClusterError("the SCOOP broker did not start: " + self.relay.tail("broker"))
-        self.meta = MetaSubscriber(f"tcp://127.0.0.1:{self.meta_port}", self.secret)
-        self.meta.start()
         if connect:
             self.connect()
         if wait:
@@ -399,17 +397,27 @@ class Cluster:
                 have = len(snap["workers"]) if snap else 0
                 raise ClusterError(f"only {have} of {count} workers joined within {timeout:.0f} s")
 
+    @property
+    def meta(self) -> MetaSubscriber:
+        """The broker's meta stream, subscribed to on first use (a script never needs it)."""
+        if self._meta is None:
+            with self._lock:
+                if self._meta is None:
+                    self._meta = MetaSubscriber(f"tcp://127.0.0.1:{self.meta_port}", self.secret)
+                    self._meta.start()
+        return self._meta
+
     # ---- observe -----------------------------------------------------------------------------
     def status(self, timeout: float = 2.0) -> dict:
         """The latest load snapshot from the meta stream (workers, totals)."""
-        if self.meta is None:
+        if self._meta is None and not self.running:
             return {"state": "stopped", "workers": [], "totals": {}}
         snap = self.meta.wait_for(lambda s: True, timeout)
         return snap or {"state": "starting", "workers": [], "totals": {}}
 
     def subscribe(self, callback):
         """``callback(kind, data)`` for every snapshot and event; returns an unsubscribe function."""
-        if self.meta is None:
+        if self._meta is None and not self.running:
             raise ClusterError("the cluster is not running")
         return self.meta.subscribe(callback)
 
@@ -501,8 +509,8 @@ class Cluster:
                 rh.close()
             except Exception:
                 pass
-        if self.meta is not None:
-            self.meta.stop()
+        if self._meta is not None:
+            self._meta.stop()
         if self.relay is not None:
             self.relay.flush(0.5)
             self.relay.close()

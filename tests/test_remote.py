@@ -127,6 +127,7 @@ def test_cut_link_mid_map_loses_nothing(hosts, env, no_leak):
     import tasklib as T
     c = Cluster(hosts=["localhost", "h1", "h2"], pythonpath=[PROGRAMS], connect_timeout=5)
     c.start()
+    c.meta  # subscribe to the meta stream now, to see the "left" event of the cut host
     try:
         fs = [futures.submit(T.work_ms, 20, i) for i in range(240)]
         counts = {}
