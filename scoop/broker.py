@@ -243,16 +243,7 @@ class Broker:
             t = data[hs]
             if t == _RESULT and peer is not None:
                 _, tid, _status, inputs = P.RESULT_HEADER.unpack_from(data, hs)
-                task = tasks.pop(tid, None)
-                if task is not None:  # else: duplicate, cancelled or orphaned; the first result won
-                    w = task.worker
-                    if w is not None:
-                        w.assigned.pop(tid, None)
-                        w.done_routed += inputs
-                    self.done_total += inputs
-                    sub = task.submitter
-                    if self._alive(sub):
-                        sub.out.put_raw(data[i:end])
+                self._route_result(tid, inputs, data, i, end)
             elif (t == _TASK or t == _CHUNK) and peer is not None:
                 _, tid, group, d = P.TASK_HEADER.unpack_from(data, hs)
                 if tid not in tasks and group not in self.interrupted:
@@ -302,6 +293,21 @@ class Broker:
             if peer is _GONE:
                 return
 
+    def _route_result(self, tid, inputs, data, start, end):
+        """The first result for a task id goes to its submitter (a slice of the received
+        buffer); a duplicate, cancelled or orphaned one is dropped: exactly once."""
+        task = self.tasks.pop(tid, None)
+        if task is None:
+            return
+        w = task.worker
+        if w is not None:
+            w.assigned.pop(tid, None)
+            w.done_routed += inputs
+        self.done_total += inputs
+        sub = task.submitter
+        if self._alive(sub):
+            sub.out.put_raw(data[start:end])
+
     def _on_record(self, peer, ident, uid, hdr, body, now):
         """One record from a task socket; returns the sender (a HELLO creates it, a BYE
         removes it), or _GONE when the rest of the message must be ignored."""
@@ -315,17 +321,8 @@ class Broker:
                 self._accept_task(peer, tid, P.REC.pack(len(hdr), len(body)) + hdr + body, d, group)
         elif t == P.RESULT:
             _, tid, _status, inputs = P.RESULT_HEADER.unpack(hdr)
-            task = self.tasks.pop(tid, None)
-            if task is None:
-                return peer  # duplicate, cancelled or orphaned: first result already won
-            w = task.worker
-            if w is not None:
-                w.assigned.pop(tid, None)
-                w.done_routed += inputs
-            self.done_total += inputs
-            sub = task.submitter
-            if self._alive(sub):
-                sub.out.put(hdr, body)
+            raw = P.REC.pack(len(hdr), len(body)) + hdr + body
+            self._route_result(tid, inputs, raw, 0, len(raw))
         elif t == P.FAIL:  # a sub-broker gave up on a task: pass the verdict on
             task = self.tasks.pop(P.ID.unpack_from(hdr, 1)[0], None)
             if task is not None:
