@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import sys
 import time
 import warnings
 import weakref
@@ -77,6 +79,19 @@ class _SerialRuntime:
     batching = 0
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside this package, so a warning points at the
+    user's line (a notebook cell, a script) whatever the depth of the call inside SCOOP."""
+    level, f = 1, sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_PACKAGE_DIR):
+        f = f.f_back
+        level += 1
+    return level
+
+
 def _rt():
     rt = _globals.current()
     if rt is not None:
@@ -85,14 +100,38 @@ def _rt():
     if _serial is None:
         warnings.warn("SCOOP is not running (start the program with `python -m scoop` or a notebook "
                       "cluster with `%scoop_cluster start`): futures run serially in this process.",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=_user_stacklevel())
         _serial = _SerialRuntime()
     return _serial
 
 
+#: a task's pickled function (with what its closure captures) above this size draws one warning
+LARGE_FUNCTION_BYTES = 10 * 2**20
+_warned_large: set = set()
+
+
+def _check_size(rt, fn) -> None:
+    """Warns once per function when its pickle is large: it travels to every worker and stays
+    in their caches until the cluster stops."""
+    ent = getattr(rt, "_fn_cache", {}).get(id(fn))
+    if ent is None or ent[0] is not fn or ent[1] in _warned_large:
+        return
+    size = len(ent[2])
+    if size > LARGE_FUNCTION_BYTES:
+        _warned_large.add(ent[1])
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        warnings.warn(f"task function {name} pickles to {size / 2**20:.0f} MiB (with what it captures) and "
+                      f"is shipped to every worker: pass large data once with shared.setConst(name=value) "
+                      f"and read it in the task with shared.getConst('name')", ResourceWarning,
+                      stacklevel=_user_stacklevel())
+
+
 def submit(func, *args, **kwargs) -> Future:
     """Runs ``func(*args, **kwargs)`` on the cluster; returns its Future at once."""
-    return _rt().submit(func, args, kwargs)
+    rt = _rt()
+    fut = rt.submit(func, args, kwargs)
+    _check_size(rt, func)
+    return fut
 
 
 def _size() -> int:
@@ -144,8 +183,14 @@ class _MapIterator:
             self.total = min(len(it) for it in iterables)
         except TypeError:
             self.total = None  # a generator or an endless iterable
+        self.closed_at = None          # progress when close() dropped the rest of the map
         _active_maps.add(self)
-        self._fill()
+        try:
+            self._fill()
+        except BaseException:
+            # e.g. a function that cannot be pickled: no task left, and no map to show progress of
+            self.close()
+            raise
 
     def _fill(self):
         rt = self.rt
@@ -154,6 +199,7 @@ class _MapIterator:
         workers = _size()
         if self.digest is None:
             self.digest = rt._callable_digest(self.func)
+            _check_size(rt, self.func)
             known = _per_input.get(self.digest)  # this function's speed in earlier maps
             if known is not None:
                 self._adapt_to(known)
@@ -243,12 +289,19 @@ class _MapIterator:
 
     def progress(self) -> dict:
         """How far this map is: for progress bars and the dashboard."""
-        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window if f._state >= FINISHED)
+        # only results that arrived: a cancelled (interrupted) chunk is not done
+        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window if f._state == FINISHED)
         return {"name": self.name, "done": done, "submitted": self.submitted, "total": self.total,
                 "finished": self.exhausted and not self.window and not self.buffer, "started": self.started}
 
     def close(self):
-        """Drops the tasks still queued for this map (also done when it is garbage-collected)."""
+        """Drops the tasks still queued for this map (also done when it is garbage-collected);
+        it then no longer counts as a map in progress."""
+        if self.closed_at is None and not (self.exhausted and not self.window):
+            p = self.progress()
+            p["dropped"] = (self.total if self.total is not None else self.submitted) - p["done"]
+            self.closed_at = p
+        _active_maps.discard(self)
         self.exhausted = True
         window, self.window = self.window, deque()
         self.in_window = 0

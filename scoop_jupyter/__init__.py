@@ -6,8 +6,8 @@ The kernel becomes the cluster's origin and stays it between cells; see
 """
 from __future__ import annotations
 
-from . import tracebacks
-from .api import cluster, dashboard, restart, scale, session, start, status, stop  # noqa: F401
+from . import reprs, tracebacks
+from .api import cluster, dashboard, logs, restart, scale, session, start, status, stop, timeline  # noqa: F401
 
 try:
     from ._labext_paths import _jupyter_labextension_paths  # noqa: F401
@@ -15,7 +15,7 @@ except ImportError:  # the lab extension's helper is not part of this checkout
     def _jupyter_labextension_paths():
         return [{"src": "labextension", "dest": "scoop-jupyter"}]
 
-__all__ = ["start", "stop", "restart", "scale", "status", "dashboard", "cluster",
+__all__ = ["start", "stop", "restart", "scale", "status", "dashboard", "timeline", "logs", "cluster",
            "load_ipython_extension", "unload_ipython_extension"]
 
 _unregister_comm = None
@@ -29,6 +29,7 @@ def load_ipython_extension(ip):
     s = session()
     s.install(ip)
     tracebacks.install(ip)
+    reprs.register(ip)
     kernel = getattr(ip, "kernel", None)
     if kernel is not None and _unregister_comm is None:
         from .comm import register
@@ -42,6 +43,7 @@ def unload_ipython_extension(ip):
     s.stop()
     s.uninstall(ip)
     tracebacks.uninstall(ip)
+    reprs.unregister(ip)
     if _unregister_comm is not None:
         _unregister_comm()
         _unregister_comm = None

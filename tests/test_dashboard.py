@@ -169,7 +169,7 @@ def test_panel_comm_protocol(kernel):
     k.comm_send(cid, {"action": "stop"})
     stopped = wait_comm(k, cid, t5, lambda d: d.get("state") == "stopped")
     check_status_shape(stopped)
-    assert "no SCOOP cluster is running" in k.run("%scoop_cluster status").stream()
+    assert "no SCOOP cluster is running" in k.run("%scoop_cluster status").text()
     # a closed panel gets nothing more
     k.comm_close(cid)
     k.run("%scoop_cluster start -n 1")

@@ -90,9 +90,13 @@ def test_start_prints_one_line_summary(kernel):
     assert m, text
     # measured ~0.4 s on an idle 2-core machine; generous here because the machine is shared
     assert float(m.group(1)) < 5.0
-    st = kernel.run("%scoop_cluster status").stream("stdout")
+    res = kernel.run("%scoop_cluster status")
+    st = res.text()
     assert "2 workers" in st, st
-    assert len(re.findall(r"^\d+\s+\S+\s+\d+\s+(idle|busy)\s", st, re.M)) == 2, st
+    # every worker under its one name, as in its output prefix
+    assert len(re.findall(r"^w\d+\s+\S+\s+\d+\s+(idle|busy)\s", st, re.M)) == 2, st
+    html = res.data("text/html")[0]
+    assert 'class="scoop-status"' in html and html.count('class="scoop-worker"') == 2, html
 
 
 def test_map_with_lambda_function_and_class_from_cells(kernel):
@@ -237,7 +241,7 @@ def test_stop_start_and_restart(kernel):
     port = kernel.value("_sj.cluster().main_port")
     out = kernel.run("%scoop_cluster stop").stream()
     assert "stopped" in out
-    assert "no SCOOP cluster is running" in kernel.run("%scoop_cluster status").stream()
+    assert "no SCOOP cluster is running" in kernel.run("%scoop_cluster status").text()
     kernel.run("%scoop_cluster start -n 2")
     kernel.run("def cube(x):\n    return x ** 3")
     assert kernel.value("list(futures.map(cube, range(3)))") == [0, 1, 8]
@@ -298,7 +302,7 @@ def test_interrupt_stops_the_cell_and_drops_its_tasks(own_kernel):
 
 def test_reload_ext_keeps_one_set_of_hooks(kernel):
     kernel.run("%reload_ext scoop_jupyter")
-    assert "no SCOOP cluster is running" in kernel.run("%scoop_cluster status").stream()
+    assert "no SCOOP cluster is running" in kernel.run("%scoop_cluster status").text()
     hooks = kernel.value("sum(getattr(f, '__self__', None) is _sj.session() "
                          "for f in get_ipython().events.callbacks['pre_run_cell'])")
     assert hooks == 1
