@@ -122,7 +122,7 @@ def _check_size(rt, fn) -> None:
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
         warnings.warn(f"task function {name} pickles to {size / 2**20:.0f} MiB (with what it captures) and "
                       f"is shipped to every worker: pass large data once with shared.setConst(name=value) "
-                      f"and read it in the task with shared.getConst('name')", ResourceWarning,
+                      f"and read it in the task with shared.getConst('name')", RuntimeWarning,
                       stacklevel=_user_stacklevel())
 
 

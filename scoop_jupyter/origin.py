@@ -262,12 +262,17 @@ class KernelOrigin:
         except Exception:
             pass
 
-    def _is_retired_line(self, label: str, text: str) -> bool:
-        """A broker line calling a worker this kernel retired "lost": it left as asked."""
-        if not label.startswith("broker"):
-            return False
-        m = _LOST_LINE.search(text)
-        return m is not None and int(m.group(1)) in self.feed.retired_pids
+    def _without_retired(self, label: str, text: str) -> str:
+        """``text`` without broker lines that call a worker this kernel retired "lost": it
+        left as asked (newer brokers say "retired" and print nothing)."""
+        if not label.startswith("broker") or " lost (" not in text:
+            return text
+        keep = []
+        for line in text.splitlines(keepends=True):
+            m = _LOST_LINE.search(line)
+            if m is None or int(m.group(1)) not in self.feed.retired_pids:
+                keep.append(line)
+        return "".join(keep)
 
     def _output_sink(self):
         """Output of the cluster's processes (the broker's, and the workers' when the core does
@@ -283,7 +288,8 @@ class KernelOrigin:
         streams = {"stdout": sys.stdout, "stderr": sys.stderr}
 
         def sink(label, stream, text):
-            if self._is_retired_line(label, text):
+            text = self._without_retired(label, text)
+            if not text:
                 return
             m = re.match(r"\[([^\]]+)\] ", text)
             if m:

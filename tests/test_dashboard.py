@@ -111,8 +111,8 @@ def check_status_shape(data):
     assert isinstance(t["running"], int) and isinstance(t["busy"], float) and 0.0 <= t["busy"] <= 1.0
     assert isinstance(t["rate"], float)
     for w in data["workers"]:
-        assert set(w) == {"id", "host", "pid", "state", "queued", "running", "done", "cpu", "mem"}
-        assert isinstance(w["id"], str) and isinstance(w["host"], str) and isinstance(w["pid"], int)
+        assert set(w) == {"id", "name", "host", "pid", "state", "queued", "running", "done", "cpu", "mem"}
+        assert isinstance(w["id"], str) and isinstance(w["name"], str) and isinstance(w["host"], str) and isinstance(w["pid"], int)
         assert w["state"] in ("idle", "busy", "joining", "lost")
         for key in ("queued", "running", "done", "mem"):
             assert isinstance(w[key], int)
