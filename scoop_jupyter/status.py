@@ -9,6 +9,7 @@ The feed outlives clusters, so a view stays valid across ``%scoop_cluster restar
 """
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -190,6 +191,7 @@ class StatusFeed:
                     workers.append({"id": "", "name": names.get(h.pid, ""), "host": host, "pid": int(h.pid or 0),
                                     "state": "joining", "queued": 0, "running": 0, "done": 0, "cpu": 0.0,
                                     "mem": 0})
+        workers.sort(key=lambda w: (w["name"] == "", _natural(w["name"])))
         t = raw.get("totals", {})
         live = [w for w in workers if w["state"] in ("busy", "idle")]
         # busy from the rows: the broker's own figure lags behind the workers' load reports
@@ -199,6 +201,11 @@ class StatusFeed:
                   "running": int(t.get("running", 0)), "rate": float(t.get("rate", 0.0))}
         state = "running" if raw.get("state", "running") == "running" else "stopped"
         return {"type": "status", "state": state, "workers": workers, "totals": totals}
+
+
+def _natural(name: str):
+    """Natural order: w2 before w10."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
 def _busy(w: dict) -> str:
@@ -211,8 +218,13 @@ def _busy(w: dict) -> str:
 
 def _worker_row(w: dict, state: str, names: dict | None = None) -> dict:
     pid = int(w.get("pid") or 0)
+    running, queued = int(w.get("running", 0)), int(w.get("queued", 0))
+    if "assigned" in w:
+        # the broker's count is current; the worker's load report can be a moment behind it
+        held = int(w.get("assigned") or 0)
+        running = min(running, held)
+        queued = min(queued, held - running)
     name = w.get("name") or (names or {}).get(pid) or (f"#{w.get('id')}" if w.get("id") not in (None, "") else "")
     return {"id": str(w.get("id", "")), "name": str(name), "host": str(w.get("host", "")), "pid": pid,
-            "state": state, "queued": int(w.get("queued", 0)), "running": int(w.get("running", 0)),
-            "done": int(w.get("done", 0)), "cpu": float(w.get("cpu", 0.0) or 0.0),
+            "state": state, "queued": queued, "running": running, "done": int(w.get("done", 0)), "cpu": float(w.get("cpu", 0.0) or 0.0),
             "mem": int(w.get("mem", 0) or 0)}

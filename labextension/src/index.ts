@@ -56,12 +56,13 @@ function fmtBytes(n: number): string {
   return `${(n / 1024 ** i).toFixed(i >= 2 ? 1 : 0)} ${units[i]}`;
 }
 
-/** Load bar width: measured cpu% when the kernel reports it, else busy/idle. */
+/** Load bar width: full while the worker holds tasks (a task that sleeps or waits on I/O
+ * keeps it busy with little CPU), else its measured CPU. */
 function loadPercent(w: IWorker): number {
-  if (w.cpu > 0) {
-    return Math.min(100, w.cpu);
+  if (w.state === 'busy') {
+    return 100;
   }
-  return w.state === 'busy' ? 100 : 0;
+  return w.state === 'idle' ? Math.min(100, Math.max(0, w.cpu)) : 0;
 }
 
 function el<K extends keyof HTMLElementTagNameMap>(
@@ -275,7 +276,7 @@ class ScoopPanel extends Widget {
         const bar = el('div', 'scoop-load-bar');
         const pct = loadPercent(w);
         bar.style.width = `${pct}%`;
-        track.title = w.cpu > 0 ? `${w.cpu.toFixed(0)}% CPU` : w.state;
+        track.title = `${w.state}, ${w.cpu.toFixed(0)}% CPU`;
         track.append(bar);
         const stats = el('div', 'scoop-worker-stats');
         stats.append(
