@@ -76,7 +76,7 @@ def dashboard():
 def timeline(last: float = 60.0) -> "Timeline":
     """The task timeline of the last ``last`` seconds: one row per worker, one bar per task or
     map chunk, coloured by function (displays as SVG)."""
-    from . import timeline as _tl
+    from . import task_timeline as _tl
     return Timeline(_tl.recent(last), last)
 
 
@@ -109,7 +109,7 @@ class Timeline(list):
         self.last = last
 
     def _repr_html_(self):
-        from . import timeline as _tl
+        from . import task_timeline as _tl
         return _tl.render(list(self), empty=f"no task finished in the last {self.last:.0f} s"
                           if _tl.available() else None)
 

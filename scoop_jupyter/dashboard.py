@@ -16,7 +16,7 @@ import time
 
 import ipywidgets as W
 
-from . import timeline as _timeline
+from . import task_timeline as _timeline
 from .status import safe_maps
 
 MAX_RATE = 10.0

@@ -203,8 +203,7 @@ def test_timeline_rendering():
     """The timeline's SVG from task records (as ``scoop.origin.timeline()`` returns them): a row
     per worker in natural order, a bar per task, a colour per function, failures outlined, a
     time axis; bars too thin to see merge."""
-    import importlib
-    timeline = importlib.import_module("scoop_jupyter.timeline")  # (scoop_jupyter.timeline is the API call)
+    from scoop_jupyter import task_timeline as timeline
 
     t = 1_000_000.0
     recs = [{"worker": f"w{1 + i % 3 if i % 3 else 10}", "name": "nap" if i % 2 else "cube",

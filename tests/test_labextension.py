@@ -444,6 +444,8 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     page.locator("#scoop-scale-button").click()
     rows = page.locator(f"{PANEL} .scoop-worker-row")
     expect(rows).to_have_count(3, timeout=60_000)
+    expect(page.locator(f"{PANEL} .scoop-worker-joining")).to_have_count(0, timeout=60_000)
+    expect(page.locator(STATUS_ITEM)).to_contain_text("3 workers", timeout=30_000)
     expect(page.locator(f"{PANEL} .scoop-worker-name")).to_have_text(["w1", "w2", "w3"], timeout=30_000)
     expect(page.locator(f"{PANEL} .scoop-workers")).to_contain_text("MiB", timeout=30_000)
     expect(page.locator(f"{PANEL} .scoop-docs")).to_have_attribute("href", re.compile("^https://"))
@@ -475,6 +477,8 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     expect(page.locator(".scoop-dashboard .scoop-stale-note").first).to_contain_text("no longer updates")
     page.locator(".scoop-dashboard").first.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "stale-dashboard.png"))
+    # the new kernel is up once the panel finds it without the extension
+    expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("not loaded", timeout=60_000)
     lab.wait_kernel_idle("polish-test.ipynb")
 
     known += lab.descendants()
