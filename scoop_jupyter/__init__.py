@@ -7,7 +7,8 @@ The kernel becomes the cluster's origin and stays it between cells; see
 from __future__ import annotations
 
 from . import reprs, tracebacks
-from .api import cluster, dashboard, logs, restart, scale, session, start, status, stop, timeline  # noqa: F401
+from .api import (cluster, dashboard, logs, restart, scale, session, start, status, stop,  # noqa: F401
+                  timeline)
 
 try:
     from ._labext_paths import _jupyter_labextension_paths  # noqa: F401

@@ -168,7 +168,8 @@ def format_status(snap: dict) -> str:
     lines.append(f"{'worker':<8}{'host':<16}{'pid':>8}  {'state':<8}{'queued':>7}{'running':>8}"
                  f"{'done':>8}{'cpu %':>7}{'memory':>10}")
     for w in sorted(workers, key=lambda w: _natural(w.get("name") or str(w.get("id", "")))):
-        lines.append(f"{w.get('name') or w.get('id', '?'):<8}{str(w.get('host', '?'))[:15]:<16}{w.get('pid', 0):>8}  "
+        name = w.get("name") or w.get("id", "?")
+        lines.append(f"{name:<8}{str(w.get('host', '?'))[:15]:<16}{w.get('pid', 0):>8}  "
                      f"{w.get('state', '?'):<8}{w.get('queued', 0):>7}{w.get('running', 0):>8}"
                      f"{w.get('done', 0):>8}{w.get('cpu', 0.0):>7.0f}{_mem(w.get('mem')):>10}")
     return "\n".join(lines)

@@ -57,7 +57,8 @@ class PanelComm:
         try:
             if action in ("start", "scale"):
                 n = data.get("n")
-                if (n is not None or action == "scale") and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+                bad = not isinstance(n, int) or isinstance(n, bool) or n < 1
+                if (n is not None or action == "scale") and bad:
                     raise ValueError(f"'n' must be a positive integer, not {n!r}")
                 if action == "scale":
                     self.origin.scale(n)

@@ -39,14 +39,15 @@ def sparkline(points, width: int = 300, height: int = 60) -> str:
     left, seconds before now underneath (no plotting library needed)."""
     left, bottom, top = 34, 14, 4
     pw, ph = width - left - 4, height - bottom - top
-    parts = [f'<svg class="scoop-throughput" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" '
-             f'style="font:9px sans-serif">',
+    parts = [f'<svg class="scoop-throughput" width="{width}" height="{height}" '
+             f'xmlns="http://www.w3.org/2000/svg" style="font:9px sans-serif">',
              f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="rgba(127,127,127,0.08)"/>']
     if len(points) >= 2:
         t0, t1 = points[0][0], points[-1][0]
         span = max(t1 - t0, 1e-6)
         top_v = _nice_max(max(v for _, v in points))
-        coords = " ".join(f"{left + (t - t0) / span * pw:.1f},{top + ph - v / top_v * ph:.1f}" for t, v in points)
+        coords = " ".join(f"{left + (t - t0) / span * pw:.1f},{top + ph - v / top_v * ph:.1f}"
+                          for t, v in points)
         parts.append(f'<polyline fill="none" stroke="#1976d2" stroke-width="1.5" points="{coords}"/>')
         for v in (0.0, top_v / 2, top_v):
             y = top + ph - v / top_v * ph
@@ -58,10 +59,11 @@ def sparkline(points, width: int = 300, height: int = 60) -> str:
             ago = span * (1 - frac)
             label = "now" if ago < 0.05 else f"-{ago:.0f} s"
             anchor = "start" if frac == 0 else "end" if frac == 1 else "middle"
-            parts.append(f'<text x="{x:.1f}" y="{height - 3}" text-anchor="{anchor}" fill="currentColor">{label}</text>')
-    parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="currentColor" stroke-opacity="0.5"/>'
-                 f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="currentColor" '
-                 f'stroke-opacity="0.5"/></svg>')
+            parts.append(f'<text x="{x:.1f}" y="{height - 3}" text-anchor="{anchor}" '
+                         f'fill="currentColor">{label}</text>')
+    axis = 'stroke="currentColor" stroke-opacity="0.5"'
+    parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" {axis}/>'
+                 f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" {axis}/></svg>')
     return "".join(parts)
 
 
@@ -84,7 +86,8 @@ def _bar(done: int, total: int | None, width: int = 160) -> str:
     frac = 0.0 if not total else min(1.0, done / total)
     return (f'<span style="display:inline-block;width:{width}px;height:9px;'
             f'background:rgba(127,127,127,0.2);vertical-align:middle">'
-            f'<span style="display:block;width:{frac * 100:.1f}%;height:100%;background:#1976d2"></span></span>')
+            f'<span style="display:block;width:{frac * 100:.1f}%;height:100%;background:#1976d2">'
+            f'</span></span>')
 
 
 def _natural(name: str):
@@ -113,7 +116,8 @@ def headline(status: dict, stale: str | None = None) -> str:
     t = status.get("totals", {})
     color = "#2e7d32" if state == "running" and not stale else "#757575"
     word = stale or state
-    head = [f'<b>SCOOP cluster</b> <span class="scoop-dashboard-state" style="color:{color}">&#9679; {word}</span>']
+    head = [f'<b>SCOOP cluster</b> <span class="scoop-dashboard-state" style="color:{color}">'
+            f'&#9679; {word}</span>']
     if state == "running" and not stale:
         head.append(f'{t.get("workers", 0)} workers &middot; busy {t.get("busy", 0.0) * 100:.0f}% &middot; '
                     f'{t.get("done", 0)} done &middot; {t.get("queued", 0)} queued &middot; '
@@ -146,16 +150,19 @@ def render(status: dict, history, maps: list[dict], timeline: str = "", logs: di
         parts.append(worker_table(status.get("workers", [])))
         pts = list(history)
         peak = max((v for _, v in pts), default=0.0)
-        parts.append(f'<div>throughput (tasks/s), last {pts[-1][0] - pts[0][0] if len(pts) > 1 else 0:.0f} s, '
-                     f'peak {peak:.1f}<br>{sparkline(pts)}</div>')
+        span = pts[-1][0] - pts[0][0] if len(pts) > 1 else 0
+        parts.append(f'<div>throughput (tasks/s), last {span:.0f} s, peak {peak:.1f}<br>'
+                     f'{sparkline(pts)}</div>')
         running = [m for m in maps if not m.get("finished")]
         for m in running[:5]:
             total = m.get("total")
             of = total if total is not None else f'{m.get("submitted", 0)}+'
             parts.append(f'<div>map <code>{html.escape(str(m.get("name")))}</code> '
-                         f'{_bar(m.get("done", 0), total or m.get("submitted"))} {m.get("done", 0)}/{of}</div>')
+                         f'{_bar(m.get("done", 0), total or m.get("submitted"))} '
+                         f'{m.get("done", 0)}/{of}</div>')
         if timeline:
-            parts.append(f'<div style="margin-top:4px">task timeline, last {TIMELINE_WINDOW:.0f} s</div>{timeline}')
+            parts.append(f'<div style="margin-top:4px">task timeline, last {TIMELINE_WINDOW:.0f} s</div>'
+                         f'{timeline}')
         parts.append(log_table(logs or {}))
     parts.append("</div>")
     return "".join(parts)

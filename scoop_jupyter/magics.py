@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how far back to show (default: 60 s)")
     lg = sub.add_parser("logs", help="recent output of the workers (or of one: %%scoop_cluster logs w3)")
     lg.add_argument("worker", nargs="?", default=None, metavar="NAME")
-    lg.add_argument("-n", "--lines", type=_positive, default=50, metavar="N", help="lines per worker (default 50)")
+    lg.add_argument("-n", "--lines", type=_positive, default=50, metavar="N",
+                    help="lines per worker (default 50)")
     pr = sub.add_parser("progress", help="turn progress bars for long maps on or off")
     pr.add_argument("switch", choices=["on", "off"])
     return p

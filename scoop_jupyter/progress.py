@@ -59,10 +59,11 @@ def label(name: str, done: int, total, known: int, elapsed: float, state: str | 
     if state == "done":
         return f"{name}: {done} done in {_seconds(elapsed)} ({pace})"
     if state == "interrupted":
-        of = f"{done} of {total} done, {max(0, total - done)} dropped" if total is not None else f"{done} done"
+        of = f"{done} done" if total is None else f"{done} of {total} done, {max(0, total - done)} dropped"
         return f"{name}: interrupted after {_seconds(elapsed)}: {of}"
     if state == "failed":
-        return f"{name}: failed after {_seconds(elapsed)}: {done}/{known if total is not None else f'{known}+'} done"
+        of = f"{known}" if total is not None else f"{known}+"
+        return f"{name}: failed after {_seconds(elapsed)}: {done}/{of} done"
     of = f"{known}" if total is not None else f"{known}+"
     eta = ""
     if total is not None and rate > 0 and done < total:
@@ -99,7 +100,8 @@ class ProgressBars:
         interrupted = {}
         if isinstance(error, KeyboardInterrupt):
             from .tracebacks import interrupted_work
-            interrupted = {(p["name"], p["started"]): p for kind, p in interrupted_work(error) if kind == "map"}
+            interrupted = {(p["name"], p["started"]): p
+                           for kind, p in interrupted_work(error) if kind == "map"}
         for key, bar in bars.items():
             if bar.finished:
                 continue

@@ -35,9 +35,10 @@ def _hosts_table(workers: list[dict]) -> str:
                    f"<td style='padding:1px 8px;text-align:right'>{d}</td>"
                    f"<td style='padding:1px 8px;text-align:right'>{_mem(m)}</td></tr>"
                    for h, (k, b, d, m) in sorted(hosts.items()))
-    return ("<table style='border-collapse:collapse;margin:4px 0'><tr><th style='padding:1px 8px;text-align:left'>"
-            "host</th><th style='padding:1px 8px'>workers</th><th style='padding:1px 8px'>busy</th>"
-            f"<th style='padding:1px 8px'>done</th><th style='padding:1px 8px'>memory</th></tr>{rows}</table>")
+    th = "<th style='padding:1px 8px'>"
+    return ("<table style='border-collapse:collapse;margin:4px 0'><tr>"
+            f"<th style='padding:1px 8px;text-align:left'>host</th>{th}workers</th>{th}busy</th>"
+            f"{th}done</th>{th}memory</th></tr>{rows}</table>")
 
 
 def status_html(snap: dict) -> str:
@@ -50,7 +51,8 @@ def status_html(snap: dict) -> str:
     t = snap.get("totals", {})
     extra = f' &middot; {t["in_flight"]} in flight' if "in_flight" in t else ""
     return (f'<div class="scoop-status" style="{_BOX}">{headline(snap)}'
-            f'<div style="color:#757575">total memory {_mem(sum(w.get("mem", 0) or 0 for w in workers))}{extra}'
+            f'<div style="color:#757575">total memory {_mem(sum(w.get("mem", 0) or 0 for w in workers))}'
+            f'{extra}'
             f'</div>{_hosts_table(workers)}{worker_table(workers)}</div>')
 
 
@@ -76,11 +78,13 @@ def cluster_html(cluster) -> str:
         rows.append(("memory", _mem(sum(w.get("mem", 0) or 0 for w in s.feed.latest.get("workers", [])))))
     if s.start_seconds is not None and mine:
         rows.append(("started in", f"{s.start_seconds:.2f} s"))
-    table = "".join(f"<tr><td style='padding:1px 8px 1px 0;color:#757575'>{k}</td><td>{v}</td></tr>" for k, v in rows)
+    table = "".join(f"<tr><td style='padding:1px 8px 1px 0;color:#757575'>{k}</td><td>{v}</td></tr>"
+                    for k, v in rows)
     more = ""
     if mine and running:
         from .api import _natural
-        names = sorted((str(w.get("name") or w.get("id")) for w in s.feed.latest.get("workers", [])), key=_natural)
+        names = sorted((str(w.get("name") or w.get("id")) for w in s.feed.latest.get("workers", [])),
+                       key=_natural)
         if names:
             more = f"<div>workers: {html.escape(', '.join(str(n) for n in names))}</div>"
     return (f'<div class="scoop-cluster-repr" style="{_BOX};border-left-color:{color}">'

@@ -188,9 +188,9 @@ class StatusFeed:
                     continue
                 if alive and not h.remote and h.pid not in seen_pids:
                     host = h.host if h.remote else socket.gethostname()
-                    workers.append({"id": "", "name": names.get(h.pid, ""), "host": host, "pid": int(h.pid or 0),
-                                    "state": "joining", "queued": 0, "running": 0, "done": 0, "cpu": 0.0,
-                                    "mem": 0})
+                    workers.append({"id": "", "name": names.get(h.pid, ""), "host": host,
+                                    "pid": int(h.pid or 0), "state": "joining", "queued": 0, "running": 0,
+                                    "done": 0, "cpu": 0.0, "mem": 0})
         workers.sort(key=lambda w: (w["name"] == "", _natural(w["name"])))
         t = raw.get("totals", {})
         live = [w for w in workers if w["state"] in ("busy", "idle")]
@@ -224,7 +224,10 @@ def _worker_row(w: dict, state: str, names: dict | None = None) -> dict:
         held = int(w.get("assigned") or 0)
         running = min(running, held)
         queued = min(queued, held - running)
-    name = w.get("name") or (names or {}).get(pid) or (f"#{w.get('id')}" if w.get("id") not in (None, "") else "")
+    name = w.get("name") or (names or {}).get(pid)
+    if not name:
+        name = f"#{w.get('id')}" if w.get("id") not in (None, "") else ""
     return {"id": str(w.get("id", "")), "name": str(name), "host": str(w.get("host", "")), "pid": pid,
-            "state": state, "queued": queued, "running": running, "done": int(w.get("done", 0)), "cpu": float(w.get("cpu", 0.0) or 0.0),
+            "state": state, "queued": queued, "running": running, "done": int(w.get("done", 0)),
+            "cpu": float(w.get("cpu", 0.0) or 0.0),
             "mem": int(w.get("mem", 0) or 0)}

@@ -82,7 +82,8 @@ def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None 
     for i, w in enumerate(workers):
         y = top + i * row
         if i % 2 == 0:
-            parts.append(f'<rect x="{left}" y="{y}" width="{plot_w}" height="{row}" fill="rgba(127,127,127,0.07)"/>')
+            parts.append(f'<rect x="{left}" y="{y}" width="{plot_w}" height="{row}" '
+                         f'fill="rgba(127,127,127,0.07)"/>')
         parts.append(f'<text x="{left - 4}" y="{y + row * 0.7:.1f}" text-anchor="end" fill="currentColor">'
                      f'{html.escape(w)}</text>')
     rows = {w: i for i, w in enumerate(workers)}
@@ -124,13 +125,12 @@ def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None 
                      f'stroke-opacity="0.5"/><text x="{x:.1f}" y="{axis_y + 14}" text-anchor="middle" '
                      f'fill="currentColor">{_fmt_tick(v, step)}</text>')
     parts.append("</svg>")
-    legend = " ".join(f'<span style="white-space:nowrap"><span style="display:inline-block;width:9px;height:9px;'
-                      f'background:{colour[n]};margin-right:3px"></span>{html.escape(str(n))}</span>'
+    swatch = '<span style="white-space:nowrap"><span style="display:inline-block;width:9px;height:9px;'
+    legend = " ".join(f'{swatch}background:{colour[n]};margin-right:3px"></span>{html.escape(str(n))}</span>'
                       for n in names[:12])
     failed = sum(1 for r in recs if not r.get("ok", True))
     if failed:
-        legend += (f' <span style="white-space:nowrap"><span style="display:inline-block;width:9px;height:9px;'
-                   f'border:2px solid {FAILED};margin-right:3px"></span>failed ({failed})</span>')
+        legend += f' {swatch}border:2px solid {FAILED};margin-right:3px"></span>failed ({failed})</span>'
     inputs = sum(int(r.get("inputs", 1)) for r in recs)
     head = (f"{len(recs)} task{'s' if len(recs) != 1 else ''} ({inputs} inputs) on {len(workers)} "
             f"worker{'s' if len(workers) != 1 else ''} over {span:.1f} s")

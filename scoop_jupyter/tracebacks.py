@@ -227,26 +227,14 @@ def clean(exc: BaseException) -> BaseException:
             cur.__traceback__ = prune(cur.__traceback__, keep_first=first)
         for attr in ("__cause__", "__context__"):
             nxt = getattr(cur, attr)
-            if nxt is not None and type(nxt).__name__ != "RemoteTraceback" and _all_internal(nxt.__traceback__):
+            remote = type(nxt).__name__ == "RemoteTraceback"
+            if nxt is not None and not remote and _all_internal(nxt.__traceback__):
                 setattr(cur, attr, None)
         if cur.__cause__ is None and cur.__context__ is None:
             cur.__suppress_context__ = True
         cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
         first = False
     return exc
-
-
-def enrich(exc: BaseException) -> None:
-    """Adds cell source (and the rest of :func:`tidy_remote`) to every remote traceback in
-    ``exc``'s chain (in place)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        cause = exc.__cause__
-        if type(cause).__name__ == "RemoteTraceback" and isinstance(getattr(cause, "tb", None), str):
-            cause.tb = tidy_remote(cause.tb)
-            cause.args = (cause.tb,)
-        exc = cause or exc.__context__
 
 
 def _verbose(shell) -> bool:
