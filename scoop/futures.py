@@ -113,7 +113,10 @@ _warned_large: set = set()
 def _check_size(rt, fn) -> None:
     """Warns once per function when its pickle is large: it travels to every worker and stays
     in their caches until the cluster stops."""
-    ent = getattr(rt, "_fn_cache", {}).get(id(fn))
+    cache = getattr(rt, "_fn_cache", None)
+    if cache is None:  # the cache may live in the runtime's submitting half
+        cache = getattr(getattr(rt, "submitter", None), "_fn_cache", {})
+    ent = cache.get(id(fn))
     if ent is None or ent[0] is not fn or ent[1] in _warned_large:
         return
     size = len(ent[2])

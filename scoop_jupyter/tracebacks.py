@@ -179,7 +179,7 @@ def interrupted_work(exc: BaseException) -> list:
                 found.append(("map", getattr(obj, "closed_at", None) or obj.progress()))
             elif isinstance(obj, Future):
                 seen.add(id(obj))
-                found.append(("task", obj._name))
+                found.append(("task", getattr(obj, "_name", None) or getattr(obj, "name", "task")))
         tb = tb.tb_next
     return found
 
