@@ -78,8 +78,8 @@ def cluster_html(cluster) -> str:
         rows.append(("memory", _mem(sum(w.get("mem", 0) or 0 for w in s.feed.latest.get("workers", [])))))
     if s.start_seconds is not None and mine:
         rows.append(("started in", f"{s.start_seconds:.2f} s"))
-    table = "".join(f"<tr><td style='padding:1px 8px 1px 0;color:#757575'>{k}</td><td>{v}</td></tr>"
-                    for k, v in rows)
+    table = "".join(f"<tr><td style='padding:1px 8px 1px 0;color:#757575;text-align:left'>{k}</td>"
+                    f"<td style='text-align:left'>{v}</td></tr>" for k, v in rows)
     more = ""
     if mine and running:
         from .api import _natural

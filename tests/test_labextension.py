@@ -424,12 +424,14 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     expect(dash.locator("tr.scoop-worker")).to_have_count(2, timeout=30_000)
     expect(dash.locator("tr.scoop-worker").first).to_contain_text(re.compile(r"w\d"))
     run_cell(page, "import time\nfrom scoop import futures\n"
-                   "def nap(s):\n    time.sleep(s)\n    return s\n")
+                   "def nap(s):\n    time.sleep(s)\n    return s\n"
+                   "_ = list(futures.map(lambda x: print('hello from task', x), range(4)))")
 
     # the dashboard mid-map: busy workers, throughput axes and (with the core's timeline) task bars
     cell = start_cell(page, "_ = list(futures.map(nap, [0.2] * 60))")
     expect(dash.locator("tr.scoop-worker[data-state='busy']").first).to_be_visible(timeout=30_000)
     expect(dash.locator("svg.scoop-throughput")).to_be_visible()
+    expect(dash.locator(".scoop-logs")).to_contain_text("hello from task")
     if has_timeline:
         expect(dash.locator("rect.scoop-task").nth(3)).to_be_attached(timeout=30_000)
     expect(cell.locator(".widget-label", has_text="ETA")).to_be_visible(timeout=30_000)
@@ -455,6 +457,14 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     page.locator("#scoop-scale-button").click()
     expect(rows).to_have_count(2, timeout=60_000)
     expect(page.locator(f"{PANEL} .scoop-worker-lost")).to_have_count(0)
+
+    # the cluster object and the status as HTML cards
+    run_cell(page, "import scoop_jupyter as _sj\n_sj.cluster()")
+    expect(page.locator(".scoop-cluster-repr")).to_contain_text("SCOOP Cluster", timeout=30_000)
+    run_cell(page, "%scoop_cluster status")
+    expect(page.locator(".scoop-status tr.scoop-worker")).to_have_count(2, timeout=30_000)
+    page.locator(".scoop-status").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "cluster-and-status-cards.png"))
 
     # an interrupted map: one short error, the bar labelled interrupted
     cell = start_cell(page, "_ = list(futures.map(nap, [0.5] * 200))")
