@@ -431,6 +431,8 @@ def test_no_inline_and_brokers_options_reach_the_cluster(kernel):
 
 def test_a_map_that_failed_to_start_leaves_no_trace(kernel):
     kernel.run("import threading\ndef nap(s):\n    time.sleep(s)\n    return s")
+    shown = kernel.run("_dash = _sj.dashboard()\n_dash")  # its running maps must not list the failed one
+    assert shown.data("application/vnd.jupyter.widget-view+json"), shown
     res = kernel.run("list(futures.map(lambda x: x, [threading.Lock()] * 3))", ok=False)
     assert res.error["ename"] == "SerializationError", res
     t0 = time.monotonic()
@@ -441,6 +443,8 @@ def test_a_map_that_failed_to_start_leaves_no_trace(kernel):
                                                                        "display_data")]
     assert later and not [m for m in later if "<lambda>" in str(m["content"])], later
     assert any(v.startswith("nap: 16 done") for v in bar_labels(kernel, t0)), bar_labels(kernel, t0)
+    assert any("map <code>nap</code>" in str(m["content"]) for m in later)  # the dashboard saw the map
+    kernel.run("_dash.close()")
 
 
 def test_views_forget_maps_of_a_stopped_cluster(kernel):
