@@ -95,6 +95,8 @@ META = b"M<"
 INLINE_MAX = 64 * 1024   # larger pickle streams travel as a payload frame, not in the header
 OOB_MIN = 64 * 1024      # smaller buffers stay in the pickle stream: a frame costs ~10 us
 SHM_MIN = 1 << 20        # on one host, buffers from this size go through shared memory
+HEADER_MAX = 64 << 20    # a larger header is dropped unhashed: checking costs at most this much
+HEADER_SPLIT = 4 << 20   # senders start a new message past this many header bytes
 
 SECRET_ENV = "SCOOP_SECRET"
 
@@ -126,7 +128,7 @@ class Signer:
 
     def check(self, channel: bytes, header) -> bool:
         """Checks a header frame's MAC without parsing anything."""
-        return len(header) >= MAC_SIZE + REC.size and hmac.compare_digest(
+        return MAC_SIZE + REC.size <= len(header) <= HEADER_MAX and hmac.compare_digest(
             header[:MAC_SIZE], self.mac(channel, memoryview(header)[MAC_SIZE:]))
 
 
@@ -199,11 +201,13 @@ class Outbox:
     """Records waiting to go out on one socket: encoded once (forwarded records are never
     decoded and encoded again) with their payload frames kept as objects, never joined."""
 
-    __slots__ = ("parts", "frames")
+    __slots__ = ("parts", "frames", "nbytes", "marks")
 
     def __init__(self):
         self.parts = []
         self.frames = []
+        self.nbytes = 0
+        self.marks = None  # (parts, frames) counts where a message must end: headers stay small
 
     def __bool__(self):
         return bool(self.parts)
@@ -211,44 +215,66 @@ class Outbox:
     def __len__(self):
         return len(self.parts)
 
+    def _grow(self, n):
+        self.nbytes += n
+        if self.nbytes > HEADER_SPLIT:
+            if self.marks is None:
+                self.marks = []
+            self.marks.append((len(self.parts), len(self.frames)))
+            self.nbytes = 0
+
     def add(self, hdr, body=EMPTY, packed=None):
         """``packed``: a :class:`Packed` payload (its body replaces ``body``)."""
         if packed is None:
-            self.parts.append(REC.pack(len(hdr), len(body), 0) + hdr + body)
-            return
-        refs = packed.refs
-        self.parts.append(REC.pack(len(hdr), len(packed.body), len(refs)) + hdr + packed.body
-                          + b"".join(REF.pack(*r) for r in refs))
-        if packed.frames:
-            self.frames.extend(packed.frames)
+            part = REC.pack(len(hdr), len(body), 0) + hdr + body
+        else:
+            refs = packed.refs
+            part = (REC.pack(len(hdr), len(packed.body), len(refs)) + hdr + packed.body
+                    + b"".join(REF.pack(*r) for r in refs))
+            if packed.frames:
+                self.frames.extend(packed.frames)
+        self.parts.append(part)
+        self._grow(len(part))
 
     def add_record(self, rec: Record):
         """A received record, forwarded as it came (the same payload frame objects)."""
         self.parts.append(rec.raw)
         if rec.frames:
             self.frames.extend(rec.frames)
+        self._grow(len(rec.raw))
 
     def take(self):
-        data = b"".join(self.parts)
-        frames = self.frames
-        self.parts = []
-        self.frames = []
-        return data, frames
+        """Everything as one message: (header data, frames)."""
+        return next(iter(self.take_messages()))
+
+    def take_messages(self):
+        """Everything, as messages whose headers stay under ``HEADER_SPLIT`` bytes (one record
+        larger than that goes alone)."""
+        parts, frames, marks = self.parts, self.frames, self.marks
+        self.parts, self.frames, self.nbytes, self.marks = [], [], 0, None
+        if not marks:
+            return [(b"".join(parts), frames)]
+        out, p0, f0 = [], 0, 0
+        for p1, f1 in marks + [(len(parts), len(frames))]:
+            if p1 > p0:
+                out.append((b"".join(parts[p0:p1]), frames[f0:f1]))
+            p0, f0 = p1, f1
+        return out
 
 
 def send(sock, signer: Signer, channel: bytes, box: Outbox, ident=None, flags: int = 0) -> None:
-    """Sends what ``box`` holds as one message; payload frames go without copies."""
-    data, frames = box.take()
-    header = signer.mac(channel, data) + data
-    if ident is not None:
-        sock.send(ident, flags | zmq.SNDMORE)
-    if not frames:
-        sock.send(header, flags)
-        return
-    sock.send(header, flags | zmq.SNDMORE)
-    last = len(frames) - 1
-    for k, fr in enumerate(frames):
-        sock.send(fr, flags | (zmq.SNDMORE if k < last else 0), copy=False)
+    """Sends what ``box`` holds; payload frames go without copies."""
+    for data, frames in box.take_messages():
+        header = signer.mac(channel, data) + data
+        if ident is not None:
+            sock.send(ident, flags | zmq.SNDMORE)
+        if not frames:
+            sock.send(header, flags)
+            continue
+        sock.send(header, flags | zmq.SNDMORE)
+        last = len(frames) - 1
+        for k, fr in enumerate(frames):
+            sock.send(fr, flags | (zmq.SNDMORE if k < last else 0), copy=False)
 
 
 def send_records(sock, signer, channel, records, ident=None, flags: int = 0):
