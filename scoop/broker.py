@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -416,7 +417,8 @@ def _watch_stdin(broker: Broker):
 def main():
     from ._procutil import die_with_parent, ignore_interrupts, name_process
     name_process("scoop-broker")
-    die_with_parent()
+    # SIGTERM, not SIGKILL, when the launcher dies: the broker frees the cluster's shared memory
+    die_with_parent(signal.SIGTERM)
     ignore_interrupts()
     line = sys.stdin.buffer.readline()
     if not line:
@@ -438,6 +440,12 @@ def main():
     sys.stdout.write(json.dumps({"main_port": broker.main_port, "meta_port": broker.meta_port}) + "\n")
     sys.stdout.flush()
     threading.Thread(target=_watch_stdin, args=(broker,), daemon=True).start()
+
+    def on_term(signum, frame):
+        broker.reason = broker.reason or "the launcher ended"
+        broker.stop_event.set()
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         broker.serve()
     finally:

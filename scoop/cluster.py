@@ -512,6 +512,8 @@ class Cluster:
                 pass
         if self._meta is not None:
             self._meta.stop()
+        from ._shm import cleanup_cluster
+        cleanup_cluster(self.secret)  # whatever a killed process left in /dev/shm
         if self.relay is not None:
             self.relay.flush(0.5)
             self.relay.close()
