@@ -67,6 +67,7 @@ RAISED = 1
 
 # TASK flags
 PINNED = 1  # payload in shared memory on the submitter's host: only a worker there may run it
+SINGLE = 2  # a chunk of single arguments (fn(x)), not argument tuples (fn(*args))
 
 TASK_HEADER = struct.Struct("<cQI16sQB")    # type, task id, group, callable digest, submitter host key, flags
 RESULT_HEADER = struct.Struct("<cQBIdd12s")  # type, task id, status, inputs, started, finished (epoch s), worker

@@ -109,8 +109,8 @@ class Runtime:
     def submit(self, fn, args, kwargs, flush: bool = True, digest: bytes | None = None):
         return self.submitter.submit(fn, args, kwargs, flush, digest)
 
-    def submit_chunk(self, fn, digest, arglist, name):
-        return self.submitter.submit_chunk(fn, digest, arglist, name)
+    def submit_chunk(self, fn, digest, arglist, name, single=False):
+        return self.submitter.submit_chunk(fn, digest, arglist, name, single)
 
     def _callable_digest(self, fn):
         return self.submitter.callable_digest(fn)

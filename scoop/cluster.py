@@ -362,7 +362,8 @@ class Cluster:
             raise ClusterError("this process is already the origin of another SCOOP cluster; stop it first")
         rt = Runtime(f"tcp://127.0.0.1:{self.main_port}", self.secret, "origin",
                      broker_timeout=self.heartbeat_timeout, inline=self.inline)
-        rt.output_handler = lambda name, stream, text, group: self.relay.emit(name, stream, text)
+        rt.output_handler = rt.default_output_handler = \
+            lambda name, stream, text, group: self.relay.emit(name, stream, text)
         rt.connect(timeout=20)
         self.runtime = rt
         _globals.activate(rt, is_origin=True, broker=self.broker_info())

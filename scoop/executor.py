@@ -8,6 +8,7 @@ while a long task runs, because the control thread may drain the task socket int
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -145,7 +146,7 @@ class Executor:
             rt.pump(timeout)
 
     def _run_task(self, rec: P.Record):
-        kind, tid, group, d, host, _flags = P.TASK_HEADER.unpack(rec.hdr)
+        kind, tid, group, d, host, flags = P.TASK_HEADER.unpack(rec.hdr)
         rt = self.rt
         started = time.time()
         t0 = time.perf_counter()
@@ -159,7 +160,7 @@ class Executor:
             if kind == P.CHUNK:
                 arglist = P.unpack(rec, rt.shm)
                 inputs = len(arglist)
-                value = self._run_chunk(fn, name, arglist)
+                value = self._run_chunk(fn, name, arglist, flags & P.SINGLE)
             else:
                 args, kwargs = P.unpack(rec, rt.shm)
                 value = fn(*args, **kwargs)
@@ -189,19 +190,20 @@ class Executor:
         # unless tasks are long; work stealing evens out the end of a map
         self.target = 1 if avg > 0.1 else min(256, max(2, int(0.002 / max(avg, 1e-6)) + 1))
 
-    def _run_chunk(self, fn, name, arglist):
+    def _run_chunk(self, fn, name, arglist, single):
         """Runs a map chunk in order; stops at the first exception, which the origin raises
-        when its iteration reaches that input.  Returns (values, error_index, error, seconds)."""
+        when its iteration reaches that input.  Returns (values, error_index, error, seconds).
+        ``list.extend`` over ``map`` runs the loop in C and keeps what came before a failure."""
         values = []
         t0 = time.perf_counter()
-        append = values.append
         try:
-            for args in arglist:
-                append(fn(*args))
+            values.extend(map(fn, arglist) if single else itertools.starmap(fn, arglist))
         except TaskInterrupted:
             raise
         except BaseException as exc:  # noqa: B902
-            return values, len(values), self._exception_payload(exc, name, args), time.perf_counter() - t0
+            i = len(values)
+            args = (arglist[i],) if single else arglist[i]
+            return values, i, self._exception_payload(exc, name, args), time.perf_counter() - t0
         return values, -1, None, time.perf_counter() - t0
 
     def _chunk_unpicklable(self, value, name, exc):

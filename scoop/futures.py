@@ -61,13 +61,13 @@ class _SerialRuntime:
     def _callable_digest(self, fn):
         return b""
 
-    def submit_chunk(self, fn, digest, arglist, name):
+    def submit_chunk(self, fn, digest, arglist, name, single=False):
         values = []
         t0 = time.perf_counter()
         fut = Future(self, 0, name)
         for args in arglist:
             try:
-                values.append(fn(*args))
+                values.append(fn(args) if single else fn(*args))
             except Exception as exc:
                 fut._finish(FINISHED, (values, len(values), exc, time.perf_counter() - t0))
                 return fut
@@ -104,7 +104,8 @@ def _window(rt) -> int:
     return max(4096, 1024 * _size())
 
 
-_CHUNK_SECONDS = 0.001  # aim for ~1 ms of work per chunk: fine balance, per-task costs amortised
+_CHUNK_SECONDS = 0.002  # aim for ~2 ms of work per chunk: fine balance, per-task costs amortised
+_CHUNK_MAX = 1 << 16
 _per_input: dict = {}   # function digest -> seconds per input seen in earlier maps
 
 
@@ -123,7 +124,9 @@ class _MapIterator:
             raise TypeError("futures.map needs at least one iterable")
         self.rt = _rt()
         self.func = func
-        self.args = zip(*iterables)
+        # one iterable (the common case): inputs travel as they are, and run as fn(x)
+        self.single = len(iterables) == 1
+        self.args = iter(iterables[0]) if self.single else zip(*iterables)
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.timeout = timeout
         self.ordered = ordered
@@ -168,13 +171,40 @@ class _MapIterator:
             if not batch:
                 self.exhausted = True
                 break
-            self.window.append((rt.submit_chunk(self.func, self.digest, batch, self.name), len(batch)))
+            self.window.append((rt.submit_chunk(self.func, self.digest, batch, self.name, self.single),
+                                len(batch)))
             self.in_window += len(batch)
             self.submitted += len(batch)
         rt.flush()
 
     def __iter__(self):
-        return self
+        # list(futures.map(...)) and for-loops take whole chunks: a generator resumes in C per
+        # item, where __next__ would be a Python call per item (the cost of a tiny task)
+        return self._chunks()
+
+    def _chunks(self):
+        buffer = self.buffer
+        try:
+            while True:
+                if buffer:
+                    chunk = list(buffer)
+                    buffer.clear()
+                    self.yielded += len(chunk)
+                    yield from chunk
+                    continue
+                if self.error is not None:
+                    err, self.error = self.error, None
+                    raise err
+                if not self.window:
+                    self._fill()
+                    if not self.window:
+                        return
+                self._take()
+        except GeneratorExit:
+            raise
+        except BaseException:
+            self.close()
+            raise
 
     def _remaining(self):
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
@@ -239,7 +269,11 @@ class _MapIterator:
 
     def _adapt_to(self, per_input):
         self.per_input = per_input
-        self.chunk = max(1, min(1024, int(_CHUNK_SECONDS / max(per_input, 1e-7))))
+        workers = _size()
+        cap = _CHUNK_MAX if self.total is None else max(1, self.total // (4 * workers))
+        self.chunk = max(1, min(cap, int(_CHUNK_SECONDS / max(per_input, 1e-8))))
+        # a few chunks in flight per worker, whatever their size
+        self.size = max(self.size, 4 * self.chunk * workers)
 
     def progress(self) -> dict:
         """How far this map is: for progress bars and the dashboard."""
