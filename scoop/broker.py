@@ -289,7 +289,7 @@ class Broker:
             self.core.interrupt(group)
 
     def _r_release(self, peer, rec):
-        self.core.release(peer, P.ID.unpack_from(rec.hdr, 1)[0])
+        self.core.release(peer, P.task_id(rec.hdr))
 
     def _r_bye(self, peer, rec):
         self._forget_fds(peer)

@@ -20,6 +20,7 @@ import traceback
 from collections import deque
 
 from . import _protocol as P
+from ._future import ChunkResult
 from ._scheduler import Hub, TaskGreenlet
 from .errors import TaskInterrupted
 from .submitter import name_of
@@ -56,7 +57,7 @@ class Executor:
     def on_task(self, rec: P.Record):
         if self.outstanding > 0:
             self.outstanding -= 1
-        tid = P.ID.unpack_from(rec.hdr, 1)[0]
+        tid = P.task_id(rec.hdr)
         with self.lock:
             if tid in self.precancelled:
                 self.precancelled.discard(tid)  # cancelled while still in the socket
@@ -65,7 +66,7 @@ class Executor:
             self.pending.append(rec)
 
     def on_blob(self, rec: P.Record):
-        self._blob_recs[bytes(rec.hdr[1:17])] = rec
+        self._blob_recs[P.blob_digest(rec.hdr)] = rec
 
     def on_retire(self, rec=None):
         self.retiring = True
@@ -203,8 +204,8 @@ class Executor:
         except BaseException as exc:  # noqa: B902
             i = len(values)
             args = (arglist[i],) if single else arglist[i]
-            return values, i, self._exception_payload(exc, name, args), time.perf_counter() - t0
-        return values, -1, None, time.perf_counter() - t0
+            return ChunkResult(values, i, self._exception_payload(exc, name, args), time.perf_counter() - t0)
+        return ChunkResult(values, -1, None, time.perf_counter() - t0)
 
     def _chunk_unpicklable(self, value, name, exc):
         values, err_i, err, elapsed = value
@@ -275,7 +276,7 @@ class Executor:
         out = self.rt.out
         with self.lock:
             for rec in self.pending:
-                tid = P.ID.unpack_from(rec.hdr, 1)[0]
+                tid = P.task_id(rec.hdr)
                 self.known.discard(tid)
                 out.add(P.TID.pack(P.RELEASE, tid))
             self.pending.clear()
@@ -288,7 +289,7 @@ class Executor:
         with self.lock:
             while n > 0 and self.pending:
                 rec = self.pending.pop()
-                tid = P.ID.unpack_from(rec.hdr, 1)[0]
+                tid = P.task_id(rec.hdr)
                 self.known.discard(tid)
                 box.add(P.TID.pack(P.RELEASE, tid))
                 n -= 1
@@ -304,13 +305,13 @@ class Executor:
             else:
                 ok = False
                 for rec in list(self.pending):
-                    if P.ID.unpack_from(rec.hdr, 1)[0] == tid:
+                    if P.task_id(rec.hdr) == tid:
                         self.pending.remove(rec)
                         self.known.discard(tid)
                         ok = True
                         break
         box = P.Outbox()
-        box.add(P.TID.pack(P.CANCEL, tid) + (b"\x01" if ok else b"\x00"))
+        box.add(P.answer(P.TID.pack(P.CANCEL, tid), ok))
         return box
 
     def load(self) -> dict:

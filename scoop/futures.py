@@ -14,7 +14,7 @@ from collections import deque
 
 from . import _globals
 from ._future import (ALL_COMPLETED, ALWAYS, CANCELLED, FINISHED, FIRST_COMPLETED,  # noqa: F401
-                      FIRST_EXCEPTION, Future, as_completed, wait)
+                      FIRST_EXCEPTION, ChunkResult, Future, as_completed, wait)
 from .errors import CancelledError, ClusterError, RemoteError, TaskInterrupted, TimeoutError, WorkerLostError  # noqa: F401
 
 __all__ = ["submit", "map", "map_as_completed", "as_completed", "wait", "mapReduce", "mapScan",
@@ -35,9 +35,9 @@ class _SerialRuntime:
     def submit(self, fn, args, kwargs, flush=True, digest=None):
         fut = Future(self, 0, getattr(fn, "__qualname__", repr(fn)))
         try:
-            fut._finish(FINISHED, fn(*args, **kwargs))
+            fut.set_result(fn(*args, **kwargs))
         except Exception as exc:
-            fut._finish(FINISHED, exception=exc)
+            fut.set_exception(exc)
         return fut
 
     def poll(self):
@@ -69,9 +69,9 @@ class _SerialRuntime:
             try:
                 values.append(fn(args) if single else fn(*args))
             except Exception as exc:
-                fut._finish(FINISHED, (values, len(values), exc, time.perf_counter() - t0))
+                fut.set_result(ChunkResult(values, len(values), exc, time.perf_counter() - t0))
                 return fut
-        fut._finish(FINISHED, (values, -1, None, time.perf_counter() - t0))
+        fut.set_result(ChunkResult(values, -1, None, time.perf_counter() - t0))
         return fut
 
     batching = 0
@@ -238,17 +238,17 @@ class _MapIterator:
         if self.ordered:
             entry = window[0]
             fut = entry[0]
-            if fut._state < FINISHED and not self.rt.wait_until(
-                    lambda: fut._state >= FINISHED, self._remaining(), (fut,)):
+            if not fut.completed and not self.rt.wait_until(
+                    lambda: fut.completed, self._remaining(), (fut,)):
                 raise TimeoutError(f"futures.map: task {self.name} not done within {self.timeout} s")
         else:
-            entry = next((e for e in window if e[0]._state >= FINISHED), None)
+            entry = next((e for e in window if e[0].completed), None)
             if entry is None:
                 futs = [e[0] for e in window]
-                if not self.rt.wait_until(lambda: any(f._state >= FINISHED for f in futs),
+                if not self.rt.wait_until(lambda: any(f.completed for f in futs),
                                           self._remaining(), futs):
                     raise TimeoutError(f"futures.map_as_completed: nothing completed within {self.timeout} s")
-                entry = next(e for e in window if e[0]._state >= FINISHED)
+                entry = next(e for e in window if e[0].completed)
         window.remove(entry)
         self.in_window -= entry[1]
         values, err_index, err, elapsed = entry[0].result()
@@ -277,7 +277,7 @@ class _MapIterator:
 
     def progress(self) -> dict:
         """How far this map is: for progress bars and the dashboard."""
-        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window if f._state >= FINISHED)
+        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window if f.completed)
         return {"name": self.name, "done": done, "submitted": self.submitted, "total": self.total,
                 "finished": self.exhausted and not self.window and not self.buffer, "started": self.started}
 
@@ -302,13 +302,22 @@ def map(func, *iterables, timeout=None, **kwargs):
     Inputs are consumed lazily (generators and endless iterables work); the first results can
     be used while later inputs are still being submitted.  A task's exception is raised when the
     iteration reaches it.  ``timeout`` counts from the call, as in concurrent.futures.
+    Other keyword arguments are passed to every call of ``func``, as SCOOP 0.7 did.
     """
-    return _MapIterator(func, iterables, timeout, ordered=True)
+    return _MapIterator(_with_kwargs(func, kwargs), iterables, timeout, ordered=True)
 
 
 def map_as_completed(func, *iterables, timeout=None, **kwargs):
     """Like :func:`map`, but yields results in completion order."""
-    return _MapIterator(func, iterables, timeout, ordered=False)
+    return _MapIterator(_with_kwargs(func, kwargs), iterables, timeout, ordered=False)
+
+
+def _with_kwargs(func, kwargs):
+    if not kwargs:
+        return func
+    bound = functools.partial(func, **kwargs)
+    functools.update_wrapper(bound, func, updated=())
+    return bound
 
 
 def _chunks(seq, n):
@@ -332,6 +341,7 @@ def mapReduce(mapFunc, reductionFunc, *iterables, **kwargs):
     answer (commutativity is not needed).
     """
     import scoop
+    mapFunc = _with_kwargs(mapFunc, kwargs)
     items = list(zip(*iterables))
     if not items:
         raise TypeError("mapReduce() of empty sequence with no initial value")
@@ -346,6 +356,7 @@ def mapScan(mapFunc, reductionFunc, *iterables, **kwargs):
     Each block is mapped and scanned on a worker; block offsets are combined at the caller.
     """
     import scoop
+    mapFunc = _with_kwargs(mapFunc, kwargs)
     items = list(zip(*iterables))
     if not items:
         return []

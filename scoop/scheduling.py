@@ -216,7 +216,7 @@ class Scheduler:
         self.queue.append(task)
 
     def blob(self, peer: Peer, rec: P.Record):
-        d = bytes(rec.hdr[1:17])
+        d = P.blob_digest(rec.hdr)
         self.blobs[d] = rec
         if self.upstream is not None and peer is not self.upstream:
             self.upstream.out.add_record(rec)
@@ -234,7 +234,7 @@ class Scheduler:
     def result(self, rec: P.Record):
         """The first result for a task id goes to its submitter; a duplicate, cancelled or
         orphaned one is dropped: exactly once."""
-        tid = P.ID.unpack_from(rec.hdr, 1)[0]
+        tid = P.task_id(rec.hdr)
         task = self.tasks.pop(tid, None)
         if task is None:
             sub = self.local_submitted.pop(tid, None)  # a sub-broker: the root's answer
@@ -281,7 +281,7 @@ class Scheduler:
     def cancel(self, peer: Peer, hdr: bytes):
         """A submitter cancels a task: done at once if still queued; a task a worker holds is
         for that worker to decide (it may not have started it)."""
-        tid = P.ID.unpack_from(hdr, 1)[0]
+        tid = P.task_id(hdr)
         if self.upstream is not None and self.local_submitted.get(tid) is peer:
             self.upstream.out.add(hdr)
             return
@@ -292,31 +292,30 @@ class Scheduler:
         ok = task is not None and task.worker is None and task.submitter is peer
         if ok:
             del self.tasks[tid]  # left in the queue; skipped when popped
-        peer.out.add(P.TID.pack(P.CANCEL, tid) + (b"\x01" if ok else b"\x00"))
+        peer.out.add(P.answer(hdr, ok))
 
     def cancel_answer(self, peer: Peer, hdr: bytes):
         """A worker's answer to a forwarded cancel."""
-        tid = P.ID.unpack_from(hdr, 1)[0]
+        tid = P.task_id(hdr)
         task = self.tasks.get(tid)
-        ok = hdr[9:10] == b"\x01" and task is not None and task.worker is peer
+        ok = P.answer_of(hdr, 0) == 1 and task is not None and task.worker is peer
         if ok:
             del self.tasks[tid]
             peer.assigned.pop(tid, None)
         if task is not None and self.alive(task.submitter):
             box = task.submitter.cout if task.submitter is self.upstream else task.submitter.out
-            box.add(P.TID.pack(P.CANCEL, tid) + (b"\x01" if ok else b"\x00"))
+            box.add(P.answer(hdr, ok))
 
     def ask(self, peer: Peer, hdr: bytes):
-        tid = P.ID.unpack_from(hdr, 1)[0]
+        tid = P.task_id(hdr)
         if self.upstream is not None and self.local_submitted.get(tid) is peer:
             self.upstream.out.add(hdr)
             return
         task = self.tasks.get(tid)
-        state = b"\x02" if task is None else (b"\x00" if task.worker is None else b"\x01")
-        peer.out.add(hdr[:9] + state)
+        peer.out.add(P.answer(hdr, 2 if task is None else 0 if task.worker is None else 1))
 
     def const(self, peer: Peer, rec: P.Record):
-        name = bytes(rec.hdr[1:]).decode("utf-8", "replace")
+        name = P.const_name(rec.hdr)
         if name in self.const_names:
             return
         self.const_names.add(name)

@@ -264,7 +264,7 @@ class Submitter:
                               "inputs": inputs, "group": fut.group, "ok": status == P.OK})
 
     def on_fail(self, rec: P.Record):
-        tid = P.ID.unpack_from(rec.hdr, 1)[0]
+        tid = P.task_id(rec.hdr)
         fut = self.futures.pop(tid, None)
         if fut is not None:
             self._free_args(fut)
@@ -283,8 +283,8 @@ class Submitter:
             f.set_exception(exc)
 
     def on_cancel_answer(self, rec: P.Record):
-        tid = P.ID.unpack_from(rec.hdr, 1)[0]
-        ok = rec.hdr[9:10] == b"\x01"
+        tid = P.task_id(rec.hdr)
+        ok = P.answer_of(rec.hdr, 0) == 1
         self._cancel_replies[tid] = ok
         if ok:
             fut = self.futures.pop(tid, None)
@@ -293,8 +293,7 @@ class Submitter:
                 fut.set_cancelled()
 
     def on_ask_answer(self, rec: P.Record):
-        hdr = rec.hdr
-        self._ask_replies[P.ID.unpack_from(hdr, 1)[0]] = hdr[9] if len(hdr) > 9 else 2
+        self._ask_replies[P.task_id(rec.hdr)] = P.answer_of(rec.hdr)
 
     def const_arrived(self):
         ev, self.const_event = self.const_event, _Event()
