@@ -105,36 +105,9 @@ def _rt():
     return _serial
 
 
-#: a task's pickled function (with what its closure captures) above this size draws one warning
-LARGE_FUNCTION_BYTES = 10 * 2**20
-_warned_large: set = set()
-
-
-def _check_size(rt, fn) -> None:
-    """Warns once per function when its pickle is large: it travels to every worker and stays
-    in their caches until the cluster stops."""
-    cache = getattr(rt, "_fn_cache", None)
-    if cache is None:  # the cache may live in the runtime's submitting half
-        cache = getattr(getattr(rt, "submitter", None), "_fn_cache", {})
-    ent = cache.get(id(fn))
-    if ent is None or ent[0] is not fn or ent[1] in _warned_large:
-        return
-    size = len(ent[2])
-    if size > LARGE_FUNCTION_BYTES:
-        _warned_large.add(ent[1])
-        name = getattr(fn, "__qualname__", None) or type(fn).__name__
-        warnings.warn(f"task function {name} pickles to {size / 2**20:.0f} MiB (with what it captures) and "
-                      f"is shipped to every worker: pass large data once with shared.setConst(name=value) "
-                      f"and read it in the task with shared.getConst('name')", RuntimeWarning,
-                      stacklevel=_user_stacklevel())
-
-
 def submit(func, *args, **kwargs) -> Future:
     """Runs ``func(*args, **kwargs)`` on the cluster; returns its Future at once."""
-    rt = _rt()
-    fut = rt.submit(func, args, kwargs)
-    _check_size(rt, func)
-    return fut
+    return _rt().submit(func, args, kwargs)
 
 
 def _size() -> int:
@@ -205,7 +178,6 @@ class _MapIterator:
         workers = _size()
         if self.digest is None:
             self.digest = rt._callable_digest(self.func)
-            _check_size(rt, self.func)
             known = _per_input.get(self.digest)  # this function's speed in earlier maps
             if known is not None:
                 self._adapt_to(known)

@@ -31,10 +31,19 @@ def load_ipython_extension(ip):
     s.install(ip)
     tracebacks.install(ip)
     reprs.register(ip)
+    _show_costly_function_warnings()
     kernel = getattr(ip, "kernel", None)
     if kernel is not None and _unregister_comm is None:
         from .comm import register
         _unregister_comm = register(kernel, s)
+
+
+def _show_costly_function_warnings():
+    """The core warns (a ResourceWarning, which Python hides by default) when a task's function
+    pickles to many MiB because it captures large data: in a notebook, where closures over big
+    arrays happen easily, that warning must be seen (the core already says it once per function)."""
+    import warnings
+    warnings.filterwarnings("always", message=r"the function .* pickles to", category=ResourceWarning)
 
 
 def unload_ipython_extension(ip):

@@ -22,7 +22,7 @@ import types
 import scoop
 
 _FRAME = re.compile(r'^(?P<indent>\s*)File "(?P<file>[^"]+)", line (?P<line>\d+), in ')
-_HEADER = re.compile(r"^\[worker (?P<index>\d+) on (?P<host>.*?), pid (?P<pid>\d+), task (?P<task>.*)\]$")
+_HEADER = re.compile(r"^\[worker (?P<index>\S+) on (?P<host>.*?), pid (?P<pid>\d+), task (?P<task>.*)\]$")
 #: worker-side frames of these packages are machinery (the worker's paths may differ from ours)
 _REMOTE_INTERNAL = re.compile(r"[/\\](scoop|scoop_jupyter|cloudpickle|zmq|greenlet)[/\\][^\"]*\.py$")
 
@@ -140,7 +140,8 @@ def tidy_remote(text: str, cells: dict | None = None, names: dict | None = None)
     for line in text.split("\n"):
         h = _HEADER.match(line)
         if h:
-            name = names.get(int(h["pid"])) or f"worker {h['index']}"
+            index = h["index"]
+            name = (names.get(int(h["pid"])) or f"worker {index}") if index.isdigit() else index
             out.append(f"[{name} on {h['host']}, pid {h['pid']}, task {h['task']}]")
             continue
         m = _FRAME.match(line)

@@ -471,7 +471,8 @@ def test_remote_traceback_names_the_cell_and_the_worker(kernel):
                      "list(futures.map(divide_badly, range(5)))", ok=False)
     tb = res.tb()
     assert res.error["ename"] == "ZeroDivisionError", res
-    assert re.search(r"\[w\d+ on \S+, pid \d+, task divide_badly\]$", tb, re.M), tb
+    # the worker under its one name (and, from newer cores, the failing input)
+    assert re.search(r"\[w\d+ on \S+, pid \d+, task divide_badly(\(3\))?\]$", tb, re.M), tb
     assert re.search(r"Cell In\[\d+\], line 3, in divide_badly", tb) and "return 1 / y" in tb, tb
     assert "ipykernel_" not in tb and not PACKAGE_FRAME.search(tb), tb
 
@@ -492,7 +493,7 @@ def test_large_function_warns_once(kernel):
                "_f = _closure()")
     first = kernel.run("_r = list(futures.map(_f, range(3)))")
     text = first.stream("stderr")
-    assert "RuntimeWarning" in text and "shared.setConst" in text and "12 MiB" in text, text
+    assert "Warning" in text and "shared.setConst" in text and "12 MiB" in text, text
     again = kernel.run("_r = list(futures.map(_f, range(3)))")
     assert "shared.setConst" not in again.stream(), again
     kernel.run("del _f, _big")
