@@ -413,6 +413,7 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     scaling from the panel (workers under their one name), an interrupted map that says so
     in one line, and a dashboard whose kernel restarted marked stale."""
     ARTIFACTS.mkdir(exist_ok=True)
+    page.set_viewport_size({"width": 1400, "height": 1100})
     open_notebook(page, lab, lab.new_notebook("polish-test.ipynb"))
     open_scoop_panel(page)
     run_cell(page, "%load_ext scoop_jupyter")
@@ -435,7 +436,11 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     if has_timeline:
         expect(dash.locator("rect.scoop-task").nth(3)).to_be_attached(timeout=30_000)
     expect(cell.locator(".widget-label", has_text="ETA")).to_be_visible(timeout=30_000)
+    if has_timeline:
+        expect(dash.locator("rect.scoop-task").nth(12)).to_be_attached(timeout=30_000)
+    dash.evaluate("node => node.scrollIntoView({block: 'start'})")
     page.screenshot(path=str(ARTIFACTS / "dashboard-timeline.png"))
+    dash.screenshot(path=str(ARTIFACTS / "dashboard-timeline-widget.png"))
     expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"), timeout=120_000)
     expect(cell.locator(".widget-label", has_text="done in")).to_be_visible(timeout=30_000)
 
