@@ -199,7 +199,9 @@ class Dashboard(W.VBox):
         if status.get("state") != "running":
             return render(status, self._feed.history, [])
         recs = _timeline.recent(TIMELINE_WINDOW)
-        tl = _timeline.render(recs, now=time.time() if recs else None) if _timeline.available() else ""
+        names = [w.get("name") for w in status.get("workers", []) if w.get("state") in ("idle", "busy")]
+        tl = _timeline.render(recs, now=time.time() if recs else None, workers=names) \
+            if _timeline.available() else ""
         return render(status, self._feed.history, safe_maps(), tl, self._logs)
 
     def close(self):

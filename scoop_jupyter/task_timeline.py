@@ -58,8 +58,9 @@ def _fmt_tick(v: float, step: float) -> str:
 
 
 def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None = None,
-           empty: str | None = None) -> str:
-    """The timeline of ``recs`` as an HTML fragment (an SVG plus a legend)."""
+           empty: str | None = None, workers: list[str] = ()) -> str:
+    """The timeline of ``recs`` as an HTML fragment (an SVG plus a legend); ``workers`` get a
+    row even when they ran nothing (an idle worker is worth seeing)."""
     if not recs:
         msg = empty or ("no finished tasks yet" if available()
                         else "the task timeline needs a SCOOP core that records task times")
@@ -67,7 +68,7 @@ def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None 
     t0 = min(r["start"] for r in recs)
     t1 = max(max(r["end"] for r in recs), now or 0.0)
     span = max(t1 - t0, 1e-3)
-    workers = sorted({r.get("worker") or "?" for r in recs}, key=_worker_key)
+    workers = sorted({r.get("worker") or "?" for r in recs} | {w for w in workers if w}, key=_worker_key)
     names = []
     for r in sorted(recs, key=lambda r: r["start"]):
         if r.get("name") not in names:
@@ -132,8 +133,9 @@ def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None 
     if failed:
         legend += f' {swatch}border:2px solid {FAILED};margin-right:3px"></span>failed ({failed})</span>'
     inputs = sum(int(r.get("inputs", 1)) for r in recs)
-    head = (f"{len(recs)} task{'s' if len(recs) != 1 else ''} ({inputs} inputs) on {len(workers)} "
-            f"worker{'s' if len(workers) != 1 else ''} over {span:.1f} s")
+    ran = len({r.get("worker") for r in recs})
+    head = (f"{len(recs)} task{'s' if len(recs) != 1 else ''} ({inputs} inputs) on {ran} "
+            f"worker{'s' if ran != 1 else ''} over {span:.1f} s")
     return (f'<div class="scoop-timeline"><div>{head} &middot; {legend}</div>'
             f'{"".join(parts)}</div>')
 
