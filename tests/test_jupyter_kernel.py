@@ -555,8 +555,8 @@ def test_cluster_and_status_have_html(kernel):
 
 def test_future_shows_when_and_where_it_ran(kernel):
     # (a short pause: a task waited on at once may run in place, here, rather than on a worker)
-    res = kernel.run("def nap(s):\n    time.sleep(s)\n    return s\n_fut = futures.submit(nap, 0.3)\ntime.sleep(0.1)\n"
-                     "_fut.result()\n_fut")
+    res = kernel.run("def nap(s):\n    time.sleep(s)\n    return s\n"
+                     "_fut = futures.submit(nap, 0.3)\ntime.sleep(0.1)\n_fut.result()\n_fut")
     html = res.data("text/html")
     assert html and re.search(r"<code>nap</code> .*finished.* on w\d+ .*ran \d+ ms", html[0]), html
 
