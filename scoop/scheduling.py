@@ -358,14 +358,16 @@ class Scheduler:
     def dispatch(self):
         workers = [p for p in self.peers.values() if p.credit > 0 and p.takes_tasks]
         queue, tasks, blobs = self.queue, self.tasks, self.blobs
-        skipped = []
         while queue and workers:
             # least loaded first, a fair share each: spreads a burst evenly in O(workers + tasks)
             workers.sort(key=_load)
             share = -(-len(queue) // len(workers))
+            before = len(queue)
+            sent = 0
             for w in workers:
                 take = min(w.credit, share)
                 out = w.out
+                skipped = []
                 while take and queue:
                     task = queue.popleft()
                     if tasks.get(task.id) is not task or task.worker is not None:
@@ -387,11 +389,14 @@ class Scheduler:
                     w.assigned[task.id] = task
                     w.credit -= 1
                     take -= 1
+                    sent += 1
+                if skipped:  # back in front at once: the next workers may be on their host
+                    queue.extendleft(reversed(skipped))
                 if not queue:
                     break
+            if not sent and len(queue) == before:
+                break  # what is left waits for a worker of its host
             workers = [w for w in workers if w.credit > 0]
-        if skipped:
-            queue.extendleft(reversed(skipped))
 
     def steal(self, now: float):
         """An idle worker while another holds unstarted tasks: ask for them back (all but the
