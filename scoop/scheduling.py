@@ -361,11 +361,10 @@ class Scheduler:
         while queue and workers:
             # least loaded first, a fair share each: spreads a burst evenly in O(workers + tasks)
             workers.sort(key=_load)
-            share = -(-len(queue) // len(workers))
             before = len(queue)
             sent = 0
-            for w in workers:
-                take = min(w.credit, share)
+            for k, w in enumerate(workers):
+                take = min(w.credit, -(-len(queue) // (len(workers) - k)))  # share of what is left
                 out = w.out
                 skipped = []
                 while take and queue:
