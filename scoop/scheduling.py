@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from itertools import islice
 
 from . import _protocol as P
 
@@ -405,12 +406,18 @@ class Scheduler:
         if not idle:
             return
         room = sum(p.credit for p in idle)
+        hosts = {p.host_key for p in idle}
         for victim in sorted((p for p in self.peers.values() if p.takes_tasks and len(p.assigned) >= 2),
                              key=_load, reverse=True):
             if now - victim.last_steal <= STEAL_EVERY:
                 continue
+            n = min(room, len(victim.assigned) - 1)
+            if victim.host_key not in hosts:
+                # its pinned tasks run on its host only: no idle worker here could take them
+                n = sum(1 for _ in islice((t for t in victim.assigned.values() if not t.host), n))
+                if not n:
+                    continue
             victim.last_steal = now
-            n = max(1, min(room, len(victim.assigned) - 1))
             victim.cout.add(P.COUNT.pack(P.STEAL, n))
             room -= n
             if room <= 0:
