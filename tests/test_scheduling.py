@@ -735,3 +735,30 @@ def test_sub_broker_size_is_the_roots(sub):
     sub.worker()
     sub.core.global_size = 9
     assert sub.core.size() == 9
+
+
+def test_no_steal_of_pinned_tasks_for_an_idle_worker_of_another_host(c):
+    """Tasks pinned to the busy worker's host cannot run on the idle one: asking for them back
+    would only bounce them through the queue every STEAL_EVERY."""
+    local = c.worker(credit=4, host_key=HOST)
+    c.submit(1, 2, 3, 4, host=HOST, flags=P.PINNED)
+    c.core.dispatch()
+    assert len(local.assigned) == 4
+    c.worker(credit=5, host_key=OTHER_HOST)
+    c.core.steal(100.0)
+    assert steals(local) == []
+
+
+def test_steal_asks_only_for_what_an_idle_worker_of_another_host_can_run():
+    c = Cluster()
+    local = c.worker(credit=6, host_key=HOST)
+    c.submit(1, 2, 3, 4, host=HOST, flags=P.PINNED)
+    c.submit(5, 6, blob=False)
+    c.core.dispatch()
+    assert len(local.assigned) == 6
+    c.worker(credit=5, host_key=OTHER_HOST)
+    c.core.steal(100.0)
+    assert steals(local) == [2]  # the unpinned ones
+    c.worker(credit=5, host_key=HOST)  # an idle worker of its host can take any of them
+    c.core.steal(200.0)
+    assert steals(local) == [5]
