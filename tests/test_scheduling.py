@@ -19,7 +19,7 @@ HOST = 1
 OTHER_HOST = 2
 
 
-# ---- helpers ----------------------------------------------------------------------------------
+# ---- helpers -------------------------------------------------------------------------------------
 def record(hdr, body=P.EMPTY, packed=None) -> P.Record:
     """One record as the broker would receive it (header encoded by an Outbox, then parsed)."""
     box = P.Outbox()
@@ -105,7 +105,7 @@ def c():
     return Cluster()
 
 
-# ---- membership ---------------------------------------------------------------------------------
+# ---- membership ----------------------------------------------------------------------------------
 def test_join_welcomes_and_tells_the_origin(c):
     drain(c.origin)
     w = c.worker()
@@ -119,7 +119,7 @@ def test_join_welcomes_and_tells_the_origin(c):
     assert c.core.size() == 1
 
 
-# ---- dispatch -------------------------------------------------------------------------------------
+# ---- dispatch ------------------------------------------------------------------------------------
 def test_burst_spreads_evenly():
     c = Cluster()
     ws = [c.worker(credit=100) for _ in range(4)]
@@ -204,7 +204,7 @@ def test_task_with_payload_frames_keeps_them(c):
     assert P.unpack(out[0]) == ((b"\x01" * (P.OOB_MIN + 5),), {})
 
 
-# ---- functions (BLOB) -----------------------------------------------------------------------------
+# ---- functions (BLOB) ----------------------------------------------------------------------------
 def test_blob_shipped_once_per_worker_before_its_first_task(c):
     w1, w2 = c.worker(credit=10), c.worker(credit=10)
     c.submit(1, 2, 3, 4)
@@ -244,7 +244,7 @@ def test_task_waits_for_its_blob_then_goes_in_order(c):
     assert w.credit == 7 and not c.core.waiting_blob
 
 
-# ---- results ----------------------------------------------------------------------------------------
+# ---- results -------------------------------------------------------------------------------------
 def test_result_reaches_its_submitter_exactly_once(c):
     w = c.worker(credit=5)
     c.submit(1)
@@ -309,7 +309,7 @@ def test_fail_record_from_a_worker_is_routed_like_a_result(c):
     assert c.core.done_total == 0
 
 
-# ---- losses -------------------------------------------------------------------------------------------
+# ---- losses --------------------------------------------------------------------------------------
 def test_lost_worker_tasks_are_dispatched_elsewhere(c):
     w1 = c.worker(credit=10)
     c.submit(1, 2, 3)
@@ -384,7 +384,7 @@ def test_leave_twice_is_harmless(c):
     assert c.core.lost_workers == 1 and c.core.tasks[1].attempts == 1
 
 
-# ---- stealing -----------------------------------------------------------------------------------------
+# ---- stealing ------------------------------------------------------------------------------------
 def steals(peer):
     return [P.COUNT.unpack(r.hdr)[1] for r in sent(peer.cout) if r.type == P.STEAL]
 
@@ -480,7 +480,7 @@ def test_release_by_a_peer_not_holding_the_task_is_ignored(c):
     assert 1 in w1.assigned and not c.core.queue
 
 
-# ---- pinned tasks (payload in one host's shared memory) -------------------------------------------------
+# ---- pinned tasks (payload in one host's shared memory) ------------------------------------------
 def test_pinned_task_only_goes_to_its_host(c):
     other = c.worker(credit=5, host_key=OTHER_HOST)
     c.submit(1, host=HOST, flags=P.PINNED)
@@ -519,7 +519,7 @@ def test_pinned_tasks_keep_their_order_when_skipped(c):
     assert task_ids(sent(local.out)) == [1, 2, 3]
 
 
-# ---- cancel -----------------------------------------------------------------------------------------------
+# ---- cancel --------------------------------------------------------------------------------------
 def answers(peer, kind=P.CANCEL):
     return [(P.ID.unpack_from(r.hdr, 1)[0], r.hdr[9:10]) for r in sent(peer.out) if r.type == kind]
 
@@ -585,7 +585,7 @@ def test_ask_reports_task_state(c):
     assert answers(c.origin, P.ASK) == [(1, b"\x01"), (2, b"\x00"), (3, b"\x02")]
 
 
-# ---- interrupt, retire --------------------------------------------------------------------------------------
+# ---- interrupt, retire ---------------------------------------------------------------------------
 def test_interrupt_drops_a_group_and_tells_every_worker(c):
     w1, w2 = c.worker(credit=1), c.worker()
     drain(c.origin, w1, w2)
@@ -623,7 +623,7 @@ def test_retire_stops_dispatch_to_a_worker(c):
     assert not c.origin.retiring
 
 
-# ---- constants, output ------------------------------------------------------------------------------------
+# ---- constants, output ---------------------------------------------------------------------------
 def test_consts_go_to_everyone_else_and_late_joiners(c):
     w1 = c.worker()
     drain(c.origin, w1)
@@ -654,7 +654,7 @@ def test_output_without_an_origin_is_dropped():
     core.output(record(P.GROUP.pack(P.OUTPUT, 0), b"[]"))  # nothing to raise
 
 
-# ---- sub-broker (federation) --------------------------------------------------------------------------------
+# ---- sub-broker (federation) ---------------------------------------------------------------------
 @pytest.fixture
 def sub():
     up = Peer(b"^", 0, {"role": "upstream", "host": "upstream"}, set())
@@ -717,7 +717,8 @@ def test_sub_broker_forwards_cancel_and_ask_of_local_tasks(sub):
     sub.up.out.take()
     sub.core.cancel(w, P.TID.pack(P.CANCEL, 51))
     sub.core.ask(w, P.TID.pack(P.ASK, 51))
-    assert [(r.type, P.ID.unpack_from(r.hdr, 1)[0]) for r in sent(sub.up.out)] == [(P.CANCEL, 51), (P.ASK, 51)]
+    forwarded = [(r.type, P.ID.unpack_from(r.hdr, 1)[0]) for r in sent(sub.up.out)]
+    assert forwarded == [(P.CANCEL, 51), (P.ASK, 51)]
 
 
 def test_sub_broker_forwards_consts_and_output(sub):
