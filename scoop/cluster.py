@@ -194,8 +194,9 @@ class Cluster:
         self.bind_host = self.launcher.bind_host()
         # ports chosen here so broker and workers start side by side, not one after the other
         for attempt in range(3):
-            probe = "127.0.0.1" if self.bind_host == "0.0.0.0" else self.bind_host
-            self.broker_ports = [(_free_port(probe), _free_port(probe)) for _ in range(self.brokers)]
+            # probed where the broker binds: a port free on loopback may be taken on another address
+            self.broker_ports = [(_free_port(self.bind_host), _free_port(self.bind_host))
+                                 for _ in range(self.brokers)]
             self.main_port, self.meta_port = self.broker_ports[0]
             self.broker_procs = []
             for k, (main, meta) in enumerate(self.broker_ports):
@@ -278,11 +279,21 @@ class Cluster:
         by_name = {w.get("name"): int(w["id"]) for w in snap.get("workers", []) if w.get("name")}
         by_pid = {(w.get("host"), w.get("pid")): int(w["id"]) for w in snap.get("workers", [])}
         me = socket.gethostname()
+        # without names in the snapshot, a worker whose pid we do not know (one task of a job
+        # step) is matched to any worker of its host that no handle of ours claims
+        known = {(x.host or me, x.pid) for x in self._live.values() if x.pid is not None}
+        unclaimed: dict = {}
+        if not by_name:
+            for w in snap.get("workers", []):
+                if (w.get("host"), w.get("pid")) not in known:
+                    unclaimed.setdefault(w.get("host"), []).append(int(w["id"]))
         for h in handles:
             h.retired = True
             idx = by_name.get(h.name)
             if idx is None and h.pid is not None:
                 idx = by_pid.get((h.host or me, h.pid))
+            elif idx is None and unclaimed.get(h.host):
+                idx = unclaimed[h.host].pop()
             if idx is not None and self.runtime is not None:
                 self.runtime.retire(idx)
             elif h.pid is not None:
