@@ -89,7 +89,7 @@ def walltime_seconds(text: str) -> int:
     if days:
         hms = (parts + [0, 0])[:3]  # D-HH[:MM[:SS]]
     else:
-        hms = {1: [0, parts[0], 0], 2: [0, parts[0], parts[1]], 3: parts}[len(parts)]
+        hms = parts if len(parts) == 3 else [0, *parts, 0][:3]  # MM or MM:SS
     return int(days or 0) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
 
 

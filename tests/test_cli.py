@@ -153,3 +153,37 @@ def test_path_pythonpath_and_nice_reach_the_workers(tmp_path, no_leak):
     r = run_scoop(["-n", "2", "--path", str(work), "--pythonpath", str(lib), "--nice", "5", str(prog)])
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str([(str(work), 5, 2)])
+
+
+@pytest.mark.parametrize("args,says", [
+    (["-n", "0"], "-n/--workers/--number: expected at least 1, got 0"),
+    (["-n", "-3"], "-n/--workers/--number: expected at least 1, got -3"),
+    (["-b", "0"], "-b/--brokers: expected at least 1, got 0"),
+    (["--heartbeat-timeout", "0"], "--heartbeat-timeout: expected a positive number of seconds"),
+    (["--heartbeat-timeout", "-1"], "--heartbeat-timeout: expected a positive number of seconds"),
+    (["--launcher", "bogus"], "--launcher: expected one of"),
+])
+def test_bad_option_values_are_refused_at_once(args, says, no_leak):
+    r = run_scoop([*args, "exit_code.py", "0"], timeout=60)
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_empty_hostfile_is_an_error(tmp_path, no_leak):
+    hf = tmp_path / "hosts.txt"
+    hf.write_text("# nobody here\n\n")
+    r = run_scoop(["--hostfile", str(hf), "exit_code.py", "0"], timeout=60)
+    assert r.returncode == 1 and "lists no hosts" in r.stderr and str(hf) in r.stderr
+
+
+def test_missing_working_directory_is_one_clean_line(no_leak):
+    r = run_scoop(["-n", "2", "--path", "/nonexistent", "exit_code.py", "0"], timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == ["scoop: error: the working directory (--path) '/nonexistent' "
+                                             "does not exist"]
+
+
+def test_batch_launcher_outside_an_allocation_is_a_clear_error(no_leak):
+    env = {k: "" for k in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NODELIST")}
+    r = run_scoop(["--launcher", "srun", "-n", "1", "exit_code.py", "0"], env=env, timeout=60)
+    assert r.returncode == 1 and "not one (no SLURM_JOB_ID)" in r.stderr, r.stderr
