@@ -187,3 +187,19 @@ def test_batch_launcher_outside_an_allocation_is_a_clear_error(no_leak):
     env = {k: "" for k in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NODELIST")}
     r = run_scoop(["--launcher", "srun", "-n", "1", "exit_code.py", "0"], env=env, timeout=60)
     assert r.returncode == 1 and "not one (no SLURM_JOB_ID)" in r.stderr, r.stderr
+
+
+def test_sigint_stops_a_launcher_that_inherited_it_ignored(no_leak):
+    """A shell without job control starts background jobs with SIGINT ignored (and so do test
+    runners started that way); the launcher must still stop on it."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "scoop", "-n", "1", "long_running.py"], cwd=PROGRAMS, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 130
+    finally:
+        p.kill()
+        p.wait()

@@ -92,6 +92,10 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
+    # a process started in the background by a shell without job control inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: the launcher of a cluster must
+    # still stop (and stop its cluster) when it is interrupted, as it does on SIGTERM and SIGHUP
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     prog_dir = os.path.dirname(os.path.abspath(prog))
     options = given(args)
     try:
