@@ -20,7 +20,8 @@ import sys
 import threading
 import time
 
-from . import _globals, _protocol as P
+from . import _globals
+from . import _protocol as P
 from .errors import ClusterError
 from .launch import local as _local
 from .launch.base import Handle, WorkerSpec, launcher_class, terminate
@@ -133,7 +134,8 @@ class Cluster:
         if not entries:
             entries = [("localhost", None)]
         name = self._choose_launcher(self.allocation, [h for h, _ in entries])
-        self.launcher = launcher_class(name)(o, self.relay, env=self._env(), cwd=self.path, python=self.python)
+        self.launcher = launcher_class(name)(o, self.relay, env=self._env(), cwd=self.path,
+                                             python=self.python)
         self._strict = self.allocation is not None and self.launcher.in_allocation
         try:
             plan = first_placement(o.n, entries, cores, strict=self._strict, oversubscribe=o.oversubscribe,
@@ -193,7 +195,7 @@ class Cluster:
         self.launcher.prepare([self._host_key(h) for h, _ in plan])
         self.bind_host = self.launcher.bind_host()
         # ports chosen here so broker and workers start side by side, not one after the other
-        for attempt in range(3):
+        for _attempt in range(3):
             # probed where the broker binds: a port free on loopback may be taken on another address
             self.broker_ports = [(_free_port(self.bind_host), _free_port(self.bind_host))
                                  for _ in range(self.brokers)]
@@ -329,7 +331,8 @@ class Cluster:
         env["PYTHONUNBUFFERED"] = "1"
         # local children import the very scoop this process runs, installed or not
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        paths = self.options.pythonpath + [here] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        paths = self.options.pythonpath + [here] + inherited
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         return env
 
@@ -435,7 +438,8 @@ class Cluster:
                 if code is not None and not h.retired:
                     self.relay.flush(0.3)
                     tail = self.relay.tail(h.name)
-                    raise ClusterError(f"worker {h.name} on {h.host or 'localhost'} exited with status {code} "
+                    where = h.host or "localhost"
+                    raise ClusterError(f"worker {h.name} on {where} exited with status {code} "
                                        f"before joining the cluster" + (f":\n{tail}" if tail else ""))
             if self.broker_proc.poll() is not None:
                 raise ClusterError("the SCOOP broker exited: " + self.relay.tail("broker"))

@@ -87,7 +87,8 @@ def format_status(snap: dict) -> str:
     me = socket.gethostname()
     lines = [f"SCOOP cluster: {t.get('workers', len(workers))} workers, "
              f"busy {t.get('busy', 0.0) * 100:.0f}%, {t.get('done', 0)} tasks done, "
-             f"{t.get('queued', 0)} queued, {t.get('in_flight', 0)} in flight, {t.get('rate', 0.0):.1f} tasks/s"]
+             f"{t.get('queued', 0)} queued, {t.get('in_flight', 0)} in flight, "
+             f"{t.get('rate', 0.0):.1f} tasks/s"]
     hosts: dict = {}
     for w in workers:
         h = hosts.setdefault(w.get("host", "?"), [0, 0, 0])

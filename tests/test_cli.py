@@ -63,7 +63,8 @@ def test_missing_program_is_a_clear_error():
 
 def test_bad_interpreter_is_reported_quickly(no_leak):
     t0 = time.monotonic()
-    r = run_scoop(["-n", "1", "--python-interpreter", "/nonexistent/python3", "exit_code.py", "0"], timeout=60)
+    r = run_scoop(["-n", "1", "--python-interpreter", "/nonexistent/python3", "exit_code.py", "0"],
+                  timeout=60)
     assert r.returncode != 0
     assert "/nonexistent/python3" in r.stderr
     assert time.monotonic() - t0 < 30

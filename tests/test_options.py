@@ -5,7 +5,8 @@ import dataclasses
 
 import pytest
 
-from scoop.launch.cli import build_parser as cli_parser, split_argv
+from scoop.launch.cli import build_parser as cli_parser
+from scoop.launch.cli import split_argv
 from scoop.options import ClusterOptions, OptionError, given, option_names, walltime_seconds
 
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from scoop.launch.placement import (PlacementError, add_placement, allocation_slots, capacities,
-                                    first_placement)
+from scoop.launch.placement import (
+    PlacementError,
+    add_placement,
+    allocation_slots,
+    capacities,
+    first_placement,
+)
 
 
 def test_slurm_tasks_per_node_are_the_slots():

@@ -124,10 +124,11 @@ def test_cut_link_mid_map_loses_nothing(hosts, env, no_leak):
     """A host falls off the network mid-map: its tasks run elsewhere, each result once."""
     from scoop import futures
     from scoop.cluster import Cluster
+
     import tasklib as T
     c = Cluster(hosts=["localhost", "h1", "h2"], pythonpath=[PROGRAMS], connect_timeout=5)
     c.start()
-    c.meta  # subscribe to the meta stream now, to see the "left" event of the cut host
+    assert c.meta is not None  # subscribed now, to see the "left" event of the cut host
     try:
         fs = [futures.submit(T.work_ms, 20, i) for i in range(240)]
         counts = {}

@@ -34,11 +34,12 @@ hostfile lines: `host [count]`; # starts a comment.  SSH honours ~/.ssh/config.
 def build_parser() -> argparse.ArgumentParser:
     """The launcher's options come from scoop.options (declared once for every front end)."""
     from ..options import add_arguments
-    p = argparse.ArgumentParser(prog="python -m scoop", description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scoop", description=DESCRIPTION, epilog=EPILOG,
+                                allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p, "cli")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors from the launcher")
-    p.add_argument("program", nargs="?", help="the Python program to run (the origin); its arguments follow it")
+    p.add_argument("program", nargs="?",
+                   help="the Python program to run (the origin); its arguments follow it")
     return p
 
 

@@ -84,7 +84,8 @@ class OutputRelay:
                     continue
                 label, stream = key.data
                 try:
-                    data = key.fileobj.read1(65536) if hasattr(key.fileobj, "read1") else key.fileobj.read(65536)
+                    pipe = key.fileobj
+                    data = pipe.read1(65536) if hasattr(pipe, "read1") else pipe.read(65536)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except (OSError, ValueError):

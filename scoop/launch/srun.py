@@ -105,7 +105,8 @@ class SrunLauncher(Launcher):
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=self.cwd,
                                         close_fds=True, start_new_session=True)
             except OSError as exc:
-                raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: {exc.strerror}") from None
+                raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: "
+                                   f"{exc.strerror}") from None
             step.stdin.write(config_line(config))
             step.stdin.flush()
             self.steps.append(step)
@@ -169,8 +170,8 @@ def node_address(node: str | None, env=None) -> str | None:
     except OSError:
         pass
     try:
-        out = subprocess.run(["scontrol", "-o", "show", "node", node], env=env, capture_output=True, text=True,
-                             timeout=30).stdout
+        out = subprocess.run(["scontrol", "-o", "show", "node", node], env=env, capture_output=True,
+                             text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return node
     m = re.search(r"\bNodeAddr=(\S+)", out)
