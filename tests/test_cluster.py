@@ -131,3 +131,48 @@ def test_replacement_workers_get_new_names(no_leak):
         assert [w.name for w in c.workers] == ["w1", "w2", "w3"]
         assert sorted(s.name for s in c.spec) == ["w2", "w3"]
         assert list(futures.map(T.square, range(6))) == [x * x for x in range(6)]
+
+
+FAKE_PBSDSH = """#!/bin/sh
+# stand-in for PBS's pbsdsh [-n INDEX] -- CMD...: runs CMD here, with no stdin, as pbsdsh does
+while [ "$1" != "--" ]; do
+  case "$1" in -n) PBS_TASKNUM=$2; export PBS_TASKNUM; shift 2;; *) shift;; esac
+done
+shift
+exec "$@" </dev/null
+"""
+
+FAKE_QRSH = """#!/bin/sh
+# stand-in for SGE's qrsh -inherit HOST CMD...: runs CMD here with our stdin, as qrsh does
+[ "$1" = "-inherit" ] || exit 2
+shift 2
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize("kind", ["pbs", "sge"])
+def test_allocation_launchers_through_stand_ins(kind, tmp_path, monkeypatch, no_leak):
+    """pbsdsh and qrsh -inherit cannot run here: stand-ins with their command lines check that
+    the launchers are chosen inside an allocation, start workers that join, and end them."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    program, text = ("pbsdsh", FAKE_PBSDSH) if kind == "pbs" else ("qrsh", FAKE_QRSH)
+    (bindir / program).write_text(text)
+    (bindir / program).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("HOME", str(tmp_path))  # pbsdsh's private config files go under ~/.scoop
+    for var in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "PBS_NODEFILE", "PE_HOSTFILE"):
+        monkeypatch.delenv(var, raising=False)
+    if kind == "pbs":
+        (tmp_path / "nodes").write_text("localhost\nlocalhost\n")
+        monkeypatch.setenv("PBS_NODEFILE", str(tmp_path / "nodes"))
+    else:
+        (tmp_path / "pe").write_text("localhost 2 all.q@localhost UNDEFINED\n")
+        monkeypatch.setenv("PE_HOSTFILE", str(tmp_path / "pe"))
+    with Cluster(pythonpath=[PROGRAMS]) as c:
+        assert c.launcher.name == program and c.plan == [("localhost", 2)]
+        assert list(futures.map(T.square, range(10))) == [x * x for x in range(10)]
+        with pytest.raises(ClusterError, match="3 workers asked for, but the .* allocation has 2 slots"):
+            c.scale(3)
+    if kind == "pbs":
+        assert os.listdir(tmp_path / ".scoop") == []  # the secret's files are gone

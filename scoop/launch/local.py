@@ -69,6 +69,10 @@ class OutputRelay:
             except Exception:
                 pass
 
+    def note(self, label: str, text: str):
+        """Keeps text in a child's tail (to explain its death) without printing it."""
+        self.tails.setdefault(label, deque(maxlen=30)).extend(text.splitlines())
+
     def tail(self, label: str) -> str:
         return "\n".join(self.tails.get(label, ()))
 

@@ -132,7 +132,12 @@ class SrunLauncher(Launcher):
             if m and int(m.group(1)) < len(names):
                 self.relay.emit(names[int(m.group(1))], stream, m.group(2))
             else:
+                # srun's own messages concern the whole step: printed once, kept in the tail of
+                # every worker of the step so that a step that failed is explained
                 self.relay.emit(fallback, stream, text)
+                if stream == "stderr":
+                    for name in names:
+                        self.relay.note(name, text)
         pipe.close()
 
     def stop(self, timeout: float = 5.0):
