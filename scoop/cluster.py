@@ -136,7 +136,7 @@ class Cluster:
         name = self._choose_launcher(self.allocation, [h for h, _ in entries])
         self.launcher = launcher_class(name)(o, self.relay, env=self._env(), cwd=self.path,
                                              python=self.python)
-        self._strict = self.allocation is not None and self.launcher.in_allocation
+        self._strict = self.allocation is not None  # an allocation's slots are a limit, however reached
         try:
             plan = first_placement(o.n, entries, cores, strict=self._strict, oversubscribe=o.oversubscribe,
                                    where=where)

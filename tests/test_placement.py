@@ -82,3 +82,13 @@ def test_scale_without_an_allocation_spreads_by_load():
 def test_capacities_of_hosts_without_counts():
     assert capacities([("localhost", None), ("far-away-host", None), ("x", 3)], 8) == \
         [("localhost", 8), ("far-away-host", 1), ("x", 3)]
+
+
+# ---- srun's reports of tasks that ended (how a dead worker inside a job step is noticed) ------------
+
+def test_srun_reports_of_ended_tasks():
+    from scoop.launch.srun import ended_tasks
+    assert ended_tasks("srun: error: node1: task 1: Exited with exit code 3\n") == ([1], 3)
+    assert ended_tasks("srun: error: node2: tasks 0-1,3: Killed") == ([0, 1, 3], -1)
+    assert ended_tasks("srun: Job step aborted") is None
+    assert ended_tasks("0: srun: error: n: task 1: Killed") is None  # a worker's own output
