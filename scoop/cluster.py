@@ -513,7 +513,10 @@ class Cluster:
                                           oversubscribe=self.options.oversubscribe, where=where)
                 except PlacementError as exc:
                     raise ClusterError(str(exc)) from None
-                self.spec += [self._new_spec(self._host_key(h)) for h in hosts]
+                keys = [self._host_key(h) for h in hosts]
+                known = {s.host for s in self.spec}
+                self.launcher.prepare([k for k in dict.fromkeys(keys) if k not in known])  # hosts new here
+                self.spec += [self._new_spec(k) for k in keys]
                 self._reconcile()
                 self.wait_for_workers(n, timeout)
             elif n < have:
