@@ -66,6 +66,11 @@ class Handle:
     def label(self) -> str:  # the name under its former title
         return self.name
 
+    @property
+    def remote(self) -> bool:
+        """Whether the worker runs elsewhere than this machine (its host is named)."""
+        return self.host is not None
+
     def __repr__(self):
         return f"<{type(self).__name__} {self.name} on {self.host or 'localhost'} {self.state}>"
 
