@@ -31,8 +31,7 @@ def main():
         sys.exit(2)
     cfg = json.loads(line)
     secret = bytes.fromhex(cfg.pop("secret"))
-    if not cfg.get("detached"):  # a batch job's worker: its stdin was a file; it leaves when the broker goes
-        threading.Thread(target=_watch_stdin, name="scoop-stdin", daemon=True).start()
+    threading.Thread(target=_watch_stdin, name="scoop-stdin", daemon=True).start()
     if cfg.get("nice"):
         os.nice(int(cfg["nice"]))
     for p in reversed(cfg.get("sys_path", [])):

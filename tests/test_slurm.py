@@ -22,53 +22,35 @@ def test_cluster_runs_jobs_on_both_nodes(slurm_cluster, tmp_path):
     assert slurm_cluster.wait_no_jobs() == []
 
 
-# ---- batch-job clusters from the login node (launcher driven directly) -----------------------
+# ---- batch-job clusters from the login node ---------------------------------------------------
 
 import contextlib
-import json
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
-import types
 
 from tests.conftest import ROOT, TESTS, PROGRAMS, scoop_processes, wait_no_new_processes
 
 
-def _options(**kw):
-    opts = dict(cpus_per_job=2, walltime=None, partition=None, account=None, sbatch_arg=[], prolog=None,
-                python=None, path=PROGRAMS, pythonpath=[TESTS, PROGRAMS], env={}, external_hostname=None,
-                job_replace=False)
-    opts.update(kw)
-    return types.SimpleNamespace(**opts)
-
-
 @contextlib.contextmanager
 def batch_cluster(slurm, n, wait=True, **opts):
-    """An origin here (broker on all interfaces) whose ``n`` workers are sbatch jobs."""
+    """An origin here whose ``n`` workers are sbatch jobs; afterwards no job, process or secret
+    file may be left."""
     from scoop.cluster import Cluster
-    from scoop.launch.batch import SbatchLauncher, WorkerSpec
     before = {p.pid for p in scoop_processes()}
-    c = Cluster(0, pythonpath=[TESTS, PROGRAMS])
-    c.bind_host = "0.0.0.0"
-    launcher = None
+    opts.setdefault("cpus_per_job", 2)
+    c = Cluster(n, slurm=True, pythonpath=[TESTS, PROGRAMS], **opts)
     try:
-        c.start()
-        launcher = SbatchLauncher(_options(**opts), c.relay)
-        launcher.prepare([])
-        addr = launcher.broker_address(None, c.main_port)
-        specs = [WorkerSpec(f"w{i}", None, c._worker_config(None, f"w{i}", addr)) for i in range(1, n + 1)]
-        handles = launcher.start(specs)
-        if wait:
-            c.wait_for_workers(n, 90)
-        yield c, launcher, handles
+        c.start(wait=wait, timeout=90)
+        yield c
     finally:
-        if launcher is not None:
-            launcher.stop()
         c.stop()
         assert slurm.wait_no_jobs(15) == []
         wait_no_new_processes(before, 15)
+        if c.launcher is not None and c.launcher.dir:
+            assert not os.path.exists(c.launcher.dir)
 
 
 def where(x):
@@ -80,35 +62,38 @@ def where(x):
 
 def test_sbatch_workers_run_on_both_nodes_and_stop_leaves_no_job(slurm_cluster):
     from scoop import futures
-    with batch_cluster(slurm_cluster, 4, cpus_per_job=2) as (c, launcher, handles):
+    with batch_cluster(slurm_cluster, 4, cpus_per_job=2) as c:
+        handles = list(c.workers)
         assert len({h.job_id for h in handles}) == 2
         assert sorted(set(futures.map(where, range(40)))) == ["node1", "node2"]
         assert {h.state for h in handles} == {"running"}
         assert sorted(h.host for h in handles) == ["node1", "node1", "node2", "node2"]
         # the secret is only in the 0600 config files of a 0700 directory
         secret = c.secret.hex()
-        assert stat.S_IMODE(os.stat(launcher.dir).st_mode) == 0o700
-        for entry in os.listdir(launcher.dir):
-            path = os.path.join(launcher.dir, entry)
+        job_dir = c.launcher.dir
+        assert stat.S_IMODE(os.stat(job_dir).st_mode) == 0o700
+        for entry in os.listdir(job_dir):
+            path = os.path.join(job_dir, entry)
             with open(path) as f:
                 text = f.read()
-            if entry.endswith(".json"):
-                assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-            else:
-                assert secret not in text, entry
-        job_dir = launcher.dir
-    assert not os.path.exists(job_dir)
+            if secret in text:
+                assert entry.endswith((".json", ".run")) and stat.S_IMODE(os.stat(path).st_mode) == 0o600, entry
+        assert any(e.endswith(".sh") for e in os.listdir(job_dir))
     assert {h.state for h in handles} == {"exited"}
 
 
 def test_jobs_waiting_in_the_queue_are_pending(slurm_cluster):
     """4 CPUs in the cluster, three 2-CPU jobs: one waits, and says so."""
-    with batch_cluster(slurm_cluster, 6, wait=False, cpus_per_job=2) as (c, launcher, handles):
+    with batch_cluster(slurm_cluster, 6, wait=False, cpus_per_job=2) as c:
         c.wait_for_workers(4, 90)
-        time.sleep(1.5)  # a poll of the scheduler
-        states = [h.state for h in handles]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # a poll of the scheduler
+            states = [h.state for h in c.workers]
+            if states.count("running") == 4:
+                break
+            time.sleep(0.2)
         assert states.count("running") == 4 and states.count("pending") == 2, states
-        assert len(launcher.pending()) == 1
+        assert len(c.launcher.pending()) == 1
         assert [j["state"] for j in slurm_cluster.jobs()].count("PENDING") == 1
 
 
@@ -124,15 +109,12 @@ def test_killed_origin_leaves_no_job(slurm_cluster, tmp_path):
     prog = tmp_path / "origin.py"
     prog.write_text(textwrap.dedent(f"""
         import sys, time
-        sys.path[:0] = [{ROOT!r}]
-        from tests.test_slurm import batch_cluster
-        from tests.slurm_cluster import SlurmCluster
-        class S:  # only what batch_cluster needs
-            def wait_no_jobs(self, t): return []
-        with batch_cluster(S(), 6, wait=False, cpus_per_job=2) as (c, launcher, handles):
-            c.wait_for_workers(4, 90)
-            print("ready", flush=True)
-            time.sleep(600)
+        from scoop.cluster import Cluster
+        c = Cluster(6, slurm=True, cpus_per_job=2)
+        c.start(wait=False)
+        c.wait_for_workers(4, 90)
+        print("ready", flush=True)
+        time.sleep(600)
     """))
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.Popen([sys.executable, str(prog)], stdout=subprocess.PIPE, env=env, cwd=ROOT)

@@ -36,28 +36,9 @@ import time
 
 from ..errors import ClusterError
 
-try:  # the Launcher interface (branch launch); stand-ins until it lands
-    from .base import Handle, Launcher, WorkerSpec  # type: ignore
-except ImportError:  # pragma: no cover - replaced once scoop/launch/base.py exists
-    from dataclasses import dataclass
+from .base import Handle, Launcher, route_address
 
-    @dataclass
-    class WorkerSpec:  # type: ignore[no-redef]
-        name: str
-        host: "str | None"
-        config: dict
-
-    class Handle:  # type: ignore[no-redef]
-        pass
-
-    class Launcher(abc.ABC):  # type: ignore[no-redef]
-        name = ""
-
-        def __init__(self, options, relay):
-            self.options = options
-            self.relay = relay
-
-__all__ = ["BatchLauncher", "SbatchLauncher", "QsubLauncher", "parse_walltime", "retire_margin", "job_dir_root"]
+__all__ = ["BatchLauncher", "BatchHandle", "parse_walltime", "retire_margin", "job_dir_root"]
 
 PENDING, RUNNING, EXITED = "pending", "running", "exited"
 _POLL = 0.5  # seconds between scheduler queries
@@ -98,17 +79,6 @@ def job_dir_root() -> str:
     return os.environ.get("SCOOP_JOB_DIR") or os.path.join(os.path.expanduser("~"), ".scoop", "jobs")
 
 
-def route_address(target: str) -> str | None:
-    """The local address this host uses to reach ``target`` (no packet is sent)."""
-    try:
-        infos = socket.getaddrinfo(target, 9, socket.AF_INET, socket.SOCK_DGRAM)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(infos[0][4])
-            return s.getsockname()[0]
-    except OSError:
-        return None
-
-
 class _Job:
     """One submitted job and the workers it runs."""
 
@@ -126,14 +96,17 @@ class _Job:
 
 
 class BatchHandle(Handle):
-    """One worker of a batch job; the job's workers share its ``job_id``."""
+    """One worker of a batch job; the job's workers share its ``job_id``.  Its node and pid are
+    known once the job started it (markers the job writes), its exit status once it ended."""
+
+    separate = False  # kill() ends the whole job: the scheduler cannot end one task of a step
 
     def __init__(self, launcher: "BatchLauncher", job: _Job, index: int):
         self.launcher = launcher
         self.job = job
         self.index = index
         self.name = job.names[index]
-        self.pid = None
+        self.retired = False
 
     @property
     def job_id(self):
@@ -143,6 +116,11 @@ class BatchHandle(Handle):
     def host(self):
         """The node the worker runs on, once it started."""
         return self.launcher._read_marker(self.job, self.index, "host")
+
+    @property
+    def pid(self):
+        pid = self.launcher._read_marker(self.job, self.index, "pid")
+        return int(pid) if pid and pid.isdigit() else None
 
     def poll(self):
         code = self.launcher._read_marker(self.job, self.index, "exit")
@@ -164,8 +142,11 @@ class BatchHandle(Handle):
         return self.job.state
 
     def kill(self) -> None:
-        """Ends this worker's job (the scheduler cannot end one task of a job step)."""
-        self.launcher.cancel(self.job)
+        """Ends this worker's job once every worker of the job is killed, retired or gone (the
+        scheduler cannot end one task of a job step)."""
+        self.killed = True
+        if all(getattr(h, "killed", False) or h.retired or h.poll() is not None for h in self.job.handles):
+            self.launcher.cancel(self.job)
 
     def __repr__(self):
         return f"<{self.launcher.name} worker {self.name} job {self.job_id} {self.state}>"
@@ -175,17 +156,15 @@ class BatchLauncher(Launcher):
     """What every batch system shares; subclasses say how to write, submit, query and cancel jobs."""
 
     name = ""
+    remote = True
     submit_cmd = ""
     cancel_cmd = ""
 
-    def __init__(self, options, relay):
-        super().__init__(options, relay)
-        self.options = options
-        self.relay = relay
+    def __init__(self, options, relay, **kw):
+        super().__init__(options, relay, **kw)
         self.cpus_per_job = max(1, int(self._opt("cpus_per_job", 1) or 1))
         self.walltime = parse_walltime(self._opt("walltime"))
-        self.python = self._opt("python") or sys.executable
-        self.path = os.path.abspath(self._opt("path") or os.getcwd())
+        self.path = os.path.abspath(self.cwd or self._opt("path") or os.getcwd())
         self.tag = secrets.token_hex(4)
         self.jobs: list[_Job] = []
         self.dir = ""
@@ -197,8 +176,7 @@ class BatchLauncher(Launcher):
         self._count = 0
 
     def _opt(self, name, default=None):
-        value = getattr(self.options, name, default) if not isinstance(self.options, dict) \
-            else self.options.get(name, default)
+        value = getattr(self.options, name, default)
         return default if value is None else value
 
     # ---- interface -----------------------------------------------------------------------------
@@ -242,7 +220,7 @@ class BatchLauncher(Launcher):
         self._ensure_poller()
         return handles
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         """Cancels every job still queued or running and waits (up to 10 s) until the scheduler
         lists none; removes the job directory; idempotent."""
         with self._lock:
@@ -329,25 +307,24 @@ class BatchLauncher(Launcher):
         return job.handles
 
     def _job_env(self) -> dict:
-        env = dict(os.environ)
-        env.update(self._opt("env", {}) or {})
+        """The environment jobs are submitted with (sbatch/qsub -V pass it on to the workers):
+        the cluster's (PYTHONPATH reaching this scoop), minus what ties a process to us."""
+        env = dict(self.env)
         for key in ("SCOOP_PARENT_PID", "SCOOP_ROLE", "SCOOP_SECRET"):
             env.pop(key, None)  # the job's workers are not our children
         env["PYTHONUNBUFFERED"] = "1"
-        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        extra = self._opt("pythonpath", []) or []
-        extra = [extra] if isinstance(extra, str) else list(extra)
-        paths = extra + [here] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         return env
 
     def _worker_line(self, stem: str, task_var: str) -> str:
-        """Shell for one worker task: stamp node name and retire time into its config, feed it to
-        the worker's stdin, leave markers for the origin (node, exit status)."""
+        """Shell for one worker task: stamp its node name and retire time into a private copy of
+        its config, run the worker on it (detached: it ends when it loses the broker) and leave
+        markers for the origin: node, pid, exit status."""
         q = shlex.quote
-        return (f'f={q(stem)}.${task_var}; hostname > "$f.host"; '
+        return (f'umask 077; f={q(stem)}.${task_var}; '
                 f'sed -e "s/\\"@HOST@\\"/\\"$(hostname)\\"/" -e "s/\\"@RETIRE_AT@\\"/${{SCOOP_RETIRE_AT:-null}}/" '
-                f'"$f.json" | {q(self.python)} -m scoop.worker; echo $? > "$f.exit"')
+                f'"$f.json" > "$f.run" || exit 1; '
+                f'{q(self.python)} -m scoop.launch.task --config-file "$f.run" & '
+                f'echo "$!" > "$f.pid"; hostname > "$f.host"; wait "$!"; echo "$?" > "$f.exit"')
 
     def _preamble(self) -> str:
         lines = []
@@ -423,9 +400,8 @@ class BatchLauncher(Launcher):
             m = re.match(r"^\s*(\d+): ?(.*)$", line)
             index, text = (int(m.group(1)), m.group(2)) if m else (0, line)
             name = job.names[index] if index < len(job.names) else job.names[0]
-            stream = "stdout" if m else "stderr"
-            try:
-                self.relay.emit(name, stream, text + "\n")
+            try:  # the job's output is what workers print outside tasks: start-up errors mostly
+                self.relay.emit(name, "stderr", text + "\n")
             except Exception:
                 pass
 
@@ -476,156 +452,7 @@ class BatchLauncher(Launcher):
         return 0 if state in ("COMPLETED", "C", "F") else 1
 
     def _pick_address(self) -> str:
-        return route_address(socket.gethostname()) or "127.0.0.1"
-
-
-class SbatchLauncher(BatchLauncher):
-    """SLURM: each job runs its workers as the tasks of one ``srun`` step."""
-
-    name = "sbatch"
-    system = "SLURM"
-    submit_cmd = "sbatch"
-    cancel_cmd = "scancel"
-    pending_states = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
-                                "REQUEUE_FED", "SPECIAL_EXIT"})
-    running_states = frozenset({"RUNNING", "STAGE_OUT", "SIGNALING"})
-
-    def script(self, job, stem, workers):
-        return ("#!/bin/sh\n"
-                f"# SCOOP workers {', '.join(job.names)}; their configuration is in {stem}.N.json (mode 0600)\n"
-                + self._preamble()
-                + "exec srun --label --input=none --kill-on-bad-exit=0 "
-                f"sh -c {shlex.quote(self._worker_line(stem, 'SLURM_PROCID'))}\n")
-
-    def submit_argv(self, job, stem, workers, script):
-        argv = ["sbatch", "--parsable", f"--job-name=scoop-{self.tag}", f"--ntasks={workers}",
-                "--cpus-per-task=1", f"--output={stem}.out", f"--chdir={self.path}"]
-        if self.walltime:
-            minutes = -(-self.walltime // 60)  # slurm counts whole minutes
-            argv.append(f"--time={minutes}")
-        if self._opt("partition"):
-            argv.append(f"--partition={self._opt('partition')}")
-        if self._opt("account"):
-            argv.append(f"--account={self._opt('account')}")
-        extra = self._opt("sbatch_arg", []) or []
-        argv += [extra] if isinstance(extra, str) else list(extra)
-        return argv + [script]
-
-    def parse_job_id(self, stdout):
-        m = re.match(r"\s*(\d+)", stdout)
-        return m.group(1) if m else None
-
-    def _query(self, ids):
-        proc = subprocess.run(["squeue", "-h", "-t", "all", f"--name=scoop-{self.tag}", "-o", "%i|%T|%N"],
-                              env=self._job_env(), capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0:
-            return {"__ok__": False}
-        found = {}
-        for line in proc.stdout.splitlines():
-            parts = line.split("|")
-            if len(parts) == 3:
-                found[parts[0]] = (parts[1], parts[2])
-        # a job missing from the listing has been purged: it ended long ago
-        return {i: found.get(i, ("COMPLETED", "")) for i in ids}
-
-    def exit_code(self, state):
-        return {"COMPLETED": 0, "CANCELLED": -signal.SIGTERM, "TIMEOUT": -signal.SIGKILL}.get(state, 1)
-
-    def _pick_address(self):
-        """The local address of the route to the partition's first node."""
-        argv = ["sinfo", "-h", "-N", "-o", "%N"]
-        if self._opt("partition"):
-            argv.append(f"--partition={self._opt('partition')}")
-        try:
-            nodes = subprocess.run(argv, env=self._job_env(), capture_output=True, text=True,
-                                   timeout=30).stdout.split()
-            for node in nodes[:1]:
-                out = subprocess.run(["scontrol", "-o", "show", "node", node], env=self._job_env(),
-                                     capture_output=True, text=True, timeout=30).stdout
-                m = re.search(r"\bNodeAddr=(\S+)", out)
-                addr = route_address(m.group(1) if m else node)
-                if addr:
-                    return addr
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        return super()._pick_address()
-
-
-class QsubLauncher(BatchLauncher):
-    """PBS/Torque (and SGE with ``flavour="sge"``): one job per ``cpus_per_job`` workers, all on the
-    job's first node, started by the job script itself.  UNTESTED: no PBS or SGE test cluster here;
-    written from the schedulers' documentation."""
-
-    name = "qsub"
-    system = "PBS/SGE"
-    submit_cmd = "qsub"
-    cancel_cmd = "qdel"
-    pending_states = frozenset({"Q", "H", "W", "T", "qw", "hqw", "hRwq", "t"})
-    running_states = frozenset({"R", "E", "r", "Rr", "Rt"})
-
-    def __init__(self, options, relay, flavour: str | None = None):
-        super().__init__(options, relay)
-        self.flavour = flavour or ("sge" if os.environ.get("SGE_ROOT") else "pbs")
-
-    def script(self, job, stem, workers):
-        body = ["#!/bin/sh", f"# SCOOP workers {', '.join(job.names)} (configuration in {stem}.N.json, mode 0600)"]
-        body.append(self._preamble().rstrip("\n"))
-        body.append(f"for i in $(seq 0 {workers - 1}); do")
-        body.append(f"  sh -c {shlex.quote(self._worker_line(stem, 'SCOOP_TASK'))} 2>&1 | sed \"s/^/$i: /\" &")
-        body[-1] = body[-1].replace("sh -c", "SCOOP_TASK=$i sh -c", 1)
-        body.append("done")
-        body.append("wait")
-        return "\n".join(body) + "\n"
-
-    def submit_argv(self, job, stem, workers, script):
-        argv = ["qsub", "-N", f"scoop-{self.tag}", "-o", f"{stem}.out", "-j", "oe" if self.flavour == "pbs" else "y",
-                "-V"]
-        hms = None
-        if self.walltime:
-            w = self.walltime
-            hms = f"{w // 3600:02d}:{w % 3600 // 60:02d}:{w % 60:02d}"
-        if self.flavour == "sge":
-            argv += ["-cwd", "-pe", "smp", str(workers), "-S", "/bin/sh"]
-            if hms:
-                argv += ["-l", f"h_rt={hms}"]
-        else:
-            argv += ["-l", f"nodes=1:ppn={workers}"]
-            if hms:
-                argv += ["-l", f"walltime={hms}"]
-        queue = self._opt("queue") or self._opt("partition")
-        if queue:
-            argv += ["-q", queue]
-        if self._opt("account"):
-            argv += ["-A", self._opt("account")]
-        extra = self._opt("sbatch_arg", []) or []
-        argv += [extra] if isinstance(extra, str) else list(extra)
-        return argv + [script]
-
-    def parse_job_id(self, stdout):
-        text = stdout.strip()
-        m = re.search(r"Your job (\d+)", text)  # SGE
-        if m:
-            return m.group(1)
-        return text.split()[0] if text else None  # PBS: 123.server
-
-    def _query(self, ids):
-        proc = subprocess.run(["qstat"], env=self._job_env(), capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0:
-            return {"__ok__": False}
-        found = {}
-        for line in proc.stdout.splitlines():
-            parts = line.split()
-            if not parts:
-                continue
-            jid = parts[0]
-            for i in ids:
-                if jid == i or jid.split(".")[0] == i.split(".")[0]:
-                    state = parts[4] if self.flavour == "sge" and len(parts) > 4 else (parts[-2] if len(parts) > 2 else "")
-                    found[i] = (state, "")
-        return {i: found.get(i, ("C", "")) for i in ids}
-
-
-LAUNCHERS = {"sbatch": SbatchLauncher, "qsub": QsubLauncher}
+        return route_address(None)
 
 
 def _sweep_job_dirs(root: str) -> None:

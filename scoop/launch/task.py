@@ -82,8 +82,8 @@ def main(argv=None):
     if rest_fd is None:
         cfg["detached"] = True
     sys.stdin = io.TextIOWrapper(io.BufferedReader(_Then((json.dumps(cfg) + "\n").encode(), rest_fd)))
-    from .. import worker
-    worker.main()
+    import importlib
+    importlib.import_module("scoop.worker").main()  # `from .. import worker` finds scoop.worker = None
 
 
 if __name__ == "__main__":
