@@ -128,3 +128,62 @@ def test_killed_origin_leaves_no_job(slurm_cluster, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_scale_up_and_down_submits_and_ends_jobs(slurm_cluster):
+    from scoop import futures
+    with batch_cluster(slurm_cluster, 2, cpus_per_job=1) as c:
+        assert len(slurm_cluster.jobs()) == 2
+        c.scale(4, timeout=90)
+        assert len({h.job_id for h in c.workers}) == 4
+        assert sorted(set(futures.map(where, range(40)))) == ["node1", "node2"]
+        c.scale(1)
+        deadline = time.monotonic() + 30
+        while len(slurm_cluster.jobs()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(slurm_cluster.jobs()) == 1  # the retired workers' jobs ended with them
+        assert list(futures.map(abs, [-1, -2, -3])) == [1, 2, 3]
+
+
+def test_cli_slurm_runs_a_program_on_batch_jobs(slurm_cluster):
+    from tests.conftest import run_scoop
+    r = run_scoop(["--slurm", "-n", "4", "--cpus-per-job", "2", "where_remote.py"], timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert len([line for line in r.stdout.splitlines() if line.startswith("NS ")]) == 2, r.stdout
+    assert "SIZE 4" in r.stdout
+    assert slurm_cluster.wait_no_jobs(15) == []
+
+
+@pytest.fixture
+def slurm_kernel(slurm_cluster):
+    pytest.importorskip("jupyter_client")
+    from tests.kernel_driver import KernelDriver, kernel_env
+    k = KernelDriver(env=kernel_env())
+    try:
+        k.run("%load_ext scoop_jupyter")
+        yield k
+    finally:
+        k.shutdown(now=True)
+
+
+def test_notebook_kernel_on_the_login_node(slurm_cluster, slurm_kernel):
+    """%scoop_cluster start --slurm from a kernel; map on both nodes; scale; SIGKILL of the kernel
+    leaves no job in the queue."""
+    k = slurm_kernel
+    k.run("%scoop_cluster start --slurm -n 4 --cpus-per-job 2", timeout=120)
+    assert len(slurm_cluster.jobs()) == 2
+    k.run("import socket, time, scoop\n"
+          "def where(x):\n"
+          "    time.sleep(0.05)\n"
+          "    return socket.gethostname()\n")
+    assert k.value("sorted(set(scoop.futures.map(where, range(40))))", timeout=120) == ["node1", "node2"]
+    k.run("%scoop_cluster scale 2", timeout=60)
+    deadline = time.monotonic() + 30
+    while len(slurm_cluster.jobs()) > 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(slurm_cluster.jobs()) == 1
+    k.run("%scoop_cluster scale 4", timeout=120)
+    assert len(slurm_cluster.jobs()) == 2
+    assert k.value("sorted(set(scoop.futures.map(where, range(40))))", timeout=120) == ["node1", "node2"]
+    os.kill(k.pid, signal.SIGKILL)
+    assert slurm_cluster.wait_no_jobs(15) == []
