@@ -187,3 +187,88 @@ def test_notebook_kernel_on_the_login_node(slurm_cluster, slurm_kernel):
     assert k.value("sorted(set(scoop.futures.map(where, range(40))))", timeout=120) == ["node1", "node2"]
     os.kill(k.pid, signal.SIGKILL)
     assert slurm_cluster.wait_no_jobs(15) == []
+
+
+# ---- inside an allocation: workers are job steps ---------------------------------------------
+
+STEP_PROGRAM = """
+import collections, os, socket, time
+import scoop
+from scoop import futures
+
+def where(i):
+    time.sleep(0.05)
+    return socket.gethostname(), os.getpid(), os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+
+if __name__ == "__main__":
+    seen = collections.defaultdict(set)
+    jobs, steps = set(), set()
+    for host, pid, job, step in futures.map(where, range(8 * scoop.SIZE)):
+        seen[host].add(pid)
+        jobs.add(job)
+        steps.add(step)
+    for host, pids in sorted(seen.items()):
+        print("HOST", host, len(pids))
+    print("JOBS", sorted(map(str, jobs)), "IN_STEP", None not in steps, "SIZE", scoop.SIZE)
+"""
+
+
+def _run_in_allocation(slurm, tmp_path, alloc_args, scoop_args=(), timeout=180):
+    prog = tmp_path / "steps.py"
+    prog.write_text(STEP_PROGRAM)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run(["salloc", *alloc_args, sys.executable, "-m", "scoop", *scoop_args, str(prog)],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=timeout)
+    assert slurm.wait_no_jobs(15) == []
+    return r
+
+
+def _hosts(stdout):
+    return {line.split()[1]: int(line.split()[2]) for line in stdout.splitlines() if line.startswith("HOST ")}
+
+
+def test_salloc_workers_are_job_steps_on_both_nodes(slurm_cluster, tmp_path, no_leak):
+    r = _run_in_allocation(slurm_cluster, tmp_path, ["-N2", "-n4"])
+    assert r.returncode == 0, r.stderr
+    assert _hosts(r.stdout) == {"node1": 2, "node2": 2}, r.stdout
+    jobs_line = [line for line in r.stdout.splitlines() if line.startswith("JOBS")][0]
+    assert "IN_STEP True" in jobs_line and "None" not in jobs_line.split("IN_STEP")[0], jobs_line
+
+
+def test_salloc_cpus_per_task_gives_a_worker_per_cpu(slurm_cluster, tmp_path, no_leak):
+    r = _run_in_allocation(slurm_cluster, tmp_path, ["-N2", "-n2", "--cpus-per-task=2"])
+    assert r.returncode == 0, r.stderr
+    assert _hosts(r.stdout) == {"node1": 2, "node2": 2}, r.stdout
+    assert "SIZE 4" in r.stdout
+
+
+def test_salloc_more_workers_than_slots_is_an_error(slurm_cluster, tmp_path, no_leak):
+    r = _run_in_allocation(slurm_cluster, tmp_path, ["-N2", "-n4"], ["-n", "7"])
+    assert r.returncode != 0
+    assert "7 workers" in r.stderr and "4 slots" in r.stderr and "--oversubscribe" in r.stderr, r.stderr
+    r = _run_in_allocation(slurm_cluster, tmp_path, ["-N2", "-n4"], ["-n", "6", "--oversubscribe"])
+    assert r.returncode == 0, r.stderr
+    assert sum(_hosts(r.stdout).values()) == 6, r.stdout
+
+
+def test_sbatch_script_runs_scoop_inside_the_job(slurm_cluster, tmp_path):
+    """The README's batch script: the program's origin runs on the job's first node, the workers
+    in job steps on both nodes."""
+    prog = tmp_path / "steps.py"
+    prog.write_text(STEP_PROGRAM)
+    script = tmp_path / "job.sh"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        #SBATCH --job-name=scoop-example
+        #SBATCH --nodes=2
+        #SBATCH --ntasks-per-node=2
+        #SBATCH --time=00:10:00
+        #SBATCH --output={tmp_path}/job.out
+        export PYTHONPATH={ROOT}
+        {sys.executable} -m scoop {prog}
+        """))
+    r = slurm_cluster.run(["sbatch", "--parsable", str(script)], cwd=str(tmp_path))
+    assert slurm_cluster.wait_no_jobs(120) == []
+    out = (tmp_path / "job.out").read_text()
+    assert _hosts(out) == {"node1": 2, "node2": 2}, out
+    assert "IN_STEP True" in out, out

@@ -13,6 +13,7 @@ import signal
 import subprocess
 
 from .base import register, route_address
+from .srun import node_address
 from .batch import BatchLauncher
 
 
@@ -77,13 +78,6 @@ class SbatchLauncher(BatchLauncher):
         try:
             nodes = subprocess.run(argv, env=self._job_env(), capture_output=True, text=True,
                                    timeout=30).stdout.split()
-            for node in nodes[:1]:
-                out = subprocess.run(["scontrol", "-o", "show", "node", node], env=self._job_env(),
-                                     capture_output=True, text=True, timeout=30).stdout
-                m = re.search(r"\bNodeAddr=(\S+)", out)
-                addr = route_address(m.group(1) if m else node)
-                if addr:
-                    return addr
         except (OSError, subprocess.TimeoutExpired):
-            pass
-        return super()._pick_address()
+            nodes = []
+        return route_address(node_address(nodes[0], self._job_env()) if nodes else None)

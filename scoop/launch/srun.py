@@ -66,11 +66,12 @@ class SrunLauncher(Launcher):
         if not self.env.get("SLURM_JOB_ID"):
             raise ClusterError(f"launcher {self.name} runs workers inside a SLURM allocation, and this is "
                                "not one (no SLURM_JOB_ID): run under salloc or sbatch, or use --slurm")
-        self._address = self.options.external_hostname or route_address(next((h for h in hosts if h), None))
+        node = next((h for h in hosts if h), None)
+        self._address = self.options.external_hostname or route_address(node_address(node, self.env))
 
     def broker_address(self, host, port):
         if self._address is None:
-            self._address = self.options.external_hostname or route_address(host)
+            self._address = self.options.external_hostname or route_address(node_address(host, self.env))
         return f"tcp://{self._address}:{port}"
 
     def step_argv(self, host: str | None, ntasks: int) -> list[str]:
@@ -154,6 +155,26 @@ def terminate_step(steps, timeout):
         except subprocess.TimeoutExpired:
             step.terminate()
     terminate(steps, 5.0)
+
+
+def node_address(node: str | None, env=None) -> str | None:
+    """Where ``node`` is: its name if it resolves here, else its NodeAddr as SLURM knows it
+    (compute node names often do not resolve on a login node)."""
+    import socket
+    if not node:
+        return None
+    try:
+        socket.getaddrinfo(node, None)
+        return node
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["scontrol", "-o", "show", "node", node], env=env, capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return node
+    m = re.search(r"\bNodeAddr=(\S+)", out)
+    return m.group(1) if m else node
 
 
 def slurm_job(env=None) -> str | None:
