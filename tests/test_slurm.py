@@ -60,12 +60,19 @@ def where(x):
     return socket.gethostname()
 
 
-def test_sbatch_workers_run_on_both_nodes_and_stop_leaves_no_job(slurm_cluster):
+def env_var(name):
+    return os.environ.get(name)
+
+
+def test_sbatch_workers_run_on_both_nodes_and_stop_leaves_no_job(slurm_cluster, tmp_path):
     from scoop import futures
-    with batch_cluster(slurm_cluster, 4, cpus_per_job=2) as c:
+    prolog = tmp_path / "prolog.sh"
+    prolog.write_text("export SCOOP_TEST_PROLOG=sourced\n")
+    with batch_cluster(slurm_cluster, 4, cpus_per_job=2, prolog=str(prolog)) as c:
         handles = list(c.workers)
         assert len({h.job_id for h in handles}) == 2
         assert sorted(set(futures.map(where, range(40)))) == ["node1", "node2"]
+        assert set(futures.map(env_var, ["SCOOP_TEST_PROLOG"] * 8)) == {"sourced"}
         assert {h.state for h in handles} == {"running"}
         assert sorted(h.host for h in handles) == ["node1", "node1", "node2", "node2"]
         # the secret is only in the 0600 config files of a 0700 directory
