@@ -162,4 +162,4 @@ def test_external_hostname_is_the_address_workers_dial(hosts, env, no_leak):
     r = run_scoop(["--external-hostname", "10.213.254.254", "--heartbeat-timeout", "2",
                    "--hosts", "h1", "exit_code.py", "0"], env=env, timeout=120)
     assert r.returncode != 0  # an address the workers cannot reach: they never join
-    assert "w1@h1" in r.stderr and "no answer from the broker at tcp://10.213.254.254" in r.stderr
+    assert "worker w1 on h1" in r.stderr and "no answer from the broker at tcp://10.213.254.254" in r.stderr

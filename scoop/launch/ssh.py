@@ -771,9 +771,11 @@ class SSHLauncher(Launcher):
 
     def start(self, specs):
         handles = []
-        env = {"PYTHONUNBUFFERED": "1", **(self.options.env or {})}
-        if self.options.pythonpath:
-            env["PYTHONPATH"] = os.pathsep.join(self.options.pythonpath)
+        # the hosts import the scoop this process runs when its directory exists there too (a
+        # shared file system, a source checkout); a missing directory on PYTHONPATH is ignored
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = {"PYTHONUNBUFFERED": "1", **(self.options.env or {}),
+               "PYTHONPATH": os.pathsep.join(dict.fromkeys(self.options.pythonpath + [here]))}
         for spec in specs:
             if spec.host is None:
                 handles += self._local.start([spec])
