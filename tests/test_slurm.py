@@ -24,6 +24,7 @@ def test_cluster_runs_jobs_on_both_nodes(slurm_cluster, tmp_path):
 
 # ---- batch-job clusters from the login node ---------------------------------------------------
 
+import collections
 import contextlib
 import signal
 import stat
@@ -296,17 +297,38 @@ def _runtime_retires_at_walltime() -> bool:
 
 
 def test_walltime_reached_mid_map_loses_nothing(slurm_cluster):
-    """One-minute jobs under a map of ~100 s: every result comes back (workers retire, or their
-    tasks are re-dispatched when the job is killed, and replacement jobs take over); with the
-    runtime's retire_at the first job's workers leave cleanly before SLURM's limit."""
+    """Tasks running across the end of a one-minute job: every result comes back.  With job_replace a
+    replacement job is submitted before the first one's end and its workers carry on under the
+    same names (the cluster never sees a worker die).  With the runtime's retire_at the first
+    job's workers leave cleanly before SLURM's limit instead of being killed by it."""
     from scoop import futures
-    with batch_cluster(slurm_cluster, 2, cpus_per_job=2, walltime="1") as c:
+
+    def state(job_id):
+        return slurm_cluster.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], check=False).stdout.strip()
+
+    with batch_cluster(slurm_cluster, 2, cpus_per_job=2, walltime="1", job_replace=True, inline=False) as c:
         first = c.workers[0].job_id
-        t0 = time.monotonic()
-        assert list(futures.map(slow_square, range(200))) == [x * x for x in range(200)]
-        assert time.monotonic() - t0 > 60  # the map really outlived the first job
-        out = slurm_cluster.run(["squeue", "-h", "-t", "all", "-j", first, "-o", "%T"], check=False).stdout.strip()
-        codes = [h.poll() for h in c.workers if h.job_id == first]
+        # ~6 one-second tasks in flight until 20 tasks past the first job's end: the work
+        # straddles the moment SLURM ends that job
+        pending, submitted, left = collections.deque(), 0, None
+        deadline = time.monotonic() + 200
+        while (left != 0 or pending) and time.monotonic() < deadline:
+            if left is None and state(first) not in ("RUNNING", "COMPLETING"):
+                left = 20
+            while len(pending) < 6 and left != 0:
+                pending.append((submitted, futures.submit(slow_square, submitted)))
+                submitted += 1
+                left = left - 1 if left else left
+            k, fut = pending.popleft()
+            assert fut.result(timeout=120) == k * k
+        assert left == 0 and not pending, f"the first job did not end within 200 s ({state(first)})"
+        assert state(first) not in ("RUNNING", "COMPLETING")
+        assert len(c.workers) == 2 and all(h.poll() is None for h in c.workers)
+        jobs = c.workers[0].jobs
+        assert len(jobs) >= 2 and jobs[0].id == first and jobs[1].id != first
+        assert {h.jobs[1].id for h in c.workers} == {jobs[1].id}
+        out = state(first)
+        codes = [h._code(h.jobs[0]) for h in c.workers]
     if out != "COMPLETED" or codes != [0, 0]:
         if not _runtime_retires_at_walltime():
             pytest.xfail(f"the runtime does not act on retire_at yet: job {first} ended {out}, workers {codes}")

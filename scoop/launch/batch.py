@@ -82,9 +82,10 @@ def job_dir_root() -> str:
 class _Job:
     """One submitted job and the workers it runs."""
 
-    def __init__(self, key: str, names: list[str]):
+    def __init__(self, key: str, names: list[str], configs: list[dict]):
         self.key = key            # file stem in the job directory
         self.names = names
+        self.configs = configs    # kept for a replacement job (job_replace)
         self.id: str | None = None
         self.state = PENDING      # scheduler view: pending | running | exited
         self.sched_state = "PENDING"
@@ -92,21 +93,35 @@ class _Job:
         self.nodes = ""
         self.out_pos = 0
         self.cancelled = False
+        self.started: float | None = None
+        self.replacement: "_Job | None" = None
         self.handles: list["BatchHandle"] = []
 
 
 class BatchHandle(Handle):
     """One worker of a batch job; the job's workers share its ``job_id``.  Its node and pid are
-    known once the job started it (markers the job writes), its exit status once it ended."""
+    known once the job started it (markers the job writes), its exit status once it ended.
+
+    With ``job_replace`` a worker lives on in a replacement job submitted before its job's
+    walltime: the handle then covers both, and stays alive while either runs."""
 
     separate = False  # kill() ends the whole job: the scheduler cannot end one task of a step
 
     def __init__(self, launcher: "BatchLauncher", job: _Job, index: int):
         self.launcher = launcher
-        self.job = job
         self.index = index
+        self.jobs = [job]         # the first job, then its replacements
         self.name = job.names[index]
         self.retired = False
+        self.killed = False
+
+    @property
+    def job(self) -> _Job:
+        """The job the worker runs in now: the newest one that started, else the first."""
+        for job in reversed(self.jobs):
+            if self._code(job) is None and self._job_state(job) == RUNNING:
+                return job
+        return next((j for j in self.jobs if self._code(j) is None), self.jobs[-1])
 
     @property
     def job_id(self):
@@ -122,31 +137,42 @@ class BatchHandle(Handle):
         pid = self.launcher._read_marker(self.job, self.index, "pid")
         return int(pid) if pid and pid.isdigit() else None
 
-    def poll(self):
-        code = self.launcher._read_marker(self.job, self.index, "exit")
+    def _code(self, job: _Job):
+        code = self.launcher._read_marker(job, self.index, "exit")
         if code is not None:
             try:
                 return int(code)
             except ValueError:
                 return 1
-        if self.job.state == EXITED:
-            return self.job.code if self.job.code is not None else 1
+        if job.state == EXITED:
+            return job.code if job.code is not None else 1
         return None
+
+    def _job_state(self, job: _Job) -> str:
+        if self._code(job) is not None:
+            return EXITED
+        if job.state == PENDING and self.launcher._read_marker(job, self.index, "host"):
+            return RUNNING  # started before the scheduler's answer came
+        return job.state
+
+    def poll(self):
+        for job in self.jobs:
+            if self._code(job) is None:
+                return None
+        return self._code(self.jobs[-1])
 
     @property
     def state(self) -> str:
-        if self.poll() is not None:
-            return EXITED
-        if self.job.state == PENDING and self.launcher._read_marker(self.job, self.index, "host"):
-            return RUNNING  # started before the scheduler's answer came
-        return self.job.state
+        states = {self._job_state(j) for j in self.jobs}
+        return RUNNING if RUNNING in states else PENDING if PENDING in states else EXITED
 
     def kill(self) -> None:
-        """Ends this worker's job once every worker of the job is killed, retired or gone (the
+        """Ends this worker's jobs once every worker of a job is killed, retired or gone (the
         scheduler cannot end one task of a job step)."""
         self.killed = True
-        if all(getattr(h, "killed", False) or h.retired or h.poll() is not None for h in self.job.handles):
-            self.launcher.cancel(self.job)
+        for job in self.jobs:
+            if all(h.killed or h.retired or h.poll() is not None for h in job.handles):
+                self.launcher.cancel(job)
 
     def __repr__(self):
         return f"<{self.launcher.name} worker {self.name} job {self.job_id} {self.state}>"
@@ -271,13 +297,18 @@ class BatchLauncher(Launcher):
             self._cancel([job.id])
 
     def _submit(self, specs: list) -> list[BatchHandle]:
+        job = self._submit_job([s.name for s in specs], [s.config for s in specs])
+        job.handles = [BatchHandle(self, job, i) for i in range(len(specs))]
+        return job.handles
+
+    def _submit_job(self, names: list[str], configs: list[dict]) -> _Job:
         with self._lock:
             self._count += 1
             key = f"job{self._count}"
-        job = _Job(key, [s.name for s in specs])
+        job = _Job(key, names, configs)
         stem = os.path.join(self.dir, key)
-        for i, spec in enumerate(specs):
-            cfg = dict(spec.config)
+        for i, config in enumerate(configs):
+            cfg = dict(config)
             cfg["detached"] = True
             cfg["host"] = "@HOST@"            # stamped inside the job: the node it landed on
             if self.walltime:
@@ -287,8 +318,8 @@ class BatchLauncher(Launcher):
                 f.write(json.dumps(cfg) + "\n")
         script = f"{stem}.sh"
         with open(script, "w") as f:
-            f.write(self.script(job, stem, len(specs)))
-        argv = self.submit_argv(job, stem, len(specs), script)
+            f.write(self.script(job, stem, len(configs)))
+        argv = self.submit_argv(job, stem, len(configs), script)
         try:
             proc = subprocess.run(argv, env=self._job_env(), cwd=self.path, capture_output=True, text=True,
                                   timeout=60, stdin=subprocess.DEVNULL)
@@ -303,8 +334,32 @@ class BatchLauncher(Launcher):
         with self._lock:
             self.jobs.append(job)
         self._tell_watchdog(job.id)
-        job.handles = [BatchHandle(self, job, i) for i in range(len(specs))]
-        return job.handles
+        return job
+
+    def _replace_due(self, job: _Job) -> bool:
+        """Whether to submit ``job``'s replacement now: a quarter of the walltime (at most 5 min)
+        before its workers retire, so the new workers can wait in the queue meanwhile."""
+        if not (self.walltime and self._opt("job_replace", False)) or job.replacement or job.cancelled:
+            return False
+        if job.state != RUNNING or job.started is None:
+            return False
+        if all(h.retired or h.killed for h in job.handles):
+            return False
+        lead = min(300, self.walltime // 4)
+        return time.time() >= job.started + self.walltime - retire_margin(self.walltime) - lead
+
+    def _replace(self, job: _Job) -> None:
+        try:
+            new = self._submit_job(job.names, job.configs)
+        except ClusterError as exc:
+            job.replacement = job  # do not retry every poll
+            if self.relay is not None:
+                self.relay.emit(job.names[0], "stderr", f"could not submit a replacement job: {exc}\n")
+            return
+        new.handles = job.handles
+        job.replacement = new
+        for h in job.handles:
+            h.jobs.append(new)
 
     def _job_env(self) -> dict:
         """The environment jobs are submitted with (sbatch/qsub -V pass it on to the workers):
@@ -369,11 +424,22 @@ class BatchLauncher(Launcher):
                     job.state = PENDING
                 elif state in self.running_states:
                     job.state = RUNNING
+                    if job.started is None:
+                        job.started = self._start_time(job)
                 else:
                     job.state = EXITED
                     job.code = self.exit_code(state)
                     self._relay_output(job, final=True)
+            for job in live:
+                if self._replace_due(job):
+                    self._replace(job)
         self._flush_outputs()
+
+    @staticmethod
+    def _start_time(job: _Job) -> float:
+        """When the job started, as seen by the first poll that finds it running (0.5 s late at
+        most: the job stamps its workers' retire time itself, at its start)."""
+        return time.time()
 
     def _flush_outputs(self):
         for job in list(self.jobs):
