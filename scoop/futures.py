@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import sys
 import time
 import warnings
 import weakref
@@ -77,6 +79,19 @@ class _SerialRuntime:
     batching = 0
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside this package, so a warning points at the
+    user's line (a notebook cell, a script) whatever the depth of the call inside SCOOP."""
+    level, f = 1, sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_PACKAGE_DIR):
+        f = f.f_back
+        level += 1
+    return level
+
+
 def _rt():
     rt = _globals.current()
     if rt is not None:
@@ -85,7 +100,7 @@ def _rt():
     if _serial is None:
         warnings.warn("SCOOP is not running (start the program with `python -m scoop` or a notebook "
                       "cluster with `%scoop_cluster start`): futures run serially in this process.",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=_user_stacklevel())
         _serial = _SerialRuntime()
     return _serial
 
@@ -147,8 +162,14 @@ class _MapIterator:
             self.total = min(len(it) for it in iterables)
         except TypeError:
             self.total = None  # a generator or an endless iterable
+        self.closed_at = None          # progress when close() dropped the rest of the map
         _active_maps.add(self)
-        self._fill()
+        try:
+            self._fill()
+        except BaseException:
+            # e.g. a function that cannot be pickled: no task left, and no map to show progress of
+            self.close()
+            raise
 
     def _fill(self):
         rt = self.rt
@@ -277,12 +298,20 @@ class _MapIterator:
 
     def progress(self) -> dict:
         """How far this map is: for progress bars and the dashboard."""
-        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window if f.completed)
+        # only results that arrived: a cancelled (interrupted) chunk is not done
+        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window
+                                                     if f.completed and not f.cancelled())
         return {"name": self.name, "done": done, "submitted": self.submitted, "total": self.total,
                 "finished": self.exhausted and not self.window and not self.buffer, "started": self.started}
 
     def close(self):
-        """Drops the tasks still queued for this map (also done when it is garbage-collected)."""
+        """Drops the tasks still queued for this map (also done when it is garbage-collected);
+        it then no longer counts as a map in progress."""
+        if self.closed_at is None and not (self.exhausted and not self.window):
+            p = self.progress()
+            p["dropped"] = (self.total if self.total is not None else self.submitted) - p["done"]
+            self.closed_at = p
+        _active_maps.discard(self)
         self.exhausted = True
         window, self.window = self.window, deque()
         self.in_window = 0
