@@ -53,7 +53,7 @@ ISSUE12_RUNNERS = ["us", "mp", "ppe", "loky", "dask"]
 RUNNER_DESC = {
     "us": "our scoop: python -m scoop -n 2 (2 workers incl. origin)",
     "scoop07": "SCOOP 0.7.2.0: .venv-scoop07/bin/python -m scoop -n 2 (origin + 1 worker)",
-    "mp": "multiprocessing.Pool(2).map(chunksize=1) / apply_async",
+    "mp": "multiprocessing.Pool(2): map (chunksize=1; issue-12 workloads: automatic) / apply_async",
     "ppe": "concurrent.futures.ProcessPoolExecutor(2)",
     "loky": "loky.get_reusable_executor(max_workers=2)",
     "dask": "dask.distributed LocalCluster(n_workers=2, threads_per_worker=1, processes=True)",
@@ -389,8 +389,11 @@ def run_one(runner, workload, args, timeout):
         res = dict(res or {}, wall_s=r["wall_s"])
     if res is None or not ok or res.get("error"):
         tail = (r["stderr"].strip().splitlines() or ["<no stderr>"])[-6:]
+        last = next((ln.strip() for ln in reversed(tail) if ln.strip()), "")
         rec["error"] = ("timeout after %ss" % timeout if r["timed_out"] else
-                        (res or {}).get("error") or f"rc={r['rc']}, no result line")
+                        (res or {}).get("error") or f"rc={r['rc']}, no result line ({last[:160]})")
+        if args and len(WORKLOADS_SPEC.get(workload, {}).get("parts", ())) > 1:
+            rec["error"] += f" [part: {' '.join(repr(x) if x == '' else x for x in args)}]"
         rec["stderr_tail"] = tail
     if res:
         if workload == "big_map" and "peak_rss_growth_mb" in res:
@@ -498,7 +501,7 @@ def table(med, notes, runners, spec_of, baseline, mode):
                 v = med.get(w, {}).get(r, {}).get(key)
                 row += f"{fmt(v):>12}"
                 rrow += f"{(f'{v / base:.2f}x' if v is not None and base else '-'):>12}"
-            if has_peers:
+            if has_peers and with_ratio:
                 us = med.get(w, {}).get("us", {}).get(key)
                 br, bv = _best_peer(med, w, key, better)
                 row += f"{(f'{us / bv:.2f}x {br}' if us is not None and bv else '-'):>14}"
@@ -517,10 +520,12 @@ def table(med, notes, runners, spec_of, baseline, mode):
     return lines
 
 
-def targets(med, notes):
+def targets(med, notes, workloads=None):
     out = []
     for t in TARGETS:
         w, key, kind, ref, thr, text = t[:6]
+        if workloads is not None and w not in workloads:
+            continue
         ref_key = t[6] if len(t) > 6 else key
         us = med.get(w, {}).get("us", {}).get(key)
         if kind == "best>=":
@@ -537,8 +542,10 @@ def targets(med, notes):
                 cmp_ = ">=" if kind == "ratio>=" else "<="
                 need = f"us must be {cmp_} {fmt(bound)} ({ref} = {fmt(refv)})"
                 if us is None:
-                    verdict, detail = "n/a", need + "; us not measured" + (
-                        f" [{notes.get(w, {}).get('us')}]" if notes.get(w, {}).get("us") else "")
+                    note = notes.get(w, {}).get("us")
+                    # a run of ours that errored out is a failure, not a missing figure
+                    verdict = "FAIL" if note and "ERROR" in note else "n/a"
+                    detail = need + "; us not measured" + (f" [{note}]" if note else "")
                 else:
                     ok = us >= bound if kind == "ratio>=" else us <= bound
                     verdict = "PASS" if ok else "FAIL"
@@ -730,7 +737,8 @@ def main():
     lines = [f"SCOOP bench ({'quick' if a.quick else 'full'}), {datetime.datetime.now():%Y-%m-%d %H:%M}, "
              f"{os.cpu_count()} cores, Python {platform.python_version()}, "
              f"{time.time() - t_start:.0f}s total"]
-    lines += [f"  {r:<8} {RUNNER_DESC[r]}" for r in runners]
+    ran = {rec["runner"] for rec in records}
+    lines += [f"  {r:<8} {RUNNER_DESC[r]}" for r in runners if r in ran]
     foreign = [rec["foreign_cores"] for rec in records if "foreign_cores" in rec]
     if foreign:
         lines.append(f"  CPU used by OTHER processes during the runs (cores of 2): median "
@@ -739,7 +747,7 @@ def main():
             lines.append("  !! the machine was busy with other work during this run: "
                          "figures are noisy, re-run on an idle machine")
     lines += table(med, notes, runners, WORKLOADS_SPEC, baseline, mode)
-    lines += ["", "Targets:"] + targets(med, notes)
+    lines += ["", "Targets:"] + targets(med, notes, set(workloads))
     leftovers = [(rec["workload"], rec["runner"], rec["leftovers"]) for rec in records if rec.get("leftovers")]
     lines += ["", f"Leftover processes found (and killed) after runs: {len(leftovers)}"]
     lines += [f"  {w}/{r}: {l}" for w, r, l in leftovers]
