@@ -23,7 +23,7 @@ class Future:
     """PEP 3148 future for a task running somewhere in the cluster."""
 
     __slots__ = ("id", "_state", "_result", "_exception", "_callbacks", "_waiters", "_rt",
-                 "_name", "group", "__weakref__")
+                 "_name", "group", "submitted", "started", "finished", "worker", "_segments", "__weakref__")
 
     def __init__(self, rt, task_id: int, name: str, group: int = 0):
         self.id = task_id
@@ -35,6 +35,9 @@ class Future:
         self._exception = None
         self._callbacks = None
         self._waiters = None
+        self.submitted = time.time()
+        self.started = self.finished = self.worker = None  # set from the result: when and where it ran
+        self._segments = ()  # shared memory holding its arguments, freed when it completes
 
     def __repr__(self):
         state = _STATE_NAMES[self._state]
@@ -95,7 +98,24 @@ class Future:
         if not self._rt.wait_until(lambda: self._state >= FINISHED, timeout, (self,)):
             raise TimeoutError(f"task {self._name} did not complete within {timeout} s")
 
-    # ---- completion (runtime side) -----------------------------------------------------------
+    # ---- the API runtimes complete futures through -------------------------------------------
+    def set_result(self, value) -> bool:
+        return self._finish(FINISHED, value)
+
+    def set_exception(self, exc: BaseException) -> bool:
+        return self._finish(FINISHED, exception=exc)
+
+    def set_cancelled(self, exc: BaseException | None = None) -> bool:
+        return self._finish(CANCELLED, exception=exc)
+
+    def set_running(self) -> None:
+        if self._state == PENDING:
+            self._state = RUNNING
+
+    @property
+    def name(self) -> str:
+        return self._name
+
     def _finish(self, state, result=None, exception=None) -> bool:
         if self._state >= FINISHED:
             return False  # exactly once: a late duplicate is ignored

@@ -281,9 +281,9 @@ class Cluster:
 
     def _worker_config(self, host, label, broker_addr):
         sys_path = [p for p in (self.program_dir, self.path) if p]
-        return {"secret": self.secret.hex(), "broker": broker_addr, "label": label,
+        return {"secret": self.secret.hex(), "broker": broker_addr, "label": label, "name": label,
                 "sys_path": sys_path, "nice": self.nice, "host": None if _is_local(host) else host,
-                "broker_timeout": max(5.0, self.heartbeat_timeout + 2),
+                "broker_timeout": self.heartbeat_timeout,
                 "connect_timeout": 15.0, "broker_info": self.broker_info(), "inline": self.inline}
 
     def broker_info(self) -> dict:
@@ -361,7 +361,8 @@ class Cluster:
         if _globals.current() is not None:
             raise ClusterError("this process is already the origin of another SCOOP cluster; stop it first")
         rt = Runtime(f"tcp://127.0.0.1:{self.main_port}", self.secret, "origin",
-                     broker_timeout=max(5.0, self.heartbeat_timeout + 2), inline=self.inline)
+                     broker_timeout=self.heartbeat_timeout, inline=self.inline)
+        rt.output_handler = lambda name, stream, text, group: self.relay.emit(name, stream, text)
         rt.connect(timeout=20)
         self.runtime = rt
         _globals.activate(rt, is_origin=True, broker=self.broker_info())
@@ -473,7 +474,7 @@ class Cluster:
         if rt is not None:
             try:
                 if not rt.broken and rt.sock is not None:
-                    rt.out += [P.SHUTDOWN, b"stopped by the origin"]
+                    rt.out.add(P.SHUTDOWN, b"stopped by the origin")
                     rt.flush()
             except Exception:
                 pass
