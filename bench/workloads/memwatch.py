@@ -101,9 +101,15 @@ class PeakWatch:
 
 
 def settle():
-    """Let freed memory go back to the OS before the next phase's baseline."""
+    """Give freed memory back to the OS before the next phase's baseline, so that the next phase
+    cannot hide its growth in memory an earlier phase left mapped."""
+    import ctypes
     import gc
     gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     time.sleep(0.05)
 
 
