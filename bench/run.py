@@ -104,12 +104,13 @@ WORKLOADS_SPEC = {
         runners=ISSUE12_RUNNERS),
     "rtt": dict(
         desc="one task's round trip: dispatched (submit, wait(timeout), result) and in place",
-        args=(["--calls", "2000"], ["--calls", "300"]), repeats=(3, 1), timeout=(180, 60),
+        # 5 alternations: round trips of a few hundred microseconds swing with the machine's load
+        args=(["--calls", "2000"], ["--calls", "300"]), repeats=(5, 1), timeout=(180, 60),
         metrics=[("dispatched_us", "dispatched median us", "lower"),
                  ("dispatched_p90_us", "dispatched p90 us", "lower", False),
                  ("inplace_us", "in place median us", "lower", False)],
         runners=["us", "zmq", "mp", "ppe", "loky", "dask"],
-        override={"dask": (["--calls", "500"], ["--calls", "100"], "reduced calls: milliseconds per call")}),
+        override={"dask": (["--calls", "300"], ["--calls", "100"], "reduced calls: milliseconds per call")}),
     "mac_speed": dict(
         desc="payload MAC candidates vs memcpy, GB/s (bench/mac_speed.py, no cluster)",
         args=(["--sizes", "1,64,512"], ["--sizes", "1,64"]), repeats=(1, 1), timeout=(180, 90),
@@ -361,7 +362,9 @@ def env_for(runner):
         return {"PYTHONPATH": WORKLOADS}
     extra = [WORKLOADS, HERE]
     if runner == "us":
-        extra.append(REPO)  # our package, in case it is not pip-installed (harmless if it is)
+        # our package: the tree given with --us-src (e.g. an exported older commit), else this
+        # repository's (in case it is not pip-installed; harmless if it is)
+        extra.append(US_SRC or REPO)
     old = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": os.pathsep.join(extra + ([old] if old else []))}
 
@@ -370,6 +373,7 @@ def env_for(runner):
 # process returned before they count as leftovers (ipyparallel's engine nannies
 # take ~3 s to notice their engine is gone).
 LINGER = {"ipp": 6.0}
+US_SRC = None  # --us-src
 
 
 def run_one(runner, workload, args, timeout):
@@ -668,8 +672,16 @@ def main():
     ap.add_argument("--skip-us", action="store_true", help="do not run our scoop")
     ap.add_argument("--repeats", "-R", type=int, help="override repetitions per workload")
     ap.add_argument("--out", help="results JSON path (default bench/results/run-<ts>.json)")
+    ap.add_argument("--us-src", metavar="DIR",
+                    help="run 'us' from the scoop package in DIR (e.g. an older commit: "
+                         "mkdir DIR && git archive COMMIT scoop | tar -x -C DIR)")
     a = ap.parse_args()
     mode = 1 if a.quick else 0
+    if a.us_src:
+        if not os.path.isfile(os.path.join(a.us_src, "scoop", "__init__.py")):
+            ap.error(f"--us-src {a.us_src}: no scoop/__init__.py there")
+        global US_SRC
+        US_SRC = os.path.abspath(a.us_src)
 
     workloads = ORDER if not a.only else [w.strip() for w in a.only.split(",") if w.strip()]
     for w in workloads:
@@ -738,6 +750,12 @@ def main():
              f"{os.cpu_count()} cores, Python {platform.python_version()}, "
              f"{time.time() - t_start:.0f}s total"]
     ran = {rec["runner"] for rec in records}
+    try:
+        head = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()[:100]
+    except (OSError, subprocess.SubprocessError):
+        head = "?"
+    lines.append(f"  us from {US_SRC or REPO}" + ("" if US_SRC else f" at {head}"))
     lines += [f"  {r:<8} {RUNNER_DESC[r]}" for r in runners if r in ran]
     foreign = [rec["foreign_cores"] for rec in records if "foreign_cores" in rec]
     if foreign:
@@ -763,6 +781,7 @@ def main():
     doc = {"mode": "quick" if a.quick else "full", "argv": sys.argv, "python": sys.executable,
            "python_version": platform.python_version(), "cpus": os.cpu_count(),
            "runners": {r: RUNNER_DESC[r] for r in runners}, "baseline": baseline,
+           "us_src": US_SRC or REPO, "repo_head": head,
            "medians": med, "notes": notes, "records": records, "table": text, "plot": png}
     with open(out, "w") as f:
         json.dump(doc, f, indent=1)
