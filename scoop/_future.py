@@ -7,6 +7,7 @@ work meanwhile, which is why nested futures never deadlock) while the origin pum
 from __future__ import annotations
 
 import time
+from typing import NamedTuple, Protocol
 
 from .errors import CancelledError, TimeoutError
 
@@ -17,6 +18,25 @@ FIRST_COMPLETED = "FIRST_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
 ALL_COMPLETED = "ALL_COMPLETED"
 ALWAYS = "ALWAYS"  # SCOOP 0.7's name for "return at once"
+
+
+class Runtime(Protocol):
+    """What a Future needs from the runtime of the process that submitted it (a cluster
+    connection, or the serial stand-in when no cluster runs)."""
+
+    def poll(self) -> None: ...
+    def wait_until(self, pred, timeout, futures, const: bool = False) -> bool: ...
+    def cancel(self, fut: "Future") -> bool: ...
+    def where(self, fut: "Future") -> int: ...
+
+
+class ChunkResult(NamedTuple):
+    """What a map chunk returns: the values before the first error, that error's index (-1:
+    none) and pickled exception, and the seconds the chunk took (the map adapts to them)."""
+    values: list
+    error_index: int
+    error: object
+    seconds: float
 
 
 class Future:
@@ -115,6 +135,11 @@ class Future:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def completed(self) -> bool:
+        """Finished or cancelled, as known here (no poll: for tight loops of a runtime)."""
+        return self._state >= FINISHED
 
     def _finish(self, state, result=None, exception=None) -> bool:
         if self._state >= FINISHED:

@@ -67,6 +67,7 @@ RAISED = 1
 
 # TASK flags
 PINNED = 1  # payload in shared memory on the submitter's host: only a worker there may run it
+SINGLE = 2  # a chunk of single arguments (fn(x)), not argument tuples (fn(*args))
 
 TASK_HEADER = struct.Struct("<cQI16sQB")    # type, task id, group, callable digest, submitter host key, flags
 RESULT_HEADER = struct.Struct("<cQBIdd12s")  # type, task id, status, inputs, started, finished (epoch s), worker
@@ -78,6 +79,28 @@ COUNT = struct.Struct("<ci")                # type, count
 INDEX = struct.Struct("<cI")                # type, peer index
 ID = struct.Struct("<Q")
 EMPTY = b""
+
+
+def task_id(hdr) -> int:
+    """The task id of a TASK, CHUNK, RESULT, CANCEL, ASK, FAIL or RELEASE header."""
+    return ID.unpack_from(hdr, 1)[0]
+
+
+def answer(hdr, value: int) -> bytes:
+    """A CANCEL (1 ok / 0 not) or ASK (0 queued, 1 at a worker, 2 gone) answer to ``hdr``."""
+    return bytes(hdr[:9]) + bytes((value,))
+
+
+def answer_of(hdr, default: int = 2) -> int:
+    return hdr[9] if len(hdr) > 9 else default
+
+
+def blob_digest(hdr) -> bytes:
+    return bytes(hdr[1:17])
+
+
+def const_name(hdr) -> str:
+    return bytes(hdr[1:]).decode("utf-8", "replace")
 
 REC = struct.Struct("<HIH")                 # header length, inline body length, refs
 REF = struct.Struct("<BQ16s")               # kind, size, digest (frame) or segment id (shared memory)

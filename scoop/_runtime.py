@@ -109,8 +109,8 @@ class Runtime:
     def submit(self, fn, args, kwargs, flush: bool = True, digest: bytes | None = None):
         return self.submitter.submit(fn, args, kwargs, flush, digest)
 
-    def submit_chunk(self, fn, digest, arglist, name):
-        return self.submitter.submit_chunk(fn, digest, arglist, name)
+    def submit_chunk(self, fn, digest, arglist, name, single=False):
+        return self.submitter.submit_chunk(fn, digest, arglist, name, single)
 
     def _callable_digest(self, fn):
         return self.submitter.callable_digest(fn)
@@ -274,7 +274,7 @@ class Runtime:
                 h(rec)
 
     def _on_const(self, rec):
-        name = bytes(rec.hdr[1:]).decode()
+        name = P.const_name(rec.hdr)
         if name not in self.consts:
             try:
                 self.consts[name] = P.unpack(rec, self.shm)
@@ -495,7 +495,7 @@ class _Control(threading.Thread):
 
     def _cancel(self, s, rec):
         if self.rt.executor is not None:
-            box = self.rt.executor.cancel_pending(P.ID.unpack_from(rec.hdr, 1)[0])
+            box = self.rt.executor.cancel_pending(P.task_id(rec.hdr))
             P.send(s, self.rt.signer, P.CONTROL_TO_BROKER, box)
 
     def _shutdown(self, s, rec):

@@ -93,3 +93,14 @@ class Segments:
             except OSError:
                 pass
         return n
+
+
+def cleanup_cluster(secret: bytes) -> int:
+    """Removes every segment of the cluster with this secret (the Cluster's stop, the broker's end)."""
+    from ._protocol import derive
+    return Segments(derive(secret, "shared memory")).cleanup() if available() else 0
+
+
+def leftovers(secret: bytes) -> list[str]:
+    from ._protocol import derive
+    return glob.glob(f"{DIR}/scoop-{derive(secret, 'shared memory')[:8].hex()}-*")

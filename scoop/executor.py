@@ -8,6 +8,7 @@ while a long task runs, because the control thread may drain the task socket int
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import traceback
 from collections import deque
 
 from . import _protocol as P
+from ._future import ChunkResult
 from ._scheduler import Hub, TaskGreenlet
 from .errors import TaskInterrupted
 from .submitter import name_of
@@ -55,7 +57,7 @@ class Executor:
     def on_task(self, rec: P.Record):
         if self.outstanding > 0:
             self.outstanding -= 1
-        tid = P.ID.unpack_from(rec.hdr, 1)[0]
+        tid = P.task_id(rec.hdr)
         with self.lock:
             if tid in self.precancelled:
                 self.precancelled.discard(tid)  # cancelled while still in the socket
@@ -64,7 +66,7 @@ class Executor:
             self.pending.append(rec)
 
     def on_blob(self, rec: P.Record):
-        self._blob_recs[bytes(rec.hdr[1:17])] = rec
+        self._blob_recs[P.blob_digest(rec.hdr)] = rec
 
     def on_retire(self, rec=None):
         self.retiring = True
@@ -145,7 +147,7 @@ class Executor:
             rt.pump(timeout)
 
     def _run_task(self, rec: P.Record):
-        kind, tid, group, d, host, _flags = P.TASK_HEADER.unpack(rec.hdr)
+        kind, tid, group, d, host, flags = P.TASK_HEADER.unpack(rec.hdr)
         rt = self.rt
         started = time.time()
         t0 = time.perf_counter()
@@ -159,7 +161,7 @@ class Executor:
             if kind == P.CHUNK:
                 arglist = P.unpack(rec, rt.shm)
                 inputs = len(arglist)
-                value = self._run_chunk(fn, name, arglist)
+                value = self._run_chunk(fn, name, arglist, flags & P.SINGLE)
             else:
                 args, kwargs = P.unpack(rec, rt.shm)
                 value = fn(*args, **kwargs)
@@ -189,20 +191,21 @@ class Executor:
         # unless tasks are long; work stealing evens out the end of a map
         self.target = 1 if avg > 0.1 else min(256, max(2, int(0.002 / max(avg, 1e-6)) + 1))
 
-    def _run_chunk(self, fn, name, arglist):
+    def _run_chunk(self, fn, name, arglist, single):
         """Runs a map chunk in order; stops at the first exception, which the origin raises
-        when its iteration reaches that input.  Returns (values, error_index, error, seconds)."""
+        when its iteration reaches that input.  Returns (values, error_index, error, seconds).
+        ``list.extend`` over ``map`` runs the loop in C and keeps what came before a failure."""
         values = []
         t0 = time.perf_counter()
-        append = values.append
         try:
-            for args in arglist:
-                append(fn(*args))
+            values.extend(map(fn, arglist) if single else itertools.starmap(fn, arglist))
         except TaskInterrupted:
             raise
         except BaseException as exc:  # noqa: B902
-            return values, len(values), self._exception_payload(exc, name, args), time.perf_counter() - t0
-        return values, -1, None, time.perf_counter() - t0
+            i = len(values)
+            args = (arglist[i],) if single else arglist[i]
+            return ChunkResult(values, i, self._exception_payload(exc, name, args), time.perf_counter() - t0)
+        return ChunkResult(values, -1, None, time.perf_counter() - t0)
 
     def _chunk_unpicklable(self, value, name, exc):
         values, err_i, err, elapsed = value
@@ -273,7 +276,7 @@ class Executor:
         out = self.rt.out
         with self.lock:
             for rec in self.pending:
-                tid = P.ID.unpack_from(rec.hdr, 1)[0]
+                tid = P.task_id(rec.hdr)
                 self.known.discard(tid)
                 out.add(P.TID.pack(P.RELEASE, tid))
             self.pending.clear()
@@ -286,7 +289,7 @@ class Executor:
         with self.lock:
             while n > 0 and self.pending:
                 rec = self.pending.pop()
-                tid = P.ID.unpack_from(rec.hdr, 1)[0]
+                tid = P.task_id(rec.hdr)
                 self.known.discard(tid)
                 box.add(P.TID.pack(P.RELEASE, tid))
                 n -= 1
@@ -302,13 +305,13 @@ class Executor:
             else:
                 ok = False
                 for rec in list(self.pending):
-                    if P.ID.unpack_from(rec.hdr, 1)[0] == tid:
+                    if P.task_id(rec.hdr) == tid:
                         self.pending.remove(rec)
                         self.known.discard(tid)
                         ok = True
                         break
         box = P.Outbox()
-        box.add(P.TID.pack(P.CANCEL, tid) + (b"\x01" if ok else b"\x00"))
+        box.add(P.answer(P.TID.pack(P.CANCEL, tid), ok))
         return box
 
     def load(self) -> dict:

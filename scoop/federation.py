@@ -113,10 +113,10 @@ class SubBroker(Broker):
 
     def _u_answer(self, rec):
         """The root's answer to a cancel or a question one of our workers asked."""
-        tid = P.ID.unpack_from(rec.hdr, 1)[0]
+        tid = P.task_id(rec.hdr)
         peer = self.core.local_submitted.get(tid)
         if peer is not None:
-            if rec.hdr[:1] == P.CANCEL and rec.hdr[9:10] == b"\x01":
+            if rec.hdr[:1] == P.CANCEL and P.answer_of(rec.hdr, 0) == 1:
                 del self.core.local_submitted[tid]
             peer.out.add_record(rec)
 
@@ -145,7 +145,7 @@ class SubBroker(Broker):
         core.queue.extend(reversed(kept))
 
     def _cancel_for_root(self, rec):
-        tid = P.ID.unpack_from(rec.hdr, 1)[0]
+        tid = P.task_id(rec.hdr)
         task = self.core.tasks.get(tid)
         if task is not None and task.worker is not None:
             task.worker.cout.add(P.TID.pack(P.CANCEL, tid))  # its worker decides; the answer comes back up
@@ -153,7 +153,7 @@ class SubBroker(Broker):
         ok = task is not None
         if ok:
             del self.core.tasks[tid]
-        self.upstream.cout.add(P.TID.pack(P.CANCEL, tid) + (b"\x01" if ok else b"\x00"))
+        self.upstream.cout.add(P.answer(rec.hdr, ok))
 
     # ---- to the root ------------------------------------------------------------------------------
     def _periodic(self, now):

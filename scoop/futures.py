@@ -14,7 +14,7 @@ from collections import deque
 
 from . import _globals
 from ._future import (ALL_COMPLETED, ALWAYS, CANCELLED, FINISHED, FIRST_COMPLETED,  # noqa: F401
-                      FIRST_EXCEPTION, Future, as_completed, wait)
+                      FIRST_EXCEPTION, ChunkResult, Future, as_completed, wait)
 from .errors import CancelledError, ClusterError, RemoteError, TaskInterrupted, TimeoutError, WorkerLostError  # noqa: F401
 
 __all__ = ["submit", "map", "map_as_completed", "as_completed", "wait", "mapReduce", "mapScan",
@@ -35,9 +35,9 @@ class _SerialRuntime:
     def submit(self, fn, args, kwargs, flush=True, digest=None):
         fut = Future(self, 0, getattr(fn, "__qualname__", repr(fn)))
         try:
-            fut._finish(FINISHED, fn(*args, **kwargs))
+            fut.set_result(fn(*args, **kwargs))
         except Exception as exc:
-            fut._finish(FINISHED, exception=exc)
+            fut.set_exception(exc)
         return fut
 
     def poll(self):
@@ -61,17 +61,17 @@ class _SerialRuntime:
     def _callable_digest(self, fn):
         return b""
 
-    def submit_chunk(self, fn, digest, arglist, name):
+    def submit_chunk(self, fn, digest, arglist, name, single=False):
         values = []
         t0 = time.perf_counter()
         fut = Future(self, 0, name)
         for args in arglist:
             try:
-                values.append(fn(*args))
+                values.append(fn(args) if single else fn(*args))
             except Exception as exc:
-                fut._finish(FINISHED, (values, len(values), exc, time.perf_counter() - t0))
+                fut.set_result(ChunkResult(values, len(values), exc, time.perf_counter() - t0))
                 return fut
-        fut._finish(FINISHED, (values, -1, None, time.perf_counter() - t0))
+        fut.set_result(ChunkResult(values, -1, None, time.perf_counter() - t0))
         return fut
 
     batching = 0
@@ -104,7 +104,8 @@ def _window(rt) -> int:
     return max(4096, 1024 * _size())
 
 
-_CHUNK_SECONDS = 0.001  # aim for ~1 ms of work per chunk: fine balance, per-task costs amortised
+_CHUNK_SECONDS = 0.002  # aim for ~2 ms of work per chunk: fine balance, per-task costs amortised
+_CHUNK_MAX = 1 << 16
 _per_input: dict = {}   # function digest -> seconds per input seen in earlier maps
 
 
@@ -123,7 +124,9 @@ class _MapIterator:
             raise TypeError("futures.map needs at least one iterable")
         self.rt = _rt()
         self.func = func
-        self.args = zip(*iterables)
+        # one iterable (the common case): inputs travel as they are, and run as fn(x)
+        self.single = len(iterables) == 1
+        self.args = iter(iterables[0]) if self.single else zip(*iterables)
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.timeout = timeout
         self.ordered = ordered
@@ -168,13 +171,40 @@ class _MapIterator:
             if not batch:
                 self.exhausted = True
                 break
-            self.window.append((rt.submit_chunk(self.func, self.digest, batch, self.name), len(batch)))
+            self.window.append((rt.submit_chunk(self.func, self.digest, batch, self.name, self.single),
+                                len(batch)))
             self.in_window += len(batch)
             self.submitted += len(batch)
         rt.flush()
 
     def __iter__(self):
-        return self
+        # list(futures.map(...)) and for-loops take whole chunks: a generator resumes in C per
+        # item, where __next__ would be a Python call per item (the cost of a tiny task)
+        return self._chunks()
+
+    def _chunks(self):
+        buffer = self.buffer
+        try:
+            while True:
+                if buffer:
+                    chunk = list(buffer)
+                    buffer.clear()
+                    self.yielded += len(chunk)
+                    yield from chunk
+                    continue
+                if self.error is not None:
+                    err, self.error = self.error, None
+                    raise err
+                if not self.window:
+                    self._fill()
+                    if not self.window:
+                        return
+                self._take()
+        except GeneratorExit:
+            raise
+        except BaseException:
+            self.close()
+            raise
 
     def _remaining(self):
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
@@ -208,17 +238,17 @@ class _MapIterator:
         if self.ordered:
             entry = window[0]
             fut = entry[0]
-            if fut._state < FINISHED and not self.rt.wait_until(
-                    lambda: fut._state >= FINISHED, self._remaining(), (fut,)):
+            if not fut.completed and not self.rt.wait_until(
+                    lambda: fut.completed, self._remaining(), (fut,)):
                 raise TimeoutError(f"futures.map: task {self.name} not done within {self.timeout} s")
         else:
-            entry = next((e for e in window if e[0]._state >= FINISHED), None)
+            entry = next((e for e in window if e[0].completed), None)
             if entry is None:
                 futs = [e[0] for e in window]
-                if not self.rt.wait_until(lambda: any(f._state >= FINISHED for f in futs),
+                if not self.rt.wait_until(lambda: any(f.completed for f in futs),
                                           self._remaining(), futs):
                     raise TimeoutError(f"futures.map_as_completed: nothing completed within {self.timeout} s")
-                entry = next(e for e in window if e[0]._state >= FINISHED)
+                entry = next(e for e in window if e[0].completed)
         window.remove(entry)
         self.in_window -= entry[1]
         values, err_index, err, elapsed = entry[0].result()
@@ -239,11 +269,15 @@ class _MapIterator:
 
     def _adapt_to(self, per_input):
         self.per_input = per_input
-        self.chunk = max(1, min(1024, int(_CHUNK_SECONDS / max(per_input, 1e-7))))
+        workers = _size()
+        cap = _CHUNK_MAX if self.total is None else max(1, self.total // (4 * workers))
+        self.chunk = max(1, min(cap, int(_CHUNK_SECONDS / max(per_input, 1e-8))))
+        # a few chunks in flight per worker, whatever their size
+        self.size = max(self.size, 4 * self.chunk * workers)
 
     def progress(self) -> dict:
         """How far this map is: for progress bars and the dashboard."""
-        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window if f._state >= FINISHED)
+        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window if f.completed)
         return {"name": self.name, "done": done, "submitted": self.submitted, "total": self.total,
                 "finished": self.exhausted and not self.window and not self.buffer, "started": self.started}
 
@@ -268,13 +302,22 @@ def map(func, *iterables, timeout=None, **kwargs):
     Inputs are consumed lazily (generators and endless iterables work); the first results can
     be used while later inputs are still being submitted.  A task's exception is raised when the
     iteration reaches it.  ``timeout`` counts from the call, as in concurrent.futures.
+    Other keyword arguments are passed to every call of ``func``, as SCOOP 0.7 did.
     """
-    return _MapIterator(func, iterables, timeout, ordered=True)
+    return _MapIterator(_with_kwargs(func, kwargs), iterables, timeout, ordered=True)
 
 
 def map_as_completed(func, *iterables, timeout=None, **kwargs):
     """Like :func:`map`, but yields results in completion order."""
-    return _MapIterator(func, iterables, timeout, ordered=False)
+    return _MapIterator(_with_kwargs(func, kwargs), iterables, timeout, ordered=False)
+
+
+def _with_kwargs(func, kwargs):
+    if not kwargs:
+        return func
+    bound = functools.partial(func, **kwargs)
+    functools.update_wrapper(bound, func, updated=())
+    return bound
 
 
 def _chunks(seq, n):
@@ -298,6 +341,7 @@ def mapReduce(mapFunc, reductionFunc, *iterables, **kwargs):
     answer (commutativity is not needed).
     """
     import scoop
+    mapFunc = _with_kwargs(mapFunc, kwargs)
     items = list(zip(*iterables))
     if not items:
         raise TypeError("mapReduce() of empty sequence with no initial value")
@@ -312,6 +356,7 @@ def mapScan(mapFunc, reductionFunc, *iterables, **kwargs):
     Each block is mapped and scanned on a worker; block offsets are combined at the caller.
     """
     import scoop
+    mapFunc = _with_kwargs(mapFunc, kwargs)
     items = list(zip(*iterables))
     if not items:
         return []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from itertools import islice
 
 from . import _protocol as P
 
@@ -216,7 +217,7 @@ class Scheduler:
         self.queue.append(task)
 
     def blob(self, peer: Peer, rec: P.Record):
-        d = bytes(rec.hdr[1:17])
+        d = P.blob_digest(rec.hdr)
         self.blobs[d] = rec
         if self.upstream is not None and peer is not self.upstream:
             self.upstream.out.add_record(rec)
@@ -234,7 +235,7 @@ class Scheduler:
     def result(self, rec: P.Record):
         """The first result for a task id goes to its submitter; a duplicate, cancelled or
         orphaned one is dropped: exactly once."""
-        tid = P.ID.unpack_from(rec.hdr, 1)[0]
+        tid = P.task_id(rec.hdr)
         task = self.tasks.pop(tid, None)
         if task is None:
             sub = self.local_submitted.pop(tid, None)  # a sub-broker: the root's answer
@@ -281,7 +282,7 @@ class Scheduler:
     def cancel(self, peer: Peer, hdr: bytes):
         """A submitter cancels a task: done at once if still queued; a task a worker holds is
         for that worker to decide (it may not have started it)."""
-        tid = P.ID.unpack_from(hdr, 1)[0]
+        tid = P.task_id(hdr)
         if self.upstream is not None and self.local_submitted.get(tid) is peer:
             self.upstream.out.add(hdr)
             return
@@ -292,31 +293,30 @@ class Scheduler:
         ok = task is not None and task.worker is None and task.submitter is peer
         if ok:
             del self.tasks[tid]  # left in the queue; skipped when popped
-        peer.out.add(P.TID.pack(P.CANCEL, tid) + (b"\x01" if ok else b"\x00"))
+        peer.out.add(P.answer(hdr, ok))
 
     def cancel_answer(self, peer: Peer, hdr: bytes):
         """A worker's answer to a forwarded cancel."""
-        tid = P.ID.unpack_from(hdr, 1)[0]
+        tid = P.task_id(hdr)
         task = self.tasks.get(tid)
-        ok = hdr[9:10] == b"\x01" and task is not None and task.worker is peer
+        ok = P.answer_of(hdr, 0) == 1 and task is not None and task.worker is peer
         if ok:
             del self.tasks[tid]
             peer.assigned.pop(tid, None)
         if task is not None and self.alive(task.submitter):
             box = task.submitter.cout if task.submitter is self.upstream else task.submitter.out
-            box.add(P.TID.pack(P.CANCEL, tid) + (b"\x01" if ok else b"\x00"))
+            box.add(P.answer(hdr, ok))
 
     def ask(self, peer: Peer, hdr: bytes):
-        tid = P.ID.unpack_from(hdr, 1)[0]
+        tid = P.task_id(hdr)
         if self.upstream is not None and self.local_submitted.get(tid) is peer:
             self.upstream.out.add(hdr)
             return
         task = self.tasks.get(tid)
-        state = b"\x02" if task is None else (b"\x00" if task.worker is None else b"\x01")
-        peer.out.add(hdr[:9] + state)
+        peer.out.add(P.answer(hdr, 2 if task is None else 0 if task.worker is None else 1))
 
     def const(self, peer: Peer, rec: P.Record):
-        name = bytes(rec.hdr[1:]).decode("utf-8", "replace")
+        name = P.const_name(rec.hdr)
         if name in self.const_names:
             return
         self.const_names.add(name)
@@ -358,14 +358,15 @@ class Scheduler:
     def dispatch(self):
         workers = [p for p in self.peers.values() if p.credit > 0 and p.takes_tasks]
         queue, tasks, blobs = self.queue, self.tasks, self.blobs
-        skipped = []
         while queue and workers:
             # least loaded first, a fair share each: spreads a burst evenly in O(workers + tasks)
             workers.sort(key=_load)
-            share = -(-len(queue) // len(workers))
-            for w in workers:
-                take = min(w.credit, share)
+            before = len(queue)
+            sent = 0
+            for k, w in enumerate(workers):
+                take = min(w.credit, -(-len(queue) // (len(workers) - k)))  # share of what is left
                 out = w.out
+                skipped = []
                 while take and queue:
                     task = queue.popleft()
                     if tasks.get(task.id) is not task or task.worker is not None:
@@ -387,11 +388,14 @@ class Scheduler:
                     w.assigned[task.id] = task
                     w.credit -= 1
                     take -= 1
+                    sent += 1
+                if skipped:  # back in front at once: the next workers may be on their host
+                    queue.extendleft(reversed(skipped))
                 if not queue:
                     break
+            if not sent and len(queue) == before:
+                break  # what is left waits for a worker of its host
             workers = [w for w in workers if w.credit > 0]
-        if skipped:
-            queue.extendleft(reversed(skipped))
 
     def steal(self, now: float):
         """An idle worker while another holds unstarted tasks: ask for them back (all but the
@@ -401,12 +405,18 @@ class Scheduler:
         if not idle:
             return
         room = sum(p.credit for p in idle)
+        hosts = {p.host_key for p in idle}
         for victim in sorted((p for p in self.peers.values() if p.takes_tasks and len(p.assigned) >= 2),
                              key=_load, reverse=True):
             if now - victim.last_steal <= STEAL_EVERY:
                 continue
+            n = min(room, len(victim.assigned) - 1)
+            if victim.host_key not in hosts:
+                # its pinned tasks run on its host only: no idle worker here could take them
+                n = sum(1 for _ in islice((t for t in victim.assigned.values() if not t.host), n))
+                if not n:
+                    continue
             victim.last_steal = now
-            n = max(1, min(room, len(victim.assigned) - 1))
             victim.cout.add(P.COUNT.pack(P.STEAL, n))
             room -= n
             if room <= 0:

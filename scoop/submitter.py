@@ -116,7 +116,8 @@ class Submitter:
         if self.closed_for_submit:
             raise RuntimeError("cannot submit new futures after futures.shutdown()")
 
-    def _new_task(self, kind: bytes, name: str, digest: bytes, payload, inputs: int, args=None, kwargs=None):
+    def _new_task(self, kind: bytes, name: str, digest: bytes, payload, inputs: int, args=None, kwargs=None,
+                  flags: int = 0):
         """Packs a task's inputs (an error names what does not pickle) and registers its future;
         returns the future and its record (header, packed payload)."""
         try:
@@ -134,7 +135,8 @@ class Submitter:
             fut._segments = packed.segments
         self.futures[tid] = fut
         self.submitted += inputs
-        flags = P.PINNED if packed.segments else 0
+        if packed.segments:
+            flags |= P.PINNED
         return fut, P.TASK_HEADER.pack(kind, tid, group, digest, self.rt.host_key, flags), packed
 
     def current_group(self) -> int:
@@ -146,10 +148,12 @@ class Submitter:
         return self.group
 
     # ---- submitting --------------------------------------------------------------------------
-    def submit_chunk(self, fn, digest: bytes, arglist: list, name: str) -> Future:
-        """One record for several inputs of a map: the per-task costs are paid once per chunk."""
+    def submit_chunk(self, fn, digest: bytes, arglist: list, name: str, single: bool = False) -> Future:
+        """One record for several inputs of a map: the per-task costs are paid once per chunk.
+        ``single``: the inputs are the function's only argument, not argument tuples."""
         self._check_open()
-        fut, hdr, packed = self._new_task(P.CHUNK, name, digest, arglist, len(arglist))
+        fut, hdr, packed = self._new_task(P.CHUNK, name, digest, arglist, len(arglist),
+                                          arglist if single else None, flags=P.SINGLE if single else 0)
         self.rt.out.add(hdr, packed=packed)
         return fut
 
@@ -260,7 +264,7 @@ class Submitter:
                               "inputs": inputs, "group": fut.group, "ok": status == P.OK})
 
     def on_fail(self, rec: P.Record):
-        tid = P.ID.unpack_from(rec.hdr, 1)[0]
+        tid = P.task_id(rec.hdr)
         fut = self.futures.pop(tid, None)
         if fut is not None:
             self._free_args(fut)
@@ -279,8 +283,8 @@ class Submitter:
             f.set_exception(exc)
 
     def on_cancel_answer(self, rec: P.Record):
-        tid = P.ID.unpack_from(rec.hdr, 1)[0]
-        ok = rec.hdr[9:10] == b"\x01"
+        tid = P.task_id(rec.hdr)
+        ok = P.answer_of(rec.hdr, 0) == 1
         self._cancel_replies[tid] = ok
         if ok:
             fut = self.futures.pop(tid, None)
@@ -289,8 +293,7 @@ class Submitter:
                 fut.set_cancelled()
 
     def on_ask_answer(self, rec: P.Record):
-        hdr = rec.hdr
-        self._ask_replies[P.ID.unpack_from(hdr, 1)[0]] = hdr[9] if len(hdr) > 9 else 2
+        self._ask_replies[P.task_id(rec.hdr)] = P.answer_of(rec.hdr)
 
     def const_arrived(self):
         ev, self.const_event = self.const_event, _Event()
