@@ -25,7 +25,8 @@ def candidates():
     """{short id: (label, function of a buffer; None for the memcpy yardstick)}"""
     c = {
         "memcpy": ("memcpy (numpy copyto)", None),
-        "blake2b": ("BLAKE2b keyed (hashlib)", lambda b: hashlib.blake2b(b, key=KEY, digest_size=32).digest()),
+        "blake2b": ("BLAKE2b keyed (hashlib)",
+                    lambda b: hashlib.blake2b(b, key=KEY, digest_size=32).digest()),
         "hmac_sha256": ("HMAC-SHA256 (hashlib)", lambda b: hmac.new(KEY, b, hashlib.sha256).digest()),
     }
     try:
@@ -53,6 +54,16 @@ def best_of(fn, seconds_budget=1.0, min_runs=3, max_runs=20):
     return best
 
 
+def measure(cands, table, mib):
+    buf = np.random.default_rng(0).integers(0, 255, mib * 2**20, dtype=np.uint8)
+    dst = np.empty_like(buf)
+    mv = memoryview(buf)
+    for cid, (_, fn) in cands.items():
+        call = (lambda: np.copyto(dst, buf)) if fn is None else (lambda f=fn: f(mv))
+        call()  # warm: pages of dst mapped, code paths hot
+        table[cid][mib] = buf.nbytes / best_of(call) / 1e9
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1,64,512", help="buffer sizes in MiB")
@@ -61,14 +72,7 @@ def main():
     cands = candidates()
     table = {cid: {} for cid in cands}
     for mib in sizes:
-        buf = np.random.default_rng(0).integers(0, 255, mib * 2**20, dtype=np.uint8)
-        dst = np.empty_like(buf)
-        mv = memoryview(buf)
-        for cid, (_, fn) in cands.items():
-            call = (lambda: np.copyto(dst, buf)) if fn is None else (lambda: fn(mv))
-            call()  # warm: pages of dst mapped, code paths hot
-            table[cid][mib] = buf.nbytes / best_of(call) / 1e9
-        del buf, dst, mv
+        measure(cands, table, mib)
     w = max(len(label) for label, _ in cands.values())
     print(f"{'GB/s (best of runs)':<{w}}" + "".join(f"{str(m) + ' MiB':>12}" for m in sizes))
     for cid, row in table.items():

@@ -4,7 +4,8 @@
 
 Peers:
   mp     multiprocessing.Pool(2)           map: pool.map(f, xs, chunksize=1);  submit: apply_async().get()
-  ppe    concurrent.futures.ProcessPoolExecutor(2)   map: ex.map(f, xs) (chunksize=1); submit: ex.submit().result()
+  ppe    concurrent.futures.ProcessPoolExecutor(2)
+         map: ex.map(f, xs) (chunksize=1); submit: ex.submit().result()
   loky   loky.get_reusable_executor(max_workers=2)   map: ex.map(f, xs);  submit: ex.submit().result()
   dask   dask.distributed Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True))
          map: client.gather(client.map(f, xs, pure=False));  submit: client.submit(f, x, pure=False).result()

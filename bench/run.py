@@ -90,12 +90,12 @@ WORKLOADS_SPEC = {
         metrics=[m for mib in (1, 32, 256) for m in (
             (f"args_gbps_{mib}", f"args {mib} MiB GB/s", "higher"),
             (f"results_gbps_{mib}", f"results {mib} MiB GB/s", "higher"),
-            (f"args_origin_x_{mib}", f"  args origin peak/data", "lower", False),
-            (f"results_origin_x_{mib}", f"  res. origin peak/data", "lower", False),
-            (f"args_worker_mb_{mib}", f"  args other proc MiB", "lower", False),
-            (f"results_worker_mb_{mib}", f"  res. other proc MiB", "lower", False),
-            (f"args_broker_mb_{mib}", f"  args broker MiB", "lower", False),
-            (f"results_broker_mb_{mib}", f"  res. broker MiB", "lower", False))]
+            (f"args_origin_x_{mib}", "  args origin peak/data", "lower", False),
+            (f"results_origin_x_{mib}", "  res. origin peak/data", "lower", False),
+            (f"args_worker_mb_{mib}", "  args other proc MiB", "lower", False),
+            (f"results_worker_mb_{mib}", "  res. other proc MiB", "lower", False),
+            (f"args_broker_mb_{mib}", "  args broker MiB", "lower", False),
+            (f"results_broker_mb_{mib}", "  res. broker MiB", "lower", False))]
         + [("big_origin_x", "big arg+res origin pk/held", "lower"),
            ("big_origin_mb", "  big origin MiB", "lower", False),
            ("big_worker_mb", "  big other proc MiB", "lower", False),
@@ -730,8 +730,8 @@ def main():
                     if rec.get("leftovers"):
                         status += f"  LEFTOVER PROCESSES (killed): {rec['leftovers']}"
                     label = w if len(parts) == 1 else f"{w}.{i + 1}"
-                    print(f"  {label:<10} rep {rep + 1}/{reps} {r:<8} {rec['process_wall_s']:7.2f}s  {status}",
-                          flush=True)
+                    print(f"  {label:<10} rep {rep + 1}/{reps} {r:<8} {rec['process_wall_s']:7.2f}s"
+                          f"  {status}", flush=True)
                     if rec.get("error") and rec.get("stderr_tail"):
                         for line in rec["stderr_tail"]:
                             print(f"      | {line}", flush=True)
@@ -766,7 +766,8 @@ def main():
                          "figures are noisy, re-run on an idle machine")
     lines += table(med, notes, runners, WORKLOADS_SPEC, baseline, mode)
     lines += ["", "Targets:"] + targets(med, notes, set(workloads))
-    leftovers = [(rec["workload"], rec["runner"], rec["leftovers"]) for rec in records if rec.get("leftovers")]
+    leftovers = [(rec["workload"], rec["runner"], rec["leftovers"])
+                 for rec in records if rec.get("leftovers")]
     lines += ["", f"Leftover processes found (and killed) after runs: {len(leftovers)}"]
     lines += [f"  {w}/{r}: {l}" for w, r, l in leftovers]
     text = "\n".join(lines)

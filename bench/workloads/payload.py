@@ -12,8 +12,8 @@ For each size S (MiB) and count K:
 Every received array has each of its pages read inside the timed window (touch()): data that
 arrived as a view on shared memory is only usable, and only counted in RSS, once faulted in.
 Peak RSS growth (kernel high-water mark, see memwatch.py) during each map, of the origin and of
-the largest-growing other process (worker, broker, nanny; ours: the broker also apart), in MiB and as a multiple of the data
-the map moves.
+the largest-growing other process (worker, broker, nanny; ours: the broker also apart), in MiB,
+and the origin's as a multiple of the data the map moves.
 --big B: one B MiB argument submitted and a B MiB result returned (the task adds 1): the origin's
 peak growth over the data it ends up holding (2*B MiB; the argument is created inside the window).
 GB/s are 10^9 bytes per second.  Every map uses the executor's defaults (bench_api.py).
