@@ -50,7 +50,8 @@ class Authenticator:
         from zmq.auth.thread import ThreadAuthenticator
         self._auth = ThreadAuthenticator(ctx, log=_quiet_logger())
         self._auth.start()
-        self._auth.configure_plain(domain="scoop", passwords={PLAIN_USER.decode(): plain_token(secret).decode()})
+        token = plain_token(secret).decode()
+        self._auth.configure_plain(domain="scoop", passwords={PLAIN_USER.decode(): token})
 
     def stop(self):
         self._auth.stop()
