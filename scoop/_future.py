@@ -216,7 +216,8 @@ def as_completed(fs, timeout=None):
     while pending:
         ready = [f for f in pending if f._state >= FINISHED]
         if not ready:
-            rt.wait_until(lambda fs=pending: any(f._state >= FINISHED for f in fs), _remaining(deadline), pending)
+            rt.wait_until(lambda fs=pending: any(f._state >= FINISHED for f in fs),
+                          _remaining(deadline), pending)
             ready = [f for f in pending if f._state >= FINISHED]
             if not ready:
                 raise TimeoutError(f"{len(pending)} (of {len(fs) if hasattr(fs, '__len__') else '?'}) "
