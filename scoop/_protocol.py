@@ -70,7 +70,8 @@ PINNED = 1  # payload in shared memory on the submitter's host: only a worker th
 SINGLE = 2  # a chunk of single arguments (fn(x)), not argument tuples (fn(*args))
 
 TASK_HEADER = struct.Struct("<cQI16sQB")    # type, task id, group, callable digest, submitter host key, flags
-RESULT_HEADER = struct.Struct("<cQBIdd12s")  # type, task id, status, inputs, started, finished (epoch s), worker
+# type, task id, status, inputs, started, finished (epoch s), worker name
+RESULT_HEADER = struct.Struct("<cQBIdd12s")
 BLOB_HEADER = struct.Struct("<c16s")        # type, digest
 SIZE_HEADER = struct.Struct("<cII")         # type, workers, hosts
 TID = struct.Struct("<cQ")                  # type, task id
@@ -494,7 +495,9 @@ def _describe(obj) -> str:
 
 def _kind(obj) -> str:
     t = type(obj)
-    return f"a {t.__module__}.{t.__qualname__}" if t.__module__ not in ("builtins", None) else f"a {t.__qualname__}"
+    if t.__module__ in ("builtins", None):
+        return f"a {t.__qualname__}"
+    return f"a {t.__module__}.{t.__qualname__}"
 
 
 def _fails(item) -> bool:

@@ -439,7 +439,8 @@ class _Control(threading.Thread):
         s = rt._socket(b"c" + rt.uid.encode())
         s.setsockopt(zmq.LINGER, 0)
         monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
-                                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+                                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                       | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         s.connect(rt.broker)
         poller = zmq.Poller()
         poller.register(s, zmq.POLLIN)
@@ -454,7 +455,8 @@ class _Control(threading.Thread):
             while not self._halt.is_set():
                 now = time.monotonic()
                 if now >= next_load:
-                    P.send_records(s, signer, P.CONTROL_TO_BROKER, [(P.LOAD, json.dumps(self._figures()).encode())])
+                    load = json.dumps(self._figures()).encode()
+                    P.send_records(s, signer, P.CONTROL_TO_BROKER, [(P.LOAD, load)])
                     next_load = now + LOAD_INTERVAL
                 held = sub.held
                 if held is not None and now - held.since > sub.hold_seconds:
@@ -462,7 +464,8 @@ class _Control(threading.Thread):
                     if box is not None:
                         P.send(s, signer, P.CONTROL_TO_BROKER, box)
                 # short polls: stop() joins this thread, and a held task must not wait long
-                events = dict(poller.poll(min(self.tick_ms, int(max(0.0, next_load - time.monotonic()) * 1000) + 1)))
+                wait_ms = min(self.tick_ms, int(max(0.0, next_load - time.monotonic()) * 1000) + 1)
+                events = dict(poller.poll(wait_ms))
                 if monitor in events:
                     self._on_connection_event(monitor)
                 if s in events:

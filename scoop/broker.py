@@ -50,7 +50,8 @@ class Authenticator:
         from zmq.auth.thread import ThreadAuthenticator
         self._auth = ThreadAuthenticator(ctx, log=_quiet_logger())
         self._auth.start()
-        self._auth.configure_plain(domain="scoop", passwords={PLAIN_USER.decode(): plain_token(secret).decode()})
+        token = plain_token(secret).decode()
+        self._auth.configure_plain(domain="scoop", passwords={PLAIN_USER.decode(): token})
 
     def stop(self):
         self._auth.stop()
@@ -93,7 +94,8 @@ class Broker:
         self.shm = _shm.Segments(P.derive(secret, "shared memory")) if _shm.available() else None
         self.core = Scheduler(upstream, log=self.log, unlink=_shm.Segments.unlink)
         self.core.on_event = self._event
-        self.fds: dict[int, Peer] = {}   # connection (fd) -> the peer that authenticated on it
+        self.fds: dict[int, tuple] = {}  # connection (fd) -> (identity, the peer that authenticated on it)
+        self.connected: set[bytes] = set()  # identities whose connection is watched
         self.running = True
         self.reason = ""
         self.routed = 0       # messages routed (in and out), for capacity figures
@@ -177,7 +179,9 @@ class Broker:
         from zmq.utils.monitor import recv_monitor_message
         while monitor.poll(0):
             ev = recv_monitor_message(monitor)
-            peer = self.fds.pop(ev["value"], None)
+            ident, peer = self.fds.pop(ev["value"], (None, None))
+            if ident is not None:
+                self.connected.discard(ident)
             if peer is not None and peer.uid in self.core.peers:
                 self._lose(peer, "lost (its connection dropped)")
 
@@ -188,37 +192,50 @@ class Broker:
             self.shutdown(f"the origin {why}")
 
     def _forget_fds(self, peer):
-        for fd in [fd for fd, p in self.fds.items() if p is peer]:
-            del self.fds[fd]
+        for fd in [fd for fd, (_i, p) in self.fds.items() if p is peer]:
+            self.connected.discard(self.fds.pop(fd)[0])
 
     def _recv(self):
-        """One message from the ROUTER: identity, signed header, payload frames."""
+        """One message from the ROUTER: identity, signed header, payload frames.  The first
+        message of each connection is read as a frame to learn its socket (SRCFD): that
+        connection's drop is how this peer's loss will be known."""
         main = self.main
-        ident = main.recv(zmq.NOBLOCK, copy=False)
-        parts = [] if not main.getsockopt(zmq.RCVMORE) else P.recv_parts(main)
+        ident = main.recv(zmq.NOBLOCK)
         self.routed += 1
-        kind = bytes(ident.buffer[:1])
+        if not main.getsockopt(zmq.RCVMORE):
+            self.dropped += 1
+            return
+        fd = None
+        if ident in self.connected:
+            parts = P.recv_parts(main)
+        else:
+            head = main.recv(copy=False)
+            fd = head.get(zmq.SRCFD)
+            parts = [head.bytes] + (P.recv_parts(main) if main.getsockopt(zmq.RCVMORE) else [])
+        kind = ident[:1]
         channel = P.TO_BROKER if kind == b"t" else P.CONTROL_TO_BROKER
-        if not parts or not self.signer.check(channel, parts[0]):
+        if not self.signer.check(channel, parts[0]):
             self.dropped += 1  # dropped before any byte of it is interpreted
             return
         recs = P.parse(parts[0], parts[1:])
         if recs is None:
             self.dropped += 1
             return
-        uid = ident.bytes[1:]
+        uid = ident[1:]
         peer = self.core.peers.get(uid)
         try:
             if kind == b"t":
                 for rec in recs:
                     t = rec.hdr[:1]
                     if t == P.HELLO:
-                        peer = self._hello(ident, uid, rec)
+                        peer = self._hello(uid, rec)
+                        if peer is not None and fd is not None:
+                            self._watch(ident, fd, peer)
                         continue
                     if peer is None:
                         # lost (its tasks already run elsewhere) or never welcomed: it must not come
                         # back half-alive
-                        self._send_now(ident.bytes, P.FROM_BROKER, P.SHUTDOWN, b"declared lost by the broker")
+                        self._send_now(ident, P.FROM_BROKER, P.SHUTDOWN, b"declared lost by the broker")
                         return
                     handler = self._on_task.get(t)
                     if handler is not None:
@@ -227,17 +244,20 @@ class Broker:
                             return
             else:
                 if peer is None:
-                    self._send_now(ident.bytes, P.CONTROL_FROM_BROKER, P.SHUTDOWN, b"declared lost by the broker")
+                    self._send_now(ident, P.CONTROL_FROM_BROKER, P.SHUTDOWN, b"declared lost by the broker")
                     return
-                fd = ident.get(zmq.SRCFD)
-                if self.fds.get(fd) is not peer:
-                    self.fds[fd] = peer
+                if fd is not None:
+                    self._watch(ident, fd, peer)
                 for rec in recs:
                     handler = self._on_control.get(rec.hdr[:1])
                     if handler is not None:
                         handler(peer, rec)
         except Exception as exc:  # malformed but signed input must not kill the broker
             self.log(f"dropped a malformed message from {uid!r}: {type(exc).__name__}: {exc}")
+
+    def _watch(self, ident, fd, peer):
+        self.fds[fd] = (ident, peer)
+        self.connected.add(ident)
 
     def _send_now(self, ident, channel, hdr, body=P.EMPTY):
         box = P.Outbox()
@@ -248,13 +268,9 @@ class Broker:
             pass
 
     # ---- records ------------------------------------------------------------------------------
-    def _hello(self, ident, uid, rec):
+    def _hello(self, uid, rec):
         info = json.loads(bytes(rec.body))
-        peer = self.core.join(uid, info)
-        if peer is None:
-            return self.core.peers.get(uid)
-        self.fds[ident.get(zmq.SRCFD)] = peer
-        return peer
+        return self.core.join(uid, info) or self.core.peers.get(uid)
 
     def _r_task(self, peer, rec):
         self.core.submit(peer, rec)

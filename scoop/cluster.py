@@ -1,59 +1,43 @@
 """The public Cluster API: start, stop, scale and observe a SCOOP cluster.
 
 ``python -m scoop`` and ``%scoop_cluster`` are thin front ends over this class.  A cluster is
-one broker on this machine plus workers here and on remote hosts (over SSH); the process that
-calls :meth:`Cluster.start` becomes the origin unless told otherwise.  Every process the
-cluster starts holds a pipe or an SSH channel to this one and a heartbeat to the broker, so
-none outlives it.
+one broker (or a federation of them) on this machine plus workers started by a launcher
+(:mod:`scoop.launch.base`): here, over SSH, or by the batch system inside an allocation.  The
+process that calls :meth:`Cluster.start` becomes the origin unless told otherwise.
+
+The cluster is data: :attr:`Cluster.spec` lists the workers it wants (a name and a host each).
+:meth:`start`, :meth:`scale` and the supervisor thread only edit that list and call one
+reconcile step, which makes the launched workers match it -- it starts the missing ones,
+replaces the dead ones and retires the extra ones.  Three counts are kept apart: *requested*
+(the spec), *launched* (workers started and not ended) and *joined* (workers the broker knows).
 """
 from __future__ import annotations
 
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
 
-from . import _globals, _protocol as P
+from . import _globals
+from . import _protocol as P
 from .errors import ClusterError
 from .launch import local as _local
-from .launch.hosts import is_local_host
+from .launch.base import Handle, WorkerSpec, launcher_class, terminate
+from .launch.hosts import HostfileError, is_local_host
+from .launch.placement import PlacementError, add_placement, allocation_slots, capacities, first_placement
 from .meta import MetaSubscriber
+from .options import ClusterOptions
 
-def _is_local(host) -> bool:
-    return not host or is_local_host(host)
+#: launchers that start workers through a batch system, also on this very node
+ALLOCATION_LAUNCHERS = {"slurm": "srun", "pbs": "pbsdsh", "sge": "qrsh"}
 
 
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-class _WorkerHandle:
-    """A worker we started: a local Popen or a remote process, with its label for output."""
-
-    def __init__(self, label, host, proc, remote=False):
-        self.label = label
-        self.host = host
-        self.proc = proc
-        self.remote = remote
-        self.retired = False
-
-    @property
-    def pid(self):
-        return getattr(self.proc, "pid", None)
-
-    def poll(self):
-        return self.proc.poll()
-
-    def kill(self):
-        try:
-            self.proc.kill()
-        except Exception:
-            pass
 
 
 class Cluster:
@@ -63,81 +47,118 @@ class Cluster:
     submits them) comes in addition and runs no queued tasks, so ``-n 2`` on a 2-core machine
     keeps both cores computing while the origin waits.
 
-    ``fork`` (default False): start local broker and workers by forking this process, which
-    saves an interpreter start per worker; safe only from a fresh, single-threaded process that
-    holds no ZeroMQ context yet -- ``python -m scoop``'s launcher asks for it, a library caller
-    or a notebook kernel must not.
+    Every keyword of :class:`scoop.options.ClusterOptions` is accepted (``python -m scoop
+    --help`` describes them); bad values raise ValueError naming the option at once.  Besides:
+    ``output`` (callable(name, stream, text) receiving worker output), ``program_dir`` (put on
+    the workers' sys.path) and ``fork`` (start local broker and workers by forking this process,
+    which saves an interpreter start per worker; safe only from a fresh, single-threaded process
+    that holds no ZeroMQ context yet -- ``python -m scoop``'s launcher asks for it, a library
+    caller or a notebook kernel must not).
 
     ``inline`` (default True): a process that submits a task and then waits on it at once
     (``submit(f, x).result()``) runs it itself, as SCOOP's origin did, instead of paying a
     round trip through the broker; a task not waited on within ~2 ms goes to the cluster.
     """
 
-    def __init__(self, n: int | None = None, hosts=None, hostfile: str | None = None, *,
-                 python: str | None = None, pythonpath=None, path: str | None = None,
-                 prolog: str | None = None, nice: int | None = None,
-                 external_hostname: str | None = None, tunnel: bool = False,
-                 output=None, prefix_output: bool = False, heartbeat_timeout: float = 3.0,
-                 connect_timeout: float = 10.0, ssh_config: str | None = None,
-                 env: dict | None = None, program_dir: str | None = None, verbose: int = 0,
-                 brokers: int = 1, inline: bool = True, fork: bool = False):
-        self.n = n
-        self.hosts = list(hosts or [])
-        self.hostfile = hostfile
-        self.python = python or sys.executable
-        self.pythonpath = [pythonpath] if isinstance(pythonpath, str) else list(pythonpath or [])
-        self.path = os.path.abspath(path) if path else os.getcwd()
-        self.prolog = prolog
-        self.nice = nice
-        self.external_hostname = external_hostname
-        self.tunnel = tunnel
-        self.heartbeat_timeout = heartbeat_timeout
-        self.connect_timeout = connect_timeout
-        self.ssh_config = ssh_config
-        self.env = dict(env or {})
+    def __init__(self, n: int | None = None, hosts=None, hostfile: str | None = None, *, output=None,
+                 program_dir: str | None = None, fork: bool = False, **options):
+        self.options = o = ClusterOptions.from_kwargs(n=n, hosts=hosts or [], hostfile=hostfile, **options)
+        self.n = o.n
+        self.hosts = o.hosts
+        self.hostfile = o.hostfile
+        self.python = o.python or sys.executable
+        self.path = os.path.abspath(o.path) if o.path else os.getcwd()
+        self.heartbeat_timeout = o.heartbeat_timeout
         self.program_dir = program_dir
-        self.verbose = verbose
+        self.fork = fork
+        self.brokers = o.brokers
+        self.inline = o.inline
+        self._output = output
         self.secret = P.new_secret()
         self.relay = None
-        self._output = output
-        self._prefix = prefix_output
-        self.brokers = max(1, int(brokers))
-        self.inline = inline
-        self.fork = fork
+        self.launcher = None
+        self.spec: list[WorkerSpec] = []          # requested
+        self._live: dict[str, Handle] = {}         # launched and not yet seen to end
+        self.workers: list[Handle] = []            # every worker ever launched, in start order
         self.broker_procs: list = []
         self.broker_ports: list = []
+        self.allocation = None
+        self._caps: list[tuple[str, int]] = []
+        self._strict = False
+        self._names = 0
         self._spread = 0
-        self.workers: list[_WorkerHandle] = []
-        self.remote_hosts: dict = {}
-        self.plan: list[tuple[str, int]] = []
+        self._deaths: list[float] = []
         self._meta: MetaSubscriber | None = None
         self.runtime = None
         self.bind_host = "127.0.0.1"
-        self.broker_host = "127.0.0.1"
         self.main_port = self.meta_port = None
         self._started = False
-        self._fork = False
         self._stopping = False
-        self._labels = 0
+        self._supervisor = None
         self._lock = threading.RLock()
-        self.allocation = None
 
     # ---- planning --------------------------------------------------------------------------
-    def _make_plan(self):
+    def _choose_launcher(self, allocation: str | None, hosts: list[str]) -> str:
+        name = self.options.launcher
+        if name == "local":
+            return "fork" if self.fork else "spawn"
+        if name != "auto":
+            return name
+        if allocation and not (self.options.hosts or self.options.hostfile):
+            batch = ALLOCATION_LAUNCHERS[allocation]
+            import shutil
+            if shutil.which(batch) and launcher_class(batch).in_allocation_env(os.environ):
+                return batch
+        if any(not is_local_host(h) for h in hosts):
+            return "ssh"
+        return "fork" if self.fork else "spawn"
+
+    def _make_plan(self) -> list[tuple[str, int]]:
+        """Decides the launcher and the first placement: a list of (host, workers)."""
         from .launch import hosts as H
+        o = self.options
         cores = os.cpu_count() or 1
         entries = []
-        if self.hostfile:
-            entries = H.parse_hostfile(self.hostfile)
-        if self.hosts:
-            entries += H.parse_hosts_args(self.hosts)
-        if not entries:
-            alloc = H.detect_allocation(os.environ)
+        if o.hostfile:
+            entries = H.parse_hostfile(o.hostfile)
+            if not entries:
+                raise ClusterError(f"host file {o.hostfile!r} lists no hosts")
+        if o.hosts:
+            entries += H.parse_hosts_args(o.hosts)
+        where = "the host list"
+        if not entries and o.launcher != "local":
+            alloc = allocation_slots(os.environ)
             if alloc:
                 self.allocation, entries = alloc[0], list(alloc[1])
+                where = f"the {self.allocation.upper()} allocation"
         if not entries:
-            return [("localhost", self.n if self.n is not None else cores)]
-        return [(h, k) for h, k in H.distribute(self.n, entries, cores) if k > 0]
+            entries = [("localhost", None)]
+        name = self._choose_launcher(self.allocation, [h for h, _ in entries])
+        self.launcher = launcher_class(name)(o, self.relay, env=self._env(), cwd=self.path,
+                                             python=self.python)
+        self._strict = self.allocation is not None  # an allocation's slots are a limit, however reached
+        try:
+            plan = first_placement(o.n, entries, cores, strict=self._strict, oversubscribe=o.oversubscribe,
+                                   where=where)
+        except ValueError as exc:
+            raise ClusterError(str(exc)) from None
+        self._caps = capacities([(h, k) for h, k in entries], cores)
+        return [(h, k) for h, k in plan if k > 0]
+
+    def _host_key(self, host: str) -> str | None:
+        """None (this machine) unless the launcher must start even local workers itself."""
+        if self.launcher.in_allocation or not is_local_host(host):
+            return host
+        return None
+
+    @property
+    def plan(self) -> list[tuple[str, int]]:
+        """Requested workers per host."""
+        counts: dict = {}
+        for s in self.spec:
+            key = s.host or "localhost"
+            counts[key] = counts.get(key, 0) + 1
+        return list(counts.items())
 
     # ---- start -------------------------------------------------------------------------------
     def start(self, *, connect: bool = True, wait: bool = True, timeout: float = 60.0) -> "Cluster":
@@ -145,58 +166,145 @@ class Cluster:
         Returns once every worker has joined (``wait``), or raises ClusterError naming what
         failed, with nothing left running."""
         if self._started:
-            raise ClusterError("this cluster is already started")
+            raise ClusterError("this cluster is already started" if not self._stopping
+                               else "this cluster was stopped; make a new Cluster")
         self._started = True
         try:
             self._start(connect, wait, timeout)
+        except HostfileError as exc:
+            self.stop()
+            raise ClusterError(str(exc)) from None
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _check_dirs(self):
+        if self.launcher.remote:
+            return  # the directory is the hosts'; a worker there names it if it is missing
+        for what, d in (("working directory (--path)", self.path), ("program directory", self.program_dir)):
+            if d and not os.path.isdir(d):
+                raise ClusterError(f"the {what} {d!r} does not exist")
+
     def _start(self, connect, wait, timeout):
-        self.plan = self._make_plan()
-        remote = [(h, k) for h, k in self.plan if not _is_local(h)]
-        if remote and not self.tunnel:
-            self.bind_host = "0.0.0.0"
-        # a local cluster started from a single-threaded launcher forks its broker and workers
-        # (no interpreter start, no imports); the relay's thread starts only after the forks
-        self._fork = (self.fork and not remote and not self.prolog and self.python == sys.executable
-                      and _local.can_fork())
-        self.relay = _local.OutputRelay(self._output, self._prefix, start=not self._fork)
-        if remote:
-            self._connect_remote([h for h, _ in remote])
+        fork = self.fork and _local.can_fork()
+        # the relay's thread starts only after the forks (a forked child must not inherit threads)
+        self.relay = _local.OutputRelay(self._output, self.options.prefix_output, start=not fork)
+        plan = self._make_plan()
+        self._check_dirs()
+        self.launcher.prepare([self._host_key(h) for h, _ in plan])
+        self.bind_host = self.launcher.bind_host()
         # ports chosen here so broker and workers start side by side, not one after the other
-        for attempt in range(3):
-            probe = "127.0.0.1" if self.bind_host == "0.0.0.0" else self.bind_host
-            self.broker_ports = [(_free_port(probe), _free_port(probe)) for _ in range(self.brokers)]
+        for _attempt in range(3):
+            # probed where the broker binds: a port free on loopback may be taken on another address
+            self.broker_ports = [(_free_port(self.bind_host), _free_port(self.bind_host))
+                                 for _ in range(self.brokers)]
             self.main_port, self.meta_port = self.broker_ports[0]
             self.broker_procs = []
             for k, (main, meta) in enumerate(self.broker_ports):
-                self._spawn_broker(k, main, meta)
-            for host, count in self.plan:
-                for _ in range(count):
-                    self._spawn_worker(host)
-            self._fork = False
+                self._spawn_broker(k, main, meta, fork=fork)
+            self._names = self._spread = 0
+            self.spec = [self._new_spec(self._host_key(h)) for h, k in plan for _ in range(k)]
+            self._reconcile()
             self.relay.start()
             if all(self._await_broker(k) for k in range(self.brokers)):
                 break
-            self._kill_all()
+            self._restart_launcher()
         else:
             raise ClusterError("the SCOOP broker did not start: " + self.relay.tail("broker"))
         if connect:
             self.connect()
         if wait:
-            self.wait_for_workers(sum(k for _, k in self.plan), timeout)
+            self.wait_for_workers(len(self.spec), timeout)
         self._supervisor = threading.Thread(target=self._supervise, name="scoop-supervisor", daemon=True)
         self._supervisor.start()
 
-    def _supervise(self):
-        """Replaces workers that die (a crash, ``os._exit`` in a task, a lost host) so the
-        cluster keeps its size; their tasks are re-dispatched by the broker.  A crash loop
-        (more than 2n+8 deaths a minute) stops the replacing."""
+    def _restart_launcher(self):
+        """After a broker failed to start: ends what was started and begins again."""
+        self.launcher.stop(2.0)
+        for bp in self.broker_procs:
+            bp.kill()
+            bp.wait()
+        self.broker_procs = []
+        self._live.clear()
+        self.workers = []
+        self.launcher = type(self.launcher)(self.options, self.relay, env=self._env(), cwd=self.path,
+                                            python=self.python)
+        self.launcher.prepare(list(dict.fromkeys(s.host for s in self.spec)))
+
+    # ---- the one reconcile step ----------------------------------------------------------------
+    def _reconcile(self) -> None:
+        """Makes the launched workers match :attr:`spec`: replaces the dead (a crash, ``os._exit``
+        in a task, a lost host; their tasks are re-dispatched by the broker), retires the extra,
+        starts the missing.  A crash loop (more than 2n+8 deaths a minute) stops the replacing."""
         from . import logger
-        deaths = []
+        with self._lock:
+            if self._stopping:
+                return
+            wanted = {s.name: i for i, s in enumerate(self.spec)}
+            for name, h in list(self._live.items()):
+                code = h.poll()
+                if code is None:
+                    continue
+                del self._live[name]
+                if h.retired or name not in wanted:
+                    continue
+                h.retired = True
+                now = time.monotonic()
+                self._deaths = [t for t in self._deaths if now - t < 60] + [now]
+                where = h.host or "localhost"
+                if len(self._deaths) > 2 * len(self.spec) + 8:
+                    logger.error("worker %s on %s exited with status %s; too many worker deaths this minute, "
+                                 "not replacing it", name, where, code)
+                    self.spec.pop(wanted[name])
+                    wanted = {s.name: i for i, s in enumerate(self.spec)}
+                    continue
+                new = self._new_spec(self.spec[wanted[name]].host)
+                logger.warning("worker %s on %s exited with status %s; starting %s to replace it",
+                               name, where, code, new.name)
+                self.spec[wanted[name]] = new
+                wanted = {s.name: i for i, s in enumerate(self.spec)}
+            extra = [h for name, h in list(self._live.items()) if name not in wanted and not h.retired]
+            if extra:
+                self._retire(extra)
+            missing = [s for s in self.spec if s.name not in self._live]
+            if missing:
+                for h in self.launcher.start(missing):
+                    self._live[h.name] = h
+                    self.workers.append(h)
+
+    def _retire(self, handles: list[Handle]) -> None:
+        """Asks the broker to retire these workers (they finish their running task and hand their
+        queue back); a worker the broker does not list yet is killed."""
+        from . import logger
+        snap = self.status() if self.runtime is not None else {}
+        by_name = {w.get("name"): int(w["id"]) for w in snap.get("workers", []) if w.get("name")}
+        by_pid = {(w.get("host"), w.get("pid")): int(w["id"]) for w in snap.get("workers", [])}
+        me = socket.gethostname()
+        # without names in the snapshot, a worker whose pid we do not know (one task of a job
+        # step) is matched to any worker of its host that no handle of ours claims
+        known = {(x.host or me, x.pid) for x in self._live.values() if x.pid is not None}
+        unclaimed: dict = {}
+        if not by_name:
+            for w in snap.get("workers", []):
+                if (w.get("host"), w.get("pid")) not in known:
+                    unclaimed.setdefault(w.get("host"), []).append(int(w["id"]))
+        for h in handles:
+            h.retired = True
+            idx = by_name.get(h.name)
+            if idx is None and h.pid is not None:
+                idx = by_pid.get((h.host or me, h.pid))
+            elif idx is None and unclaimed.get(h.host):
+                idx = unclaimed[h.host].pop()
+            if idx is not None and self.runtime is not None:
+                self.runtime.retire(idx)
+            elif h.pid is not None:
+                h.kill()
+            else:
+                logger.warning("worker %s is not known to the broker yet; it ends with its step", h.name)
+
+    def _supervise(self):
+        from . import logger
         while not self._stopping:
             time.sleep(0.2)
             with self._lock:
@@ -210,36 +318,25 @@ class Cluster:
                         logger.warning("sub-broker %d exited with status %s; restarting it", k, code)
                         main, meta = self.broker_ports[k]
                         self._spawn_broker(k, main, meta, replace=True)
-                for w in list(self.workers):
-                    code = w.poll()
-                    if code is None or w.retired:
-                        continue
-                    w.retired = True
-                    now = time.monotonic()
-                    deaths = [t for t in deaths if now - t < 60] + [now]
-                    if len(deaths) > 2 * len(self.workers) + 8:
-                        logger.error("worker %s on %s exited with status %s; too many worker deaths "
-                                     "this minute, not replacing it", w.label, w.host, code)
-                        continue
-                    logger.warning("worker %s on %s exited with status %s; starting a replacement",
-                                   w.label, w.host, code)
-                    try:
-                        self._spawn_worker(w.host if w.remote else "localhost")
-                    except Exception as exc:
-                        logger.error("could not replace worker %s: %s", w.label, exc)
+                try:
+                    self._reconcile()
+                except Exception as exc:
+                    logger.error("could not start replacement workers: %s", exc)
 
+    # ---- processes -----------------------------------------------------------------------------
     def _env(self):
         env = dict(os.environ)
-        env.update(self.env)
+        env.update(self.options.env or {})
         env.pop(P.SECRET_ENV, None)
         env["PYTHONUNBUFFERED"] = "1"
         # local children import the very scoop this process runs, installed or not
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        paths = self.pythonpath + [here] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        paths = self.options.pythonpath + [here] + inherited
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         return env
 
-    def _spawn_broker(self, k, main, meta, replace: bool = False):
+    def _spawn_broker(self, k, main, meta, replace: bool = False, fork: bool = False):
         """Broker 0 is the root; the others are sub-brokers under it (a federation), each
         serving its share of the workers."""
         cfg = {"secret": self.secret.hex(), "heartbeat_timeout": self.heartbeat_timeout,
@@ -247,10 +344,7 @@ class Cluster:
         if k:
             cfg["upstream"] = f"tcp://127.0.0.1:{self.main_port}"
         line = (json.dumps(cfg) + "\n").encode()
-        if self._fork:
-            proc = _local.fork_spawn("scoop.broker", line, env=self._env(), cwd=self.path)
-        else:
-            proc = _local.spawn([sys.executable, "-m", "scoop.broker"], line, env=self._env(), cwd=self.path)
+        proc = _local.start_process("scoop.broker", line, env=self._env(), cwd=None, fork=fork)
         if replace:
             self.broker_procs[k] = proc
         else:
@@ -279,78 +373,23 @@ class Cluster:
         self.relay.flush(0.3)
         return False
 
-    def _worker_config(self, host, label, broker_addr):
-        sys_path = [p for p in (self.program_dir, self.path) if p]
-        return {"secret": self.secret.hex(), "broker": broker_addr, "label": label, "name": label,
-                "sys_path": sys_path, "nice": self.nice, "host": None if _is_local(host) else host,
-                "broker_timeout": self.heartbeat_timeout,
-                "connect_timeout": 15.0, "broker_info": self.broker_info(), "inline": self.inline}
-
-    def broker_info(self) -> dict:
-        return {"hostname": self.external_hostname or socket.gethostname(), "task_port": self.main_port,
-                "info_port": self.meta_port, "externalHostname": self.external_hostname}
-
-    def _next_label(self, host):
-        self._labels += 1
-        return f"w{self._labels}" if _is_local(host) else f"w{self._labels}@{host}"
-
-    def _spawn_worker(self, host):
-        label = self._next_label(host)
+    def _new_spec(self, host: str | None) -> WorkerSpec:
+        """The next worker: its one name (``w<k>``, in start order), its broker and its config."""
+        self._names += 1
+        name = f"w{self._names}"
         port = self.broker_ports[self._spread % self.brokers][0]  # workers spread over the brokers
         self._spread += 1
-        if _is_local(host):
-            addr = f"tcp://127.0.0.1:{port}"
-            cfg = self._worker_config(host, label, addr)
-            try:
-                line = (json.dumps(cfg) + "\n").encode()
-                if self._fork:
-                    proc = _local.fork_spawn("scoop.worker", line, env=self._env(), cwd=self.path)
-                else:
-                    proc = _local.spawn([self.python, "-m", "scoop.worker"], line,
-                                        env=self._env(), cwd=self.path, prolog=self.prolog)
-            except OSError as exc:
-                raise ClusterError(f"cannot start a worker with the Python interpreter {self.python!r} "
-                                   f"in {self.path!r}: {exc.strerror}") from None
-            self.relay.add(label, proc.stdout, proc.stderr)
-            handle = _WorkerHandle(label, "localhost", proc)
-        else:
-            rh = self.remote_hosts[host]
-            if self.tunnel:
-                key = (host, port)
-                rport = self._tunnel_ports.get(key)
-                if rport is None:
-                    rport = self._tunnel_ports[key] = rh.forward_remote_port("127.0.0.1", port)
-                addr = f"tcp://127.0.0.1:{rport}"
-            else:
-                addr = f"tcp://{self.external_hostname or rh.local_address}:{port}"
-            cfg = self._worker_config(host, label, addr)
-            env = {"PYTHONUNBUFFERED": "1"}
-            if self.pythonpath:
-                env["PYTHONPATH"] = os.pathsep.join(self.pythonpath)
-            proc = rh.start([self.python, "-m", "scoop.worker"], stdin_data=(json.dumps(cfg) + "\n").encode(),
-                            cwd=self.path, env=env, prolog=self.prolog,
-                            on_output=lambda stream, line, _l=label: self.relay.emit(_l, stream, line + "\n"))
-            handle = _WorkerHandle(label, host, proc, remote=True)
-        self.workers.append(handle)
-        return handle
+        sys_path = [p for p in (self.program_dir, self.path) if p]
+        config = {"secret": self.secret.hex(), "broker": self.launcher.broker_address(host, port),
+                  "name": name, "label": name, "sys_path": sys_path, "nice": self.options.nice,
+                  "host": host, "broker_timeout": self.heartbeat_timeout,
+                  "connect_timeout": 15.0, "broker_info": self.broker_info(), "inline": self.inline}
+        return WorkerSpec(name, host, config)
 
-    def _connect_remote(self, names):
-        from .launch import ssh
-        self._tunnel_ports = {}
-        unique = list(dict.fromkeys(names))
-        try:
-            self.remote_hosts = ssh.connect_hosts(unique, config_path=self.ssh_config,
-                                                  connect_timeout=self.connect_timeout)
-        except ssh.SSHError as exc:
-            raise ClusterError(str(exc)) from None
-        errors = []
-        for name, rh in self.remote_hosts.items():
-            try:
-                rh.check_python(self.python)
-            except ssh.SSHError as exc:
-                errors.append(str(exc))
-        if errors:
-            raise ClusterError("; ".join(errors))
+    def broker_info(self) -> dict:
+        hostname = self.options.external_hostname or socket.gethostname()
+        return {"hostname": hostname, "task_port": self.main_port, "info_port": self.meta_port,
+                "externalHostname": self.options.external_hostname}
 
     # ---- origin -----------------------------------------------------------------------------
     def connect(self):
@@ -369,34 +408,44 @@ class Cluster:
         _globals.activate(rt, is_origin=True, broker=self.broker_info())
         return rt
 
+    @property
+    def joined(self) -> int:
+        """Workers the broker knows (the origin hears of every join at once)."""
+        if self.runtime is not None:
+            self.runtime.pump(0)
+            return self.runtime.size
+        snap = self.meta.wait_for(lambda s: True, 0.5)
+        return len(snap["workers"]) if snap else 0
+
     def wait_for_workers(self, count: int, timeout: float = 60.0):
         """Blocks until ``count`` workers have joined; a worker that dies first is reported."""
         deadline = time.monotonic() + timeout
         rt = self.runtime
+        have = 0
         while True:
             if rt is not None:
-                # the origin hears of every join at once (SIZE records): no waiting for a snapshot
                 rt.pump(0.05)
-                snap = {"workers": [None] * rt.size} if rt.size >= count else None
+                have = rt.size
             else:
                 snap = self.meta.wait_for(lambda s: len(s["workers"]) >= count, 0.1)
-            if snap is not None and len(snap["workers"]) >= count:
-                if self.runtime is not None:
-                    self.runtime.size = len(snap["workers"])
+                if snap is not None:
+                    have = len(snap["workers"])
+            if have >= count:
+                if rt is not None:
                     import scoop
-                    scoop.SIZE = self.runtime.size
-                return snap
-            for w in self.workers:
-                code = w.poll()
-                if code is not None and not w.retired:
+                    scoop.SIZE = rt.size
+                return have
+            for h in list(self._live.values()):
+                code = h.poll()
+                if code is not None and not h.retired:
                     self.relay.flush(0.3)
-                    tail = self.relay.tail(w.label)
-                    raise ClusterError(f"worker {w.label} on {w.host} exited with status {code} before "
-                                       f"joining the cluster" + (f":\n{tail}" if tail else ""))
+                    tail = self.relay.tail(h.name)
+                    where = h.host or "localhost"
+                    raise ClusterError(f"worker {h.name} on {where} exited with status {code} "
+                                       f"before joining the cluster" + (f":\n{tail}" if tail else ""))
             if self.broker_proc.poll() is not None:
                 raise ClusterError("the SCOOP broker exited: " + self.relay.tail("broker"))
             if time.monotonic() > deadline:
-                have = len(snap["workers"]) if snap else 0
                 raise ClusterError(f"only {have} of {count} workers joined within {timeout:.0f} s")
 
     @property
@@ -429,40 +478,65 @@ class Cluster:
             and self.broker_proc.poll() is None
 
     @property
+    def requested(self) -> int:
+        return len(self.spec)
+
+    @property
+    def launched(self) -> int:
+        return len([h for h in list(self._live.values()) if not h.retired and h.poll() is None])
+
+    @property
     def size(self) -> int:
-        return len([w for w in self.workers if not w.retired and w.poll() is None])
+        """Workers launched and running (not retired)."""
+        return self.launched
 
     # ---- scale -------------------------------------------------------------------------------
     def scale(self, n: int, timeout: float = 60.0):
-        """Adds local workers, or retires workers (newest first) after they finish their running
-        tasks; their queued tasks go back to the broker."""
+        """Grows the cluster to ``n`` workers (new ones go where the most slots are free), or
+        retires workers (newest first) after they finish their running tasks; their queued tasks
+        go back to the broker."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"scale: the number of workers must be an int, not {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"scale: a cluster needs at least 1 worker, not {n}")
+        if self._stopping:
+            raise ClusterError("scale: this cluster is stopped")
+        if not self._started:
+            raise ClusterError("scale: this cluster is not started")
         with self._lock:
-            live = [w for w in self.workers if not w.retired and w.poll() is None]
-            if n > len(live):
-                for _ in range(n - len(live)):
-                    host = live[0].host if live and live[0].remote else "localhost"
-                    self._spawn_worker(host)
+            have = len(self.spec)
+            if n > have:
+                counts: dict = {}
+                for s in self.spec:
+                    counts[s.host or "localhost"] = counts.get(s.host or "localhost", 0) + 1
+                where = f"the {self.allocation.upper()} allocation" if self.allocation else "the host list"
+                try:
+                    hosts = add_placement(n - have, self._caps, counts, strict=self._strict,
+                                          oversubscribe=self.options.oversubscribe, where=where)
+                except PlacementError as exc:
+                    raise ClusterError(str(exc)) from None
+                keys = [self._host_key(h) for h in hosts]
+                known = {s.host for s in self.spec}
+                self.launcher.prepare([k for k in dict.fromkeys(keys) if k not in known])  # hosts new here
+                self.spec += [self._new_spec(k) for k in keys]
+                self._reconcile()
                 self.wait_for_workers(n, timeout)
-            elif n < len(live):
+            elif n < have:
                 if self.runtime is None:
                     raise ClusterError("scaling down needs this process to be the origin")
-                victims = live[n:]
-                snap = self.status()
-                by_pid = {(w["pid"]): int(w["id"]) for w in snap.get("workers", [])}
-                for w in victims:
-                    w.retired = True
-                    idx = by_pid.get(w.pid)
-                    if idx is not None:
-                        self.runtime.retire(idx)
-                    else:
-                        w.kill()
+                names = {s.name for s in self.spec[n:]}
+                del self.spec[n:]
+                victims = [h for h in list(self._live.values()) if h.name in names]
+                self._reconcile()
                 deadline = time.monotonic() + timeout
-                for w in victims:
-                    while w.poll() is None and time.monotonic() < deadline:
+                for h in victims:
+                    if not h.separate:
+                        continue
+                    while h.poll() is None and time.monotonic() < deadline:
                         self.runtime.pump(0.05)
-                    if w.poll() is None:
-                        w.kill()
-                self.meta.wait_for(lambda s: len(s["workers"]) <= n, 5)
+                    if h.poll() is None:
+                        h.kill()
+                self.meta.wait_for(lambda s: len(s["workers"]) <= n, max(5.0, deadline - time.monotonic()))
 
     # ---- stop --------------------------------------------------------------------------------
     def stop(self, timeout: float = 5.0):
@@ -489,28 +563,9 @@ class Cluster:
                 except OSError:
                     pass
         deadline = time.monotonic() + timeout
-        procs = [w.proc for w in self.workers if not w.remote] + list(self.broker_procs)
-        for w in self.workers:
-            if not w.remote and w.proc.stdin:
-                try:
-                    w.proc.stdin.close()
-                except OSError:
-                    pass
-        for p in procs:
-            left = deadline - time.monotonic()
-            try:
-                p.wait(max(0.05, left))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(2)
-        for w in self.workers:
-            if w.remote:
-                w.kill()
-        for rh in self.remote_hosts.values():
-            try:
-                rh.close()
-            except Exception:
-                pass
+        if self.launcher is not None:
+            self.launcher.stop(timeout)
+        terminate(self.broker_procs, max(0.05, deadline - time.monotonic()))
         if self._meta is not None:
             self._meta.stop()
         from ._shm import cleanup_cluster
@@ -518,25 +573,13 @@ class Cluster:
         if self.relay is not None:
             self.relay.flush(0.5)
             self.relay.close()
-        for p in procs:
+        for p in self.broker_procs:
             for f in (p.stdout, p.stderr):
                 if f:
                     try:
                         f.close()
                     except OSError:
                         pass
-
-    def _kill_all(self):
-        for w in self.workers:
-            w.kill()
-        for bp in self.broker_procs:
-            bp.kill()
-            bp.wait()
-        self.broker_procs = []
-        for w in self.workers:
-            if not w.remote:
-                w.proc.wait()
-        self.workers = []
 
     def __enter__(self):
         if not self._started:

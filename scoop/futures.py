@@ -15,8 +15,18 @@ import weakref
 from collections import deque
 
 from . import _globals
-from ._future import (ALL_COMPLETED, ALWAYS, CANCELLED, FINISHED, FIRST_COMPLETED,  # noqa: F401
-                      FIRST_EXCEPTION, ChunkResult, Future, as_completed, wait)
+from ._future import (  # noqa: F401
+    ALL_COMPLETED,
+    ALWAYS,
+    CANCELLED,
+    FINISHED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    ChunkResult,
+    Future,
+    as_completed,
+    wait,
+)
 from .errors import CancelledError, ClusterError, RemoteError, TaskInterrupted, TimeoutError, WorkerLostError  # noqa: F401
 
 __all__ = ["submit", "map", "map_as_completed", "as_completed", "wait", "mapReduce", "mapScan",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from itertools import islice
 
 from . import _protocol as P
 
@@ -357,14 +358,15 @@ class Scheduler:
     def dispatch(self):
         workers = [p for p in self.peers.values() if p.credit > 0 and p.takes_tasks]
         queue, tasks, blobs = self.queue, self.tasks, self.blobs
-        skipped = []
         while queue and workers:
             # least loaded first, a fair share each: spreads a burst evenly in O(workers + tasks)
             workers.sort(key=_load)
-            share = -(-len(queue) // len(workers))
-            for w in workers:
-                take = min(w.credit, share)
+            before = len(queue)
+            sent = 0
+            for k, w in enumerate(workers):
+                take = min(w.credit, -(-len(queue) // (len(workers) - k)))  # share of what is left
                 out = w.out
+                skipped = []
                 while take and queue:
                     task = queue.popleft()
                     if tasks.get(task.id) is not task or task.worker is not None:
@@ -386,11 +388,14 @@ class Scheduler:
                     w.assigned[task.id] = task
                     w.credit -= 1
                     take -= 1
+                    sent += 1
+                if skipped:  # back in front at once: the next workers may be on their host
+                    queue.extendleft(reversed(skipped))
                 if not queue:
                     break
+            if not sent and len(queue) == before:
+                break  # what is left waits for a worker of its host
             workers = [w for w in workers if w.credit > 0]
-        if skipped:
-            queue.extendleft(reversed(skipped))
 
     def steal(self, now: float):
         """An idle worker while another holds unstarted tasks: ask for them back (all but the
@@ -400,12 +405,18 @@ class Scheduler:
         if not idle:
             return
         room = sum(p.credit for p in idle)
+        hosts = {p.host_key for p in idle}
         for victim in sorted((p for p in self.peers.values() if p.takes_tasks and len(p.assigned) >= 2),
                              key=_load, reverse=True):
             if now - victim.last_steal <= STEAL_EVERY:
                 continue
+            n = min(room, len(victim.assigned) - 1)
+            if victim.host_key not in hosts:
+                # its pinned tasks run on its host only: no idle worker here could take them
+                n = sum(1 for _ in islice((t for t in victim.assigned.values() if not t.host), n))
+                if not n:
+                    continue
             victim.last_steal = now
-            n = max(1, min(room, len(victim.assigned) - 1))
             victim.cout.add(P.COUNT.pack(P.STEAL, n))
             room -= n
             if room <= 0:

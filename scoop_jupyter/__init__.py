@@ -7,8 +7,7 @@ The kernel becomes the cluster's origin and stays it between cells; see
 from __future__ import annotations
 
 from . import reprs, tracebacks
-from .api import (cluster, dashboard, logs, restart, scale, session, start, status, stop,  # noqa: F401
-                  timeline)
+from .api import cluster, dashboard, logs, restart, scale, session, start, status, stop, timeline  # noqa: F401
 
 try:
     from ._labext_paths import _jupyter_labextension_paths  # noqa: F401

@@ -5,6 +5,7 @@ import socket
 import time
 
 from scoop.cluster import Cluster
+from scoop.options import ClusterOptions
 
 from . import origin as _origin
 
@@ -23,16 +24,15 @@ def session() -> _origin.KernelOrigin:
     return s
 
 
-def start(n: int | None = None, *, hosts=None, hostfile=None, python=None, pythonpath=None, path=None,
-          prolog=None, nice=None, external_hostname=None, tunnel=False, ssh_config=None,
-          progress: bool = True, **cluster_options) -> Cluster:
+def start(n: int | None = None, *, progress: bool = True, **options) -> Cluster:
     """Starts a cluster of ``n`` workers (default: one per core) whose origin is this process
-    and returns it; ``scoop.futures`` calls then run on it.  Options are those of
-    ``python -m scoop`` (``python`` is the workers' interpreter); more ``scoop.cluster.Cluster``
-    keyword arguments (``env``, ``heartbeat_timeout``, ...) pass through."""
-    return session().start(n, hosts=hosts, hostfile=hostfile, python=python, pythonpath=pythonpath,
-                           path=path, prolog=prolog, nice=nice, external_hostname=external_hostname,
-                           tunnel=tunnel, ssh_config=ssh_config, progress=progress, **cluster_options)
+    and returns it; ``scoop.futures`` calls then run on it.  The options are those of
+    ``python -m scoop`` as keywords (``hosts``, ``hostfile``, ``python`` (the workers'
+    interpreter), ``pythonpath``, ``path``, ``prolog``, ``nice``, ``external_hostname``, ``tunnel``,
+    ``ssh_config``, ``heartbeat_timeout``, ``brokers``, ``inline``, ``launcher``, ``env``, ...: see
+    ``scoop.options.ClusterOptions``); an unknown one is a TypeError, a bad value a ValueError."""
+    ClusterOptions.from_kwargs(n=n, **options)  # every mistake reported before anything starts
+    return session().start(n, progress=progress, **options)
 
 
 def stop() -> bool:
@@ -152,7 +152,8 @@ def format_status(snap: dict) -> str:
     me = socket.gethostname()
     lines = [f"SCOOP cluster: {t.get('workers', len(workers))} workers, "
              f"busy {t.get('busy', 0.0) * 100:.0f}%, {t.get('done', 0)} tasks done, "
-             f"{t.get('queued', 0)} queued, {t.get('in_flight', 0)} in flight, {t.get('rate', 0.0):.1f} tasks/s"]
+             f"{t.get('queued', 0)} queued, {t.get('in_flight', 0)} in flight, "
+             f"{t.get('rate', 0.0):.1f} tasks/s"]
     hosts: dict = {}
     for w in workers:
         h = hosts.setdefault(w.get("host", "?"), [0, 0, 0])

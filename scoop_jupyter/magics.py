@@ -1,6 +1,7 @@
 """``%scoop_cluster``: start, stop, observe and resize this kernel's SCOOP cluster.
 
-The options mirror ``python -m scoop`` so a command line moves into a notebook unchanged.
+The start options are ``python -m scoop``'s, generated from the same declarations
+(scoop.options), so a command line moves into a notebook unchanged.
 Mistakes are reported as one-line usage errors (IPython's ``UsageError``), never as a
 traceback from the parser.
 """
@@ -13,6 +14,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from scoop.errors import ClusterError
+from scoop.options import add_arguments, given
 
 from . import api
 
@@ -54,29 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     s = sub.add_parser("start", help="start a cluster (this kernel becomes its origin)",
                        description="Start a SCOOP broker and workers; this kernel becomes the origin.")
-    s.add_argument("-n", "--n", type=_positive, default=None, metavar="N",
-                   help="number of workers (default: one per core, spread over the hosts)")
-    s.add_argument("--hosts", "--host", nargs="+", default=None, metavar="HOST",
-                   help="hosts to run workers on (repeat a name for several workers; over SSH)")
-    s.add_argument("--hostfile", default=None, metavar="FILE", help="a file listing hosts (and worker counts)")
-    s.add_argument("--python-interpreter", dest="python", default=None, metavar="PATH",
-                   help="Python interpreter for the workers (default: this kernel's)")
-    s.add_argument("--pythonpath", nargs="+", default=None, metavar="DIR",
-                   help="directories prepended to the workers' PYTHONPATH")
-    s.add_argument("--path", "-p", default=None, metavar="DIR",
-                   help="working directory of the workers (default: the notebook's)")
-    s.add_argument("--prolog", default=None, metavar="SCRIPT",
-                   help="shell script sourced before each worker starts (e.g. to load modules)")
-    s.add_argument("--nice", type=int, default=None, metavar="N", help="nice level of the workers")
-    s.add_argument("--external-hostname", dest="external_hostname", default=None, metavar="ADDR",
-                   help="address remote workers use to reach this machine")
-    s.add_argument("--tunnel", action="store_true", help="reach remote workers through SSH tunnels")
-    s.add_argument("-b", "--brokers", type=_positive, default=None, metavar="B",
-                   help="number of brokers (a root and B-1 sub-brokers)")
-    s.add_argument("--no-inline", dest="inline", action="store_false", default=None,
-                   help="always send tasks to workers, even `submit(f).result()` (default: run it here)")
-    s.add_argument("--ssh-config", dest="ssh_config", default=None, metavar="FILE",
-                   help="OpenSSH client configuration to use")
+    add_arguments(s, "magic")
     s.add_argument("--no-progress", dest="progress", action="store_false", default=True,
                    help="no progress bars for long futures.map calls")
     sub.add_parser("stop", help="stop the cluster")
@@ -114,10 +94,7 @@ class ScoopMagics(Magics):
         cmd = args.command or "status"
         try:
             if cmd == "start":
-                opts = {k: getattr(args, k) for k in ("hosts", "hostfile", "python", "pythonpath", "path",
-                                                      "prolog", "nice", "external_hostname", "tunnel",
-                                                      "ssh_config", "progress", "brokers", "inline")}
-                api.start(args.n, **opts)
+                api.start(progress=args.progress, **given(args))
                 print(api.session().summary())
             elif cmd == "stop":
                 print("SCOOP cluster stopped" if api.stop() else "no SCOOP cluster is running")

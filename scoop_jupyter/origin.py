@@ -26,6 +26,7 @@ from collections import deque
 import scoop.origin
 from scoop.cluster import Cluster
 from scoop.errors import ClusterError
+from scoop.options import option_names
 
 from .status import StatusFeed, forget_maps
 
@@ -37,10 +38,9 @@ MAX_GROUPS = 10_000
 
 _LOST_LINE = re.compile(r"pid (\d+)\) lost \(")
 
-#: ``start`` options that map one to one onto ``scoop.cluster.Cluster`` arguments
-CLUSTER_OPTIONS = ("hosts", "hostfile", "python", "pythonpath", "path", "prolog", "nice",
-                   "external_hostname", "tunnel", "ssh_config", "env", "heartbeat_timeout",
-                   "connect_timeout", "inline", "brokers")
+#: ``start`` options that map one to one onto ``scoop.cluster.Cluster`` arguments (declared in
+#: scoop.options; ``n`` is start's own argument and output is always prefixed here)
+CLUSTER_OPTIONS = tuple(k for k in option_names() if k not in ("n", "prefix_output"))
 
 
 class _LoopPump:

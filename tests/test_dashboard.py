@@ -5,9 +5,9 @@ import re
 import time
 
 import pytest
+from test_jupyter_kernel import wait_gone
 
 from kernel_driver import KernelDriver
-from test_jupyter_kernel import wait_gone
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -16,7 +16,8 @@ import traceback
 DESCRIPTION = """\
 Run a Python program on a SCOOP cluster: the program is the origin, and its scoop.futures calls
 run on the workers.  With no hosts, the workers run on this machine (one per core); inside a
-SLURM, PBS/Torque or SGE allocation the allocated nodes are used.
+SLURM, PBS/Torque or SGE allocation they run on the allocated nodes, started by the batch
+system's own launcher (srun, pbsdsh, qrsh -inherit), one per allocated CPU.
 
 -n counts the workers that run tasks.  The origin (your program) comes in addition and runs no
 queued tasks, so `-n 2` on a 2-core machine keeps both cores computing while it waits.
@@ -27,51 +28,26 @@ examples:
   python -m scoop prog.py                     one worker per core on this machine
   python -m scoop -n 8 --hosts a b prog.py    8 workers over hosts a and b (over SSH)
   python -m scoop --hostfile hosts.txt prog.py arg1 arg2
+  salloc -N2 -n8 python -m scoop prog.py      8 workers in SLURM job steps on the 2 nodes
 hostfile lines: `host [count]`; # starts a comment.  SSH honours ~/.ssh/config.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scoop", description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-n", "--workers", "--number", dest="n", type=int, default=None, metavar="N",
-                   help="number of workers (default: the hosts' counts, or one per local core)")
-    p.add_argument("--hosts", "--host", nargs="+", default=[], metavar="HOST",
-                   help="hosts to run workers on; repeat a host to give it more workers")
-    p.add_argument("--hostfile", metavar="FILE", help="file of `host [count]` lines")
-    p.add_argument("-b", "--brokers", type=int, default=1, metavar="B",
-                   help="number of brokers: a root plus B-1 sub-brokers that each serve a share of "
-                        "the workers (a federation, for very large clusters; default 1)")
-    p.add_argument("--path", "-p", metavar="DIR", default=None,
-                   help="working directory of the workers (default: the current one)")
-    p.add_argument("--python-interpreter", "-e", dest="python", metavar="P", default=None,
-                   help="Python interpreter of the workers (default: this one, %(default)s)")
-    p.add_argument("--pythonpath", nargs="+", default=[], metavar="DIR",
-                   help="directories prepended to the workers' PYTHONPATH")
-    p.add_argument("--prolog", metavar="SCRIPT", default=None,
-                   help="shell script sourced before each worker starts (module loads, venvs)")
-    p.add_argument("--nice", type=int, default=None, metavar="N", help="niceness of the workers")
-    p.add_argument("--external-hostname", metavar="ADDR", default=None,
-                   help="address remote workers use to reach the broker (default: the local "
-                        "address of the SSH connection to each host)")
-    p.add_argument("--tunnel", action="store_true",
-                   help="forward the broker port through SSH, for hosts that cannot connect back")
-    p.add_argument("--ssh-config", metavar="FILE", default=None, help="SSH config file (default ~/.ssh/config)")
-    p.add_argument("--heartbeat-timeout", type=float, default=3.0, metavar="S",
-                   help="seconds of silence after which a worker is declared lost (default 3)")
-    p.add_argument("--prefix-output", action="store_true", help="prefix worker output lines with the worker")
-    p.add_argument("--no-inline", dest="inline", action="store_false",
-                   help="never run a task in the process that waits on it: `submit(f).result()` "
-                        "then always goes to a worker (default: it runs in place, saving a round trip)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more launcher messages")
+    """The launcher's options come from scoop.options (declared once for every front end)."""
+    from ..options import add_arguments
+    p = argparse.ArgumentParser(prog="python -m scoop", description=DESCRIPTION, epilog=EPILOG,
+                                allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p, "cli")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors from the launcher")
-    p.add_argument("program", nargs="?", help="the Python program to run (the origin); its arguments follow it")
+    p.add_argument("program", nargs="?",
+                   help="the Python program to run (the origin); its arguments follow it")
     return p
 
 
-_ONE_VALUE = {"-n", "--workers", "--number", "--hostfile", "-b", "--brokers", "--path", "-p",
-              "--python-interpreter", "-e", "--prolog", "--nice", "--external-hostname",
-              "--ssh-config", "--heartbeat-timeout"}
+def _one_value_flags() -> set:
+    from ..options import flags_taking_a_value
+    return flags_taking_a_value("cli")
 
 
 def split_argv(argv):
@@ -81,10 +57,11 @@ def split_argv(argv):
     first word that is a ``.py`` file or an existing file, not an option's value) rather than
     left to argparse, whose ``nargs='+'`` would swallow it; ``--`` also ends the options.
     """
+    one_value = _one_value_flags()
     for i, tok in enumerate(argv):
         if tok == "--":
             return argv[:i], argv[i + 1:i + 2], argv[i + 2:]
-        if tok.startswith("-") or (i > 0 and argv[i - 1] in _ONE_VALUE):
+        if tok.startswith("-") or (i > 0 and argv[i - 1] in one_value):
             continue
         if tok.endswith(".py") or os.path.isfile(tok):
             return argv[:i], [tok], argv[i + 1:]
@@ -110,6 +87,7 @@ def main(argv=None) -> int:
         return 2
     from ..cluster import Cluster
     from ..errors import ClusterError
+    from ..options import given
     from .hosts import HostfileError
 
     def on_term(signum, frame):
@@ -117,13 +95,16 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
+    # a process started in the background by a shell without job control inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: the launcher of a cluster must
+    # still stop (and stop its cluster) when it is interrupted, as it does on SIGTERM and SIGHUP
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     prog_dir = os.path.dirname(os.path.abspath(prog))
-    cluster = Cluster(args.n, hosts=args.hosts, hostfile=args.hostfile, python=args.python,
-                      pythonpath=args.pythonpath, path=args.path, prolog=args.prolog, nice=args.nice,
-                      external_hostname=args.external_hostname, tunnel=args.tunnel,
-                      heartbeat_timeout=args.heartbeat_timeout, ssh_config=args.ssh_config,
-                      prefix_output=args.prefix_output, program_dir=prog_dir, verbose=args.verbose,
-                      brokers=args.brokers, inline=args.inline, fork=True)
+    options = given(args)
+    try:
+        cluster = Cluster(program_dir=prog_dir, fork=True, **options)
+    except ValueError as exc:
+        parser.error(str(exc))
     code = 0
     try:
         try:
@@ -131,7 +112,7 @@ def main(argv=None) -> int:
         except (ClusterError, HostfileError, OSError) as exc:
             sys.stderr.write(f"scoop: error: {exc}\n")
             return 1
-        if args.verbose and not args.quiet:
+        if options.get("verbose") and not args.quiet:
             plan = ", ".join(f"{h}: {k}" for h, k in cluster.plan)
             sys.stderr.write(f"scoop: {cluster.size} workers ({plan}); broker on port {cluster.main_port}\n")
         sys.argv = [prog] + list(args.args)

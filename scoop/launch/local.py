@@ -1,4 +1,10 @@
-"""Starting broker and worker processes on this machine, and relaying their output."""
+"""Starting broker and worker processes on this machine, and relaying their output.
+
+Two launchers: :class:`SpawnLauncher` starts a fresh interpreter per worker (always safe);
+:class:`ForkLauncher` forks this process instead (no interpreter start, no imports), which only a
+fresh single-threaded process without ZeroMQ contexts may do -- ``python -m scoop``'s launcher
+before its cluster runs; once that no longer holds (threads run), it spawns like the other.
+"""
 from __future__ import annotations
 
 import os
@@ -7,6 +13,9 @@ import subprocess
 import sys
 import threading
 from collections import deque
+
+from ..errors import ClusterError
+from .base import Launcher, ProcessHandle, WorkerSpec, config_line, register, terminate
 
 
 class OutputRelay:
@@ -60,6 +69,10 @@ class OutputRelay:
             except Exception:
                 pass
 
+    def note(self, label: str, text: str):
+        """Keeps text in a child's tail (to explain its death) without printing it."""
+        self.tails.setdefault(label, deque(maxlen=30)).extend(text.splitlines())
+
     def tail(self, label: str) -> str:
         return "\n".join(self.tails.get(label, ()))
 
@@ -75,7 +88,8 @@ class OutputRelay:
                     continue
                 label, stream = key.data
                 try:
-                    data = key.fileobj.read1(65536) if hasattr(key.fileobj, "read1") else key.fileobj.read(65536)
+                    pipe = key.fileobj
+                    data = pipe.read1(65536) if hasattr(pipe, "read1") else pipe.read(65536)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except (OSError, ValueError):
@@ -117,7 +131,8 @@ class OutputRelay:
             os.write(self._wake_w, b"x")
         except OSError:
             pass
-        self._thread.join(1)
+        if self._thread.is_alive():
+            self._thread.join(1)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -240,3 +255,60 @@ def fork_spawn(module: str, config_line: bytes, *, env: dict, cwd: str | None) -
     proc = Forked(pid, os.fdopen(w_in, "wb", buffering=0), os.fdopen(r_out, "rb"), os.fdopen(r_err, "rb"))
     proc.stdin.write(config_line)
     return proc
+
+
+def start_process(module: str, line: bytes, *, env: dict, cwd: str | None, fork: bool = False,
+                  python: str | None = None, prolog: str | None = None):
+    """Starts ``python -m module`` here (forked when ``fork`` and safe) with its config line."""
+    if fork and not prolog and (python is None or python == sys.executable) and can_fork():
+        return fork_spawn(module, line, env=env, cwd=cwd)
+    return spawn([python or sys.executable, "-m", module], line, env=env, cwd=cwd, prolog=prolog)
+
+
+@register
+class SpawnLauncher(Launcher):
+    """Workers on this machine, each a fresh interpreter (``--launcher local`` from a library or
+    a notebook kernel)."""
+
+    name = "spawn"
+    fork = False
+
+    def start(self, specs: list[WorkerSpec]) -> list[ProcessHandle]:
+        out = []
+        for spec in specs:
+            try:
+                proc = start_process("scoop.worker", config_line(spec.config), env=self.env, cwd=self.cwd,
+                                     fork=self.fork, python=self.python, prolog=self.options.prolog)
+            except OSError as exc:
+                raise ClusterError(f"cannot start a worker with the Python interpreter {self.python!r} "
+                                   f"in {self.cwd!r}: {exc.strerror}") from None
+            self.relay.add(spec.name, proc.stdout, proc.stderr)
+            handle = ProcessHandle(spec.name, None, proc)
+            self.handles.append(handle)
+            out.append(handle)
+        return out
+
+    def stop(self, timeout: float = 5.0) -> None:
+        procs = [h.proc for h in self.handles]
+        for p in procs:
+            if p.stdin:
+                try:
+                    p.stdin.close()  # a worker's cue to end
+                except OSError:
+                    pass
+        terminate(procs, timeout)
+        for p in procs:
+            for f in (p.stdout, p.stderr):
+                if f:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+
+
+@register
+class ForkLauncher(SpawnLauncher):
+    """Workers forked from this process while that is safe (``python -m scoop`` on one machine)."""
+
+    name = "fork"
+    fork = True

@@ -38,6 +38,10 @@ from typing import Callable, Optional
 
 import paramiko
 
+from ..errors import ClusterError
+from .base import Launcher, ProcessHandle, config_line, register
+from .local import SpawnLauncher
+
 __all__ = [
     "SSHError",
     "RemoteHost",
@@ -46,6 +50,7 @@ __all__ = [
     "remote_command",
     "REMOTE_TERM_GRACE",
     "REMOTE_KILL_GRACE",
+    "SSHLauncher",
 ]
 
 log = logging.getLogger(__name__)
@@ -712,3 +717,89 @@ def connect_hosts(names: list[str], **kw) -> dict[str, RemoteHost]:
             host.close()
         raise SSHError.combine(errors)
     return hosts
+
+
+# --------------------------------------------------------------------------
+# The launcher
+
+
+@register
+class SSHLauncher(Launcher):
+    """Workers on hosts reached over SSH; workers of this machine (host None) are spawned
+    here, so one cluster can mix both."""
+
+    name = "ssh"
+    remote = True
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.hosts: dict[str, RemoteHost] = {}
+        self._tunnel_ports: dict = {}
+        self._local = SpawnLauncher(*args, **kw)
+
+    def prepare(self, hosts):
+        """Connects to the hosts not connected yet (a scale-up may add some) and checks their Python."""
+        names = [h for h in dict.fromkeys(hosts) if h is not None and h not in self.hosts]
+        if not names:
+            return
+        try:
+            new = connect_hosts(names, config_path=self.options.ssh_config,
+                                connect_timeout=self.options.connect_timeout)
+        except SSHError as exc:
+            raise ClusterError(str(exc)) from None
+        self.hosts.update(new)
+        errors = []
+        for rh in new.values():
+            try:
+                rh.check_python(self.python)
+            except SSHError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ClusterError("; ".join(errors))
+
+    def broker_address(self, host, port):
+        if host is None:
+            return f"tcp://127.0.0.1:{port}"
+        rh = self.hosts[host]
+        if self.options.tunnel:
+            key = (host, port)
+            if key not in self._tunnel_ports:
+                try:
+                    self._tunnel_ports[key] = rh.forward_remote_port("127.0.0.1", port)
+                except SSHError as exc:
+                    raise ClusterError(str(exc)) from None
+            return f"tcp://127.0.0.1:{self._tunnel_ports[key]}"
+        return f"tcp://{self.options.external_hostname or rh.local_address}:{port}"
+
+    def start(self, specs):
+        handles = []
+        # the hosts import the scoop this process runs when its directory exists there too (a
+        # shared file system, a source checkout); a missing directory on PYTHONPATH is ignored
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = {"PYTHONUNBUFFERED": "1", **(self.options.env or {}),
+               "PYTHONPATH": os.pathsep.join(dict.fromkeys(self.options.pythonpath + [here]))}
+        for spec in specs:
+            if spec.host is None:
+                handles += self._local.start([spec])
+                continue
+            try:
+                proc = self.hosts[spec.host].start(
+                    self.worker_argv(), stdin_data=config_line(spec.config), cwd=self.cwd, env=env,
+                    prolog=self.options.prolog,
+                    on_output=lambda stream, line, _n=spec.name: self.relay.emit(_n, stream, line + "\n"))
+            except SSHError as exc:
+                raise ClusterError(str(exc)) from None
+            h = ProcessHandle(spec.name, spec.host, proc)
+            self.handles.append(h)
+            handles.append(h)
+        return handles
+
+    def stop(self, timeout: float = 5.0):
+        self._local.stop(timeout)
+        for h in self.handles:
+            h.kill()
+        for rh in self.hosts.values():
+            try:
+                rh.close()
+            except Exception:
+                pass

@@ -1,0 +1,67 @@
+"""Workers inside an SGE allocation (a parallel environment), started with ``qrsh -inherit``:
+the batch system's own remote start, so workers run inside the job without SSH to the nodes.
+``qrsh`` forwards stdin, so the config line travels on it as with SSH, and its end (we are gone)
+ends the worker."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from ..errors import ClusterError
+from .base import Launcher, ProcessHandle, config_line, register, route_address, terminate
+
+
+@register
+class QrshLauncher(Launcher):
+    name = "qrsh"
+    remote = True
+    in_allocation = True
+    program = "qrsh"
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._address = None
+
+    @classmethod
+    def in_allocation_env(cls, env) -> bool:
+        return bool(env.get("PE_HOSTFILE"))
+
+    def prepare(self, hosts):
+        if not shutil.which(self.program):
+            raise ClusterError(f"launcher {self.name}: {self.program!r} is not on PATH")
+        if not self.env.get("PE_HOSTFILE"):
+            raise ClusterError(f"launcher {self.name} runs workers inside an SGE parallel environment, "
+                               "and this is not one (no PE_HOSTFILE)")
+        self._address = self.options.external_hostname or route_address(next((h for h in hosts if h), None))
+
+    def broker_address(self, host, port):
+        return f"tcp://{self._address or route_address(host)}:{port}"
+
+    def start(self, specs):
+        handles = []
+        for spec in specs:
+            host = spec.host or self.env.get("HOSTNAME") or "localhost"
+            argv = [self.program, "-inherit", host, self.python, "-m", "scoop.worker"]
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, close_fds=True,
+                                        start_new_session=True)
+            except OSError as exc:
+                raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: "
+                                   f"{exc.strerror}") from None
+            proc.stdin.write(config_line(spec.config))
+            proc.stdin.flush()
+            self.relay.add(spec.name, proc.stdout, proc.stderr)
+            h = ProcessHandle(spec.name, spec.host, proc, job_id=self.env.get("JOB_ID"))
+            self.handles.append(h)
+            handles.append(h)
+        return handles
+
+    def stop(self, timeout: float = 5.0):
+        procs = [h.proc for h in self.handles]
+        for p in procs:
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
+        terminate(procs, timeout)
