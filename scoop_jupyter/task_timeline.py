@@ -144,7 +144,9 @@ def _bar(cur, y, row, colour) -> str:
     x0, x1, name, ok, inputs, count, secs = cur
     w = max(x1 - x0, 0.6)
     # a thin light edge keeps neighbouring tasks apart; a failed one is outlined in red
-    stroke = ' stroke="rgba(255,255,255,0.8)" stroke-width="0.5"' if ok else f' stroke="{FAILED}" stroke-width="1.5"'
+    stroke = ' stroke="rgba(255,255,255,0.8)" stroke-width="0.5"'
+    if not ok:
+        stroke = f' stroke="{FAILED}" stroke-width="1.5"'
     what = f"{count} tasks, {inputs} inputs" if count > 1 else f"{inputs} input{'s' if inputs != 1 else ''}"
     return (f'<rect class="scoop-task" x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{row - 4}" '
             f'fill="{colour.get(name, PALETTE[0])}"{stroke}><title>{html.escape(str(name))}: {what}, '

@@ -53,7 +53,8 @@ def start_kernel_with_cluster(n=2, options=""):
 def kernel():
     k, res = start_kernel_with_cluster(2)
     k.start_result = res
-    k.run("import sys, time\nimport scoop.origin\nimport scoop_jupyter as _sj\nfrom scoop import futures, shared")
+    k.run("import sys, time\nimport scoop.origin\nimport scoop_jupyter as _sj\n"
+          "from scoop import futures, shared")
     try:
         yield k
     finally:
@@ -132,7 +133,8 @@ def pfib(n):
 
 def test_shared_constants(kernel):
     kernel.run("shared.setConst(offset_kernel_test=100)")
-    got = kernel.value("list(futures.map(lambda x: x + shared.getConst('offset_kernel_test', timeout=10), range(3)))")
+    got = kernel.value("list(futures.map(lambda x: x + shared.getConst('offset_kernel_test', timeout=10), "
+                       "range(3)))")
     assert got == [100, 101, 102]
 
 
@@ -482,7 +484,8 @@ def test_serial_warning_points_at_the_callers_line(tmp_path):
     prog.write_text("from scoop import futures\nprint(list(futures.map(abs, [-1, -2])))\n")
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-W", "always", str(prog)], capture_output=True, text=True, timeout=60,
+    out = subprocess.run([sys.executable, "-W", "always", str(prog)], capture_output=True, text=True,
+                         timeout=60,
                          env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__))))
     assert out.returncode == 0 and "[1, 2]" in out.stdout, out
     assert f"{prog}:2: RuntimeWarning: SCOOP is not running" in out.stderr, out.stderr
@@ -572,7 +575,8 @@ def test_timeline_renders(kernel):
 
 
 def test_worker_logs(kernel):
-    kernel.run("def chatty(x):\n    print('chatty line', x)\n    return x\n_r = list(futures.map(chatty, range(4)))\n"
+    kernel.run("def chatty(x):\n    print('chatty line', x)\n    return x\n"
+               "_r = list(futures.map(chatty, range(4)))\n"
                "time.sleep(1.0)")
     out = kernel.run("%scoop_cluster logs").stream()
     assert re.search(r"^--- w\d+ ", out, re.M), out

@@ -477,7 +477,8 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     time.sleep(1.0)
     menu(page, "Kernel", "Interrupt Kernel")
     error = cell.locator("[data-mime-type='application/vnd.jupyter.stderr']")
-    expect(error).to_contain_text(re.compile(r"map nap interrupted: \d+ of 200 done, \d+ dropped"), timeout=30_000)
+    said = re.compile(r"map nap interrupted: \d+ of 200 done, \d+ dropped")
+    expect(error).to_contain_text(said, timeout=30_000)
     expect(cell.locator(".widget-label", has_text="interrupted")).to_be_visible(timeout=30_000)
     text = error.inner_text()
     assert "site-packages" not in text and "scoop/" not in text and "zmq" not in text, text
