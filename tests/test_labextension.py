@@ -438,9 +438,11 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     expect(cell.locator(".widget-label", has_text="ETA")).to_be_visible(timeout=30_000)
     if has_timeline:
         expect(dash.locator("rect.scoop-task").nth(12)).to_be_attached(timeout=30_000)
-    dash.evaluate("node => node.scrollIntoView({block: 'start'})")
+    # the widget's container stays while its HTML (the .scoop-dashboard node) is replaced on updates
+    widget = page.locator(".widget-html:has(.scoop-dashboard)").first
+    widget.evaluate("node => node.scrollIntoView({block: 'start'})")
     page.screenshot(path=str(ARTIFACTS / "dashboard-timeline.png"))
-    dash.screenshot(path=str(ARTIFACTS / "dashboard-timeline-widget.png"))
+    widget.screenshot(path=str(ARTIFACTS / "dashboard-timeline-widget.png"))
     expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"), timeout=120_000)
     expect(cell.locator(".widget-label", has_text="done in")).to_be_visible(timeout=30_000)
 
