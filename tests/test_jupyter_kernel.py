@@ -479,6 +479,17 @@ def test_remote_traceback_names_the_cell_and_the_worker(kernel):
     assert "ipykernel_" not in tb and not PACKAGE_FRAME.search(tb), tb
 
 
+def test_nested_remote_tracebacks_are_tidy_too(kernel):
+    res = kernel.run("def inner(x):\n    raise ValueError(f'bad {x}')\n"
+                     "def outer(x):\n    return futures.submit(inner, x).result()\n"
+                     "futures.submit(outer, 5).result()", ok=False)
+    tb = res.tb()
+    assert res.error["ename"] == "ValueError" and res.error["evalue"] == "bad 5", res
+    assert re.search(r"^RemoteTraceback: \[w\d+ on \S+, pid \d+, task inner", tb, re.M), tb
+    assert re.search(r"^RemoteTraceback: \[w\d+ on \S+, pid \d+, task outer", tb, re.M), tb
+    assert "[worker" not in tb and "scoop._protocol" not in tb and not PACKAGE_FRAME.search(tb), tb
+
+
 def test_serial_warning_points_at_the_callers_line(tmp_path):
     prog = tmp_path / "serial_user.py"
     prog.write_text("from scoop import futures\nprint(list(futures.map(abs, [-1, -2])))\n")
