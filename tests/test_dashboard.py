@@ -222,6 +222,10 @@ def test_timeline_rendering():
     many = [{"worker": "w1", "name": "tiny", "start": t + i * 1e-5, "end": t + i * 1e-5 + 5e-6, "inputs": 1,
              "group": 1, "ok": True} for i in range(5000)] + [dict(recs[0], start=t + 10, end=t + 10.5)]
     assert timeline.render(many).count('class="scoop-task"') < 700
+    # functions alternating task by task cannot merge by function: the size stays bounded anyway
+    mixed = [{"worker": f"w{i % 8}", "name": ("a", "b", "c")[i // 8 % 3], "start": t + i * 0.01,
+              "end": t + i * 0.01 + 0.07, "inputs": 1, "group": 1, "ok": True} for i in range(5000)]
+    assert timeline.render(mixed, max_bars=600).count('class="scoop-task"') <= 700
     assert "timeline:" in timeline.render([])
 
 

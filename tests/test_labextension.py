@@ -433,13 +433,14 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     expect(dash.locator("tr.scoop-worker[data-state='busy']").first).to_be_visible(timeout=30_000)
     expect(dash.locator("svg.scoop-throughput")).to_be_visible()
     expect(dash.locator(".scoop-logs")).to_contain_text("hello from task")
+    timeline = page.locator(".scoop-dashboard-timeline").first
     if has_timeline:
-        expect(dash.locator("rect.scoop-task").nth(3)).to_be_attached(timeout=30_000)
+        expect(timeline.locator("rect.scoop-task").nth(3)).to_be_attached(timeout=30_000)
     expect(cell.locator(".widget-label", has_text="ETA")).to_be_visible(timeout=30_000)
     if has_timeline:
-        expect(dash.locator("rect.scoop-task").nth(12)).to_be_attached(timeout=30_000)
-    # the widget's container stays while its HTML (the .scoop-dashboard node) is replaced on updates
-    widget = page.locator(".widget-html:has(.scoop-dashboard)").first
+        expect(timeline.locator("rect.scoop-task").nth(12)).to_be_attached(timeout=30_000)
+    # the widgets' containers stay while their HTML (.scoop-dashboard, ...) is replaced on updates
+    widget = page.locator(".widget-vbox:has(.scoop-dashboard)").first
     widget.evaluate("node => node.scrollIntoView({block: 'start'})")
     page.screenshot(path=str(ARTIFACTS / "dashboard-timeline.png"))
     widget.screenshot(path=str(ARTIFACTS / "dashboard-timeline-widget.png"))
