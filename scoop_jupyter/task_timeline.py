@@ -31,10 +31,14 @@ def records(since: float = 0.0) -> list[dict]:
     fn = getattr(scoop.origin, "timeline", None)
     if fn is None or not scoop.origin.is_attached():
         return []
-    try:
-        return list(fn(since))
-    except Exception:
-        return []
+    for _ in range(5):  # read from a view's thread while the kernel's thread appends: retried
+        try:
+            return list(fn(since))
+        except RuntimeError:
+            time.sleep(0.001)
+        except Exception:
+            return []
+    return []
 
 
 def _worker_key(name: str):
