@@ -96,6 +96,7 @@ class Broker:
         self.core.on_event = self._event
         self.fds: dict[int, tuple] = {}  # connection (fd) -> (identity, the peer that authenticated on it)
         self.connected: set[bytes] = set()  # identities whose connection is watched
+        self._dropped: list = []            # peers whose connection dropped this round
         self.running = True
         self.reason = ""
         self.routed = 0       # messages routed (in and out), for capacity figures
@@ -148,6 +149,8 @@ class Broker:
                         recv()
                         if not main.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                             break
+                if self._dropped:
+                    self._apply_drops()
                 if len(events) > (main in events) + (monitor in events):
                     self._on_extra(events)
                 now = time.monotonic()
@@ -176,13 +179,22 @@ class Broker:
             self.auth.stop()
 
     def _on_disconnects(self, monitor):
+        """Connections that dropped: their peers are lost -- after the messages that arrived with
+        them are read (a goodbye or the cluster's end may be among them, and a peer that left
+        was not lost).  Read before those messages, so a reused socket is never blamed."""
         from zmq.utils.monitor import recv_monitor_message
         while monitor.poll(0):
             ev = recv_monitor_message(monitor)
             ident, peer = self.fds.pop(ev["value"], (None, None))
             if ident is not None:
                 self.connected.discard(ident)
-            if peer is not None and peer.uid in self.core.peers:
+            if peer is not None:
+                self._dropped.append(peer)
+
+    def _apply_drops(self):
+        dropped, self._dropped = self._dropped, []
+        for peer in dropped:
+            if self.running and peer.uid in self.core.peers:
                 self._lose(peer, "lost (its connection dropped)")
 
     def _lose(self, peer: Peer, why: str):
