@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import random
 
 import pytest
 
@@ -763,3 +764,152 @@ def test_steal_asks_only_for_what_an_idle_worker_of_another_host_can_run():
     c.worker(credit=5, host_key=HOST)  # an idle worker of its host can take any of them
     c.core.steal(200.0)
     assert steals(local) == [5]
+
+
+# ---- random schedules: invariants and exactly-once delivery --------------------------------------
+def check_invariants(core):
+    queued = {t.id for t in core.queue} | {t.id for ts in core.waiting_blob.values() for t in ts}
+    for p in core.peers.values():
+        assert p.credit >= 0, p.name
+        for tid, t in p.assigned.items():
+            assert core.tasks.get(tid) is t and t.worker is p, (p.name, tid)
+    for tid, t in core.tasks.items():
+        if t.worker is None:
+            assert tid in queued, f"task {tid} is neither queued nor at a worker: lost"
+        else:
+            assert core.peers.get(t.worker.uid) is t.worker and tid in t.worker.assigned, tid
+
+
+class SimWorker:
+    """What a real worker holds (not the core's view of it), and how it answers."""
+
+    def __init__(self, peer):
+        self.peer = peer
+        self.held: dict[int, int] = {}  # task id -> group, received and not started
+        self.done: list[int] = []
+
+
+def run_schedule(seed, steps=400):
+    fuzz = random.Random(seed)
+    c = Cluster()
+    core = c.core
+    sims: dict[bytes, SimWorker] = {}
+    answers: dict[int, list] = {}
+    groups: dict[int, int] = {}
+    interrupted: set[int] = set()
+    next_tid = 1
+    blob_sent = False
+
+    def collect():
+        for r in sent(c.origin.out):
+            if r.type in (P.RESULT, P.FAIL):
+                answers.setdefault(P.ID.unpack_from(r.hdr, 1)[0], []).append(r.type)
+            elif r.type == P.CANCEL and r.hdr[9:10] == b"\x01":
+                answers.setdefault(P.ID.unpack_from(r.hdr, 1)[0], []).append(P.CANCEL)
+        for s in list(sims.values()):
+            for r in sent(s.peer.out):
+                if r.type in (P.TASK, P.CHUNK):
+                    _, tid, group = P.TASK_HEADER.unpack(r.hdr)[:3]
+                    assert tid not in s.held, "the same task sent twice to one worker"
+                    s.held[tid] = group
+            for r in sent(s.peer.cout):
+                if r.type == P.STEAL:
+                    for tid in list(s.held)[-P.COUNT.unpack(r.hdr)[1]:]:
+                        del s.held[tid]
+                        core.release(s.peer, tid)
+                elif r.type == P.CANCEL:
+                    tid = P.ID.unpack_from(r.hdr, 1)[0]
+                    ok = tid in s.held and fuzz.random() < 0.7  # else: it runs already
+                    if ok:
+                        del s.held[tid]
+                    core.cancel_answer(s.peer, P.TID.pack(P.CANCEL, tid) + (b"\x01" if ok else b"\x00"))
+                elif r.type == P.INTERRUPT:
+                    g = P.GROUP.unpack(r.hdr)[1]
+                    s.held = {t: gg for t, gg in s.held.items() if gg != g}
+
+    def finish(s, tid):
+        del s.held[tid]
+        s.done.append(tid)
+        core.result(result_rec(tid))
+
+    for _ in range(steps):
+        op = fuzz.random()
+        live = list(sims.values())
+        if op < 0.08 or not live:
+            w = c.worker(credit=fuzz.randrange(0, 6), host_key=fuzz.choice((HOST, OTHER_HOST)))
+            sims[w.uid] = SimWorker(w)
+        elif op < 0.35:
+            for _ in range(fuzz.randrange(1, 5)):
+                g = fuzz.randrange(1, 4)
+                pinned = fuzz.random() < 0.2
+                core.submit(c.origin, task_rec(next_tid, group=g, host=HOST, flags=P.PINNED if pinned else 0))
+                groups[next_tid] = g
+                next_tid += 1
+            if not blob_sent and fuzz.random() < 0.3:
+                core.blob(c.origin, blob_rec())
+                blob_sent = True
+        elif op < 0.45:
+            core.credit(fuzz.choice(live).peer, fuzz.randrange(1, 4))
+        elif op < 0.65:
+            s = fuzz.choice(live)
+            if s.held:
+                finish(s, fuzz.choice(list(s.held)))
+            elif s.done and fuzz.random() < 0.3:
+                core.result(result_rec(fuzz.choice(s.done)))  # a duplicate
+        elif op < 0.70:
+            s = fuzz.choice(live)
+            if s.held:
+                tid = fuzz.choice(list(s.held))
+                del s.held[tid]
+                core.release(s.peer, tid)
+        elif op < 0.76:
+            s = fuzz.choice(live)
+            del sims[s.peer.uid]
+            core.leave(s.peer, fuzz.choice(("lost (its connection dropped)", "left")))
+        elif op < 0.80 and next_tid > 1:
+            core.cancel(c.origin, P.TID.pack(P.CANCEL, fuzz.randrange(1, next_tid)))
+        elif op < 0.81:
+            g = fuzz.randrange(1, 4)
+            interrupted.add(g)
+            core.interrupt(g)
+        elif op < 0.83:
+            core.retire(fuzz.choice(live).peer.index)
+        elif op < 0.90:
+            core.steal(fuzz.uniform(0, 1000))
+        core.dispatch()
+        collect()
+        check_invariants(core)
+        for s in list(sims.values()):  # a retiring worker leaves once it has nothing left
+            if s.peer.retiring and not s.held:
+                del sims[s.peer.uid]
+                core.leave(s.peer, "retired")
+
+    # the end: the blob arrives, one worker per host with plenty of credit runs everything
+    core.blob(c.origin, blob_rec())
+    for host in (HOST, OTHER_HOST):
+        w = c.worker(credit=10_000, host_key=host)
+        sims[w.uid] = SimWorker(w)
+    for _ in range(1000):
+        core.dispatch()
+        collect()
+        check_invariants(core)
+        pending = [(s, tid) for s in sims.values() for tid in s.held]
+        if not pending and not core.tasks:
+            break
+        for s, tid in pending:
+            finish(s, tid)
+        for s in list(sims.values()):
+            if s.peer.credit < 1000 and not s.peer.retiring:
+                core.credit(s.peer, 1000)
+    assert not core.tasks, f"tasks never answered: {sorted(core.tasks)}"
+    for tid in range(1, next_tid):
+        got = answers.get(tid, [])
+        assert len(got) <= 1, (tid, got)  # exactly once, at most
+        if groups[tid] not in interrupted:
+            assert len(got) == 1, (tid, got)  # and at least
+    return len(answers)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_schedules_keep_exactly_once(seed):
+    assert run_schedule(seed) > 0
