@@ -236,6 +236,8 @@ class Scheduler:
         """The first result for a task id goes to its submitter; a duplicate, cancelled or
         orphaned one is dropped: exactly once."""
         tid = P.ID.unpack_from(rec.hdr, 1)[0]
+        # read before anything changes: a malformed record must not leave the task half-done
+        inputs = P.RESULT_HEADER.unpack(rec.hdr)[3] if rec.hdr[:1] == P.RESULT else 0
         task = self.tasks.pop(tid, None)
         if task is None:
             sub = self.local_submitted.pop(tid, None)  # a sub-broker: the root's answer
@@ -247,8 +249,7 @@ class Scheduler:
         w = task.worker
         if w is not None:
             w.assigned.pop(tid, None)
-        if rec.hdr[:1] == P.RESULT:
-            self.done_total += P.RESULT_HEADER.unpack(rec.hdr)[3]
+        self.done_total += inputs
         self.free(task)
         if self.alive(task.submitter):
             task.submitter.out.add_record(rec)
