@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import struct
 
 import pytest
 
@@ -308,6 +309,20 @@ def test_fail_record_from_a_worker_is_routed_like_a_result(c):
     recs = sent(c.origin.out)
     assert types(recs) == [P.FAIL] and bytes(recs[0].body) == b"cannot run"
     assert c.core.done_total == 0
+
+
+def test_malformed_result_is_not_half_applied(c):
+    """A signed but malformed record is dropped whole (the broker logs the error): the task
+    must still be waiting for its real result, not forgotten."""
+    w = c.worker(credit=1)
+    c.submit(1)
+    c.core.dispatch()
+    drain(c.origin)
+    with pytest.raises(struct.error):
+        c.core.result(record(P.TID.pack(P.RESULT, 1), pickle.dumps("short header")))
+    assert c.core.tasks[1].worker is w and 1 in w.assigned
+    c.core.result(result_rec(1))
+    assert types(sent(c.origin.out)) == [P.RESULT]
 
 
 # ---- losses --------------------------------------------------------------------------------------
