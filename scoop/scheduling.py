@@ -199,6 +199,11 @@ class Scheduler:
             p.out.add(hdr)
 
     def set_load(self, peer: Peer, load: dict):
+        # checked here, where it arrives: the status snapshot and the size broadcast read it later,
+        # outside any handler, and a bad value there would end the broker
+        workers = load.get("workers", []) if isinstance(load, dict) else None
+        if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
+            raise ValueError("load figures must be a JSON object (with a list of objects as workers)")
         if peer.role == "broker" and len(load.get("workers", ())) != len(peer.load.get("workers", ())):
             self.size_due = True
         peer.load = load
