@@ -121,6 +121,21 @@ def test_join_welcomes_and_tells_the_origin(c):
     assert c.core.size() == 1
 
 
+def test_bad_load_figures_are_refused_where_they_arrive(c):
+    """The status snapshot and the size broadcast read load figures outside any handler: a
+    signed but malformed LOAD must be refused at once, not end the broker later."""
+    w = c.worker()
+    b = c.core.join(b"sub", {"name": "sub", "role": "broker", "host_key": 3})
+    for peer, load in ((w, []), (w, 1), (b, {"workers": [1]}), (b, {"workers": {"a": 1}}), (w, None)):
+        with pytest.raises(ValueError):
+            c.core.set_load(peer, load)
+    c.core.set_load(w, {"running": 1, "done": 4})
+    c.core.set_load(b, {"workers": [{"name": "x", "state": "idle", "host_key": 9}]})
+    assert c.core.size() == 2 and c.core.hosts() == 2
+    c.core.send_size()
+    assert [i["done"] for i in c.core.workers_info() if i["name"] == "w1"] == [4]
+
+
 # ---- dispatch ------------------------------------------------------------------------------------
 def test_burst_spreads_evenly():
     c = Cluster()
