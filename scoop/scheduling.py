@@ -161,6 +161,10 @@ class Scheduler:
             else:
                 self.queue.appendleft(task)
         peer.assigned.clear()
+        if self.upstream is not None and peer.takes_tasks and peer.credit > 0:
+            # the root counted this credit as ours: it would send tasks for a worker that is gone
+            self.upstream.out.add(P.COUNT.pack(P.CREDIT, -peer.credit))
+            peer.credit = 0
         # tasks this peer submitted have nobody to report to: forget them
         for t in [t for t in self.tasks.values() if t.submitter is peer]:
             del self.tasks[t.id]
