@@ -97,6 +97,12 @@ def _load(p):
     return len(p.assigned)
 
 
+def _runs(p):
+    """Tasks a steal leaves a peer: the one a worker runs; none for a sub-broker, which gives
+    back only what still waits in its queue (possibly with no worker left to run it)."""
+    return 0 if p.role == "broker" else 1
+
+
 class Scheduler:
     def __init__(self, upstream: Peer | None = None, log=None, unlink=None):
         self.dirty: set = set()
@@ -417,11 +423,11 @@ class Scheduler:
             return
         room = sum(p.credit for p in idle)
         hosts = {p.host_key for p in idle}
-        for victim in sorted((p for p in self.peers.values() if p.takes_tasks and len(p.assigned) >= 2),
+        for victim in sorted((p for p in self.peers.values() if p.takes_tasks and len(p.assigned) > _runs(p)),
                              key=_load, reverse=True):
             if now - victim.last_steal <= STEAL_EVERY:
                 continue
-            n = min(room, len(victim.assigned) - 1)
+            n = min(room, len(victim.assigned) - _runs(victim))
             if victim.host_key not in hosts:
                 # its pinned tasks run on its host only: no idle worker here could take them
                 n = sum(1 for _ in islice((t for t in victim.assigned.values() if not t.host), n))
