@@ -796,6 +796,31 @@ def test_steal_asks_only_for_what_an_idle_worker_of_another_host_can_run():
     assert steals(local) == [5]
 
 
+def test_sub_broker_returns_the_credit_of_a_worker_that_leaves(sub):
+    """The root counts a sub-broker's credit as the sum of its workers': a worker gone with
+    unused credit would make the root send tasks that nobody there will run."""
+    w1, w2 = sub.worker(credit=3), sub.worker(credit=2)
+    sub.up.out.take()
+    sub.core.leave(w1, "lost (its connection dropped)")
+    sub.core.leave(w2, "left")
+    credits = [P.COUNT.unpack(r.hdr)[1] for r in sent(sub.up.out) if r.type == P.CREDIT]
+    assert credits == [-3, -2]
+
+
+def test_root_steals_back_the_last_task_of_a_sub_broker():
+    """A sub-broker gives back only tasks still queued there (its workers keep theirs), and it
+    may have no worker left: a steal leaves it nothing, not one task."""
+    c = Cluster()
+    sub_peer = c.core.join(b"sub", {"name": "sub", "role": "broker", "host_key": 3})
+    c.core.credit(sub_peer, 1)
+    c.submit(1)
+    c.core.dispatch()
+    assert set(sub_peer.assigned) == {1}
+    c.worker(credit=2)
+    c.core.steal(100.0)
+    assert steals(sub_peer) == [1]
+
+
 # ---- random schedules: invariants and exactly-once delivery --------------------------------------
 def check_invariants(core):
     queued = {t.id for t in core.queue} | {t.id for ts in core.waiting_blob.values() for t in ts}
