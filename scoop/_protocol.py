@@ -407,8 +407,8 @@ def pack(obj, what: str = "object", shm=None, by_value: bool = False) -> Packed:
         view = memoryview(b) if kind & REF_BODY else b.raw()
         size = view.nbytes
         nbytes += size
-        if shm is not None and size >= SHM_MIN:
-            seg = shm.put(view)
+        seg = _segment(shm, view) if shm is not None and size >= SHM_MIN else None
+        if seg is not None:
             refs.append((kind | REF_SHM, size, seg))
             segments.append(seg)
         else:
@@ -417,14 +417,22 @@ def pack(obj, what: str = "object", shm=None, by_value: bool = False) -> Packed:
     return Packed(body, refs, frames, segments, nbytes + len(body))
 
 
+def _segment(shm, view):
+    """A shared-memory copy of ``view``, or None when /dev/shm is full: a frame then."""
+    try:
+        return shm.put(view)
+    except OSError:
+        return None
+
+
 def packed_bytes(data, shm=None) -> Packed:
     """Bytes that are already a pickle (a callable, an exception): inline when small, else a
     payload frame (or segment), like any large pickle stream."""
     if len(data) <= INLINE_MAX:
         return Packed(data, nbytes=len(data))
     view = memoryview(data)
-    if shm is not None and len(data) >= SHM_MIN:
-        seg = shm.put(view)
+    seg = _segment(shm, view) if shm is not None and len(data) >= SHM_MIN else None
+    if seg is not None:
         return Packed(EMPTY, [(REF_BODY | REF_SHM, len(data), seg)], (), [seg], len(data))
     return Packed(EMPTY, [(REF_BODY, len(data), digest(view))], [view], (), len(data))
 

@@ -43,12 +43,12 @@ class Segments:
         size = view.nbytes
         fd = os.open(_name(seg), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         try:
-            # write(), not a copy into a mapping: tmpfs fills its pages without a fault per page
-            # (3x faster for 32 MB)
-            mv = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-            done, size = 0, mv.nbytes
+            # written, not copied into a mapping: a full /dev/shm (Docker's default is 64 MB) is
+            # an OSError here instead of a SIGBUS that kills the process, and it is ~2x faster
+            data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+            done = 0
             while done < size:
-                done += os.write(fd, mv[done:done + (1 << 30)])
+                done += os.pwrite(fd, data[done:], done)
         except BaseException:
             os.close(fd)
             self.unlink(seg)

@@ -352,6 +352,36 @@ def test_empty_segment(segments):
     segments.unlink(seg)
 
 
+def test_full_shared_memory_is_an_error_not_a_crash(segments, monkeypatch):
+    """/dev/shm full (Docker gives containers 64 MB): the segment is refused with an OSError and
+    removed; copying into a mapping instead would kill the process with SIGBUS."""
+    import errno
+
+    def no_space(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(_shm.os, "pwrite", no_space)
+    with pytest.raises(OSError):
+        segments.put(memoryview(b"x" * 100))
+    assert shm_count(segments) == 0
+
+
+class FullSegments(_shm.Segments):
+    def put(self, view):
+        raise OSError(28, "No space left on device")
+
+
+def test_full_shared_memory_falls_back_to_frames():
+    full = FullSegments(os.urandom(8))
+    a = make(np.float64, (P.SHM_MIN // 8 + 100,))
+    header, frames = send(a, shm=full)
+    rec = receive(header, wire(frames))
+    assert [k for k, _, _ in rec.refs] == [0] and len(rec.frames) == 1
+    np.testing.assert_array_equal(P.unpack(rec, full), a)
+    data = pickle.dumps(list(range(300_000)))
+    packed = P.packed_bytes(data, full)
+    assert not packed.segments and len(packed.frames) == 1 and bytes(packed.frames[0]) == data
+
+
 # ---- integrity -----------------------------------------------------------------------------------
 def trapped_message(trap_obj):
     """A message whose payload unpickles the trap, with two large frames."""
