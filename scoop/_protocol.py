@@ -119,6 +119,7 @@ META = b"M<"
 INLINE_MAX = 64 * 1024   # larger pickle streams travel as a payload frame, not in the header
 OOB_MIN = 64 * 1024      # smaller buffers stay in the pickle stream: a frame costs ~10 us
 SHM_MIN = 1 << 20        # on one host, buffers from this size go through shared memory
+COPY_MAX = 1 << 20       # frames below this size are copied at packing (cheap), larger ones are not
 HEADER_MAX = 64 << 20    # a larger header is dropped unhashed: checking costs at most this much
 HEADER_SPLIT = 4 << 20   # senders start a new message past this many header bytes
 
@@ -412,6 +413,10 @@ def pack(obj, what: str = "object", shm=None, by_value: bool = False) -> Packed:
             refs.append((kind | REF_SHM, size, seg))
             segments.append(seg)
         else:
+            if size < COPY_MAX and not kind & REF_BODY:
+                # small buffers are copied: changing an argument after submit cannot race the send;
+                # larger ones go zero-copy (do not change them while their task is in flight)
+                view = memoryview(bytes(view))
             refs.append((kind, size, digest(view)))
             frames.append(view)
     return Packed(body, refs, frames, segments, nbytes + len(body))
@@ -453,7 +458,8 @@ def body_bytes(rec: Record, shm=None):
 def _frame_view(fr, size, key):
     view = fr.buffer if hasattr(fr, "buffer") else memoryview(fr)
     if view.nbytes != size or not hmac.compare_digest(digest(view), key):
-        raise IntegrityError("a payload frame does not match its signed digest")
+        raise IntegrityError("a payload frame does not match its signed digest (forged, or an array "
+                             "changed after it was submitted and before it was sent)")
     return view
 
 

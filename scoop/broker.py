@@ -407,7 +407,7 @@ class Broker:
             self.rate = (core.done_total - d0) / (now - t0)
             self._rate_mark = (now, core.done_total)
         workers = core.workers_info()
-        busy = sum(1 for w in workers if w["state"] == "busy")
+        busy = sum(1 for w in workers if w.get("state") == "busy")
         origin = core.origin
         snap = {
             "state": "running" if self.running else "stopped",

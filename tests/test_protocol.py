@@ -177,7 +177,7 @@ def test_zero_size_and_zero_d(a):
 
 
 def test_large_array_travels_as_a_frame_without_copy():
-    a = make(np.float64, (BIG,))
+    a = make(np.float64, (P.COPY_MAX // 8 + 1000,))
     header, frames = send(a)
     assert len(frames) == 1 and memoryview(frames[0]).nbytes == a.nbytes
     assert np.shares_memory(np.frombuffer(frames[0], np.uint8), a)  # sent without a copy
@@ -447,13 +447,21 @@ def test_missing_or_extra_frame_makes_the_message_malformed():
     assert P.parse(header, []) is None
 
 
-def test_array_changed_after_packing_is_refused():
-    """Packing does not copy: a buffer changed before the receiver checks it no longer
-    matches its digest (the receiver refuses it rather than see half of a change)."""
+def test_small_array_changed_after_packing_arrives_as_submitted():
+    """Buffers below COPY_MAX are copied at packing: a change after submit cannot race the send."""
     a = np.zeros(BIG)
     header, frames = send(a)
     a[5] = 1.0
-    with pytest.raises(P.IntegrityError):
+    assert P.unpack(receive(header, wire(frames)))[5] == 0.0
+
+
+def test_large_array_changed_after_packing_is_refused():
+    """Larger buffers are not copied: one changed before the receiver checks it no longer
+    matches its digest (the receiver refuses it rather than see half of a change)."""
+    a = np.zeros(P.COPY_MAX // 8 + 1000)
+    header, frames = send(a)
+    a[5] = 1.0
+    with pytest.raises(P.IntegrityError, match="changed after it was submitted"):
         P.unpack(receive(header, wire(frames)))
 
 
