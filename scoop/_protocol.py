@@ -56,7 +56,6 @@ RELEASE = b"U"     # worker -> broker: TID of an unstarted task handed back
 ASK = b"A"         # where is task id? TID [+ state(1) in the answer: 0 queued, 1 at a worker, 2 gone]
 STEAL = b"V"       # broker -> worker: COUNT unstarted tasks wanted back
 LOAD = b"h"        # control socket, peer -> broker: body = JSON load figures
-PONG = b"p"        # control socket, broker -> peer: load figures arrived
 OUTPUT = b"O"      # worker -> broker -> origin: GROUP; body = JSON [worker name, stream, text]
 STATUS = b"s"      # meta socket: body = JSON cluster snapshot
 EVENT = b"e"       # meta socket: body = JSON event (joined / left / const)
@@ -179,9 +178,6 @@ class Record:
     @property
     def type(self) -> bytes:
         return self.hdr[:1]
-
-    def has_payload(self) -> bool:
-        return bool(self.body) or bool(self.refs)
 
 
 def parse(header, frames, start: int = MAC_SIZE):

@@ -27,7 +27,7 @@ import zmq
 
 from . import _protocol as P
 from . import _shm
-from .liveness import configure_socket
+from .liveness import DEFAULT_TIMEOUT, configure_socket
 from .scheduling import Peer, Scheduler
 
 PLAIN_USER = b"scoop"
@@ -72,7 +72,7 @@ def secure_server(sock):
 
 class Broker:
     def __init__(self, secret: bytes, main_addr: str, meta_addr: str, *,
-                 heartbeat_timeout: float = 3.0, status_interval: float = 0.2,
+                 heartbeat_timeout: float = DEFAULT_TIMEOUT, status_interval: float = 0.2,
                  context: zmq.Context | None = None, log=None, upstream: Peer | None = None):
         self.signer = P.Signer(secret)
         self.secret = secret
@@ -458,10 +458,10 @@ def main():
         if cfg.get("upstream"):
             from .federation import SubBroker
             broker = SubBroker(secret, cfg["main"], cfg["meta"], cfg["upstream"],
-                               heartbeat_timeout=cfg.get("heartbeat_timeout", 3.0))
+                               heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT))
         else:
             broker = Broker(secret, cfg["main"], cfg["meta"],
-                            heartbeat_timeout=cfg.get("heartbeat_timeout", 3.0))
+                            heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT))
     except zmq.ZMQError as exc:
         sys.stderr.write(f"scoop broker: cannot listen on {cfg['main']} / {cfg['meta']}: {exc}\n")
         sys.exit(2)
