@@ -28,7 +28,7 @@ from . import _protocol as P
 from . import _shm
 from .broker import secure_client
 from .errors import ClusterError
-from .liveness import LOAD_INTERVAL, configure_socket, reconnect_grace
+from .liveness import DEFAULT_TIMEOUT, LOAD_INTERVAL, configure_socket, reconnect_grace
 from .submitter import Submitter
 
 INLINE_DEPTH = 50      # inline runs nest in one greenlet's stack: keep far from the recursion limit
@@ -49,7 +49,8 @@ class Runtime:
     """Connection of this process to the broker; one per process."""
 
     def __init__(self, broker: str, secret: bytes, role: str, *, info: dict | None = None,
-                 broker_timeout: float = 3.0, context: zmq.Context | None = None, inline: bool = True):
+                 broker_timeout: float = DEFAULT_TIMEOUT, context: zmq.Context | None = None,
+                 inline: bool = True):
         self.broker = broker
         self.secret = secret
         self.signer = P.Signer(secret)
@@ -228,9 +229,9 @@ class Runtime:
         n = 0
         while True:
             with self.lock:
-                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if not sock.getsockopt(P.EVENTS) & P.POLLIN:
                     break
-                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, zmq.NOBLOCK)
+                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, P.NOBLOCK)
             n += 1
             if recs is not None:
                 self._handle(recs)
@@ -250,8 +251,8 @@ class Runtime:
         ex = self.executor
         with self.lock:
             sock = self.sock
-            while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, zmq.NOBLOCK)
+            while sock is not None and sock.getsockopt(P.EVENTS) & P.POLLIN:
+                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, P.NOBLOCK)
                 if recs is None:
                     continue
                 rest = []
@@ -471,7 +472,7 @@ class _Control(threading.Thread):
                 if s in events:
                     while True:
                         try:
-                            recs = P.recv_verified(s, signer, P.CONTROL_FROM_BROKER, zmq.NOBLOCK)
+                            recs = P.recv_verified(s, signer, P.CONTROL_FROM_BROKER, P.NOBLOCK)
                         except zmq.Again:
                             break
                         for rec in recs or ():
