@@ -128,6 +128,10 @@ class BatchHandle(Handle):
         return self.job.id
 
     @property
+    def remote(self) -> bool:
+        return True  # on a compute node, even before the scheduler says which
+
+    @property
     def host(self):
         """The node the worker runs on, once it started."""
         return self.launcher._read_marker(self.job, self.index, "host")

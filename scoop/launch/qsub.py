@@ -6,7 +6,6 @@ Each job starts its ``cpus_per_job`` workers on the job's first node from the jo
 """
 from __future__ import annotations
 
-import os
 import shlex
 
 from .base import register
@@ -26,9 +25,9 @@ class QsubLauncher(BatchLauncher):
     pending_states = frozenset({"Q", "H", "W", "T", "qw", "hqw", "hRwq", "t"})
     running_states = frozenset({"R", "E", "r", "Rr", "Rt"})
 
-    def __init__(self, options, relay, flavour: str | None = None):
-        super().__init__(options, relay)
-        self.flavour = flavour or ("sge" if os.environ.get("SGE_ROOT") else "pbs")
+    def __init__(self, options, relay, flavour: str | None = None, **kw):
+        super().__init__(options, relay, **kw)
+        self.flavour = flavour or ("sge" if self.env.get("SGE_ROOT") else "pbs")
 
     def script(self, job, stem, workers):
         body = ["#!/bin/sh", f"# SCOOP workers {', '.join(job.names)} (configuration in {stem}.N.json, mode 0600)"]
