@@ -4,12 +4,18 @@
 
 Peers:
   mp     multiprocessing.Pool(2)           map: pool.map(f, xs, chunksize=1);  submit: apply_async().get()
-  ppe    concurrent.futures.ProcessPoolExecutor(2)   map: ex.map(f, xs) (chunksize=1); submit: ex.submit().result()
+  ppe    concurrent.futures.ProcessPoolExecutor(2)
+         map: ex.map(f, xs) (chunksize=1); submit: ex.submit().result()
   loky   loky.get_reusable_executor(max_workers=2)   map: ex.map(f, xs);  submit: ex.submit().result()
   dask   dask.distributed Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True))
          map: client.gather(client.map(f, xs, pure=False));  submit: client.submit(f, x, pure=False).result()
   ipp    ipyparallel ipp.Cluster(n=2) started in-process; load-balanced view
          map: view.map_sync(f, xs) (chunksize 1);  submit: view.apply_async(f, x).get()
+
+The issue-12 workloads (payload, tiny_map, rtt) define run_api(api, argv) instead and get a
+bench_api.Api: each peer's DEFAULT map (Pool.map's automatic chunksize, chunksize=1 for
+ProcessPoolExecutor and loky, dask's client.map with its default pure=True), its documented
+chunksize argument as a separately named extra, and its plain submit(...).result().
 
 The workload code is the very module in bench/workloads/ that SCOOP runs: this
 script imports it (bench/run.py puts bench/workloads on PYTHONPATH so that the
@@ -73,40 +79,56 @@ def dask_tree(depth):
 
 @contextlib.contextmanager
 def executor(peer):
-    """Yield (map_fn, submit_fn) for a running 2-worker `peer`; shut it down on exit."""
+    """Yield an Api (bench_api.py) for a running 2-worker `peer`; shut it down on exit.
+
+    api.map is the peer's default map (default chunking); api.map1 is the one-input-per-task map
+    the older workloads (tiny_map before issue 12, sweep, cpu_bound...) were measured with.
+    """
+    from bench_api import Api
     if peer == "mp":
         import multiprocessing as mp
         pool = mp.Pool(NWORKERS)
         try:
-            yield (lambda f, xs: pool.map(f, xs, chunksize=1),
-                   lambda f, *a: _Done(pool.apply_async(f, a).get))
+            api = Api(peer, map=pool.map, submit=lambda f, *a: _Done(pool.apply_async(f, a).get),
+                      map_chunked=lambda f, xs, cs: pool.map(f, xs, chunksize=cs))
+            api.map1 = lambda f, xs: pool.map(f, xs, chunksize=1)
+            yield api
         finally:
             pool.terminate()
             pool.join()
-    elif peer == "ppe":
-        from concurrent.futures import ProcessPoolExecutor
-        ex = ProcessPoolExecutor(NWORKERS)
+    elif peer in ("ppe", "loky"):
+        if peer == "ppe":
+            from concurrent.futures import ProcessPoolExecutor
+            ex = ProcessPoolExecutor(NWORKERS)
+        else:
+            from loky import get_reusable_executor
+            ex = get_reusable_executor(max_workers=NWORKERS, timeout=60)
         try:
-            yield (lambda f, xs: list(ex.map(f, xs)), ex.submit)
+            api = Api(peer, map=lambda f, xs: list(ex.map(f, xs)), submit=ex.submit,
+                      map_chunked=lambda f, xs, cs: list(ex.map(f, xs, chunksize=cs)), chunk1=True)
+            api.map1 = api.map
+            yield api
         finally:
-            ex.shutdown(wait=True, cancel_futures=True)
-    elif peer == "loky":
-        from loky import get_reusable_executor
-        ex = get_reusable_executor(max_workers=NWORKERS, timeout=60)
-        try:
-            yield (lambda f, xs: list(ex.map(f, xs)), ex.submit)
-        finally:
-            ex.shutdown(wait=True, kill_workers=True)
+            if peer == "ppe":
+                ex.shutdown(wait=True, cancel_futures=True)
+            else:
+                ex.shutdown(wait=True, kill_workers=True)
     elif peer == "dask":
         import logging
+
         from distributed import Client, LocalCluster
         logging.getLogger("distributed").setLevel(logging.ERROR)
         cluster = LocalCluster(n_workers=NWORKERS, threads_per_worker=1, processes=True,
                                dashboard_address=None, host="127.0.0.1")
         client = Client(cluster)
         try:
-            yield (lambda f, xs: client.gather(client.map(f, list(xs), pure=False)),
-                   lambda f, *a: client.submit(f, *a, pure=False))
+            # api: what a dask user writes (pure=True is client.map/submit's default);
+            # map1/submit of the older workloads kept pure=False (every call a new task)
+            api = Api(peer, map=lambda f, xs: client.gather(client.map(f, list(xs))),
+                      submit=client.submit)
+            api.map1 = lambda f, xs: client.gather(client.map(f, list(xs), pure=False))
+            api.submit1 = lambda f, *a: client.submit(f, *a, pure=False)
+            yield api
         finally:
             client.close()
             cluster.close()
@@ -117,8 +139,10 @@ def executor(peer):
         try:
             rc.wait_for_engines(NWORKERS, timeout=120)
             view = rc.load_balanced_view()
-            yield (lambda f, xs: view.map_sync(f, list(xs)),
-                   lambda f, *a: _Done(view.apply_async(f, *a).get))
+            api = Api(peer, map=lambda f, xs: view.map_sync(f, list(xs)),
+                      submit=lambda f, *a: _Done(view.apply_async(f, *a).get))
+            api.map1 = api.map
+            yield api
         finally:
             with contextlib.suppress(Exception):
                 rc.close()
@@ -142,18 +166,21 @@ def main():
         return
 
     t0 = time.perf_counter()
-    with executor(a.peer) as (map_fn, submit_fn):
+    with executor(a.peer) as api:
         startup = time.perf_counter() - t0
+        submit_fn = getattr(api, "submit1", api.submit)
         if a.workload == "hello":
             assert submit_fn(abs, -1).result() == 1
             print("hello", file=sys.stderr, flush=True)
             res = {"bench": "hello"}
         else:
             mod = importlib.import_module(a.workload)
-            if a.workload == "nested":
-                res = mod.run(map_fn, submit_fn, wargs, tree_fn=dask_tree)
+            if hasattr(mod, "run_api"):  # the issue-12 workloads: each peer's own defaults
+                res = mod.run_api(api, wargs)
+            elif a.workload == "nested":
+                res = mod.run(api.map1, submit_fn, wargs, tree_fn=dask_tree)
             else:
-                res = mod.run(map_fn, submit_fn, wargs)
+                res = mod.run(api.map1, submit_fn, wargs)
         t1 = time.perf_counter()
     res["peer"] = a.peer
     res["startup_s"] = startup

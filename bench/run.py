@@ -47,14 +47,18 @@ TAG_VAR = "SCOOP_BENCH_TAG"
 
 ALL_RUNNERS = ["us", "scoop07", "mp", "ppe", "loky", "dask", "ipp"]
 PEER_RUNNERS = ["mp", "ppe", "loky", "dask", "ipp"]
+# Not an executor: the bare ZeroMQ chain a dispatched round trip is compared with (rtt only).
+EXTRA_RUNNERS = ["zmq"]
+ISSUE12_RUNNERS = ["us", "mp", "ppe", "loky", "dask"]
 RUNNER_DESC = {
     "us": "our scoop: python -m scoop -n 2 (2 workers incl. origin)",
     "scoop07": "SCOOP 0.7.2.0: .venv-scoop07/bin/python -m scoop -n 2 (origin + 1 worker)",
-    "mp": "multiprocessing.Pool(2).map(chunksize=1) / apply_async",
+    "mp": "multiprocessing.Pool(2): map (chunksize=1; issue-12 workloads: automatic) / apply_async",
     "ppe": "concurrent.futures.ProcessPoolExecutor(2)",
     "loky": "loky.get_reusable_executor(max_workers=2)",
     "dask": "dask.distributed LocalCluster(n_workers=2, threads_per_worker=1, processes=True)",
     "ipp": "ipyparallel ipp.Cluster(n=2), load-balanced view",
+    "zmq": "bare ZeroMQ chain client -> ROUTER broker -> worker -> broker -> client (bench/zmq_chain.py)",
 }
 
 # Workload table.  args: (full, quick).  runners: who can run it.
@@ -64,11 +68,56 @@ RUNNER_DESC = {
 SLOW_NOTE = "fewer tasks in the full run (a few hundred tasks/s); throughput is a rate"
 WORKLOADS_SPEC = {
     "tiny_map": dict(
-        desc="map throughput, 'def tiny(x): return x'",
-        args=(["--tasks", "20000"], ["--tasks", "2000"]), repeats=(3, 1), timeout=(240, 90),
-        metrics=[("tasks_per_s", "tasks/s", "higher")],
-        runners=ALL_RUNNERS,
-        override={r: (["--tasks", "5000"], None, SLOW_NOTE) for r in ("dask", "ipp")}),
+        desc="map(tiny, range(N)), each executor's DEFAULT chunking (issue 12)",
+        args=(["--tasks", "200000"], ["--tasks", "20000"]), repeats=(3, 1), timeout=(240, 90),
+        metrics=[("tasks_per_s", "default tasks/s", "higher"),
+                 ("tasks_per_s_tuned", "chunksize=n/8 tasks/s", "higher"),
+                 ("tasks_per_s_chunk1", "chunksize=1 tasks/s", "higher")],
+        runners=ISSUE12_RUNNERS,
+        override={"ppe": (["--tasks", "50000"], ["--tasks", "5000"],
+                          "fewer tasks: the default chunksize=1 runs ~10k tasks/s (a rate)"),
+                  "loky": (["--tasks", "50000"], ["--tasks", "5000"],
+                           "fewer tasks: the default chunksize=1 runs ~10k tasks/s (a rate)"),
+                  "dask": (["--tasks", "5000"], ["--tasks", "1000"], SLOW_NOTE)}),
+    "payload": dict(
+        desc="numpy arrays as map arguments / results: GB/s (10^9 B/s), origin peak RSS growth",
+        # each part is its own process: a failure at 256 MiB does not lose the smaller figures
+        parts=[(["--sizes", "1,32", "--counts", "64,16"], ["--sizes", "1,32", "--counts", "16,4"]),
+               (["--sizes", "256", "--counts", "4"], ["--sizes", "256", "--counts", "2"]),
+               (["--sizes", "", "--big", "512"], ["--sizes", "", "--big", "128"])],
+        args=(["(3 processes, see parts)"], ["(3 processes, see parts)"]),
+        repeats=(2, 1), timeout=(300, 120),
+        metrics=[m for mib in (1, 32, 256) for m in (
+            (f"args_gbps_{mib}", f"args {mib} MiB GB/s", "higher"),
+            (f"results_gbps_{mib}", f"results {mib} MiB GB/s", "higher"),
+            (f"args_origin_x_{mib}", "  args origin peak/data", "lower", False),
+            (f"results_origin_x_{mib}", "  res. origin peak/data", "lower", False),
+            (f"args_worker_mb_{mib}", "  args other proc MiB", "lower", False),
+            (f"results_worker_mb_{mib}", "  res. other proc MiB", "lower", False),
+            (f"args_broker_mb_{mib}", "  args broker MiB", "lower", False),
+            (f"results_broker_mb_{mib}", "  res. broker MiB", "lower", False))]
+        + [("big_origin_x", "big arg+res origin pk/held", "lower"),
+           ("big_origin_mb", "  big origin MiB", "lower", False),
+           ("big_worker_mb", "  big other proc MiB", "lower", False),
+           ("big_broker_mb", "  big broker MiB", "lower", False),
+           ("big_gbps", "  big GB/s", "higher", False)],
+        runners=ISSUE12_RUNNERS),
+    "rtt": dict(
+        desc="one task's round trip: dispatched (submit, wait(timeout), result) and in place",
+        # 5 alternations: round trips of a few hundred microseconds swing with the machine's load
+        args=(["--calls", "2000"], ["--calls", "300"]), repeats=(5, 1), timeout=(180, 60),
+        metrics=[("dispatched_us", "dispatched median us", "lower"),
+                 ("dispatched_p90_us", "dispatched p90 us", "lower", False),
+                 ("inplace_us", "in place median us", "lower", False)],
+        runners=["us", "zmq", "mp", "ppe", "loky", "dask"],
+        override={"dask": (["--calls", "300"], ["--calls", "100"], "reduced calls: milliseconds per call")}),
+    "mac_speed": dict(
+        desc="payload MAC candidates vs memcpy, GB/s (bench/mac_speed.py, no cluster)",
+        args=(["--sizes", "1,64,512"], ["--sizes", "1,64"]), repeats=(1, 1), timeout=(180, 90),
+        metrics=[(f"{c}_{m}", f"{c} {m} MiB", "higher", False)
+                 for c in ("memcpy", "blake2b", "hmac_sha256", "blake3_1t", "blake3_mt", "xxh3")
+                 for m in (1, 64, 512)],
+        runners=["us"]),
     "latency": dict(
         desc="sequential submit(f, i).result() latency",
         args=(["--calls", "2000"], ["--calls", "300"]), repeats=(3, 1), timeout=(180, 60),
@@ -133,10 +182,13 @@ WORKLOADS_SPEC = {
 }
 ORDER = list(WORKLOADS_SPEC)
 
+# (workload, metric, kind, reference, threshold, text[, reference metric])
+# kinds: ratio>= / ratio<= against one runner; best>= against the best of several runners;
+# abs>= / abs< / abs<= against a number.
+BEST_PEER = ("mp", "ppe", "loky", "dask")
 TARGETS = [
-    # (workload, metric, kind, reference runner, threshold, text)
     ("tiny_map", "tasks_per_s", "ratio>=", "mp", 2.0,
-     "map throughput >= 2.0x multiprocessing.Pool.map(chunksize=1)"),
+     "map throughput >= 2.0x multiprocessing.Pool.map(chunksize=1)", "tasks_per_s_chunk1"),
     ("latency", "median_us", "ratio<=", "ppe", 0.7,
      "submit->result median latency <= 0.7x ProcessPoolExecutor"),
     ("hello", "wall_s", "ratio<=", "scoop07", 1.0,
@@ -146,6 +198,16 @@ TARGETS = [
      "%scoop_cluster start -n 2 + first result from a cell < 0.5 s"),
     ("broker_capacity", "records_per_s", "abs>=", None, 200000,
      "broker routes >= 200,000 messages/s (task and result records, 1,000 simulated workers)"),
+    # issue 12
+] + [("payload", f"{d}_gbps_{mib}", "best>=", BEST_PEER, 1.5,
+      f"issue 12: payload {d} {mib} MiB GB/s >= 1.5x the best peer")
+     for mib in (1, 32, 256) for d in ("args", "results")] + [
+    ("payload", "big_origin_x", "abs<=", None, 1.5,
+     "issue 12: 512 MiB argument + 512 MiB result, origin peak growth <= 1.5x the 1 GiB held"),
+    ("tiny_map", "tasks_per_s", "best>=", BEST_PEER, 1.0,
+     "issue 12: tiny map >= 1.0x the fastest peer's default map"),
+    ("rtt", "dispatched_us", "ratio<=", "zmq", 1.3,
+     "issue 12: dispatched round trip <= 1.3x the bare ZeroMQ chain"),
 ]
 
 
@@ -283,6 +345,10 @@ def command_for(runner, workload, args):
         return [sys.executable, os.path.join(HERE, "kernel_cell.py"), "--runner", runner]
     if workload == "broker_capacity":
         return [sys.executable, os.path.join(HERE, "broker_capacity.py")] + args
+    if workload == "mac_speed":
+        return [sys.executable, os.path.join(HERE, "mac_speed.py")] + args
+    if runner == "zmq":
+        return [sys.executable, os.path.join(HERE, "zmq_chain.py")] + args
     if runner in ("us", "scoop07"):
         py = sys.executable if runner == "us" else SCOOP07_PY
         return [py, "-m", "scoop", "-n", "2", os.path.join(WORKLOADS, workload + ".py")] + args
@@ -296,7 +362,9 @@ def env_for(runner):
         return {"PYTHONPATH": WORKLOADS}
     extra = [WORKLOADS, HERE]
     if runner == "us":
-        extra.append(REPO)  # our package, in case it is not pip-installed (harmless if it is)
+        # our package: the tree given with --us-src (e.g. an exported older commit), else this
+        # repository's (in case it is not pip-installed; harmless if it is)
+        extra.append(US_SRC or REPO)
     old = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": os.pathsep.join(extra + ([old] if old else []))}
 
@@ -305,6 +373,7 @@ def env_for(runner):
 # process returned before they count as leftovers (ipyparallel's engine nannies
 # take ~3 s to notice their engine is gone).
 LINGER = {"ipp": 6.0}
+US_SRC = None  # --us-src
 
 
 def run_one(runner, workload, args, timeout):
@@ -324,8 +393,11 @@ def run_one(runner, workload, args, timeout):
         res = dict(res or {}, wall_s=r["wall_s"])
     if res is None or not ok or res.get("error"):
         tail = (r["stderr"].strip().splitlines() or ["<no stderr>"])[-6:]
+        last = next((ln.strip() for ln in reversed(tail) if ln.strip()), "")
         rec["error"] = ("timeout after %ss" % timeout if r["timed_out"] else
-                        (res or {}).get("error") or f"rc={r['rc']}, no result line")
+                        (res or {}).get("error") or f"rc={r['rc']}, no result line ({last[:160]})")
+        if args and len(WORKLOADS_SPEC.get(workload, {}).get("parts", ())) > 1:
+            rec["error"] += f" [part: {' '.join(repr(x) if x == '' else x for x in args)}]"
         rec["stderr_tail"] = tail
     if res:
         if workload == "big_map" and "peak_rss_growth_mb" in res:
@@ -363,10 +435,15 @@ def aggregate(records):
             note = "ERROR: " + rec["error"]
         elif res.get("skipped") or res.get("unsupported"):
             note = ("skipped: " if res.get("skipped") else "n/a: ") + res.get("note", "")
+        elif res.get("note"):
+            note = "note: " + res["note"]
         if note:
-            notes.setdefault(w, {}).setdefault(r, note)
+            seen = notes.setdefault(w, {}).setdefault(r, [])
+            if note not in seen:
+                seen.append(note)
     med = {w: {r: {k: statistics.median(v) for k, v in m.items()} for r, m in rs.items()}
            for w, rs in agg.items()}
+    notes = {w: {r: "; ".join(n) for r, n in rs.items()} for w, rs in notes.items()}
     return med, notes
 
 
@@ -382,6 +459,21 @@ def fmt(v):
     return f"{v:.3g}"
 
 
+def _best_peer(med, w, key, better):
+    """(runner, value) of the best peer executor for this metric, or (None, None)."""
+    vals = [(r, med.get(w, {}).get(r, {}).get(key)) for r in PEER_RUNNERS]
+    vals = [(r, v) for r, v in vals if v is not None]
+    if not vals:
+        return None, None
+    return (max if better == "higher" else min)(vals, key=lambda rv: rv[1])
+
+
+def _spec_args(spec, mode):
+    if "parts" in spec:
+        return " | ".join(" ".join(repr(x) if x == "" else x for x in part[mode]) for part in spec["parts"])
+    return " ".join(spec["args"][mode]) or "-"
+
+
 def table(med, notes, runners, spec_of, baseline, mode):
     lines = []
     for w in ORDER:
@@ -394,20 +486,31 @@ def table(med, notes, runners, spec_of, baseline, mode):
                           key=lambda k: float(k[5:-2]))
             metrics = [(k, f"tasks/s @{k[5:]}", "higher") for k in keys]
         lines.append("")
-        lines.append(f"== {w}: {spec['desc']}  (args: {' '.join(spec['args'][mode]) or '-'})")
+        lines.append(f"== {w}: {spec['desc']}  (args: {_spec_args(spec, mode)})")
         present = [r for r in runners if r in spec["runners"]]
-        head = f"{'metric':<24}" + "".join(f"{r:>12}" for r in present)
+        has_peers = "us" in present and any(r in PEER_RUNNERS for r in present)
+        head = f"{'metric':<26}" + "".join(f"{r:>12}" for r in present)
+        if has_peers:
+            head += f"{'us/best peer':>14}"
         lines.append(head)
-        for key, label, better in metrics:
-            row = f"{label + (' ^' if better == 'higher' else ' v'):<24}"
-            rrow = f"{'  ratio vs ' + baseline:<24}"
+        for m in metrics:
+            key, label, better = m[:3]
+            with_ratio = m[3] if len(m) > 3 else True
+            if not any(key in med.get(w, {}).get(r, {}) for r in present):
+                continue
+            row = f"{label + (' ^' if better == 'higher' else ' v'):<26}"
+            rrow = f"{'  ratio vs ' + baseline:<26}"
             base = med.get(w, {}).get(baseline, {}).get(key)
             for r in present:
                 v = med.get(w, {}).get(r, {}).get(key)
                 row += f"{fmt(v):>12}"
                 rrow += f"{(f'{v / base:.2f}x' if v is not None and base else '-'):>12}"
+            if has_peers and with_ratio:
+                us = med.get(w, {}).get("us", {}).get(key)
+                br, bv = _best_peer(med, w, key, better)
+                row += f"{(f'{us / bv:.2f}x {br}' if us is not None and bv else '-'):>14}"
             lines.append(row)
-            if base is not None:
+            if base is not None and with_ratio:
                 lines.append(rrow)
         for r in present:
             n = notes.get(w, {}).get(r)
@@ -416,26 +519,37 @@ def table(med, notes, runners, spec_of, baseline, mode):
         for r, o in spec.get("override", {}).items():
             if r in present and o[mode] is not None:
                 lines.append(f"  [{r}] run with {' '.join(o[mode])} ({o[2]})")
-    lines.append("  (^ higher is better, v lower is better; ratio = runner / " + baseline + ")")
+    lines.append("  (^ higher is better, v lower is better; ratio = runner / " + baseline
+                 + "; us/best peer = us / the best of " + ", ".join(PEER_RUNNERS) + " measured)")
     return lines
 
 
-def targets(med, notes):
+def targets(med, notes, workloads=None):
     out = []
-    for w, key, kind, ref, thr, text in TARGETS:
+    for t in TARGETS:
+        w, key, kind, ref, thr, text = t[:6]
+        if workloads is not None and w not in workloads:
+            continue
+        ref_key = t[6] if len(t) > 6 else key
         us = med.get(w, {}).get("us", {}).get(key)
-        refv = med.get(w, {}).get(ref, {}).get(key) if ref else None
+        if kind == "best>=":
+            ref, refv = _best_peer(med, w, ref_key, "higher")
+            kind = "ratio>="
+        else:
+            refv = med.get(w, {}).get(ref, {}).get(ref_key) if ref else None
         s07 = med.get(w, {}).get("scoop07", {}).get(key)
         if kind.startswith("ratio"):
             if refv is None:
-                verdict, detail = "n/a", f"reference {ref} not measured"
+                verdict, detail = "n/a", f"reference {ref or 'peers'} not measured"
             else:
                 bound = refv * thr
                 cmp_ = ">=" if kind == "ratio>=" else "<="
                 need = f"us must be {cmp_} {fmt(bound)} ({ref} = {fmt(refv)})"
                 if us is None:
-                    verdict, detail = "n/a", need + "; us not measured" + (
-                        f" [{notes.get(w, {}).get('us')}]" if notes.get(w, {}).get("us") else "")
+                    note = notes.get(w, {}).get("us")
+                    # a run of ours that errored out is a failure, not a missing figure
+                    verdict = "FAIL" if note and "ERROR" in note else "n/a"
+                    detail = need + "; us not measured" + (f" [{note}]" if note else "")
                 else:
                     ok = us >= bound if kind == "ratio>=" else us <= bound
                     verdict = "PASS" if ok else "FAIL"
@@ -447,12 +561,54 @@ def targets(med, notes):
                 verdict, detail = "n/a", "us not measured" + (
                     f" [{notes.get(w, {}).get('us')}]" if notes.get(w, {}).get("us") else "")
             else:
-                ok = us >= thr if kind == "abs>=" else us < thr
+                ok = {"abs>=": us >= thr, "abs<": us < thr, "abs<=": us <= thr}[kind]
                 verdict, detail = ("PASS" if ok else "FAIL"), f"us = {fmt(us)}"
             if s07 is not None:
                 detail += f"; for reference SCOOP 0.7.2 = {fmt(s07)}"
         out.append(f"  [{verdict:>4}] {text}: {detail}")
     return out
+
+
+def plot_payload(med, runners, path):
+    """GB/s against payload size, arguments and results side by side."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker  # noqa: F401
+    except ImportError:
+        print("!! matplotlib missing (pip install matplotlib): no plot", file=sys.stderr)
+        return None
+    data = med.get("payload", {})
+    sizes = sorted({int(k.rsplit("_", 1)[1]) for r in data.values() for k in r
+                    if k.startswith(("args_gbps_", "results_gbps_"))})
+    if not sizes:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, d, title in zip(axes, ("args", "results"),
+                            ("arrays as map arguments", "arrays returned as map results")):
+        for r in runners:
+            pts = [(mib, data.get(r, {}).get(f"{d}_gbps_{mib}")) for mib in sizes]
+            pts = [(x, y) for x, y in pts if y is not None]
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=r,
+                        linewidth=2.5 if r == "us" else 1.3)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([f"{m} MiB" for m in sizes])
+        ax.set_xlabel("array size")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("GB/s (10^9 B/s, median)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("numpy payloads through a 2-worker executor (default map of each)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot(med, runners, path):
@@ -516,18 +672,28 @@ def main():
     ap.add_argument("--skip-us", action="store_true", help="do not run our scoop")
     ap.add_argument("--repeats", "-R", type=int, help="override repetitions per workload")
     ap.add_argument("--out", help="results JSON path (default bench/results/run-<ts>.json)")
+    ap.add_argument("--us-src", metavar="DIR",
+                    help="run 'us' from the scoop package in DIR (e.g. an older commit: "
+                         "mkdir DIR && git archive COMMIT scoop | tar -x -C DIR)")
     a = ap.parse_args()
     mode = 1 if a.quick else 0
+    if a.us_src:
+        if not os.path.isfile(os.path.join(a.us_src, "scoop", "__init__.py")):
+            ap.error(f"--us-src {a.us_src}: no scoop/__init__.py there")
+        global US_SRC
+        US_SRC = os.path.abspath(a.us_src)
 
     workloads = ORDER if not a.only else [w.strip() for w in a.only.split(",") if w.strip()]
     for w in workloads:
         if w not in WORKLOADS_SPEC:
             ap.error(f"unknown workload {w!r}; choose from {', '.join(ORDER)}")
-    others = ["scoop07"] + PEER_RUNNERS if not a.peers else [p.strip() for p in a.peers.split(",")]
+    others = (["scoop07"] + PEER_RUNNERS + EXTRA_RUNNERS if not a.peers
+              else [p.strip() for p in a.peers.split(",")])
     for p in others:
-        if p not in ALL_RUNNERS or p == "us":
-            ap.error(f"unknown peer {p!r}; choose from scoop07,{','.join(PEER_RUNNERS)}")
-    runners = ([] if a.skip_us else ["us"]) + [r for r in ALL_RUNNERS if r in others and r != "us"]
+        if p not in ALL_RUNNERS + EXTRA_RUNNERS or p == "us":
+            ap.error(f"unknown peer {p!r}; choose from scoop07,{','.join(PEER_RUNNERS + EXTRA_RUNNERS)}")
+    runners = ([] if a.skip_us else ["us"]) + [r for r in ALL_RUNNERS + EXTRA_RUNNERS
+                                               if r in others and r != "us"]
     baseline = "us" if "us" in runners else ("scoop07" if "scoop07" in runners else runners[0])
 
     os.makedirs(RESULTS, exist_ok=True)
@@ -554,17 +720,21 @@ def main():
                 args = spec["args"][mode]
                 if r in spec.get("override", {}) and spec["override"][r][mode] is not None:
                     args = spec["override"][r][mode]
-                rec = run_one(r, w, args, timeout)
-                rec["rep"] = rep
-                records.append(rec)
-                status = ("ERR " + rec["error"]) if rec.get("error") else "ok"
-                if rec.get("leftovers"):
-                    status += f"  LEFTOVER PROCESSES (killed): {rec['leftovers']}"
-                print(f"  {w:<10} rep {rep + 1}/{reps} {r:<8} {rec['process_wall_s']:7.2f}s  {status}",
-                      flush=True)
-                if rec.get("error") and rec.get("stderr_tail"):
-                    for line in rec["stderr_tail"]:
-                        print(f"      | {line}", flush=True)
+                parts = [p[mode] for p in spec["parts"]] if "parts" in spec else [args]
+                for i, part in enumerate(parts):
+                    rec = run_one(r, w, part, timeout)
+                    rec["rep"] = rep
+                    rec["part"] = i
+                    records.append(rec)
+                    status = ("ERR " + rec["error"]) if rec.get("error") else "ok"
+                    if rec.get("leftovers"):
+                        status += f"  LEFTOVER PROCESSES (killed): {rec['leftovers']}"
+                    label = w if len(parts) == 1 else f"{w}.{i + 1}"
+                    print(f"  {label:<10} rep {rep + 1}/{reps} {r:<8} {rec['process_wall_s']:7.2f}s"
+                          f"  {status}", flush=True)
+                    if rec.get("error") and rec.get("stderr_tail"):
+                        for line in rec["stderr_tail"]:
+                            print(f"      | {line}", flush=True)
         print(f"  -- {w} done in {time.time() - tw:.0f}s", flush=True)
 
     stray = _stray_bench_processes()
@@ -579,7 +749,14 @@ def main():
     lines = [f"SCOOP bench ({'quick' if a.quick else 'full'}), {datetime.datetime.now():%Y-%m-%d %H:%M}, "
              f"{os.cpu_count()} cores, Python {platform.python_version()}, "
              f"{time.time() - t_start:.0f}s total"]
-    lines += [f"  {r:<8} {RUNNER_DESC[r]}" for r in runners]
+    ran = {rec["runner"] for rec in records}
+    try:
+        head = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()[:100]
+    except (OSError, subprocess.SubprocessError):
+        head = "?"
+    lines.append(f"  us from {US_SRC or REPO}" + ("" if US_SRC else f" at {head}"))
+    lines += [f"  {r:<8} {RUNNER_DESC[r]}" for r in runners if r in ran]
     foreign = [rec["foreign_cores"] for rec in records if "foreign_cores" in rec]
     if foreign:
         lines.append(f"  CPU used by OTHER processes during the runs (cores of 2): median "
@@ -588,8 +765,9 @@ def main():
             lines.append("  !! the machine was busy with other work during this run: "
                          "figures are noisy, re-run on an idle machine")
     lines += table(med, notes, runners, WORKLOADS_SPEC, baseline, mode)
-    lines += ["", "Targets:"] + targets(med, notes)
-    leftovers = [(rec["workload"], rec["runner"], rec["leftovers"]) for rec in records if rec.get("leftovers")]
+    lines += ["", "Targets:"] + targets(med, notes, set(workloads))
+    leftovers = [(rec["workload"], rec["runner"], rec["leftovers"])
+                 for rec in records if rec.get("leftovers")]
     lines += ["", f"Leftover processes found (and killed) after runs: {len(leftovers)}"]
     lines += [f"  {w}/{r}: {l}" for w, r, l in leftovers]
     text = "\n".join(lines)
@@ -598,9 +776,13 @@ def main():
     ts = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = a.out or os.path.join(RESULTS, f"run-{ts}{'-quick' if a.quick else ''}.json")
     png = plot(med, runners, os.path.join(RESULTS, "throughput_vs_duration.png")) if "sweep" in med else None
+    if "payload" in med:
+        # the full run's plot is the one bench/README.md shows; quick runs stay in results/
+        png = plot_payload(med, runners, os.path.join(HERE if not a.quick else RESULTS, "payload_gbps.png"))
     doc = {"mode": "quick" if a.quick else "full", "argv": sys.argv, "python": sys.executable,
            "python_version": platform.python_version(), "cpus": os.cpu_count(),
            "runners": {r: RUNNER_DESC[r] for r in runners}, "baseline": baseline,
+           "us_src": US_SRC or REPO, "repo_head": head,
            "medians": med, "notes": notes, "records": records, "table": text, "plot": png}
     with open(out, "w") as f:
         json.dump(doc, f, indent=1)

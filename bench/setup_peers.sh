@@ -9,7 +9,7 @@
 #     psutil is added because SCOOP's optional "nice" extra uses it and our
 #     workloads read RSS with it.
 #  2. The peers in the *current* interpreter (loky, dask.distributed,
-#     ipyparallel, jupyter_client/ipykernel, psutil, matplotlib) -- installed
+#     ipyparallel, jupyter_client/ipykernel, psutil, matplotlib, blake3) -- installed
 #     only when missing.  These are the same packages as our `bench` extra.
 #
 # Usage: bash bench/setup_peers.sh        (PYTHON=/path/to/python to override)
@@ -74,12 +74,13 @@ missing=()
 "$PY" -c 'import ipyparallel' 2>/dev/null     || missing+=("ipyparallel>=8.6")
 "$PY" -c 'import matplotlib' 2>/dev/null      || missing+=("matplotlib>=3.7")
 "$PY" -c 'import psutil' 2>/dev/null          || missing+=("psutil>=5.9")
+"$PY" -c 'import blake3' 2>/dev/null          || missing+=("blake3>=0.4")
 "$PY" -c 'import jupyter_client' 2>/dev/null  || missing+=("jupyter_client>=8")
 "$PY" -c 'import ipykernel' 2>/dev/null       || missing+=("ipykernel>=6.20")
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "== installing missing peer packages: ${missing[*]}"
     "$PY" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
 else
-    echo "== peer packages present (loky, distributed, ipyparallel, matplotlib, psutil, jupyter_client, ipykernel)"
+    echo "== peer packages present (loky, distributed, ipyparallel, matplotlib, psutil, blake3, jupyter_client, ipykernel)"
 fi
 echo "== bench setup done"

@@ -7,6 +7,7 @@ work meanwhile, which is why nested futures never deadlock) while the origin pum
 from __future__ import annotations
 
 import time
+from typing import NamedTuple, Protocol
 
 from .errors import CancelledError, TimeoutError
 
@@ -19,11 +20,30 @@ ALL_COMPLETED = "ALL_COMPLETED"
 ALWAYS = "ALWAYS"  # SCOOP 0.7's name for "return at once"
 
 
+class Runtime(Protocol):
+    """What a Future needs from the runtime of the process that submitted it (a cluster
+    connection, or the serial stand-in when no cluster runs)."""
+
+    def poll(self) -> None: ...
+    def wait_until(self, pred, timeout, futures, const: bool = False) -> bool: ...
+    def cancel(self, fut: "Future") -> bool: ...
+    def where(self, fut: "Future") -> int: ...
+
+
+class ChunkResult(NamedTuple):
+    """What a map chunk returns: the values before the first error, that error's index (-1:
+    none) and pickled exception, and the seconds the chunk took (the map adapts to them)."""
+    values: list
+    error_index: int
+    error: object
+    seconds: float
+
+
 class Future:
     """PEP 3148 future for a task running somewhere in the cluster."""
 
     __slots__ = ("id", "_state", "_result", "_exception", "_callbacks", "_waiters", "_rt",
-                 "_name", "group", "__weakref__")
+                 "_name", "group", "submitted", "started", "finished", "worker", "_segments", "__weakref__")
 
     def __init__(self, rt, task_id: int, name: str, group: int = 0):
         self.id = task_id
@@ -35,6 +55,9 @@ class Future:
         self._exception = None
         self._callbacks = None
         self._waiters = None
+        self.submitted = time.time()
+        self.started = self.finished = self.worker = None  # set from the result: when and where it ran
+        self._segments = ()  # shared memory holding its arguments, freed when it completes
 
     def __repr__(self):
         state = _STATE_NAMES[self._state]
@@ -95,7 +118,29 @@ class Future:
         if not self._rt.wait_until(lambda: self._state >= FINISHED, timeout, (self,)):
             raise TimeoutError(f"task {self._name} did not complete within {timeout} s")
 
-    # ---- completion (runtime side) -----------------------------------------------------------
+    # ---- the API runtimes complete futures through -------------------------------------------
+    def set_result(self, value) -> bool:
+        return self._finish(FINISHED, value)
+
+    def set_exception(self, exc: BaseException) -> bool:
+        return self._finish(FINISHED, exception=exc)
+
+    def set_cancelled(self, exc: BaseException | None = None) -> bool:
+        return self._finish(CANCELLED, exception=exc)
+
+    def set_running(self) -> None:
+        if self._state == PENDING:
+            self._state = RUNNING
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def completed(self) -> bool:
+        """Finished or cancelled, as known here (no poll: for tight loops of a runtime)."""
+        return self._state >= FINISHED
+
     def _finish(self, state, result=None, exception=None) -> bool:
         if self._state >= FINISHED:
             return False  # exactly once: a late duplicate is ignored
@@ -151,7 +196,8 @@ def wait(fs, timeout=None, return_when=ALL_COMPLETED):
         return False
 
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, ALWAYS):
-        raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, not {return_when!r}")
+        raise ValueError("return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
+                         f"not {return_when!r}")
     rt.poll()
     if not satisfied():
         rt.wait_until(satisfied, timeout, fs)
@@ -170,7 +216,7 @@ def as_completed(fs, timeout=None):
     while pending:
         ready = [f for f in pending if f._state >= FINISHED]
         if not ready:
-            rt.wait_until(lambda: any(f._state >= FINISHED for f in pending),
+            rt.wait_until(lambda fs=pending: any(f._state >= FINISHED for f in fs),
                           _remaining(deadline), pending)
             ready = [f for f in pending if f._state >= FINISHED]
             if not ready:

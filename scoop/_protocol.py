@@ -1,21 +1,32 @@
-"""Wire protocol: signed multipart messages made of records, and (de)serialization.
+"""Wire protocol: every byte that crosses a socket is made and read here.
 
-A message is one ZeroMQ frame: a 16-byte signature, then records, each a length prefix, a
-header and a body.
-The broker reads only record headers (a type byte and fixed binary fields); bodies are opaque
-to it, so it never unpickles a payload.  Every message carries a keyed BLAKE2b MAC over all
-its records: a message whose MAC does not verify is dropped before any frame is parsed, so no
-peer without the cluster secret can make a process unpickle anything.
+A message is a ZeroMQ multipart message ``[header, payload frame, ...]``:
 
-Batching falls out of the format: one message may carry any number of records.
+* The **header** frame is a 16-byte MAC followed by records.  The MAC is keyed BLAKE3 over a
+  channel tag and the records, so a message signed for one channel and direction (a worker's
+  task socket to the broker, the broker to a worker, the meta stream, ...) does not verify on
+  any other: captured meta messages replayed to the task port are dropped.
+* A **record** is ``REC`` (header length, inline body length, number of refs), a header (a type
+  byte and fixed binary fields, read through the named structs below), an inline body (small
+  pickles, JSON) and refs.  A **ref** names one payload buffer: its kind, size and either the
+  BLAKE3 digest of a payload frame of this message or the id of a shared-memory segment.
+* **Payload frames** carry pickle-5 out-of-band buffers (numpy arrays, bytes, ...) and large
+  pickle streams.  They are sent and received without copies; the broker forwards them as the
+  same frame objects and never hashes them: the sender hashed each once, the digest travels in
+  the signed header, and the receiver checks it before anything is unpickled.
+
+The broker therefore authenticates a few hundred header bytes per message whatever the size of
+its payloads, and nothing it cannot authenticate is ever parsed, let alone unpickled.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import pickle
 import struct
+
+import blake3
+import zmq
 
 
 def _cloudpickle():
@@ -24,27 +35,29 @@ def _cloudpickle():
     import cloudpickle
     return cloudpickle
 
+
 # ---- record types (first byte of a record header) ------------------------------------------
-HELLO = b"H"       # worker -> broker: body = JSON identity (host, pid, role)
-WELCOME = b"W"     # broker -> worker: body = JSON (index, size, broker info)
-BLOB = b"F"        # callable, referenced by digest: header = F + digest(16)
-TASK = b"T"        # header = T + task id(8) + group(4) + digest(16); body = pickled (args, kwargs)
+HELLO = b"H"       # peer -> broker: body = JSON identity (name, host, host_key, pid, role)
+WELCOME = b"W"     # broker -> peer: body = JSON (index, size, hosts, ports)
+BLOB = b"F"        # a callable, referenced by digest: BLOB_HEADER; body = its pickle
+TASK = b"T"        # TASK_HEADER; body = pickled (args, kwargs)
 CHUNK = b"M"       # like TASK; body = pickled list of argument tuples (a map's inputs, run in order)
-RESULT = b"R"      # header = R + task id(8) + status(1) + inputs(4); body = pickled value / exception
-CREDIT = b"K"      # worker -> broker: header = K + count(i4); how many more tasks it can take
-CANCEL = b"X"      # header = X + task id(8) [+ ok(1) in the broker's reply]
-CONST = b"S"       # header = S + name (utf-8); body = pickled value
-INTERRUPT = b"I"   # header = I + group(4): drop queued tasks of a group, interrupt running ones
-FAIL = b"E"        # broker -> submitter: header = E + task id(8); body = utf-8 reason
+RESULT = b"R"      # RESULT_HEADER; body = pickled value / exception
+CREDIT = b"K"      # worker -> broker: COUNT; how many more tasks it can take
+CANCEL = b"X"      # TID [+ ok(1) in the answer]
+CONST = b"S"       # S + name (utf-8); body = pickled value
+INTERRUPT = b"I"   # GROUP: drop queued tasks of a group, interrupt running ones
+FAIL = b"E"        # broker -> submitter: TID; body = utf-8 reason
 SHUTDOWN = b"D"    # either way: the cluster (or this worker) is ending; body = utf-8 reason
-SIZE = b"Z"        # broker -> workers: header = Z + size(4)
+SIZE = b"Z"        # broker -> peers: SIZE_HEADER (workers, distinct hosts)
 BYE = b"Q"         # worker -> broker: leaving cleanly
-RETIRE = b"Y"      # broker -> worker: stop taking work, return unstarted tasks, exit when idle
-RELEASE = b"U"     # worker -> broker: hands back unstarted tasks (header = U + task id(8))
-ASK = b"A"         # where is task id? header = A + task id(8) [+ state(1) in the reply: 0 queued, 1 at a worker, 2 gone]
-STEAL = b"V"       # broker -> worker: hand back up to n unstarted tasks (header = V + n(4))
-HEARTBEAT = b"h"   # control socket, worker -> broker: body = JSON load figures
-PONG = b"p"        # control socket, broker -> worker: liveness of the broker
+RETIRE = b"Y"      # origin -> broker: INDEX to retire; broker -> worker: stop taking work, leave when idle
+RELEASE = b"U"     # worker -> broker: TID of an unstarted task handed back
+ASK = b"A"         # where is task id? TID [+ state(1) in the answer: 0 queued, 1 at a worker, 2 gone]
+STEAL = b"V"       # broker -> worker: COUNT unstarted tasks wanted back
+LOAD = b"h"        # control socket, peer -> broker: body = JSON load figures
+PONG = b"p"        # control socket, broker -> peer: load figures arrived
+OUTPUT = b"O"      # worker -> broker -> origin: GROUP; body = JSON [worker name, stream, text]
 STATUS = b"s"      # meta socket: body = JSON cluster snapshot
 EVENT = b"e"       # meta socket: body = JSON event (joined / left / const)
 
@@ -52,126 +65,269 @@ EVENT = b"e"       # meta socket: body = JSON event (joined / left / const)
 OK = 0
 RAISED = 1
 
-TASK_HEADER = struct.Struct("<cQI16s")
-RESULT_HEADER = struct.Struct("<cQBI")
+# TASK flags
+PINNED = 1  # payload in shared memory on the submitter's host: only a worker there may run it
+SINGLE = 2  # a chunk of single arguments (fn(x)), not argument tuples (fn(*args))
+
+TASK_HEADER = struct.Struct("<cQI16sQB")    # type, task id, group, callable digest, submitter host key, flags
+# type, task id, status, inputs, started, finished (epoch s), worker name
+RESULT_HEADER = struct.Struct("<cQBIdd12s")
+BLOB_HEADER = struct.Struct("<c16s")        # type, digest
+SIZE_HEADER = struct.Struct("<cII")         # type, workers, hosts
+TID = struct.Struct("<cQ")                  # type, task id
+GROUP = struct.Struct("<cI")                # type, group
+COUNT = struct.Struct("<ci")                # type, count
+INDEX = struct.Struct("<cI")                # type, peer index
 ID = struct.Struct("<Q")
-I32 = struct.Struct("<i")
-U32 = struct.Struct("<I")
 EMPTY = b""
 
+
+def task_id(hdr) -> int:
+    """The task id of a TASK, CHUNK, RESULT, CANCEL, ASK, FAIL or RELEASE header."""
+    return ID.unpack_from(hdr, 1)[0]
+
+
+def answer(hdr, value: int) -> bytes:
+    """A CANCEL (1 ok / 0 not) or ASK (0 queued, 1 at a worker, 2 gone) answer to ``hdr``."""
+    return bytes(hdr[:9]) + bytes((value,))
+
+
+def answer_of(hdr, default: int = 2) -> int:
+    return hdr[9] if len(hdr) > 9 else default
+
+
+def blob_digest(hdr) -> bytes:
+    return bytes(hdr[1:17])
+
+
+def const_name(hdr) -> str:
+    return bytes(hdr[1:]).decode("utf-8", "replace")
+
+REC = struct.Struct("<HIH")                 # header length, inline body length, refs
+REF = struct.Struct("<BQ16s")               # kind, size, digest (frame) or segment id (shared memory)
+REF_SHM = 1    # kind bit: the buffer is a shared-memory segment, not a frame of this message
+REF_BODY = 2   # kind bit: the buffer is the record's pickle stream, not an out-of-band buffer
+MAC_SIZE = 16
+
+# channels: the MAC binds a message to one socket and direction
+TO_BROKER = b"T>"
+FROM_BROKER = b"T<"
+CONTROL_TO_BROKER = b"C>"
+CONTROL_FROM_BROKER = b"C<"
+META = b"M<"
+
+INLINE_MAX = 64 * 1024   # larger pickle streams travel as a payload frame, not in the header
+OOB_MIN = 64 * 1024      # smaller buffers stay in the pickle stream: a frame costs ~10 us
+SHM_MIN = 1 << 20        # on one host, buffers from this size go through shared memory
+HEADER_MAX = 64 << 20    # a larger header is dropped unhashed: checking costs at most this much
+HEADER_SPLIT = 4 << 20   # senders start a new message past this many header bytes
+
 SECRET_ENV = "SCOOP_SECRET"
-
-
-class AuthError(Exception):
-    """Raised for a message whose signature does not verify."""
 
 
 def new_secret() -> bytes:
     return os.urandom(32)
 
 
-class Signer:
-    """Signs and verifies messages with the cluster secret (keyed BLAKE2b, 128-bit tag).
+def derive(secret: bytes, purpose: str) -> bytes:
+    """A key for another use (the ZeroMQ handshake token, the shared-memory tag) that reveals
+    nothing of the secret."""
+    return blake3.blake3(secret, derive_key_context=f"scoop 2026 {purpose}").digest()
 
-    Frame lengths are hashed in, so frames cannot be re-split to forge a different message.
-    """
+
+class Signer:
+    """MACs with the cluster secret: keyed BLAKE3 over a channel tag and the header."""
 
     __slots__ = ("_key",)
 
     def __init__(self, secret: bytes):
         if not secret or len(secret) < 16:
             raise ValueError("cluster secret must be at least 16 bytes")
-        self._key = secret[:64]
+        self._key = derive(secret, "message MAC")
 
-    def sign(self, frames) -> bytes:
-        h = hashlib.blake2b(key=self._key, digest_size=16)
-        if len(frames) == 1:
-            h.update(frames[0])
-        else:
-            pack = U32.pack
-            for f in frames:
-                h.update(pack(len(f)))
-                h.update(f)
-        return h.digest()
+    def mac(self, channel: bytes, data) -> bytes:
+        h = blake3.blake3(channel, key=self._key)
+        h.update(data)
+        return h.digest(MAC_SIZE)
 
-    def verify(self, sig, frames) -> bool:
-        return len(sig) == 16 and hmac.compare_digest(sig, self.sign(frames))
+    def check(self, channel: bytes, header) -> bool:
+        """Checks a header frame's MAC without parsing anything."""
+        return MAC_SIZE + REC.size <= len(header) <= HEADER_MAX and hmac.compare_digest(
+            header[:MAC_SIZE], self.mac(channel, memoryview(header)[MAC_SIZE:]))
 
 
-REC = struct.Struct("<HI")  # header length, body length
-_SIG = 16
+def digest(data) -> bytes:
+    return blake3.blake3(data).digest(16)
 
 
-def encode(frames) -> bytes:
-    """``[hdr0, body0, hdr1, body1, ...]`` -> one buffer of length-prefixed records.
+# ---- records -------------------------------------------------------------------------------
+class Record:
+    """One received record: ``hdr`` (type byte and fixed fields), ``body`` (inline bytes),
+    ``refs`` ((kind, size, key) per payload buffer), ``frames`` (this record's payload frames,
+    in ref order) and ``raw`` (its bytes in the header, for forwarding as is)."""
 
-    One ZeroMQ frame per message: pyzmq costs ~10 us per frame sent, far more than the
-    copy of a small record, so a batch of 256 tasks is one send instead of 513.
-    """
-    pack = REC.pack
-    pieces = []
-    for j in range(0, len(frames), 2):
-        h, b = frames[j], frames[j + 1]
-        pieces += (pack(len(h), len(b)), h, b)
-    return b"".join(pieces)
+    __slots__ = ("hdr", "body", "refs", "frames", "raw")
+
+    def __init__(self, hdr, body, refs=(), frames=(), raw=None):
+        self.hdr = hdr
+        self.body = body
+        self.refs = refs
+        self.frames = frames
+        self.raw = raw
+
+    @property
+    def type(self) -> bytes:
+        return self.hdr[:1]
+
+    def has_payload(self) -> bool:
+        return bool(self.body) or bool(self.refs)
 
 
-def decode(data, offset: int = 0):
-    """Inverse of :func:`encode`; None if the buffer is not a well-formed record list."""
+def parse(header, frames, start: int = MAC_SIZE):
+    """A verified header and its payload frames -> records; None if malformed (a signed but
+    malformed message is dropped, never half-applied)."""
     out = []
-    i, n = offset, len(data)
-    unpack = REC.unpack_from
+    i, n = start, len(header)
+    f = 0
+    unpack, ref_unpack, rsz = REC.unpack_from, REF.unpack_from, REF.size
     try:
         while i < n:
-            hl, bl = unpack(data, i)
-            i += 6
-            out.append(data[i:i + hl])
-            i += hl
-            out.append(data[i:i + bl])
-            i += bl
-    except struct.error:
+            hl, bl, nr = unpack(header, i)
+            s = i + 8
+            b = s + hl
+            r = b + bl
+            end = r + nr * rsz
+            if hl < 1 or end > n:
+                return None
+            hdr = header[s:b]
+            body = header[b:r]
+            if nr:
+                refs = []
+                mine = []
+                for j in range(nr):
+                    kind, size, key = ref_unpack(header, r + j * rsz)
+                    refs.append((kind, size, key))
+                    if not kind & REF_SHM:
+                        mine.append(frames[f])
+                        f += 1
+                out.append(Record(hdr, body, refs, mine, header[i:end]))
+            else:
+                out.append(Record(hdr, body, (), (), header[i:end]))
+            i = end
+    except (struct.error, IndexError):
         return None
-    if i != n or not out:
+    if f != len(frames) or not out:
         return None
     return out
 
 
-SIG_SIZE = _SIG
+class Outbox:
+    """Records waiting to go out on one socket: encoded once (forwarded records are never
+    decoded and encoded again) with their payload frames kept as objects, never joined."""
+
+    __slots__ = ("parts", "frames", "nbytes", "marks")
+
+    def __init__(self):
+        self.parts = []
+        self.frames = []
+        self.nbytes = 0
+        self.marks = None  # (parts, frames) counts where a message must end: headers stay small
+
+    def __bool__(self):
+        return bool(self.parts)
+
+    def __len__(self):
+        return len(self.parts)
+
+    def _grow(self, n):
+        self.nbytes += n
+        if self.nbytes > HEADER_SPLIT:
+            if self.marks is None:
+                self.marks = []
+            self.marks.append((len(self.parts), len(self.frames)))
+            self.nbytes = 0
+
+    def add(self, hdr, body=EMPTY, packed=None):
+        """``packed``: a :class:`Packed` payload (its body replaces ``body``)."""
+        if packed is None:
+            part = REC.pack(len(hdr), len(body), 0) + hdr + body
+        else:
+            refs = packed.refs
+            part = (REC.pack(len(hdr), len(packed.body), len(refs)) + hdr + packed.body
+                    + b"".join(REF.pack(*r) for r in refs))
+            if packed.frames:
+                self.frames.extend(packed.frames)
+        self.parts.append(part)
+        self._grow(len(part))
+
+    def add_record(self, rec: Record):
+        """A received record, forwarded as it came (the same payload frame objects)."""
+        self.parts.append(rec.raw)
+        if rec.frames:
+            self.frames.extend(rec.frames)
+        self._grow(len(rec.raw))
+
+    def take(self):
+        """Everything as one message: (header data, frames)."""
+        return next(iter(self.take_messages()))
+
+    def take_messages(self):
+        """Everything, as messages whose headers stay under ``HEADER_SPLIT`` bytes (one record
+        larger than that goes alone)."""
+        parts, frames, marks = self.parts, self.frames, self.marks
+        self.parts, self.frames, self.nbytes, self.marks = [], [], 0, None
+        if not marks:
+            return [(b"".join(parts), frames)]
+        out, p0, f0 = [], 0, 0
+        for p1, f1 in marks + [(len(parts), len(frames))]:
+            if p1 > p0:
+                out.append((b"".join(parts[p0:p1]), frames[f0:f1]))
+            p0, f0 = p1, f1
+        return out
 
 
-def verify_sealed(signer: Signer, msg) -> bool:
-    """Checks a sealed message's signature without parsing anything."""
-    return len(msg) >= _SIG + 6 and hmac.compare_digest(msg[:_SIG], signer.sign((memoryview(msg)[_SIG:],)))
+def send(sock, signer: Signer, channel: bytes, box: Outbox, ident=None, flags: int = 0) -> None:
+    """Sends what ``box`` holds; payload frames go without copies."""
+    for data, frames in box.take_messages():
+        header = signer.mac(channel, data) + data
+        if ident is not None:
+            sock.send(ident, flags | zmq.SNDMORE)
+        if not frames:
+            sock.send(header, flags)
+            continue
+        sock.send(header, flags | zmq.SNDMORE)
+        last = len(frames) - 1
+        for k, fr in enumerate(frames):
+            sock.send(fr, flags | (zmq.SNDMORE if k < last else 0), copy=False)
 
 
-def seal(signer: Signer, frames) -> bytes:
-    data = encode(frames)
-    return signer.sign((data,)) + data
+def send_records(sock, signer, channel, records, ident=None, flags: int = 0):
+    """``records``: (hdr, body) pairs with no payload frames (control traffic)."""
+    box = Outbox()
+    for hdr, body in records:
+        box.add(hdr, body)
+    send(sock, signer, channel, box, ident, flags)
 
 
-def open_sealed(signer: Signer, msg):
-    """Verifies a sealed message before parsing anything; returns the record list or None."""
-    if len(msg) < _SIG + 6:
+def recv_parts(sock, flags: int = 0):
+    """One message as ``[small frames as bytes..., payload frames as zmq.Frame]``: the header
+    (and a ROUTER's identity) are copied, payload frames are not."""
+    first = sock.recv(flags)
+    if not sock.getsockopt(zmq.RCVMORE):
+        return [first]
+    parts = [first]
+    while sock.getsockopt(zmq.RCVMORE):
+        parts.append(sock.recv(0, copy=False))
+    return parts
+
+
+def recv_verified(sock, signer: Signer, channel: bytes, flags: int = 0):
+    """The records of the next message on a DEALER/SUB socket, or None if it does not verify."""
+    parts = recv_parts(sock, flags)
+    header = parts[0]
+    if not signer.check(channel, header):
         return None
-    if not hmac.compare_digest(msg[:_SIG], signer.sign((memoryview(msg)[_SIG:],))):
-        return None
-    return decode(msg, _SIG)
-
-
-def send(sock, signer: Signer, frames: list, flags: int = 0) -> None:
-    sock.send(seal(signer, frames), flags)
-
-
-def recv_verified(sock, signer: Signer, flags: int = 0):
-    """Returns the record list of the next message, or None for one that does not verify."""
-    return open_sealed(signer, sock.recv(flags))
-
-
-def split_routed(msg, signer: Signer):
-    """ROUTER side: ``[identity, sealed]`` -> (identity, records) or (identity, None)."""
-    if len(msg) != 2:
-        return (msg[0] if msg else b""), None
-    return msg[0], open_sealed(signer, msg[1])
+    return parse(header, parts[1:])
 
 
 # ---- serialization ---------------------------------------------------------------------------
@@ -179,43 +335,153 @@ class SerializationError(TypeError):
     """Raised when a callable, an argument or a result cannot be pickled; names the culprit."""
 
 
+class IntegrityError(ValueError):
+    """A payload frame does not match the digest its signed header carries."""
+
+
+class Packed:
+    """A pickled object ready to send: inline ``body`` (or empty), ``refs`` and the
+    ``frames`` to send after the header, in ref order."""
+
+    __slots__ = ("body", "refs", "frames", "segments", "nbytes")
+
+    def __init__(self, body, refs=(), frames=(), segments=(), nbytes=0):
+        self.body = body
+        self.refs = refs
+        self.frames = frames
+        self.segments = segments  # shared-memory segment ids this payload owns
+        self.nbytes = nbytes
+
+
 _MAIN_MARK = b"__main__"
 
 
-def dumps(obj, what: str = "object") -> bytes:
+def _pickle(obj, by_value: bool = False):
     """Plain pickle when it is faithful, cloudpickle when the object needs shipping by value.
 
     Pickle is ~8x cheaper than cloudpickle for small arguments, but it refers to anything
     defined in ``__main__`` (a script or a notebook) by name, which a worker cannot resolve;
     such payloads are re-made with cloudpickle, which ships those definitions by value.
+    Buffers of ``OOB_MIN`` bytes or more leave the stream (out of band); smaller ones stay in it.
     """
+    bufs = []
+
+    def out_of_band(buf):
+        if memoryview(buf).nbytes >= OOB_MIN:
+            bufs.append(buf)
+            return False
+        return True
+
+    if not by_value:
+        try:
+            data = pickle.dumps(obj, 5, buffer_callback=out_of_band)
+            if _MAIN_MARK not in data:
+                return data, bufs
+        except Exception:
+            pass
+        bufs.clear()
+    return _cloudpickle().dumps(obj, 5, buffer_callback=out_of_band), bufs
+
+
+def pack(obj, what: str = "object", shm=None, by_value: bool = False) -> Packed:
+    """Pickles ``obj`` with protocol 5: buffers of ``OOB_MIN`` bytes or more leave the pickle
+    stream and become payload frames (or, given a shared-memory ``shm`` allocator, segments
+    from ``SHM_MIN`` bytes), so a numpy array is never copied into a pickle."""
     try:
-        data = pickle.dumps(obj, 5)
-        if _MAIN_MARK not in data:
-            return data
-    except Exception:
-        pass
-    try:
-        return _cloudpickle().dumps(obj, 5)
+        data, bufs = _pickle(obj, by_value)
     except Exception as exc:
         raise SerializationError(f"{what} could not be pickled: {_describe(obj)}: "
                                  f"{type(exc).__name__}: {exc}") from exc
+    if not bufs and len(data) <= INLINE_MAX:
+        return Packed(data, nbytes=len(data))
+    refs, frames, segments = [], [], []
+    nbytes = 0
+    body = data
+    pieces = []
+    if len(data) > INLINE_MAX:
+        pieces.append((REF_BODY, data))
+        body = EMPTY
+    for b in bufs:
+        pieces.append((0, b))
+    for kind, b in pieces:
+        view = memoryview(b) if kind & REF_BODY else b.raw()
+        size = view.nbytes
+        nbytes += size
+        if shm is not None and size >= SHM_MIN:
+            seg = shm.put(view)
+            refs.append((kind | REF_SHM, size, seg))
+            segments.append(seg)
+        else:
+            refs.append((kind, size, digest(view)))
+            frames.append(view)
+    return Packed(body, refs, frames, segments, nbytes + len(body))
 
 
-def dumps_callable(fn) -> bytes:
-    try:
-        return _cloudpickle().dumps(fn, 5)
-    except Exception as exc:
-        raise SerializationError(f"function {_describe(fn)} could not be pickled: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+def packed_bytes(data, shm=None) -> Packed:
+    """Bytes that are already a pickle (a callable, an exception): inline when small, else a
+    payload frame (or segment), like any large pickle stream."""
+    if len(data) <= INLINE_MAX:
+        return Packed(data, nbytes=len(data))
+    view = memoryview(data)
+    if shm is not None and len(data) >= SHM_MIN:
+        seg = shm.put(view)
+        return Packed(EMPTY, [(REF_BODY | REF_SHM, len(data), seg)], (), [seg], len(data))
+    return Packed(EMPTY, [(REF_BODY, len(data), digest(view))], [view], (), len(data))
+
+
+def body_bytes(rec: Record, shm=None):
+    """The pickle stream of a record whose payload has no out-of-band buffers."""
+    if not rec.refs:
+        return rec.body
+    kind, size, key = rec.refs[0]
+    if kind & REF_SHM:
+        if shm is None:
+            raise IntegrityError("a shared-memory payload reached a process on another host")
+        return shm.open(key, size)
+    view = _frame_view(rec.frames[0], size, key)
+    return view
+
+
+def _frame_view(fr, size, key):
+    view = fr.buffer if hasattr(fr, "buffer") else memoryview(fr)
+    if view.nbytes != size or not hmac.compare_digest(digest(view), key):
+        raise IntegrityError("a payload frame does not match its signed digest")
+    return view
+
+
+def unpack(rec: Record, shm=None):
+    """The object a received record carries.  Every payload frame is checked against the
+    digest in the (already verified) header before the unpickler sees a byte."""
+    if not rec.refs:
+        return pickle.loads(rec.body)
+    body = rec.body
+    buffers = []
+    frames = iter(rec.frames)
+    for kind, size, key in rec.refs:
+        if kind & REF_SHM:
+            if shm is None:
+                raise IntegrityError("a shared-memory payload reached a process on another host")
+            view = shm.open(key, size)
+        else:
+            view = _frame_view(next(frames), size, key)
+        if kind & REF_BODY:
+            body = view
+        else:
+            buffers.append(view)
+    return pickle.loads(body, buffers=buffers)
+
+
+def pack_callable(fn, shm=None) -> tuple[bytes, Packed]:
+    """A callable by value, and its digest (what workers cache it under)."""
+    packed = pack(fn, f"function {_describe(fn)}", shm, by_value=True)
+    keys = b"".join(r[2] for r in packed.refs if not r[0] & REF_SHM)
+    if packed.segments:  # segment ids are not content: hash what they hold, once
+        keys += os.urandom(16)
+    return digest(bytes(packed.body) + keys), packed
 
 
 def loads(data):
     return pickle.loads(data)
-
-
-def digest(blob: bytes) -> bytes:
-    return hashlib.blake2b(blob, digest_size=16).digest()
 
 
 def _describe(obj) -> str:
@@ -227,21 +493,42 @@ def _describe(obj) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def find_unpicklable(obj, path: str = "") -> str:
-    """Best-effort path to the first part of ``obj`` that does not pickle, for error messages."""
-    if isinstance(obj, (tuple, list)):
-        for i, item in enumerate(obj):
-            try:
-                _cloudpickle().dumps(item)
-            except Exception:
-                return find_unpicklable(item, f"{path}[{i}]")
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            try:
-                _cloudpickle().dumps(v)
-            except Exception:
-                return find_unpicklable(v, f"{path}[{k!r}]")
-    return f"{path or 'value'} = {_describe(obj)}"
+def _kind(obj) -> str:
+    t = type(obj)
+    if t.__module__ in ("builtins", None):
+        return f"a {t.__qualname__}"
+    return f"a {t.__module__}.{t.__qualname__}"
+
+
+def _fails(item) -> bool:
+    try:
+        _cloudpickle().dumps(item)
+        return False
+    except Exception:
+        return True
+
+
+def find_unpicklable(args, kwargs=None, task: str = "task") -> str:
+    """Names the first argument of a task that does not pickle, in words a user can act on:
+    ``argument 1 of task use_lock (a _thread.lock)``."""
+    for i, item in enumerate(args):
+        if _fails(item):
+            return f"argument {i + 1} of task {task} ({_kind(item)}{_inner(item)})"
+    for k, v in (kwargs or {}).items():
+        if _fails(v):
+            return f"keyword argument {k!r} of task {task} ({_kind(v)}{_inner(v)})"
+    return f"an argument of task {task}"
+
+
+def _inner(obj, depth: int = 0) -> str:
+    """Where inside a container the culprit sits: ``, item 2: a _thread.lock``."""
+    if depth > 3:
+        return ""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        if _fails(v):
+            return f", item {k!r}: {_kind(v)}{_inner(v, depth + 1)}"
+    return ""
 
 
 class RemoteTraceback(Exception):
@@ -256,19 +543,25 @@ class RemoteTraceback(Exception):
 
 
 def dump_exception(exc: BaseException, tb_text: str) -> bytes:
-    """Pickles a task's exception with its remote traceback; unpicklable ones degrade to a
-    ``RemoteError`` that keeps the original type name and message."""
-    try:
-        return pickle.dumps((exc, tb_text), 5)
-    except Exception:
+    """Pickles a task's exception with its remote traceback.  Whether the caller can rebuild
+    it is tried here, where the class is known: an exception whose ``__init__`` does not
+    accept its own ``args`` (very common) would otherwise surface as a bare TypeError from the
+    caller's unpickler with the message lost; such ones degrade to a ``RemoteError`` that
+    keeps the original type name, message and traceback."""
+    for dumps in (pickle.dumps, lambda o, p: _cloudpickle().dumps(o, p)):
         try:
-            return _cloudpickle().dumps((exc, tb_text), 5)
+            data = dumps((exc, tb_text), 5)
+            pickle.loads(data)  # the caller must be able to rebuild it
+            return data
         except Exception:
-            from .errors import RemoteError
-            return pickle.dumps((RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"), tb_text), 5)
+            continue
+    from .errors import RemoteError
+    err = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}",
+                      type_name=f"{type(exc).__module__}.{type(exc).__qualname__}", message=str(exc))
+    return pickle.dumps((err, tb_text), 5)
 
 
-def load_exception(data: bytes) -> BaseException:
+def load_exception(data) -> BaseException:
     exc, tb_text = pickle.loads(data)
     if tb_text:
         exc.__cause__ = RemoteTraceback(tb_text)

@@ -1,65 +1,57 @@
 """The cluster connection of one process (origin or worker).
 
-The thread that runs user code owns the task socket: submits, results and tasks cross only
-ZeroMQ hops (no thread hand-off on the hot path).  A small control thread owns a second
-socket for heartbeats, load figures and interrupts, so liveness never depends on user code
-yielding.  Outgoing records are batched: a map submits its window in one message, a worker
-sends the results of a burst of tasks in one message with its credit request piggybacked.
+Two roles share it: the :class:`~scoop.submitter.Submitter` (every process may submit futures)
+and, on workers, the :class:`~scoop.executor.Executor` (runs tasks).  The thread that runs user
+code owns the task socket: submits, results and tasks cross only ZeroMQ hops, no thread
+hand-off on the hot path.  A small control thread owns a second socket for load figures,
+interrupts, steals and cancels, so those work while user code computes; to hand back tasks a
+busy worker has not even received yet, it may take the task socket under ``lock`` (uncontended
+on the hot path) and drain it.
+
+Liveness is ZeroMQ's (see scoop.liveness): this process takes the broker for gone only when its
+connection dropped and did not come back, never because it was itself too busy to listen.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import signal
 import socket as _socket
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 
 import zmq
 
 from . import _protocol as P
-from ._future import CANCELLED, FINISHED, RUNNING, Future
-from .errors import ClusterError, TaskInterrupted, WorkerLostError
+from . import _shm
+from .broker import secure_client
+from .errors import ClusterError
+from .liveness import LOAD_INTERVAL, configure_socket, reconnect_grace
+from .submitter import Submitter
 
-HEARTBEAT_INTERVAL = 0.25
-HOLD_SECONDS = 0.002   # a held task not waited on goes out after this (sent by the control thread)
 INLINE_DEPTH = 50      # inline runs nest in one greenlet's stack: keep far from the recursion limit
-_FN_CACHE_MAX = 1024
 
 
-def _name_of(fn) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    if name is None:
-        inner = getattr(fn, "func", None)  # functools.partial
-        name = f"partial({_name_of(inner)})" if inner is not None else type(fn).__name__
-    return name
-
-
-class _Event:
-    """A one-shot waitable, shaped like a Future for the hub (used for shared constants)."""
-
-    __slots__ = ("_state", "_waiters")
-
-    def __init__(self):
-        self._state = 0
-        self._waiters = None
-
-    def fire(self):
-        self._state = FINISHED
-        waiters, self._waiters = self._waiters, None
-        for w in waiters or ():
-            w.notify()
+def host_key() -> int:
+    """Which processes share this host's memory: hostname and boot id, hashed."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = b""
+    h = hashlib.blake2b(_socket.gethostname().encode() + b"/" + boot, digest_size=8).digest()
+    return int.from_bytes(h, "little") or 1
 
 
 class Runtime:
     """Connection of this process to the broker; one per process."""
 
     def __init__(self, broker: str, secret: bytes, role: str, *, info: dict | None = None,
-                 broker_timeout: float = 5.0, context: zmq.Context | None = None, inline: bool = True):
+                 broker_timeout: float = 3.0, context: zmq.Context | None = None, inline: bool = True):
         self.broker = broker
+        self.secret = secret
         self.signer = P.Signer(secret)
         self.role = role
         self.info = dict(info or {})
@@ -67,71 +59,122 @@ class Runtime:
         self.ctx = context or zmq.Context.instance()
         self.uid = os.urandom(8).hex()
         self.index = -1
+        self.name = self.info.get("name") or role
         self.size = 0
+        self.hosts = 1
+        self.host_key = host_key()
+        self.shm = _shm.Segments(P.derive(secret, "shared memory")) if _shm.available() else None
         self.welcome: dict = {}
-        self.futures: dict[int, Future] = {}
-        self.out: list = []
-        self._seq = 0
-        self._prefix = 0
-        self._fn_cache: dict[int, tuple] = {}
-        self._blobs_sent: set[bytes] = set()
+        self.out = P.Outbox()
+        self.lock = threading.Lock()  # the task socket, when the control thread drains it
+        self.deferred: deque = deque()  # records the control thread took from the task socket
         self.consts: dict[str, object] = {}
-        self._const_event = _Event()
-        self._cancel_replies: dict[int, bool] = {}
-        self._ask_replies: dict[int, int] = {}
-        self.group = 0
         self.closed = False
         self.broken: str | None = None
         self.batching = 0
-        self.closed_for_submit = False
-        self.done_count = 0
-        self.submitted = 0
-        # worker side
-        self.hub = None
-        self.pending: deque = deque()
-        self.fns: dict[bytes, object] = {}
-        self._blob_bytes: dict[bytes, bytes] = {}
-        self.outstanding = 0
-        self.target = 1
-        self._avg = None
-        self._fn_avg: dict[bytes, float] = {}
-        self.executing = None
-        self.interrupted: set[int] = set()
-        self._new_interrupts: deque = deque()
-        self.retiring = False
-        self.running_group = None  # group of the task the hub is running; read by the control thread
-        self._task_lock = threading.Lock()  # task receipt / held task vs. the control thread
-        self.inline = inline
-        self._held = None                   # (future, fn, args, kwargs, records, since)
-        self._inline_depth = 0
-        self._known: set[int] = set()        # received, not finished
-        self._precancelled: set[int] = set()  # cancelled before they were received
         self.sock = None
         self.control = None
+        self.hub = None
+        self.executor = None
+        self.output_handler = None  # origin: fn(name, stream, text, group) for task output
+        self.submitter = Submitter(self, inline)
+        self._handlers = {
+            P.RESULT: self.submitter.on_result, P.FAIL: self.submitter.on_fail,
+            P.CANCEL: self.submitter.on_cancel_answer, P.ASK: self.submitter.on_ask_answer,
+            P.CONST: self._on_const, P.SIZE: self._on_size, P.WELCOME: self._on_welcome,
+            P.SHUTDOWN: self._on_shutdown, P.OUTPUT: self._on_output,
+        }
+
+    # ---- the submitter's API, used by scoop.futures, scoop.shared and scoop.origin --------------
+    @property
+    def futures(self):
+        return self.submitter.futures
+
+    @property
+    def group(self):
+        return self.submitter.group
+
+    @group.setter
+    def group(self, value):
+        self.submitter.group = value
+
+    @property
+    def closed_for_submit(self):
+        return self.submitter.closed_for_submit
+
+    @closed_for_submit.setter
+    def closed_for_submit(self, value):
+        self.submitter.closed_for_submit = value
+
+    def submit(self, fn, args, kwargs, flush: bool = True, digest: bytes | None = None):
+        return self.submitter.submit(fn, args, kwargs, flush, digest)
+
+    def submit_chunk(self, fn, digest, arglist, name, single=False):
+        return self.submitter.submit_chunk(fn, digest, arglist, name, single)
+
+    def _callable_digest(self, fn):
+        return self.submitter.callable_digest(fn)
+
+    def cancel(self, fut):
+        return self.submitter.cancel(fut)
+
+    def where(self, fut):
+        return self.submitter.where(fut)
+
+    def cancel_many(self, futs):
+        self.submitter.cancel_many(futs)
+
+    def set_const(self, name, value):
+        self.submitter.set_const(name, value)
+
+    def get_const(self, name, timeout):
+        if name not in self.consts:
+            self.wait_until(lambda: name in self.consts, timeout, None, const=True)
+        return self.consts.get(name)
+
+    def interrupt(self, group=None):
+        self.submitter.interrupt(group)
+
+    def retire(self, index: int):
+        self.out.add(P.INDEX.pack(P.RETIRE, index))
+        self.flush()
+
+    def timeline(self):
+        return self.submitter.timeline
 
     # ---- connection ------------------------------------------------------------------------
-    def connect(self, timeout: float = 30.0):
+    def _socket(self, ident: bytes):
         s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.IDENTITY, b"t" + self.uid.encode())
+        s.setsockopt(zmq.IDENTITY, ident)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.RECONNECT_IVL, 50)
+        configure_socket(s, self.broker_timeout)
+        secure_client(s, self.secret)
+        return s
+
+    def connect(self, timeout: float = 30.0):
+        s = self._socket(b"t" + self.uid.encode())
         s.setsockopt(zmq.LINGER, 2000)
-        s.setsockopt(zmq.RECONNECT_IVL, 20)
         s.connect(self.broker)
         self.sock = s
-        hello = dict(self.info, uid=self.uid, role=self.role, pid=os.getpid(),
-                     host=self.info.get("host") or _socket.gethostname())
-        P.send(s, self.signer, [P.HELLO, json.dumps(hello).encode()])
+        hello = dict(self.info, uid=self.uid, role=self.role, pid=os.getpid(), name=self.name,
+                     host=self.info.get("host") or _socket.gethostname(), host_key=self.host_key)
+        self.out.add(P.HELLO, json.dumps(hello).encode())
+        self.send_out()
         deadline = time.monotonic() + timeout
         while self.index < 0:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ClusterError(f"no answer from the broker at {self.broker} within {timeout:.0f} s")
+                raise ClusterError(f"no answer from the broker at {self.broker} within {timeout:.0f} s "
+                                   f"(is it running, and is this the cluster's secret?)")
             if self.broken:
                 raise ClusterError(self.broken)
             self.pump(min(left, 0.2))
         self.control = _Control(self)
         self.control.start()
+        if self.shm is not None:
+            _exit_cleanup.append(self.shm)
         return self
 
     def close(self, notify: bool = True):
@@ -143,211 +186,27 @@ class Runtime:
         if self.sock is not None:
             try:
                 if notify and not self.broken:
-                    P.send(self.sock, self.signer, [*self.out, P.BYE, P.EMPTY])
-                    self.out = []
+                    self.out.add(P.BYE)
+                    self.send_out()
             except zmq.ZMQError:
                 pass
             self.sock.close(linger=500 if notify else 0)
             self.sock = None
-        self._fail_all(ClusterError("the SCOOP cluster connection was closed"))
+        self.submitter.fail_all(ClusterError("the SCOOP cluster connection was closed"))
+        if self.shm is not None:
+            self.shm.cleanup(os.getpid())
 
-    def _fail_all(self, exc):
-        futures, self.futures = self.futures, {}
-        for f in futures.values():
-            f._finish(FINISHED, exception=exc)
-
-    # ---- submission ------------------------------------------------------------------------
-    def _callable_digest(self, fn) -> bytes:
-        ent = self._fn_cache.get(id(fn))
-        if ent is None or ent[0] is not fn:
-            blob = P.dumps_callable(fn)
-            ent = (fn, P.digest(blob), blob)
-            if len(self._fn_cache) >= _FN_CACHE_MAX:
-                self._fn_cache.clear()
-            self._fn_cache[id(fn)] = ent
-        d = ent[1]
-        if d not in self._blobs_sent:
-            self._blobs_sent.add(d)
-            self.out += [P.BLOB + d, ent[2]]
-        return d
-
-    def current_group(self) -> int:
-        hub = self.hub
-        if hub is not None:
-            g = hub.current_task()
-            if g is not None:
-                return g.group
-        return self.group
-
-    def _new_task(self, kind: bytes, name: str, digest: bytes, payload, inputs: int):
-        """Pickles a task's inputs (an error names what does not pickle) and registers its
-        future; returns the future and the task's records."""
-        try:
-            body = P.dumps(payload, what=f"argument of task {name}")
-        except P.SerializationError as exc:
-            where = P.find_unpicklable(payload)
-            raise P.SerializationError(f"argument of task {name} could not be pickled: {where}: "
-                                       f"{exc.__cause__}") from exc.__cause__
-        self._seq += 1
-        tid = self._prefix | self._seq
-        group = self.current_group()
-        fut = Future(self, tid, name, group)
-        self.futures[tid] = fut
-        self.submitted += inputs
-        return fut, [P.TASK_HEADER.pack(kind, tid, group, digest), body]
-
-    def submit_chunk(self, fn, digest: bytes, arglist: list, name: str) -> Future:
-        """One record for several inputs of a map: the per-task costs are paid once per chunk."""
-        fut, recs = self._new_task(P.CHUNK, name, digest, arglist, len(arglist))
-        self.out += recs
-        return fut
-
-    def submit(self, fn, args, kwargs, flush: bool = True, digest: bytes | None = None) -> Future:
-        if self.closed or self.broken:
-            raise ClusterError(self.broken or "cannot submit: the SCOOP cluster connection is closed")
-        if self.closed_for_submit:
-            raise RuntimeError("cannot submit new futures after futures.shutdown()")
-        if not callable(fn):
-            raise TypeError(f"futures.submit needs a callable, got {type(fn).__name__} {fn!r:.80}")
-        name = _name_of(fn)
-        if digest is None:
-            digest = self._callable_digest(fn)
-        fut, recs = self._new_task(P.TASK, name, digest, (args, kwargs), 1)
-        if flush and not self.batching and self.inline and not self.out:
-            # hold the newest task: if its submitter waits on it next, it runs right here
-            # (no round trip); any other call, the hub, or the control thread after HOLD_SECONDS
-            # sends it.  Never held when its function still has to be shipped (out not empty).
-            with self._task_lock:
-                prev, self._held = self._held, (fut, fn, args, kwargs, recs, time.monotonic())
-            if prev is not None:
-                self.out += prev[4]
-                self._send_out()
-        else:
-            self.out += recs
-            if flush and not self.batching:
-                self.flush()
-        return fut
-
-    def _release_held(self):
-        with self._task_lock:
-            held, self._held = self._held, None
-        if held is not None:
-            self.out += held[4]
-
-    def _claim(self, fut):
-        with self._task_lock:
-            held = self._held
-            if held is not None and held[0] is fut:
-                self._held = None
-                return held
-        return None
-
-    def _run_inline(self, held):
-        """Runs a held task in the waiting greenlet, as SCOOP's origin ran futures it waited on."""
-        fut, fn, args, kwargs = held[:4]
-        self.futures.pop(fut.id, None)
-        self._inline_depth += 1
-        try:
-            value = fn(*args, **kwargs)
-        except (KeyboardInterrupt, SystemExit, TaskInterrupted):
-            fut._finish(CANCELLED)
-            raise
-        except BaseException as exc:  # noqa: B902 -- the task's own error, for its future
-            fut._finish(FINISHED, exception=exc)
-        else:
-            fut._finish(FINISHED, value)
-        finally:
-            self._inline_depth -= 1
-        self.done_count += 1
-
+    # ---- sending ---------------------------------------------------------------------------
     def flush(self):
-        if self._held is not None:
-            self._release_held()
-        self._send_out()
+        self.submitter.release_held()
+        self.send_out()
 
-    def _send_out(self):
-        if self.hub is not None and not self.retiring:
-            self._request_credit()
+    def send_out(self):
+        if self.executor is not None:
+            self.executor.request_credit()
         if self.out and self.sock is not None:
-            out, self.out = self.out, []
-            P.send(self.sock, self.signer, out)
-
-    def cancel(self, fut: Future) -> bool:
-        if self._held is not None and self._claim(fut) is not None:
-            self.futures.pop(fut.id, None)
-            fut._finish(CANCELLED)
-            return True
-        if fut.id not in self.futures:
-            return fut._state == CANCELLED
-        self.out += [P.CANCEL + P.ID.pack(fut.id), P.EMPTY]
-        self.flush()
-        self.wait_until(lambda: fut.id in self._cancel_replies or fut._state >= FINISHED, 10.0, (fut,))
-        ok = self._cancel_replies.pop(fut.id, False)
-        if not ok and fut._state < FINISHED:
-            fut._state = RUNNING
-        return fut._state == CANCELLED
-
-    def where(self, fut: Future) -> int:
-        """Asks the broker where the task is: 0 queued, 1 at a worker, 2 gone (done or dropped)."""
-        if fut.id not in self.futures:
-            return 2
-        if self._held is not None and self._held[0] is fut:
-            return 0
-        self._ask_replies.pop(fut.id, None)
-        self.out += [P.ASK + P.ID.pack(fut.id), P.EMPTY]
-        self.flush()
-        self.wait_until(lambda: fut.id in self._ask_replies or fut._state >= FINISHED, 10.0, (fut,))
-        return self._ask_replies.pop(fut.id, 2)
-
-    def cancel_many(self, futs):
-        """Asks the broker to drop these tasks if still queued, without waiting for answers
-        (an abandoned map must not leave work behind for nobody)."""
-        for f in futs:
-            if f._state < FINISHED and f.id in self.futures:
-                self.out += [P.CANCEL + P.ID.pack(f.id), P.EMPTY]
-        self.flush()
-
-    def set_const(self, name: str, value):
-        if name in self.consts:
-            raise TypeError(f"shared constant {name!r} is already defined; constants are set once")
-        body = P.dumps(value, what=f"shared constant {name!r}")
-        self.consts[name] = value
-        self.out += [P.CONST + name.encode(), body]
-        self.flush()
-        # a round trip: once answered, the broker holds the constant, so no task submitted
-        # afterwards (on either socket) can reach a worker ahead of it
-        self._ask_replies.pop(0, None)
-        self.out += [P.ASK + P.ID.pack(0), P.EMPTY]
-        self._send_out()
-        deadline = time.monotonic() + 10
-        while 0 not in self._ask_replies and time.monotonic() < deadline and not self.broken:
-            self.pump(0.05)
-        self._ask_replies.pop(0, None)
-
-    def get_const(self, name: str, timeout):
-        if name not in self.consts:
-            self.wait_until(lambda: name in self.consts, timeout, None, const=True)
-        return self.consts.get(name)
-
-    def interrupt(self, group: int | None = None):
-        """Drops the queued tasks of ``group`` and interrupts its running ones, cluster-wide."""
-        group = self.group if group is None else group
-        if self._held is not None and self._held[0].group == group:
-            with self._task_lock:
-                self._held = None
-        exc = TaskInterrupted(f"interrupted (group {group})")
-        for tid, f in list(self.futures.items()):
-            if f.group == group:
-                del self.futures[tid]
-                f._finish(CANCELLED, exception=exc)
-        if self.sock is not None and not self.broken:
-            self.out += [P.INTERRUPT + P.U32.pack(group), P.EMPTY]
-            self.flush()
-
-    def retire(self, index: int):
-        """Asks worker ``index`` to hand back its queued tasks and leave once idle."""
-        self.out += [P.RETIRE + P.U32.pack(index), P.EMPTY]
-        self.flush()
+            with self.lock:
+                P.send(self.sock, self.signer, P.TO_BROKER, self.out)
 
     # ---- receiving ---------------------------------------------------------------------------
     def poll(self):
@@ -362,109 +221,120 @@ class Runtime:
             return 0
         if self.out:
             self.flush()
-        if timeout and not sock.poll(int(timeout * 1000) if timeout is not None else None):
+        if self.deferred:
+            self._handle(self._take_deferred())
+        if timeout and not sock.poll(int(timeout * 1000)):
             return 0
         n = 0
-        signer = self.signer
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            frames = P.recv_verified(sock, signer, zmq.NOBLOCK)
+        while True:
+            with self.lock:
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    break
+                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, zmq.NOBLOCK)
             n += 1
-            if frames is not None:
-                self._handle(frames)
+            if recs is not None:
+                self._handle(recs)
+        if self.deferred:
+            self._handle(self._take_deferred())
         return n
 
-    def _handle(self, frames):
-        i, n = 0, len(frames)
-        while i < n:
-            hdr, body = frames[i], frames[i + 1]
-            i += 2
-            t = hdr[:1]
-            if t == P.RESULT:
-                _, tid, status, _n = P.RESULT_HEADER.unpack(hdr)
-                fut = self.futures.pop(tid, None)
-                if fut is None:
+    def _take_deferred(self):
+        out = []
+        while self.deferred:
+            out.extend(self.deferred.popleft())
+        return out
+
+    def drain_into_pending(self):
+        """Control thread: moves everything waiting in the task socket out of it, tasks into
+        the executor's queue (where they can be handed back), the rest for the main thread."""
+        ex = self.executor
+        with self.lock:
+            sock = self.sock
+            while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, zmq.NOBLOCK)
+                if recs is None:
                     continue
-                try:
-                    if status == P.OK:
-                        fut._finish(FINISHED, P.loads(body))
+                rest = []
+                for rec in recs:
+                    t = rec.hdr[:1]
+                    if (t == P.TASK or t == P.CHUNK) and ex is not None:
+                        ex.on_task(rec)
+                    elif t == P.BLOB and ex is not None:
+                        ex.on_blob(rec)
                     else:
-                        fut._finish(FINISHED, exception=P.load_exception(body))
-                except Exception as exc:  # the value's class cannot be loaded here, say
-                    fut._finish(FINISHED, exception=P.SerializationError(
-                        f"result of task {fut._name} could not be unpickled: {type(exc).__name__}: {exc}"))
-                self.done_count += 1
-            elif t == P.TASK or t == P.CHUNK:
-                if self.outstanding > 0:
-                    self.outstanding -= 1
-                tid = P.ID.unpack_from(hdr, 1)[0]
-                with self._task_lock:
-                    if tid in self._precancelled:
-                        self._precancelled.discard(tid)  # cancelled while still in the socket
-                        continue
-                    self._known.add(tid)
-                    self.pending.append((hdr, body))
-            elif t == P.BLOB:
-                self._blob_bytes[hdr[1:]] = body
-            elif t == P.CONST:
-                name = hdr[1:].decode()
-                if name not in self.consts:
-                    try:
-                        self.consts[name] = P.loads(body)
-                    except Exception as exc:
-                        from . import logger
-                        logger.error("shared constant %r could not be unpickled: %s", name, exc)
-                ev, self._const_event = self._const_event, _Event()
-                ev.fire()
-            elif t == P.CANCEL:
-                tid = P.ID.unpack_from(hdr, 1)[0]
-                ok = hdr[9:10] == b"\x01"
-                self._cancel_replies[tid] = ok
-                if ok:
-                    fut = self.futures.pop(tid, None)
-                    if fut is not None:
-                        fut._finish(CANCELLED)
-            elif t == P.ASK:
-                self._ask_replies[P.ID.unpack_from(hdr, 1)[0]] = hdr[9] if len(hdr) > 9 else 2
-            elif t == P.FAIL:
-                tid = P.ID.unpack_from(hdr, 1)[0]
-                fut = self.futures.pop(tid, None)
-                if fut is not None:
-                    fut._finish(FINISHED, exception=WorkerLostError(body.decode()))
-            elif t == P.SIZE:
-                self.size = P.U32.unpack_from(hdr, 1)[0]
-                _set_global("SIZE", self.size)
-            elif t == P.WELCOME:
-                w = json.loads(body)
-                self.welcome = w
-                self.index = w["index"]
-                self._prefix = self.index << 40
-                self.size = w["size"]
-            elif t == P.SHUTDOWN:
-                self._on_shutdown(body.decode() or "the cluster is shutting down")
-            elif t == P.RETIRE:
-                self.retiring = True
+                        rest.append(rec)
+                if rest:
+                    self.deferred.append(rest)
 
+    def _handle(self, recs):
+        handlers = self._handlers
+        for rec in recs:
+            h = handlers.get(rec.hdr[:1])
+            if h is not None:
+                h(rec)
 
-    def _on_shutdown(self, reason: str):
+    def _on_const(self, rec):
+        name = P.const_name(rec.hdr)
+        if name not in self.consts:
+            try:
+                self.consts[name] = P.unpack(rec, self.shm)
+            except Exception as exc:
+                from . import logger
+                logger.error("shared constant %r could not be unpickled: %s", name, exc)
+        self.submitter.const_arrived()
+
+    def _on_size(self, rec):
+        _, self.size, self.hosts = P.SIZE_HEADER.unpack(rec.hdr)
+        _set_global("SIZE", self.size)
+
+    def _on_welcome(self, rec):
+        w = json.loads(bytes(rec.body))
+        self.welcome = w
+        self.index = w["index"]
+        self.name = w.get("name") or self.name
+        self.submitter.prefix = self.index << 40
+        self.size = w["size"]
+        self.hosts = w.get("hosts", 1)
+
+    def _on_output(self, rec):
+        group = P.GROUP.unpack(rec.hdr)[1]
+        try:
+            name, stream, text = json.loads(bytes(rec.body))
+        except ValueError:
+            return
+        handler = self.output_handler
+        if handler is not None:
+            try:
+                handler(name, stream, text, group)
+                return
+            except Exception:
+                pass
+        out = sys.stderr if stream == "stderr" else sys.stdout
+        out.write(text)
+        out.flush()
+
+    def _on_shutdown(self, rec):
+        reason = bytes(rec.body).decode() or "the cluster is shutting down"
         if self.role == "worker":
             _hard_exit(0)
         self.broken = f"the SCOOP cluster ended: {reason}"
-        self._fail_all(ClusterError(self.broken))
+        self.submitter.fail_all(ClusterError(self.broken))
 
     # ---- waiting -----------------------------------------------------------------------------
     def wait_until(self, pred, timeout, futures, const: bool = False) -> bool:
         if pred():
             return True
+        sub = self.submitter
         # in place only for an unbounded wait: a timeout must be honoured, and a run cannot be cut
-        if self._held is not None and timeout is None and futures is not None and len(futures) == 1 \
-                and self._inline_depth < INLINE_DEPTH:
-            held = self._claim(next(iter(futures)))
+        if sub.held is not None and timeout is None and futures is not None and len(futures) == 1 \
+                and sub.inline_depth < INLINE_DEPTH:
+            held = sub.claim(next(iter(futures)))
             if held is not None:
-                self._run_inline(held)
+                sub.run_inline(held)
                 if pred():
                     return True
-        if self._held is not None:
-            self._release_held()  # about to block on something else: the held task must run meanwhile
+        if sub.held is not None:
+            sub.release_held()  # about to block on something else: the held task must run meanwhile
         deadline = None if timeout is None else time.monotonic() + timeout
         hub = self.hub
         if hub is not None and hub.current_task() is not None:
@@ -472,7 +342,7 @@ class Runtime:
                 self.flush()
             waitables = list(futures or ())
             if const:
-                waitables.append(self._const_event)
+                waitables.append(sub.const_event)
             while True:
                 hub.block(waitables, deadline)
                 if pred():
@@ -480,7 +350,7 @@ class Runtime:
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
                 if const:
-                    waitables[-1] = self._const_event
+                    waitables[-1] = sub.const_event
         try:
             while True:
                 if self.broken:
@@ -497,272 +367,35 @@ class Runtime:
                     return True
         except KeyboardInterrupt:
             if self.role == "origin" and not self.broken:
-                self.interrupt()
+                sub.interrupt()
             raise
-
-    # ---- worker side ---------------------------------------------------------------------------
-    def _request_credit(self):
-        want = self.target - len(self.pending) - len(self.hub.ready) - self.outstanding
-        if want > 0:
-            self.outstanding += want
-            self.out += [P.CREDIT + P.I32.pack(want), P.EMPTY]
-
-    def _get_fn(self, d: bytes):
-        fn = self.fns.get(d)
-        if fn is None:
-            fn = P.loads(self._blob_bytes.pop(d))
-            self.fns[d] = fn
-        return fn
-
-    def run_worker(self):
-        """The worker's hub loop: runs tasks in greenlets, sends results in batches."""
-        from ._scheduler import Hub, TaskGreenlet
-        hub = self.hub = Hub()
-        self._install_interrupt_handler()
-        pending, ready = self.pending, hub.ready
-        run_task = self._run_task
-        monotonic = time.monotonic
-        fn_avg = self._fn_avg
-        while True:
-            t0 = monotonic()
-            while True:
-                if ready:
-                    g = ready.popleft()
-                    self.running_group = g.group if type(g) is TaskGreenlet else None
-                    g.switch()
-                    self.running_group = None
-                elif pending:
-                    hdr, body = pending.popleft()
-                    _, tid, group, d = P.TASK_HEADER.unpack(hdr)
-                    if group in self.interrupted:
-                        continue
-                    if self.out and fn_avg.get(d, 1.0) > 0.0005:
-                        self.flush()  # a task that may be long must not hold finished results back
-                    self.running_group = group
-                    TaskGreenlet(run_task, hub.g, group, tid).switch(hdr, body)
-                    self.running_group = None
-                else:
-                    break
-                if len(self.out) >= 128 or monotonic() - t0 > 0.002:
-                    break
-            if self._new_interrupts:
-                self._apply_interrupts()
-            if hub.timers:
-                hub.fire_timers()
-            if self.retiring:
-                self._release_pending()
-                if not ready and not hub.blocked:
-                    self.out += [P.BYE, P.EMPTY]
-                    self.flush()
-                    return
-            self.flush()
-            if ready or pending:
-                timeout = 0
-            else:
-                nt = hub.next_timer()
-                timeout = 1.0 if nt is None else max(0.0, min(1.0, nt - monotonic()))
-            self.pump(timeout)
-
-    def _run_task(self, hdr, body):
-        kind, tid, group, d = P.TASK_HEADER.unpack(hdr)
-        t0 = time.perf_counter()
-        name = "task"
-        inputs = 1
-        try:
-            fn = self._get_fn(d)
-            name = _name_of(fn)
-            if kind == P.CHUNK:
-                arglist = P.loads(body)
-                inputs = len(arglist)
-                value = self._run_chunk(fn, name, arglist)
-            else:
-                args, kwargs = P.loads(body)
-                value = fn(*args, **kwargs)
-            try:
-                rb = P.dumps(value, what=f"result of task {name}")
-                status = P.OK
-            except P.SerializationError as exc:
-                if kind == P.CHUNK:
-                    rb, status = self._chunk_unpicklable(value, name, exc), P.OK
-                else:
-                    rb, status = P.dump_exception(exc, ""), P.RAISED
-        except TaskInterrupted:
-            self._known.discard(tid)
-            return
-        except BaseException as exc:  # noqa: B902 -- everything a task raises goes back to its caller
-            rb, status = self._exception_payload(exc, name), P.RAISED
-        self._known.discard(tid)
-        self.out += [P.RESULT_HEADER.pack(P.RESULT, tid, status, inputs), rb]
-        self.done_count += inputs
-        dt = time.perf_counter() - t0
-        fa = self._fn_avg.get(d)
-        self._fn_avg[d] = dt if fa is None else 0.8 * fa + 0.2 * dt
-        avg = self._avg = dt if self._avg is None else 0.8 * self._avg + 0.2 * dt
-        # keep ~2 ms of queued work per worker: deep prefetch for tiny tasks, none for long ones
-        # one spare task queued unless tasks are long: no idle round trip between tasks, while
-        # work stealing evens out the end of a map
-        self.target = 1 if avg > 0.1 else min(256, max(2, int(0.002 / max(avg, 1e-6)) + 1))
-
-    def _run_chunk(self, fn, name, arglist):
-        """Runs a map chunk in order; stops at the first exception, which the origin raises
-        when its iteration reaches that input.  Returns (values, error_index, error, seconds)."""
-        values = []
-        t0 = time.perf_counter()
-        append = values.append
-        try:
-            for args in arglist:
-                append(fn(*args))
-        except TaskInterrupted:
-            raise
-        except BaseException as exc:  # noqa: B902
-            return values, len(values), self._exception_payload(exc, name), time.perf_counter() - t0
-        return values, -1, None, time.perf_counter() - t0
-
-    def _chunk_unpicklable(self, value, name, exc):
-        values, err_i, err, elapsed = value
-        for j, v in enumerate(values):
-            try:
-                P.dumps(v)
-            except P.SerializationError as e:
-                return P.dumps((values[:j], j, P.dump_exception(e, ""), elapsed))
-        return P.dumps(([], 0, P.dump_exception(exc, ""), elapsed))
-
-    def _exception_payload(self, exc, name) -> bytes:
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-            tb = tb.tb_next  # hide the worker's own frames: the user's code starts below them
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-        host = self.info.get("host") or _socket.gethostname()
-        text = f"[worker {self.index} on {host}, pid {os.getpid()}, task {name}]\n" + text
-        return P.dump_exception(exc, text)
-
-    def _install_interrupt_handler(self):
-        if threading.current_thread() is not threading.main_thread():
-            return
-        main_ident = threading.get_ident()
-
-        def on_interrupt(signum, frame):
-            g = self.hub.current_task()
-            if g is not None and g.group in self.interrupted:
-                raise TaskInterrupted(f"task interrupted by its origin (group {g.group})")
-
-        signal.signal(signal.SIGUSR1, on_interrupt)
-        self._main_ident = main_ident
-
-    def on_interrupt(self, group: int):
-        """Control thread: a group was interrupted; kick the main thread out of its task."""
-        self.interrupted.add(group)
-        self._new_interrupts.append(group)
-        ident = getattr(self, "_main_ident", None)
-        # greenlet.getcurrent() is per thread: the hub publishes the running task's group
-        if ident is not None and self.running_group == group:
-            signal.pthread_kill(ident, signal.SIGUSR1)
-
-    def _apply_interrupts(self):
-        while self._new_interrupts:
-            group = self._new_interrupts.popleft()
-            with self._task_lock:
-                kept = deque()
-                for item in self.pending:
-                    _, tid, g, _d = P.TASK_HEADER.unpack(item[0])
-                    if g == group:
-                        self._known.discard(tid)
-                    else:
-                        kept.append(item)
-                self.pending.clear()  # in place: the hub loop holds this very deque
-                self.pending.extend(kept)
-            for g in list(self.hub.blocked_by_group.get(group, ())):
-                g.throw(TaskInterrupted(f"task interrupted by its origin (group {group})"))
-            for tid, f in list(self.futures.items()):
-                if f.group == group:
-                    del self.futures[tid]
-
-    def _release_pending(self):
-        with self._task_lock:
-            for hdr, _body in self.pending:
-                self._known.discard(P.ID.unpack_from(hdr, 1)[0])
-                self.out += [P.RELEASE + hdr[1:9], P.EMPTY]
-            self.pending.clear()
 
     def load(self) -> dict:
-        hub = self.hub
-        return {
-            "queued": len(self.pending),
-            "running": 0 if hub is None else (self.running_group is not None) + len(hub.ready),
-            "blocked": 0 if hub is None else hub.blocked,
-            "done": self.done_count,
-            "submitted": self.submitted,
-            "waiting": len(self.futures),
-        }
+        figures = {"done": self.submitter.done_count, "submitted": self.submitter.submitted,
+                   "waiting": len(self.submitter.futures)}
+        if self.executor is not None:
+            figures.update(self.executor.load())
+        return figures
 
 
 class _Control(threading.Thread):
-    """Heartbeats, load figures, interrupts and broker-loss detection, off the user's thread."""
+    """Load figures, interrupts, steals, cancels and broker-loss detection, off the user's thread."""
 
     def __init__(self, rt: Runtime):
         super().__init__(name="scoop-control", daemon=True)
         self.rt = rt
         self._halt = threading.Event()
-        self.last_pong = time.monotonic()
         # the origin waits on results and wants a held task out within ms; a worker computes,
         # and every wake-up of this thread costs its main thread a GIL hand-off
         self.tick_ms = 5 if rt.role == "origin" else 25
         self._proc = None
         self._born = time.monotonic()
+        self.disconnected_at = None
 
     def stop(self):
         self._halt.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(2)
-
-    def _send_held(self, s):
-        """The submitter went on without waiting: its held task goes out from here."""
-        rt = self.rt
-        with rt._task_lock:
-            held = rt._held
-            if held is None or time.monotonic() - held[5] <= HOLD_SECONDS:
-                return
-            rt._held = None
-        P.send(s, rt.signer, held[4])
-
-    def _give_back(self, s, n: int):
-        """Hands unstarted tasks back to the broker while the main thread is busy in a task;
-        deque pops are atomic, so the two threads never take the same task."""
-        out = []
-        rt = self.rt
-        with rt._task_lock:
-            while n > 0:
-                try:
-                    hdr, _body = rt.pending.pop()
-                except IndexError:
-                    break
-                rt._known.discard(P.ID.unpack_from(hdr, 1)[0])
-                out += [P.RELEASE + hdr[1:9], P.EMPTY]
-                n -= 1
-        if out:
-            P.send(s, self.rt.signer, out)
-
-    def _cancel_pending(self, s, tid_bytes: bytes):
-        """Cancels a prefetched task unless the main thread has started it: still in the
-        socket (not received yet) or waiting in ``pending`` both count as not started."""
-        rt = self.rt
-        tid = P.ID.unpack(tid_bytes)[0]
-        with rt._task_lock:
-            if tid not in rt._known:
-                rt._precancelled.add(tid)
-                ok = True
-            else:
-                ok = False
-                for item in list(rt.pending):
-                    if item[0][1:9] == tid_bytes:
-                        try:
-                            rt.pending.remove(item)
-                            rt._known.discard(tid)
-                            ok = True
-                        except ValueError:
-                            pass  # started meanwhile
-                        break
-        P.send(s, rt.signer, [P.CANCEL + tid_bytes + (b"\x01" if ok else b"\x00"), P.EMPTY])
 
     def _figures(self) -> dict:
         load = self.rt.load()
@@ -782,55 +415,97 @@ class _Control(threading.Thread):
                 pass
         return load
 
+    def _on_connection_event(self, monitor):
+        from zmq.utils.monitor import recv_monitor_message
+        while monitor.poll(0):
+            ev = recv_monitor_message(monitor)["event"]
+            if ev == zmq.EVENT_DISCONNECTED:
+                self.disconnected_at = self.disconnected_at or time.monotonic()
+            elif ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.disconnected_at = None
+            elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                self._lost("the broker refused this process's credentials (not this cluster's secret)")
+
+    def _lost(self, why: str):
+        rt = self.rt
+        if rt.role == "worker":
+            sys.stderr.write(f"scoop worker {rt.name}: {why}; exiting\n")
+            _hard_exit(3)
+        rt.broken = why
+        self._halt.set()
+
     def run(self):
         rt = self.rt
-        s = rt.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.IDENTITY, b"c" + rt.uid.encode())
+        s = rt._socket(b"c" + rt.uid.encode())
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RECONNECT_IVL, 50)
+        monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                       | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         s.connect(rt.broker)
+        poller = zmq.Poller()
+        poller.register(s, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         signer = rt.signer
-        next_beat = 0.0
+        sub = rt.submitter
+        grace = reconnect_grace(rt.broker_timeout)
+        next_load = 0.0
+        handlers = {P.INTERRUPT: self._interrupt, P.STEAL: self._steal, P.CANCEL: self._cancel,
+                    P.SHUTDOWN: self._shutdown}
         try:
             while not self._halt.is_set():
                 now = time.monotonic()
-                if now >= next_beat:
-                    P.send(s, signer, [P.HEARTBEAT, json.dumps(self._figures()).encode()])
-                    next_beat = now + HEARTBEAT_INTERVAL
-                held = rt._held
-                if held is not None and time.monotonic() - held[5] > HOLD_SECONDS:
-                    self._send_held(s)
+                if now >= next_load:
+                    load = json.dumps(self._figures()).encode()
+                    P.send_records(s, signer, P.CONTROL_TO_BROKER, [(P.LOAD, load)])
+                    next_load = now + LOAD_INTERVAL
+                held = sub.held
+                if held is not None and now - held.since > sub.hold_seconds:
+                    box = sub.take_held_box()
+                    if box is not None:
+                        P.send(s, signer, P.CONTROL_TO_BROKER, box)
                 # short polls: stop() joins this thread, and a held task must not wait long
-                if s.poll(min(self.tick_ms, int(max(0.0, next_beat - time.monotonic()) * 1000) + 1)):
+                wait_ms = min(self.tick_ms, int(max(0.0, next_load - time.monotonic()) * 1000) + 1)
+                events = dict(poller.poll(wait_ms))
+                if monitor in events:
+                    self._on_connection_event(monitor)
+                if s in events:
                     while True:
                         try:
-                            frames = P.recv_verified(s, signer, zmq.NOBLOCK)
+                            recs = P.recv_verified(s, signer, P.CONTROL_FROM_BROKER, zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        if frames is None:
-                            continue
-                        self.last_pong = time.monotonic()
-                        for i in range(0, len(frames), 2):
-                            t = frames[i][:1]
-                            if t == P.INTERRUPT:
-                                rt.on_interrupt(P.U32.unpack_from(frames[i], 1)[0])
-                            elif t == P.STEAL:
-                                self._give_back(s, P.U32.unpack_from(frames[i], 1)[0])
-                            elif t == P.CANCEL:
-                                self._cancel_pending(s, frames[i][1:9])
-                            elif t == P.SHUTDOWN:
-                                rt.broken = rt.broken or "the SCOOP cluster ended: " + frames[i + 1].decode()
-                                if rt.role == "worker":
-                                    _hard_exit(0)
-                if time.monotonic() - self.last_pong > rt.broker_timeout:
-                    if rt.role == "worker":
-                        sys.stderr.write(f"scoop worker {rt.index}: lost the broker at {rt.broker} "
-                                         f"(no answer for {rt.broker_timeout:.0f} s); exiting\n")
-                        _hard_exit(3)
-                    rt.broken = f"lost the SCOOP broker at {rt.broker} (no answer for {rt.broker_timeout:.0f} s)"
-                    return
+                        for rec in recs or ():
+                            h = handlers.get(rec.hdr[:1])
+                            if h is not None:
+                                h(s, rec)
+                if self.disconnected_at is not None and time.monotonic() - self.disconnected_at > grace:
+                    self._lost(f"lost the SCOOP broker at {rt.broker} (its connection dropped and did not "
+                               f"come back within {grace:.0f} s)")
         finally:
+            s.disable_monitor()
+            monitor.close(0)
             s.close(0)
+
+    def _interrupt(self, s, rec):
+        if self.rt.executor is not None:
+            self.rt.executor.on_interrupt(P.GROUP.unpack(rec.hdr)[1])
+
+    def _steal(self, s, rec):
+        if self.rt.executor is not None:
+            box = self.rt.executor.give_back(P.COUNT.unpack(rec.hdr)[1])
+            if box:
+                P.send(s, self.rt.signer, P.CONTROL_TO_BROKER, box)
+
+    def _cancel(self, s, rec):
+        if self.rt.executor is not None:
+            box = self.rt.executor.cancel_pending(P.task_id(rec.hdr))
+            P.send(s, self.rt.signer, P.CONTROL_TO_BROKER, box)
+
+    def _shutdown(self, s, rec):
+        rt = self.rt
+        rt.broken = rt.broken or "the SCOOP cluster ended: " + bytes(rec.body).decode()
+        if rt.role == "worker":
+            _hard_exit(0)
 
 
 def _hard_exit(code: int):
@@ -840,7 +515,12 @@ def _hard_exit(code: int):
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
+        for shm in _exit_cleanup:
+            shm.cleanup(os.getpid())  # segments this process made that nobody will free now
         os._exit(code)
+
+
+_exit_cleanup: list = []
 
 
 def _set_global(name, value):

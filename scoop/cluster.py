@@ -20,7 +20,8 @@ import sys
 import threading
 import time
 
-from . import _globals, _protocol as P
+from . import _globals
+from . import _protocol as P
 from .errors import ClusterError
 from .launch import local as _local
 from .launch.base import Handle, WorkerSpec, launcher_class, terminate
@@ -133,8 +134,9 @@ class Cluster:
         if not entries:
             entries = [("localhost", None)]
         name = self._choose_launcher(self.allocation, [h for h, _ in entries])
-        self.launcher = launcher_class(name)(o, self.relay, env=self._env(), cwd=self.path, python=self.python)
-        self._strict = self.allocation is not None and self.launcher.in_allocation
+        self.launcher = launcher_class(name)(o, self.relay, env=self._env(), cwd=self.path,
+                                             python=self.python)
+        self._strict = self.allocation is not None  # an allocation's slots are a limit, however reached
         try:
             plan = first_placement(o.n, entries, cores, strict=self._strict, oversubscribe=o.oversubscribe,
                                    where=where)
@@ -193,9 +195,10 @@ class Cluster:
         self.launcher.prepare([self._host_key(h) for h, _ in plan])
         self.bind_host = self.launcher.bind_host()
         # ports chosen here so broker and workers start side by side, not one after the other
-        for attempt in range(3):
-            probe = "127.0.0.1" if self.bind_host == "0.0.0.0" else self.bind_host
-            self.broker_ports = [(_free_port(probe), _free_port(probe)) for _ in range(self.brokers)]
+        for _attempt in range(3):
+            # probed where the broker binds: a port free on loopback may be taken on another address
+            self.broker_ports = [(_free_port(self.bind_host), _free_port(self.bind_host))
+                                 for _ in range(self.brokers)]
             self.main_port, self.meta_port = self.broker_ports[0]
             self.broker_procs = []
             for k, (main, meta) in enumerate(self.broker_ports):
@@ -278,11 +281,21 @@ class Cluster:
         by_name = {w.get("name"): int(w["id"]) for w in snap.get("workers", []) if w.get("name")}
         by_pid = {(w.get("host"), w.get("pid")): int(w["id"]) for w in snap.get("workers", [])}
         me = socket.gethostname()
+        # without names in the snapshot, a worker whose pid we do not know (one task of a job
+        # step) is matched to any worker of its host that no handle of ours claims
+        known = {(x.host or me, x.pid) for x in self._live.values() if x.pid is not None}
+        unclaimed: dict = {}
+        if not by_name:
+            for w in snap.get("workers", []):
+                if (w.get("host"), w.get("pid")) not in known:
+                    unclaimed.setdefault(w.get("host"), []).append(int(w["id"]))
         for h in handles:
             h.retired = True
             idx = by_name.get(h.name)
             if idx is None and h.pid is not None:
                 idx = by_pid.get((h.host or me, h.pid))
+            elif idx is None and unclaimed.get(h.host):
+                idx = unclaimed[h.host].pop()
             if idx is not None and self.runtime is not None:
                 self.runtime.retire(idx)
             elif h.pid is not None:
@@ -318,7 +331,8 @@ class Cluster:
         env["PYTHONUNBUFFERED"] = "1"
         # local children import the very scoop this process runs, installed or not
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        paths = self.options.pythonpath + [here] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        paths = self.options.pythonpath + [here] + inherited
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         return env
 
@@ -368,7 +382,7 @@ class Cluster:
         sys_path = [p for p in (self.program_dir, self.path) if p]
         config = {"secret": self.secret.hex(), "broker": self.launcher.broker_address(host, port),
                   "name": name, "label": name, "sys_path": sys_path, "nice": self.options.nice,
-                  "host": host, "broker_timeout": max(5.0, self.heartbeat_timeout + 2),
+                  "host": host, "broker_timeout": self.heartbeat_timeout,
                   "connect_timeout": 15.0, "broker_info": self.broker_info(), "inline": self.inline}
         return WorkerSpec(name, host, config)
 
@@ -386,7 +400,9 @@ class Cluster:
         if _globals.current() is not None:
             raise ClusterError("this process is already the origin of another SCOOP cluster; stop it first")
         rt = Runtime(f"tcp://127.0.0.1:{self.main_port}", self.secret, "origin",
-                     broker_timeout=max(5.0, self.heartbeat_timeout + 2), inline=self.inline)
+                     broker_timeout=self.heartbeat_timeout, inline=self.inline)
+        rt.output_handler = rt.default_output_handler = \
+            lambda name, stream, text, group: self.relay.emit(name, stream, text)
         rt.connect(timeout=20)
         self.runtime = rt
         _globals.activate(rt, is_origin=True, broker=self.broker_info())
@@ -424,7 +440,8 @@ class Cluster:
                 if code is not None and not h.retired:
                     self.relay.flush(0.3)
                     tail = self.relay.tail(h.name)
-                    raise ClusterError(f"worker {h.name} on {h.host or 'localhost'} exited with status {code} "
+                    where = h.host or "localhost"
+                    raise ClusterError(f"worker {h.name} on {where} exited with status {code} "
                                        f"before joining the cluster" + (f":\n{tail}" if tail else ""))
             if self.broker_proc.poll() is not None:
                 raise ClusterError("the SCOOP broker exited: " + self.relay.tail("broker"))
@@ -498,7 +515,10 @@ class Cluster:
                                           oversubscribe=self.options.oversubscribe, where=where)
                 except PlacementError as exc:
                     raise ClusterError(str(exc)) from None
-                self.spec += [self._new_spec(self._host_key(h)) for h in hosts]
+                keys = [self._host_key(h) for h in hosts]
+                known = {s.host for s in self.spec}
+                self.launcher.prepare([k for k in dict.fromkeys(keys) if k not in known])  # hosts new here
+                self.spec += [self._new_spec(k) for k in keys]
                 self._reconcile()
                 self.wait_for_workers(n, timeout)
             elif n < have:
@@ -529,7 +549,7 @@ class Cluster:
         if rt is not None:
             try:
                 if not rt.broken and rt.sock is not None:
-                    rt.out += [P.SHUTDOWN, b"stopped by the origin"]
+                    rt.out.add(P.SHUTDOWN, b"stopped by the origin")
                     rt.flush()
             except Exception:
                 pass
@@ -548,6 +568,8 @@ class Cluster:
         terminate(self.broker_procs, max(0.05, deadline - time.monotonic()))
         if self._meta is not None:
             self._meta.stop()
+        from ._shm import cleanup_cluster
+        cleanup_cluster(self.secret)  # whatever a killed process left in /dev/shm
         if self.relay is not None:
             self.relay.flush(0.5)
             self.relay.close()

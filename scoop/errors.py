@@ -7,7 +7,16 @@ class WorkerLostError(RuntimeError):
 
 
 class RemoteError(RuntimeError):
-    """A task raised an exception that could not be pickled back; keeps its type and message."""
+    """A task raised an exception that could not be rebuilt here (its class does not unpickle:
+    a custom ``__init__``, a module the caller lacks); keeps its type name and message."""
+
+    def __init__(self, text: str = "", type_name: str = "", message: str = ""):
+        super().__init__(text)
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self):
+        return (RemoteError, (str(self), self.type_name, self.message))
 
 
 class TaskInterrupted(BaseException):

@@ -7,14 +7,26 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import sys
 import time
 import warnings
 import weakref
 from collections import deque
 
 from . import _globals
-from ._future import (ALL_COMPLETED, ALWAYS, CANCELLED, FINISHED, FIRST_COMPLETED,  # noqa: F401
-                      FIRST_EXCEPTION, Future, as_completed, wait)
+from ._future import (  # noqa: F401
+    ALL_COMPLETED,
+    ALWAYS,
+    CANCELLED,
+    FINISHED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    ChunkResult,
+    Future,
+    as_completed,
+    wait,
+)
 from .errors import CancelledError, ClusterError, RemoteError, TaskInterrupted, TimeoutError, WorkerLostError  # noqa: F401
 
 __all__ = ["submit", "map", "map_as_completed", "as_completed", "wait", "mapReduce", "mapScan",
@@ -35,9 +47,9 @@ class _SerialRuntime:
     def submit(self, fn, args, kwargs, flush=True, digest=None):
         fut = Future(self, 0, getattr(fn, "__qualname__", repr(fn)))
         try:
-            fut._finish(FINISHED, fn(*args, **kwargs))
+            fut.set_result(fn(*args, **kwargs))
         except Exception as exc:
-            fut._finish(FINISHED, exception=exc)
+            fut.set_exception(exc)
         return fut
 
     def poll(self):
@@ -61,20 +73,33 @@ class _SerialRuntime:
     def _callable_digest(self, fn):
         return b""
 
-    def submit_chunk(self, fn, digest, arglist, name):
+    def submit_chunk(self, fn, digest, arglist, name, single=False):
         values = []
         t0 = time.perf_counter()
         fut = Future(self, 0, name)
         for args in arglist:
             try:
-                values.append(fn(*args))
+                values.append(fn(args) if single else fn(*args))
             except Exception as exc:
-                fut._finish(FINISHED, (values, len(values), exc, time.perf_counter() - t0))
+                fut.set_result(ChunkResult(values, len(values), exc, time.perf_counter() - t0))
                 return fut
-        fut._finish(FINISHED, (values, -1, None, time.perf_counter() - t0))
+        fut.set_result(ChunkResult(values, -1, None, time.perf_counter() - t0))
         return fut
 
     batching = 0
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside this package, so a warning points at the
+    user's line (a notebook cell, a script) whatever the depth of the call inside SCOOP."""
+    level, f = 1, sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_PACKAGE_DIR):
+        f = f.f_back
+        level += 1
+    return level
 
 
 def _rt():
@@ -85,7 +110,7 @@ def _rt():
     if _serial is None:
         warnings.warn("SCOOP is not running (start the program with `python -m scoop` or a notebook "
                       "cluster with `%scoop_cluster start`): futures run serially in this process.",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=_user_stacklevel())
         _serial = _SerialRuntime()
     return _serial
 
@@ -104,7 +129,8 @@ def _window(rt) -> int:
     return max(4096, 1024 * _size())
 
 
-_CHUNK_SECONDS = 0.001  # aim for ~1 ms of work per chunk: fine balance, per-task costs amortised
+_CHUNK_SECONDS = 0.002  # aim for ~2 ms of work per chunk: fine balance, per-task costs amortised
+_CHUNK_MAX = 1 << 16
 _per_input: dict = {}   # function digest -> seconds per input seen in earlier maps
 
 
@@ -123,7 +149,9 @@ class _MapIterator:
             raise TypeError("futures.map needs at least one iterable")
         self.rt = _rt()
         self.func = func
-        self.args = zip(*iterables)
+        # one iterable (the common case): inputs travel as they are, and run as fn(x)
+        self.single = len(iterables) == 1
+        self.args = iter(iterables[0]) if self.single else zip(*iterables)
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.timeout = timeout
         self.ordered = ordered
@@ -144,8 +172,14 @@ class _MapIterator:
             self.total = min(len(it) for it in iterables)
         except TypeError:
             self.total = None  # a generator or an endless iterable
+        self.closed_at = None          # progress when close() dropped the rest of the map
         _active_maps.add(self)
-        self._fill()
+        try:
+            self._fill()
+        except BaseException:
+            # e.g. a function that cannot be pickled: no task left, and no map to show progress of
+            self.close()
+            raise
 
     def _fill(self):
         rt = self.rt
@@ -168,13 +202,40 @@ class _MapIterator:
             if not batch:
                 self.exhausted = True
                 break
-            self.window.append((rt.submit_chunk(self.func, self.digest, batch, self.name), len(batch)))
+            self.window.append((rt.submit_chunk(self.func, self.digest, batch, self.name, self.single),
+                                len(batch)))
             self.in_window += len(batch)
             self.submitted += len(batch)
         rt.flush()
 
     def __iter__(self):
-        return self
+        # list(futures.map(...)) and for-loops take whole chunks: a generator resumes in C per
+        # item, where __next__ would be a Python call per item (the cost of a tiny task)
+        return self._chunks()
+
+    def _chunks(self):
+        buffer = self.buffer
+        try:
+            while True:
+                if buffer:
+                    chunk = list(buffer)
+                    buffer.clear()
+                    self.yielded += len(chunk)
+                    yield from chunk
+                    continue
+                if self.error is not None:
+                    err, self.error = self.error, None
+                    raise err
+                if not self.window:
+                    self._fill()
+                    if not self.window:
+                        return
+                self._take()
+        except GeneratorExit:
+            raise
+        except BaseException:
+            self.close()
+            raise
 
     def _remaining(self):
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
@@ -208,17 +269,17 @@ class _MapIterator:
         if self.ordered:
             entry = window[0]
             fut = entry[0]
-            if fut._state < FINISHED and not self.rt.wait_until(
-                    lambda: fut._state >= FINISHED, self._remaining(), (fut,)):
+            if not fut.completed and not self.rt.wait_until(
+                    lambda: fut.completed, self._remaining(), (fut,)):
                 raise TimeoutError(f"futures.map: task {self.name} not done within {self.timeout} s")
         else:
-            entry = next((e for e in window if e[0]._state >= FINISHED), None)
+            entry = next((e for e in window if e[0].completed), None)
             if entry is None:
                 futs = [e[0] for e in window]
-                if not self.rt.wait_until(lambda: any(f._state >= FINISHED for f in futs),
+                if not self.rt.wait_until(lambda: any(f.completed for f in futs),
                                           self._remaining(), futs):
                     raise TimeoutError(f"futures.map_as_completed: nothing completed within {self.timeout} s")
-                entry = next(e for e in window if e[0]._state >= FINISHED)
+                entry = next(e for e in window if e[0].completed)
         window.remove(entry)
         self.in_window -= entry[1]
         values, err_index, err, elapsed = entry[0].result()
@@ -239,16 +300,28 @@ class _MapIterator:
 
     def _adapt_to(self, per_input):
         self.per_input = per_input
-        self.chunk = max(1, min(1024, int(_CHUNK_SECONDS / max(per_input, 1e-7))))
+        workers = _size()
+        cap = _CHUNK_MAX if self.total is None else max(1, self.total // (4 * workers))
+        self.chunk = max(1, min(cap, int(_CHUNK_SECONDS / max(per_input, 1e-8))))
+        # a few chunks in flight per worker, whatever their size
+        self.size = max(self.size, 4 * self.chunk * workers)
 
     def progress(self) -> dict:
         """How far this map is: for progress bars and the dashboard."""
-        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window if f._state >= FINISHED)
+        # only results that arrived: a cancelled (interrupted) chunk is not done
+        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window
+                                                     if f.completed and not f.cancelled())
         return {"name": self.name, "done": done, "submitted": self.submitted, "total": self.total,
                 "finished": self.exhausted and not self.window and not self.buffer, "started": self.started}
 
     def close(self):
-        """Drops the tasks still queued for this map (also done when it is garbage-collected)."""
+        """Drops the tasks still queued for this map (also done when it is garbage-collected);
+        it then no longer counts as a map in progress."""
+        if self.closed_at is None and not (self.exhausted and not self.window):
+            p = self.progress()
+            p["dropped"] = (self.total if self.total is not None else self.submitted) - p["done"]
+            self.closed_at = p
+        _active_maps.discard(self)
         self.exhausted = True
         window, self.window = self.window, deque()
         self.in_window = 0
@@ -268,13 +341,22 @@ def map(func, *iterables, timeout=None, **kwargs):
     Inputs are consumed lazily (generators and endless iterables work); the first results can
     be used while later inputs are still being submitted.  A task's exception is raised when the
     iteration reaches it.  ``timeout`` counts from the call, as in concurrent.futures.
+    Other keyword arguments are passed to every call of ``func``, as SCOOP 0.7 did.
     """
-    return _MapIterator(func, iterables, timeout, ordered=True)
+    return _MapIterator(_with_kwargs(func, kwargs), iterables, timeout, ordered=True)
 
 
 def map_as_completed(func, *iterables, timeout=None, **kwargs):
     """Like :func:`map`, but yields results in completion order."""
-    return _MapIterator(func, iterables, timeout, ordered=False)
+    return _MapIterator(_with_kwargs(func, kwargs), iterables, timeout, ordered=False)
+
+
+def _with_kwargs(func, kwargs):
+    if not kwargs:
+        return func
+    bound = functools.partial(func, **kwargs)
+    functools.update_wrapper(bound, func, updated=())
+    return bound
 
 
 def _chunks(seq, n):
@@ -298,6 +380,7 @@ def mapReduce(mapFunc, reductionFunc, *iterables, **kwargs):
     answer (commutativity is not needed).
     """
     import scoop
+    mapFunc = _with_kwargs(mapFunc, kwargs)
     items = list(zip(*iterables))
     if not items:
         raise TypeError("mapReduce() of empty sequence with no initial value")
@@ -312,6 +395,7 @@ def mapScan(mapFunc, reductionFunc, *iterables, **kwargs):
     Each block is mapped and scanned on a worker; block offsets are combined at the caller.
     """
     import scoop
+    mapFunc = _with_kwargs(mapFunc, kwargs)
     items = list(zip(*iterables))
     if not items:
         return []

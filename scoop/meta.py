@@ -1,7 +1,7 @@
 """Subscriber to the broker's meta stream: per-worker load snapshots and cluster events.
 
 Observers (the Cluster object, the notebook dashboard, the lab panel) listen here instead of
-polling workers.  Messages are signed like everything else; unsigned ones are ignored.
+polling workers.  Only peers with the secret can subscribe (the handshake) and messages are signed.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 import zmq
 
 from . import _protocol as P
+from .broker import secure_client
 
 
 class MetaSubscriber(threading.Thread):
@@ -19,6 +20,7 @@ class MetaSubscriber(threading.Thread):
         super().__init__(name="scoop-meta", daemon=True)
         self.address = address
         self.signer = P.Signer(secret)
+        self.secret = secret
         self.ctx = context or zmq.Context.instance()
         self.latest: dict | None = None
         self.events: list[dict] = []
@@ -61,6 +63,7 @@ class MetaSubscriber(threading.Thread):
         s = self.ctx.socket(zmq.SUB)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SUBSCRIBE, b"")
+        secure_client(s, self.secret)
         s.connect(self.address)
         try:
             while not self._halt.is_set():
@@ -71,12 +74,14 @@ class MetaSubscriber(threading.Thread):
                         msg = s.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    recs = P.open_sealed(self.signer, msg[1]) if len(msg) == 2 else None
-                    if recs is None:
+                    if len(msg) != 2 or not self.signer.check(P.META, msg[1]):
                         continue
-                    kind = "status" if recs[0] == P.STATUS else "event"
+                    recs = P.parse(msg[1], [])
+                    if not recs:
+                        continue
+                    kind = "status" if recs[0].hdr[:1] == P.STATUS else "event"
                     try:
-                        data = json.loads(recs[1])
+                        data = json.loads(bytes(recs[0].body))
                     except ValueError:
                         continue
                     with self._cond:

@@ -89,7 +89,7 @@ def walltime_seconds(text: str) -> int:
     if days:
         hms = (parts + [0, 0])[:3]  # D-HH[:MM[:SS]]
     else:
-        hms = {1: [0, parts[0], 0], 2: [0, parts[0], parts[1]], 3: parts}[len(parts)]
+        hms = parts if len(parts) == 3 else [0, *parts, 0][:3]  # MM or MM:SS
     return int(days or 0) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
 
 
@@ -176,7 +176,8 @@ class ClusterOptions:
     queue: str | None = _opt(None, flags=("--queue",), metavar="Q", check=text_value,
                              help="PBS/SGE queue of the batch jobs")
     sbatch_arg: list = _opt([], flags=("--sbatch-arg",), action="append", metavar="ARG", check=text_value,
-                            list_of=True, help="extra sbatch argument (repeatable), e.g. --sbatch-arg=--mem=4G")
+                            list_of=True,
+                            help="extra sbatch argument (repeatable), e.g. --sbatch-arg=--mem=4G")
     job_replace: bool = _opt(False, flags=("--job-replace",), action="store_true",
                              help="submit a replacement job before a job's walltime ends")
     env: dict = _opt(None, scope=(), help="extra environment variables of the workers")

@@ -77,3 +77,25 @@ def maps() -> list[dict]:
     """Progress of the maps iterated in this process: name, done, submitted, total."""
     from .futures import _active_maps
     return [m.progress() for m in list(_active_maps)]
+
+
+def set_output_handler(fn) -> None:
+    """Where the print and logging output of tasks goes: ``fn(name, stream, text, group)`` with
+    the worker's name (``"w3"``), ``"stdout"``/``"stderr"``, the text, and the group of the
+    task that printed it (see :func:`new_group`), so a notebook shows it under the cell that
+    submitted the task, whenever it arrives.  None restores the default (this process's
+    terminal, through the cluster's relay)."""
+    rt = _rt()
+    if fn is None:
+        fn = getattr(rt, "default_output_handler", None)
+    rt.output_handler = fn
+
+
+def timeline(since: float = 0.0) -> list[dict]:
+    """Recent finished tasks and map chunks submitted from this process, oldest first:
+    ``{"worker", "name", "start", "end", "inputs", "group", "ok"}`` (epoch seconds on the
+    worker's clock) -- what a task-stream view draws."""
+    rt = _globals.current()
+    if rt is None:
+        return []
+    return [t for t in list(rt.timeline()) if t["end"] >= since]

@@ -1,7 +1,8 @@
 """Worker process entry: ``python -m scoop.worker`` with its configuration as a JSON line on stdin.
 
 The secret arrives on stdin, never on a command line.  stdin then stays open: its end means the
-launcher (or the SSH session that carried us) is gone, and the worker leaves at once.
+launcher (or the SSH session that carried us) is gone, and the worker leaves at once -- unless
+the worker is ``detached`` (a batch job's), which leaves when it loses the broker instead.
 """
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ def _watch_stdin():
             pass
     except Exception:
         pass
-    os._exit(0)
+    from ._runtime import _hard_exit
+    _hard_exit(0)
 
 
 def main():
     from ._procutil import die_with_parent, ignore_interrupts, name_process
     name_process("scoop-worker")
-    die_with_parent()
     ignore_interrupts()
     line = sys.stdin.buffer.readline()
     if not line:
@@ -31,27 +32,32 @@ def main():
         sys.exit(2)
     cfg = json.loads(line)
     secret = bytes.fromhex(cfg.pop("secret"))
-    threading.Thread(target=_watch_stdin, name="scoop-stdin", daemon=True).start()
+    if not cfg.get("detached"):
+        die_with_parent()
+        threading.Thread(target=_watch_stdin, name="scoop-stdin", daemon=True).start()
     if cfg.get("nice"):
         os.nice(int(cfg["nice"]))
     for p in reversed(cfg.get("sys_path", [])):
         if p not in sys.path:
             sys.path.insert(0, p)
     # the user's program runs as __main__ on the origin only; workers get its definitions by value
-    from . import _runtime
-    from . import _globals
+    from . import _globals, _runtime
+    from .executor import Executor, capture_output
+    name = cfg.get("name") or cfg.get("label") or ""
     rt = _runtime.Runtime(cfg["broker"], secret, "worker",
-                          info={"host": cfg.get("host") or None, "label": cfg.get("label")},
-                          broker_timeout=cfg.get("broker_timeout", 5.0), inline=cfg.get("inline", True))
+                          info={"host": cfg.get("host") or None, "name": name},
+                          broker_timeout=cfg.get("broker_timeout", 3.0), inline=cfg.get("inline", True))
+    Executor(rt, retire_at=cfg.get("retire_at"))
     try:
         rt.connect(timeout=cfg.get("connect_timeout", 15.0))
     except Exception as exc:
-        sys.stderr.write(f"scoop worker {cfg.get('label', '')}: {exc}\n")
+        sys.stderr.write(f"scoop worker {name}: {exc}\n")
         sys.stderr.flush()
         os._exit(3)
     _globals.activate(rt, is_origin=False, broker=cfg.get("broker_info"))
+    capture_output(rt)
     try:
-        rt.run_worker()
+        rt.executor.run()
     except KeyboardInterrupt:
         pass
     _runtime._hard_exit(0)

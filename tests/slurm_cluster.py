@@ -286,7 +286,7 @@ class SlurmCluster:
             time.sleep(0.2)
 
     def cancel_all(self) -> None:
-        self.run(["scancel", "--full", f"--partition=debug"], check=False)
+        self.run(["scancel", "--full", "--partition=debug"], check=False)
         ids = [j["id"] for j in self.jobs()]
         if ids:
             self.run(["scancel", *ids], check=False)

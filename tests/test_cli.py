@@ -63,7 +63,8 @@ def test_missing_program_is_a_clear_error():
 
 def test_bad_interpreter_is_reported_quickly(no_leak):
     t0 = time.monotonic()
-    r = run_scoop(["-n", "1", "--python-interpreter", "/nonexistent/python3", "exit_code.py", "0"], timeout=60)
+    r = run_scoop(["-n", "1", "--python-interpreter", "/nonexistent/python3", "exit_code.py", "0"],
+                  timeout=60)
     assert r.returncode != 0
     assert "/nonexistent/python3" in r.stderr
     assert time.monotonic() - t0 < 30
@@ -153,3 +154,53 @@ def test_path_pythonpath_and_nice_reach_the_workers(tmp_path, no_leak):
     r = run_scoop(["-n", "2", "--path", str(work), "--pythonpath", str(lib), "--nice", "5", str(prog)])
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str([(str(work), 5, 2)])
+
+
+@pytest.mark.parametrize("args,says", [
+    (["-n", "0"], "-n/--workers/--number: expected at least 1, got 0"),
+    (["-n", "-3"], "-n/--workers/--number: expected at least 1, got -3"),
+    (["-b", "0"], "-b/--brokers: expected at least 1, got 0"),
+    (["--heartbeat-timeout", "0"], "--heartbeat-timeout: expected a positive number of seconds"),
+    (["--heartbeat-timeout", "-1"], "--heartbeat-timeout: expected a positive number of seconds"),
+    (["--launcher", "bogus"], "--launcher: expected one of"),
+])
+def test_bad_option_values_are_refused_at_once(args, says, no_leak):
+    r = run_scoop([*args, "exit_code.py", "0"], timeout=60)
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_empty_hostfile_is_an_error(tmp_path, no_leak):
+    hf = tmp_path / "hosts.txt"
+    hf.write_text("# nobody here\n\n")
+    r = run_scoop(["--hostfile", str(hf), "exit_code.py", "0"], timeout=60)
+    assert r.returncode == 1 and "lists no hosts" in r.stderr and str(hf) in r.stderr
+
+
+def test_missing_working_directory_is_one_clean_line(no_leak):
+    r = run_scoop(["-n", "2", "--path", "/nonexistent", "exit_code.py", "0"], timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == ["scoop: error: the working directory (--path) '/nonexistent' "
+                                             "does not exist"]
+
+
+def test_batch_launcher_outside_an_allocation_is_a_clear_error(no_leak):
+    env = {k: "" for k in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NODELIST")}
+    r = run_scoop(["--launcher", "srun", "-n", "1", "exit_code.py", "0"], env=env, timeout=60)
+    assert r.returncode == 1 and "not one (no SLURM_JOB_ID)" in r.stderr, r.stderr
+
+
+def test_sigint_stops_a_launcher_that_inherited_it_ignored(no_leak):
+    """A shell without job control starts background jobs with SIGINT ignored (and so do test
+    runners started that way); the launcher must still stop on it."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "scoop", "-n", "1", "long_running.py"], cwd=PROGRAMS, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 130
+    finally:
+        p.kill()
+        p.wait()

@@ -83,3 +83,96 @@ def test_inline_off_sends_every_task_to_a_worker(no_leak):
     with Cluster(1, pythonpath=[PROGRAMS], inline=False):
         futures.submit(T.where).result()
         assert not futures.submit(T.where).result()["is_origin"]
+
+
+@pytest.mark.parametrize("kwargs,says", [
+    ({"n": 0}, "expected at least 1, got 0"),
+    ({"n": -3}, "expected at least 1, got -3"),
+    ({"brokers": 0}, "brokers"),
+    ({"heartbeat_timeout": 0}, "heartbeat_timeout"),
+    ({"heartbeat_timeout": -1}, "heartbeat_timeout"),
+])
+def test_bad_arguments_are_refused_before_anything_starts(kwargs, says):
+    with pytest.raises(ValueError, match=says):
+        Cluster(**kwargs)
+
+
+def test_unknown_argument_is_named():
+    with pytest.raises(TypeError, match="unknown cluster option 'workers_count'"):
+        Cluster(2, workers_count=3)
+
+
+def test_scale_edges_and_the_joined_count(no_leak):
+    c = Cluster(2, pythonpath=[PROGRAMS])
+    with pytest.raises(ClusterError, match="not started"):
+        c.scale(3)
+    with c:
+        with pytest.raises(ValueError, match="at least 1 worker, not -1"):
+            c.scale(-1)
+        with pytest.raises(ValueError, match="at least 1 worker, not 0"):
+            c.scale(0)
+        with pytest.raises(ClusterError, match="only 2 of 5 workers joined"):
+            c.wait_for_workers(5, timeout=1)
+        assert (c.requested, c.launched, c.joined) == (2, 2, 2)
+        assert sorted(w.name for w in c.workers) == ["w1", "w2"]
+    t0 = time.monotonic()
+    with pytest.raises(ClusterError, match="stopped"):
+        c.scale(3)
+    assert time.monotonic() - t0 < 5 and len(c.workers) == 2  # nothing was started
+
+
+def test_replacement_workers_get_new_names(no_leak):
+    with Cluster(2, pythonpath=[PROGRAMS]) as c:
+        victim = c.workers[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(c.workers) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [w.name for w in c.workers] == ["w1", "w2", "w3"]
+        assert sorted(s.name for s in c.spec) == ["w2", "w3"]
+        assert list(futures.map(T.square, range(6))) == [x * x for x in range(6)]
+
+
+FAKE_PBSDSH = """#!/bin/sh
+# stand-in for PBS's pbsdsh [-n INDEX] -- CMD...: runs CMD here, with no stdin, as pbsdsh does
+while [ "$1" != "--" ]; do
+  case "$1" in -n) PBS_TASKNUM=$2; export PBS_TASKNUM; shift 2;; *) shift;; esac
+done
+shift
+exec "$@" </dev/null
+"""
+
+FAKE_QRSH = """#!/bin/sh
+# stand-in for SGE's qrsh -inherit HOST CMD...: runs CMD here with our stdin, as qrsh does
+[ "$1" = "-inherit" ] || exit 2
+shift 2
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize("kind", ["pbs", "sge"])
+def test_allocation_launchers_through_stand_ins(kind, tmp_path, monkeypatch, no_leak):
+    """pbsdsh and qrsh -inherit cannot run here: stand-ins with their command lines check that
+    the launchers are chosen inside an allocation, start workers that join, and end them."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    program, text = ("pbsdsh", FAKE_PBSDSH) if kind == "pbs" else ("qrsh", FAKE_QRSH)
+    (bindir / program).write_text(text)
+    (bindir / program).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("HOME", str(tmp_path))  # pbsdsh's private config files go under ~/.scoop
+    for var in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "PBS_NODEFILE", "PE_HOSTFILE"):
+        monkeypatch.delenv(var, raising=False)
+    if kind == "pbs":
+        (tmp_path / "nodes").write_text("localhost\nlocalhost\n")
+        monkeypatch.setenv("PBS_NODEFILE", str(tmp_path / "nodes"))
+    else:
+        (tmp_path / "pe").write_text("localhost 2 all.q@localhost UNDEFINED\n")
+        monkeypatch.setenv("PE_HOSTFILE", str(tmp_path / "pe"))
+    with Cluster(pythonpath=[PROGRAMS]) as c:
+        assert c.launcher.name == program and c.plan == [("localhost", 2)]
+        assert list(futures.map(T.square, range(10))) == [x * x for x in range(10)]
+        with pytest.raises(ClusterError, match="3 workers asked for, but the .* allocation has 2 slots"):
+            c.scale(3)
+    if kind == "pbs":
+        assert os.listdir(tmp_path / ".scoop") == []  # the secret's files are gone

@@ -50,7 +50,8 @@ def test_expand_slurm_nodelist(nodelist, expected):
     assert expand_slurm_nodelist(nodelist) == expected
 
 
-@pytest.mark.parametrize("bad", ["node[1-2", "node]1[", "node[2-1]", "node[a-b]", "n[1,,2]", "a,,b", "n[[1]]"])
+@pytest.mark.parametrize("bad", ["node[1-2", "node]1[", "node[2-1]", "node[a-b]", "n[1,,2]", "a,,b",
+                                 "n[[1]]"])
 def test_expand_slurm_nodelist_rejects(bad):
     with pytest.raises(ValueError):
         expand_slurm_nodelist(bad)

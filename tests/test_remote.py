@@ -124,10 +124,11 @@ def test_cut_link_mid_map_loses_nothing(hosts, env, no_leak):
     """A host falls off the network mid-map: its tasks run elsewhere, each result once."""
     from scoop import futures
     from scoop.cluster import Cluster
+
     import tasklib as T
     c = Cluster(hosts=["localhost", "h1", "h2"], pythonpath=[PROGRAMS], connect_timeout=5)
     c.start()
-    c.meta  # subscribe to the meta stream now, to see the "left" event of the cut host
+    assert c.meta is not None  # subscribed now, to see the "left" event of the cut host
     try:
         fs = [futures.submit(T.work_ms, 20, i) for i in range(240)]
         counts = {}
@@ -163,3 +164,21 @@ def test_external_hostname_is_the_address_workers_dial(hosts, env, no_leak):
                    "--hosts", "h1", "exit_code.py", "0"], env=env, timeout=120)
     assert r.returncode != 0  # an address the workers cannot reach: they never join
     assert "worker w1 on h1" in r.stderr and "no answer from the broker at tcp://10.213.254.254" in r.stderr
+
+
+def test_scale_up_reaches_a_host_the_start_did_not_use(hosts, env, no_leak):
+    """-n 1 over two hosts uses only the first; scaling to 2 connects to the second and puts the
+    new worker there (the free slot), not on the first."""
+    from scoop import futures
+    from scoop.cluster import Cluster
+    c = Cluster(1, hosts=["h1", "h2"], pythonpath=[PROGRAMS], connect_timeout=5)
+    c.start()
+    try:
+        assert c.plan == [("h1", 1)]
+        c.scale(2)
+        assert c.plan == [("h1", 1), ("h2", 1)] and [w.name for w in c.workers] == ["w1", "w2"]
+        assert sorted(futures.map(abs, range(-3, 3))) == [0, 1, 1, 2, 2, 3]
+        snap = c.meta.wait_for(lambda s: len(s["workers"]) == 2, 10)
+        assert sorted(w["host"] for w in snap["workers"]) == ["h1", "h2"]
+    finally:
+        c.stop()

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.conftest import ROOT, TESTS, PROGRAMS, scoop_processes, wait_no_new_processes
+from tests.conftest import PROGRAMS, ROOT, TESTS, scoop_processes, wait_no_new_processes
 
 
 @contextlib.contextmanager
@@ -115,7 +115,7 @@ def test_rejected_sbatch_is_a_clear_error(slurm_cluster):
 def test_killed_origin_leaves_no_job(slurm_cluster, tmp_path):
     """SIGKILL of the origin: its watchdog cancels running and queued jobs."""
     prog = tmp_path / "origin.py"
-    prog.write_text(textwrap.dedent(f"""
+    prog.write_text(textwrap.dedent("""
         import sys, time
         from scoop.cluster import Cluster
         c = Cluster(6, slurm=True, cpus_per_job=2)
@@ -292,6 +292,7 @@ def slow_square(x):
 
 def _runtime_retires_at_walltime() -> bool:
     import inspect
+
     import scoop._runtime as R
     return "retire_at" in inspect.getsource(R)
 

@@ -14,7 +14,7 @@ try:
 except ImportError:  # tests/ itself on sys.path (no tests/__init__.py)
     from netns import netns_hosts_fixture, processes_matching, wait_no_processes
 
-from scoop.launch.ssh import RemoteHost, SSHError, connect_hosts, REMOTE_KILL_GRACE, REMOTE_TERM_GRACE
+from scoop.launch.ssh import REMOTE_KILL_GRACE, REMOTE_TERM_GRACE, RemoteHost, SSHError, connect_hosts
 
 PY = sys.executable
 cluster = netns_hosts_fixture(3)

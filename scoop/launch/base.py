@@ -21,8 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..options import ClusterOptions
     from .local import OutputRelay
 
-__all__ = ["WorkerSpec", "Handle", "ProcessHandle", "Launcher", "LAUNCHERS", "register", "launcher_class", "config_line",
-           "route_address"]
+__all__ = ["WorkerSpec", "Handle", "ProcessHandle", "Launcher", "LAUNCHERS", "register", "launcher_class",
+           "config_line", "route_address"]
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Launcher(abc.ABC):
         """Whether ``env`` is inside an allocation this launcher can start workers in."""
         return False
 
-    def prepare(self, hosts: list[str]) -> None:
+    def prepare(self, hosts: list[str]) -> None:  # noqa: B027 - most launchers have nothing to prepare
         """Connects, checks interpreters; raises ClusterError naming the host and the reason."""
 
     def broker_address(self, host: str | None, port: int) -> str:

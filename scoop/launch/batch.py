@@ -35,7 +35,6 @@ import threading
 import time
 
 from ..errors import ClusterError
-
 from .base import Handle, Launcher, route_address
 
 __all__ = ["BatchLauncher", "BatchHandle", "parse_walltime", "retire_margin", "job_dir_root"]

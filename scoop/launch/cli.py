@@ -16,7 +16,8 @@ import traceback
 DESCRIPTION = """\
 Run a Python program on a SCOOP cluster: the program is the origin, and its scoop.futures calls
 run on the workers.  With no hosts, the workers run on this machine (one per core); inside a
-SLURM, PBS/Torque or SGE allocation the allocated nodes are used.
+SLURM, PBS/Torque or SGE allocation they run on the allocated nodes, started by the batch
+system's own launcher (srun, pbsdsh, qrsh -inherit), one per allocated CPU.
 
 -n counts the workers that run tasks.  The origin (your program) comes in addition and runs no
 queued tasks, so `-n 2` on a 2-core machine keeps both cores computing while it waits.
@@ -27,6 +28,7 @@ examples:
   python -m scoop prog.py                     one worker per core on this machine
   python -m scoop -n 8 --hosts a b prog.py    8 workers over hosts a and b (over SSH)
   python -m scoop --hostfile hosts.txt prog.py arg1 arg2
+  salloc -N2 -n8 python -m scoop prog.py      8 workers in SLURM job steps on the 2 nodes
 hostfile lines: `host [count]`; # starts a comment.  SSH honours ~/.ssh/config.
 """
 
@@ -34,11 +36,12 @@ hostfile lines: `host [count]`; # starts a comment.  SSH honours ~/.ssh/config.
 def build_parser() -> argparse.ArgumentParser:
     """The launcher's options come from scoop.options (declared once for every front end)."""
     from ..options import add_arguments
-    p = argparse.ArgumentParser(prog="python -m scoop", description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scoop", description=DESCRIPTION, epilog=EPILOG,
+                                allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p, "cli")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors from the launcher")
-    p.add_argument("program", nargs="?", help="the Python program to run (the origin); its arguments follow it")
+    p.add_argument("program", nargs="?",
+                   help="the Python program to run (the origin); its arguments follow it")
     return p
 
 
@@ -92,6 +95,10 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
+    # a process started in the background by a shell without job control inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: the launcher of a cluster must
+    # still stop (and stop its cluster) when it is interrupted, as it does on SIGTERM and SIGHUP
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     prog_dir = os.path.dirname(os.path.abspath(prog))
     options = given(args)
     try:

@@ -69,6 +69,10 @@ class OutputRelay:
             except Exception:
                 pass
 
+    def note(self, label: str, text: str):
+        """Keeps text in a child's tail (to explain its death) without printing it."""
+        self.tails.setdefault(label, deque(maxlen=30)).extend(text.splitlines())
+
     def tail(self, label: str) -> str:
         return "\n".join(self.tails.get(label, ()))
 
@@ -84,7 +88,8 @@ class OutputRelay:
                     continue
                 label, stream = key.data
                 try:
-                    data = key.fileobj.read1(65536) if hasattr(key.fileobj, "read1") else key.fileobj.read(65536)
+                    pipe = key.fileobj
+                    data = pipe.read1(65536) if hasattr(pipe, "read1") else pipe.read(65536)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except (OSError, ValueError):

@@ -83,7 +83,8 @@ class PbsdshLauncher(Launcher):
                                         stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, close_fds=True,
                                         start_new_session=True)
             except OSError as exc:
-                raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: {exc.strerror}") from None
+                raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: "
+                                   f"{exc.strerror}") from None
             self.relay.add(spec.name, proc.stdout, proc.stderr)
             h = ProcessHandle(spec.name, spec.host, proc, job_id=self.env.get("PBS_JOBID"))
             self.handles.append(h)

@@ -57,8 +57,10 @@ def first_placement(n: Optional[int], hosts: HostList, local_cores: int, *, stri
         caps = capacities(hosts, local_cores)
         total = sum(k for _, k in caps)
         if n > total:
-            raise PlacementError(f"{n} workers asked for, but {where} has {total} slot{'s' if total != 1 else ''}"
-                                 f" ({_describe(caps)}); ask for at most {total} or allow it with --oversubscribe")
+            plural = "s" if total != 1 else ""
+            raise PlacementError(f"{n} workers asked for, but {where} has {total} slot{plural} "
+                                 f"({_describe(caps)}); ask for at most {total} or allow it with "
+                                 "--oversubscribe")
     return distribute(n, hosts, local_cores)
 
 
@@ -77,7 +79,8 @@ def add_placement(k: int, caps: list[tuple[str, int]], current: Mapping[str, int
         total = sum(cap.values())
         have = sum(counts[h] for h in cap)
         raise PlacementError(f"{have + k} workers asked for, but {where} has {total} slot"
-                             f"{'s' if total != 1 else ''} ({_describe(caps)}); allow more with --oversubscribe")
+                             f"{'s' if total != 1 else ''} ({_describe(caps)}); allow more with "
+                             "--oversubscribe")
     order = [h for h, _ in caps]
     out = []
     for _ in range(k):

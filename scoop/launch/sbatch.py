@@ -13,8 +13,8 @@ import signal
 import subprocess
 
 from .base import register, route_address
-from .srun import node_address
 from .batch import BatchLauncher
+from .srun import node_address
 
 
 @register

@@ -47,7 +47,8 @@ class QrshLauncher(Launcher):
                                         stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, close_fds=True,
                                         start_new_session=True)
             except OSError as exc:
-                raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: {exc.strerror}") from None
+                raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: "
+                                   f"{exc.strerror}") from None
             proc.stdin.write(config_line(spec.config))
             proc.stdin.flush()
             self.relay.add(spec.name, proc.stdout, proc.stderr)

@@ -24,19 +24,43 @@ from ..errors import ClusterError
 from .base import Handle, Launcher, WorkerSpec, config_line, register, route_address, terminate
 
 _LABELLED = re.compile(r"^\s*(\d+): ?(.*)$", re.S)
+# "srun: error: node1: task 1: Exited with exit code 3", "... tasks 0-1,3: Killed"
+_TASK_ENDED = re.compile(r"^srun: error: \S+: tasks? ([\d,\-]+): (.*)$")
+
+
+def task_numbers(text: str) -> list[int]:
+    """``"0-2,5"`` -> ``[0, 1, 2, 5]``."""
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit() and (not hi or hi.isdigit()):
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def ended_tasks(line: str) -> tuple[list[int], int] | None:
+    """The tasks an srun error line reports as ended, with their status (-1: a signal)."""
+    m = _TASK_ENDED.match(line.strip())
+    if not m:
+        return None
+    code = re.search(r"exit code (\d+)", m.group(2))
+    return task_numbers(m.group(1)), int(code.group(1)) if code else -1
 
 
 class StepHandle(Handle):
-    """A worker that is one task of a job step: alive while its step runs."""
+    """A worker that is one task of a job step: alive while its step runs, unless srun reported
+    that this task ended badly (its status is then known; a task that ended well is not
+    reported by srun, which is why the step is still waited for as a whole)."""
 
     separate = False
 
     def __init__(self, name, host, step, job_id):
         super().__init__(name, host, None, job_id)
         self.step = step
+        self.reported: int | None = None
 
     def poll(self):
-        return self.step.poll()
+        return self.reported if self.reported is not None else self.step.poll()
 
     def kill(self):
         # one task of a step cannot be ended alone; the runtime retires it, stop() ends the step
@@ -105,33 +129,46 @@ class SrunLauncher(Launcher):
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=self.cwd,
                                         close_fds=True, start_new_session=True)
             except OSError as exc:
-                raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: {exc.strerror}") from None
+                raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: "
+                                   f"{exc.strerror}") from None
             step.stdin.write(config_line(config))
             step.stdin.flush()
             self.steps.append(step)
-            names = [s.name for s in group]
+            job = self.env.get("SLURM_JOB_ID")
+            tasks = [StepHandle(spec.name, host, step, job) for spec in group]
             for stream, pipe in (("stdout", step.stdout), ("stderr", step.stderr)):
-                t = threading.Thread(target=self._relay, args=(pipe, stream, names, host), daemon=True,
+                t = threading.Thread(target=self._relay, args=(pipe, stream, tasks, host), daemon=True,
                                      name=f"scoop-srun-{stream}")
                 t.start()
                 self._readers.append(t)
-            job = self.env.get("SLURM_JOB_ID")
-            for spec in group:
-                h = StepHandle(spec.name, host, step, job)
-                self.handles.append(h)
-                handles.append(h)
+            self.handles += tasks
+            handles += tasks
         return handles
 
-    def _relay(self, pipe, stream, names, host):
-        """srun's output, labelled by task number, back to each worker's name."""
+    def _relay(self, pipe, stream, tasks, host):
+        """srun's output, labelled by task number, back to each worker's name; srun's reports of
+        tasks that ended badly mark those workers ended (the supervisor replaces them)."""
         fallback = f"srun@{host}" if host else "srun"
+        names = [t.name for t in tasks]
         for raw in iter(pipe.readline, b""):
             text = raw.decode("utf-8", "replace")
             m = _LABELLED.match(text)
             if m and int(m.group(1)) < len(names):
                 self.relay.emit(names[int(m.group(1))], stream, m.group(2))
-            else:
+                continue
+            ended = ended_tasks(text) if stream == "stderr" else None
+            if ended:
+                for k in ended[0]:
+                    if k < len(tasks):
+                        tasks[k].reported = ended[1]
                 self.relay.emit(fallback, stream, text)
+            else:
+                # srun's own messages concern the whole step: printed once, kept in the tail of
+                # every worker of the step so that a step that failed is explained
+                self.relay.emit(fallback, stream, text)
+                if stream == "stderr":
+                    for name in names:
+                        self.relay.note(name, text)
         pipe.close()
 
     def stop(self, timeout: float = 5.0):
@@ -169,8 +206,8 @@ def node_address(node: str | None, env=None) -> str | None:
     except OSError:
         pass
     try:
-        out = subprocess.run(["scontrol", "-o", "show", "node", node], env=env, capture_output=True, text=True,
-                             timeout=30).stdout
+        out = subprocess.run(["scontrol", "-o", "show", "node", node], env=env, capture_output=True,
+                             text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return node
     m = re.search(r"\bNodeAddr=(\S+)", out)

@@ -738,16 +738,18 @@ class SSHLauncher(Launcher):
         self._local = SpawnLauncher(*args, **kw)
 
     def prepare(self, hosts):
-        names = [h for h in dict.fromkeys(hosts) if h is not None]
+        """Connects to the hosts not connected yet (a scale-up may add some) and checks their Python."""
+        names = [h for h in dict.fromkeys(hosts) if h is not None and h not in self.hosts]
         if not names:
             return
         try:
-            self.hosts = connect_hosts(names, config_path=self.options.ssh_config,
-                                       connect_timeout=self.options.connect_timeout)
+            new = connect_hosts(names, config_path=self.options.ssh_config,
+                                connect_timeout=self.options.connect_timeout)
         except SSHError as exc:
             raise ClusterError(str(exc)) from None
+        self.hosts.update(new)
         errors = []
-        for rh in self.hosts.values():
+        for rh in new.values():
             try:
                 rh.check_python(self.python)
             except SSHError as exc:

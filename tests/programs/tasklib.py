@@ -118,3 +118,60 @@ def slow_tree(depth, pause):
     a = futures.submit(slow_tree, depth - 1, pause)
     b = futures.submit(slow_tree, depth - 1, pause)
     return a.result() + b.result()
+
+
+def hold_gil(seconds, value=None):
+    """A C call that keeps the GIL (libc usleep through PyDLL): heartbeats from Python threads
+    starve, ZeroMQ's do not."""
+    import ctypes
+    ctypes.PyDLL(None).usleep(int(seconds * 1e6))
+    return value
+
+
+class CustomError(Exception):
+    """An exception whose __init__ does not take its own args: unpickling it fails."""
+
+    def __init__(self, code, url):
+        super().__init__(f"HTTP {code} for {url}")
+        self.code = code
+        self.url = url
+
+
+def raise_custom(x):
+    raise CustomError(404, f"http://example.invalid/{x}")
+
+
+def array_sum(a):
+    return float(a.sum())
+
+
+def make_array(n, dtype="float64"):
+    import numpy as np
+    return np.arange(n, dtype=dtype)
+
+
+def same(a):
+    return a
+
+
+def make_lock():
+    import threading
+    return threading.Lock()
+
+
+def crash_worker():
+    os._exit(13)
+
+
+def describe_array(a):
+    """What a worker received: its values' checksum and whether it owns its memory (a view on
+    a frame or a shared-memory segment does not)."""
+    import numpy as np
+    return (float(np.asarray(a, dtype="float64").sum()) if a.dtype.kind in "biuf" else None,
+            a.shape, a.dtype.str, bool(a.flags.owndata), bool(a.flags.writeable))
+
+
+def const_info(name):
+    import numpy as np
+    a = shared.getConst(name, timeout=10)
+    return float(np.asarray(a).sum()), bool(a.flags.owndata)

@@ -1,0 +1,394 @@
+"""Running tasks on a worker: the hub loop, credits, interrupts, hand-backs and output.
+
+Every task runs in a greenlet (scoop._scheduler), so a task that waits on its children lets the
+worker run them meanwhile.  The worker asks the broker for about 2 ms of queued work (deep
+prefetch for tiny tasks, one spare for long ones); whatever it holds but has not started can be
+taken back -- by the broker's steal, a cancel, an interrupt, a retirement or a walltime -- even
+while a long task runs, because the control thread may drain the task socket into ``pending``.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket as _socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+
+from . import _protocol as P
+from ._future import ChunkResult
+from ._scheduler import Hub, TaskGreenlet
+from .errors import TaskInterrupted
+from .submitter import name_of
+
+_HERE = {__file__, os.path.join(os.path.dirname(__file__), "_runtime.py")}
+
+
+class Executor:
+    def __init__(self, rt, retire_at: float | None = None):
+        self.rt = rt
+        self.pending: deque = deque()        # received, not started (records)
+        self.lock = threading.Lock()         # pending/known/precancelled vs. the control thread
+        self.known: set[int] = set()         # received, not finished
+        self.precancelled: set[int] = set()  # cancelled before they were received
+        self.fns: dict[bytes, object] = {}
+        self._blob_recs: dict[bytes, P.Record] = {}
+        self.outstanding = 0
+        self.target = 1
+        self._avg = None
+        self._fn_avg: dict[bytes, float] = {}
+        self.interrupted: set[int] = set()
+        self._new_interrupts: deque = deque()
+        self.retiring = False
+        self.retire_at = retire_at
+        self.running_group = None  # group of the task the hub is running; read by the control thread
+        self.done_count = 0
+        self.name8 = rt.name.encode("ascii", "replace")[:12]
+        self._main_ident = None
+        rt.executor = self
+        rt._handlers.update({P.TASK: self.on_task, P.CHUNK: self.on_task, P.BLOB: self.on_blob,
+                             P.RETIRE: self.on_retire})
+
+    # ---- receiving (main thread, or the control thread holding the socket lock) ---------------
+    def on_task(self, rec: P.Record):
+        if self.outstanding > 0:
+            self.outstanding -= 1
+        tid = P.task_id(rec.hdr)
+        with self.lock:
+            if tid in self.precancelled:
+                self.precancelled.discard(tid)  # cancelled while still in the socket
+                return
+            self.known.add(tid)
+            self.pending.append(rec)
+
+    def on_blob(self, rec: P.Record):
+        self._blob_recs[P.blob_digest(rec.hdr)] = rec
+
+    def on_retire(self, rec=None):
+        self.retiring = True
+
+    def request_credit(self):
+        if self.retiring or self.rt.hub is None:
+            return
+        want = self.target - len(self.pending) - len(self.rt.hub.ready) - self.outstanding
+        if want > 0:
+            self.outstanding += want
+            self.rt.out.add(P.COUNT.pack(P.CREDIT, want))
+
+    def _get_fn(self, d: bytes):
+        fn = self.fns.get(d)
+        if fn is None:
+            fn = P.unpack(self._blob_recs.pop(d), self.rt.shm)
+            self.fns[d] = fn
+        return fn
+
+    # ---- the hub loop ------------------------------------------------------------------------
+    def run(self):
+        """Runs tasks in greenlets, sends results in batches."""
+        rt = self.rt
+        hub = rt.hub = Hub()
+        self._install_interrupt_handler()
+        pending, ready = self.pending, hub.ready
+        run_task = self._run_task
+        monotonic = time.monotonic
+        fn_avg = self._fn_avg
+        out = rt.out
+        while True:
+            t0 = monotonic()
+            while True:
+                if ready:
+                    g = ready.popleft()
+                    self.running_group = g.group if type(g) is TaskGreenlet else None
+                    g.switch()
+                    self.running_group = None
+                elif pending:
+                    with self.lock:
+                        if not pending:
+                            continue
+                        rec = pending.popleft()
+                    _, tid, group, d, _host, _flags = P.TASK_HEADER.unpack(rec.hdr)
+                    if group in self.interrupted:
+                        self.known.discard(tid)
+                        continue
+                    if out and fn_avg.get(d, 1.0) > 0.0005:
+                        rt.flush()  # a task that may be long must not hold finished results back
+                    self.running_group = group
+                    TaskGreenlet(run_task, hub.g, group, tid).switch(rec)
+                    self.running_group = None
+                else:
+                    break
+                if len(out) >= 128 or monotonic() - t0 > 0.002:
+                    break
+            flush_output()
+            if self._new_interrupts:
+                self._apply_interrupts()
+            if hub.timers:
+                hub.fire_timers()
+            if self.retire_at is not None and time.time() >= self.retire_at:
+                self.retiring = True
+            if self.retiring:
+                self._release_pending()
+                if not ready and not hub.blocked:
+                    out.add(P.BYE)
+                    rt.flush()
+                    return
+            rt.flush()
+            if ready or pending:
+                timeout = 0
+            else:
+                nt = hub.next_timer()
+                timeout = 1.0 if nt is None else max(0.0, min(1.0, nt - monotonic()))
+                if self.retire_at is not None:
+                    timeout = min(timeout, max(0.0, self.retire_at - time.time()))
+            rt.pump(timeout)
+
+    def _run_task(self, rec: P.Record):
+        kind, tid, group, d, host, flags = P.TASK_HEADER.unpack(rec.hdr)
+        rt = self.rt
+        started = time.time()
+        t0 = time.perf_counter()
+        name = "task"
+        inputs = 1
+        # a result for a submitter on this host goes through shared memory
+        shm = rt.shm if host == rt.host_key else None
+        try:
+            fn = self._get_fn(d)
+            name = name_of(fn)
+            if kind == P.CHUNK:
+                arglist = P.unpack(rec, rt.shm)
+                inputs = len(arglist)
+                value = self._run_chunk(fn, name, arglist, flags & P.SINGLE)
+            else:
+                args, kwargs = P.unpack(rec, rt.shm)
+                value = fn(*args, **kwargs)
+            del rec
+            try:
+                packed = P.pack(value, f"result of task {name}", shm)
+                status = P.OK
+            except P.SerializationError as exc:
+                if kind == P.CHUNK:
+                    packed, status = P.packed_bytes(self._chunk_unpicklable(value, name, exc)), P.OK
+                else:
+                    packed, status = P.packed_bytes(P.dump_exception(exc, "")), P.RAISED
+        except TaskInterrupted:
+            self.known.discard(tid)
+            return
+        except BaseException as exc:  # noqa: B902 -- everything a task raises goes back to its caller
+            packed, status = P.packed_bytes(self._exception_payload(exc, name)), P.RAISED
+        self.known.discard(tid)
+        rt.out.add(P.RESULT_HEADER.pack(P.RESULT, tid, status, inputs, started, time.time(), self.name8),
+                   packed=packed)
+        self.done_count += inputs
+        dt = time.perf_counter() - t0
+        fa = self._fn_avg.get(d)
+        self._fn_avg[d] = dt if fa is None else 0.8 * fa + 0.2 * dt
+        avg = self._avg = dt if self._avg is None else 0.8 * self._avg + 0.2 * dt
+        # keep ~2 ms of queued work per worker: deep prefetch for tiny tasks, one spare task
+        # unless tasks are long; work stealing evens out the end of a map
+        self.target = 1 if avg > 0.1 else min(256, max(2, int(0.002 / max(avg, 1e-6)) + 1))
+
+    def _run_chunk(self, fn, name, arglist, single):
+        """Runs a map chunk in order; stops at the first exception, which the origin raises
+        when its iteration reaches that input.  Returns (values, error_index, error, seconds).
+        ``list.extend`` over ``map`` runs the loop in C and keeps what came before a failure."""
+        values = []
+        t0 = time.perf_counter()
+        try:
+            values.extend(map(fn, arglist) if single else itertools.starmap(fn, arglist))
+        except TaskInterrupted:
+            raise
+        except BaseException as exc:  # noqa: B902
+            i = len(values)
+            args = (arglist[i],) if single else arglist[i]
+            return ChunkResult(values, i, self._exception_payload(exc, name, args), time.perf_counter() - t0)
+        return ChunkResult(values, -1, None, time.perf_counter() - t0)
+
+    def _chunk_unpicklable(self, value, name, exc):
+        values, err_i, err, elapsed = value
+        for j, v in enumerate(values):
+            try:
+                P.pack(v, f"result of task {name} (input {j})")
+            except P.SerializationError as e:
+                return P.pack((values[:j], j, P.dump_exception(e, ""), elapsed)).body
+        return P.pack(([], 0, P.dump_exception(exc, ""), elapsed)).body
+
+    def _exception_payload(self, exc, name, args=None) -> bytes:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename in _HERE:
+            tb = tb.tb_next  # hide the worker's own frames: the user's code starts below them
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        rt = self.rt
+        host = rt.info.get("host") or _socket.gethostname()
+        where = f"worker {rt.name} on {host}, pid {os.getpid()}, task {name}"
+        if args is not None:
+            shown = ", ".join(_short(a) for a in args)
+            where += f"({shown})"
+        return P.dump_exception(exc, f"[{where}]\n" + text)
+
+    # ---- interrupts ----------------------------------------------------------------------------
+    def _install_interrupt_handler(self):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._main_ident = threading.get_ident()
+        hub = self.rt.hub
+
+        def on_interrupt(signum, frame):
+            g = hub.current_task()
+            if g is not None and g.group in self.interrupted:
+                raise TaskInterrupted(f"task interrupted by its origin (group {g.group})")
+
+        signal.signal(signal.SIGUSR1, on_interrupt)
+
+    def on_interrupt(self, group: int):
+        """Control thread: a group was interrupted; kick the main thread out of its task."""
+        self.interrupted.add(group)
+        self._new_interrupts.append(group)
+        # greenlet.getcurrent() is per thread: the hub publishes the running task's group
+        if self._main_ident is not None and self.running_group == group:
+            signal.pthread_kill(self._main_ident, signal.SIGUSR1)
+
+    def _apply_interrupts(self):
+        rt = self.rt
+        while self._new_interrupts:
+            group = self._new_interrupts.popleft()
+            with self.lock:
+                kept = deque()
+                for rec in self.pending:
+                    _, tid, g = P.TASK_HEADER.unpack(rec.hdr)[:3]
+                    if g == group:
+                        self.known.discard(tid)
+                    else:
+                        kept.append(rec)
+                self.pending.clear()  # in place: the hub loop holds this very deque
+                self.pending.extend(kept)
+            for g in list(rt.hub.blocked_by_group.get(group, ())):
+                g.throw(TaskInterrupted(f"task interrupted by its origin (group {group})"))
+            for tid, f in list(rt.futures.items()):
+                if f.group == group:
+                    del rt.futures[tid]
+
+    # ---- handing tasks back --------------------------------------------------------------------
+    def _release_pending(self):
+        out = self.rt.out
+        with self.lock:
+            for rec in self.pending:
+                tid = P.task_id(rec.hdr)
+                self.known.discard(tid)
+                out.add(P.TID.pack(P.RELEASE, tid))
+            self.pending.clear()
+
+    def give_back(self, n: int):
+        """Control thread: the broker steals.  Tasks still in the task socket count as unstarted
+        too, so first drain it (the main thread may be deep in a long task)."""
+        self.rt.drain_into_pending()
+        box = P.Outbox()
+        with self.lock:
+            while n > 0 and self.pending:
+                rec = self.pending.pop()
+                tid = P.task_id(rec.hdr)
+                self.known.discard(tid)
+                box.add(P.TID.pack(P.RELEASE, tid))
+                n -= 1
+        return box
+
+    def cancel_pending(self, tid: int):
+        """Control thread: cancels a prefetched task unless the main thread has started it: still
+        in the socket (not received yet) or waiting in ``pending`` both count as not started."""
+        with self.lock:
+            if tid not in self.known:
+                self.precancelled.add(tid)
+                ok = True
+            else:
+                ok = False
+                for rec in list(self.pending):
+                    if P.task_id(rec.hdr) == tid:
+                        self.pending.remove(rec)
+                        self.known.discard(tid)
+                        ok = True
+                        break
+        box = P.Outbox()
+        box.add(P.answer(P.TID.pack(P.CANCEL, tid), ok))
+        return box
+
+    def load(self) -> dict:
+        hub = self.rt.hub
+        return {
+            "queued": len(self.pending),
+            "running": 0 if hub is None else (self.running_group is not None) + len(hub.ready),
+            "blocked": 0 if hub is None else hub.blocked,
+            "done": self.done_count,
+        }
+
+
+def _short(value) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ---- task output ----------------------------------------------------------------------------------
+_streams: list = []
+
+
+class TaskOutput:
+    """``sys.stdout``/``sys.stderr`` of a worker: what tasks print travels to the origin over the
+    cluster connection, tagged with the submitting group (so a notebook shows it in the cell that
+    caused it, whatever the launcher did with the worker's own stdout)."""
+
+    def __init__(self, rt, stream: str, original):
+        self.rt = rt
+        self.stream = stream
+        self.original = original
+        self.parts: list[str] = []
+        self.group = None
+        _streams.append(self)
+
+    def write(self, text):
+        if threading.current_thread() is not threading.main_thread():
+            return self.original.write(text)
+        group = self.rt.submitter.current_group()
+        if group != self.group and self.parts:
+            self.flush()
+        self.group = group
+        self.parts.append(text)
+        if "\n" in text and sum(map(len, self.parts)) > 8192:
+            self.flush()
+        return len(text)
+
+    def flush(self):
+        if not self.parts:
+            return
+        text = "".join(self.parts)
+        self.parts = []
+        self.rt.out.add(P.GROUP.pack(P.OUTPUT, self.group or 0),
+                        json.dumps([self.rt.name, self.stream, text]).encode())
+
+    def fileno(self):
+        return self.original.fileno()
+
+    def isatty(self):
+        return False
+
+    @property
+    def encoding(self):
+        return getattr(self.original, "encoding", "utf-8")
+
+    def __getattr__(self, name):
+        return getattr(self.original, name)
+
+
+def capture_output(rt):
+    sys.stdout = TaskOutput(rt, "stdout", sys.stdout)
+    sys.stderr = TaskOutput(rt, "stderr", sys.stderr)
+
+
+def flush_output():
+    for s in _streams:
+        if s.parts:
+            s.flush()

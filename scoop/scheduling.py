@@ -1,0 +1,445 @@
+"""The broker's scheduling core: queue, dispatch, stealing, loss and re-dispatch -- no I/O.
+
+Events come in as method calls (a peer joined, asked for n tasks, submitted a task, sent a
+result, was lost); what must be sent goes into each peer's outboxes, which the broker (or a
+sub-broker of a federation) flushes to its sockets.  So load balancing and exactly-once
+delivery are unit-tested without ZeroMQ (tests/test_scheduling.py).
+
+Balancing is credit-based: a worker asks for as many tasks as it can start soon, and queued
+tasks go to the workers with the most unused credit.  The core knows which worker holds which
+task: a lost worker's tasks are queued again, the first result for a task id wins, and an idle
+worker makes the core ask a busy one for its unstarted tasks back (work stealing), so short
+tasks never wait behind a long one while a worker idles.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from itertools import islice
+
+from . import _protocol as P
+
+MAX_ATTEMPTS = 3  # a task lost with this many dead workers fails with WorkerLostError
+STEAL_EVERY = 0.02  # seconds between two steal requests to one worker
+
+
+class Task:
+    """A task in flight; ``rec`` is its record as received, forwarded to a worker as is."""
+
+    __slots__ = ("id", "rec", "digest", "group", "submitter", "worker", "attempts", "host")
+
+    def __init__(self, tid, rec, digest, group, submitter, host=0):
+        self.id = tid
+        self.rec = rec
+        self.digest = digest
+        self.group = group
+        self.submitter = submitter
+        self.worker = None
+        self.attempts = 0
+        self.host = host  # 0, or the host key the task is pinned to (shared-memory payload)
+
+
+class Outbox(P.Outbox):
+    """A peer's outbox that marks the peer for the next flush, so flushing costs O(peers with
+    output), not O(peers): 1,000 idle workers are free."""
+
+    __slots__ = ("key", "dirty")
+
+    def __init__(self, key, dirty: set):
+        super().__init__()
+        self.key = key
+        self.dirty = dirty
+
+    def add(self, hdr, body=P.EMPTY, packed=None):
+        if not self.parts:
+            self.dirty.add(self.key)
+        super().add(hdr, body, packed)
+
+    def add_record(self, rec):
+        if not self.parts:
+            self.dirty.add(self.key)
+        super().add_record(rec)
+
+
+class Peer:
+    """A connected process: a worker, the origin, a sub-broker, or the upstream of a sub-broker."""
+
+    __slots__ = ("uid", "index", "name", "host", "host_key", "pid", "role", "credit", "assigned",
+                 "have", "load", "out", "cout", "retiring", "last_steal")
+
+    def __init__(self, uid, index, info: dict, dirty: set):
+        self.uid = uid
+        self.index = index
+        self.name = str(info.get("name") or f"w{index}")
+        self.host = str(info.get("host", "?"))
+        self.host_key = int(info.get("host_key", 0)) & 0xFFFFFFFFFFFFFFFF
+        self.pid = info.get("pid", 0)
+        self.role = info.get("role", "worker")
+        self.credit = 0
+        self.assigned: dict[int, Task] = {}
+        self.have: set[bytes] = set()
+        self.load: dict = {}
+        self.out = Outbox((uid, 0), dirty)
+        self.cout = Outbox((uid, 1), dirty)
+        self.retiring = False
+        self.last_steal = 0.0
+
+    @property
+    def takes_tasks(self) -> bool:
+        return self.role in TARGETS
+
+
+TARGETS = ("worker", "broker")  # peers that take tasks: workers and sub-brokers
+
+
+def _load(p):
+    return len(p.assigned)
+
+
+class Scheduler:
+    def __init__(self, upstream: Peer | None = None, log=None, unlink=None):
+        self.dirty: set = set()
+        self.peers: dict[bytes, Peer] = {}
+        self.tasks: dict[int, Task] = {}
+        self.queue: deque[Task] = deque()
+        self.blobs: dict[bytes, P.Record] = {}
+        self.waiting_blob: dict[bytes, list] = {}  # tasks that arrived before their function
+        self.consts: list[P.Record] = []
+        self.const_names: set[str] = set()
+        self.interrupted: set[int] = set()
+        self.next_index = 1
+        self.origin: Peer | None = None
+        # a sub-broker: tasks its workers submit go up to the root, which alone schedules
+        self.upstream = upstream
+        self.local_submitted: dict[int, Peer] = {}
+        self.global_size = 0
+        self.done_total = 0
+        self.lost_workers = 0
+        self.size_due = False
+        self.log = log or (lambda msg: None)
+        self.unlink = unlink or (lambda seg: None)  # frees shared memory of records it drops
+        self.on_event = lambda kind, **data: None
+
+    # ---- membership --------------------------------------------------------------------------
+    def join(self, uid: bytes, info: dict) -> Peer | None:
+        if uid in self.peers:
+            return None
+        peer = Peer(uid, self.next_index, info, self.dirty)
+        self.next_index += 1
+        self.peers[uid] = peer
+        if peer.role == "origin":
+            self.origin = peer
+        welcome = {"index": peer.index, "size": self.size(), "hosts": self.hosts(), "name": peer.name}
+        peer.out.add(P.WELCOME, json.dumps(welcome).encode())
+        for rec in self.consts:
+            peer.out.add_record(rec)
+        if peer.takes_tasks:
+            self.size_due = True
+            origin = self.origin
+            if origin is not None and origin.uid in self.peers:
+                # the origin waits for joins (cluster start): it hears of each one at once
+                origin.out.add(self._size_record())
+        self.on_event("joined", worker=peer)
+        return peer
+
+    def leave(self, peer: Peer, why: str):
+        """A peer is gone: ``why`` is "left" or "retired" (it said goodbye) or the cause of its loss."""
+        if self.peers.pop(peer.uid, None) is None:
+            return
+        graceful = why in ("left", "retired")
+        if not graceful and peer.takes_tasks:
+            self.lost_workers += 1
+            self.log(f"worker {peer.name} ({peer.host}, pid {peer.pid}) {why}; "
+                     f"re-dispatching {len(peer.assigned)} task(s)")
+        for task in sorted(peer.assigned.values(), key=lambda t: t.id, reverse=True):
+            task.worker = None
+            task.attempts += 0 if graceful else 1
+            if task.attempts >= MAX_ATTEMPTS:
+                self.fail(task, f"task was lost with {task.attempts} workers that died while running it "
+                                f"(last: worker {peer.name} on {peer.host}, pid {peer.pid}, {why})")
+            else:
+                self.queue.appendleft(task)
+        peer.assigned.clear()
+        # tasks this peer submitted have nobody to report to: forget them
+        for t in [t for t in self.tasks.values() if t.submitter is peer]:
+            del self.tasks[t.id]
+            if t.worker is not None:
+                t.worker.assigned.pop(t.id, None)
+        for tid in [tid for tid, p in self.local_submitted.items() if p is peer]:
+            del self.local_submitted[tid]
+        if peer.takes_tasks:
+            self.size_due = True
+        self.on_event("left", worker=peer, reason=why)
+
+    def alive(self, peer) -> bool:
+        return peer is self.upstream or peer.uid in self.peers
+
+    def size(self) -> int:
+        """Workers in the whole cluster, those behind sub-brokers included."""
+        if self.upstream is not None:
+            return self.global_size
+        return sum(1 if p.role == "worker" else len(p.load.get("workers", ()))
+                   for p in self.peers.values() if p.takes_tasks)
+
+    def hosts(self) -> int:
+        keys = {p.host_key for p in self.peers.values() if p.role in ("worker", "origin")}
+        for p in self.peers.values():
+            if p.role == "broker":
+                keys.update(w.get("host_key", 0) for w in p.load.get("workers", ()))
+        return max(1, len(keys))
+
+    def _size_record(self) -> bytes:
+        return P.SIZE_HEADER.pack(P.SIZE, self.size(), self.hosts())
+
+    def send_size(self):
+        self.size_due = False
+        hdr = self._size_record()
+        for p in self.peers.values():
+            p.out.add(hdr)
+
+    def set_load(self, peer: Peer, load: dict):
+        if peer.role == "broker" and len(load.get("workers", ())) != len(peer.load.get("workers", ())):
+            self.size_due = True
+        peer.load = load
+
+    # ---- tasks -------------------------------------------------------------------------------
+    def submit(self, peer: Peer, rec: P.Record):
+        _, tid, group, d, host, flags = P.TASK_HEADER.unpack(rec.hdr)
+        if tid in self.tasks or group in self.interrupted:
+            return
+        if self.upstream is not None and peer is not self.upstream:
+            self.local_submitted[tid] = peer
+            self.upstream.out.add_record(rec)
+            return
+        task = Task(tid, rec, d, group, peer, host if flags & P.PINNED else 0)
+        self.tasks[tid] = task
+        self.queue.append(task)
+
+    def blob(self, peer: Peer, rec: P.Record):
+        d = P.blob_digest(rec.hdr)
+        self.blobs[d] = rec
+        if self.upstream is not None and peer is not self.upstream:
+            self.upstream.out.add_record(rec)
+        parked = self.waiting_blob.pop(d, None)
+        if parked:
+            self.queue.extendleft(reversed(parked))
+
+    def credit(self, peer: Peer, n: int):
+        if peer.retiring:
+            return
+        peer.credit += n
+        if self.upstream is not None:
+            self.upstream.out.add(P.COUNT.pack(P.CREDIT, n))
+
+    def result(self, rec: P.Record):
+        """The first result for a task id goes to its submitter; a duplicate, cancelled or
+        orphaned one is dropped: exactly once."""
+        tid = P.task_id(rec.hdr)
+        task = self.tasks.pop(tid, None)
+        if task is None:
+            sub = self.local_submitted.pop(tid, None)  # a sub-broker: the root's answer
+            if sub is not None and sub.uid in self.peers:
+                sub.out.add_record(rec)
+            else:
+                self.drop(rec)
+            return
+        w = task.worker
+        if w is not None:
+            w.assigned.pop(tid, None)
+        if rec.hdr[:1] == P.RESULT:
+            self.done_total += P.RESULT_HEADER.unpack(rec.hdr)[3]
+        self.free(task)
+        if self.alive(task.submitter):
+            task.submitter.out.add_record(rec)
+        else:
+            self.drop(rec)
+
+    def fail(self, task: Task, reason: str):
+        self.tasks.pop(task.id, None)
+        self.free(task)
+        if self.alive(task.submitter):
+            task.submitter.out.add(P.TID.pack(P.FAIL, task.id), reason.encode())
+
+    def free(self, task: Task):
+        """A finished task's record is gone for good: its argument segments are its submitter's
+        to free (it does when the future completes), nothing to do here but let go."""
+        task.rec = None
+
+    def drop(self, rec: P.Record):
+        """A record nobody will receive: free the shared memory it names."""
+        for kind, _size, key in rec.refs:
+            if kind & P.REF_SHM:
+                self.unlink(key)
+
+    def release(self, peer: Peer, tid: int):
+        task = self.tasks.get(tid)
+        if task is not None and task.worker is peer:
+            peer.assigned.pop(tid, None)
+            task.worker = None
+            self.queue.appendleft(task)
+
+    def cancel(self, peer: Peer, hdr: bytes):
+        """A submitter cancels a task: done at once if still queued; a task a worker holds is
+        for that worker to decide (it may not have started it)."""
+        tid = P.task_id(hdr)
+        if self.upstream is not None and self.local_submitted.get(tid) is peer:
+            self.upstream.out.add(hdr)
+            return
+        task = self.tasks.get(tid)
+        if task is not None and task.worker is not None and task.submitter is peer:
+            task.worker.cout.add(P.TID.pack(P.CANCEL, tid))
+            return
+        ok = task is not None and task.worker is None and task.submitter is peer
+        if ok:
+            del self.tasks[tid]  # left in the queue; skipped when popped
+        peer.out.add(P.answer(hdr, ok))
+
+    def cancel_answer(self, peer: Peer, hdr: bytes):
+        """A worker's answer to a forwarded cancel."""
+        tid = P.task_id(hdr)
+        task = self.tasks.get(tid)
+        ok = P.answer_of(hdr, 0) == 1 and task is not None and task.worker is peer
+        if ok:
+            del self.tasks[tid]
+            peer.assigned.pop(tid, None)
+        if task is not None and self.alive(task.submitter):
+            box = task.submitter.cout if task.submitter is self.upstream else task.submitter.out
+            box.add(P.answer(hdr, ok))
+
+    def ask(self, peer: Peer, hdr: bytes):
+        tid = P.task_id(hdr)
+        if self.upstream is not None and self.local_submitted.get(tid) is peer:
+            self.upstream.out.add(hdr)
+            return
+        task = self.tasks.get(tid)
+        peer.out.add(P.answer(hdr, 2 if task is None else 0 if task.worker is None else 1))
+
+    def const(self, peer: Peer, rec: P.Record):
+        name = P.const_name(rec.hdr)
+        if name in self.const_names:
+            return
+        self.const_names.add(name)
+        self.consts.append(rec)
+        if self.upstream is not None and peer is not self.upstream:
+            self.upstream.out.add_record(rec)
+        for p in self.peers.values():
+            if p is not peer:
+                p.out.add_record(rec)
+        self.on_event("const", name=name)
+
+    def output(self, rec: P.Record):
+        """Task output goes to the origin (through the root, in a federation)."""
+        if self.upstream is not None:
+            self.upstream.out.add_record(rec)
+        elif self.origin is not None and self.origin.uid in self.peers:
+            self.origin.out.add_record(rec)
+
+    def interrupt(self, group: int):
+        self.interrupted.add(group)
+        for tid, task in list(self.tasks.items()):
+            if task.group == group:
+                del self.tasks[tid]
+                if task.worker is not None:
+                    task.worker.assigned.pop(tid, None)
+        hdr = P.GROUP.pack(P.INTERRUPT, group)
+        for p in self.peers.values():
+            if p.takes_tasks:
+                p.cout.add(hdr)
+
+    def retire(self, index: int):
+        for p in self.peers.values():
+            if p.index == index and p.takes_tasks:
+                p.retiring = True
+                p.credit = 0
+                p.out.add(P.RETIRE)
+
+    # ---- dispatch ----------------------------------------------------------------------------
+    def dispatch(self):
+        workers = [p for p in self.peers.values() if p.credit > 0 and p.takes_tasks]
+        queue, tasks, blobs = self.queue, self.tasks, self.blobs
+        while queue and workers:
+            # least loaded first, a fair share each: spreads a burst evenly in O(workers + tasks)
+            workers.sort(key=_load)
+            before = len(queue)
+            sent = 0
+            for k, w in enumerate(workers):
+                take = min(w.credit, -(-len(queue) // (len(workers) - k)))  # share of what is left
+                out = w.out
+                skipped = []
+                while take and queue:
+                    task = queue.popleft()
+                    if tasks.get(task.id) is not task or task.worker is not None:
+                        continue  # cancelled, interrupted or already done
+                    if task.host and task.host != w.host_key:
+                        skipped.append(task)  # its payload is in another host's memory
+                        continue
+                    d = task.digest
+                    if d not in w.have:
+                        blob = blobs.get(d)
+                        if blob is None:
+                            # its function is on its way on the submitter's other socket
+                            self.waiting_blob.setdefault(d, []).append(task)
+                            continue
+                        w.have.add(d)
+                        out.add_record(blob)
+                    out.add_record(task.rec)
+                    task.worker = w
+                    w.assigned[task.id] = task
+                    w.credit -= 1
+                    take -= 1
+                    sent += 1
+                if skipped:  # back in front at once: the next workers may be on their host
+                    queue.extendleft(reversed(skipped))
+                if not queue:
+                    break
+            if not sent and len(queue) == before:
+                break  # what is left waits for a worker of its host
+            workers = [w for w in workers if w.credit > 0]
+
+    def steal(self, now: float):
+        """An idle worker while another holds unstarted tasks: ask for them back (all but the
+        one it runs, up to what the idle workers can take), so a burst prefetched by one worker
+        does not run serially and short tasks do not wait behind a long one."""
+        idle = [p for p in self.peers.values() if p.takes_tasks and p.credit > 0 and not p.assigned]
+        if not idle:
+            return
+        room = sum(p.credit for p in idle)
+        hosts = {p.host_key for p in idle}
+        for victim in sorted((p for p in self.peers.values() if p.takes_tasks and len(p.assigned) >= 2),
+                             key=_load, reverse=True):
+            if now - victim.last_steal <= STEAL_EVERY:
+                continue
+            n = min(room, len(victim.assigned) - 1)
+            if victim.host_key not in hosts:
+                # its pinned tasks run on its host only: no idle worker here could take them
+                n = sum(1 for _ in islice((t for t in victim.assigned.values() if not t.host), n))
+                if not n:
+                    continue
+            victim.last_steal = now
+            victim.cout.add(P.COUNT.pack(P.STEAL, n))
+            room -= n
+            if room <= 0:
+                break
+
+    # ---- meta ----------------------------------------------------------------------------------
+    def peer_info(self, p: Peer) -> dict:
+        load = p.load
+        running = load.get("running", 0)
+        return {"id": str(p.index), "name": p.name, "host": p.host, "pid": p.pid, "host_key": p.host_key,
+                "role": p.role, "state": "busy" if (running or p.assigned) and p.role == "worker" else "idle",
+                "queued": load.get("queued", 0), "running": running, "blocked": load.get("blocked", 0),
+                "assigned": len(p.assigned), "done": load.get("done", 0),
+                "cpu": load.get("cpu", 0.0), "mem": load.get("mem", 0), "retiring": p.retiring}
+
+    def workers_info(self) -> list[dict]:
+        workers = []
+        for p in self.peers.values():
+            if p.role == "worker":
+                workers.append(self.peer_info(p))
+            elif p.role == "broker":  # a sub-broker reports the workers behind it
+                workers.extend(dict(w, via=p.index) for w in p.load.get("workers", ()))
+        return workers
+
+    def now(self) -> float:
+        return time.monotonic()

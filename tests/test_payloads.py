@@ -1,0 +1,137 @@
+"""numpy-scale payloads through a real cluster: out-of-band buffers, shared memory on one
+host, big shared constants, and a clean /dev/shm whatever ends (issue: data path)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from scoop import _shm, futures, shared
+
+import tasklib as T
+from conftest import PROGRAMS, ROOT, origin_cluster, wait_idle
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    yield from origin_cluster(2)
+
+
+ARRAYS = {
+    "f8 C": lambda: np.arange(300_000, dtype="f8"),
+    "i4 F": lambda: np.asfortranarray(np.arange(600_000, dtype="i4").reshape(600, 1000)),
+    "strided": lambda: np.arange(1_000_000, dtype="f4")[::3],
+    "bool": lambda: np.arange(2_000_000) % 3 == 0,
+    "complex": lambda: np.arange(200_000) * (1 + 2j),
+    "datetime": lambda: np.arange(200_000).astype("datetime64[s]"),
+    "structured": lambda: np.zeros(100_000, dtype=[("x", "f8"), ("n", "i2")]),
+    "object": lambda: np.array([{"k": i} for i in range(1000)], dtype=object),
+    "empty": lambda: np.zeros((0, 7)),
+    "scalar": lambda: np.array(3.5),
+    "small": lambda: np.arange(10),
+    "big": lambda: np.ones(8 << 20, dtype="u1"),
+}
+
+
+@pytest.mark.parametrize("kind", list(ARRAYS))
+def test_arrays_of_every_kind_cross_both_ways_intact(cluster, kind):
+    a = ARRAYS[kind]()
+    back = futures.submit(T.same, a)
+    futures.wait([back], timeout=60)  # a wait with a timeout: through a worker, not in place
+    b = back.result()
+    assert b.dtype == a.dtype and b.shape == a.shape
+    assert np.array_equal(a, b) if a.dtype != object else list(a) == list(b)
+    assert list(futures.map(T.same, [a]))[0].shape == a.shape
+
+
+def test_large_arguments_and_results_are_views_not_copies(cluster):
+    a = np.arange(4 << 20, dtype="f8")  # 32 MB
+    checksum, shape, dtype, owns, writable = futures.submit(T.describe_array, a).result(timeout=60) \
+        if False else list(futures.map(T.describe_array, [a]))[0]
+    assert checksum == float(a.sum()) and shape == a.shape
+    assert not owns, "the worker copied the argument out of its frame or segment"
+    r = list(futures.map(T.make_array, [4 << 20]))[0]
+    assert not r.flags.owndata and r.flags.writeable and r[-1] == (4 << 20) - 1
+    r[0] = 42.0  # a copy-on-write mapping: writable here, nobody else affected
+
+
+def test_shared_memory_is_freed_as_results_are_taken(cluster):
+    wait_idle(cluster)
+    arrays = [np.full(1 << 18, k, dtype="f8") for k in range(20)]  # 2 MB each: shared memory
+    out = list(futures.map(T.same, arrays))
+    assert all(np.array_equal(x, y) for x, y in zip(arrays, out))
+    del out
+    deadline = time.monotonic() + 5
+    while _shm.leftovers(cluster.secret) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _shm.leftovers(cluster.secret) == []
+
+
+def test_a_big_shared_constant_is_held_once_per_host(cluster):
+    table = np.arange(4 << 20, dtype="f8")  # 32 MB
+    shared.setConst(big_table=table)
+    segments = _shm.leftovers(cluster.secret)
+    assert len(segments) == 1 and os.path.getsize(segments[0]) == table.nbytes
+    infos = [f.result(timeout=60) for f in [futures.submit(T.const_info, "big_table") for _ in range(6)]]
+    assert all(total == float(table.sum()) and not owns for total, owns in infos)
+
+
+def _cli_leaves_no_segment(kill, tmp_path):
+    """Runs a program moving big arrays, kills one of its processes, checks /dev/shm."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, PROGRAMS]))
+    before = set(os.listdir(_shm.DIR))
+    err = open(tmp_path / "stderr", "w+")
+    p = subprocess.Popen([sys.executable, "-m", "scoop", "-n", "2", "big_payloads.py"], cwd=PROGRAMS,
+                         env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        time.sleep(0.5)
+        kids = psutil.Process(p.pid).children(recursive=True)
+        err.seek(0)
+        assert all(k.status() != psutil.STATUS_ZOMBIE for k in kids), err.read()
+        kill(p, kids)
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    deadline = time.monotonic() + 15
+    left = []
+    while time.monotonic() < deadline:
+        left = [n for n in set(os.listdir(_shm.DIR)) - before if n.startswith("scoop-")]
+        alive = [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+        if not left and not alive:
+            break
+        time.sleep(0.2)
+    assert not left, f"left in /dev/shm: {left}"
+
+
+def _role(kids, role):
+    for k in kids:
+        try:
+            if k.name() == f"scoop-{role}" or f"scoop.{role}" in " ".join(k.cmdline()):
+                return k
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no {role} among {[k.cmdline() for k in kids]}")
+
+
+@pytest.mark.parametrize("victim", ["normal end", "origin", "worker", "broker"])
+def test_no_segment_survives_any_ending(victim, tmp_path, no_leak):
+    def kill(p, kids):
+        if victim == "normal end":
+            p.stdin = None
+            os.kill(p.pid, signal.SIGTERM)
+        elif victim == "origin":
+            os.kill(p.pid, signal.SIGKILL)
+        else:
+            os.kill(_role(kids, victim).pid, signal.SIGKILL)
+            time.sleep(1.0)
+            os.kill(p.pid, signal.SIGTERM)
+    _cli_leaves_no_segment(kill, tmp_path)

@@ -1,0 +1,765 @@
+"""The scheduling core driven directly: no sockets, no processes.
+
+Records are encoded with the protocol's own Outbox and parsed back, peers join by calling the
+core, and what the core would send is read from each peer's outboxes.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+
+from scoop import _protocol as P
+from scoop.scheduling import MAX_ATTEMPTS, STEAL_EVERY, Peer, Scheduler
+
+FN = P.digest(b"the function")
+FN2 = P.digest(b"another function")
+HOST = 1
+OTHER_HOST = 2
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def record(hdr, body=P.EMPTY, packed=None) -> P.Record:
+    """One record as the broker would receive it (header encoded by an Outbox, then parsed)."""
+    box = P.Outbox()
+    box.add(hdr, body, packed)
+    data, frames = box.take()
+    recs = P.parse(data, frames, start=0)
+    assert recs is not None and len(recs) == 1
+    return recs[0]
+
+
+def task_rec(tid, group=0, fn=FN, host=HOST, flags=0, args=(1,), kind=P.TASK, packed=None):
+    body = P.EMPTY if packed is not None else pickle.dumps((args, {}))
+    return record(P.TASK_HEADER.pack(kind, tid, group, fn, host, flags), body, packed)
+
+
+def blob_rec(fn=FN):
+    return record(P.BLOB_HEADER.pack(P.BLOB, fn), pickle.dumps("callable"))
+
+
+def result_rec(tid, inputs=1, value="done", packed=None):
+    hdr = P.RESULT_HEADER.pack(P.RESULT, tid, P.OK, inputs, 0.0, 0.0, b"w" * 12)
+    return record(hdr, P.EMPTY if packed is not None else pickle.dumps(value), packed)
+
+
+def sent(box) -> list[P.Record]:
+    """What an outbox holds, parsed back as records; the outbox is emptied."""
+    data, frames = box.take()
+    if not data:
+        return []
+    recs = P.parse(data, frames, start=0)
+    assert recs is not None, "the core queued a malformed message"
+    return recs
+
+
+def types(recs) -> list[bytes]:
+    return [r.type for r in recs]
+
+
+def task_ids(recs) -> list[int]:
+    return [P.TASK_HEADER.unpack(r.hdr)[1] for r in recs if r.type in (P.TASK, P.CHUNK)]
+
+
+def tids(recs, kind) -> list[int]:
+    return [P.ID.unpack_from(r.hdr, 1)[0] for r in recs if r.type == kind]
+
+
+def drain(*peers):
+    for p in peers:
+        p.out.take()
+        p.cout.take()
+
+
+class Cluster:
+    """A scheduling core with an origin that already sent its function."""
+
+    def __init__(self, upstream=None):
+        self.unlinked: list[bytes] = []
+        self.core = Scheduler(upstream, unlink=self.unlinked.append)
+        self.origin = self.core.join(b"origin", {"name": "origin", "host": "h1", "host_key": HOST,
+                                                 "role": "origin"})
+        self.n = 0
+
+    def worker(self, credit=0, host_key=HOST, name=None):
+        self.n += 1
+        name = name or f"w{self.n}"
+        w = self.core.join(name.encode(), {"name": name, "host": f"h{host_key}", "host_key": host_key,
+                                           "pid": 1000 + self.n, "role": "worker"})
+        assert w is not None
+        if credit:
+            self.core.credit(w, credit)
+        return w
+
+    def submit(self, *tids, peer=None, blob=True, **kw):
+        peer = peer or self.origin
+        if blob:
+            self.core.blob(peer, blob_rec(kw.get("fn", FN)))
+        for tid in tids:
+            self.core.submit(peer, task_rec(tid, **kw))
+
+
+@pytest.fixture
+def c():
+    return Cluster()
+
+
+# ---- membership ----------------------------------------------------------------------------------
+def test_join_welcomes_and_tells_the_origin(c):
+    drain(c.origin)
+    w = c.worker()
+    welcome = sent(w.out)
+    assert types(welcome) == [P.WELCOME]
+    info = json.loads(bytes(welcome[0].body))
+    assert info["index"] == w.index and info["size"] == 1 and info["name"] == "w1"
+    sizes = [r for r in sent(c.origin.out) if r.type == P.SIZE]
+    assert [P.SIZE_HEADER.unpack(r.hdr)[1:] for r in sizes] == [(1, 1)]
+    assert c.core.join(b"w1", {"role": "worker"}) is None  # a uid joins once
+    assert c.core.size() == 1
+
+
+# ---- dispatch ------------------------------------------------------------------------------------
+def test_burst_spreads_evenly():
+    c = Cluster()
+    ws = [c.worker(credit=100) for _ in range(4)]
+    c.submit(*range(1, 21))
+    c.core.dispatch()
+    counts = [len(task_ids(sent(w.out))) for w in ws]
+    assert counts == [5, 5, 5, 5]
+    assert all(len(w.assigned) == 5 and w.credit == 95 for w in ws)
+    assert not c.core.queue
+
+
+@pytest.mark.parametrize("workers, tasks", [(3, 7), (10, 11), (4, 5), (5, 3)])
+def test_uneven_burst_differs_by_at_most_one(workers, tasks):
+    """No worker is left with nothing while another holds two: that would only make the core
+    steal them back at once."""
+    c = Cluster()
+    ws = [c.worker(credit=100) for _ in range(workers)]
+    c.submit(*range(1, tasks + 1))
+    c.core.dispatch()
+    counts = sorted(len(w.assigned) for w in ws)
+    assert sum(counts) == tasks and counts[-1] - counts[0] <= 1, counts
+    c.core.steal(100.0)
+    assert not any(steals(w) for w in ws)
+
+
+def test_credit_bounds_dispatch_and_the_rest_waits(c):
+    w1, w2 = c.worker(credit=1), c.worker(credit=2)
+    c.submit(*range(1, 11))
+    c.core.dispatch()
+    assert len(w1.assigned) == 1 and len(w2.assigned) == 2
+    assert w1.credit == w2.credit == 0
+    assert len(c.core.queue) == 7
+    c.core.credit(w1, 3)
+    c.core.dispatch()
+    assert len(w1.assigned) == 4 and len(c.core.queue) == 4
+
+
+def test_least_loaded_worker_first(c):
+    w1, w2 = c.worker(credit=10), c.worker(credit=10)
+    c.submit(1, 2)
+    c.core.dispatch()
+    assert len(w1.assigned) == len(w2.assigned) == 1
+    c.core.result(result_rec(1))  # w1's task is done: w1 is now the less loaded
+    c.submit(3, blob=False)
+    c.core.dispatch()
+    assert 3 in w1.assigned and 3 not in w2.assigned
+
+
+def test_tasks_go_out_in_submission_order(c):
+    w = c.worker(credit=10)
+    c.submit(5, 3, 9, 1)
+    c.core.dispatch()
+    assert task_ids(sent(w.out)) == [5, 3, 9, 1]
+
+
+def test_task_record_is_forwarded_unchanged(c):
+    w = c.worker(credit=1)
+    rec = task_rec(7, group=3, args=("x" * 100,))
+    c.core.blob(c.origin, blob_rec())
+    c.core.submit(c.origin, rec)
+    c.core.dispatch()
+    out = [r for r in sent(w.out) if r.type == P.TASK]
+    assert len(out) == 1 and bytes(out[0].raw) == bytes(rec.raw)
+    assert pickle.loads(out[0].body) == (("x" * 100,), {})
+
+
+def test_chunk_records_are_scheduled_like_tasks(c):
+    w = c.worker(credit=1)
+    c.submit(4, kind=P.CHUNK)
+    c.core.dispatch()
+    assert types(sent(w.out))[-1] == P.CHUNK and 4 in w.assigned
+
+
+def test_task_with_payload_frames_keeps_them(c):
+    w = c.worker(credit=1)
+    packed = P.pack(((b"\x01" * (P.OOB_MIN + 5),), {}))
+    assert packed.frames
+    c.submit(8, packed=packed)
+    c.core.dispatch()
+    out = [r for r in sent(w.out) if r.type == P.TASK]
+    assert len(out[0].frames) == len(packed.frames)
+    assert P.unpack(out[0]) == ((b"\x01" * (P.OOB_MIN + 5),), {})
+
+
+# ---- functions (BLOB) ----------------------------------------------------------------------------
+def test_blob_shipped_once_per_worker_before_its_first_task(c):
+    w1, w2 = c.worker(credit=10), c.worker(credit=10)
+    c.submit(1, 2, 3, 4)
+    c.core.dispatch()
+    for w in (w1, w2):
+        recs = sent(w.out)
+        assert types(recs) == [P.WELCOME, P.BLOB, P.TASK, P.TASK]
+        assert bytes(recs[1].hdr[1:17]) == FN
+    c.submit(5, 6, blob=False)
+    c.core.dispatch()
+    for w in (w1, w2):
+        assert types(sent(w.out)) == [P.TASK]  # it has the function already
+
+
+def test_each_function_shipped_to_a_worker_once(c):
+    w = c.worker(credit=10)
+    c.submit(1, 2)
+    c.submit(3, 4, fn=FN2)
+    c.core.dispatch()
+    recs = sent(w.out)
+    assert types(recs) == [P.WELCOME, P.BLOB, P.TASK, P.TASK, P.BLOB, P.TASK, P.TASK]
+    assert [bytes(r.hdr[1:17]) for r in recs if r.type == P.BLOB] == [FN, FN2]
+
+
+def test_task_waits_for_its_blob_then_goes_in_order(c):
+    w = c.worker(credit=10)
+    drain(w)
+    c.submit(1, 2, blob=False)
+    c.core.dispatch()
+    assert sent(w.out) == [] and w.credit == 10 and not w.assigned
+    c.submit(3, blob=False)
+    c.core.blob(c.origin, blob_rec())
+    c.core.dispatch()
+    recs = sent(w.out)
+    assert types(recs) == [P.BLOB, P.TASK, P.TASK, P.TASK]
+    assert task_ids(recs) == [1, 2, 3]
+    assert w.credit == 7 and not c.core.waiting_blob
+
+
+# ---- results -------------------------------------------------------------------------------------
+def test_result_reaches_its_submitter_exactly_once(c):
+    w = c.worker(credit=5)
+    c.submit(1)
+    c.core.dispatch()
+    drain(c.origin)
+    c.core.result(result_rec(1, inputs=3, value=42))
+    recs = sent(c.origin.out)
+    assert types(recs) == [P.RESULT] and pickle.loads(recs[0].body) == 42
+    assert not w.assigned and 1 not in c.core.tasks and c.core.done_total == 3
+    c.core.result(result_rec(1, value=43))  # a duplicate (e.g. a re-dispatched copy finished too)
+    assert sent(c.origin.out) == [] and c.core.done_total == 3
+
+
+def test_result_goes_to_the_worker_that_submitted(c):
+    w1, w2 = c.worker(credit=1), c.worker(credit=0)
+    drain(w1, w2, c.origin)
+    c.submit(11, peer=w2)
+    c.core.dispatch()
+    assert 11 in w1.assigned
+    c.core.result(result_rec(11))
+    assert types(sent(w2.out)) == [P.RESULT]
+    assert sent(c.origin.out) == []
+
+
+def test_dropped_results_unlink_their_shared_memory(c):
+    w = c.worker(credit=5)
+    c.submit(1)
+    c.core.dispatch()
+    c.core.result(result_rec(1))
+    seg = b"S" * 16
+    shm_result = record(P.RESULT_HEADER.pack(P.RESULT, 1, P.OK, 1, 0.0, 0.0, b"w" * 12),
+                        packed=P.Packed(P.EMPTY, [(P.REF_SHM, 4 << 20, seg)]))
+    c.core.result(shm_result)  # duplicate: nobody receives it, its segment must go
+    assert c.unlinked == [seg]
+    c.core.result(record(P.RESULT_HEADER.pack(P.RESULT, 999, P.OK, 1, 0.0, 0.0, b"w" * 12),
+                         packed=P.Packed(P.EMPTY, [(P.REF_SHM | P.REF_BODY, 2 << 20, b"T" * 16)])))
+    assert c.unlinked == [seg, b"T" * 16]  # unknown task id
+    assert not w.assigned
+
+
+def test_result_of_a_gone_submitter_is_dropped(c):
+    w1, w2 = c.worker(credit=1), c.worker()
+    c.submit(1, peer=w2)
+    c.core.dispatch()
+    c.core.leave(w2, "left")
+    assert 1 not in c.core.tasks  # nobody to report to
+    seg = b"U" * 16
+    c.core.result(record(P.RESULT_HEADER.pack(P.RESULT, 1, P.OK, 1, 0.0, 0.0, b"w" * 12),
+                         packed=P.Packed(P.EMPTY, [(P.REF_SHM, 2 << 20, seg)])))
+    assert c.unlinked == [seg]
+    assert not w1.assigned
+
+
+def test_fail_record_from_a_worker_is_routed_like_a_result(c):
+    c.worker(credit=1)
+    c.submit(1)
+    c.core.dispatch()
+    drain(c.origin)
+    c.core.result(record(P.TID.pack(P.FAIL, 1), b"cannot run"))
+    recs = sent(c.origin.out)
+    assert types(recs) == [P.FAIL] and bytes(recs[0].body) == b"cannot run"
+    assert c.core.done_total == 0
+
+
+# ---- losses --------------------------------------------------------------------------------------
+def test_lost_worker_tasks_are_dispatched_elsewhere(c):
+    w1 = c.worker(credit=10)
+    c.submit(1, 2, 3)
+    c.core.dispatch()
+    assert set(w1.assigned) == {1, 2, 3}
+    w2 = c.worker(credit=10)
+    drain(w2)
+    c.core.leave(w1, "lost (its connection dropped)")
+    assert c.core.lost_workers == 1
+    assert [t.id for t in c.core.queue] == [1, 2, 3]  # at the front, in order
+    assert all(c.core.tasks[t].attempts == 1 for t in (1, 2, 3))
+    c.core.dispatch()
+    recs = sent(w2.out)
+    assert types(recs) == [P.BLOB, P.TASK, P.TASK, P.TASK] and task_ids(recs) == [1, 2, 3]
+    assert not c.core.alive(w1)
+
+
+def test_lost_tasks_go_before_newer_ones(c):
+    w1 = c.worker(credit=2)
+    c.submit(1, 2, 3, 4)
+    c.core.dispatch()
+    c.core.leave(w1, "lost")
+    w2 = c.worker(credit=10)
+    c.core.dispatch()
+    assert task_ids(sent(w2.out)) == [1, 2, 3, 4]
+
+
+def test_task_fails_after_max_attempts(c):
+    drain(c.origin)
+    c.submit(1)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        w = c.worker(credit=1)
+        c.core.dispatch()
+        assert 1 in w.assigned, attempt
+        c.core.leave(w, "lost (its connection dropped)")
+    assert 1 not in c.core.tasks and not c.core.queue
+    fails = [r for r in sent(c.origin.out) if r.type == P.FAIL]
+    assert tids(fails, P.FAIL) == [1]
+    reason = bytes(fails[0].body).decode()
+    assert f"{MAX_ATTEMPTS} workers" in reason and "w3" in reason
+    assert c.core.lost_workers == MAX_ATTEMPTS
+    w = c.worker(credit=1)
+    c.core.dispatch()
+    assert not w.assigned
+
+
+@pytest.mark.parametrize("why", ["left", "retired"])
+def test_graceful_leave_counts_no_attempt(c, why):
+    for _ in range(MAX_ATTEMPTS + 1):
+        w = c.worker(credit=1)
+        if not c.core.tasks:
+            c.submit(1)
+        c.core.dispatch()
+        assert 1 in w.assigned
+        c.core.leave(w, why)
+        assert c.core.tasks[1].attempts == 0
+    assert c.core.lost_workers == 0
+    assert [t.id for t in c.core.queue] == [1]
+
+
+def test_losing_the_origin_counts_no_lost_worker(c):
+    c.core.leave(c.origin, "lost")
+    assert c.core.lost_workers == 0
+
+
+def test_leave_twice_is_harmless(c):
+    w = c.worker(credit=1)
+    c.submit(1)
+    c.core.dispatch()
+    c.core.leave(w, "lost")
+    c.core.leave(w, "lost")
+    assert c.core.lost_workers == 1 and c.core.tasks[1].attempts == 1
+
+
+# ---- stealing ------------------------------------------------------------------------------------
+def steals(peer):
+    return [P.COUNT.unpack(r.hdr)[1] for r in sent(peer.cout) if r.type == P.STEAL]
+
+
+def test_idle_worker_makes_the_core_steal_all_but_one():
+    c = Cluster()
+    busy = c.worker(credit=5)
+    c.submit(*range(1, 6))
+    c.core.dispatch()
+    assert len(busy.assigned) == 5
+    c.worker(credit=10)
+    c.core.steal(100.0)
+    assert steals(busy) == [4]
+
+
+def test_steal_bounded_by_idle_credit():
+    c = Cluster()
+    busy = c.worker(credit=8)
+    c.submit(*range(1, 9))
+    c.core.dispatch()
+    c.worker(credit=1)
+    c.worker(credit=2)
+    c.core.steal(100.0)
+    assert steals(busy) == [3]
+
+
+def test_steal_is_rate_limited():
+    c = Cluster()
+    busy = c.worker(credit=5)
+    c.submit(*range(1, 6))
+    c.core.dispatch()
+    c.worker(credit=10)
+    c.core.steal(100.0)
+    assert steals(busy) == [4]
+    c.core.steal(100.0 + STEAL_EVERY / 2)
+    assert steals(busy) == []
+    c.core.steal(100.0 + STEAL_EVERY * 2)
+    assert steals(busy) == [4]
+
+
+def test_no_steal_without_an_idle_worker_or_a_victim():
+    c = Cluster()
+    w1 = c.worker(credit=1)
+    c.submit(1)
+    c.core.dispatch()
+    w2 = c.worker(credit=3)
+    c.core.steal(100.0)  # w1 holds a single task: nothing to take back
+    assert steals(w1) == [] and steals(w2) == []
+    c.submit(2, 3, blob=False)
+    c.core.credit(w1, 2)
+    c.core.dispatch()
+    assert w2.assigned  # no idle worker left
+    c.core.steal(100.0)
+    assert steals(w1) == [] and steals(w2) == []
+    w3 = c.worker()  # idle, but no credit: it cannot take anything
+    c.core.steal(100.0)
+    assert steals(w1) == steals(w2) == steals(w3) == []
+
+
+def test_busiest_victim_first():
+    c = Cluster()
+    a = c.worker(credit=3)
+    b = c.worker(credit=6)
+    c.submit(*range(1, 10))
+    c.core.dispatch()
+    assert len(a.assigned) == 3 and len(b.assigned) == 6
+    c.worker(credit=5)
+    c.core.steal(100.0)
+    assert steals(b) == [5] and steals(a) == []
+
+
+def test_released_tasks_go_back_to_the_queue_front(c):
+    w1 = c.worker(credit=4)
+    c.submit(1, 2, 3, 4, 5, 6)
+    c.core.dispatch()
+    assert set(w1.assigned) == {1, 2, 3, 4}
+    c.core.release(w1, 4)
+    c.core.release(w1, 3)
+    assert [t.id for t in c.core.queue] == [3, 4, 5, 6]
+    assert set(w1.assigned) == {1, 2}
+    w2 = c.worker(credit=4)
+    drain(w2)
+    c.core.dispatch()
+    assert task_ids(sent(w2.out)) == [3, 4, 5, 6]
+
+
+def test_release_by_a_peer_not_holding_the_task_is_ignored(c):
+    w1, w2 = c.worker(credit=1), c.worker()
+    c.submit(1)
+    c.core.dispatch()
+    c.core.release(w2, 1)
+    c.core.release(w1, 12345)
+    assert 1 in w1.assigned and not c.core.queue
+
+
+# ---- pinned tasks (payload in one host's shared memory) ------------------------------------------
+def test_pinned_task_only_goes_to_its_host(c):
+    other = c.worker(credit=5, host_key=OTHER_HOST)
+    c.submit(1, host=HOST, flags=P.PINNED)
+    c.submit(2, host=HOST, blob=False)  # same submitter host, not pinned
+    c.core.dispatch()
+    assert set(other.assigned) == {2}
+    assert [t.id for t in c.core.queue] == [1]  # waits for a worker on its host
+    local = c.worker(credit=1, host_key=HOST)
+    c.core.dispatch()
+    assert set(local.assigned) == {1} and not c.core.queue
+
+
+def test_pinned_task_reaches_a_busier_worker_of_its_host(c):
+    """A worker of another host, idle with credit, must not hide a pinned task from the
+    workers of its host that have credit too."""
+    local = c.worker(credit=5, host_key=HOST)
+    c.submit(1)
+    c.core.dispatch()
+    assert set(local.assigned) == {1}  # busier than the newcomer below
+    other = c.worker(credit=5, host_key=OTHER_HOST)
+    c.submit(2, host=HOST, flags=P.PINNED, blob=False)
+    for _ in range(3):
+        c.core.dispatch()
+    assert 2 in local.assigned and not other.assigned
+    assert not c.core.queue
+
+
+def test_pinned_tasks_keep_their_order_when_skipped(c):
+    other = c.worker(credit=10, host_key=OTHER_HOST)
+    c.submit(1, 2, 3, host=HOST, flags=P.PINNED)
+    c.core.dispatch()
+    assert not other.assigned and [t.id for t in c.core.queue] == [1, 2, 3]
+    local = c.worker(credit=10, host_key=HOST)
+    drain(local)
+    c.core.dispatch()
+    assert task_ids(sent(local.out)) == [1, 2, 3]
+
+
+# ---- cancel --------------------------------------------------------------------------------------
+def answers(peer, kind=P.CANCEL):
+    return [(P.ID.unpack_from(r.hdr, 1)[0], r.hdr[9:10]) for r in sent(peer.out) if r.type == kind]
+
+
+def test_cancel_queued_task(c):
+    drain(c.origin)
+    c.submit(1, 2)
+    c.core.cancel(c.origin, P.TID.pack(P.CANCEL, 1))
+    assert answers(c.origin) == [(1, b"\x01")]
+    w = c.worker(credit=5)
+    drain(w)
+    c.core.dispatch()
+    assert task_ids(sent(w.out)) == [2]
+    assert w.credit == 4  # the skipped task cost no credit
+
+
+def test_cancel_by_another_peer_or_of_an_unknown_task_fails(c):
+    w = c.worker()
+    drain(c.origin, w)
+    c.submit(1)
+    c.core.cancel(w, P.TID.pack(P.CANCEL, 1))
+    assert answers(w) == [(1, b"\x00")]
+    c.core.cancel(c.origin, P.TID.pack(P.CANCEL, 77))
+    assert answers(c.origin) == [(77, b"\x00")]
+    assert 1 in c.core.tasks
+
+
+def test_cancel_of_a_dispatched_task_goes_to_its_worker(c):
+    w = c.worker(credit=1)
+    c.submit(1)
+    c.core.dispatch()
+    drain(w, c.origin)
+    c.core.cancel(c.origin, P.TID.pack(P.CANCEL, 1))
+    assert sent(c.origin.out) == []  # the worker decides
+    assert [(P.ID.unpack_from(r.hdr, 1)[0]) for r in sent(w.cout) if r.type == P.CANCEL] == [1]
+    c.core.cancel_answer(w, P.TID.pack(P.CANCEL, 1) + b"\x01")
+    assert answers(c.origin) == [(1, b"\x01")]
+    assert 1 not in c.core.tasks and not w.assigned
+    c.core.result(result_rec(1))  # it raced the cancel: dropped
+    assert sent(c.origin.out) == []
+
+
+def test_refused_cancel_keeps_the_task(c):
+    w = c.worker(credit=1)
+    c.submit(1)
+    c.core.dispatch()
+    drain(c.origin)
+    c.core.cancel(c.origin, P.TID.pack(P.CANCEL, 1))
+    c.core.cancel_answer(w, P.TID.pack(P.CANCEL, 1) + b"\x00")  # already running
+    assert answers(c.origin) == [(1, b"\x00")]
+    c.core.result(result_rec(1))
+    assert types(sent(c.origin.out)) == [P.RESULT]
+
+
+def test_ask_reports_task_state(c):
+    w = c.worker()
+    drain(c.origin)
+    c.submit(1, 2)
+    c.core.credit(w, 1)
+    c.core.dispatch()
+    for tid in (1, 2, 3):
+        c.core.ask(c.origin, P.TID.pack(P.ASK, tid))
+    assert answers(c.origin, P.ASK) == [(1, b"\x01"), (2, b"\x00"), (3, b"\x02")]
+
+
+# ---- interrupt, retire ---------------------------------------------------------------------------
+def test_interrupt_drops_a_group_and_tells_every_worker(c):
+    w1, w2 = c.worker(credit=1), c.worker()
+    drain(c.origin, w1, w2)
+    c.submit(1, 2, group=5)
+    c.submit(3, group=6, blob=False)
+    c.core.dispatch()
+    assert set(w1.assigned) == {1}
+    c.core.interrupt(5)
+    assert set(c.core.tasks) == {3} and not w1.assigned
+    for w in (w1, w2):
+        recs = sent(w.cout)
+        assert [P.GROUP.unpack(r.hdr)[1] for r in recs if r.type == P.INTERRUPT] == [5]
+    assert sent(c.origin.cout) == []
+    c.core.credit(w2, 5)
+    c.core.dispatch()
+    assert task_ids(sent(w2.out)) == [3]
+    c.submit(4, group=5, blob=False)  # late task of an interrupted group
+    assert 4 not in c.core.tasks
+    c.core.result(result_rec(1))  # the interrupted task's result, if any, goes nowhere
+    assert sent(c.origin.out) == []
+
+
+def test_retire_stops_dispatch_to_a_worker(c):
+    w1, w2 = c.worker(credit=5), c.worker(credit=5)
+    drain(w1)
+    c.core.retire(w1.index)
+    assert w1.retiring and w1.credit == 0
+    assert types(sent(w1.out)) == [P.RETIRE]
+    c.core.credit(w1, 3)
+    assert w1.credit == 0
+    c.submit(1, 2, 3)
+    c.core.dispatch()
+    assert not w1.assigned and set(w2.assigned) == {1, 2, 3}
+    c.core.retire(c.origin.index)  # not a worker: nothing happens
+    assert not c.origin.retiring
+
+
+# ---- constants, output ---------------------------------------------------------------------------
+def test_consts_go_to_everyone_else_and_late_joiners(c):
+    w1 = c.worker()
+    drain(c.origin, w1)
+    rec = record(P.CONST + b"table", pickle.dumps([1, 2, 3]))
+    c.core.const(c.origin, rec)
+    assert sent(c.origin.out) == []
+    got = sent(w1.out)
+    assert types(got) == [P.CONST] and bytes(got[0].hdr[1:]) == b"table"
+    c.core.const(c.origin, record(P.CONST + b"table", pickle.dumps("again")))  # set once
+    assert sent(w1.out) == []
+    w2 = c.worker()
+    got = sent(w2.out)
+    assert types(got) == [P.WELCOME, P.CONST]
+    assert pickle.loads(got[1].body) == [1, 2, 3]
+
+
+def test_output_goes_to_the_origin(c):
+    w = c.worker()
+    drain(c.origin, w)
+    c.core.output(record(P.GROUP.pack(P.OUTPUT, 0), json.dumps(["w1", "stdout", "hi\n"]).encode()))
+    recs = sent(c.origin.out)
+    assert types(recs) == [P.OUTPUT] and json.loads(bytes(recs[0].body))[2] == "hi\n"
+    assert sent(w.out) == []
+
+
+def test_output_without_an_origin_is_dropped():
+    core = Scheduler()
+    core.output(record(P.GROUP.pack(P.OUTPUT, 0), b"[]"))  # nothing to raise
+
+
+# ---- sub-broker (federation) ---------------------------------------------------------------------
+@pytest.fixture
+def sub():
+    up = Peer(b"^", 0, {"role": "upstream", "host": "upstream"}, set())
+    s = Cluster(upstream=up)
+    s.up = up
+    return s
+
+
+def test_sub_broker_forwards_local_tasks_upstream_and_results_back(sub):
+    w = sub.worker(credit=2)
+    drain(w)
+    assert [P.COUNT.unpack(r.hdr)[1] for r in sent(sub.up.out) if r.type == P.CREDIT] == [2]
+    sub.submit(21, 22, peer=w)
+    recs = sent(sub.up.out)
+    assert types(recs) == [P.BLOB, P.TASK, P.TASK] and task_ids(recs) == [21, 22]
+    assert not sub.core.tasks and not sub.core.queue  # the root alone schedules them
+    sub.core.dispatch()
+    assert not w.assigned
+    sub.core.result(result_rec(21, value="from the root"))
+    got = sent(w.out)
+    assert types(got) == [P.RESULT] and pickle.loads(got[0].body) == "from the root"
+    sub.core.result(result_rec(21))  # once
+    assert sent(w.out) == []
+
+
+def test_sub_broker_runs_root_tasks_and_answers_upstream(sub):
+    w = sub.worker(credit=2)
+    drain(w)
+    sub.up.out.take()
+    sub.core.blob(sub.up, blob_rec())
+    sub.core.submit(sub.up, task_rec(31))
+    assert sent(sub.up.out) == []  # nothing echoed to the root
+    sub.core.dispatch()
+    assert task_ids(sent(w.out)) == [31]
+    sub.core.result(result_rec(31))
+    assert types(sent(sub.up.out)) == [P.RESULT]
+    assert not w.assigned and not sub.core.tasks
+
+
+def test_sub_broker_task_of_a_local_worker_comes_back_down(sub):
+    """The root may send a local worker's task back to this sub-broker: it runs here, the
+    result goes up, and the root's answer reaches the local submitter."""
+    w1, w2 = sub.worker(credit=1), sub.worker()
+    drain(w1, w2)
+    sub.submit(41, peer=w2)
+    forwarded = [r for r in sent(sub.up.out) if r.type == P.TASK]
+    sub.core.submit(sub.up, forwarded[0])
+    sub.core.dispatch()
+    assert 41 in w1.assigned
+    sub.core.result(result_rec(41))
+    up_result = [r for r in sent(sub.up.out) if r.type == P.RESULT]
+    assert len(up_result) == 1 and sent(w2.out) == []
+    sub.core.result(up_result[0])  # the root's answer
+    assert types(sent(w2.out)) == [P.RESULT]
+
+
+def test_sub_broker_forwards_cancel_and_ask_of_local_tasks(sub):
+    w = sub.worker()
+    sub.submit(51, peer=w)
+    sub.up.out.take()
+    sub.core.cancel(w, P.TID.pack(P.CANCEL, 51))
+    sub.core.ask(w, P.TID.pack(P.ASK, 51))
+    forwarded = [(r.type, P.ID.unpack_from(r.hdr, 1)[0]) for r in sent(sub.up.out)]
+    assert forwarded == [(P.CANCEL, 51), (P.ASK, 51)]
+
+
+def test_sub_broker_forwards_consts_and_output(sub):
+    w1, w2 = sub.worker(), sub.worker()
+    drain(w1, w2)
+    sub.up.out.take()
+    sub.core.const(w1, record(P.CONST + b"k", pickle.dumps(1)))
+    assert types(sent(sub.up.out)) == [P.CONST]
+    assert types(sent(w2.out)) == [P.CONST] and sent(w1.out) == []
+    sub.core.output(record(P.GROUP.pack(P.OUTPUT, 0), b"[]"))
+    assert types(sent(sub.up.out)) == [P.OUTPUT]
+
+
+def test_sub_broker_size_is_the_roots(sub):
+    sub.worker()
+    sub.core.global_size = 9
+    assert sub.core.size() == 9
+
+
+def test_no_steal_of_pinned_tasks_for_an_idle_worker_of_another_host(c):
+    """Tasks pinned to the busy worker's host cannot run on the idle one: asking for them back
+    would only bounce them through the queue every STEAL_EVERY."""
+    local = c.worker(credit=4, host_key=HOST)
+    c.submit(1, 2, 3, 4, host=HOST, flags=P.PINNED)
+    c.core.dispatch()
+    assert len(local.assigned) == 4
+    c.worker(credit=5, host_key=OTHER_HOST)
+    c.core.steal(100.0)
+    assert steals(local) == []
+
+
+def test_steal_asks_only_for_what_an_idle_worker_of_another_host_can_run():
+    c = Cluster()
+    local = c.worker(credit=6, host_key=HOST)
+    c.submit(1, 2, 3, 4, host=HOST, flags=P.PINNED)
+    c.submit(5, 6, blob=False)
+    c.core.dispatch()
+    assert len(local.assigned) == 6
+    c.worker(credit=5, host_key=OTHER_HOST)
+    c.core.steal(100.0)
+    assert steals(local) == [2]  # the unpinned ones
+    c.worker(credit=5, host_key=HOST)  # an idle worker of its host can take any of them
+    c.core.steal(200.0)
+    assert steals(local) == [5]
