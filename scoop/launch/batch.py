@@ -212,6 +212,8 @@ class BatchLauncher(Launcher):
     def prepare(self, hosts: list[str]) -> None:
         """Checks the batch system answers, picks the broker address the nodes reach, and makes
         the private job directory and the watchdog."""
+        if self.dir:
+            return  # prepared already (scaling up prepares again: the jobs go to the same queue)
         if not shutil.which(self.submit_cmd):
             raise ClusterError(f"'{self.submit_cmd}' is not on PATH: the {self.name} launcher needs "
                                f"{self.system} client commands on this host")
