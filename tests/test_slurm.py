@@ -2,10 +2,19 @@
 allocations, and batch-job clusters started from the login node."""
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
+
+from tests.conftest import PROGRAMS, ROOT, TESTS, scoop_processes, wait_no_new_processes
 
 
 def test_cluster_runs_jobs_on_both_nodes(slurm_cluster, tmp_path):
@@ -24,15 +33,6 @@ def test_cluster_runs_jobs_on_both_nodes(slurm_cluster, tmp_path):
 
 # ---- batch-job clusters from the login node ---------------------------------------------------
 
-import collections
-import contextlib
-import signal
-import stat
-import subprocess
-import sys
-import textwrap
-
-from tests.conftest import PROGRAMS, ROOT, TESTS, scoop_processes, wait_no_new_processes
 
 
 @contextlib.contextmanager
@@ -85,7 +85,8 @@ def test_sbatch_workers_run_on_both_nodes_and_stop_leaves_no_job(slurm_cluster, 
             with open(path) as f:
                 text = f.read()
             if secret in text:
-                assert entry.endswith((".json", ".run")) and stat.S_IMODE(os.stat(path).st_mode) == 0o600, entry
+                assert entry.endswith((".json", ".run")), entry
+                assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, entry
         assert any(e.endswith(".sh") for e in os.listdir(job_dir))
     assert {h.state for h in handles} == {"exited"}
 
@@ -275,7 +276,7 @@ def test_sbatch_script_runs_scoop_inside_the_job(slurm_cluster, tmp_path):
         export PYTHONPATH={ROOT}
         {sys.executable} -m scoop {prog}
         """))
-    r = slurm_cluster.run(["sbatch", "--parsable", str(script)], cwd=str(tmp_path))
+    slurm_cluster.run(["sbatch", "--parsable", str(script)], cwd=str(tmp_path))
     assert slurm_cluster.wait_no_jobs(120) == []
     out = (tmp_path / "job.out").read_text()
     assert _hosts(out) == {"node1": 2, "node2": 2}, out
@@ -298,7 +299,8 @@ def test_walltime_reached_mid_map_loses_nothing(slurm_cluster):
     from scoop import futures
 
     def state(job_id):
-        return slurm_cluster.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], check=False).stdout.strip()
+        argv = ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"]
+        return slurm_cluster.run(argv, check=False).stdout.strip()
 
     with batch_cluster(slurm_cluster, 2, cpus_per_job=2, walltime="1", job_replace=True, inline=False) as c:
         first = c.workers[0].job_id

@@ -52,7 +52,8 @@ def parse_walltime(text) -> int | None:
         return int(text)
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(text).strip())
     if not m:
-        raise ClusterError(f"walltime {text!r} is not [days-]hours:minutes:seconds, minutes:seconds or minutes")
+        raise ClusterError(f"walltime {text!r} is not [days-]hours:minutes:seconds, minutes:seconds "
+                           "or minutes")
     days, a, b, c = m.groups()
     days = int(days or 0)
     if c is not None:
@@ -332,7 +333,8 @@ class BatchLauncher(Launcher):
             raise ClusterError(f"{self.submit_cmd} did not answer within 60 s") from None
         if proc.returncode != 0:
             msg = (proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}")
-            raise ClusterError(f"{self.submit_cmd} rejected the job for workers {', '.join(job.names)}: {msg}")
+            names = ", ".join(job.names)
+            raise ClusterError(f"{self.submit_cmd} rejected the job for workers {names}: {msg}")
         job.id = self.parse_job_id(proc.stdout)
         if not job.id:
             raise ClusterError(f"cannot read a job id in {self.submit_cmd}'s answer: {proc.stdout.strip()!r}")
@@ -381,7 +383,8 @@ class BatchLauncher(Launcher):
         markers for the origin: node, pid, exit status."""
         q = shlex.quote
         return (f'umask 077; f={q(stem)}.${task_var}; '
-                f'sed -e "s/\\"@HOST@\\"/\\"$(hostname)\\"/" -e "s/\\"@RETIRE_AT@\\"/${{SCOOP_RETIRE_AT:-null}}/" '
+                f'sed -e "s/\\"@HOST@\\"/\\"$(hostname)\\"/" '
+                f'-e "s/\\"@RETIRE_AT@\\"/${{SCOOP_RETIRE_AT:-null}}/" '
                 f'"$f.json" > "$f.run" || exit 1; '
                 f'{q(self.python)} -m scoop.launch.task --config-file "$f.run" & '
                 f'echo "$!" > "$f.pid"; hostname > "$f.host"; wait "$!"; echo "$?" > "$f.exit"')
@@ -393,7 +396,8 @@ class BatchLauncher(Launcher):
             lines.append(f". {shlex.quote(os.path.abspath(prolog))}")
         lines.append(f"cd {shlex.quote(self.path)}")
         if self.walltime:
-            lines.append(f"export SCOOP_RETIRE_AT=$(( $(date +%s) + {self.walltime - retire_margin(self.walltime)} ))")
+            retire_after = self.walltime - retire_margin(self.walltime)
+            lines.append(f"export SCOOP_RETIRE_AT=$(( $(date +%s) + {retire_after} ))")
         return "\n".join(lines) + "\n"
 
     # ---- state ---------------------------------------------------------------------------------

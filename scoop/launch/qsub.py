@@ -6,7 +6,9 @@ Each job starts its ``cpus_per_job`` workers on the job's first node from the jo
 """
 from __future__ import annotations
 
+import re
 import shlex
+import subprocess
 
 from .base import register
 from .batch import BatchLauncher
@@ -30,18 +32,19 @@ class QsubLauncher(BatchLauncher):
         self.flavour = flavour or ("sge" if self.env.get("SGE_ROOT") else "pbs")
 
     def script(self, job, stem, workers):
-        body = ["#!/bin/sh", f"# SCOOP workers {', '.join(job.names)} (configuration in {stem}.N.json, mode 0600)"]
+        body = ["#!/bin/sh",
+                f"# SCOOP workers {', '.join(job.names)} (configuration in {stem}.N.json, mode 0600)"]
         body.append(self._preamble().rstrip("\n"))
         body.append(f"for i in $(seq 0 {workers - 1}); do")
-        body.append(f"  sh -c {shlex.quote(self._worker_line(stem, 'SCOOP_TASK'))} 2>&1 | sed \"s/^/$i: /\" &")
-        body[-1] = body[-1].replace("sh -c", "SCOOP_TASK=$i sh -c", 1)
+        line = shlex.quote(self._worker_line(stem, "SCOOP_TASK"))
+        body.append(f"  SCOOP_TASK=$i sh -c {line} 2>&1 | sed \"s/^/$i: /\" &")
         body.append("done")
         body.append("wait")
         return "\n".join(body) + "\n"
 
     def submit_argv(self, job, stem, workers, script):
-        argv = ["qsub", "-N", f"scoop-{self.tag}", "-o", f"{stem}.out", "-j", "oe" if self.flavour == "pbs" else "y",
-                "-V"]
+        argv = ["qsub", "-N", f"scoop-{self.tag}", "-o", f"{stem}.out",
+                "-j", "oe" if self.flavour == "pbs" else "y", "-V"]
         hms = None
         if self.walltime:
             w = self.walltime
@@ -82,6 +85,9 @@ class QsubLauncher(BatchLauncher):
             jid = parts[0]
             for i in ids:
                 if jid == i or jid.split(".")[0] == i.split(".")[0]:
-                    state = parts[4] if self.flavour == "sge" and len(parts) > 4 else (parts[-2] if len(parts) > 2 else "")
+                    if self.flavour == "sge":
+                        state = parts[4] if len(parts) > 4 else ""
+                    else:
+                        state = parts[-2] if len(parts) > 2 else ""
                     found[i] = (state, "")
         return {i: found.get(i, ("C", "")) for i in ids}

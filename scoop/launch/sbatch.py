@@ -31,7 +31,7 @@ class SbatchLauncher(BatchLauncher):
 
     def script(self, job, stem, workers):
         return ("#!/bin/sh\n"
-                f"# SCOOP workers {', '.join(job.names)}; their configuration is in {stem}.N.json (mode 0600)\n"
+                f"# SCOOP workers {', '.join(job.names)}; configuration in {stem}.N.json (mode 0600)\n"
                 + self._preamble()
                 + "exec srun --label --input=none --kill-on-bad-exit=0 "
                 f"sh -c {shlex.quote(self._worker_line(stem, 'SLURM_PROCID'))}\n")
