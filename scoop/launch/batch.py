@@ -295,7 +295,8 @@ class BatchLauncher(Launcher):
     # ---- jobs ------------------------------------------------------------------------------------
     def pending(self) -> list[str]:
         """Ids of jobs still waiting in the queue."""
-        return [j.id for j in self.jobs if j.state == PENDING and j.id]
+        return [j.id for j in self.jobs if j.id and j.state == PENDING
+                and not any(self._read_marker(j, i, "host") for i in range(len(j.names)))]
 
     def cancel(self, job: _Job) -> None:
         if job.id and job.state != EXITED and not job.cancelled:
