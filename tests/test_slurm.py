@@ -198,6 +198,22 @@ def test_notebook_kernel_on_the_login_node(slurm_cluster, slurm_kernel):
     assert slurm_cluster.wait_no_jobs(15) == []
 
 
+def test_notebook_restart_and_shutdown_leave_no_job(slurm_cluster, slurm_kernel):
+    """%scoop_cluster restart cancels the old jobs and submits new ones; a kernel shutdown
+    cancels every job."""
+    k = slurm_kernel
+    k.run("%scoop_cluster start --slurm -n 2 --cpus-per-job 2", timeout=120)
+    before = {j["id"] for j in slurm_cluster.jobs()}
+    assert len(before) == 1
+    k.run("%scoop_cluster restart", timeout=120)
+    after = {j["id"] for j in slurm_cluster.jobs()}
+    assert len(after) == 1 and not after & before
+    k.run("import scoop")
+    assert k.value("sum(scoop.futures.map(abs, range(-10, 0)))", timeout=60) == 55
+    k.shutdown()
+    assert slurm_cluster.wait_no_jobs(15) == []
+
+
 # ---- inside an allocation: workers are job steps ---------------------------------------------
 
 STEP_PROGRAM = """
