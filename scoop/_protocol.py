@@ -56,7 +56,6 @@ RELEASE = b"U"     # worker -> broker: TID of an unstarted task handed back
 ASK = b"A"         # where is task id? TID [+ state(1) in the answer: 0 queued, 1 at a worker, 2 gone]
 STEAL = b"V"       # broker -> worker: COUNT unstarted tasks wanted back
 LOAD = b"h"        # control socket, peer -> broker: body = JSON load figures
-PONG = b"p"        # control socket, broker -> peer: load figures arrived
 OUTPUT = b"O"      # worker -> broker -> origin: GROUP; body = JSON [worker name, stream, text]
 STATUS = b"s"      # meta socket: body = JSON cluster snapshot
 EVENT = b"e"       # meta socket: body = JSON event (joined / left / const)
@@ -119,6 +118,7 @@ META = b"M<"
 INLINE_MAX = 64 * 1024   # larger pickle streams travel as a payload frame, not in the header
 OOB_MIN = 64 * 1024      # smaller buffers stay in the pickle stream: a frame costs ~10 us
 SHM_MIN = 1 << 20        # on one host, buffers from this size go through shared memory
+COPY_MAX = 1 << 20       # frames below this size are copied at packing (cheap), larger ones are not
 HEADER_MAX = 64 << 20    # a larger header is dropped unhashed: checking costs at most this much
 HEADER_SPLIT = 4 << 20   # senders start a new message past this many header bytes
 
@@ -178,9 +178,6 @@ class Record:
     @property
     def type(self) -> bytes:
         return self.hdr[:1]
-
-    def has_payload(self) -> bool:
-        return bool(self.body) or bool(self.refs)
 
 
 def parse(header, frames, start: int = MAC_SIZE):
@@ -407,14 +404,26 @@ def pack(obj, what: str = "object", shm=None, by_value: bool = False) -> Packed:
         view = memoryview(b) if kind & REF_BODY else b.raw()
         size = view.nbytes
         nbytes += size
-        if shm is not None and size >= SHM_MIN:
-            seg = shm.put(view)
+        seg = _segment(shm, view) if shm is not None and size >= SHM_MIN else None
+        if seg is not None:
             refs.append((kind | REF_SHM, size, seg))
             segments.append(seg)
         else:
+            if size < COPY_MAX and not kind & REF_BODY:
+                # small buffers are copied: changing an argument after submit cannot race the send;
+                # larger ones go zero-copy (do not change them while their task is in flight)
+                view = memoryview(bytes(view))
             refs.append((kind, size, digest(view)))
             frames.append(view)
     return Packed(body, refs, frames, segments, nbytes + len(body))
+
+
+def _segment(shm, view):
+    """A shared-memory copy of ``view``, or None when /dev/shm is full: a frame then."""
+    try:
+        return shm.put(view)
+    except OSError:
+        return None
 
 
 def packed_bytes(data, shm=None) -> Packed:
@@ -423,8 +432,8 @@ def packed_bytes(data, shm=None) -> Packed:
     if len(data) <= INLINE_MAX:
         return Packed(data, nbytes=len(data))
     view = memoryview(data)
-    if shm is not None and len(data) >= SHM_MIN:
-        seg = shm.put(view)
+    seg = _segment(shm, view) if shm is not None and len(data) >= SHM_MIN else None
+    if seg is not None:
         return Packed(EMPTY, [(REF_BODY | REF_SHM, len(data), seg)], (), [seg], len(data))
     return Packed(EMPTY, [(REF_BODY, len(data), digest(view))], [view], (), len(data))
 
@@ -445,7 +454,8 @@ def body_bytes(rec: Record, shm=None):
 def _frame_view(fr, size, key):
     view = fr.buffer if hasattr(fr, "buffer") else memoryview(fr)
     if view.nbytes != size or not hmac.compare_digest(digest(view), key):
-        raise IntegrityError("a payload frame does not match its signed digest")
+        raise IntegrityError("a payload frame does not match its signed digest (forged, or an array "
+                             "changed after it was submitted and before it was sent)")
     return view
 
 

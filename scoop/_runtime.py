@@ -28,7 +28,7 @@ from . import _protocol as P
 from . import _shm
 from .broker import secure_client
 from .errors import ClusterError
-from .liveness import LOAD_INTERVAL, configure_socket, reconnect_grace
+from .liveness import DEFAULT_TIMEOUT, LOAD_INTERVAL, configure_socket, reconnect_grace
 from .submitter import Submitter
 
 INLINE_DEPTH = 50      # inline runs nest in one greenlet's stack: keep far from the recursion limit
@@ -49,7 +49,8 @@ class Runtime:
     """Connection of this process to the broker; one per process."""
 
     def __init__(self, broker: str, secret: bytes, role: str, *, info: dict | None = None,
-                 broker_timeout: float = 3.0, context: zmq.Context | None = None, inline: bool = True):
+                 broker_timeout: float = DEFAULT_TIMEOUT, context: zmq.Context | None = None,
+                 inline: bool = True):
         self.broker = broker
         self.secret = secret
         self.signer = P.Signer(secret)

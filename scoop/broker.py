@@ -27,7 +27,7 @@ import zmq
 
 from . import _protocol as P
 from . import _shm
-from .liveness import configure_socket
+from .liveness import DEFAULT_TIMEOUT, configure_socket
 from .scheduling import Peer, Scheduler
 
 PLAIN_USER = b"scoop"
@@ -72,7 +72,7 @@ def secure_server(sock):
 
 class Broker:
     def __init__(self, secret: bytes, main_addr: str, meta_addr: str, *,
-                 heartbeat_timeout: float = 3.0, status_interval: float = 0.2,
+                 heartbeat_timeout: float = DEFAULT_TIMEOUT, status_interval: float = 0.2,
                  context: zmq.Context | None = None, log=None, upstream: Peer | None = None):
         self.signer = P.Signer(secret)
         self.secret = secret
@@ -96,6 +96,7 @@ class Broker:
         self.core.on_event = self._event
         self.fds: dict[int, tuple] = {}  # connection (fd) -> (identity, the peer that authenticated on it)
         self.connected: set[bytes] = set()  # identities whose connection is watched
+        self._dropped: list = []            # peers whose connection dropped this round
         self.running = True
         self.reason = ""
         self.routed = 0       # messages routed (in and out), for capacity figures
@@ -148,6 +149,8 @@ class Broker:
                         recv()
                         if not main.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                             break
+                if self._dropped:
+                    self._apply_drops()
                 if len(events) > (main in events) + (monitor in events):
                     self._on_extra(events)
                 now = time.monotonic()
@@ -176,13 +179,22 @@ class Broker:
             self.auth.stop()
 
     def _on_disconnects(self, monitor):
+        """Connections that dropped: their peers are lost -- after the messages that arrived with
+        them are read (a goodbye or the cluster's end may be among them, and a peer that left
+        was not lost).  Read before those messages, so a reused socket is never blamed."""
         from zmq.utils.monitor import recv_monitor_message
         while monitor.poll(0):
             ev = recv_monitor_message(monitor)
             ident, peer = self.fds.pop(ev["value"], (None, None))
             if ident is not None:
                 self.connected.discard(ident)
-            if peer is not None and peer.uid in self.core.peers:
+            if peer is not None:
+                self._dropped.append(peer)
+
+    def _apply_drops(self):
+        dropped, self._dropped = self._dropped, []
+        for peer in dropped:
+            if self.running and peer.uid in self.core.peers:
                 self._lose(peer, "lost (its connection dropped)")
 
     def _lose(self, peer: Peer, why: str):
@@ -395,7 +407,7 @@ class Broker:
             self.rate = (core.done_total - d0) / (now - t0)
             self._rate_mark = (now, core.done_total)
         workers = core.workers_info()
-        busy = sum(1 for w in workers if w["state"] == "busy")
+        busy = sum(1 for w in workers if w.get("state") == "busy")
         origin = core.origin
         snap = {
             "state": "running" if self.running else "stopped",
@@ -446,10 +458,10 @@ def main():
         if cfg.get("upstream"):
             from .federation import SubBroker
             broker = SubBroker(secret, cfg["main"], cfg["meta"], cfg["upstream"],
-                               heartbeat_timeout=cfg.get("heartbeat_timeout", 3.0))
+                               heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT))
         else:
             broker = Broker(secret, cfg["main"], cfg["meta"],
-                            heartbeat_timeout=cfg.get("heartbeat_timeout", 3.0))
+                            heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT))
     except zmq.ZMQError as exc:
         sys.stderr.write(f"scoop broker: cannot listen on {cfg['main']} / {cfg['meta']}: {exc}\n")
         sys.exit(2)

@@ -294,15 +294,25 @@ class _MapIterator:
 
     def _adapt(self, elapsed, n):
         per = elapsed / max(1, n)
-        self._adapt_to(per if self.per_input is None else 0.7 * self.per_input + 0.3 * per)
+        if self.per_input is not None and n < 64:
+            per = 0.7 * self.per_input + 0.3 * per  # a few inputs measure the timer, not the task
+        previous = self.chunk
+        self._adapt_to(per)
+        if elapsed < _CHUNK_SECONDS / 2 and n >= previous:
+            # a full chunk done well inside its time: at least double (per-chunk costs are
+            # what a small-sample estimate of a tiny task hides)
+            self.chunk = max(self.chunk, min(self._cap(), previous * 2))
+            self.size = max(self.size, 4 * self.chunk * _size())
         if self.digest:
             _per_input[self.digest] = self.per_input
+
+    def _cap(self) -> int:
+        return _CHUNK_MAX if self.total is None else max(1, self.total // (4 * _size()))
 
     def _adapt_to(self, per_input):
         self.per_input = per_input
         workers = _size()
-        cap = _CHUNK_MAX if self.total is None else max(1, self.total // (4 * workers))
-        self.chunk = max(1, min(cap, int(_CHUNK_SECONDS / max(per_input, 1e-8))))
+        self.chunk = max(1, min(self._cap(), int(_CHUNK_SECONDS / max(per_input, 1e-8))))
         # a few chunks in flight per worker, whatever their size
         self.size = max(self.size, 4 * self.chunk * workers)
 
