@@ -201,6 +201,7 @@ class BatchLauncher(Launcher):
         self._address: str | None = None
         self._lock = threading.RLock()
         self._stopped = False
+        self._wake = threading.Event()
         self._poller: threading.Thread | None = None
         self._watchdog: subprocess.Popen | None = None
         self._count = 0
@@ -259,6 +260,9 @@ class BatchLauncher(Launcher):
             if self._stopped:
                 return
             self._stopped = True
+        self._wake.set()
+        if self._poller is not None:
+            self._poller.join(5)  # no replacement job may be submitted behind our back
         self.refresh()
         # jobs whose workers all left (the broker was stopped first) end by themselves
         live = [j for j in self.jobs if j.id and j.state != EXITED
@@ -273,8 +277,6 @@ class BatchLauncher(Launcher):
                 if not any(s in self.live_states for s, _ in states.values()):
                     break
                 time.sleep(0.2)
-        if self._poller is not None:
-            self._poller.join(2)
         self._flush_outputs()
         for job in self.jobs:
             if job.state != EXITED:
@@ -357,6 +359,8 @@ class BatchLauncher(Launcher):
         return time.time() >= job.started + self.walltime - retire_margin(self.walltime) - lead
 
     def _replace(self, job: _Job) -> None:
+        if self._stopped:
+            return
         try:
             new = self._submit_job(job.names, job.configs)
         except ClusterError as exc:
@@ -419,8 +423,11 @@ class BatchLauncher(Launcher):
 
     def _poll_loop(self):
         while not self._stopped:
-            self.refresh()
-            time.sleep(_POLL)
+            try:
+                self.refresh()
+            except (OSError, subprocess.SubprocessError):
+                pass  # a scheduler that did not answer this time: the next poll asks again
+            self._wake.wait(_POLL)
 
     def refresh(self) -> None:
         """Asks the scheduler for our jobs' states once; relays new job output."""
