@@ -263,18 +263,22 @@ class BatchLauncher(Launcher):
         self._wake.set()
         if self._poller is not None:
             self._poller.join(5)  # no replacement job may be submitted behind our back
-        self.refresh()
+        try:
+            self.refresh()
+        except (OSError, subprocess.SubprocessError):
+            pass
         # jobs whose workers all left (the broker was stopped first) end by themselves
         live = [j for j in self.jobs if j.id and j.state != EXITED
                 and not all(h.poll() is not None for h in j.handles)]
         for job in live:
             job.cancelled = True  # its "CANCELLED" messages are ours, not news
+        cancelled = True
         if live:
-            self._cancel([j.id for j in live])
+            cancelled = self._cancel([j.id for j in live])
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 states = self._query([j.id for j in live])
-                if not any(s in self.live_states for s, _ in states.values()):
+                if states.get("__ok__", True) and not any(states[j.id][0] in self.live_states for j in live):
                     break
                 time.sleep(0.2)
         self._flush_outputs()
@@ -282,8 +286,8 @@ class BatchLauncher(Launcher):
             if job.state != EXITED:
                 job.state, job.code = EXITED, self.exit_code("CANCELLED")
         if self._watchdog is not None:
-            try:
-                self._watchdog.stdin.write(b"done\n")
+            try:  # without "done" (a cancel that failed) the watchdog tries once more
+                self._watchdog.stdin.write(b"done\n" if cancelled else b"")
                 self._watchdog.stdin.close()
             except OSError:
                 pass
@@ -528,8 +532,16 @@ class BatchLauncher(Launcher):
     def _query(self, ids: list[str]) -> dict:
         """{job id: (state, nodes)}, plus ``"__ok__": False`` when the scheduler did not answer."""
 
-    def _cancel(self, ids: list[str]) -> None:
-        subprocess.run([self.cancel_cmd, *ids], env=self._job_env(), capture_output=True, timeout=30)
+    def _ask(self, argv: list[str]) -> str | None:
+        """A scheduler command's output, or None when it failed or did not answer in 30 s."""
+        try:
+            proc = subprocess.run(argv, env=self._job_env(), capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout if proc.returncode == 0 else None
+
+    def _cancel(self, ids: list[str]) -> bool:
+        return self._ask([self.cancel_cmd, *ids]) is not None
 
     def exit_code(self, state: str) -> int:
         return 0 if state in ("COMPLETED", "C", "F") else 1

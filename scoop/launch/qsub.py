@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 
 from .base import register
 from .batch import BatchLauncher
@@ -74,11 +73,11 @@ class QsubLauncher(BatchLauncher):
         return text.split()[0] if text else None  # PBS: 123.server
 
     def _query(self, ids):
-        proc = subprocess.run(["qstat"], env=self._job_env(), capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0:
+        out = self._ask(["qstat"])
+        if out is None:
             return {"__ok__": False}
         found = {}
-        for line in proc.stdout.splitlines():
+        for line in out.splitlines():
             parts = line.split()
             if not parts:
                 continue
