@@ -113,6 +113,13 @@ def test_rejected_sbatch_is_a_clear_error(slurm_cluster):
             pass
 
 
+def test_worker_that_cannot_start_in_its_job_is_a_clear_error(slurm_cluster):
+    from scoop.errors import ClusterError
+    with pytest.raises(ClusterError, match=r"(?s)exited with status 127.*/nonexistent/python"):
+        with batch_cluster(slurm_cluster, 2, python="/nonexistent/python"):
+            pass
+
+
 def test_killed_origin_leaves_no_job(slurm_cluster, tmp_path):
     """SIGKILL of the origin: its watchdog cancels running and queued jobs."""
     prog = tmp_path / "origin.py"

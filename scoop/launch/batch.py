@@ -144,6 +144,8 @@ class BatchHandle(Handle):
     def _code(self, job: _Job):
         code = self.launcher._read_marker(job, self.index, "exit")
         if code is not None:
+            if code != "0":
+                self.launcher._relay_output(job)  # why it ended, before anyone asks for the tail
             try:
                 return int(code)
             except ValueError:
@@ -202,6 +204,7 @@ class BatchLauncher(Launcher):
         self._lock = threading.RLock()
         self._stopped = False
         self._wake = threading.Event()
+        self._out_lock = threading.Lock()
         self._poller: threading.Thread | None = None
         self._watchdog: subprocess.Popen | None = None
         self._count = 0
@@ -473,16 +476,17 @@ class BatchLauncher(Launcher):
         if self.relay is None or not self.dir or job.cancelled:
             return
         path = os.path.join(self.dir, f"{job.key}.out")
-        try:
-            with open(path, "rb") as f:
-                f.seek(job.out_pos)
-                data = f.read()
-        except OSError:
-            return
-        cut = len(data) if final else data.rfind(b"\n") + 1
-        if cut <= 0:
-            return
-        job.out_pos += cut
+        with self._out_lock:  # the poller and a handle's poll() may both relay
+            try:
+                with open(path, "rb") as f:
+                    f.seek(job.out_pos)
+                    data = f.read()
+            except OSError:
+                return
+            cut = len(data) if final else data.rfind(b"\n") + 1
+            if cut <= 0:
+                return
+            job.out_pos += cut
         for line in data[:cut].decode("utf-8", "replace").splitlines():
             m = re.match(r"^\s*(\d+): ?(.*)$", line)
             index, text = (int(m.group(1)), m.group(2)) if m else (0, line)
