@@ -115,6 +115,10 @@ CONTROL_TO_BROKER = b"C>"
 CONTROL_FROM_BROKER = b"C<"
 META = b"M<"
 
+# plain ints: pyzmq's enum members cost a Python call per operation on the hot path
+EVENTS, POLLIN, RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
+NOBLOCK, SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+
 INLINE_MAX = 64 * 1024   # larger pickle streams travel as a payload frame, not in the header
 OOB_MIN = 64 * 1024      # smaller buffers stay in the pickle stream: a frame costs ~10 us
 SHM_MIN = 1 << 20        # on one host, buffers from this size go through shared memory
@@ -288,14 +292,14 @@ def send(sock, signer: Signer, channel: bytes, box: Outbox, ident=None, flags: i
     for data, frames in box.take_messages():
         header = signer.mac(channel, data) + data
         if ident is not None:
-            sock.send(ident, flags | zmq.SNDMORE)
+            sock.send(ident, flags | SNDMORE)
         if not frames:
             sock.send(header, flags)
             continue
-        sock.send(header, flags | zmq.SNDMORE)
+        sock.send(header, flags | SNDMORE)
         last = len(frames) - 1
         for k, fr in enumerate(frames):
-            sock.send(fr, flags | (zmq.SNDMORE if k < last else 0), copy=False)
+            sock.send(fr, flags | (SNDMORE if k < last else 0), copy=False)
 
 
 def send_records(sock, signer, channel, records, ident=None, flags: int = 0):
@@ -310,10 +314,10 @@ def recv_parts(sock, flags: int = 0):
     """One message as ``[small frames as bytes..., payload frames as zmq.Frame]``: the header
     (and a ROUTER's identity) are copied, payload frames are not."""
     first = sock.recv(flags)
-    if not sock.getsockopt(zmq.RCVMORE):
+    if not sock.getsockopt(RCVMORE):
         return [first]
     parts = [first]
-    while sock.getsockopt(zmq.RCVMORE):
+    while sock.getsockopt(RCVMORE):
         parts.append(sock.recv(0, copy=False))
     return parts
 

@@ -229,9 +229,9 @@ class Runtime:
         n = 0
         while True:
             with self.lock:
-                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if not sock.getsockopt(P.EVENTS) & P.POLLIN:
                     break
-                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, zmq.NOBLOCK)
+                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, P.NOBLOCK)
             n += 1
             if recs is not None:
                 self._handle(recs)
@@ -251,8 +251,8 @@ class Runtime:
         ex = self.executor
         with self.lock:
             sock = self.sock
-            while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, zmq.NOBLOCK)
+            while sock is not None and sock.getsockopt(P.EVENTS) & P.POLLIN:
+                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, P.NOBLOCK)
                 if recs is None:
                     continue
                 rest = []
@@ -472,7 +472,7 @@ class _Control(threading.Thread):
                 if s in events:
                     while True:
                         try:
-                            recs = P.recv_verified(s, signer, P.CONTROL_FROM_BROKER, zmq.NOBLOCK)
+                            recs = P.recv_verified(s, signer, P.CONTROL_FROM_BROKER, P.NOBLOCK)
                         except zmq.Again:
                             break
                         for rec in recs or ():

@@ -147,7 +147,7 @@ class Broker:
                     recv = self._recv
                     for _ in range(256):  # drain, but let dispatch and flushing run in between
                         recv()
-                        if not main.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        if not main.getsockopt(P.EVENTS) & P.POLLIN:
                             break
                 if self._dropped:
                     self._apply_drops()
@@ -212,9 +212,9 @@ class Broker:
         message of each connection is read as a frame to learn its socket (SRCFD): that
         connection's drop is how this peer's loss will be known."""
         main = self.main
-        ident = main.recv(zmq.NOBLOCK)
+        ident = main.recv(P.NOBLOCK)
         self.routed += 1
-        if not main.getsockopt(zmq.RCVMORE):
+        if not main.getsockopt(P.RCVMORE):
             self.dropped += 1
             return
         fd = None
@@ -223,7 +223,7 @@ class Broker:
         else:
             head = main.recv(copy=False)
             fd = head.get(zmq.SRCFD)
-            parts = [head.bytes] + (P.recv_parts(main) if main.getsockopt(zmq.RCVMORE) else [])
+            parts = [head.bytes] + (P.recv_parts(main) if main.getsockopt(P.RCVMORE) else [])
         kind = ident[:1]
         channel = P.TO_BROKER if kind == b"t" else P.CONTROL_TO_BROKER
         if not self.signer.check(channel, parts[0]):
@@ -275,7 +275,7 @@ class Broker:
         box = P.Outbox()
         box.add(hdr, body)
         try:
-            P.send(self.main, self.signer, channel, box, ident, zmq.NOBLOCK)
+            P.send(self.main, self.signer, channel, box, ident, P.NOBLOCK)
         except zmq.ZMQError:
             pass
 
@@ -364,9 +364,9 @@ class Broker:
                 continue
             try:
                 if which:
-                    send(main, signer, P.CONTROL_FROM_BROKER, box, b"c" + uid, zmq.NOBLOCK)
+                    send(main, signer, P.CONTROL_FROM_BROKER, box, b"c" + uid, P.NOBLOCK)
                 else:
-                    send(main, signer, P.FROM_BROKER, box, b"t" + uid, zmq.NOBLOCK)
+                    send(main, signer, P.FROM_BROKER, box, b"t" + uid, P.NOBLOCK)
                 self.routed += 1
             except zmq.ZMQError:
                 pass  # peer not connected (yet/any more); its connection's loss handles it
