@@ -115,6 +115,7 @@ def executor(peer):
                 ex.shutdown(wait=True, kill_workers=True)
     elif peer == "dask":
         import logging
+
         from distributed import Client, LocalCluster
         logging.getLogger("distributed").setLevel(logging.ERROR)
         cluster = LocalCluster(n_workers=NWORKERS, threads_per_worker=1, processes=True,

@@ -196,7 +196,8 @@ def wait(fs, timeout=None, return_when=ALL_COMPLETED):
         return False
 
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, ALWAYS):
-        raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, not {return_when!r}")
+        raise ValueError("return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
+                         f"not {return_when!r}")
     rt.poll()
     if not satisfied():
         rt.wait_until(satisfied, timeout, fs)
@@ -215,7 +216,7 @@ def as_completed(fs, timeout=None):
     while pending:
         ready = [f for f in pending if f._state >= FINISHED]
         if not ready:
-            rt.wait_until(lambda: any(f._state >= FINISHED for f in pending),
+            rt.wait_until(lambda fs=pending: any(f._state >= FINISHED for f in fs),
                           _remaining(deadline), pending)
             ready = [f for f in pending if f._state >= FINISHED]
             if not ready:

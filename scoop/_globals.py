@@ -22,7 +22,8 @@ def activate(rt, *, is_origin: bool, broker: dict | None = None):
     scoop.SIZE = rt.size
     if broker:
         scoop.BROKER = BrokerInfo(broker.get("hostname"), broker.get("task_port"),
-                                  broker.get("info_port"), broker.get("externalHostname") or broker.get("hostname"))
+                                  broker.get("info_port"),
+                                  broker.get("externalHostname") or broker.get("hostname"))
 
 
 def deactivate():

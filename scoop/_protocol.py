@@ -56,7 +56,6 @@ RELEASE = b"U"     # worker -> broker: TID of an unstarted task handed back
 ASK = b"A"         # where is task id? TID [+ state(1) in the answer: 0 queued, 1 at a worker, 2 gone]
 STEAL = b"V"       # broker -> worker: COUNT unstarted tasks wanted back
 LOAD = b"h"        # control socket, peer -> broker: body = JSON load figures
-PONG = b"p"        # control socket, broker -> peer: load figures arrived
 OUTPUT = b"O"      # worker -> broker -> origin: GROUP; body = JSON [worker name, stream, text]
 STATUS = b"s"      # meta socket: body = JSON cluster snapshot
 EVENT = b"e"       # meta socket: body = JSON event (joined / left / const)
@@ -70,7 +69,8 @@ PINNED = 1  # payload in shared memory on the submitter's host: only a worker th
 SINGLE = 2  # a chunk of single arguments (fn(x)), not argument tuples (fn(*args))
 
 TASK_HEADER = struct.Struct("<cQI16sQB")    # type, task id, group, callable digest, submitter host key, flags
-RESULT_HEADER = struct.Struct("<cQBIdd12s")  # type, task id, status, inputs, started, finished (epoch s), worker
+# type, task id, status, inputs, started, finished (epoch s), worker name
+RESULT_HEADER = struct.Struct("<cQBIdd12s")
 BLOB_HEADER = struct.Struct("<c16s")        # type, digest
 SIZE_HEADER = struct.Struct("<cII")         # type, workers, hosts
 TID = struct.Struct("<cQ")                  # type, task id
@@ -115,9 +115,14 @@ CONTROL_TO_BROKER = b"C>"
 CONTROL_FROM_BROKER = b"C<"
 META = b"M<"
 
+# plain ints: pyzmq's enum members cost a Python call per operation on the hot path
+EVENTS, POLLIN, RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
+NOBLOCK, SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+
 INLINE_MAX = 64 * 1024   # larger pickle streams travel as a payload frame, not in the header
 OOB_MIN = 64 * 1024      # smaller buffers stay in the pickle stream: a frame costs ~10 us
 SHM_MIN = 1 << 20        # on one host, buffers from this size go through shared memory
+COPY_MAX = 1 << 20       # frames below this size are copied at packing (cheap), larger ones are not
 HEADER_MAX = 64 << 20    # a larger header is dropped unhashed: checking costs at most this much
 HEADER_SPLIT = 4 << 20   # senders start a new message past this many header bytes
 
@@ -177,9 +182,6 @@ class Record:
     @property
     def type(self) -> bytes:
         return self.hdr[:1]
-
-    def has_payload(self) -> bool:
-        return bool(self.body) or bool(self.refs)
 
 
 def parse(header, frames, start: int = MAC_SIZE):
@@ -290,14 +292,14 @@ def send(sock, signer: Signer, channel: bytes, box: Outbox, ident=None, flags: i
     for data, frames in box.take_messages():
         header = signer.mac(channel, data) + data
         if ident is not None:
-            sock.send(ident, flags | zmq.SNDMORE)
+            sock.send(ident, flags | SNDMORE)
         if not frames:
             sock.send(header, flags)
             continue
-        sock.send(header, flags | zmq.SNDMORE)
+        sock.send(header, flags | SNDMORE)
         last = len(frames) - 1
         for k, fr in enumerate(frames):
-            sock.send(fr, flags | (zmq.SNDMORE if k < last else 0), copy=False)
+            sock.send(fr, flags | (SNDMORE if k < last else 0), copy=False)
 
 
 def send_records(sock, signer, channel, records, ident=None, flags: int = 0):
@@ -312,10 +314,10 @@ def recv_parts(sock, flags: int = 0):
     """One message as ``[small frames as bytes..., payload frames as zmq.Frame]``: the header
     (and a ROUTER's identity) are copied, payload frames are not."""
     first = sock.recv(flags)
-    if not sock.getsockopt(zmq.RCVMORE):
+    if not sock.getsockopt(RCVMORE):
         return [first]
     parts = [first]
-    while sock.getsockopt(zmq.RCVMORE):
+    while sock.getsockopt(RCVMORE):
         parts.append(sock.recv(0, copy=False))
     return parts
 
@@ -406,14 +408,26 @@ def pack(obj, what: str = "object", shm=None, by_value: bool = False) -> Packed:
         view = memoryview(b) if kind & REF_BODY else b.raw()
         size = view.nbytes
         nbytes += size
-        if shm is not None and size >= SHM_MIN:
-            seg = shm.put(view)
+        seg = _segment(shm, view) if shm is not None and size >= SHM_MIN else None
+        if seg is not None:
             refs.append((kind | REF_SHM, size, seg))
             segments.append(seg)
         else:
+            if size < COPY_MAX and not kind & REF_BODY:
+                # small buffers are copied: changing an argument after submit cannot race the send;
+                # larger ones go zero-copy (do not change them while their task is in flight)
+                view = memoryview(bytes(view))
             refs.append((kind, size, digest(view)))
             frames.append(view)
     return Packed(body, refs, frames, segments, nbytes + len(body))
+
+
+def _segment(shm, view):
+    """A shared-memory copy of ``view``, or None when /dev/shm is full: a frame then."""
+    try:
+        return shm.put(view)
+    except OSError:
+        return None
 
 
 def packed_bytes(data, shm=None) -> Packed:
@@ -422,8 +436,8 @@ def packed_bytes(data, shm=None) -> Packed:
     if len(data) <= INLINE_MAX:
         return Packed(data, nbytes=len(data))
     view = memoryview(data)
-    if shm is not None and len(data) >= SHM_MIN:
-        seg = shm.put(view)
+    seg = _segment(shm, view) if shm is not None and len(data) >= SHM_MIN else None
+    if seg is not None:
         return Packed(EMPTY, [(REF_BODY | REF_SHM, len(data), seg)], (), [seg], len(data))
     return Packed(EMPTY, [(REF_BODY, len(data), digest(view))], [view], (), len(data))
 
@@ -444,7 +458,8 @@ def body_bytes(rec: Record, shm=None):
 def _frame_view(fr, size, key):
     view = fr.buffer if hasattr(fr, "buffer") else memoryview(fr)
     if view.nbytes != size or not hmac.compare_digest(digest(view), key):
-        raise IntegrityError("a payload frame does not match its signed digest")
+        raise IntegrityError("a payload frame does not match its signed digest (forged, or an array "
+                             "changed after it was submitted and before it was sent)")
     return view
 
 
@@ -494,7 +509,9 @@ def _describe(obj) -> str:
 
 def _kind(obj) -> str:
     t = type(obj)
-    return f"a {t.__module__}.{t.__qualname__}" if t.__module__ not in ("builtins", None) else f"a {t.__qualname__}"
+    if t.__module__ in ("builtins", None):
+        return f"a {t.__qualname__}"
+    return f"a {t.__module__}.{t.__qualname__}"
 
 
 def _fails(item) -> bool:

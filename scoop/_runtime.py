@@ -28,7 +28,7 @@ from . import _protocol as P
 from . import _shm
 from .broker import secure_client
 from .errors import ClusterError
-from .liveness import LOAD_INTERVAL, configure_socket, reconnect_grace
+from .liveness import DEFAULT_TIMEOUT, LOAD_INTERVAL, configure_socket, reconnect_grace
 from .submitter import Submitter
 
 INLINE_DEPTH = 50      # inline runs nest in one greenlet's stack: keep far from the recursion limit
@@ -49,7 +49,8 @@ class Runtime:
     """Connection of this process to the broker; one per process."""
 
     def __init__(self, broker: str, secret: bytes, role: str, *, info: dict | None = None,
-                 broker_timeout: float = 3.0, context: zmq.Context | None = None, inline: bool = True):
+                 broker_timeout: float = DEFAULT_TIMEOUT, context: zmq.Context | None = None,
+                 inline: bool = True):
         self.broker = broker
         self.secret = secret
         self.signer = P.Signer(secret)
@@ -228,9 +229,9 @@ class Runtime:
         n = 0
         while True:
             with self.lock:
-                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if not sock.getsockopt(P.EVENTS) & P.POLLIN:
                     break
-                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, zmq.NOBLOCK)
+                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, P.NOBLOCK)
             n += 1
             if recs is not None:
                 self._handle(recs)
@@ -250,8 +251,8 @@ class Runtime:
         ex = self.executor
         with self.lock:
             sock = self.sock
-            while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, zmq.NOBLOCK)
+            while sock is not None and sock.getsockopt(P.EVENTS) & P.POLLIN:
+                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, P.NOBLOCK)
                 if recs is None:
                     continue
                 rest = []
@@ -439,7 +440,8 @@ class _Control(threading.Thread):
         s = rt._socket(b"c" + rt.uid.encode())
         s.setsockopt(zmq.LINGER, 0)
         monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
-                                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+                                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                       | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         s.connect(rt.broker)
         poller = zmq.Poller()
         poller.register(s, zmq.POLLIN)
@@ -454,7 +456,8 @@ class _Control(threading.Thread):
             while not self._halt.is_set():
                 now = time.monotonic()
                 if now >= next_load:
-                    P.send_records(s, signer, P.CONTROL_TO_BROKER, [(P.LOAD, json.dumps(self._figures()).encode())])
+                    load = json.dumps(self._figures()).encode()
+                    P.send_records(s, signer, P.CONTROL_TO_BROKER, [(P.LOAD, load)])
                     next_load = now + LOAD_INTERVAL
                 held = sub.held
                 if held is not None and now - held.since > sub.hold_seconds:
@@ -462,13 +465,14 @@ class _Control(threading.Thread):
                     if box is not None:
                         P.send(s, signer, P.CONTROL_TO_BROKER, box)
                 # short polls: stop() joins this thread, and a held task must not wait long
-                events = dict(poller.poll(min(self.tick_ms, int(max(0.0, next_load - time.monotonic()) * 1000) + 1)))
+                wait_ms = min(self.tick_ms, int(max(0.0, next_load - time.monotonic()) * 1000) + 1)
+                events = dict(poller.poll(wait_ms))
                 if monitor in events:
                     self._on_connection_event(monitor)
                 if s in events:
                     while True:
                         try:
-                            recs = P.recv_verified(s, signer, P.CONTROL_FROM_BROKER, zmq.NOBLOCK)
+                            recs = P.recv_verified(s, signer, P.CONTROL_FROM_BROKER, P.NOBLOCK)
                         except zmq.Again:
                             break
                         for rec in recs or ():

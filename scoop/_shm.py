@@ -41,12 +41,14 @@ class Segments:
         """Copies ``view`` into a new segment; returns its 16-byte id."""
         seg = _ID.pack(self.tag, self.pid, next(self._count))
         size = view.nbytes
-        fd = os.open(_name(seg), os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+        fd = os.open(_name(seg), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         try:
-            os.ftruncate(fd, size)
-            if size:
-                with mmap.mmap(fd, size) as m:
-                    m[:] = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+            # written, not copied into a mapping: a full /dev/shm (Docker's default is 64 MB) is
+            # an OSError here instead of a SIGBUS that kills the process, and it is ~2x faster
+            data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+            done = 0
+            while done < size:
+                done += os.pwrite(fd, data[done:], done)
         except BaseException:
             os.close(fd)
             self.unlink(seg)

@@ -27,7 +27,7 @@ import zmq
 
 from . import _protocol as P
 from . import _shm
-from .liveness import configure_socket
+from .liveness import DEFAULT_TIMEOUT, configure_socket
 from .scheduling import Peer, Scheduler
 
 PLAIN_USER = b"scoop"
@@ -50,7 +50,8 @@ class Authenticator:
         from zmq.auth.thread import ThreadAuthenticator
         self._auth = ThreadAuthenticator(ctx, log=_quiet_logger())
         self._auth.start()
-        self._auth.configure_plain(domain="scoop", passwords={PLAIN_USER.decode(): plain_token(secret).decode()})
+        token = plain_token(secret).decode()
+        self._auth.configure_plain(domain="scoop", passwords={PLAIN_USER.decode(): token})
 
     def stop(self):
         self._auth.stop()
@@ -71,7 +72,7 @@ def secure_server(sock):
 
 class Broker:
     def __init__(self, secret: bytes, main_addr: str, meta_addr: str, *,
-                 heartbeat_timeout: float = 3.0, status_interval: float = 0.2,
+                 heartbeat_timeout: float = DEFAULT_TIMEOUT, status_interval: float = 0.2,
                  context: zmq.Context | None = None, log=None, upstream: Peer | None = None):
         self.signer = P.Signer(secret)
         self.secret = secret
@@ -95,6 +96,7 @@ class Broker:
         self.core.on_event = self._event
         self.fds: dict[int, tuple] = {}  # connection (fd) -> (identity, the peer that authenticated on it)
         self.connected: set[bytes] = set()  # identities whose connection is watched
+        self._dropped: list = []            # peers whose connection dropped this round
         self.running = True
         self.reason = ""
         self.routed = 0       # messages routed (in and out), for capacity figures
@@ -145,8 +147,10 @@ class Broker:
                     recv = self._recv
                     for _ in range(256):  # drain, but let dispatch and flushing run in between
                         recv()
-                        if not main.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        if not main.getsockopt(P.EVENTS) & P.POLLIN:
                             break
+                if self._dropped:
+                    self._apply_drops()
                 if len(events) > (main in events) + (monitor in events):
                     self._on_extra(events)
                 now = time.monotonic()
@@ -175,13 +179,22 @@ class Broker:
             self.auth.stop()
 
     def _on_disconnects(self, monitor):
+        """Connections that dropped: their peers are lost -- after the messages that arrived with
+        them are read (a goodbye or the cluster's end may be among them, and a peer that left
+        was not lost).  Read before those messages, so a reused socket is never blamed."""
         from zmq.utils.monitor import recv_monitor_message
         while monitor.poll(0):
             ev = recv_monitor_message(monitor)
             ident, peer = self.fds.pop(ev["value"], (None, None))
             if ident is not None:
                 self.connected.discard(ident)
-            if peer is not None and peer.uid in self.core.peers:
+            if peer is not None:
+                self._dropped.append(peer)
+
+    def _apply_drops(self):
+        dropped, self._dropped = self._dropped, []
+        for peer in dropped:
+            if self.running and peer.uid in self.core.peers:
                 self._lose(peer, "lost (its connection dropped)")
 
     def _lose(self, peer: Peer, why: str):
@@ -199,9 +212,9 @@ class Broker:
         message of each connection is read as a frame to learn its socket (SRCFD): that
         connection's drop is how this peer's loss will be known."""
         main = self.main
-        ident = main.recv(zmq.NOBLOCK)
+        ident = main.recv(P.NOBLOCK)
         self.routed += 1
-        if not main.getsockopt(zmq.RCVMORE):
+        if not main.getsockopt(P.RCVMORE):
             self.dropped += 1
             return
         fd = None
@@ -210,7 +223,7 @@ class Broker:
         else:
             head = main.recv(copy=False)
             fd = head.get(zmq.SRCFD)
-            parts = [head.bytes] + (P.recv_parts(main) if main.getsockopt(zmq.RCVMORE) else [])
+            parts = [head.bytes] + (P.recv_parts(main) if main.getsockopt(P.RCVMORE) else [])
         kind = ident[:1]
         channel = P.TO_BROKER if kind == b"t" else P.CONTROL_TO_BROKER
         if not self.signer.check(channel, parts[0]):
@@ -262,7 +275,7 @@ class Broker:
         box = P.Outbox()
         box.add(hdr, body)
         try:
-            P.send(self.main, self.signer, channel, box, ident, zmq.NOBLOCK)
+            P.send(self.main, self.signer, channel, box, ident, P.NOBLOCK)
         except zmq.ZMQError:
             pass
 
@@ -351,9 +364,9 @@ class Broker:
                 continue
             try:
                 if which:
-                    send(main, signer, P.CONTROL_FROM_BROKER, box, b"c" + uid, zmq.NOBLOCK)
+                    send(main, signer, P.CONTROL_FROM_BROKER, box, b"c" + uid, P.NOBLOCK)
                 else:
-                    send(main, signer, P.FROM_BROKER, box, b"t" + uid, zmq.NOBLOCK)
+                    send(main, signer, P.FROM_BROKER, box, b"t" + uid, P.NOBLOCK)
                 self.routed += 1
             except zmq.ZMQError:
                 pass  # peer not connected (yet/any more); its connection's loss handles it
@@ -394,7 +407,7 @@ class Broker:
             self.rate = (core.done_total - d0) / (now - t0)
             self._rate_mark = (now, core.done_total)
         workers = core.workers_info()
-        busy = sum(1 for w in workers if w["state"] == "busy")
+        busy = sum(1 for w in workers if w.get("state") == "busy")
         origin = core.origin
         snap = {
             "state": "running" if self.running else "stopped",
@@ -445,10 +458,10 @@ def main():
         if cfg.get("upstream"):
             from .federation import SubBroker
             broker = SubBroker(secret, cfg["main"], cfg["meta"], cfg["upstream"],
-                               heartbeat_timeout=cfg.get("heartbeat_timeout", 3.0))
+                               heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT))
         else:
             broker = Broker(secret, cfg["main"], cfg["meta"],
-                            heartbeat_timeout=cfg.get("heartbeat_timeout", 3.0))
+                            heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT))
     except zmq.ZMQError as exc:
         sys.stderr.write(f"scoop broker: cannot listen on {cfg['main']} / {cfg['meta']}: {exc}\n")
         sys.exit(2)

@@ -171,7 +171,7 @@ class Executor:
                 status = P.OK
             except P.SerializationError as exc:
                 if kind == P.CHUNK:
-                    packed, status = P.packed_bytes(self._chunk_unpicklable(value, name, exc)), P.OK
+                    packed, status = self._chunk_unpicklable(value, name, exc, shm), P.OK
                 else:
                     packed, status = P.packed_bytes(P.dump_exception(exc, "")), P.RAISED
         except TaskInterrupted:
@@ -207,14 +207,15 @@ class Executor:
             return ChunkResult(values, i, self._exception_payload(exc, name, args), time.perf_counter() - t0)
         return ChunkResult(values, -1, None, time.perf_counter() - t0)
 
-    def _chunk_unpicklable(self, value, name, exc):
+    def _chunk_unpicklable(self, value, name, exc, shm) -> P.Packed:
+        """A chunk whose j-th value does not pickle: the values before it, and its error."""
         values, err_i, err, elapsed = value
         for j, v in enumerate(values):
             try:
                 P.pack(v, f"result of task {name} (input {j})")
             except P.SerializationError as e:
-                return P.pack((values[:j], j, P.dump_exception(e, ""), elapsed)).body
-        return P.pack(([], 0, P.dump_exception(exc, ""), elapsed)).body
+                return P.pack(ChunkResult(values[:j], j, P.dump_exception(e, ""), elapsed), shm=shm)
+        return P.pack(ChunkResult([], 0, P.dump_exception(exc, ""), elapsed))
 
     def _exception_payload(self, exc, name, args=None) -> bytes:
         tb = exc.__traceback__

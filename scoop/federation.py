@@ -83,7 +83,7 @@ class SubBroker(Broker):
         for sock, channel, handler in ((self.up, P.FROM_BROKER, self._on_upstream),
                                        (self.upc, P.CONTROL_FROM_BROKER, self._on_upstream_control)):
             if sock in events:
-                while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                while sock.getsockopt(P.EVENTS) & P.POLLIN:
                     recs = P.recv_verified(sock, self.signer, channel)
                     if recs is None:
                         self.dropped += 1

@@ -7,14 +7,26 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import sys
 import time
 import warnings
 import weakref
 from collections import deque
 
 from . import _globals
-from ._future import (ALL_COMPLETED, ALWAYS, CANCELLED, FINISHED, FIRST_COMPLETED,  # noqa: F401
-                      FIRST_EXCEPTION, ChunkResult, Future, as_completed, wait)
+from ._future import (  # noqa: F401
+    ALL_COMPLETED,
+    ALWAYS,
+    CANCELLED,
+    FINISHED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    ChunkResult,
+    Future,
+    as_completed,
+    wait,
+)
 from .errors import CancelledError, ClusterError, RemoteError, TaskInterrupted, TimeoutError, WorkerLostError  # noqa: F401
 
 __all__ = ["submit", "map", "map_as_completed", "as_completed", "wait", "mapReduce", "mapScan",
@@ -77,6 +89,19 @@ class _SerialRuntime:
     batching = 0
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside this package, so a warning points at the
+    user's line (a notebook cell, a script) whatever the depth of the call inside SCOOP."""
+    level, f = 1, sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_PACKAGE_DIR):
+        f = f.f_back
+        level += 1
+    return level
+
+
 def _rt():
     rt = _globals.current()
     if rt is not None:
@@ -85,7 +110,7 @@ def _rt():
     if _serial is None:
         warnings.warn("SCOOP is not running (start the program with `python -m scoop` or a notebook "
                       "cluster with `%scoop_cluster start`): futures run serially in this process.",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=_user_stacklevel())
         _serial = _SerialRuntime()
     return _serial
 
@@ -147,8 +172,14 @@ class _MapIterator:
             self.total = min(len(it) for it in iterables)
         except TypeError:
             self.total = None  # a generator or an endless iterable
+        self.closed_at = None          # progress when close() dropped the rest of the map
         _active_maps.add(self)
-        self._fill()
+        try:
+            self._fill()
+        except BaseException:
+            # e.g. a function that cannot be pickled: no task left, and no map to show progress of
+            self.close()
+            raise
 
     def _fill(self):
         rt = self.rt
@@ -263,26 +294,44 @@ class _MapIterator:
 
     def _adapt(self, elapsed, n):
         per = elapsed / max(1, n)
-        self._adapt_to(per if self.per_input is None else 0.7 * self.per_input + 0.3 * per)
+        if self.per_input is not None and n < 64:
+            per = 0.7 * self.per_input + 0.3 * per  # a few inputs measure the timer, not the task
+        previous = self.chunk
+        self._adapt_to(per)
+        if elapsed < _CHUNK_SECONDS / 2 and n >= previous:
+            # a full chunk done well inside its time: at least double (per-chunk costs are
+            # what a small-sample estimate of a tiny task hides)
+            self.chunk = max(self.chunk, min(self._cap(), previous * 2))
+            self.size = max(self.size, 4 * self.chunk * _size())
         if self.digest:
             _per_input[self.digest] = self.per_input
+
+    def _cap(self) -> int:
+        return _CHUNK_MAX if self.total is None else max(1, self.total // (4 * _size()))
 
     def _adapt_to(self, per_input):
         self.per_input = per_input
         workers = _size()
-        cap = _CHUNK_MAX if self.total is None else max(1, self.total // (4 * workers))
-        self.chunk = max(1, min(cap, int(_CHUNK_SECONDS / max(per_input, 1e-8))))
+        self.chunk = max(1, min(self._cap(), int(_CHUNK_SECONDS / max(per_input, 1e-8))))
         # a few chunks in flight per worker, whatever their size
         self.size = max(self.size, 4 * self.chunk * workers)
 
     def progress(self) -> dict:
         """How far this map is: for progress bars and the dashboard."""
-        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window if f.completed)
+        # only results that arrived: a cancelled (interrupted) chunk is not done
+        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window
+                                                     if f.completed and not f.cancelled())
         return {"name": self.name, "done": done, "submitted": self.submitted, "total": self.total,
                 "finished": self.exhausted and not self.window and not self.buffer, "started": self.started}
 
     def close(self):
-        """Drops the tasks still queued for this map (also done when it is garbage-collected)."""
+        """Drops the tasks still queued for this map (also done when it is garbage-collected);
+        it then no longer counts as a map in progress."""
+        if self.closed_at is None and not (self.exhausted and not self.window):
+            p = self.progress()
+            p["dropped"] = (self.total if self.total is not None else self.submitted) - p["done"]
+            self.closed_at = p
+        _active_maps.discard(self)
         self.exhausted = True
         window, self.window = self.window, deque()
         self.in_window = 0

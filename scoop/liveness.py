@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zmq
 
-DEFAULT_TIMEOUT = 3.0   # seconds of silence after which a connection is dropped
+DEFAULT_TIMEOUT = 3.0   # seconds of silence after which a connection is dropped (--heartbeat-timeout)
 PINGS_PER_TIMEOUT = 4   # heartbeats sent within one timeout
 LOAD_INTERVAL = 0.25    # seconds between two load reports (figures for the views, not liveness)
 

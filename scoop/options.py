@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .liveness import DEFAULT_TIMEOUT
+
 __all__ = ["ClusterOptions", "OptionError", "LAUNCHER_NAMES", "add_arguments", "option_names"]
 
 #: the ways to start workers (``auto`` picks one from the hosts and the batch allocation)
@@ -150,7 +152,8 @@ class ClusterOptions:
                         help="forward the broker port through SSH, for hosts that cannot connect back")
     ssh_config: str | None = _opt(None, flags=("--ssh-config",), metavar="FILE", check=text_value,
                                   help="SSH config file (default ~/.ssh/config)")
-    heartbeat_timeout: float = _opt(3.0, flags=("--heartbeat-timeout",), metavar="S", check=positive_float,
+    heartbeat_timeout: float = _opt(DEFAULT_TIMEOUT, flags=("--heartbeat-timeout",), metavar="S",
+                                    check=positive_float,
                                     help="seconds of silence after which a worker is declared lost "
                                          "(default 3)")
     connect_timeout: float = _opt(10.0, flags=("--connect-timeout",), metavar="S", check=positive_float,

@@ -97,6 +97,12 @@ def _load(p):
     return len(p.assigned)
 
 
+def _runs(p):
+    """Tasks a steal leaves a peer: the one a worker runs; none for a sub-broker, which gives
+    back only what still waits in its queue (possibly with no worker left to run it)."""
+    return 0 if p.role == "broker" else 1
+
+
 class Scheduler:
     def __init__(self, upstream: Peer | None = None, log=None, unlink=None):
         self.dirty: set = set()
@@ -161,6 +167,10 @@ class Scheduler:
             else:
                 self.queue.appendleft(task)
         peer.assigned.clear()
+        if self.upstream is not None and peer.takes_tasks and peer.credit > 0:
+            # the root counted this credit as ours: it would send tasks for a worker that is gone
+            self.upstream.out.add(P.COUNT.pack(P.CREDIT, -peer.credit))
+            peer.credit = 0
         # tasks this peer submitted have nobody to report to: forget them
         for t in [t for t in self.tasks.values() if t.submitter is peer]:
             del self.tasks[t.id]
@@ -199,6 +209,11 @@ class Scheduler:
             p.out.add(hdr)
 
     def set_load(self, peer: Peer, load: dict):
+        # checked here, where it arrives: the status snapshot and the size broadcast read it later,
+        # outside any handler, and a bad value there would end the broker
+        workers = load.get("workers", []) if isinstance(load, dict) else None
+        if not isinstance(workers, list) or not all(isinstance(w, dict) for w in workers):
+            raise ValueError("load figures must be a JSON object (with a list of objects as workers)")
         if peer.role == "broker" and len(load.get("workers", ())) != len(peer.load.get("workers", ())):
             self.size_due = True
         peer.load = load
@@ -236,6 +251,8 @@ class Scheduler:
         """The first result for a task id goes to its submitter; a duplicate, cancelled or
         orphaned one is dropped: exactly once."""
         tid = P.task_id(rec.hdr)
+        # read before anything changes: a malformed record must not leave the task half-done
+        inputs = P.RESULT_HEADER.unpack(rec.hdr)[3] if rec.hdr[:1] == P.RESULT else 0
         task = self.tasks.pop(tid, None)
         if task is None:
             sub = self.local_submitted.pop(tid, None)  # a sub-broker: the root's answer
@@ -247,8 +264,7 @@ class Scheduler:
         w = task.worker
         if w is not None:
             w.assigned.pop(tid, None)
-        if rec.hdr[:1] == P.RESULT:
-            self.done_total += P.RESULT_HEADER.unpack(rec.hdr)[3]
+        self.done_total += inputs
         self.free(task)
         if self.alive(task.submitter):
             task.submitter.out.add_record(rec)
@@ -406,11 +422,11 @@ class Scheduler:
             return
         room = sum(p.credit for p in idle)
         hosts = {p.host_key for p in idle}
-        for victim in sorted((p for p in self.peers.values() if p.takes_tasks and len(p.assigned) >= 2),
+        for victim in sorted((p for p in self.peers.values() if p.takes_tasks and len(p.assigned) > _runs(p)),
                              key=_load, reverse=True):
             if now - victim.last_steal <= STEAL_EVERY:
                 continue
-            n = min(room, len(victim.assigned) - 1)
+            n = min(room, len(victim.assigned) - _runs(victim))
             if victim.host_key not in hosts:
                 # its pinned tasks run on its host only: no idle worker here could take them
                 n = sum(1 for _ in islice((t for t in victim.assigned.values() if not t.host), n))

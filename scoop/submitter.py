@@ -65,6 +65,7 @@ class Submitter:
         self.inline = inline
         self.futures: dict[int, Future] = {}
         self.group = 0
+        self._auto_group = 1 << 31  # groups this submitter opens itself (scoop.origin's count up from 1)
         self.prefix = 0
         self._seq = 0
         self._fn_cache: dict[int, tuple] = {}
@@ -377,6 +378,10 @@ class Submitter:
         if rt.sock is not None and not rt.broken:
             rt.out.add(P.GROUP.pack(P.INTERRUPT, group))
             rt.flush()
+        if group == self.group:
+            # the broker drops an interrupted group's tasks for good: what comes next is new work
+            self._auto_group += 1
+            self.group = self._auto_group
 
 
 def _unpicklable(value, task: str):

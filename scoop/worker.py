@@ -43,10 +43,12 @@ def main():
     # the user's program runs as __main__ on the origin only; workers get its definitions by value
     from . import _globals, _runtime
     from .executor import Executor, capture_output
+    from .liveness import DEFAULT_TIMEOUT
     name = cfg.get("name") or cfg.get("label") or ""
     rt = _runtime.Runtime(cfg["broker"], secret, "worker",
                           info={"host": cfg.get("host") or None, "name": name},
-                          broker_timeout=cfg.get("broker_timeout", 3.0), inline=cfg.get("inline", True))
+                          broker_timeout=cfg.get("broker_timeout", DEFAULT_TIMEOUT),
+                          inline=cfg.get("inline", True))
     Executor(rt, retire_at=cfg.get("retire_at"))
     try:
         rt.connect(timeout=cfg.get("connect_timeout", 15.0))

@@ -6,8 +6,8 @@ The kernel becomes the cluster's origin and stays it between cells; see
 """
 from __future__ import annotations
 
-from . import tracebacks
-from .api import cluster, dashboard, restart, scale, session, start, status, stop  # noqa: F401
+from . import reprs, tracebacks
+from .api import cluster, dashboard, logs, restart, scale, session, start, status, stop, timeline  # noqa: F401
 
 try:
     from ._labext_paths import _jupyter_labextension_paths  # noqa: F401
@@ -15,7 +15,7 @@ except ImportError:  # the lab extension's helper is not part of this checkout
     def _jupyter_labextension_paths():
         return [{"src": "labextension", "dest": "scoop-jupyter"}]
 
-__all__ = ["start", "stop", "restart", "scale", "status", "dashboard", "cluster",
+__all__ = ["start", "stop", "restart", "scale", "status", "dashboard", "timeline", "logs", "cluster",
            "load_ipython_extension", "unload_ipython_extension"]
 
 _unregister_comm = None
@@ -29,10 +29,20 @@ def load_ipython_extension(ip):
     s = session()
     s.install(ip)
     tracebacks.install(ip)
+    reprs.register(ip)
+    _show_costly_function_warnings()
     kernel = getattr(ip, "kernel", None)
     if kernel is not None and _unregister_comm is None:
         from .comm import register
         _unregister_comm = register(kernel, s)
+
+
+def _show_costly_function_warnings():
+    """The core warns (a ResourceWarning, which Python hides by default) when a task's function
+    pickles to many MiB because it captures large data: in a notebook, where closures over big
+    arrays happen easily, that warning must be seen (the core already says it once per function)."""
+    import warnings
+    warnings.filterwarnings("always", message=r"the function .* pickles to", category=ResourceWarning)
 
 
 def unload_ipython_extension(ip):
@@ -42,6 +52,7 @@ def unload_ipython_extension(ip):
     s.stop()
     s.uninstall(ip)
     tracebacks.uninstall(ip)
+    reprs.unregister(ip)
     if _unregister_comm is not None:
         _unregister_comm()
         _unregister_comm = None

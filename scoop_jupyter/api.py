@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 from scoop.cluster import Cluster
 from scoop.options import ClusterOptions
@@ -55,18 +56,76 @@ def cluster() -> Cluster | None:
 
 
 def status() -> "Status":
-    """The cluster's latest load snapshot; prints as a table."""
-    return Status(session().status())
+    """The cluster's latest load snapshot; prints as a table, displays as HTML."""
+    s = session()
+    raw = s.status()
+    if raw.get("state") != "running":
+        return Status(state="stopped", workers=[], totals={})
+    snap = s.feed.normalise(raw)
+    snap["totals"] = dict(raw.get("totals", {}), **snap["totals"])
+    return Status(snap)
 
 
 def dashboard():
     """A live dashboard widget of the cluster (display it, or make it a cell's last value)."""
     from .dashboard import Dashboard
-    return Dashboard(session().feed)
+    s = session()
+    return Dashboard(s.feed, s.logs)
+
+
+def timeline(last: float = 60.0) -> "Timeline":
+    """The task timeline of the last ``last`` seconds: one row per worker, one bar per task or
+    map chunk, coloured by function (displays as SVG)."""
+    from . import task_timeline as _tl
+    return Timeline(_tl.recent(last), last)
+
+
+def logs(worker: str | None = None, lines: int = 50) -> str:
+    """Recent output of each worker (or of ``worker``, e.g. "w3"), oldest first."""
+    s = session()
+    names = [worker] if worker else sorted(s.logs, key=_natural)
+    if worker and worker not in s.logs:
+        known = ", ".join(sorted(s.logs, key=_natural)) or "none yet"
+        raise ValueError(f"no output from a worker named {worker!r} (workers with output: {known})")
+    out = []
+    for name in names:
+        recent = list(s.logs[name])[-lines:]
+        out.append(f"--- {name} ({len(recent)} of {len(s.logs[name])} kept lines)")
+        out.extend(f"{time.strftime('%H:%M:%S', time.localtime(t))} {'!' if st == 'stderr' else ' '} {line}"
+                   for t, st, line in recent)
+    return "\n".join(out) if out else "no worker output yet"
+
+
+def _natural(name: str):
+    import re
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+class Timeline(list):
+    """Finished tasks (dicts) that display as the timeline chart."""
+
+    def __init__(self, recs, last):
+        super().__init__(recs)
+        self.last = last
+
+    def _repr_html_(self):
+        from . import task_timeline as _tl
+        return _tl.render(list(self), empty=f"no task finished in the last {self.last:.0f} s"
+                          if _tl.available() else None)
+
+    def __repr__(self):
+        if not self:
+            return f"<no task finished in the last {self.last:.0f} s>"
+        workers = {r.get("worker") for r in self}
+        return f"<timeline: {len(self)} tasks on {len(workers)} workers>"
+
+    def _repr_pretty_(self, p, cycle):
+        p.text(repr(self))
 
 
 class Status(dict):
-    """A broker snapshot (``workers``, ``totals``) that prints as a readable table."""
+    """A cluster snapshot (``workers``, ``totals``) that prints as a readable table and
+    displays as HTML."""
 
     def __str__(self):
         return format_status(self)
@@ -74,9 +133,15 @@ class Status(dict):
     def _repr_pretty_(self, p, cycle):
         p.text(str(self))
 
+    def _repr_html_(self):
+        from .reprs import status_html
+        return status_html(self)
+
 
 def _mem(n) -> str:
-    return f"{(n or 0) / 2**20:.0f} MiB" if n else "-"
+    if not n:
+        return "-"
+    return f"{n / 2**20:.0f} MiB" if n < 10 * 2**30 else f"{n / 2**30:.1f} GiB"
 
 
 def format_status(snap: dict) -> str:
@@ -101,10 +166,11 @@ def format_status(snap: dict) -> str:
         label = host + (" (here)" if host == me else "")
         lines.append(f"{label:<24}{k:>8}{b:>6}{d:>10}")
     lines.append("")
-    lines.append(f"{'worker':<8}{'host':<16}{'pid':>8}  {'state':<6}{'queued':>7}{'running':>8}"
-                 f"{'done':>8}{'cpu %':>7}{'memory':>9}")
-    for w in sorted(workers, key=lambda w: int(w["id"]) if str(w.get("id", "")).isdigit() else 0):
-        lines.append(f"{w.get('id', '?'):<8}{str(w.get('host', '?'))[:15]:<16}{w.get('pid', 0):>8}  "
-                     f"{w.get('state', '?'):<6}{w.get('queued', 0):>7}{w.get('running', 0):>8}"
-                     f"{w.get('done', 0):>8}{w.get('cpu', 0.0):>7.0f}{_mem(w.get('mem')):>9}")
+    lines.append(f"{'worker':<8}{'host':<16}{'pid':>8}  {'state':<8}{'queued':>7}{'running':>8}"
+                 f"{'done':>8}{'cpu %':>7}{'memory':>10}")
+    for w in sorted(workers, key=lambda w: _natural(w.get("name") or str(w.get("id", "")))):
+        name = w.get("name") or w.get("id", "?")
+        lines.append(f"{name:<8}{str(w.get('host', '?'))[:15]:<16}{w.get('pid', 0):>8}  "
+                     f"{w.get('state', '?'):<8}{w.get('queued', 0):>7}{w.get('running', 0):>8}"
+                     f"{w.get('done', 0):>8}{w.get('cpu', 0.0):>7.0f}{_mem(w.get('mem')):>10}")
     return "\n".join(lines)

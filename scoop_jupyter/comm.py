@@ -3,14 +3,16 @@
 Protocol (JSON ``data`` of comm messages), frontend-initiated:
 
 kernel -> frontend
-    ``{"type": "status", "state": "running"|"stopped", "workers": [{"id", "host", "pid",
-    "state": "idle"|"busy"|"joining"|"lost", "queued", "running", "done", "cpu", "mem"}],
+    ``{"type": "status", "state": "running"|"stopped", "workers": [{"id", "name" (e.g. "w3": the
+    worker's one name, as in its output prefix and tracebacks), "host", "pid",
+    "state": "idle"|"busy"|"joining"|"lost", "queued", "running", "done", "cpu", "mem" (bytes)}],
     "totals": {"workers", "busy" (0..1), "done", "queued", "running", "rate"}}`` once on open,
     then up to ``MAX_RATE`` times a second while a cluster runs, and once when it stops.
     ``{"type": "error", "message": str}`` when an action failed.
 
 frontend -> kernel
     ``{"action": "start", "n": int}`` (a local cluster, as ``%scoop_cluster start -n n``),
+    ``{"action": "scale", "n": int}`` (as ``%scoop_cluster scale n``),
     ``{"action": "stop"}``, ``{"action": "refresh"}`` (send the current status now).
 """
 from __future__ import annotations
@@ -53,11 +55,14 @@ class PanelComm:
         data = (msg.get("content") or {}).get("data") or {}
         action = data.get("action")
         try:
-            if action == "start":
+            if action in ("start", "scale"):
                 n = data.get("n")
-                if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+                bad = not isinstance(n, int) or isinstance(n, bool) or n < 1
+                if (n is not None or action == "scale") and bad:
                     raise ValueError(f"'n' must be a positive integer, not {n!r}")
-                if not self.origin.running:
+                if action == "scale":
+                    self.origin.scale(n)
+                elif not self.origin.running:
                     self.origin.start(n)
                 self._send(self.origin.feed.latest)
             elif action == "stop":
@@ -66,7 +71,7 @@ class PanelComm:
             elif action == "refresh":
                 self._send(self.origin.feed.latest)
             else:
-                raise ValueError(f"unknown action {action!r} (expected start, stop or refresh)")
+                raise ValueError(f"unknown action {action!r} (expected start, scale, stop or refresh)")
         except Exception as exc:
             self._send({"type": "error", "message": f"{type(exc).__name__}: {exc}"})
 

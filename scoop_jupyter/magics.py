@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="%scoop_cluster", description="Run a SCOOP cluster whose origin is this kernel: "
                 "scoop.futures calls in later cells run on its workers.",
                 epilog="Python equivalents: scoop_jupyter.start(n=4, ...), .stop(), .status(), "
-                       ".restart(), .scale(n), .dashboard().")
+                       ".restart(), .scale(n), .dashboard(), .timeline(), .logs().")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     s = sub.add_parser("start", help="start a cluster (this kernel becomes its origin)",
                        description="Start a SCOOP broker and workers; this kernel becomes the origin.")
@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scale", help="grow or shrink the cluster to N workers")
     sc.add_argument("workers", type=_positive, metavar="N")
     sub.add_parser("dashboard", help="show the live load dashboard")
+    tl = sub.add_parser("timeline", help="task timeline of the last maps: a row per worker, a bar per task")
+    tl.add_argument("--last", type=float, default=60.0, metavar="SECONDS",
+                    help="how far back to show (default: 60 s)")
+    lg = sub.add_parser("logs", help="recent output of the workers (or of one: %%scoop_cluster logs w3)")
+    lg.add_argument("worker", nargs="?", default=None, metavar="NAME")
+    lg.add_argument("-n", "--lines", type=_positive, default=50, metavar="N",
+                    help="lines per worker (default 50)")
     pr = sub.add_parser("progress", help="turn progress bars for long maps on or off")
     pr.add_argument("switch", choices=["on", "off"])
     return p
@@ -92,7 +99,8 @@ class ScoopMagics(Magics):
             elif cmd == "stop":
                 print("SCOOP cluster stopped" if api.stop() else "no SCOOP cluster is running")
             elif cmd == "status":
-                print(api.status())
+                from IPython.display import display
+                display(api.status())
             elif cmd == "restart":
                 api.restart()
                 print(api.session().summary())
@@ -102,6 +110,13 @@ class ScoopMagics(Magics):
             elif cmd == "dashboard":
                 from IPython.display import display
                 display(api.dashboard())
+            elif cmd == "timeline":
+                if args.last <= 0:
+                    raise ValueError(f"--last must be a positive number of seconds, not {args.last}")
+                from IPython.display import display
+                display(api.timeline(args.last))
+            elif cmd == "logs":
+                print(api.logs(args.worker, args.lines))
             elif cmd == "progress":
                 api.session().progress.enabled = args.switch == "on"
                 print(f"map progress bars {args.switch}")

@@ -6,26 +6,37 @@ ipykernel runs in its main thread) watches the origin's ZeroMQ descriptor and pu
 100 ms safety timer because that descriptor is edge-triggered.  Results therefore reach their
 futures (and done-callbacks fire) while no cell runs.
 
-Each cell gets a task group of its own, so Kernel > Interrupt drops exactly that cell's work;
-worker output is routed to the cell that is running (else the last one that ran); and every
-cluster started here is stopped when the kernel exits, on top of the core's own
-parent-death guarantees.
+Each cell gets a task group of its own, so Kernel > Interrupt drops exactly that cell's work.
+Jupyter routes output by the parent header of the message, so output caused by a cell carries
+that cell's header, at any later time: task output is published under the header of the cell
+whose group submitted the task, and a done-callback runs under the header of the cell that
+registered it.  Every cluster started here is stopped when the kernel exits, on top of the
+core's own parent-death guarantees.
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
+import re
 import sys
 import threading
 import time
+from collections import deque
 
 import scoop.origin
 from scoop.cluster import Cluster
 from scoop.errors import ClusterError
 from scoop.options import option_names
 
-from .status import StatusFeed
+from .status import StatusFeed, forget_maps
 
 SAFETY_PUMP_MS = 100
+#: lines of recent output kept per worker for the worker-log view
+LOG_LINES = 200
+#: cell groups whose parent header is remembered (a kernel's life is long, headers are small)
+MAX_GROUPS = 10_000
+
+_LOST_LINE = re.compile(r"pid (\d+)\) lost \(")
 
 #: ``start`` options that map one to one onto ``scoop.cluster.Cluster`` arguments (declared in
 #: scoop.options; ``n`` is start's own argument and output is always prefixed here)
@@ -91,6 +102,9 @@ class KernelOrigin:
         self.cell_running = False
         self.cell_started = 0.0
         self._out_parent: dict = {}
+        self._group_parent: dict = {}      # task group -> parent header of the cell that made it
+        self.logs: dict[str, deque] = {}   # worker name -> its recent output lines
+        self._unpatch_callbacks = None
         self._atexit = False
         from .progress import ProgressBars
         self.progress = ProgressBars(self)
@@ -112,6 +126,8 @@ class KernelOrigin:
         if not self._atexit:
             atexit.register(self._at_exit)
             self._atexit = True
+        if self._unpatch_callbacks is None and self.kernel is not None:
+            self._unpatch_callbacks = _route_done_callbacks(self)
 
     def uninstall(self, shell):
         for name, fn in (("pre_run_cell", self._pre_run_cell), ("post_run_cell", self._post_run_cell)):
@@ -125,6 +141,9 @@ class KernelOrigin:
             pass
         if self.shell is shell:
             self.shell = None
+        if self._unpatch_callbacks is not None:
+            self._unpatch_callbacks()
+            self._unpatch_callbacks = None
 
     def _pre_run_cell(self, info=None):
         kernel = self.kernel
@@ -135,8 +154,47 @@ class KernelOrigin:
                 self._cell_parent = None
         self.cell_started = time.time()
         self.cell_running = True
-        self._cell_group = scoop.origin.new_group() if scoop.origin.is_attached() else None
+        self._new_cell_group()
         self.progress.cell_started()
+
+    def _new_cell_group(self):
+        self._cell_group = scoop.origin.new_group() if scoop.origin.is_attached() else None
+        if self._cell_group is not None and self._cell_parent is not None:
+            if len(self._group_parent) >= MAX_GROUPS:
+                for g in list(self._group_parent)[:MAX_GROUPS // 2]:
+                    del self._group_parent[g]
+            self._group_parent[self._cell_group] = self._cell_parent
+
+    def current_parent(self):
+        """The parent header output caused now belongs to: the running cell's, else the
+        request being handled (a comm message, say)."""
+        if self.cell_running and self._cell_parent is not None:
+            return self._cell_parent
+        kernel = self.kernel
+        try:
+            return kernel.get_parent("shell") if kernel is not None else None
+        except Exception:
+            return None
+
+    @contextlib.contextmanager
+    def under(self, parent):
+        """Output written (and displays made) in this block, on this thread, carry ``parent``."""
+        tokens = []
+        if parent is not None:
+            for target in (sys.stdout, sys.stderr, getattr(self.shell, "display_pub", None)):
+                if hasattr(target, "set_thread_parent") and hasattr(target, "reset_thread_parent"):
+                    try:
+                        tokens.append((target, target.set_thread_parent(parent)))
+                    except Exception:
+                        pass
+        try:
+            yield
+        finally:
+            for target, token in reversed(tokens):
+                try:
+                    target.reset_thread_parent(token)
+                except Exception:
+                    pass
 
     def _post_run_cell(self, result=None):
         self.cell_running = False
@@ -181,8 +239,45 @@ class KernelOrigin:
             pass
 
     # ---- worker output ------------------------------------------------------------------------
+    def _log(self, name: str, stream: str, text: str):
+        log = self.logs.get(name)
+        if log is None:
+            log = self.logs[name] = deque(maxlen=LOG_LINES)
+        now = time.time()
+        for line in text.splitlines():
+            log.append((now, stream, line))
+
+    def _on_task_output(self, name, stream, text, group=None):
+        """``scoop.origin`` output handler: a task's output, published under the header of the
+        cell that submitted it (at any later time), prefixed with the worker's name."""
+        self._log(name, stream, text)
+        out = sys.stderr if stream == "stderr" else sys.stdout
+        parent = self._group_parent.get(group) if group is not None else None
+        if parent is None:
+            parent = self._cell_parent
+        prefixed = "".join(f"[{name}] {line}\n" for line in text.splitlines())
+        try:
+            with self.under(parent):
+                out.write(prefixed)
+        except Exception:
+            pass
+
+    def _without_retired(self, label: str, text: str) -> str:
+        """``text`` without broker lines that call a worker this kernel retired "lost": it
+        left as asked (newer brokers say "retired" and print nothing)."""
+        if not label.startswith("broker") or " lost (" not in text:
+            return text
+        keep = []
+        for line in text.splitlines(keepends=True):
+            m = _LOST_LINE.search(line)
+            if m is None or int(m.group(1)) not in self.feed.retired_pids:
+                keep.append(line)
+        return "".join(keep)
+
     def _output_sink(self):
-        """Worker output goes to the running cell (else the last one), prefixed by worker.
+        """Output of the cluster's processes (the broker's, and the workers' when the core does
+        not send task output over the cluster connection): to the running cell (else the last
+        one), prefixed by process.
 
         ipykernel sends output written by background threads with whatever parent header was
         set last (which may be a comm or completion request); setting the relay thread's parent
@@ -193,6 +288,12 @@ class KernelOrigin:
         streams = {"stdout": sys.stdout, "stderr": sys.stderr}
 
         def sink(label, stream, text):
+            text = self._without_retired(label, text)
+            if not text:
+                return
+            m = re.match(r"\[([^\]]+)\] ", text)
+            if m:
+                self._log(m.group(1), stream, text.replace(f"[{m.group(1)}] ", ""))
             out = streams.get(stream, streams["stdout"])
             parent = self._cell_parent
             if parent is not None and self._out_parent.get(stream) is not parent \
@@ -231,8 +332,14 @@ class KernelOrigin:
         cluster.start(connect=True)
         self.start_seconds = time.perf_counter() - t0
         self.cluster = cluster
+        self.logs.clear()
+        self.feed.retired_pids.clear()
+        forget_maps()
+        set_handler = getattr(scoop.origin, "set_output_handler", None)
+        if set_handler is not None and self.kernel is not None:
+            set_handler(self._on_task_output)
         if self.cell_running:
-            self._cell_group = scoop.origin.new_group()
+            self._new_cell_group()
         kernel = self.kernel
         io_loop = getattr(kernel, "io_loop", None)
         if io_loop is not None:
@@ -248,11 +355,18 @@ class KernelOrigin:
             self._pump.detach()
             self._pump = None
         self._cell_group = None
+        forget_maps()
         if cluster is None:
             return False
         try:
             cluster.stop()
         finally:
+            set_handler = getattr(scoop.origin, "set_output_handler", None)
+            if set_handler is not None:
+                try:
+                    set_handler(None)
+                except Exception:
+                    pass
             self.feed.detach()
         return True
 
@@ -270,8 +384,12 @@ class KernelOrigin:
             raise ClusterError("no SCOOP cluster is running in this kernel")
         if n < 1:
             raise ValueError(f"a cluster needs at least 1 worker, not {n}")
+        live = [w for w in self.cluster.workers if not w.retired and w.poll() is None]
+        # the cluster retires the newest workers: the views show them as leaving, not lost
+        self.feed.retired_pids.update(w.pid for w in live[n:] if w.pid)
         self.cluster.scale(n)
         self.options["n"] = n
+        self.feed.refresh_now()
 
     def status(self, settle: float = 1.0) -> dict:
         """The latest broker snapshot.  Right after a start or scale the snapshot (sent ~5 times
@@ -297,6 +415,35 @@ class KernelOrigin:
         took = f" in {self.start_seconds:.2f} s" if self.start_seconds is not None else ""
         return (f"SCOOP cluster started{took}: {total} worker{'s' if total != 1 else ''} "
                 f"({hosts}); this kernel is the origin (broker port {c.main_port})")
+
+
+def _route_done_callbacks(origin: KernelOrigin):
+    """Done-callbacks run under the parent header of the cell that registered them, so their
+    output lands in that cell whenever the result arrives.  Returns the undo function."""
+    from scoop._future import Future
+    original = Future.add_done_callback
+    if getattr(original, "_scoop_jupyter", False):
+        return lambda: None
+
+    def add_done_callback(self, fn):
+        parent = origin.current_parent()
+        if parent is None or origin.kernel is None:
+            return original(self, fn)
+
+        def in_its_cell(fut, _fn=fn, _parent=parent):
+            with origin.under(_parent):
+                return _fn(fut)
+        in_its_cell.__wrapped__ = fn
+        return original(self, in_its_cell)
+
+    add_done_callback._scoop_jupyter = True
+    add_done_callback.__doc__ = original.__doc__
+    Future.add_done_callback = add_done_callback
+
+    def undo():
+        if Future.add_done_callback is add_done_callback:
+            Future.add_done_callback = original
+    return undo
 
 
 _session: KernelOrigin | None = None

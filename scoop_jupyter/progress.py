@@ -36,16 +36,39 @@ class _Bar:
                 self.bar.max = known
             if self.bar.value != min(done, known):
                 self.bar.value = min(done, known)
-            if state == "done" and self.bar.bar_style != "success":
-                self.bar.bar_style = "success"
-            elif state in ("interrupted", "failed") and self.bar.bar_style != "danger":
-                self.bar.bar_style = "danger"
-        elapsed = time.time() - self.started
-        of = f"{known}" if total is not None else f"{known}+"
-        suffix = {"done": " done", "interrupted": " interrupted", "failed": " failed"}.get(state, "")
-        text = f"{self.name}: {done}/{of} in {elapsed:.1f} s{suffix}"
+            style = {"done": "success", "interrupted": "warning", "failed": "danger"}.get(state)
+            if style and self.bar.bar_style != style:
+                self.bar.bar_style = style
+        self.finished = self.finished or state is not None
+        text = label(self.name, done, total, known, time.time() - self.started, state)
         if self.label.value != text:
             self.label.value = text
+
+
+def _seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
+    m, s = divmod(int(s + 0.5), 60)
+    return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+def label(name: str, done: int, total, known: int, elapsed: float, state: str | None = None) -> str:
+    """``nap: 80/200 · 12.5/s · ETA 9.6 s`` while running; how it ended afterwards."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    pace = f"{rate:.1f}/s" if rate < 100 else f"{rate:,.0f}/s"
+    if state == "done":
+        return f"{name}: {done} done in {_seconds(elapsed)} ({pace})"
+    if state == "interrupted":
+        of = f"{done} done" if total is None else f"{done} of {total} done, {max(0, total - done)} dropped"
+        return f"{name}: interrupted after {_seconds(elapsed)}: {of}"
+    if state == "failed":
+        of = f"{known}" if total is not None else f"{known}+"
+        return f"{name}: failed after {_seconds(elapsed)}: {done}/{of} done"
+    of = f"{known}" if total is not None else f"{known}+"
+    eta = ""
+    if total is not None and rate > 0 and done < total:
+        eta = f" · ETA {_seconds((total - done) / rate)}"
+    return f"{name}: {done}/{of} · {pace}{eta} · {_seconds(elapsed)}"
 
 
 class ProgressBars:
@@ -67,24 +90,33 @@ class ProgressBars:
         """Freezes this cell's bars in their final state (the feed may be quiet by now).
 
         A map whose iterator is gone was either consumed to the end (the cell succeeded) or
-        abandoned by an exception, which the bar then shows."""
+        abandoned by an exception, which the bar then shows; an interrupted map says how far
+        it got (its progress travels in the KeyboardInterrupt's frames)."""
         with self._lock:
             bars, self._bars = self._bars, {}
         if not bars:
             return
         infos = {(m["name"], m["started"]): m for m in safe_maps()}
+        interrupted = {}
+        if isinstance(error, KeyboardInterrupt):
+            from .tracebacks import interrupted_work
+            interrupted = {(p["name"], p["started"]): p
+                           for kind, p in interrupted_work(error) if kind == "map"}
         for key, bar in bars.items():
             if bar.finished:
                 continue
             info = infos.get(key)
             try:
-                if info is not None and info.get("finished"):
+                if key in interrupted:
+                    bar.update(interrupted[key], "interrupted")
+                elif info is not None and info.get("finished"):
                     bar.update(info, "done")
                 elif info is None and error is None:
                     bar.update({"done": bar.bar.max, "total": bar.bar.max}, "done")
                 else:
                     state = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-                    bar.update(info or {"done": bar.bar.value, "total": bar.bar.max}, state)
+                    total = bar.bar.max if info is None else info.get("total")
+                    bar.update(info or {"done": bar.bar.value, "total": total}, state)
             except Exception:
                 pass
 
@@ -111,8 +143,7 @@ class ProgressBars:
                     self._display(bar.box)
                 if bar.finished:
                     continue
-                bar.finished = bool(m["finished"])
-                bar.update(m, "done" if bar.finished else None)
+                bar.update(m, "done" if m["finished"] else None)
 
     def _display(self, widget):
         """Displays in the running cell, although we are on a background thread."""

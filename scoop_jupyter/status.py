@@ -9,6 +9,7 @@ The feed outlives clusters, so a view stays valid across ``%scoop_cluster restar
 """
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -22,15 +23,26 @@ LOST_LINGER = 6.0
 HISTORY = 150
 
 
+#: maps started before this time belong to an earlier cluster (set on every start and stop)
+_maps_since = 0.0
+
+
+def forget_maps() -> None:
+    """Views stop showing every map started so far (a cluster stopped or started)."""
+    global _maps_since
+    _maps_since = time.time()
+
+
 def safe_maps() -> list[dict]:
-    """``scoop.origin.maps()`` read from a thread other than the submitting one.
+    """``scoop.origin.maps()`` of the current cluster, read from a thread other than the
+    submitting one.
 
     The map objects are mutated by the kernel's main thread while we read them, so a read
     can meet a container changing size; such a read is simply retried.
     """
     for _ in range(5):
         try:
-            return scoop.origin.maps()
+            return [m for m in scoop.origin.maps() if m.get("started", 0.0) >= _maps_since]
         except RuntimeError:
             time.sleep(0.001)
         except Exception:
@@ -52,6 +64,7 @@ class StatusFeed:
         self._unsubscribe = None
         self._cluster = None
         self._lost: dict[str, tuple[float, dict]] = {}
+        self.retired_pids: set = set()  # workers this kernel scaled away: they leave, they are not lost
         self.history: deque = deque(maxlen=HISTORY)  # (time, tasks/s)
         self.latest: dict = stopped_status()
         self.raw: dict | None = None
@@ -109,13 +122,19 @@ class StatusFeed:
         """Publishes the latest status again (e.g. for a view that just opened)."""
         self._publish(self.latest)
 
+    def refresh_now(self):
+        """Re-derives the status from the last snapshot (after the kernel changed the cluster)."""
+        if self.raw is not None and self._cluster is not None:
+            self._publish_raw(self.raw)
+
     # ---- meta stream (background thread) -------------------------------------------------------
     def _on_meta(self, kind: str, data: dict):
         if kind == "event":
             self.events.append(data)
             ev = data.get("event")
             w = data.get("worker") or {}
-            if ev == "left" and w.get("role") == "worker" and data.get("reason") != "left":
+            if ev == "left" and w.get("role") == "worker" and data.get("reason") not in ("left", "retired") \
+                    and w.get("pid") not in self.retired_pids:
                 self._lost[str(w.get("id"))] = (time.monotonic(), w)
             if ev in ("joined", "left") and self.raw is not None:
                 self._publish_raw(self.raw)  # show joins and leaves without waiting for a snapshot
@@ -131,22 +150,34 @@ class StatusFeed:
         self.latest = status
         self._publish(status)
 
+    def names(self) -> dict:
+        """pid -> the worker's one name ("w3"), from the cluster's own handles; snapshots that
+        carry a "name" (newer brokers) win over this."""
+        cluster = self._cluster
+        out = {}
+        for h in list(getattr(cluster, "workers", ()) or ()):
+            name = getattr(h, "name", None) or getattr(h, "label", None)
+            if name and h.pid:
+                out[h.pid] = name
+        return out
+
     def normalise(self, raw: dict) -> dict:
         """The panel protocol's status message (see scoop_jupyter.comm) from a broker snapshot."""
         workers = []
         seen_pids = set()
+        names = self.names()
         for w in raw.get("workers", []):
-            if w.get("role", "worker") != "worker":
+            if w.get("role", "worker") != "worker" or w.get("pid") in self.retired_pids:
                 continue
             seen_pids.add(w.get("pid"))
-            workers.append(_worker_row(w, "busy" if w.get("state") == "busy" else "idle"))
+            workers.append(_worker_row(w, _busy(w), names))
         now = time.monotonic()
         ids = {w["id"] for w in workers}
         for wid, (when, w) in list(self._lost.items()):
             if now - when > LOST_LINGER or wid in ids:
                 del self._lost[wid]
             else:
-                workers.append(_worker_row(w, "lost"))
+                workers.append(_worker_row(w, "lost", names))
         cluster = self._cluster
         if cluster is not None:
             # started but not joined yet: shown as "joining" so a scale-up is visible at once
@@ -157,18 +188,46 @@ class StatusFeed:
                     continue
                 if alive and not h.remote and h.pid not in seen_pids:
                     host = h.host if h.remote else socket.gethostname()
-                    workers.append({"id": "", "host": host, "pid": int(h.pid or 0), "state": "joining",
-                                    "queued": 0, "running": 0, "done": 0, "cpu": 0.0, "mem": 0})
+                    workers.append({"id": "", "name": names.get(h.pid, ""), "host": host,
+                                    "pid": int(h.pid or 0), "state": "joining", "queued": 0, "running": 0,
+                                    "done": 0, "cpu": 0.0, "mem": 0})
+        workers.sort(key=lambda w: (w["name"] == "", _natural(w["name"])))
         t = raw.get("totals", {})
-        totals = {"workers": int(t.get("workers", len(workers))), "busy": float(t.get("busy", 0.0)),
-                  "done": int(t.get("done", 0)), "queued": int(t.get("queued", 0)),
+        live = [w for w in workers if w["state"] in ("busy", "idle")]
+        # busy from the rows: the broker's own figure lags behind the workers' load reports
+        busy = sum(w["state"] == "busy" for w in live) / len(live) if live else 0.0
+        totals = {"workers": len(live) if raw.get("workers") is not None else int(t.get("workers", 0)),
+                  "busy": float(busy), "done": int(t.get("done", 0)), "queued": int(t.get("queued", 0)),
                   "running": int(t.get("running", 0)), "rate": float(t.get("rate", 0.0))}
         state = "running" if raw.get("state", "running") == "running" else "stopped"
         return {"type": "status", "state": state, "workers": workers, "totals": totals}
 
 
-def _worker_row(w: dict, state: str) -> dict:
-    return {"id": str(w.get("id", "")), "host": str(w.get("host", "")), "pid": int(w.get("pid") or 0),
-            "state": state, "queued": int(w.get("queued", 0)), "running": int(w.get("running", 0)),
-            "done": int(w.get("done", 0)), "cpu": float(w.get("cpu", 0.0) or 0.0),
+def _natural(name: str):
+    """Natural order: w2 before w10."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _busy(w: dict) -> str:
+    """A worker is busy while the broker has tasks assigned to it (the broker's own, current
+    count); the worker's load report, sent now and then, can still say "running" just after."""
+    if "assigned" in w:
+        return "busy" if int(w.get("assigned") or 0) > 0 else "idle"
+    return "busy" if w.get("state") == "busy" else "idle"
+
+
+def _worker_row(w: dict, state: str, names: dict | None = None) -> dict:
+    pid = int(w.get("pid") or 0)
+    running, queued = int(w.get("running", 0)), int(w.get("queued", 0))
+    if "assigned" in w:
+        # the broker's count is current; the worker's load report can be a moment behind it
+        held = int(w.get("assigned") or 0)
+        running = min(running, held)
+        queued = min(queued, held - running)
+    name = w.get("name") or (names or {}).get(pid)
+    if not name:
+        name = f"#{w.get('id')}" if w.get("id") not in (None, "") else ""
+    return {"id": str(w.get("id", "")), "name": str(name), "host": str(w.get("host", "")), "pid": pid,
+            "state": state, "queued": queued, "running": running, "done": int(w.get("done", 0)),
+            "cpu": float(w.get("cpu", 0.0) or 0.0),
             "mem": int(w.get("mem", 0) or 0)}

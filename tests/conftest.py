@@ -92,3 +92,9 @@ def wait_idle(cluster, timeout=30.0):
     change the next test's scheduling."""
     snap = cluster.meta.wait_for(lambda s: s["totals"].get("in_flight", 1) == 0, timeout)
     assert snap["totals"]["in_flight"] == 0, snap["totals"]
+
+
+# a private SLURM cluster (slurmctld here, two slurmd nodes in network namespaces), made once per session
+from tests.slurm_cluster import slurm_cluster_fixture  # noqa: E402
+
+slurm_cluster = slurm_cluster_fixture(nodes=2, cpus=2)

@@ -41,6 +41,16 @@ class CellResult:
         return "".join(m["content"]["text"] for m in self.msgs
                        if m["msg_type"] == "stream" and (name is None or m["content"]["name"] == name))
 
+    def text(self) -> str:
+        """Everything the cell showed as text: its streams and the text of its displays."""
+        return self.stream() + "".join(t for t in self.data("text/plain") if t)
+
+    def tb(self) -> str:
+        """The cell's traceback as plain text (no colour codes)."""
+        import re
+        err = self.error
+        return re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(err["traceback"])) if err else ""
+
     @property
     def error(self):
         for m in self.msgs:

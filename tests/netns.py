@@ -50,12 +50,14 @@ SSHD = "/usr/sbin/sshd"
 SUBNET_BASE = ipaddress.ip_network("10.213.0.0/16")
 
 
-def skip_reason() -> Optional[str]:
+def skip_reason(sshd: bool = True) -> Optional[str]:
     """Why namespace hosts cannot be made here, or None if they can."""
     if os.geteuid() != 0:
         return "network namespace test hosts need root"
     if not shutil.which("ip"):
         return "'ip' (iproute2) is not installed"
+    if not sshd:
+        return None
     if not os.access(SSHD, os.X_OK):
         return f"{SSHD} (openssh-server) is not installed"
     if not shutil.which("ssh-keygen"):
@@ -145,12 +147,25 @@ class TestHost:
     def popen(self, argv: list[str], **kw) -> subprocess.Popen:
         return subprocess.Popen(["ip", "netns", "exec", self.netns, *argv], **kw)
 
+    def nsenter(self, argv: list[str]) -> list[str]:
+        """``argv`` run in this host's network namespace only.  Unlike ``ip netns exec``,
+        nsenter does not remount /sys, so /sys/fs/cgroup stays visible (slurmd needs it)."""
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
+
 
 class NetnsCluster:
-    """N namespace hosts with sshd, plus a HOME whose ~/.ssh/config names them."""
+    """N namespace hosts with sshd, plus a HOME whose ~/.ssh/config names them.
 
-    def __init__(self, n: int = 2):
+    ``sshd=False`` makes bare hosts (no keys, no sshd) for daemons the caller starts itself;
+    ``names`` replaces the aliases h1..hN (the namespaces keep their ``-hK`` suffix).
+    """
+
+    def __init__(self, n: int = 2, sshd: bool = True, names: Optional[list[str]] = None):
         self.n = n
+        self.with_sshd = sshd
+        self.names = list(names) if names else [f"h{k}" for k in range(1, n + 1)]
+        if len(self.names) != n:
+            raise ValueError(f"{n} hosts but {len(self.names)} names")
         self.tag = secrets.token_hex(3)
         self.prefix = f"scooptest-{self.tag}"
         self.bridge = f"scb{self.tag}"
@@ -206,12 +221,13 @@ class NetnsCluster:
         # sshd's privilege separation needs this; packages create it at boot.
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
 
-        # A non-default key name, so paramiko's look_for_keys cannot find it
-        # by accident in tests that expect a refused key.
-        self.client_key = os.path.join(self.ssh_dir, "scoop_test_key")
-        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.prefix, "-f", self.client_key)
         authorized = os.path.join(self.tmp, "authorized_keys")
-        shutil.copy(self.client_key + ".pub", authorized)
+        if self.with_sshd:
+            # A non-default key name, so paramiko's look_for_keys cannot find it
+            # by accident in tests that expect a refused key.
+            self.client_key = os.path.join(self.ssh_dir, "scoop_test_key")
+            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.prefix, "-f", self.client_key)
+            shutil.copy(self.client_key + ".pub", authorized)
 
         self.subnet = self._pick_subnet()
         base = self.subnet.network_address
@@ -223,16 +239,18 @@ class NetnsCluster:
 
         for k in range(1, self.n + 1):
             host = TestHost(
-                name=f"h{k}",
+                name=self.names[k - 1],
                 netns=f"{self.prefix}-p{os.getpid()}-h{k}",
                 ip=str(base + 10 + k),
                 veth=f"sct{self.tag}{k}",
-                dir=os.path.join(self.tmp, f"h{k}"),
+                dir=os.path.join(self.tmp, self.names[k - 1]),
             )
             os.makedirs(host.dir)
             self._make_host(host, authorized)
             self.hosts.append(host)
             self.by_name[host.name] = host
+        if not self.with_sshd:
+            return
 
         self.known_hosts = os.path.join(self.ssh_dir, "known_hosts_scoop")
         with open(self.known_hosts, "w") as f:
@@ -246,7 +264,7 @@ class NetnsCluster:
             self._wait_sshd(host)
 
     def _make_host(self, host: TestHost, authorized: str) -> None:
-        peer = f"scp{self.tag}{host.name[1:]}"
+        peer = f"scp{self.tag}{host.veth[len(f'sct{self.tag}'):]}"
         _run("ip", "netns", "add", host.netns)
         self._netns_made.append(host.netns)
         _run("ip", "link", "add", host.veth, "type", "veth", "peer", "name", peer)
@@ -259,6 +277,8 @@ class NetnsCluster:
         _run(*inside, "ip", "addr", "add", f"{host.ip}/24", "dev", "eth0")
         _run(*inside, "ip", "link", "set", "eth0", "up")
         _run(*inside, "ip", "link", "set", "lo", "up")
+        if not self.with_sshd:
+            return
 
         hostkey = os.path.join(host.dir, "ssh_host_ed25519_key")
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", hostkey)

@@ -5,9 +5,9 @@ import re
 import time
 
 import pytest
+from test_jupyter_kernel import wait_gone
 
 from kernel_driver import KernelDriver
-from test_jupyter_kernel import wait_gone
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -111,8 +111,8 @@ def check_status_shape(data):
     assert isinstance(t["running"], int) and isinstance(t["busy"], float) and 0.0 <= t["busy"] <= 1.0
     assert isinstance(t["rate"], float)
     for w in data["workers"]:
-        assert set(w) == {"id", "host", "pid", "state", "queued", "running", "done", "cpu", "mem"}
-        assert isinstance(w["id"], str) and isinstance(w["host"], str) and isinstance(w["pid"], int)
+        assert set(w) == {"id", "name", "host", "pid", "state", "queued", "running", "done", "cpu", "mem"}
+        assert isinstance(w["id"], str) and isinstance(w["name"], str) and isinstance(w["host"], str) and isinstance(w["pid"], int)
         assert w["state"] in ("idle", "busy", "joining", "lost")
         for key in ("queued", "running", "done", "mem"):
             assert isinstance(w[key], int)
@@ -169,11 +169,63 @@ def test_panel_comm_protocol(kernel):
     k.comm_send(cid, {"action": "stop"})
     stopped = wait_comm(k, cid, t5, lambda d: d.get("state") == "stopped")
     check_status_shape(stopped)
-    assert "no SCOOP cluster is running" in k.run("%scoop_cluster status").stream()
+    assert "no SCOOP cluster is running" in k.run("%scoop_cluster status").text()
+    # scaling from the panel: the status follows, every worker under its one name
+    k.comm_send(cid, {"action": "start", "n": 2})
+    wait_comm(k, cid, time.monotonic() - 1, lambda d: d.get("state") == "running")
+    t6 = time.monotonic()
+    k.comm_send(cid, {"action": "scale", "n": 3})
+    grown = wait_comm(k, cid, t6, lambda d: d.get("state") == "running" and d["totals"]["workers"] == 3, timeout=60)
+    check_status_shape(grown)
+    assert [w["name"] for w in grown["workers"]] == ["w1", "w2", "w3"], grown["workers"]
+    t7 = time.monotonic()
+    k.comm_send(cid, {"action": "scale", "n": 1})
+    shrunk = wait_comm(k, cid, t7, lambda d: d["totals"]["workers"] == 1 and len(d["workers"]) == 1, timeout=60)
+    assert shrunk["workers"][0]["state"] != "lost", shrunk
+    time.sleep(1.0)
+    assert not [d for _, d in k.comm_data(cid, t7) if any(w["state"] == "lost" for w in d.get("workers", []))]
+    k.comm_send(cid, {"action": "scale", "n": 0})
+    err = wait_comm(k, cid, t7, lambda d: d.get("type") == "error")
+    assert "positive integer" in err["message"], err
+    k.comm_send(cid, {"action": "stop"})
+    wait_comm(k, cid, time.monotonic(), lambda d: d.get("state") == "stopped")
+
     # a closed panel gets nothing more
     k.comm_close(cid)
     k.run("%scoop_cluster start -n 1")
-    t6 = time.monotonic()
+    t8 = time.monotonic()
     time.sleep(1.0)
-    assert k.comm_data(cid, t6) == []
+    assert k.comm_data(cid, t8) == []
     k.run("%scoop_cluster stop")
+
+
+def test_timeline_rendering():
+    """The timeline's SVG from task records (as ``scoop.origin.timeline()`` returns them): a row
+    per worker in natural order, a bar per task, a colour per function, failures outlined, a
+    time axis; bars too thin to see merge."""
+    from scoop_jupyter import task_timeline as timeline
+
+    t = 1_000_000.0
+    recs = [{"worker": f"w{1 + i % 3 if i % 3 else 10}", "name": "nap" if i % 2 else "cube",
+             "start": t + i * 0.1, "end": t + i * 0.1 + 0.08, "inputs": 1, "group": 1, "ok": i != 5}
+            for i in range(30)]
+    html = timeline.render(recs)
+    labels = re.findall(r'text-anchor="end" fill="currentColor">(w\d+)</text>', html)
+    assert labels == ["w2", "w3", "w10"], labels
+    assert html.count('class="scoop-task"') == 30
+    assert len(set(re.findall(r'class="scoop-task"[^>]*fill="(#[0-9a-f]+)"', html))) == 2
+    assert 'stroke="#d62728"' in html and "failed (1)" in html
+    assert ">0.0 s<" in html and ">2.5 s<" in html
+    many = [{"worker": "w1", "name": "tiny", "start": t + i * 1e-5, "end": t + i * 1e-5 + 5e-6, "inputs": 1,
+             "group": 1, "ok": True} for i in range(5000)] + [dict(recs[0], start=t + 10, end=t + 10.5)]
+    assert timeline.render(many).count('class="scoop-task"') < 700
+    assert "timeline:" in timeline.render([])
+
+
+def test_progress_labels():
+    from scoop_jupyter.progress import label
+
+    assert label("nap", 80, 200, 200, 8.0) == "nap: 80/200 · 10.0/s · ETA 12 s · 8.0 s"
+    assert label("nap", 200, 200, 200, 20.0, "done") == "nap: 200 done in 20 s (10.0/s)"
+    assert label("nap", 8, 200, 200, 2.5, "interrupted") == "nap: interrupted after 2.5 s: 8 of 200 done, 192 dropped"
+    assert label("gen", 5, None, 9, 1.0) == "gen: 5/9+ · 5.0/s · 1.0 s"

@@ -90,9 +90,13 @@ def test_start_prints_one_line_summary(kernel):
     assert m, text
     # measured ~0.4 s on an idle 2-core machine; generous here because the machine is shared
     assert float(m.group(1)) < 5.0
-    st = kernel.run("%scoop_cluster status").stream("stdout")
+    res = kernel.run("%scoop_cluster status")
+    st = res.text()
     assert "2 workers" in st, st
-    assert len(re.findall(r"^\d+\s+\S+\s+\d+\s+(idle|busy)\s", st, re.M)) == 2, st
+    # every worker under its one name, as in its output prefix
+    assert len(re.findall(r"^w\d+\s+\S+\s+\d+\s+(idle|busy)\s", st, re.M)) == 2, st
+    html = res.data("text/html")[0]
+    assert 'class="scoop-status"' in html and html.count('class="scoop-worker"') == 2, html
 
 
 def test_map_with_lambda_function_and_class_from_cells(kernel):
@@ -237,7 +241,7 @@ def test_stop_start_and_restart(kernel):
     port = kernel.value("_sj.cluster().main_port")
     out = kernel.run("%scoop_cluster stop").stream()
     assert "stopped" in out
-    assert "no SCOOP cluster is running" in kernel.run("%scoop_cluster status").stream()
+    assert "no SCOOP cluster is running" in kernel.run("%scoop_cluster status").text()
     kernel.run("%scoop_cluster start -n 2")
     kernel.run("def cube(x):\n    return x ** 3")
     assert kernel.value("list(futures.map(cube, range(3)))") == [0, 1, 8]
@@ -270,35 +274,60 @@ def own_kernel():
         assert not wait_gone(pid, 5.0)
 
 
+def bar_labels(k, since=0.0) -> list[str]:
+    """Every progress-bar label the kernel sent (widget state updates and openings)."""
+    out = []
+    for m in k.messages(since=since, types={"comm_msg", "comm_open"}):
+        state = (m["content"].get("data") or {}).get("state") or {}
+        v = state.get("value")
+        if isinstance(v, str) and state.get("_model_name", "LabelModel") == "LabelModel" and ": " in v:
+            out.append(v)
+    return out
+
+
+PACKAGE_FRAME = re.compile(r"site-packages|/scoop/|/scoop_jupyter/|zmq|cloudpickle|Could not get source")
+
+
 def test_interrupt_stops_the_cell_and_drops_its_tasks(own_kernel):
     kernel = own_kernel
     kernel.run("def nap(s):\n    time.sleep(s)\n    return s")
-    msg_id = kernel.submit("list(futures.map(nap, [30] * 8))")
-    # wait until the tasks run on the workers
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if any("execute_input" == m["msg_type"] for m in kernel.messages(parent=msg_id)):
-            break
-        time.sleep(0.05)
-    time.sleep(1.5)
     t0 = time.monotonic()
+    msg_id = kernel.submit("list(futures.map(nap, [0.5] * 200))")
+    # wait until the map has a progress bar with some results
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(re.match(r"nap: [1-9]\d*/200", v) for v in bar_labels(kernel, t0)):
+            break
+        time.sleep(0.1)
+    t1 = time.monotonic()
     kernel.km.interrupt_kernel()
     res = kernel.wait(msg_id, timeout=30)
-    stopped_after = time.monotonic() - t0
+    stopped_after = time.monotonic() - t1
     assert res.status == "error" and res.error["ename"] == "KeyboardInterrupt", res
     assert stopped_after < 5.0, stopped_after
+    # one short error that says what happened, with the user's frame only
+    m = re.fullmatch(r"map nap interrupted: (\d+) of 200 done, (\d+) dropped", res.error["evalue"])
+    assert m and int(m.group(1)) + int(m.group(2)) == 200 and 0 < int(m.group(1)) < 200, res.error["evalue"]
+    tb = res.tb()
+    assert "Cell In[" in tb and not PACKAGE_FRAME.search(tb), tb
+    assert len(tb.splitlines()) < 12, tb
+    # the bar says interrupted, with the same count, and interrupted tasks are not counted as done
+    time.sleep(0.5)
+    final = [v for v in bar_labels(kernel, t0) if v.startswith("nap:")][-1]
+    assert "interrupted" in final and f"{m.group(1)} of 200 done, {m.group(2)} dropped" in final, final
     # the cluster is usable at once, and nothing of the interrupted cell is left
     t1 = time.monotonic()
     assert kernel.value("list(futures.map(abs, range(-3, 3)))", timeout=30) == [3, 2, 1, 0, 1, 2]
     assert time.monotonic() - t1 < 10
     assert kernel.value("scoop.origin.outstanding()") == 0
+    assert kernel.value("scoop.origin.maps()") == []
     busy_until_idle(kernel, 10)
     assert kernel.value("(scoop.origin.outstanding(), _sj.status()['totals']['in_flight'])") == (0, 0)
 
 
 def test_reload_ext_keeps_one_set_of_hooks(kernel):
     kernel.run("%reload_ext scoop_jupyter")
-    assert "no SCOOP cluster is running" in kernel.run("%scoop_cluster status").stream()
+    assert "no SCOOP cluster is running" in kernel.run("%scoop_cluster status").text()
     hooks = kernel.value("sum(getattr(f, '__self__', None) is _sj.session() "
                          "for f in get_ipython().events.callbacks['pre_run_cell'])")
     assert hooks == 1
@@ -396,3 +425,150 @@ def test_no_inline_and_brokers_options_reach_the_cluster(kernel):
         assert "REMOTE True" in out and "BROKERS 2" in out, out
     finally:
         kernel.run("%scoop_cluster stop\n%scoop_cluster start -n 2")
+
+
+# ---- issue 15: every view tells the truth --------------------------------------------------------
+
+def test_a_map_that_failed_to_start_leaves_no_trace(kernel):
+    kernel.run("import threading\ndef nap(s):\n    time.sleep(s)\n    return s")
+    shown = kernel.run("_dash = _sj.dashboard()\n_dash")  # its running maps must not list the failed one
+    assert shown.data("application/vnd.jupyter.widget-view+json"), shown
+    res = kernel.run("list(futures.map(lambda x: x, [threading.Lock()] * 3))", ok=False)
+    assert res.error["ename"] == "SerializationError", res
+    t0 = time.monotonic()
+    assert kernel.value("scoop.origin.maps()") == []
+    # a later long map has its own bar, and no message mentions the failed one
+    kernel.run("_r = list(futures.map(nap, [0.25] * 16))")
+    later = [m for m in kernel.messages(since=t0) if m["msg_type"] in ("comm_msg", "comm_open", "stream",
+                                                                       "display_data")]
+    assert later and not [m for m in later if "<lambda>" in str(m["content"])], later
+    assert any(v.startswith("nap: 16 done") for v in bar_labels(kernel, t0)), bar_labels(kernel, t0)
+    assert any("map <code>nap</code>" in str(m["content"]) for m in later)  # the dashboard saw the map
+    kernel.run("_dash.close()")
+
+
+def test_views_forget_maps_of_a_stopped_cluster(kernel):
+    kernel.run("def nap(s):\n    time.sleep(s)\n    return s\n_pending = futures.map(nap, [0.5] * 8)")
+    shown = "[m['name'] for m in sys.modules['scoop_jupyter.status'].safe_maps()]"
+    assert kernel.value(shown) == ["nap"]
+    kernel.run("%scoop_cluster restart")
+    assert kernel.value(shown) == []
+    kernel.run("del _pending")
+
+
+def test_unpicklable_argument_is_one_short_error(kernel):
+    res = kernel.run("import threading\ndef use_lock(lock):\n    return 1\n"
+                     "futures.submit(use_lock, threading.Lock())", ok=False)
+    tb = res.tb()
+    assert res.error["ename"] == "SerializationError" and "use_lock" in res.error["evalue"], res
+    assert "_thread.lock" in res.error["evalue"], res.error["evalue"]
+    assert not PACKAGE_FRAME.search(tb) and "direct cause" not in tb, tb
+    assert len(tb.splitlines()) < 12, tb
+
+
+def test_remote_traceback_names_the_cell_and_the_worker(kernel):
+    res = kernel.run("def divide_badly(x):\n    y = x - 3\n    return 1 / y\n"
+                     "list(futures.map(divide_badly, range(5)))", ok=False)
+    tb = res.tb()
+    assert res.error["ename"] == "ZeroDivisionError", res
+    # the worker under its one name (and, from newer cores, the failing input)
+    assert re.search(r"\[w\d+ on \S+, pid \d+, task divide_badly(\(3\))?\]$", tb, re.M), tb
+    assert re.search(r"Cell In\[\d+\], line 3, in divide_badly", tb) and "return 1 / y" in tb, tb
+    assert "ipykernel_" not in tb and not PACKAGE_FRAME.search(tb), tb
+
+
+def test_serial_warning_points_at_the_callers_line(tmp_path):
+    prog = tmp_path / "serial_user.py"
+    prog.write_text("from scoop import futures\nprint(list(futures.map(abs, [-1, -2])))\n")
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-W", "always", str(prog)], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0 and "[1, 2]" in out.stdout, out
+    assert f"{prog}:2: RuntimeWarning: SCOOP is not running" in out.stderr, out.stderr
+
+
+def test_large_function_warns_once(kernel):
+    kernel.run("_big = bytes(12 * 2**20)\ndef _closure():\n    g = _big\n    return lambda x: len(g) + x\n"
+               "_f = _closure()")
+    first = kernel.run("_r = list(futures.map(_f, range(3)))")
+    text = first.stream("stderr")
+    assert "Warning" in text and "shared.setConst" in text and "12 MiB" in text, text
+    again = kernel.run("_r = list(futures.map(_f, range(3)))")
+    assert "shared.setConst" not in again.stream(), again
+    kernel.run("del _f, _big")
+
+
+def test_scaling_down_is_not_a_failure(kernel):
+    kernel.run("%scoop_cluster scale 3")
+    t0 = time.monotonic()
+    kernel.run("_r = list(futures.map(abs, range(-300, 300)))\n%scoop_cluster scale 1")
+    time.sleep(2.0)  # a "lost" line would come from the broker within a heartbeat period
+    said = [m["content"].get("text", "") for m in kernel.messages(since=t0, types={"stream"})]
+    assert not [t for t in said if "lost" in t], said
+    st = kernel.value("[w['state'] for w in _sj.status()['workers']]")
+    assert st in (["idle"], ["busy"]), st
+    kernel.run("%scoop_cluster scale 2")
+
+
+def test_busy_is_zero_once_the_map_is_done(kernel):
+    kernel.run("def nap(s):\n    time.sleep(s)\n    return s\n_r = list(futures.map(nap, [0.2] * 10))")
+    busy_until_idle(kernel)
+    # the next snapshot (~0.2 s away) already shows idle workers
+    kernel.run("time.sleep(0.5)")
+    assert kernel.value("_sj.status()['totals']['busy']") == 0.0
+
+
+def test_callback_output_goes_to_the_cell_that_registered_it(kernel):
+    a = kernel.run("def nap(s):\n    time.sleep(s)\n    return s\n"
+                   "_f = futures.submit(nap, 1.0)\n"
+                   "_f.add_done_callback(lambda f: print('callback says', f.result()))")
+    b = kernel.run("time.sleep(2.5)\nprint('cell b')")
+    time.sleep(1.0)
+    said = [m for m in kernel.messages(types={"stream"}) if "callback says" in m["content"]["text"]]
+    assert said and all(m["parent_header"]["msg_id"] == a.msg_id for m in said), \
+        [(m["parent_header"].get("msg_id"), a.msg_id, b.msg_id) for m in said]
+
+
+def test_late_task_output_goes_to_the_submitting_cell(kernel):
+    if not kernel.value("hasattr(scoop.origin, 'set_output_handler')"):
+        pytest.skip("needs scoop.origin.set_output_handler (core API from CONTRACTS.md)")
+    a = kernel.run("def late(x):\n    time.sleep(1.0)\n    print('late hello', x)\n    return x\n"
+                   "_late = futures.submit(late, 7)")
+    b = kernel.run("time.sleep(3.0)\nprint('cell b')")
+    time.sleep(1.0)
+    said = [m for m in kernel.messages(types={"stream"}) if "late hello 7" in m["content"]["text"]]
+    assert said and all(m["parent_header"]["msg_id"] == a.msg_id for m in said), \
+        [(m["parent_header"].get("msg_id"), a.msg_id, b.msg_id) for m in said]
+
+
+def test_cluster_and_status_have_html(kernel):
+    res = kernel.run("_sj.cluster()")
+    html = res.data("text/html")
+    assert html and "SCOOP Cluster" in html[0] and "running" in html[0], res
+    assert "documentation" in html[0]
+    res = kernel.run("%scoop_cluster status")
+    html = res.data("text/html")
+    assert html and 'class="scoop-status"' in html[0] and re.search(r">w\d+<", html[0]), res
+    assert "MiB" in html[0] or ">-<" in html[0]
+
+
+def test_timeline_renders(kernel):
+    if not kernel.value("hasattr(scoop.origin, 'timeline')"):
+        pytest.skip("needs scoop.origin.timeline (core API from CONTRACTS.md)")
+    kernel.run("def nap(s):\n    time.sleep(s)\n    return s\n_r = list(futures.map(nap, [0.1] * 20))")
+    res = kernel.run("%scoop_cluster timeline")
+    html = res.data("text/html")
+    assert html and "<svg" in html[0] and html[0].count('class="scoop-task"') >= 2, res
+    assert re.search(r">w\d+</text>", html[0]) and "nap" in html[0]
+
+
+def test_worker_logs(kernel):
+    kernel.run("def chatty(x):\n    print('chatty line', x)\n    return x\n_r = list(futures.map(chatty, range(4)))\n"
+               "time.sleep(1.0)")
+    out = kernel.run("%scoop_cluster logs").stream()
+    assert re.search(r"^--- w\d+ ", out, re.M), out
+    for x in range(4):
+        assert f"chatty line {x}" in out, out
+    bad = kernel.run("%scoop_cluster logs w99", ok=False)
+    assert "no output from a worker named 'w99'" in bad.text() + str(bad.error), bad

@@ -51,12 +51,31 @@ STATUS_ITEM = "#scoop-status-item"
 ACTIVE_NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 
 
+# The npm build of this checkout (labextension/package.json's outputDir).
+CHECKOUT_BUILD = ROOT / "scoop_jupyter" / "labextension"
+
+
 def labextension_installed() -> bool:
     from jupyter_core.paths import jupyter_path
 
-    return any(
+    return CHECKOUT_BUILD.joinpath("package.json").is_file() or any(
         Path(p, "scoop-jupyter", "package.json").is_file() for p in jupyter_path("labextensions")
     )
+
+
+def checkout_jupyter_path(tmp: Path) -> str | None:
+    """A JUPYTER_PATH entry whose labextensions/scoop-jupyter is this checkout's build, so the
+    server serves the extension under test even where another checkout is installed
+    (an editable install elsewhere, a shared machine); None when the checkout has no build
+    (CI with a normal pip install then serves the installed one)."""
+    if not CHECKOUT_BUILD.joinpath("package.json").is_file():
+        return None
+    base = tmp / "jupyter-path"
+    (base / "labextensions").mkdir(parents=True, exist_ok=True)
+    link = base / "labextensions" / "scoop-jupyter"
+    if not link.exists():
+        link.symlink_to(CHECKOUT_BUILD, target_is_directory=True)
+    return str(base)
 
 
 def free_port() -> int:
@@ -87,7 +106,12 @@ class LabServer:
             JUPYTERLAB_SETTINGS_DIR=str(settings),
             JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
             PYTHONUNBUFFERED="1",
+            # kernels run this checkout's scoop and scoop_jupyter
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         )
+        jpath = checkout_jupyter_path(tmp)
+        if jpath:
+            env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [jpath, os.environ.get("JUPYTER_PATH")]))
         self.log_path = tmp / "jupyter-lab.log"
         self._log = open(self.log_path, "wb")
         cmd = [
@@ -358,6 +382,116 @@ def test_dashboard_widget_and_panel_buttons(lab, page):
     expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("stopped", timeout=30_000)
     expect(dash).to_contain_text("stopped", timeout=30_000)
 
+    lab.shutdown_kernels()
+    lab.stop()
+    _, alive = psutil.wait_procs(known, timeout=20)
+    leftovers = leftover_processes(alive, lab)
+    for p in leftovers:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
+
+
+def start_cell(page, code: str):
+    """Types code into the last cell and runs it without waiting; returns the cell."""
+    nb = page.locator(ACTIVE_NOTEBOOK)
+    cells = nb.locator(".jp-Notebook .jp-Cell")
+    cell = cells.nth(cells.count() - 1)
+    cell.locator(".cm-content").click()
+    page.keyboard.insert_text(code)
+    page.keyboard.press("Shift+Enter")
+    return cell
+
+
+def menu(page, top: str, item: str) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text=top).first.click()
+    page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
+
+
+def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
+    """What a user meets after start-up: the dashboard's task timeline while a map runs,
+    scaling from the panel (workers under their one name), an interrupted map that says so
+    in one line, and a dashboard whose kernel restarted marked stale."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    open_notebook(page, lab, lab.new_notebook("polish-test.ipynb"))
+    open_scoop_panel(page)
+    run_cell(page, "%load_ext scoop_jupyter")
+    expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("stopped", timeout=30_000)
+    run_cell(page, "%scoop_cluster start -n 2")
+    has_timeline = "True" in run_cell(page, "import scoop.origin\nprint(hasattr(scoop.origin, 'timeline'))")
+    run_cell(page, "%scoop_cluster dashboard")
+    dash = page.locator(".scoop-dashboard").first
+    expect(dash.locator("tr.scoop-worker")).to_have_count(2, timeout=30_000)
+    expect(dash.locator("tr.scoop-worker").first).to_contain_text(re.compile(r"w\d"))
+    run_cell(page, "import time\nfrom scoop import futures\n"
+                   "def nap(s):\n    time.sleep(s)\n    return s\n"
+                   "_ = list(futures.map(lambda x: print('hello from task', x), range(4)))")
+
+    # the dashboard mid-map: busy workers, throughput axes and (with the core's timeline) task bars
+    cell = start_cell(page, "_ = list(futures.map(nap, [0.2] * 60))")
+    expect(dash.locator("tr.scoop-worker[data-state='busy']").first).to_be_visible(timeout=30_000)
+    expect(dash.locator("svg.scoop-throughput")).to_be_visible()
+    expect(dash.locator(".scoop-logs")).to_contain_text("hello from task")
+    if has_timeline:
+        expect(dash.locator("rect.scoop-task").nth(3)).to_be_attached(timeout=30_000)
+    expect(cell.locator(".widget-label", has_text="ETA")).to_be_visible(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-timeline.png"))
+    expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"), timeout=120_000)
+    expect(cell.locator(".widget-label", has_text="done in")).to_be_visible(timeout=30_000)
+
+    # scaling from the panel: the number follows, rows carry names, memory in MiB
+    n_input = page.locator(f"{PANEL} .scoop-n-input")
+    expect(n_input).to_have_value("2")
+    n_input.fill("3")
+    page.locator("#scoop-scale-button").click()
+    rows = page.locator(f"{PANEL} .scoop-worker-row")
+    expect(rows).to_have_count(3, timeout=60_000)
+    expect(page.locator(f"{PANEL} .scoop-worker-joining")).to_have_count(0, timeout=60_000)
+    expect(page.locator(STATUS_ITEM)).to_contain_text("3 workers", timeout=30_000)
+    expect(page.locator(f"{PANEL} .scoop-worker-name")).to_have_text(["w1", "w2", "w3"], timeout=30_000)
+    expect(page.locator(f"{PANEL} .scoop-workers")).to_contain_text("MiB", timeout=30_000)
+    expect(page.locator(f"{PANEL} .scoop-docs")).to_have_attribute("href", re.compile("^https://"))
+    expect(dash.locator("tr.scoop-worker")).to_have_count(3, timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "panel-after-scaling.png"))
+    n_input.fill("2")
+    page.locator("#scoop-scale-button").click()
+    expect(rows).to_have_count(2, timeout=60_000)
+    expect(page.locator(f"{PANEL} .scoop-worker-lost")).to_have_count(0)
+
+    # the cluster object and the status as HTML cards
+    run_cell(page, "import scoop_jupyter as _sj\n_sj.cluster()")
+    expect(page.locator(".scoop-cluster-repr")).to_contain_text("SCOOP Cluster", timeout=30_000)
+    run_cell(page, "%scoop_cluster status")
+    expect(page.locator(".scoop-status tr.scoop-worker")).to_have_count(2, timeout=30_000)
+    page.locator(".scoop-status").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "cluster-and-status-cards.png"))
+
+    # an interrupted map: one short error, the bar labelled interrupted
+    cell = start_cell(page, "_ = list(futures.map(nap, [0.5] * 200))")
+    expect(cell.locator(".widget-label", has_text="nap:")).to_be_visible(timeout=30_000)
+    time.sleep(1.0)
+    menu(page, "Kernel", "Interrupt Kernel")
+    error = cell.locator("[data-mime-type='application/vnd.jupyter.stderr']")
+    expect(error).to_contain_text(re.compile(r"map nap interrupted: \d+ of 200 done, \d+ dropped"), timeout=30_000)
+    expect(cell.locator(".widget-label", has_text="interrupted")).to_be_visible(timeout=30_000)
+    text = error.inner_text()
+    assert "site-packages" not in text and "scoop/" not in text and "zmq" not in text, text
+    cell.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "interrupted-cell.png"))
+
+    # the kernel restarts: the dashboard it fed says it is stale
+    known = lab.descendants()
+    menu(page, "Kernel", "Restart Kernel")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    expect(page.locator(".scoop-dashboard.scoop-stale")).to_have_count(1, timeout=30_000)
+    expect(page.locator(".scoop-dashboard .scoop-stale-note").first).to_contain_text("no longer updates")
+    page.locator(".scoop-dashboard").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "stale-dashboard.png"))
+    # the new kernel is up once the panel finds it without the extension
+    expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("not loaded", timeout=60_000)
+    lab.wait_kernel_idle("polish-test.ipynb")
+
+    known += lab.descendants()
     lab.shutdown_kernels()
     lab.stop()
     _, alive = psutil.wait_procs(known, timeout=20)

@@ -111,3 +111,16 @@ def test_map_and_mapreduce_pass_keyword_arguments_to_the_function(hb_cluster):
     assert futures.mapReduce(T.fail_on, T.add, range(5), bad=99) == 10
     with pytest.raises(ValueError, match="bad value 2"):
         list(futures.map(T.fail_on, range(5), bad=2))
+
+
+def test_after_interrupting_the_current_group_new_work_still_runs(hb_cluster):
+    import scoop.origin
+    wait_idle(hb_cluster)
+    slow = [futures.submit(T.sleep_return, 2.0, k) for k in range(2)]
+    futures.wait(slow, timeout=0.2)
+    scoop.origin.interrupt()
+    assert all(f.cancelled() for f in slow)
+    g = futures.submit(abs, -3)
+    futures.wait([g], timeout=30)
+    assert g.result() == 3
+    assert list(futures.map(T.square, range(5))) == [0, 1, 4, 9, 16]

@@ -135,3 +135,28 @@ def test_no_segment_survives_any_ending(victim, tmp_path, no_leak):
             time.sleep(1.0)
             os.kill(p.pid, signal.SIGTERM)
     _cli_leaves_no_segment(kill, tmp_path)
+
+
+@pytest.mark.parametrize("now", [False, True], ids=["restart", "restart-now"])
+def test_a_kernel_restart_leaves_no_segment(now):
+    pytest.importorskip("jupyter_client")
+    from kernel_driver import KernelDriver
+    before = set(os.listdir(_shm.DIR))
+    k = KernelDriver()
+    try:
+        k.run("%load_ext scoop_jupyter")
+        k.run("%scoop_cluster start -n 2", timeout=120)
+        k.run("import numpy as np\nfrom scoop import futures\nimport tasklib as T\n"
+              "fs = [futures.submit(T.sleep_return, 30, np.ones(1 << 18)) for _ in range(6)]\n"
+              "futures.wait(fs, timeout=0.5)")
+        made = [n for n in set(os.listdir(_shm.DIR)) - before if n.startswith("scoop-")]
+        assert made, "the arguments did not go through shared memory"
+        k.km.restart_kernel(now=now)
+        deadline = time.monotonic() + 15
+        left = made
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = [n for n in made if os.path.exists(os.path.join(_shm.DIR, n))]
+        assert not left, f"left in /dev/shm after a kernel restart: {left}"
+    finally:
+        k.shutdown(now=True)

@@ -177,7 +177,7 @@ def test_zero_size_and_zero_d(a):
 
 
 def test_large_array_travels_as_a_frame_without_copy():
-    a = make(np.float64, (BIG,))
+    a = make(np.float64, (P.COPY_MAX // 8 + 1000,))
     header, frames = send(a)
     assert len(frames) == 1 and memoryview(frames[0]).nbytes == a.nbytes
     assert np.shares_memory(np.frombuffer(frames[0], np.uint8), a)  # sent without a copy
@@ -352,6 +352,36 @@ def test_empty_segment(segments):
     segments.unlink(seg)
 
 
+def test_full_shared_memory_is_an_error_not_a_crash(segments, monkeypatch):
+    """/dev/shm full (Docker gives containers 64 MB): the segment is refused with an OSError and
+    removed; copying into a mapping instead would kill the process with SIGBUS."""
+    import errno
+
+    def no_space(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(_shm.os, "pwrite", no_space)
+    with pytest.raises(OSError):
+        segments.put(memoryview(b"x" * 100))
+    assert shm_count(segments) == 0
+
+
+class FullSegments(_shm.Segments):
+    def put(self, view):
+        raise OSError(28, "No space left on device")
+
+
+def test_full_shared_memory_falls_back_to_frames():
+    full = FullSegments(os.urandom(8))
+    a = make(np.float64, (P.SHM_MIN // 8 + 100,))
+    header, frames = send(a, shm=full)
+    rec = receive(header, wire(frames))
+    assert [k for k, _, _ in rec.refs] == [0] and len(rec.frames) == 1
+    np.testing.assert_array_equal(P.unpack(rec, full), a)
+    data = pickle.dumps(list(range(300_000)))
+    packed = P.packed_bytes(data, full)
+    assert not packed.segments and len(packed.frames) == 1 and bytes(packed.frames[0]) == data
+
+
 # ---- integrity -----------------------------------------------------------------------------------
 def trapped_message(trap_obj):
     """A message whose payload unpickles the trap, with two large frames."""
@@ -417,13 +447,21 @@ def test_missing_or_extra_frame_makes_the_message_malformed():
     assert P.parse(header, []) is None
 
 
-def test_array_changed_after_packing_is_refused():
-    """Packing does not copy: a buffer changed before the receiver checks it no longer
-    matches its digest (the receiver refuses it rather than see half of a change)."""
+def test_small_array_changed_after_packing_arrives_as_submitted():
+    """Buffers below COPY_MAX are copied at packing: a change after submit cannot race the send."""
     a = np.zeros(BIG)
     header, frames = send(a)
     a[5] = 1.0
-    with pytest.raises(P.IntegrityError):
+    assert P.unpack(receive(header, wire(frames)))[5] == 0.0
+
+
+def test_large_array_changed_after_packing_is_refused():
+    """Larger buffers are not copied: one changed before the receiver checks it no longer
+    matches its digest (the receiver refuses it rather than see half of a change)."""
+    a = np.zeros(P.COPY_MAX // 8 + 1000)
+    header, frames = send(a)
+    a[5] = 1.0
+    with pytest.raises(P.IntegrityError, match="changed after it was submitted"):
         P.unpack(receive(header, wire(frames)))
 
 

@@ -83,7 +83,8 @@ def test_frozen_origin_ends_the_whole_cluster():
         os.kill(p.pid, signal.SIGSTOP)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(
-                psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in mine):
+                psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                for pid in mine):
             time.sleep(0.2)
         alive = [pid for pid in mine if psutil.pid_exists(pid)
                  and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]

@@ -39,5 +39,6 @@ def run(map_fn, submit_fn, argv):
 
 if __name__ == "__main__":
     import sys
+
     from scoop import futures
     print(json.dumps(run(futures.map, futures.submit, sys.argv[1:])), flush=True)

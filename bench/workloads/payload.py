@@ -25,7 +25,6 @@ import os
 import time
 
 import numpy as np
-
 from memwatch import PeakWatch, settle
 
 MiB = 2**20

@@ -10,6 +10,7 @@ export type WorkerState = 'idle' | 'busy' | 'joining' | 'lost';
 
 export interface IWorker {
   id: string;
+  name: string; // "w3": the worker's one name (output prefix, tracebacks, dashboard)
   host: string;
   pid: number;
   state: WorkerState;
@@ -40,6 +41,7 @@ export type Phase = 'no-kernel' | 'connecting' | 'not-loaded' | 'connected';
 
 export type Action =
   | { action: 'start'; n: number }
+  | { action: 'scale'; n: number }
   | { action: 'stop' }
   | { action: 'refresh' };
 
@@ -306,6 +308,7 @@ export function parseStatus(data: unknown): IClusterStatus | null {
   const workers: IWorker[] = (Array.isArray(d.workers) ? d.workers : []).map(
     (w: any): IWorker => ({
       id: String(w?.id ?? ''),
+      name: String(w?.name || (w?.id ? `#${w.id}` : '')),
       host: String(w?.host ?? '?'),
       pid: num(w?.pid),
       state: ['idle', 'busy', 'joining', 'lost'].includes(w?.state) ? w.state : 'idle',

@@ -3,7 +3,7 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { INotebookTracker } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Message } from '@lumino/messaging';
@@ -12,6 +12,7 @@ import { Widget } from '@lumino/widgets';
 import { IClusterStatus, IWorker, ScoopConnection } from './connection';
 
 const PANEL_ID = 'scoop-cluster-panel';
+const DOCS_URL = 'https://scoop.readthedocs.io/en/latest/usage.html';
 const LOAD_HINT = 'SCOOP extension not loaded in this kernel — run %load_ext scoop_jupyter';
 
 const scoopIcon = new LabIcon({
@@ -45,21 +46,23 @@ function fmtInt(n: number): string {
   return Math.round(n).toLocaleString('en-US');
 }
 
+/** Binary units, as the kernel's dashboard and status print them. */
 function fmtBytes(n: number): string {
   if (n <= 0) {
     return '–';
   }
-  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   const i = Math.min(units.length - 1, Math.floor(Math.log(n) / Math.log(1024)));
   return `${(n / 1024 ** i).toFixed(i >= 2 ? 1 : 0)} ${units[i]}`;
 }
 
-/** Load bar width: measured cpu% when the kernel reports it, else busy/idle. */
+/** Load bar width: full while the worker holds tasks (a task that sleeps or waits on I/O
+ * keeps it busy with little CPU), else its measured CPU. */
 function loadPercent(w: IWorker): number {
-  if (w.cpu > 0) {
-    return Math.min(100, w.cpu);
+  if (w.state === 'busy') {
+    return 100;
   }
-  return w.state === 'busy' ? 100 : 0;
+  return w.state === 'idle' ? Math.min(100, Math.max(0, w.cpu)) : 0;
 }
 
 function el<K extends keyof HTMLElementTagNameMap>(
@@ -99,10 +102,24 @@ class ScoopPanel extends Widget {
     this._start.id = 'scoop-start-button';
     this._start.className = 'jp-mod-styled jp-mod-accept';
     this._start.textContent = 'Start';
+    this._scale.id = 'scoop-scale-button';
+    this._scale.className = 'jp-mod-styled jp-mod-accept';
+    this._scale.textContent = 'Scale';
+    this._scale.title = 'Grow or shrink the running cluster to this many workers';
     this._stop.id = 'scoop-stop-button';
     this._stop.className = 'jp-mod-styled jp-mod-warn';
     this._stop.textContent = 'Stop';
-    controls.append(label, this._start, this._stop);
+    controls.append(label, this._start, this._scale, this._stop);
+    const docs = el('a', 'scoop-docs', 'Documentation');
+    docs.href = DOCS_URL;
+    docs.target = '_blank';
+    docs.rel = 'noopener';
+    docs.title = 'SCOOP documentation (opens a new tab)';
+    const help = el('div', 'scoop-help');
+    help.append(
+      docs,
+      el('span', 'scoop-help-hint', ' · %scoop_cluster --help in a cell')
+    );
 
     this.node.append(
       header,
@@ -111,14 +128,24 @@ class ScoopPanel extends Widget {
       controls,
       this._error,
       this._totals,
-      this._workers
+      this._workers,
+      help
     );
 
     this._start.addEventListener('click', () => this._startCluster());
+    this._scale.addEventListener('click', () => this._scaleCluster());
     this._nInput.addEventListener('keydown', ev => {
       if (ev.key === 'Enter') {
-        this._startCluster();
+        if (this._model.status?.state === 'running') {
+          this._scaleCluster();
+        } else {
+          this._startCluster();
+        }
       }
+    });
+    // While the user edits the number it is theirs; otherwise it follows the cluster's size.
+    this._nInput.addEventListener('input', () => {
+      this._edited = true;
     });
     this._stop.addEventListener('click', () => {
       if (this._model.send({ action: 'stop' })) {
@@ -151,6 +178,18 @@ class ScoopPanel extends Widget {
     }
   }
 
+  private _scaleCluster(): void {
+    const n = parseInt(this._nInput.value, 10);
+    if (!(n >= 1)) {
+      this._nInput.focus();
+      return;
+    }
+    if (this._model.send({ action: 'scale', n })) {
+      this._scale.disabled = true; // re-enabled by the next status
+      this._edited = false;
+    }
+  }
+
   private _render(): void {
     const model = this._model;
     const status: IClusterStatus | null = model.phase === 'connected' ? model.status : null;
@@ -178,8 +217,20 @@ class ScoopPanel extends Widget {
 
     const running = status?.state === 'running';
     this._start.disabled = !status || running;
+    this._start.hidden = running;
+    this._scale.hidden = !running;
+    this._scale.disabled = !running;
     this._stop.disabled = !running;
-    this._nInput.disabled = !status || running;
+    this._nInput.disabled = !status;
+    this._nInput.title = running
+      ? 'Workers of the running cluster: change and press Scale'
+      : 'Number of workers to start';
+    if (running && status && !this._edited && document.activeElement !== this._nInput) {
+      const size = status.workers.filter(w => w.state !== 'lost').length;
+      if (size > 0 && this._nInput.value !== String(size)) {
+        this._nInput.value = String(size);
+      }
+    }
 
     this._renderTotals(status);
     this._renderWorkers(status?.workers ?? []);
@@ -213,8 +264,10 @@ class ScoopPanel extends Widget {
       ...workers.map(w => {
         const row = el('div', `scoop-worker-row scoop-worker-${w.state}`);
         row.dataset.workerId = w.id;
+        row.dataset.workerName = w.name;
         const top = el('div', 'scoop-worker-top');
         top.append(
+          el('span', 'scoop-worker-name', w.name || '…'),
           el('span', 'scoop-worker-host', w.host),
           el('span', 'scoop-worker-pid', `pid ${w.pid}`),
           el('span', 'scoop-worker-state', w.state)
@@ -223,7 +276,7 @@ class ScoopPanel extends Widget {
         const bar = el('div', 'scoop-load-bar');
         const pct = loadPercent(w);
         bar.style.width = `${pct}%`;
-        track.title = w.cpu > 0 ? `${w.cpu.toFixed(0)}% CPU` : w.state;
+        track.title = `${w.state}, ${w.cpu.toFixed(0)}% CPU`;
         track.append(bar);
         const stats = el('div', 'scoop-worker-stats');
         stats.append(
@@ -244,6 +297,8 @@ class ScoopPanel extends Widget {
   private _nInput = document.createElement('input');
   private _start = document.createElement('button');
   private _stop = document.createElement('button');
+  private _scale = document.createElement('button');
+  private _edited = false;
   private _totals = el('div', 'scoop-totals');
   private _workers = el('div', 'scoop-workers');
 }
@@ -273,6 +328,45 @@ class ScoopStatusItem extends Widget {
   private _model: ScoopConnection;
 }
 
+/** Kernel states after which a dashboard's data source is gone for good. */
+const GONE_STATES = ['dead', 'restarting', 'autorestarting', 'terminating'];
+
+/**
+ * Dashboards are widgets fed by their kernel: when it dies or restarts they can no longer
+ * change, and their last frame ("● running · 3 workers") would lie.  Mark them stale.
+ */
+function markStaleDashboards(panel: NotebookPanel, why: string): void {
+  panel.content.node.querySelectorAll('.scoop-dashboard').forEach(node => {
+    if (node.classList.contains('scoop-stale')) {
+      return;
+    }
+    node.classList.add('scoop-stale');
+    const state = node.querySelector('.scoop-dashboard-state');
+    if (state) {
+      state.textContent = '● stale';
+    }
+    const note = el('div', 'scoop-stale-note', `${why}: this view no longer updates.`);
+    node.prepend(note);
+  });
+}
+
+function watchForStaleDashboards(panel: NotebookPanel): void {
+  const ctx = panel.sessionContext;
+  ctx.statusChanged.connect((_, status) => {
+    if (GONE_STATES.includes(status)) {
+      markStaleDashboards(
+        panel,
+        status === 'dead' ? 'The kernel died' : 'The kernel restarted or shut down'
+      );
+    }
+  });
+  ctx.kernelChanged.connect((_, change) => {
+    if (change.oldValue) {
+      markStaleDashboards(panel, 'The kernel was shut down or changed');
+    }
+  });
+}
+
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'scoop-jupyter:plugin',
   description: 'Sidebar panel and status bar item for the SCOOP cluster of the active notebook.',
@@ -291,6 +385,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const follow = () => model.setSession(tracker.currentWidget?.sessionContext ?? null);
     tracker.currentChanged.connect(follow);
     follow();
+    tracker.forEach(watchForStaleDashboards);
+    tracker.widgetAdded.connect((_, panel) => watchForStaleDashboards(panel));
 
     const panel = new ScoopPanel(model);
     app.shell.add(panel, 'left', { rank: 700 });

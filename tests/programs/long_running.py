@@ -1,5 +1,6 @@
 """Keeps the cluster busy until killed; prints READY once tasks run."""
 import time
+
 from scoop import futures
 
 

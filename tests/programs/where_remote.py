@@ -3,8 +3,8 @@ import collections
 import os
 import time
 
-from scoop import futures
 import scoop
+from scoop import futures
 
 
 def probe(i):

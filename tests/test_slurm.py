@@ -1,0 +1,336 @@
+"""SCOOP on a real SLURM cluster (tests/slurm_cluster.py): the cluster itself, job steps inside
+allocations, and batch-job clusters started from the login node."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+
+def test_cluster_runs_jobs_on_both_nodes(slurm_cluster, tmp_path):
+    """The test cluster itself: a batch job spans both nodes, and srun inside salloc -N2 too."""
+    out = tmp_path / "job.out"
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\nsrun hostname\n")
+    r = slurm_cluster.run(["sbatch", "--parsable", "-N2", "-n2", f"--output={out}", str(script)])
+    assert r.stdout.strip().split(";")[0].isdigit()
+    assert slurm_cluster.wait_no_jobs(60) == []
+    assert sorted(out.read_text().split()) == ["node1", "node2"]
+    r = slurm_cluster.run(["salloc", "-N2", "srun", "hostname"])
+    assert sorted(r.stdout.split()) == ["node1", "node2"]
+    assert slurm_cluster.wait_no_jobs() == []
+
+
+# ---- batch-job clusters from the login node ---------------------------------------------------
+
+import collections
+import contextlib
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import PROGRAMS, ROOT, TESTS, scoop_processes, wait_no_new_processes
+
+
+@contextlib.contextmanager
+def batch_cluster(slurm, n, wait=True, **opts):
+    """An origin here whose ``n`` workers are sbatch jobs; afterwards no job, process or secret
+    file may be left."""
+    from scoop.cluster import Cluster
+    before = {p.pid for p in scoop_processes()}
+    opts.setdefault("cpus_per_job", 2)
+    c = Cluster(n, slurm=True, pythonpath=[TESTS, PROGRAMS], **opts)
+    try:
+        c.start(wait=wait, timeout=90)
+        yield c
+    finally:
+        c.stop()
+        assert slurm.wait_no_jobs(15) == []
+        wait_no_new_processes(before, 15)
+        if c.launcher is not None and c.launcher.dir:
+            assert not os.path.exists(c.launcher.dir)
+
+
+def where(x):
+    import socket
+    import time
+    time.sleep(0.05)
+    return socket.gethostname()
+
+
+def env_var(name):
+    return os.environ.get(name)
+
+
+def test_sbatch_workers_run_on_both_nodes_and_stop_leaves_no_job(slurm_cluster, tmp_path):
+    from scoop import futures
+    prolog = tmp_path / "prolog.sh"
+    prolog.write_text("export SCOOP_TEST_PROLOG=sourced\n")
+    with batch_cluster(slurm_cluster, 4, cpus_per_job=2, prolog=str(prolog)) as c:
+        handles = list(c.workers)
+        assert len({h.job_id for h in handles}) == 2
+        assert sorted(set(futures.map(where, range(40)))) == ["node1", "node2"]
+        assert set(futures.map(env_var, ["SCOOP_TEST_PROLOG"] * 8)) == {"sourced"}
+        assert {h.state for h in handles} == {"running"}
+        assert sorted(h.host for h in handles) == ["node1", "node1", "node2", "node2"]
+        # the secret is only in the 0600 config files of a 0700 directory
+        secret = c.secret.hex()
+        job_dir = c.launcher.dir
+        assert stat.S_IMODE(os.stat(job_dir).st_mode) == 0o700
+        for entry in os.listdir(job_dir):
+            path = os.path.join(job_dir, entry)
+            with open(path) as f:
+                text = f.read()
+            if secret in text:
+                assert entry.endswith((".json", ".run")) and stat.S_IMODE(os.stat(path).st_mode) == 0o600, entry
+        assert any(e.endswith(".sh") for e in os.listdir(job_dir))
+    assert {h.state for h in handles} == {"exited"}
+
+
+def test_jobs_waiting_in_the_queue_are_pending(slurm_cluster):
+    """4 CPUs in the cluster, three 2-CPU jobs: one waits, and says so."""
+    with batch_cluster(slurm_cluster, 6, wait=False, cpus_per_job=2) as c:
+        c.wait_for_workers(4, 90)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # a poll of the scheduler
+            states = [h.state for h in c.workers]
+            if states.count("running") == 4:
+                break
+            time.sleep(0.2)
+        assert states.count("running") == 4 and states.count("pending") == 2, states
+        assert len(c.launcher.pending()) == 1
+        assert [j["state"] for j in slurm_cluster.jobs()].count("PENDING") == 1
+
+
+def test_rejected_sbatch_is_a_clear_error(slurm_cluster):
+    from scoop.errors import ClusterError
+    with pytest.raises(ClusterError, match=r"(?i)sbatch rejected the job.*invalid partition"):
+        with batch_cluster(slurm_cluster, 2, partition="no_such_partition"):
+            pass
+
+
+def test_killed_origin_leaves_no_job(slurm_cluster, tmp_path):
+    """SIGKILL of the origin: its watchdog cancels running and queued jobs."""
+    prog = tmp_path / "origin.py"
+    prog.write_text(textwrap.dedent("""
+        import sys, time
+        from scoop.cluster import Cluster
+        c = Cluster(6, slurm=True, cpus_per_job=2)
+        c.start(wait=False)
+        c.wait_for_workers(4, 90)
+        print("ready", flush=True)
+        time.sleep(600)
+    """))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, str(prog)], stdout=subprocess.PIPE, env=env, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        assert len(slurm_cluster.jobs()) == 3
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert slurm_cluster.wait_no_jobs(15) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_scale_up_and_down_submits_and_ends_jobs(slurm_cluster):
+    from scoop import futures
+    with batch_cluster(slurm_cluster, 2, cpus_per_job=1) as c:
+        assert len(slurm_cluster.jobs()) == 2
+        c.scale(4, timeout=90)
+        assert len({h.job_id for h in c.workers}) == 4
+        assert sorted(set(futures.map(where, range(40)))) == ["node1", "node2"]
+        c.scale(1)
+        deadline = time.monotonic() + 30
+        while len(slurm_cluster.jobs()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(slurm_cluster.jobs()) == 1  # the retired workers' jobs ended with them
+        assert list(futures.map(abs, [-1, -2, -3])) == [1, 2, 3]
+
+
+def test_cli_slurm_runs_a_program_on_batch_jobs(slurm_cluster):
+    from tests.conftest import run_scoop
+    r = run_scoop(["--slurm", "-n", "4", "--cpus-per-job", "2", "where_remote.py"], timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert len([line for line in r.stdout.splitlines() if line.startswith("NS ")]) == 2, r.stdout
+    assert "SIZE 4" in r.stdout
+    assert slurm_cluster.wait_no_jobs(15) == []
+
+
+@pytest.fixture
+def slurm_kernel(slurm_cluster):
+    pytest.importorskip("jupyter_client")
+    from tests.kernel_driver import KernelDriver, kernel_env
+    k = KernelDriver(env=kernel_env())
+    try:
+        k.run("%load_ext scoop_jupyter")
+        yield k
+    finally:
+        k.shutdown(now=True)
+
+
+def test_notebook_kernel_on_the_login_node(slurm_cluster, slurm_kernel):
+    """%scoop_cluster start --slurm from a kernel; map on both nodes; scale; SIGKILL of the kernel
+    leaves no job in the queue."""
+    k = slurm_kernel
+    k.run("%scoop_cluster start --slurm -n 4 --cpus-per-job 2", timeout=120)
+    assert len(slurm_cluster.jobs()) == 2
+    k.run("import socket, time, scoop\n"
+          "def where(x):\n"
+          "    time.sleep(0.05)\n"
+          "    return socket.gethostname()\n")
+    assert k.value("sorted(set(scoop.futures.map(where, range(40))))", timeout=120) == ["node1", "node2"]
+    k.run("%scoop_cluster scale 2", timeout=60)
+    deadline = time.monotonic() + 30
+    while len(slurm_cluster.jobs()) > 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(slurm_cluster.jobs()) == 1
+    k.run("%scoop_cluster scale 4", timeout=120)
+    assert len(slurm_cluster.jobs()) == 2
+    assert k.value("sorted(set(scoop.futures.map(where, range(40))))", timeout=120) == ["node1", "node2"]
+    os.kill(k.pid, signal.SIGKILL)
+    assert slurm_cluster.wait_no_jobs(15) == []
+
+
+# ---- inside an allocation: workers are job steps ---------------------------------------------
+
+STEP_PROGRAM = """
+import collections, os, socket, time
+import scoop
+from scoop import futures
+
+def where(i):
+    time.sleep(0.05)
+    return socket.gethostname(), os.getpid(), os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+
+if __name__ == "__main__":
+    seen = collections.defaultdict(set)
+    jobs, steps = set(), set()
+    for host, pid, job, step in futures.map(where, range(8 * scoop.SIZE)):
+        seen[host].add(pid)
+        jobs.add(job)
+        steps.add(step)
+    for host, pids in sorted(seen.items()):
+        print("HOST", host, len(pids))
+    print("JOBS", sorted(map(str, jobs)), "IN_STEP", None not in steps, "SIZE", scoop.SIZE)
+"""
+
+
+def _run_in_allocation(slurm, tmp_path, alloc_args, scoop_args=(), timeout=180):
+    prog = tmp_path / "steps.py"
+    prog.write_text(STEP_PROGRAM)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run(["salloc", *alloc_args, sys.executable, "-m", "scoop", *scoop_args, str(prog)],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=timeout)
+    assert slurm.wait_no_jobs(15) == []
+    return r
+
+
+def _hosts(stdout):
+    return {line.split()[1]: int(line.split()[2]) for line in stdout.splitlines() if line.startswith("HOST ")}
+
+
+def test_salloc_workers_are_job_steps_on_both_nodes(slurm_cluster, tmp_path, no_leak):
+    r = _run_in_allocation(slurm_cluster, tmp_path, ["-N2", "-n4"])
+    assert r.returncode == 0, r.stderr
+    assert _hosts(r.stdout) == {"node1": 2, "node2": 2}, r.stdout
+    jobs_line = [line for line in r.stdout.splitlines() if line.startswith("JOBS")][0]
+    assert "IN_STEP True" in jobs_line and "None" not in jobs_line.split("IN_STEP")[0], jobs_line
+
+
+def test_salloc_cpus_per_task_gives_a_worker_per_cpu(slurm_cluster, tmp_path, no_leak):
+    r = _run_in_allocation(slurm_cluster, tmp_path, ["-N2", "-n2", "--cpus-per-task=2"])
+    assert r.returncode == 0, r.stderr
+    assert _hosts(r.stdout) == {"node1": 2, "node2": 2}, r.stdout
+    assert "SIZE 4" in r.stdout
+
+
+def test_salloc_more_workers_than_slots_is_an_error(slurm_cluster, tmp_path, no_leak):
+    r = _run_in_allocation(slurm_cluster, tmp_path, ["-N2", "-n4"], ["-n", "7"])
+    assert r.returncode != 0
+    assert "7 workers" in r.stderr and "4 slots" in r.stderr and "--oversubscribe" in r.stderr, r.stderr
+    r = _run_in_allocation(slurm_cluster, tmp_path, ["-N2", "-n4"], ["-n", "6", "--oversubscribe"])
+    assert r.returncode == 0, r.stderr
+    assert sum(_hosts(r.stdout).values()) == 6, r.stdout
+
+
+def test_sbatch_script_runs_scoop_inside_the_job(slurm_cluster, tmp_path):
+    """The README's batch script: the program's origin runs on the job's first node, the workers
+    in job steps on both nodes."""
+    prog = tmp_path / "steps.py"
+    prog.write_text(STEP_PROGRAM)
+    script = tmp_path / "job.sh"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        #SBATCH --job-name=scoop-example
+        #SBATCH --nodes=2
+        #SBATCH --ntasks-per-node=2
+        #SBATCH --time=00:10:00
+        #SBATCH --output={tmp_path}/job.out
+        export PYTHONPATH={ROOT}
+        {sys.executable} -m scoop {prog}
+        """))
+    r = slurm_cluster.run(["sbatch", "--parsable", str(script)], cwd=str(tmp_path))
+    assert slurm_cluster.wait_no_jobs(120) == []
+    out = (tmp_path / "job.out").read_text()
+    assert _hosts(out) == {"node1": 2, "node2": 2}, out
+    assert "IN_STEP True" in out, out
+
+
+# ---- walltime ------------------------------------------------------------------------------------
+
+def slow_square(x):
+    import time
+    time.sleep(1.0)
+    return x * x
+
+
+def _runtime_retires_at_walltime() -> bool:
+    import inspect
+
+    import scoop._runtime as R
+    return "retire_at" in inspect.getsource(R)
+
+
+def test_walltime_reached_mid_map_loses_nothing(slurm_cluster):
+    """Tasks running across the end of a one-minute job: every result comes back.  With job_replace a
+    replacement job is submitted before the first one's end and its workers carry on under the
+    same names (the cluster never sees a worker die).  With the runtime's retire_at the first
+    job's workers leave cleanly before SLURM's limit instead of being killed by it."""
+    from scoop import futures
+
+    def state(job_id):
+        return slurm_cluster.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], check=False).stdout.strip()
+
+    with batch_cluster(slurm_cluster, 2, cpus_per_job=2, walltime="1", job_replace=True, inline=False) as c:
+        first = c.workers[0].job_id
+        # ~6 one-second tasks in flight until 20 tasks past the first job's end: the work
+        # straddles the moment SLURM ends that job
+        pending, submitted, left = collections.deque(), 0, None
+        deadline = time.monotonic() + 200
+        while (left != 0 or pending) and time.monotonic() < deadline:
+            if left is None and state(first) not in ("RUNNING", "COMPLETING"):
+                left = 20
+            while len(pending) < 6 and left != 0:
+                pending.append((submitted, futures.submit(slow_square, submitted)))
+                submitted += 1
+                left = left - 1 if left else left
+            k, fut = pending.popleft()
+            assert fut.result(timeout=120) == k * k
+        assert left == 0 and not pending, f"the first job did not end within 200 s ({state(first)})"
+        assert state(first) not in ("RUNNING", "COMPLETING")
+        assert len(c.workers) == 2 and all(h.poll() is None for h in c.workers)
+        jobs = c.workers[0].jobs
+        assert len(jobs) >= 2 and jobs[0].id == first and jobs[1].id != first
+        assert {h.jobs[1].id for h in c.workers} == {jobs[1].id}
+        out = state(first)
+        codes = [h._code(h.jobs[0]) for h in c.workers]
+    if out != "COMPLETED" or codes != [0, 0]:
+        if not _runtime_retires_at_walltime():
+            pytest.xfail(f"the runtime does not act on retire_at yet: job {first} ended {out}, workers {codes}")
+        assert out == "COMPLETED" and codes == [0, 0], (out, codes)
