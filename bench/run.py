@@ -700,6 +700,11 @@ def main():
     print(f"runners: {', '.join(runners)}; workloads: {', '.join(workloads)}; "
           f"mode: {'quick' if a.quick else 'full'}", flush=True)
 
+    try:  # the commit measured, read before the run (a commit made meanwhile is not it)
+        head = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()[:100]
+    except (OSError, subprocess.SubprocessError):
+        head = "?"
     records = []
     t_start = time.time()
     for w in workloads:
@@ -747,11 +752,6 @@ def main():
              f"{os.cpu_count()} cores, Python {platform.python_version()}, "
              f"{time.time() - t_start:.0f}s total"]
     ran = {rec["runner"] for rec in records}
-    try:
-        head = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()[:100]
-    except (OSError, subprocess.SubprocessError):
-        head = "?"
     lines.append(f"  us from {US_SRC or REPO}" + ("" if US_SRC else f" at {head}"))
     lines += [f"  {r:<8} {RUNNER_DESC[r]}" for r in runners if r in ran]
     foreign = [rec["foreign_cores"] for rec in records if "foreign_cores" in rec]
