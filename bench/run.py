@@ -92,11 +92,17 @@ WORKLOADS_SPEC = {
             (f"args_worker_mb_{mib}", "  args other proc MiB", "lower", False),
             (f"results_worker_mb_{mib}", "  res. other proc MiB", "lower", False),
             (f"args_broker_mb_{mib}", "  args broker MiB", "lower", False),
-            (f"results_broker_mb_{mib}", "  res. broker MiB", "lower", False))]
+            (f"results_broker_mb_{mib}", "  res. broker MiB", "lower", False),
+            (f"args_shm_mb_{mib}", "  args /dev/shm peak MiB", "lower", False),
+            (f"results_shm_mb_{mib}", "  res. /dev/shm peak MiB", "lower", False),
+            (f"args_origin_shm_x_{mib}", "  args (origin+shm)/data", "lower", False),
+            (f"results_origin_shm_x_{mib}", "  res. (origin+shm)/data", "lower", False))]
         + [("big_origin_x", "big arg+res origin pk/held", "lower"),
            ("big_origin_mb", "  big origin MiB", "lower", False),
            ("big_worker_mb", "  big other proc MiB", "lower", False),
            ("big_broker_mb", "  big broker MiB", "lower", False),
+           ("big_shm_mb", "  big /dev/shm peak MiB", "lower", False),
+           ("big_origin_shm_x", "big (origin+shm)/held", "lower"),
            ("big_gbps", "  big GB/s", "higher", False)],
         runners=ISSUE12_RUNNERS),
     "rtt": dict(
@@ -204,6 +210,8 @@ TARGETS = [
      for mib in (1, 32, 256) for d in ("args", "results")] + [
     ("payload", "big_origin_x", "abs<=", None, 1.5,
      "issue 12: 512 MiB argument + 512 MiB result, origin peak growth <= 1.5x the 1 GiB held"),
+    ("payload", "big_origin_shm_x", "abs<=", None, 1.5,
+     "issue 12, counting /dev/shm: 512 MiB + 512 MiB, peak of (origin + machine Shmem) growth <= 1.5x held"),
     ("tiny_map", "tasks_per_s", "best>=", BEST_PEER, 1.0,
      "issue 12: tiny map >= 1.0x the fastest peer's default map"),
     ("rtt", "vs_chain", "abs<=", None, 1.3,
