@@ -391,7 +391,7 @@ def pack(obj, what: str = "object", shm=None, by_value: bool = False) -> Packed:
     try:
         data, bufs = _pickle(obj, by_value)
     except Exception as exc:
-        raise SerializationError(f"{what} could not be pickled: {_describe(obj)}: "
+        raise SerializationError(f"{what} ({_kind(obj)}) could not be pickled: "
                                  f"{type(exc).__name__}: {exc}") from exc
     if not bufs and len(data) <= INLINE_MAX:
         return Packed(data, nbytes=len(data))
@@ -487,11 +487,33 @@ def unpack(rec: Record, shm=None):
 
 def pack_callable(fn, shm=None) -> tuple[bytes, Packed]:
     """A callable by value, and its digest (what workers cache it under)."""
-    packed = pack(fn, f"function {_describe(fn)}", shm, by_value=True)
+    try:
+        packed = pack(fn, "function", shm, by_value=True)
+    except SerializationError as exc:
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        cause = exc.__cause__
+        raise SerializationError(f"function {name} could not be pickled: {_captured(fn)}"
+                                 f"{type(cause).__name__}: {cause}") from cause
     keys = b"".join(r[2] for r in packed.refs if not r[0] & REF_SHM)
     if packed.segments:  # segment ids are not content: hash what they hold, once
         keys += os.urandom(16)
     return digest(bytes(packed.body) + keys), packed
+
+
+def _captured(fn) -> str:
+    """What a function captures that does not pickle: ``it captures lock (a _thread.lock): ``."""
+    fn = getattr(fn, "func", fn)  # functools.partial
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return ""
+    names = list(zip(code.co_freevars, (c.cell_contents for c in (fn.__closure__ or ()))))
+    glob = getattr(fn, "__globals__", {})
+    names += [(n, glob[n]) for n in code.co_names if n in glob]
+    names += [(f"default {i + 1}", d) for i, d in enumerate(fn.__defaults__ or ())]
+    for name, value in names:
+        if _fails(value):
+            return f"it captures {name} ({_kind(value)}): "
+    return ""
 
 
 def loads(data):

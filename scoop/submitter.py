@@ -24,6 +24,11 @@ _FN_CACHE_MAX = 1024
 _TIMELINE = 5000
 
 
+def _user_stacklevel() -> int:
+    from .futures import _user_stacklevel as level
+    return level() - 1  # this frame is inside the package too, and already counted
+
+
 def name_of(fn) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     if name is None:
@@ -97,7 +102,7 @@ class Submitter:
                 warnings.warn(f"the function {name_of(fn)} pickles to {packed.nbytes / 2**20:.0f} MiB "
                               f"(it captures large data), and every worker receives a copy and keeps it "
                               f"until the cluster stops; pass the data with shared.setConst(...) instead",
-                              ResourceWarning, stacklevel=4)
+                              RuntimeWarning, stacklevel=_user_stacklevel())
         d = ent[1]
         if d not in self._blobs_sent:
             self._blobs_sent.add(d)
@@ -127,7 +132,8 @@ class Submitter:
             if args is None:
                 args = [a for chunk in payload for a in chunk] if kind == P.CHUNK else payload
             where = P.find_unpicklable(args, kwargs, name)
-            raise P.SerializationError(f"{where} could not be pickled: {exc.__cause__}") from None
+            cause = exc.__cause__
+            raise P.SerializationError(f"{where} could not be pickled: {type(cause).__name__}: {cause}") from None
         self._seq += 1
         tid = self.prefix | self._seq
         group = self.current_group()
@@ -396,7 +402,7 @@ def _unpicklable(value, task: str):
         P._cloudpickle().dumps(value, 5, buffer_callback=lambda b: False)
         return None
     except Exception as exc:
-        return P.SerializationError(f"result of task {task} could not be pickled: {P._describe(value)}: "
+        return P.SerializationError(f"result of task {task} ({P._kind(value)}) could not be pickled: "
                                     f"{type(exc).__name__}: {exc}")
 
 

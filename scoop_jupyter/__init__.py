@@ -38,11 +38,12 @@ def load_ipython_extension(ip):
 
 
 def _show_costly_function_warnings():
-    """The core warns (a ResourceWarning, which Python hides by default) when a task's function
-    pickles to many MiB because it captures large data: in a notebook, where closures over big
-    arrays happen easily, that warning must be seen (the core already says it once per function)."""
+    """The core warns when a task's function pickles to many MiB because it captures large data:
+    in a notebook, where closures over big arrays happen easily, that warning must be seen every
+    time a new such function is shipped (the core already says it once per function), not once
+    per code location as Python's default filter would."""
     import warnings
-    warnings.filterwarnings("always", message=r"the function .* pickles to", category=ResourceWarning)
+    warnings.filterwarnings("always", message=r"the function .* pickles to", category=RuntimeWarning)
 
 
 def unload_ipython_extension(ip):

@@ -1,10 +1,11 @@
 """Live load dashboard: a plain-ipywidgets view of the cluster, fed by the status feed.
 
-Everything live is rendered into one ``ipywidgets.HTML`` (worker table, totals, an SVG
-throughput sparkline and the progress of running maps), so one refresh is one small widget
-state message; the view refreshes only when the rendering changed and at most
-``MAX_RATE`` times a second.  The kernel never polls workers: the data comes from the broker's
-meta stream, which already carries every worker's load.
+Everything live is rendered into ``ipywidgets.HTML`` (worker table, totals, an SVG throughput
+plot with axes, the progress of running maps, recent worker output), so one refresh is one
+small widget state message; the view refreshes only when the rendering changed and at most
+``MAX_RATE`` times a second.  The task timeline, the bulky part, is a second HTML widget
+refreshed at most ``TIMELINE_RATE`` times a second.  The kernel never polls workers: the data
+comes from the broker's meta stream, which already carries every worker's load.
 """
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ from . import task_timeline as _timeline
 from .status import safe_maps
 
 MAX_RATE = 10.0
-#: the live timeline shows the tasks of this many last seconds
+#: the live timeline shows the tasks of this many last seconds, refreshed this many times a second
 TIMELINE_WINDOW = 30.0
+TIMELINE_RATE = 1.0
+#: about how many bars the live timeline draws (its HTML stays ~100 KiB)
+LIVE_BARS = 600
 
 _STATE_COLORS = {"busy": "#2e7d32", "idle": "#757575", "joining": "#1565c0", "lost": "#c62828"}
 _CELL = "padding:1px 8px;text-align:right"
@@ -141,7 +145,7 @@ def log_table(logs: dict, lines: int = 3) -> str:
             f'{"".join(rows)}</table></div>')
 
 
-def render(status: dict, history, maps: list[dict], timeline: str = "", logs: dict | None = None) -> str:
+def render(status: dict, history, maps: list[dict], logs: dict | None = None) -> str:
     """The dashboard's HTML for a normalised status (see :mod:`scoop_jupyter.status`)."""
     state = status.get("state", "stopped")
     parts = [f'<div class="scoop-dashboard" data-state="{state}" style="font-size:12px;line-height:1.4">',
@@ -160,9 +164,6 @@ def render(status: dict, history, maps: list[dict], timeline: str = "", logs: di
             parts.append(f'<div>map <code>{html.escape(str(m.get("name")))}</code> '
                          f'{_bar(m.get("done", 0), total or m.get("submitted"))} '
                          f'{m.get("done", 0)}/{of}</div>')
-        if timeline:
-            parts.append(f'<div style="margin-top:4px">task timeline, last {TIMELINE_WINDOW:.0f} s</div>'
-                         f'{timeline}')
         parts.append(log_table(logs or {}))
     parts.append("</div>")
     return "".join(parts)
@@ -175,9 +176,12 @@ class Dashboard(W.VBox):
         self._feed = feed
         self._logs = logs if logs is not None else {}
         self._panel = W.HTML(value=self._render(feed.latest))
-        super().__init__(children=[self._panel], **kwargs)
+        # the timeline is the bulky part: its own widget, refreshed at most TIMELINE_RATE a second
+        self._timeline = W.HTML(value=self._render_timeline(feed.latest) or "")
+        super().__init__(children=[self._panel, self._timeline], **kwargs)
         self._lock = threading.Lock()
         self._last_sent = 0.0
+        self._last_timeline = 0.0
         self.updates = 0
         self._remove = feed.add_listener(self._on_status)
 
@@ -188,6 +192,11 @@ class Dashboard(W.VBox):
             final = status.get("state") != "running"
             if not final and now - self._last_sent < 1.0 / MAX_RATE:
                 return  # the next snapshot (0.2 s away) carries this change too
+            if not final and now - self._last_timeline >= 1.0 / TIMELINE_RATE:
+                tl = self._render_timeline(status)
+                if tl is not None and tl != self._timeline.value:
+                    self._timeline.value = tl
+                self._last_timeline = now
             value = self._render(status)
             if value == self._panel.value:
                 return
@@ -198,9 +207,18 @@ class Dashboard(W.VBox):
     def _render(self, status: dict) -> str:
         if status.get("state") != "running":
             return render(status, self._feed.history, [])
+        return render(status, self._feed.history, safe_maps(), self._logs)
+
+    def _render_timeline(self, status: dict) -> str | None:
+        """The live timeline's HTML, or None to leave the last one (a stopped cluster's tasks
+        are still worth looking at)."""
+        if status.get("state") != "running" or not _timeline.available():
+            return None
         recs = _timeline.recent(TIMELINE_WINDOW)
-        tl = _timeline.render(recs, now=time.time() if recs else None) if _timeline.available() else ""
-        return render(status, self._feed.history, safe_maps(), tl, self._logs)
+        names = [w.get("name") for w in status.get("workers", []) if w.get("state") in ("idle", "busy")]
+        svg = _timeline.render(recs, now=time.time() if recs else None, workers=names, max_bars=LIVE_BARS)
+        return (f'<div class="scoop-dashboard-timeline" style="font-size:12px;line-height:1.4">'
+                f'<div>task timeline, last {TIMELINE_WINDOW:.0f} s</div>{svg}</div>')
 
     def close(self):
         remove, self._remove = getattr(self, "_remove", None), None

@@ -96,11 +96,42 @@ def cluster_html(cluster) -> str:
             f'<a href="{DOCS_URL}" target="_blank" rel="noopener">documentation</a></div></div>')
 
 
+def _secs(s: float) -> str:
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def future_html(fut) -> str:
+    """A future as one line: its task, state, and when and where it ran (queued / ran times)."""
+    state = "cancelled" if fut.cancelled() else "pending"
+    if fut.done() and not fut.cancelled():
+        state = "raised " + type(fut.exception()).__name__ if fut.exception() is not None else "finished"
+    elif getattr(fut, "started", None) is not None:
+        state = "running"
+    color = {"finished": "#2e7d32", "running": "#1565c0", "pending": "#757575"}.get(state, "#c62828")
+    parts = [f'<code>{html.escape(str(getattr(fut, "name", None) or fut._name))}</code> '
+             f'<span style="color:{color}">{html.escape(state)}</span>']
+    worker = getattr(fut, "worker", None)
+    if worker:
+        parts.append(f"on {html.escape(str(worker))}")
+    sub, start, end = (getattr(fut, k, None) for k in ("submitted", "started", "finished"))
+    if sub is not None and start is not None:
+        parts.append(f"queued {_secs(max(0.0, start - sub))}")
+    if start is not None and end is not None:
+        parts.append(f"ran {_secs(max(0.0, end - start))}")
+    return f'<span class="scoop-future">Future {" &middot; ".join(parts)}</span>'
+
+
+def _types():
+    from scoop._future import Future
+    from scoop.cluster import Cluster
+    return ((Cluster, cluster_html), (Future, future_html))
+
+
 def register(shell) -> bool:
-    """Registers the Cluster card with ``shell``'s HTML formatter."""
+    """Registers the cards with ``shell``'s HTML formatter."""
     try:
-        from scoop.cluster import Cluster
-        shell.display_formatter.formatters["text/html"].for_type(Cluster, cluster_html)
+        for cls, fn in _types():
+            shell.display_formatter.formatters["text/html"].for_type(cls, fn)
         return True
     except Exception:
         return False
@@ -108,7 +139,7 @@ def register(shell) -> bool:
 
 def unregister(shell) -> None:
     try:
-        from scoop.cluster import Cluster
-        shell.display_formatter.formatters["text/html"].pop(Cluster, None)
+        for cls, _ in _types():
+            shell.display_formatter.formatters["text/html"].pop(cls, None)
     except Exception:
         pass

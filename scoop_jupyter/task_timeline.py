@@ -18,7 +18,8 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#1
 FAILED = "#d62728"
 #: bars narrower than this many pixels merge with their neighbours of the same function
 MERGE_PX = 1.0
-MAX_BARS = 4000
+#: about how many bars a timeline draws at most: denser ones merge runs of the same function
+MAX_BARS = 1500
 
 
 def available() -> bool:
@@ -30,10 +31,14 @@ def records(since: float = 0.0) -> list[dict]:
     fn = getattr(scoop.origin, "timeline", None)
     if fn is None or not scoop.origin.is_attached():
         return []
-    try:
-        return list(fn(since))
-    except Exception:
-        return []
+    for _ in range(5):  # read from a view's thread while the kernel's thread appends: retried
+        try:
+            return list(fn(since))
+        except RuntimeError:
+            time.sleep(0.001)
+        except Exception:
+            return []
+    return []
 
 
 def _worker_key(name: str):
@@ -58,8 +63,11 @@ def _fmt_tick(v: float, step: float) -> str:
 
 
 def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None = None,
-           empty: str | None = None) -> str:
-    """The timeline of ``recs`` as an HTML fragment (an SVG plus a legend)."""
+           empty: str | None = None, workers: list[str] = (), max_bars: int = MAX_BARS) -> str:
+    """The timeline of ``recs`` as an HTML fragment (an SVG plus a legend); ``workers`` get a
+    row even when they ran nothing (an idle worker is worth seeing).  Bars thinner than a pixel,
+    or than the share of the width ``max_bars`` leaves each, merge with their neighbours of the
+    same function, so the size stays bounded whatever the number of tasks."""
     if not recs:
         msg = empty or ("no finished tasks yet" if available()
                         else "the task timeline needs a SCOOP core that records task times")
@@ -67,7 +75,7 @@ def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None 
     t0 = min(r["start"] for r in recs)
     t1 = max(max(r["end"] for r in recs), now or 0.0)
     span = max(t1 - t0, 1e-3)
-    workers = sorted({r.get("worker") or "?" for r in recs}, key=_worker_key)
+    workers = sorted({r.get("worker") or "?" for r in recs} | {w for w in workers if w}, key=_worker_key)
     names = []
     for r in sorted(recs, key=lambda r: r["start"]):
         if r.get("name") not in names:
@@ -77,6 +85,7 @@ def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None 
     plot_w = width - left - 8
     height = top + row * len(workers) + bottom
     scale = plot_w / span
+    merge_px = MERGE_PX if len(recs) <= max_bars else max(MERGE_PX, plot_w * len(workers) / max_bars)
     parts = [f'<svg class="scoop-timeline-svg" width="{width}" height="{height}" '
              f'xmlns="http://www.w3.org/2000/svg" style="font:10px sans-serif">']
     for i, w in enumerate(workers):
@@ -87,33 +96,31 @@ def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None 
         parts.append(f'<text x="{left - 4}" y="{y + row * 0.7:.1f}" text-anchor="end" fill="currentColor">'
                      f'{html.escape(w)}</text>')
     rows = {w: i for i, w in enumerate(workers)}
-    bars = 0
+    # a thin light edge keeps neighbouring tasks apart (a failed one is outlined in red)
+    parts.append('<g stroke="rgba(255,255,255,0.8)" stroke-width="0.5">')
     by_worker: dict = {}
     for r in sorted(recs, key=lambda r: (r.get("worker") or "?", r["start"])):
         by_worker.setdefault(r.get("worker") or "?", []).append(r)
+    dense = len(recs) > max_bars  # then neighbours merge whatever their function
     for w, rs in by_worker.items():
         y = top + rows[w] * row + 2
-        cur = None  # [x0, x1, name, ok, inputs, count]
+        cur = None
         for r in rs:
             x0 = left + (r["start"] - t0) * scale
             x1 = left + (r["end"] - t0) * scale
             ok = r.get("ok", True)
-            if cur is not None and cur[2] == r.get("name") and cur[3] == ok and x0 - cur[1] < MERGE_PX \
-                    and (x1 - x0 < MERGE_PX or cur[1] - cur[0] < MERGE_PX):
-                cur[1] = max(cur[1], x1)
-                cur[4] += int(r.get("inputs", 1))
-                cur[5] += 1
-                cur[6] += r["end"] - r["start"]
+            name = r.get("name")
+            secs = r["end"] - r["start"]
+            if cur is not None and cur.ok == ok and x0 - cur.x1 < merge_px and _merges(cur, name, x1 - x0,
+                                                                                     merge_px, dense):
+                cur.add(x1, name, int(r.get("inputs", 1)), secs)
                 continue
             if cur is not None:
-                bars += 1
-                parts.append(_bar(cur, y, row, colour))
-            cur = [x0, x1, r.get("name"), ok, int(r.get("inputs", 1)), 1, r["end"] - r["start"]]
-            if bars > MAX_BARS:
-                break
+                parts.append(cur.svg(y, row, colour))
+            cur = _Run(x0, x1, name, ok, int(r.get("inputs", 1)), secs)
         if cur is not None:
-            bars += 1
-            parts.append(_bar(cur, y, row, colour))
+            parts.append(cur.svg(y, row, colour))
+    parts.append("</g>")
     axis_y = top + row * len(workers)
     parts.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="currentColor" '
                  f'stroke-opacity="0.5"/>')
@@ -132,20 +139,49 @@ def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None 
     if failed:
         legend += f' {swatch}border:2px solid {FAILED};margin-right:3px"></span>failed ({failed})</span>'
     inputs = sum(int(r.get("inputs", 1)) for r in recs)
-    head = (f"{len(recs)} task{'s' if len(recs) != 1 else ''} ({inputs} inputs) on {len(workers)} "
-            f"worker{'s' if len(workers) != 1 else ''} over {span:.1f} s")
+    ran = len({r.get("worker") for r in recs})
+    head = (f"{len(recs)} task{'s' if len(recs) != 1 else ''} ({inputs} inputs) on {ran} "
+            f"worker{'s' if ran != 1 else ''} over {span:.1f} s")
     return (f'<div class="scoop-timeline"><div>{head} &middot; {legend}</div>'
             f'{"".join(parts)}</div>')
 
 
-def _bar(cur, y, row, colour) -> str:
-    x0, x1, name, ok, inputs, count, secs = cur
-    w = max(x1 - x0, 0.6)
-    stroke = "" if ok else f' stroke="{FAILED}" stroke-width="1.5"'
-    what = f"{count} tasks, {inputs} inputs" if count > 1 else f"{inputs} input{'s' if inputs != 1 else ''}"
-    return (f'<rect class="scoop-task" x="{x0:.1f}" y="{y}" width="{w:.1f}" height="{row - 4}" '
-            f'fill="{colour.get(name, PALETTE[0])}"{stroke}><title>{html.escape(str(name))}: {what}, '
-            f'{secs * 1000:.1f} ms</title></rect>')
+def _merges(cur, name, width, merge_px, dense) -> bool:
+    """Whether a task joins the bar before it: a thin one joins a run of its own function;
+    when tasks are too many, a thin one also joins a bar of other functions up to ``merge_px``
+    wide (so a row holds at most ~width / merge_px of those)."""
+    narrow = width < merge_px
+    cur_narrow = cur.x1 - cur.x0 < merge_px
+    if len(cur.secs) == 1 and name in cur.secs:
+        return narrow or cur_narrow
+    return dense and narrow and cur_narrow
+
+
+class _Run:
+    """One bar: a task, or neighbouring tasks too thin to draw apart."""
+
+    __slots__ = ("x0", "x1", "ok", "inputs", "count", "secs")
+
+    def __init__(self, x0, x1, name, ok, inputs, secs):
+        self.x0, self.x1, self.ok, self.inputs, self.count = x0, x1, ok, inputs, 1
+        self.secs = {name: secs}
+
+    def add(self, x1, name, inputs, secs):
+        self.x1 = max(self.x1, x1)
+        self.inputs += inputs
+        self.count += 1
+        self.secs[name] = self.secs.get(name, 0.0) + secs
+
+    def svg(self, y, row, colour) -> str:
+        name = max(self.secs, key=self.secs.get)  # coloured by the function that took most of it
+        names = ", ".join(str(n) for n in self.secs)
+        stroke = "" if self.ok else f' stroke="{FAILED}" stroke-width="1.5"'
+        n = self.inputs
+        what = f"{self.count} tasks, {n} inputs" if self.count > 1 else f"{n} input{'s' if n != 1 else ''}"
+        width = max(self.x1 - self.x0, 0.6)
+        return (f'<rect class="scoop-task" x="{self.x0:.1f}" y="{y}" width="{width:.1f}" '
+                f'height="{row - 4}" fill="{colour.get(name, PALETTE[0])}"{stroke}><title>'
+                f'{html.escape(names)}: {what}, {sum(self.secs.values()) * 1000:.1f} ms</title></rect>')
 
 
 def recent(window: float = 60.0) -> list[dict]:

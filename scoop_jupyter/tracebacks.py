@@ -22,7 +22,9 @@ import types
 import scoop
 
 _FRAME = re.compile(r'^(?P<indent>\s*)File "(?P<file>[^"]+)", line (?P<line>\d+), in ')
-_HEADER = re.compile(r"^\[worker (?P<index>\S+) on (?P<host>.*?), pid (?P<pid>\d+), task (?P<task>.*)\]$")
+# a nested task's traceback, chained in its parent's, starts "scoop._protocol.RemoteTraceback: [worker ..."
+_HEADER = re.compile(r"^(?:[\w.]*RemoteTraceback: )?\[worker (?P<index>\S+) on (?P<host>.*?), "
+                     r"pid (?P<pid>\d+), task (?P<task>.*)\]$")
 #: worker-side frames of these packages are machinery (the worker's paths may differ from ours)
 _REMOTE_INTERNAL = re.compile(r"[/\\](scoop|scoop_jupyter|cloudpickle|zmq|greenlet)[/\\][^\"]*\.py$")
 
@@ -142,7 +144,8 @@ def tidy_remote(text: str, cells: dict | None = None, names: dict | None = None)
         if h:
             index = h["index"]
             name = (names.get(int(h["pid"])) or f"worker {index}") if index.isdigit() else index
-            out.append(f"[{name} on {h['host']}, pid {h['pid']}, task {h['task']}]")
+            pre = "RemoteTraceback: " if line.startswith(("RemoteTraceback", "scoop")) else ""
+            out.append(f"{pre}[{name} on {h['host']}, pid {h['pid']}, task {h['task']}]")
             continue
         m = _FRAME.match(line)
         if m:

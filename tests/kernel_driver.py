@@ -158,7 +158,8 @@ class KernelDriver:
     # ---- comms ----------------------------------------------------------------------------------
     def comm_open(self, target: str, data=None) -> str:
         comm_id = uuid.uuid4().hex
-        msg = self.kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": target, "data": data or {}})
+        content = {"comm_id": comm_id, "target_name": target, "data": data or {}}
+        msg = self.kc.session.msg("comm_open", content)
         self.kc.shell_channel.send(msg)
         return comm_id
 

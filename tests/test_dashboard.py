@@ -112,7 +112,8 @@ def check_status_shape(data):
     assert isinstance(t["rate"], float)
     for w in data["workers"]:
         assert set(w) == {"id", "name", "host", "pid", "state", "queued", "running", "done", "cpu", "mem"}
-        assert isinstance(w["id"], str) and isinstance(w["name"], str) and isinstance(w["host"], str) and isinstance(w["pid"], int)
+        assert isinstance(w["id"], str) and isinstance(w["name"], str) and isinstance(w["host"], str)
+        assert isinstance(w["pid"], int)
         assert w["state"] in ("idle", "busy", "joining", "lost")
         for key in ("queued", "running", "done", "mem"):
             assert isinstance(w[key], int)
@@ -175,12 +176,14 @@ def test_panel_comm_protocol(kernel):
     wait_comm(k, cid, time.monotonic() - 1, lambda d: d.get("state") == "running")
     t6 = time.monotonic()
     k.comm_send(cid, {"action": "scale", "n": 3})
-    grown = wait_comm(k, cid, t6, lambda d: d.get("state") == "running" and d["totals"]["workers"] == 3, timeout=60)
+    grown = wait_comm(k, cid, t6, lambda d: d.get("state") == "running" and d["totals"]["workers"] == 3,
+                      timeout=60)
     check_status_shape(grown)
     assert [w["name"] for w in grown["workers"]] == ["w1", "w2", "w3"], grown["workers"]
     t7 = time.monotonic()
     k.comm_send(cid, {"action": "scale", "n": 1})
-    shrunk = wait_comm(k, cid, t7, lambda d: d["totals"]["workers"] == 1 and len(d["workers"]) == 1, timeout=60)
+    shrunk = wait_comm(k, cid, t7, lambda d: d["totals"]["workers"] == 1 and len(d["workers"]) == 1,
+                       timeout=60)
     assert shrunk["workers"][0]["state"] != "lost", shrunk
     time.sleep(1.0)
     assert not [d for _, d in k.comm_data(cid, t7) if any(w["state"] == "lost" for w in d.get("workers", []))]
@@ -219,6 +222,10 @@ def test_timeline_rendering():
     many = [{"worker": "w1", "name": "tiny", "start": t + i * 1e-5, "end": t + i * 1e-5 + 5e-6, "inputs": 1,
              "group": 1, "ok": True} for i in range(5000)] + [dict(recs[0], start=t + 10, end=t + 10.5)]
     assert timeline.render(many).count('class="scoop-task"') < 700
+    # functions alternating task by task cannot merge by function: the size stays bounded anyway
+    mixed = [{"worker": f"w{i % 8}", "name": ("a", "b", "c")[i // 8 % 3], "start": t + i * 0.01,
+              "end": t + i * 0.01 + 0.07, "inputs": 1, "group": 1, "ok": True} for i in range(5000)]
+    assert timeline.render(mixed, max_bars=600).count('class="scoop-task"') <= 700
     assert "timeline:" in timeline.render([])
 
 
@@ -227,5 +234,6 @@ def test_progress_labels():
 
     assert label("nap", 80, 200, 200, 8.0) == "nap: 80/200 · 10.0/s · ETA 12 s · 8.0 s"
     assert label("nap", 200, 200, 200, 20.0, "done") == "nap: 200 done in 20 s (10.0/s)"
-    assert label("nap", 8, 200, 200, 2.5, "interrupted") == "nap: interrupted after 2.5 s: 8 of 200 done, 192 dropped"
+    assert label("nap", 8, 200, 200, 2.5, "interrupted") == \
+        "nap: interrupted after 2.5 s: 8 of 200 done, 192 dropped"
     assert label("gen", 5, None, 9, 1.0) == "gen: 5/9+ · 5.0/s · 1.0 s"

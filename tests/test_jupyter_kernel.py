@@ -53,7 +53,8 @@ def start_kernel_with_cluster(n=2, options=""):
 def kernel():
     k, res = start_kernel_with_cluster(2)
     k.start_result = res
-    k.run("import sys, time\nimport scoop.origin\nimport scoop_jupyter as _sj\nfrom scoop import futures, shared")
+    k.run("import sys, time\nimport scoop.origin\nimport scoop_jupyter as _sj\n"
+          "from scoop import futures, shared")
     try:
         yield k
     finally:
@@ -132,7 +133,8 @@ def pfib(n):
 
 def test_shared_constants(kernel):
     kernel.run("shared.setConst(offset_kernel_test=100)")
-    got = kernel.value("list(futures.map(lambda x: x + shared.getConst('offset_kernel_test', timeout=10), range(3)))")
+    got = kernel.value("list(futures.map(lambda x: x + shared.getConst('offset_kernel_test', timeout=10), "
+                       "range(3)))")
     assert got == [100, 101, 102]
 
 
@@ -477,12 +479,24 @@ def test_remote_traceback_names_the_cell_and_the_worker(kernel):
     assert "ipykernel_" not in tb and not PACKAGE_FRAME.search(tb), tb
 
 
+def test_nested_remote_tracebacks_are_tidy_too(kernel):
+    res = kernel.run("def inner(x):\n    raise ValueError(f'bad {x}')\n"
+                     "def outer(x):\n    return futures.submit(inner, x).result()\n"
+                     "futures.submit(outer, 5).result()", ok=False)
+    tb = res.tb()
+    assert res.error["ename"] == "ValueError" and res.error["evalue"] == "bad 5", res
+    assert re.search(r"^RemoteTraceback: \[w\d+ on \S+, pid \d+, task inner", tb, re.M), tb
+    assert re.search(r"^RemoteTraceback: \[w\d+ on \S+, pid \d+, task outer", tb, re.M), tb
+    assert "[worker" not in tb and "scoop._protocol" not in tb and not PACKAGE_FRAME.search(tb), tb
+
+
 def test_serial_warning_points_at_the_callers_line(tmp_path):
     prog = tmp_path / "serial_user.py"
     prog.write_text("from scoop import futures\nprint(list(futures.map(abs, [-1, -2])))\n")
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-W", "always", str(prog)], capture_output=True, text=True, timeout=60,
+    out = subprocess.run([sys.executable, "-W", "always", str(prog)], capture_output=True, text=True,
+                         timeout=60,
                          env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__))))
     assert out.returncode == 0 and "[1, 2]" in out.stdout, out
     assert f"{prog}:2: RuntimeWarning: SCOOP is not running" in out.stderr, out.stderr
@@ -553,6 +567,14 @@ def test_cluster_and_status_have_html(kernel):
     assert "MiB" in html[0] or ">-<" in html[0]
 
 
+def test_future_shows_when_and_where_it_ran(kernel):
+    # (a short pause: a task waited on at once may run in place, here, rather than on a worker)
+    res = kernel.run("def nap(s):\n    time.sleep(s)\n    return s\n"
+                     "_fut = futures.submit(nap, 0.3)\ntime.sleep(0.1)\n_fut.result()\n_fut")
+    html = res.data("text/html")
+    assert html and re.search(r"<code>nap</code> .*finished.* on w\d+ .*ran \d+ ms", html[0]), html
+
+
 def test_timeline_renders(kernel):
     if not kernel.value("hasattr(scoop.origin, 'timeline')"):
         pytest.skip("needs scoop.origin.timeline (core API from CONTRACTS.md)")
@@ -564,7 +586,8 @@ def test_timeline_renders(kernel):
 
 
 def test_worker_logs(kernel):
-    kernel.run("def chatty(x):\n    print('chatty line', x)\n    return x\n_r = list(futures.map(chatty, range(4)))\n"
+    kernel.run("def chatty(x):\n    print('chatty line', x)\n    return x\n"
+               "_r = list(futures.map(chatty, range(4)))\n"
                "time.sleep(1.0)")
     out = kernel.run("%scoop_cluster logs").stream()
     assert re.search(r"^--- w\d+ ", out, re.M), out

@@ -413,6 +413,7 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     scaling from the panel (workers under their one name), an interrupted map that says so
     in one line, and a dashboard whose kernel restarted marked stale."""
     ARTIFACTS.mkdir(exist_ok=True)
+    page.set_viewport_size({"width": 1400, "height": 1100})
     open_notebook(page, lab, lab.new_notebook("polish-test.ipynb"))
     open_scoop_panel(page)
     run_cell(page, "%load_ext scoop_jupyter")
@@ -432,10 +433,17 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     expect(dash.locator("tr.scoop-worker[data-state='busy']").first).to_be_visible(timeout=30_000)
     expect(dash.locator("svg.scoop-throughput")).to_be_visible()
     expect(dash.locator(".scoop-logs")).to_contain_text("hello from task")
+    timeline = page.locator(".scoop-dashboard-timeline").first
     if has_timeline:
-        expect(dash.locator("rect.scoop-task").nth(3)).to_be_attached(timeout=30_000)
+        expect(timeline.locator("rect.scoop-task").nth(3)).to_be_attached(timeout=30_000)
     expect(cell.locator(".widget-label", has_text="ETA")).to_be_visible(timeout=30_000)
+    if has_timeline:
+        expect(timeline.locator("rect.scoop-task").nth(12)).to_be_attached(timeout=30_000)
+    # the widgets' containers stay while their HTML (.scoop-dashboard, ...) is replaced on updates
+    widget = page.locator(".widget-vbox:has(.scoop-dashboard)").first
+    widget.evaluate("node => node.scrollIntoView({block: 'start'})")
     page.screenshot(path=str(ARTIFACTS / "dashboard-timeline.png"))
+    widget.screenshot(path=str(ARTIFACTS / "dashboard-timeline-widget.png"))
     expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"), timeout=120_000)
     expect(cell.locator(".widget-label", has_text="done in")).to_be_visible(timeout=30_000)
 
@@ -472,7 +480,8 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     time.sleep(1.0)
     menu(page, "Kernel", "Interrupt Kernel")
     error = cell.locator("[data-mime-type='application/vnd.jupyter.stderr']")
-    expect(error).to_contain_text(re.compile(r"map nap interrupted: \d+ of 200 done, \d+ dropped"), timeout=30_000)
+    said = re.compile(r"map nap interrupted: \d+ of 200 done, \d+ dropped")
+    expect(error).to_contain_text(said, timeout=30_000)
     expect(cell.locator(".widget-label", has_text="interrupted")).to_be_visible(timeout=30_000)
     text = error.inner_text()
     assert "site-packages" not in text and "scoop/" not in text and "zmq" not in text, text

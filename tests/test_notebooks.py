@@ -73,7 +73,8 @@ def test_quickstart(monkeypatch, leak_check):
     assert "([144], 144)" in text
     assert "SCOOP cluster stopped" in text
     assert re.search(r"^--- w\d+ ", text, re.M) and "working on" in text, text  # %scoop_cluster logs
-    htmls = [o["data"]["text/html"] for c in nb.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+    htmls = [o["data"]["text/html"] for c in nb.cells for o in c.get("outputs", [])
+             if "text/html" in o.get("data", {})]
     assert any("scoop-timeline" in h for h in htmls) and any("scoop-status" in h for h in htmls), htmls
     views = [o for c in nb.cells for o in c.get("outputs", [])
              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]

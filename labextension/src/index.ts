@@ -336,6 +336,9 @@ const GONE_STATES = ['dead', 'restarting', 'autorestarting', 'terminating'];
  * change, and their last frame ("● running · 3 workers") would lie.  Mark them stale.
  */
 function markStaleDashboards(panel: NotebookPanel, why: string): void {
+  panel.content.node.querySelectorAll('.scoop-dashboard-timeline').forEach(node => {
+    node.classList.add('scoop-stale');
+  });
   panel.content.node.querySelectorAll('.scoop-dashboard').forEach(node => {
     if (node.classList.contains('scoop-stale')) {
       return;
