@@ -47,8 +47,6 @@ TAG_VAR = "SCOOP_BENCH_TAG"
 
 ALL_RUNNERS = ["us", "scoop07", "mp", "ppe", "loky", "dask", "ipp"]
 PEER_RUNNERS = ["mp", "ppe", "loky", "dask", "ipp"]
-# Not an executor: the bare ZeroMQ chain a dispatched round trip is compared with (rtt only).
-EXTRA_RUNNERS = ["zmq"]
 ISSUE12_RUNNERS = ["us", "mp", "ppe", "loky", "dask"]
 RUNNER_DESC = {
     "us": "our scoop: python -m scoop -n 2 (2 workers incl. origin)",
@@ -58,7 +56,6 @@ RUNNER_DESC = {
     "loky": "loky.get_reusable_executor(max_workers=2)",
     "dask": "dask.distributed LocalCluster(n_workers=2, threads_per_worker=1, processes=True)",
     "ipp": "ipyparallel ipp.Cluster(n=2), load-balanced view",
-    "zmq": "bare ZeroMQ chain client -> ROUTER broker -> worker -> broker -> client (bench/zmq_chain.py)",
 }
 
 # Workload table.  args: (full, quick).  runners: who can run it.
@@ -95,21 +92,30 @@ WORKLOADS_SPEC = {
             (f"args_worker_mb_{mib}", "  args other proc MiB", "lower", False),
             (f"results_worker_mb_{mib}", "  res. other proc MiB", "lower", False),
             (f"args_broker_mb_{mib}", "  args broker MiB", "lower", False),
-            (f"results_broker_mb_{mib}", "  res. broker MiB", "lower", False))]
+            (f"results_broker_mb_{mib}", "  res. broker MiB", "lower", False),
+            (f"args_shm_mb_{mib}", "  args /dev/shm peak MiB", "lower", False),
+            (f"results_shm_mb_{mib}", "  res. /dev/shm peak MiB", "lower", False),
+            (f"args_origin_shm_x_{mib}", "  args (origin+shm)/data", "lower", False),
+            (f"results_origin_shm_x_{mib}", "  res. (origin+shm)/data", "lower", False))]
         + [("big_origin_x", "big arg+res origin pk/held", "lower"),
            ("big_origin_mb", "  big origin MiB", "lower", False),
            ("big_worker_mb", "  big other proc MiB", "lower", False),
            ("big_broker_mb", "  big broker MiB", "lower", False),
+           ("big_shm_mb", "  big /dev/shm peak MiB", "lower", False),
+           ("big_origin_shm_x", "big (origin+shm)/held", "lower"),
            ("big_gbps", "  big GB/s", "higher", False)],
         runners=ISSUE12_RUNNERS),
     "rtt": dict(
-        desc="one task's round trip: dispatched (submit, wait(timeout), result) and in place",
+        desc="one task's round trip: dispatched (submit, wait(timeout), result) and in place, "
+             "beside a bare ZeroMQ chain in the same process",
         # 5 alternations: round trips of a few hundred microseconds swing with the machine's load
         args=(["--calls", "2000"], ["--calls", "300"]), repeats=(5, 1), timeout=(180, 60),
         metrics=[("dispatched_us", "dispatched median us", "lower"),
                  ("dispatched_p90_us", "dispatched p90 us", "lower", False),
+                 ("chain_us", "bare chain median us", "lower", False),
+                 ("vs_chain", "dispatched / bare chain", "lower"),
                  ("inplace_us", "in place median us", "lower", False)],
-        runners=["us", "zmq", "mp", "ppe", "loky", "dask"],
+        runners=ISSUE12_RUNNERS,
         override={"dask": (["--calls", "300"], ["--calls", "100"], "reduced calls: milliseconds per call")}),
     "mac_speed": dict(
         desc="payload MAC candidates vs memcpy, GB/s (bench/mac_speed.py, no cluster)",
@@ -204,10 +210,12 @@ TARGETS = [
      for mib in (1, 32, 256) for d in ("args", "results")] + [
     ("payload", "big_origin_x", "abs<=", None, 1.5,
      "issue 12: 512 MiB argument + 512 MiB result, origin peak growth <= 1.5x the 1 GiB held"),
+    ("payload", "big_origin_shm_x", "abs<=", None, 1.5,
+     "issue 12, counting /dev/shm: 512 MiB + 512 MiB, peak of (origin + machine Shmem) growth <= 1.5x held"),
     ("tiny_map", "tasks_per_s", "best>=", BEST_PEER, 1.0,
      "issue 12: tiny map >= 1.0x the fastest peer's default map"),
-    ("rtt", "dispatched_us", "ratio<=", "zmq", 1.3,
-     "issue 12: dispatched round trip <= 1.3x the bare ZeroMQ chain"),
+    ("rtt", "vs_chain", "abs<=", None, 1.3,
+     "issue 12: dispatched round trip <= 1.3x the bare ZeroMQ chain (same process, alternating blocks)"),
 ]
 
 
@@ -347,8 +355,6 @@ def command_for(runner, workload, args):
         return [sys.executable, os.path.join(HERE, "broker_capacity.py")] + args
     if workload == "mac_speed":
         return [sys.executable, os.path.join(HERE, "mac_speed.py")] + args
-    if runner == "zmq":
-        return [sys.executable, os.path.join(HERE, "zmq_chain.py")] + args
     if runner in ("us", "scoop07"):
         py = sys.executable if runner == "us" else SCOOP07_PY
         return [py, "-m", "scoop", "-n", "2", os.path.join(WORKLOADS, workload + ".py")] + args
@@ -595,15 +601,16 @@ def plot_payload(med, runners, path):
                         linewidth=2.5 if r == "us" else 1.3)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(sizes)
         ax.set_xticklabels([f"{m} MiB" for m in sizes])
         ax.set_xlabel("array size")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("GB/s (10^9 B/s, median)")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="best")
     fig.suptitle("numpy payloads through a 2-worker executor (default map of each)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -687,13 +694,11 @@ def main():
     for w in workloads:
         if w not in WORKLOADS_SPEC:
             ap.error(f"unknown workload {w!r}; choose from {', '.join(ORDER)}")
-    others = (["scoop07"] + PEER_RUNNERS + EXTRA_RUNNERS if not a.peers
-              else [p.strip() for p in a.peers.split(",")])
+    others = ["scoop07"] + PEER_RUNNERS if not a.peers else [p.strip() for p in a.peers.split(",")]
     for p in others:
-        if p not in ALL_RUNNERS + EXTRA_RUNNERS or p == "us":
-            ap.error(f"unknown peer {p!r}; choose from scoop07,{','.join(PEER_RUNNERS + EXTRA_RUNNERS)}")
-    runners = ([] if a.skip_us else ["us"]) + [r for r in ALL_RUNNERS + EXTRA_RUNNERS
-                                               if r in others and r != "us"]
+        if p not in ALL_RUNNERS or p == "us":
+            ap.error(f"unknown peer {p!r}; choose from scoop07,{','.join(PEER_RUNNERS)}")
+    runners = ([] if a.skip_us else ["us"]) + [r for r in ALL_RUNNERS if r in others and r != "us"]
     baseline = "us" if "us" in runners else ("scoop07" if "scoop07" in runners else runners[0])
 
     os.makedirs(RESULTS, exist_ok=True)
@@ -703,6 +708,11 @@ def main():
     print(f"runners: {', '.join(runners)}; workloads: {', '.join(workloads)}; "
           f"mode: {'quick' if a.quick else 'full'}", flush=True)
 
+    try:  # the commit measured, read before the run (a commit made meanwhile is not it)
+        head = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()[:100]
+    except (OSError, subprocess.SubprocessError):
+        head = "?"
     records = []
     t_start = time.time()
     for w in workloads:
@@ -750,11 +760,6 @@ def main():
              f"{os.cpu_count()} cores, Python {platform.python_version()}, "
              f"{time.time() - t_start:.0f}s total"]
     ran = {rec["runner"] for rec in records}
-    try:
-        head = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()[:100]
-    except (OSError, subprocess.SubprocessError):
-        head = "?"
     lines.append(f"  us from {US_SRC or REPO}" + ("" if US_SRC else f" at {head}"))
     lines += [f"  {r:<8} {RUNNER_DESC[r]}" for r in runners if r in ran]
     foreign = [rec["foreign_cores"] for rec in records if "foreign_cores" in rec]

@@ -1,12 +1,13 @@
 """The bare ZeroMQ chain a dispatched round trip is compared with: no logic, only the hops.
 
-    python bench/zmq_chain.py --calls 2000
+    python bench/zmq_chain.py --calls 2000          # alone
+    from zmq_chain import Chain                      # beside an executor (bench/workloads/rtt.py)
 
 client (DEALER) -> broker (one ROUTER socket) -> worker (DEALER) -> broker -> client, three
 processes on TCP loopback, 64-byte messages.  The broker only swaps the routing identity (the
 same shape as our broker: one ROUTER that clients and workers both connect to); the worker echoes.
-The broker and the worker are children of this process, in its process group, and end with it.
-Prints one JSON line: {"bench": "rtt", "dispatched_us": median, "dispatched_p90_us": ...}.
+The broker and the worker are children of the client's process, in its process group, and end
+with it.  Alone, prints one JSON line: {"bench": "zmq_chain", "chain_us": median, ...}.
 """
 import argparse
 import json
@@ -47,51 +48,66 @@ def worker(port):
         send(recv())
 
 
-def client(n, warmup, size):
-    procs = []
-    try:
-        b = subprocess.Popen([sys.executable, __file__, "--role", "broker"], stdout=subprocess.PIPE)
-        procs.append(b)
+class Chain:
+    """with Chain() as c: c.call(i) -> i, one round trip through broker and worker."""
+
+    def __init__(self, size=64):
+        self.size = size
+        self.procs = []
+
+    def __enter__(self):
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self):
+        b = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--role", "broker"],
+                             stdout=subprocess.PIPE)
+        self.procs.append(b)
         port = int(b.stdout.readline())
-        procs.append(subprocess.Popen([sys.executable, __file__, "--role", "worker", "--port", str(port)]))
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.DEALER)
+        self.procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--role", "worker",
+                                            "--port", str(port)]))
+        self.ctx = zmq.Context()
+        self.sock = sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, b"C")
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(f"tcp://127.0.0.1:{port}")
-        pad = os.urandom(size - 8)
-        send, recv = sock.send, sock.recv
+        self.pad = os.urandom(self.size - 8)
         deadline = time.monotonic() + 30
         while True:  # until the worker is there (its 'ready' reached the broker first)
-            send(b"\0" * size)
+            sock.send(b"\0" * self.size)
             if sock.poll(200):
                 break
             if time.monotonic() > deadline:
-                raise SystemExit("zmq_chain: the worker never answered")
+                raise RuntimeError("zmq_chain: the worker never answered")
         time.sleep(0.2)
         while sock.poll(0):  # answers to the probes sent while the worker was connecting
-            recv()
-        lat = []
-        pc = time.perf_counter
-        for i in range(-warmup, n):
-            msg = i.to_bytes(8, "little", signed=True) + pad
-            t0 = pc()
-            send(msg)
-            r = recv()
-            dt = pc() - t0
-            assert r == msg, "out of sequence"
-            if i >= 0:
-                lat.append(dt)
-        lat.sort()
-        sock.close()
-        ctx.term()
-        return {"bench": "rtt", "runner": "zmq", "n": n, "msg_bytes": size,
-                "dispatched_us": lat[n // 2] * 1e6, "dispatched_p90_us": lat[min(n - 1, int(n * 0.9))] * 1e6,
-                "min_us": lat[0] * 1e6}
-    finally:
-        for p in procs:
+            sock.recv()
+
+    def call(self, i):
+        msg = i.to_bytes(8, "little", signed=True) + self.pad
+        self.sock.send(msg)
+        r = self.sock.recv()
+        if r != msg:
+            raise RuntimeError("zmq_chain: answer out of sequence")
+        return i
+
+    def close(self):
+        if getattr(self, "sock", None) is not None:
+            self.sock.close()
+            self.ctx.term()
+            self.sock = None
+        for p in self.procs:
             p.kill()
             p.wait()
+        self.procs = []
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
 
 def main():
@@ -107,7 +123,19 @@ def main():
     elif a.role == "worker":
         worker(a.port)
     else:
-        print(json.dumps(client(a.calls, a.warmup, a.bytes)), flush=True)
+        with Chain(a.bytes) as c:
+            for i in range(a.warmup):
+                c.call(i)
+            lat = []
+            pc = time.perf_counter
+            for i in range(a.calls):
+                t0 = pc()
+                c.call(i)
+                lat.append(pc() - t0)
+        lat.sort()
+        n = len(lat)
+        print(json.dumps({"bench": "zmq_chain", "n": n, "msg_bytes": a.bytes, "chain_us": lat[n // 2] * 1e6,
+                          "chain_p90_us": lat[min(n - 1, int(n * 0.9))] * 1e6, "min_us": lat[0] * 1e6}))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,13 @@ The kernel keeps each process's RSS high-water mark (VmHWM) and resets it to the
 when "5" is written to /proc/PID/clear_refs (Linux >= 4.0), so a peak that lasts a millisecond
 inside a C call is not missed the way a sampling thread (which needs the GIL) would miss it.
 Where that file cannot be written, a thread samples RSS every 2 ms instead.
+
+Memory in /dev/shm that no process has mapped (a segment filled with write()) is in nobody's
+RSS, so a thread also samples the machine's Shmem (/proc/meminfo) every 2 ms: shm_mb is its peak
+growth during the phase.  It is machine-wide: other users' segments show up in it too.
+origin_shm_mb is the peak growth of (the origin's private RSS + the machine's Shmem), sampled
+together (the origin's data wherever it lives, each shared page counted once), and at least the
+origin's own peak growth.
 """
 import os
 import threading
@@ -41,6 +48,27 @@ class PeakWatch:
     def _rss(self, p):
         return p.memory_info().rss
 
+    @staticmethod
+    def _shmem():
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("Shmem:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    @staticmethod
+    def _anon():
+        """This process's private resident memory (RssAnon), bytes."""
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def _both(self):
+        shm = self._shmem()
+        return shm, shm + self._anon()
+
     def __enter__(self):
         for p in self.procs:
             try:
@@ -56,12 +84,17 @@ class PeakWatch:
         except OSError:
             self.mode = "sampled"
             self.peak = dict(self.base)
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+        self.shm_base, self.both_base = self._both()
+        self.shm_peak, self.both_peak = self.shm_base, self.both_base
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
         return self
 
     def _sample(self):
         while not self._stop.wait(0.002):
+            self._sample_both()
+            if self.mode != "sampled":
+                continue
             for p in self.procs:
                 try:
                     r = self._rss(p)
@@ -70,11 +103,28 @@ class PeakWatch:
                 if r > self.peak.get(p.pid, 0):
                     self.peak[p.pid] = r
 
+    def _sample_both(self):
+        shm, both = self._both()
+        self.shm_peak = max(self.shm_peak, shm)
+        self.both_peak = max(self.both_peak, both)
+
+    @property
+    def origin_shm_mb(self):
+        """Peak growth of the origin's private RSS plus the machine's Shmem, sampled together;
+        never less than the origin's own (kernel-measured) peak, which a sample can miss while
+        the origin holds the GIL."""
+        return max(max(0, self.both_peak - self.both_base) / 2**20, self.origin_mb)
+
+    @property
+    def shm_mb(self):
+        """Peak growth of the machine's Shmem during the phase (machine-wide)."""
+        return max(0, self.shm_peak - self.shm_base) / 2**20
+
     def __exit__(self, *exc):
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-        else:
+        self._stop.set()
+        self._thread.join()
+        self._sample_both()  # the end state (what is held) counts too
+        if self.mode == "hwm":
             for pid in self.base:
                 try:
                     self.peak[pid] = _hwm_kb(pid) * 1024

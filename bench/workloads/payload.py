@@ -13,7 +13,10 @@ Every received array has each of its pages read inside the timed window (touch()
 arrived as a view on shared memory is only usable, and only counted in RSS, once faulted in.
 Peak RSS growth (kernel high-water mark, see memwatch.py) during each map, of the origin and of
 the largest-growing other process (worker, broker, nanny; ours: the broker also apart), in MiB,
-and the origin's as a multiple of the data the map moves.
+and the origin's as a multiple of the data the map moves; shm_mb: the peak growth of the
+machine's /dev/shm (Shmem), which a segment written with write() and not mapped adds to no RSS;
+origin_shm_x: the peak growth of (origin private RSS + machine Shmem), sampled every 2 ms, over
+the data moved (big: over the 1 GiB held).
 --big B: one B MiB argument submitted and a B MiB result returned (the task adds 1): the origin's
 peak growth over the data it ends up holding (2*B MiB; the argument is created inside the window).
 GB/s are 10^9 bytes per second.  Every map uses the executor's defaults (bench_api.py).
@@ -102,6 +105,8 @@ def run_api(api, argv):
         out[f"args_origin_mb_{size}"] = w.origin_mb
         out[f"args_origin_x_{size}"] = w.origin_mb * MiB / total
         out[f"args_worker_mb_{size}"] = w.others_mb
+        out[f"args_shm_mb_{size}"] = w.shm_mb
+        out[f"args_origin_shm_x_{size}"] = w.origin_shm_mb * MiB / total
         if w.named_mb("broker") is not None:
             out[f"args_broker_mb_{size}"] = w.named_mb("broker")
         inline = sum(r[0] == me for r in res)
@@ -122,6 +127,8 @@ def run_api(api, argv):
         out[f"results_origin_mb_{size}"] = w.origin_mb
         out[f"results_origin_x_{size}"] = w.origin_mb * MiB / total
         out[f"results_worker_mb_{size}"] = w.others_mb
+        out[f"results_shm_mb_{size}"] = w.shm_mb
+        out[f"results_origin_shm_x_{size}"] = w.origin_shm_mb * MiB / total
         if w.named_mb("broker") is not None:
             out[f"results_broker_mb_{size}"] = w.named_mb("broker")
         inline = sum(r[0] == me for r in res)
@@ -145,6 +152,8 @@ def run_api(api, argv):
         out["big_origin_mb"] = w.origin_mb
         out["big_origin_x"] = w.origin_mb * MiB / (2 * nbytes)
         out["big_worker_mb"] = w.others_mb
+        out["big_shm_mb"] = w.shm_mb
+        out["big_origin_shm_x"] = w.origin_shm_mb * MiB / (2 * nbytes)
         if w.named_mb("broker") is not None:
             out["big_broker_mb"] = w.named_mb("broker")
         out["big_gbps"] = _gbps(2 * nbytes, dt)
