@@ -129,7 +129,7 @@ def _window(rt) -> int:
     return max(4096, 1024 * _size())
 
 
-_CHUNK_SECONDS = 0.002  # aim for ~2 ms of work per chunk: fine balance, per-task costs amortised
+_CHUNK_SECONDS = 0.01  # ~10 ms of work per chunk: balance within 10 ms, per-chunk costs amortised
 _CHUNK_MAX = 1 << 16
 _per_input: dict = {}   # function digest -> seconds per input seen in earlier maps
 
@@ -209,9 +209,9 @@ class _MapIterator:
         rt.flush()
 
     def __iter__(self):
-        # list(futures.map(...)) and for-loops take whole chunks: a generator resumes in C per
-        # item, where __next__ would be a Python call per item (the cost of a tiny task)
-        return self._chunks()
+        # list(futures.map(...)) and for-loops take whole chunks: chain walks each chunk's list
+        # in C, where __next__ would be a Python call per item (the cost of a tiny task)
+        return itertools.chain.from_iterable(self._chunks())
 
     def _chunks(self):
         buffer = self.buffer
@@ -221,7 +221,7 @@ class _MapIterator:
                     chunk = list(buffer)
                     buffer.clear()
                     self.yielded += len(chunk)
-                    yield from chunk
+                    yield chunk
                     continue
                 if self.error is not None:
                     err, self.error = self.error, None
