@@ -223,14 +223,8 @@ class _MapIterator:
                     self.yielded += len(chunk)
                     yield chunk
                     continue
-                if self.error is not None:
-                    err, self.error = self.error, None
-                    raise err
-                if not self.window:
-                    self._fill()
-                    if not self.window:
-                        return
-                self._take()
+                if not self._advance():
+                    return
         except GeneratorExit:
             raise
         except BaseException:
@@ -250,16 +244,23 @@ class _MapIterator:
             self.close()
             raise
 
+    def _advance(self) -> bool:
+        """Moves the next finished chunk into the buffer (False: the map is exhausted); raises
+        a task's error once the results before it have been taken."""
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+        if not self.window:
+            self._fill()
+            if not self.window:
+                return False
+        self._take()
+        return True
+
     def _next(self):
         while not self.buffer:
-            if self.error is not None:
-                err, self.error = self.error, None
-                raise err
-            if not self.window:
-                self._fill()
-                if not self.window:
-                    raise StopIteration
-            self._take()
+            if not self._advance():
+                raise StopIteration
         self.yielded += 1
         return self.buffer.popleft()
 
