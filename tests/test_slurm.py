@@ -106,6 +106,87 @@ def test_jobs_waiting_in_the_queue_are_pending(slurm_cluster):
         assert [j["state"] for j in slurm_cluster.jobs()].count("PENDING") == 1
 
 
+def _wait_jobs(c, states, timeout=30):
+    """Waits until the cluster's jobs (as its poll of the scheduler sees them) are in ``states``."""
+    deadline = time.monotonic() + timeout
+    while [j["state"] for j in c.jobs()] != states and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return c.jobs()
+
+
+def test_held_job_is_pending_start_does_not_wait_and_release_joins(slurm_cluster):
+    """A job held in the queue: start and scale return without waiting for it, the status shows
+    it pending apart from the running workers; released, its workers join; a job still held
+    when the cluster stops is cancelled (batch_cluster checks squeue is empty)."""
+    from scoop import futures
+    with batch_cluster(slurm_cluster, 2, cpus_per_job=2, sbatch_arg=["--hold"]) as c:
+        (job,) = c.jobs()
+        assert job["state"] == "pending" and job["workers"] == ["w1", "w2"], job
+        assert "held" in job["reason"].lower(), job
+        assert time.time() - 120 < job["submitted"] <= time.time()
+        snap = c.status()
+        assert snap["totals"]["pending_workers"] == 2 and snap["workers"] == [] and c.size == 0, snap
+        assert [j["state"] for j in slurm_cluster.jobs()] == ["PENDING"]
+        c.scale(4)  # a second held job: scale returns as well
+        first, second = c.jobs()
+        assert second["state"] == "pending" and second["workers"] == ["w3", "w4"], second
+        assert c.status()["totals"]["pending_workers"] == 4
+        slurm_cluster.run(["scontrol", "release", job["id"]])
+        c.wait_for_workers(2, 90)
+        assert list(futures.map(abs, [-1, -2, -3])) == [1, 2, 3]
+        jobs = _wait_jobs(c, ["running", "pending"])
+        assert [j["state"] for j in jobs] == ["running", "pending"], jobs
+        snap = c.status()
+        assert snap["totals"]["pending_workers"] == 2 and len(snap["workers"]) == 2, snap
+        assert sorted(w["name"] for w in snap["workers"]) == ["w1", "w2"]
+        assert c.size == 2
+        c.scale(2)  # scaling down cancels the job still in the queue first
+        deadline = time.monotonic() + 15
+        while len(slurm_cluster.jobs()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [j["id"] for j in slurm_cluster.jobs()] == [job["id"]]
+        assert [j["state"] for j in c.jobs()] == ["running"]
+        c.scale(3)  # held again: stop must cancel it
+        assert [j["state"] for j in _wait_jobs(c, ["running", "pending"])] == ["running", "pending"]
+
+
+def test_worker_failing_to_start_is_an_error_at_once_or_logged_and_shown(slurm_cluster):
+    """Jobs whose worker cannot start: scale raises when the job starts at once; a job that starts
+    later (held, then released) is a logged error naming the job, listed as ended with that error,
+    and not resubmitted over and over."""
+    with batch_cluster(slurm_cluster, 1, cpus_per_job=1) as c:
+        c.launcher.python = "/nonexistent/python"  # what a broken environment on the nodes looks like
+        with pytest.raises(Exception, match=r"(?s)exited with status 127.*/nonexistent/python"):
+            c.scale(2, timeout=90)
+        assert c.requested == 1
+        c.options.sbatch_arg = ["--hold"]
+        import logging
+        import scoop
+        records = []
+        handler = logging.Handler(logging.ERROR)
+        handler.emit = records.append
+        scoop.logger.addHandler(handler)  # scoop's logger does not propagate to pytest's capture
+        try:
+            c.scale(2, timeout=90)
+            (held,) = [j for j in c.jobs() if j["state"] == "pending"]
+            assert held["workers"] == ["w3"]
+            slurm_cluster.run(["scontrol", "release", held["id"]])
+            deadline = time.monotonic() + 60
+            while not any(j["id"] == held["id"] and j.get("error") for j in c.jobs()) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            scoop.logger.removeHandler(handler)
+        failed = [j for j in c.jobs() if j["id"] == held["id"]]
+        assert failed and failed[0]["state"] == "ended" and "/nonexistent/python" in failed[0]["error"], c.jobs()
+        assert failed[0]["workers"] == ["w3"]
+        said = [r.getMessage() for r in records]
+        assert any(f"worker w3 (job {held['id']}" in m and "before joining" in m for m in said), said
+        assert c.requested == 1 and c.size == 1
+        time.sleep(2)  # the supervisor does not resubmit it
+        assert len(c.workers) == 3 and len(slurm_cluster.jobs()) == 1
+
+
 def test_rejected_sbatch_is_a_clear_error(slurm_cluster):
     from scoop.errors import ClusterError
     with pytest.raises(ClusterError, match=r"(?i)sbatch rejected the job.*invalid partition"):
