@@ -286,6 +286,52 @@ def test_notebook_kernel_on_the_login_node(slurm_cluster, slurm_kernel):
     assert slurm_cluster.wait_no_jobs(15) == []
 
 
+def _comm_until(k, cid, t0, pred, timeout=30):
+    """The last status the panel comm sent since ``t0`` once one satisfies ``pred``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sent = [d for _, d in k.comm_data(cid, t0) if d.get("type") == "status"]
+        if sent and pred(sent[-1]):
+            return sent[-1]
+        time.sleep(0.2)
+    return sent[-1] if sent else None
+
+
+def test_notebook_shows_a_held_job_pending_apart_from_running_workers(slurm_cluster, slurm_kernel):
+    """From a kernel: start returns while the job is held and says so; %scoop_cluster status (text
+    and HTML) and the panel's comm data show the workers pending in the queue; released, they
+    join; stop leaves nothing in squeue."""
+    k = slurm_kernel
+    r = k.run("%scoop_cluster start --slurm -n 2 --cpus-per-job 2 --sbatch-arg=--hold", timeout=120)
+    (job,) = slurm_cluster.jobs()
+    jid = job["id"]
+    out = r.stream()
+    assert f"1 sbatch job submitted for 2 workers (job {jid})" in out, out
+    assert f"2 workers pending in the queue (job {jid}" in out and "join as their jobs start" in out, out
+    t0 = time.monotonic()
+    cid = k.comm_open("scoop_cluster")
+    sent = _comm_until(k, cid, t0, lambda d: d["totals"].get("pending_workers") == 2)
+    assert sent["state"] == "running" and sent["workers"] == [] and sent["totals"]["workers"] == 0, sent
+    (pj,) = sent["jobs"]
+    assert pj["id"] == jid and pj["state"] == "pending" and pj["workers"] == ["w1", "w2"], pj
+    assert "held" in pj["reason"].lower(), pj
+    r = k.run("%scoop_cluster status")
+    text, html = r.text(), "".join(h for h in r.data("text/html") if h)
+    assert f"2 workers pending in the queue (job {jid}" in text, text
+    assert "scoop-pending" in html and f"2 workers pending in the queue (job {jid}" in html, html
+    assert "(+2 pending)" in html
+    slurm_cluster.run(["scontrol", "release", jid])
+    k.run("import scoop_jupyter\nscoop_jupyter.cluster().wait_for_workers(2, 90)", timeout=120)
+    t1 = time.monotonic()
+    sent = _comm_until(k, cid, t1, lambda d: d["totals"]["workers"] == 2 and not d["totals"]["pending_workers"])
+    assert sent["totals"]["workers"] == 2 and sent["totals"]["pending_workers"] == 0, sent
+    assert [j["state"] for j in sent["jobs"]] == ["running"], sent["jobs"]
+    text = k.run("%scoop_cluster status").text()
+    assert "pending in the queue" not in text and "2 workers" in text, text
+    k.run("%scoop_cluster stop", timeout=60)
+    assert slurm_cluster.wait_no_jobs(15) == []
+
+
 def test_notebook_restart_and_shutdown_leave_no_job(slurm_cluster, slurm_kernel):
     """%scoop_cluster restart cancels the old jobs and submits new ones; a kernel shutdown
     cancels every job."""
