@@ -464,6 +464,12 @@ class Cluster:
                                        f"before joining the cluster" + (f":\n{tail}" if tail else ""))
             if self.broker_proc.poll() is not None:
                 raise ClusterError("the SCOOP broker exited: " + self.relay.tail("broker"))
+            if self.queued and count > len(self.spec):
+                # batch workers that failed to start after start() returned are not replaced
+                failed = [j["error"] for j in self.jobs() if j.get("error")]
+                if failed:
+                    raise ClusterError(f"waiting for {count} workers, but only {len(self.spec)} can join: "
+                                       f"{failed[-1]}")
             if time.monotonic() > deadline:
                 raise ClusterError(f"only {have} of {count} workers joined within {timeout:.0f} s")
 

@@ -124,7 +124,8 @@ def headline(status: dict, stale: str | None = None) -> str:
             f'&#9679; {word}</span>']
     if state == "running" and not stale:
         more = f' (+{t["pending_workers"]} pending)' if t.get("pending_workers") else ""
-        head.append(f'{t.get("workers", 0)} workers{more} &middot; busy {t.get("busy", 0.0) * 100:.0f}% &middot; '
+        head.append(f'{t.get("workers", 0)} workers{more} &middot; '
+                    f'busy {t.get("busy", 0.0) * 100:.0f}% &middot; '
                     f'{t.get("done", 0)} done &middot; {t.get("queued", 0)} queued &middot; '
                     f'{t.get("running", 0)} running &middot; {t.get("rate", 0.0):.1f} tasks/s')
     return f'<div>{" &middot; ".join(head)}</div>'

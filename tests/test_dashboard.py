@@ -105,8 +105,9 @@ def test_dashboard_live_updates(kernel):
 
 def check_status_shape(data):
     assert data["type"] == "status" and data["state"] in ("running", "stopped")
-    assert set(data["totals"]) == {"workers", "busy", "done", "queued", "running", "rate"}
+    assert set(data["totals"]) == {"workers", "busy", "done", "queued", "running", "rate", "pending_workers"}
     t = data["totals"]
+    assert data["jobs"] == [] and t["pending_workers"] == 0  # a local cluster has no batch jobs
     assert isinstance(t["workers"], int) and isinstance(t["done"], int) and isinstance(t["queued"], int)
     assert isinstance(t["running"], int) and isinstance(t["busy"], float) and 0.0 <= t["busy"] <= 1.0
     assert isinstance(t["rate"], float)
@@ -249,7 +250,8 @@ def test_pending_jobs_shown_apart_from_running_workers():
 
     worker = {"id": "0", "name": "w1", "host": "node1", "pid": 12, "state": "idle", "queued": 0,
               "running": 0, "done": 3, "cpu": 0.0, "mem": 2**25}
-    jobs = [{"id": "12", "state": "running", "workers": ["w1"], "submitted": 1.0, "reason": "", "nodes": "node1"},
+    jobs = [{"id": "12", "state": "running", "workers": ["w1"], "submitted": 1.0, "reason": "",
+             "nodes": "node1"},
             {"id": "13", "state": "pending", "workers": ["w2", "w3"], "submitted": 2.0, "reason": "Resources",
              "nodes": ""},
             {"id": "14", "state": "pending", "workers": ["w4", "w5"], "submitted": 3.0,

@@ -161,6 +161,7 @@ def test_worker_failing_to_start_is_an_error_at_once_or_logged_and_shown(slurm_c
         assert c.requested == 1
         c.options.sbatch_arg = ["--hold"]
         import logging
+
         import scoop
         records = []
         handler = logging.Handler(logging.ERROR)
@@ -178,11 +179,14 @@ def test_worker_failing_to_start_is_an_error_at_once_or_logged_and_shown(slurm_c
         finally:
             scoop.logger.removeHandler(handler)
         failed = [j for j in c.jobs() if j["id"] == held["id"]]
-        assert failed and failed[0]["state"] == "ended" and "/nonexistent/python" in failed[0]["error"], c.jobs()
+        assert failed and failed[0]["state"] == "ended", c.jobs()
+        assert "/nonexistent/python" in failed[0]["error"], failed
         assert failed[0]["workers"] == ["w3"]
         said = [r.getMessage() for r in records]
         assert any(f"worker w3 (job {held['id']}" in m and "before joining" in m for m in said), said
         assert c.requested == 1 and c.size == 1
+        with pytest.raises(Exception, match=r"(?s)only 1 can join.*w3.*/nonexistent/python"):
+            c.wait_for_workers(2, 60)
         time.sleep(2)  # the supervisor does not resubmit it
         assert len(c.workers) == 3 and len(slurm_cluster.jobs()) == 1
 
@@ -323,7 +327,8 @@ def test_notebook_shows_a_held_job_pending_apart_from_running_workers(slurm_clus
     slurm_cluster.run(["scontrol", "release", jid])
     k.run("import scoop_jupyter\nscoop_jupyter.cluster().wait_for_workers(2, 90)", timeout=120)
     t1 = time.monotonic()
-    sent = _comm_until(k, cid, t1, lambda d: d["totals"]["workers"] == 2 and not d["totals"]["pending_workers"])
+    joined = lambda d: d["totals"]["workers"] == 2 and not d["totals"]["pending_workers"]  # noqa: E731
+    sent = _comm_until(k, cid, t1, joined)
     assert sent["totals"]["workers"] == 2 and sent["totals"]["pending_workers"] == 0, sent
     assert [j["state"] for j in sent["jobs"]] == ["running"], sent["jobs"]
     text = k.run("%scoop_cluster status").text()
