@@ -34,6 +34,10 @@ from .options import ClusterOptions
 ALLOCATION_LAUNCHERS = {"slurm": "srun", "pbs": "pbsdsh", "sge": "qrsh"}
 
 
+#: seconds a batch job pending without a reason may be starting at once (then start waits for it)
+QUEUE_GRACE = 5.0
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -88,6 +92,7 @@ class Cluster:
         self._names = 0
         self._spread = 0
         self._deaths: list[float] = []
+        self._joined_names: set = set()           # workers seen in the cluster (batch jobs: joined at all)
         self._meta: MetaSubscriber | None = None
         self.runtime = None
         self.bind_host = "127.0.0.1"
@@ -164,7 +169,11 @@ class Cluster:
     def start(self, *, connect: bool = True, wait: bool = True, timeout: float = 60.0) -> "Cluster":
         """Starts broker and workers; with ``connect`` this process becomes the origin.
         Returns once every worker has joined (``wait``), or raises ClusterError naming what
-        failed, with nothing left running."""
+        failed, with nothing left running.
+
+        Batch-job clusters (sbatch, qsub) do not wait for the queue: they return once every job
+        is submitted and either waits in the queue or has its workers joined (a job that starts at
+        once and fails is still an error here); :meth:`wait_for_workers` blocks explicitly."""
         if self._started:
             raise ClusterError("this cluster is already started" if not self._stopping
                                else "this cluster was stopped; make a new Cluster")
@@ -214,7 +223,11 @@ class Cluster:
             raise ClusterError("the SCOOP broker did not start: " + self.relay.tail("broker"))
         if connect:
             self.connect()
-        if wait:
+        if self.queued:
+            self.meta.subscribe(self._note_joins)
+        if wait and self.queued:
+            self._settle(list(self.workers), timeout)
+        elif wait:
             self.wait_for_workers(len(self.spec), timeout)
         self._supervisor = threading.Thread(target=self._supervise, name="scoop-supervisor", daemon=True)
         self._supervisor.start()
@@ -250,6 +263,12 @@ class Cluster:
                 if h.retired or name not in wanted:
                     continue
                 h.retired = True
+                if self.queued and name not in self._joined_names:
+                    # a job whose worker cannot start would fail again the same way: say why, once
+                    logger.error("%s", self._start_failure(h, code))
+                    self.spec.pop(wanted[name])
+                    wanted = {s.name: i for i, s in enumerate(self.spec)}
+                    continue
                 now = time.monotonic()
                 self._deaths = [t for t in self._deaths if now - t < 60] + [now]
                 where = h.host or "localhost"
@@ -298,8 +317,8 @@ class Cluster:
                 idx = unclaimed[h.host].pop()
             if idx is not None and self.runtime is not None:
                 self.runtime.retire(idx)
-            elif h.pid is not None:
-                h.kill()
+            elif h.pid is not None or h.state == "pending":
+                h.kill()  # a job still in the queue is cancelled once none of its workers is wanted
             else:
                 logger.warning("worker %s is not known to the broker yet; it ends with its step", h.name)
 
@@ -445,8 +464,91 @@ class Cluster:
                                        f"before joining the cluster" + (f":\n{tail}" if tail else ""))
             if self.broker_proc.poll() is not None:
                 raise ClusterError("the SCOOP broker exited: " + self.relay.tail("broker"))
+            if self.queued and count > len(self.spec):
+                # batch workers that failed to start after start() returned are not replaced
+                failed = [j["error"] for j in self.jobs() if j.get("error")]
+                if failed:
+                    raise ClusterError(f"waiting for {count} workers, but only {len(self.spec)} can join: "
+                                       f"{failed[-1]}")
             if time.monotonic() > deadline:
                 raise ClusterError(f"only {have} of {count} workers joined within {timeout:.0f} s")
+
+    @property
+    def queued(self) -> bool:
+        """Whether workers wait in a batch queue (sbatch, qsub) before they start."""
+        return bool(getattr(self.launcher, "queues", False))
+
+    def _note_joins(self, kind: str, data: dict) -> None:
+        """Meta-stream thread: remembers every worker that joined (a batch worker that ends
+        without having joined failed to start)."""
+        if kind == "event" and data.get("event") == "joined":
+            name = (data.get("worker") or {}).get("name")
+            if name:
+                self._joined_names.add(name)
+        elif kind == "status":
+            self._joined_names.update(w["name"] for w in data.get("workers", ()) if w.get("name"))
+
+    def _start_failure(self, h: Handle, code) -> str:
+        """The message for a batch worker that ended before joining; also kept on its job, so
+        the views show it."""
+        self.relay.flush(0.3)
+        tail = self.relay.tail(h.name)
+        where = f" on {h.host}" if h.host else ""
+        msg = (f"worker {h.name} (job {h.job_id}{where}) exited with status {code} before joining the "
+               f"cluster" + (f":\n{tail}" if tail else ""))
+        job = getattr(h, "job", None)
+        if job is not None and not job.error:
+            job.error = msg
+        return msg
+
+    @staticmethod
+    def _queued_for_good(job) -> bool:
+        """Whether the scheduler has said the job waits (a reason such as Resources, Priority or
+        JobHeldUser), or it has waited a few seconds: a new job is listed pending for a moment
+        before the scheduler's first pass, even with free nodes."""
+        return job.polled and (bool(job.reason) or time.time() - job.submitted > QUEUE_GRACE)
+
+    def _settle(self, handles: list[Handle], timeout: float) -> None:
+        """Batch jobs: waits until each of ``handles`` either waits in the queue (the scheduler
+        said so) or has joined; raises ClusterError for one that ended first (its job rejected
+        at start, a worker that cannot start) -- so a bad job is an error at once, and a full
+        queue is not."""
+        deadline = time.monotonic() + timeout
+        rt = self.runtime
+        next_refresh = 0.0
+        while True:
+            if time.monotonic() >= next_refresh:
+                self.launcher.refresh()
+                next_refresh = time.monotonic() + 0.5
+            if self._meta is not None and self._meta.latest:
+                self._note_joins("status", self._meta.latest)
+            failed = [(h, h.poll()) for h in handles if not h.retired and h.name not in self._joined_names]
+            failed = [(h, code) for h, code in failed if code is not None]
+            if failed:
+                h, code = failed[0]
+                msg = self._start_failure(h, code)
+                with self._lock:
+                    for f, _ in failed:
+                        f.retired = True
+                    gone = {f.name for f, _ in failed}
+                    self.spec = [s for s in self.spec if s.name not in gone]
+                raise ClusterError(msg)
+            waiting = [h for h in handles if not h.retired and h.name not in self._joined_names
+                       and not (h.state == "pending" and self._queued_for_good(h.job))]
+            if not waiting:
+                if rt is not None:
+                    import scoop
+                    scoop.SIZE = rt.size
+                return
+            if self.broker_proc.poll() is not None:
+                raise ClusterError("the SCOOP broker exited: " + self.relay.tail("broker"))
+            if time.monotonic() > deadline:
+                names = ", ".join(h.name for h in waiting)
+                raise ClusterError(f"workers {names} of started jobs did not join within {timeout:.0f} s")
+            if rt is not None:
+                rt.pump(0.05)
+            else:
+                time.sleep(0.05)
 
     @property
     def meta(self) -> MetaSubscriber:
@@ -464,7 +566,23 @@ class Cluster:
         if self._meta is None and not self.running:
             return {"state": "stopped", "workers": [], "totals": {}}
         snap = self.meta.wait_for(lambda s: True, timeout)
-        return snap or {"state": "starting", "workers": [], "totals": {}}
+        snap = dict(snap or {"state": "starting", "workers": [], "totals": {}})
+        if self.queued:
+            # jobs waiting in the queue are shown apart from the workers that run
+            snap["jobs"] = jobs = self.jobs()
+            snap["totals"] = dict(snap.get("totals") or {},
+                                  pending_workers=sum(len(j["workers"]) for j in jobs
+                                                      if j["state"] == "pending" and not j.get("replaces")))
+        return snap
+
+    def jobs(self) -> list[dict]:
+        """Batch jobs of this cluster (empty for other launchers): ``id``, ``state`` (pending,
+        running, ended), ``workers`` (the names it brings), ``submitted`` (epoch s), ``reason``
+        (why it waits, from the scheduler), ``nodes``; ``error`` for one whose workers failed to
+        start, ``replaces`` for a walltime replacement.  Read from the launcher's last poll of
+        the scheduler (every 0.5 s): no scheduler command runs here."""
+        fn = getattr(self.launcher, "jobs_status", None)
+        return fn() if fn is not None else []
 
     def subscribe(self, callback):
         """``callback(kind, data)`` for every snapshot and event; returns an unsubscribe function."""
@@ -487,14 +605,17 @@ class Cluster:
 
     @property
     def size(self) -> int:
-        """Workers launched and running (not retired)."""
+        """Workers launched and running (not retired); batch workers still in the queue are not."""
+        if self.queued:
+            return len([h for h in list(self._live.values()) if not h.retired and h.state == "running"])
         return self.launched
 
     # ---- scale -------------------------------------------------------------------------------
     def scale(self, n: int, timeout: float = 60.0):
         """Grows the cluster to ``n`` workers (new ones go where the most slots are free), or
         retires workers (newest first) after they finish their running tasks; their queued tasks
-        go back to the broker."""
+        go back to the broker.  Batch-job clusters submit jobs and return as :meth:`start` does
+        (a job left waiting in the queue is not waited for); scaling down cancels queued jobs."""
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"scale: the number of workers must be an int, not {type(n).__name__}")
         if n < 1:
@@ -519,8 +640,12 @@ class Cluster:
                 known = {s.host for s in self.spec}
                 self.launcher.prepare([k for k in dict.fromkeys(keys) if k not in known])  # hosts new here
                 self.spec += [self._new_spec(k) for k in keys]
+                before = len(self.workers)
                 self._reconcile()
-                self.wait_for_workers(n, timeout)
+                if self.queued:  # jobs submitted: their workers join as the scheduler starts them
+                    self._settle(self.workers[before:], timeout)
+                else:
+                    self.wait_for_workers(n, timeout)
             elif n < have:
                 if self.runtime is None:
                     raise ClusterError("scaling down needs this process to be the origin")

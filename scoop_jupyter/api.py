@@ -154,6 +154,8 @@ def format_status(snap: dict) -> str:
              f"busy {t.get('busy', 0.0) * 100:.0f}%, {t.get('done', 0)} tasks done, "
              f"{t.get('queued', 0)} queued, {t.get('in_flight', 0)} in flight, "
              f"{t.get('rate', 0.0):.1f} tasks/s"]
+    from .status import failed_texts, pending_text
+    lines += [x for x in [pending_text(snap)] + failed_texts(snap) if x]  # batch jobs not started
     hosts: dict = {}
     for w in workers:
         h = hosts.setdefault(w.get("host", "?"), [0, 0, 0])

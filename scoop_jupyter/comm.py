@@ -6,7 +6,12 @@ kernel -> frontend
     ``{"type": "status", "state": "running"|"stopped", "workers": [{"id", "name" (e.g. "w3": the
     worker's one name, as in its output prefix and tracebacks), "host", "pid",
     "state": "idle"|"busy"|"joining"|"lost", "queued", "running", "done", "cpu", "mem" (bytes)}],
-    "totals": {"workers", "busy" (0..1), "done", "queued", "running", "rate"}}`` once on open,
+    "jobs": [{"id", "state": "pending"|"running"|"ended", "workers" (names it brings), "submitted"
+    (epoch s), "reason" (why it waits, from the scheduler), "nodes", optional "error" (its workers
+    failed to start), optional "replaces" (a walltime replacement of that job)}] (batch-job
+    clusters; empty otherwise),
+    "totals": {"workers", "busy" (0..1), "done", "queued", "running", "rate", "pending_workers"
+    (workers of jobs waiting in the queue)}}`` once on open,
     then up to ``MAX_RATE`` times a second while a cluster runs, and once when it stops.
     ``{"type": "error", "message": str}`` when an action failed.
 

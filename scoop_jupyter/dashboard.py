@@ -18,7 +18,7 @@ import time
 import ipywidgets as W
 
 from . import task_timeline as _timeline
-from .status import safe_maps
+from .status import failed_texts, pending_text, safe_maps
 
 MAX_RATE = 10.0
 #: the live timeline shows the tasks of this many last seconds, refreshed this many times a second
@@ -123,10 +123,25 @@ def headline(status: dict, stale: str | None = None) -> str:
     head = [f'<b>SCOOP cluster</b> <span class="scoop-dashboard-state" style="color:{color}">'
             f'&#9679; {word}</span>']
     if state == "running" and not stale:
-        head.append(f'{t.get("workers", 0)} workers &middot; busy {t.get("busy", 0.0) * 100:.0f}% &middot; '
+        more = f' (+{t["pending_workers"]} pending)' if t.get("pending_workers") else ""
+        head.append(f'{t.get("workers", 0)} workers{more} &middot; '
+                    f'busy {t.get("busy", 0.0) * 100:.0f}% &middot; '
                     f'{t.get("done", 0)} done &middot; {t.get("queued", 0)} queued &middot; '
                     f'{t.get("running", 0)} running &middot; {t.get("rate", 0.0):.1f} tasks/s')
     return f'<div>{" &middot; ".join(head)}</div>'
+
+
+def jobs_lines(status: dict) -> str:
+    """Batch jobs: the workers still waiting in the queue, and jobs whose workers failed to start."""
+    if status.get("state") != "running":
+        return ""
+    parts = []
+    pending = pending_text(status)
+    if pending:
+        parts.append(f'<div class="scoop-pending" style="color:#1565c0">&#9203; {html.escape(pending)}</div>')
+    for text in failed_texts(status):
+        parts.append(f'<div class="scoop-job-failed" style="color:#c62828">{html.escape(text)}</div>')
+    return "".join(parts)
 
 
 def log_table(logs: dict, lines: int = 3) -> str:
@@ -151,6 +166,7 @@ def render(status: dict, history, maps: list[dict], logs: dict | None = None) ->
     parts = [f'<div class="scoop-dashboard" data-state="{state}" style="font-size:12px;line-height:1.4">',
              headline(status)]
     if state == "running":
+        parts.append(jobs_lines(status))
         parts.append(worker_table(status.get("workers", [])))
         pts = list(history)
         peak = max((v for _, v in pts), default=0.0)

@@ -77,6 +77,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _queue_note(cluster) -> str:
+    """For a batch-job cluster: how many workers run and how many wait in the queue."""
+    if cluster is None or not getattr(cluster, "queued", False):
+        return ""
+    from .status import pending_text
+    pending = pending_text({"jobs": cluster.jobs()})
+    return f": {cluster.size} running" + (f", {pending}" if pending else "")
+
+
+def started_message(session) -> str:
+    """The start line: workers per host, or for a batch-job cluster the jobs submitted and that
+    their workers join as the scheduler starts them (start does not wait for the queue)."""
+    c = session.cluster
+    if c is None or not getattr(c, "queued", False):
+        return session.summary()
+    from .status import pending_text
+    jobs = [j for j in c.jobs() if j["state"] != "ended"]
+    ids = ", ".join(str(j["id"]) for j in jobs)
+    pending = pending_text({"jobs": jobs})
+    n = c.requested
+    took = f" in {session.start_seconds:.2f} s" if session.start_seconds is not None else ""
+    return (f"SCOOP cluster started{took}: {len(jobs)} {c.launcher.name} job{'s' if len(jobs) != 1 else ''} "
+            f"submitted for {n} worker{'s' if n != 1 else ''} (job{'s' if len(jobs) != 1 else ''} {ids}); "
+            f"{c.size} running" + (f", {pending}" if pending else "") + ".\n"
+            f"Workers join as their jobs start (%scoop_cluster status shows them; "
+            f"scoop_jupyter.cluster().wait_for_workers({n}) waits for them); "
+            f"this kernel is the origin (broker port {c.main_port})")
+
+
 @magics_class
 class ScoopMagics(Magics):
     @line_magic
@@ -95,7 +124,7 @@ class ScoopMagics(Magics):
         try:
             if cmd == "start":
                 api.start(progress=args.progress, **given(args))
-                print(api.session().summary())
+                print(started_message(api.session()))
             elif cmd == "stop":
                 print("SCOOP cluster stopped" if api.stop() else "no SCOOP cluster is running")
             elif cmd == "status":
@@ -103,10 +132,11 @@ class ScoopMagics(Magics):
                 display(api.status())
             elif cmd == "restart":
                 api.restart()
-                print(api.session().summary())
+                print(started_message(api.session()))
             elif cmd == "scale":
                 api.scale(args.workers)
-                print(f"SCOOP cluster scaled to {args.workers} worker{'s' if args.workers != 1 else ''}")
+                print(f"SCOOP cluster scaled to {args.workers} worker{'s' if args.workers != 1 else ''}"
+                      + _queue_note(api.cluster()))
             elif cmd == "dashboard":
                 from IPython.display import display
                 display(api.dashboard())

@@ -9,7 +9,8 @@ from __future__ import annotations
 import html
 import socket
 
-from .dashboard import _mem, headline, worker_table
+from .dashboard import _mem, headline, jobs_lines, worker_table
+from .status import pending_text
 
 #: where the panel and the cards send a user who wants to read more
 DOCS_URL = "https://scoop.readthedocs.io/en/latest/usage.html"
@@ -53,7 +54,7 @@ def status_html(snap: dict) -> str:
     return (f'<div class="scoop-status" style="{_BOX}">{headline(snap)}'
             f'<div style="color:#757575">total memory {_mem(sum(w.get("mem", 0) or 0 for w in workers))}'
             f'{extra}'
-            f'</div>{_hosts_table(workers)}{worker_table(workers)}</div>')
+            f'</div>{jobs_lines(snap)}{_hosts_table(workers)}{worker_table(workers)}</div>')
 
 
 def cluster_html(cluster) -> str:
@@ -67,7 +68,16 @@ def cluster_html(cluster) -> str:
     plan = getattr(cluster, "plan", None) or []
     hosts = ", ".join(f"{html.escape(str(h))}: {k}" for h, k in plan)
     size = cluster.size if running else 0
-    rows = [("workers", f"{size} running" + (f" (planned: {hosts})" if hosts else "")),
+    queued = bool(getattr(cluster, "queued", False))
+    if queued:  # batch jobs: no host is planned, the scheduler places them
+        jobs = cluster.jobs() if running else []
+        pending = pending_text({"jobs": jobs})
+        ids = ", ".join(str(j["id"]) for j in jobs if j["state"] != "ended")
+        workers = f"{size} running" + (f", {html.escape(pending)}" if pending else "") + \
+            (f" &middot; jobs {html.escape(ids)}" if ids and not pending else "")
+    else:
+        workers = f"{size} running" + (f" (planned: {hosts})" if hosts else "")
+    rows = [("workers", workers),
             ("broker", f"port {getattr(cluster, 'main_port', '?')}, meta stream port "
                        f"{getattr(cluster, 'meta_port', '?')}" if running else "-"),
             ("origin", "this kernel" if mine else "the process that started it")]

@@ -51,8 +51,52 @@ def safe_maps() -> list[dict]:
 
 
 def stopped_status() -> dict:
-    return {"type": "status", "state": "stopped", "workers": [],
-            "totals": {"workers": 0, "busy": 0.0, "done": 0, "queued": 0, "running": 0, "rate": 0.0}}
+    return {"type": "status", "state": "stopped", "workers": [], "jobs": [],
+            "totals": {"workers": 0, "busy": 0.0, "done": 0, "queued": 0, "running": 0, "rate": 0.0,
+                       "pending_workers": 0}}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def pending_jobs(status: dict) -> list[dict]:
+    """Batch jobs waiting in the queue that will bring new workers (not walltime replacements)."""
+    return [j for j in status.get("jobs") or [] if j.get("state") == "pending" and not j.get("replaces")]
+
+
+def pending_text(status: dict) -> str:
+    """"4 workers pending in the queue (jobs 12, 13: Resources)", or "" when none wait: the one
+    wording every view uses for workers not started yet."""
+    jobs = pending_jobs(status)
+    if not jobs:
+        return ""
+    n = sum(len(j.get("workers") or ()) for j in jobs)
+    ids = ", ".join(str(j["id"]) for j in jobs)
+    reasons = sorted({j["reason"] for j in jobs if j.get("reason")})
+    why = f": {', '.join(reasons)}" if reasons else ""
+    return f"{_plural(n, 'worker')} pending in the queue ({'jobs' if len(jobs) > 1 else 'job'} {ids}{why})"
+
+
+def failed_texts(status: dict) -> list[str]:
+    """One line per batch job whose workers failed to start: its id, workers and the error."""
+    out = []
+    for j in status.get("jobs") or []:
+        if j.get("error"):
+            lines = [x for x in str(j["error"]).splitlines() if x.strip()]
+            detail = lines[0] + (f" ... {lines[-1].strip()}" if len(lines) > 1 else "")
+            out.append(f"job {j['id']} ({', '.join(j.get('workers') or ())}) failed: {detail}")
+    return out
+
+
+def _job_row(j: dict) -> dict:
+    row = {"id": str(j.get("id", "")), "state": str(j.get("state", "")),
+           "workers": [str(w) for w in j.get("workers") or ()], "submitted": float(j.get("submitted") or 0.0),
+           "reason": str(j.get("reason") or ""), "nodes": str(j.get("nodes") or "")}
+    for key in ("error", "replaces"):
+        if j.get(key):
+            row[key] = str(j[key])
+    return row
 
 
 class StatusFeed:
@@ -192,6 +236,12 @@ class StatusFeed:
                                     "pid": int(h.pid or 0), "state": "joining", "queued": 0, "running": 0,
                                     "done": 0, "cpu": 0.0, "mem": 0})
         workers.sort(key=lambda w: (w["name"] == "", _natural(w["name"])))
+        jobs = []
+        if cluster is not None:
+            try:  # batch jobs: the launcher's last poll of the scheduler, no command run here
+                jobs = [_job_row(j) for j in cluster.jobs()]
+            except Exception:
+                jobs = []
         t = raw.get("totals", {})
         live = [w for w in workers if w["state"] in ("busy", "idle")]
         # busy from the rows: the broker's own figure lags behind the workers' load reports
@@ -199,8 +249,11 @@ class StatusFeed:
         totals = {"workers": len(live) if raw.get("workers") is not None else int(t.get("workers", 0)),
                   "busy": float(busy), "done": int(t.get("done", 0)), "queued": int(t.get("queued", 0)),
                   "running": int(t.get("running", 0)), "rate": float(t.get("rate", 0.0))}
-        state = "running" if raw.get("state", "running") == "running" else "stopped"
-        return {"type": "status", "state": state, "workers": workers, "totals": totals}
+        status = {"type": "status", "workers": workers, "jobs": jobs}
+        totals["pending_workers"] = sum(len(j["workers"]) for j in pending_jobs(status))
+        status["state"] = "running" if raw.get("state", "running") == "running" else "stopped"
+        status["totals"] = totals
+        return status
 
 
 def _natural(name: str):

@@ -509,3 +509,55 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
         with contextlib.suppress(psutil.Error):
             p.kill()
     assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
+
+
+def test_panel_shows_batch_jobs_pending_in_the_queue(slurm_cluster, lab, page):
+    """A batch-job cluster on the real SLURM test cluster: a held job's workers show in the panel
+    as pending in the queue, apart from the running workers, and in the status bar as
+    "(+N pending)"; released, they join; stop leaves no job in squeue."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    open_notebook(page, lab, lab.new_notebook("slurm-test.ipynb"))
+    open_scoop_panel(page)
+    run_cell(page, "%load_ext scoop_jupyter")
+    expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("stopped", timeout=30_000)
+    out = run_cell(page, "%scoop_cluster start --slurm -n 2 --cpus-per-job 2 --sbatch-arg=--hold")
+    (job,) = slurm_cluster.jobs()
+    assert f"1 sbatch job submitted for 2 workers (job {job['id']})" in out, out
+    pending = page.locator(f"{PANEL} .scoop-pending")
+    expect(pending).to_contain_text(f"2 workers pending in the queue (job {job['id']}: JobHeldUser)",
+                                    timeout=30_000)
+    expect(page.locator(f"{PANEL} .scoop-job-row.scoop-job-pending")).to_have_count(1)
+    expect(page.locator(f"{PANEL} .scoop-worker-row")).to_have_count(0)
+    expect(page.locator(STATUS_ITEM)).to_contain_text("SCOOP: 0 workers (+2 pending)")
+    page.screenshot(path=str(ARTIFACTS / "panel-pending-job.png"))
+
+    slurm_cluster.run(["scontrol", "release", job["id"]])
+    rows = page.locator(f"{PANEL} .scoop-worker-row")
+    expect(rows).to_have_count(2, timeout=90_000)
+    expect(pending).to_have_count(0, timeout=30_000)
+    expect(page.locator(STATUS_ITEM)).to_contain_text("SCOOP: 2 workers,", timeout=30_000)
+    # scaling up submits another held job: running and pending side by side
+    out = run_cell(page, "%scoop_cluster scale 4")
+    assert "2 running, 2 workers pending in the queue" in out, out
+    expect(pending).to_contain_text("2 workers pending in the queue", timeout=30_000)
+    expect(page.locator(f"{PANEL} .scoop-job-row")).to_have_count(2)
+    expect(page.locator(f"{PANEL} .scoop-job-row.scoop-job-running")).to_have_count(1)
+    expect(rows).to_have_count(2)
+    expect(page.locator(STATUS_ITEM)).to_contain_text("SCOOP: 2 workers (+2 pending)")
+    expect(page.locator(f"{PANEL} .scoop-n-input")).to_have_value("4")
+    page.screenshot(path=str(ARTIFACTS / "panel-running-and-pending.png"))
+    page.locator(PANEL).screenshot(path=str(ARTIFACTS / "panel-running-and-pending-panel.png"))
+
+    known = lab.descendants()
+    run_cell(page, "%scoop_cluster stop")
+    expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("stopped", timeout=30_000)
+    expect(page.locator(f"{PANEL} .scoop-jobs")).to_be_hidden()
+    assert slurm_cluster.wait_no_jobs(15) == []
+    lab.shutdown_kernels()
+    lab.stop()
+    _, alive = psutil.wait_procs(known, timeout=20)
+    leftovers = leftover_processes(alive, lab)
+    for p in leftovers:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"

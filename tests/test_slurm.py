@@ -106,6 +106,91 @@ def test_jobs_waiting_in_the_queue_are_pending(slurm_cluster):
         assert [j["state"] for j in slurm_cluster.jobs()].count("PENDING") == 1
 
 
+def _wait_jobs(c, states, timeout=30):
+    """Waits until the cluster's jobs (as its poll of the scheduler sees them) are in ``states``."""
+    deadline = time.monotonic() + timeout
+    while [j["state"] for j in c.jobs()] != states and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return c.jobs()
+
+
+def test_held_job_is_pending_start_does_not_wait_and_release_joins(slurm_cluster):
+    """A job held in the queue: start and scale return without waiting for it, the status shows
+    it pending apart from the running workers; released, its workers join; a job still held
+    when the cluster stops is cancelled (batch_cluster checks squeue is empty)."""
+    from scoop import futures
+    with batch_cluster(slurm_cluster, 2, cpus_per_job=2, sbatch_arg=["--hold"]) as c:
+        (job,) = c.jobs()
+        assert job["state"] == "pending" and job["workers"] == ["w1", "w2"], job
+        assert "held" in job["reason"].lower(), job
+        assert time.time() - 120 < job["submitted"] <= time.time()
+        snap = c.status()
+        assert snap["totals"]["pending_workers"] == 2 and snap["workers"] == [] and c.size == 0, snap
+        assert [j["state"] for j in slurm_cluster.jobs()] == ["PENDING"]
+        c.scale(4)  # a second held job: scale returns as well
+        first, second = c.jobs()
+        assert second["state"] == "pending" and second["workers"] == ["w3", "w4"], second
+        assert c.status()["totals"]["pending_workers"] == 4
+        slurm_cluster.run(["scontrol", "release", job["id"]])
+        c.wait_for_workers(2, 90)
+        assert list(futures.map(abs, [-1, -2, -3])) == [1, 2, 3]
+        jobs = _wait_jobs(c, ["running", "pending"])
+        assert [j["state"] for j in jobs] == ["running", "pending"], jobs
+        snap = c.status()
+        assert snap["totals"]["pending_workers"] == 2 and len(snap["workers"]) == 2, snap
+        assert sorted(w["name"] for w in snap["workers"]) == ["w1", "w2"]
+        assert c.size == 2
+        c.scale(2)  # scaling down cancels the job still in the queue first
+        deadline = time.monotonic() + 15
+        while len(slurm_cluster.jobs()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [j["id"] for j in slurm_cluster.jobs()] == [job["id"]]
+        assert [j["state"] for j in c.jobs()] == ["running"]
+        c.scale(3)  # held again: stop must cancel it
+        assert [j["state"] for j in _wait_jobs(c, ["running", "pending"])] == ["running", "pending"]
+
+
+def test_worker_failing_to_start_is_an_error_at_once_or_logged_and_shown(slurm_cluster):
+    """Jobs whose worker cannot start: scale raises when the job starts at once; a job that starts
+    later (held, then released) is a logged error naming the job, listed as ended with that error,
+    and not resubmitted over and over."""
+    with batch_cluster(slurm_cluster, 1, cpus_per_job=1) as c:
+        c.launcher.python = "/nonexistent/python"  # what a broken environment on the nodes looks like
+        with pytest.raises(Exception, match=r"(?s)exited with status 127.*/nonexistent/python"):
+            c.scale(2, timeout=90)
+        assert c.requested == 1
+        c.options.sbatch_arg = ["--hold"]
+        import logging
+
+        import scoop
+        records = []
+        handler = logging.Handler(logging.ERROR)
+        handler.emit = records.append
+        scoop.logger.addHandler(handler)  # scoop's logger does not propagate to pytest's capture
+        try:
+            c.scale(2, timeout=90)
+            (held,) = [j for j in c.jobs() if j["state"] == "pending"]
+            assert held["workers"] == ["w3"]
+            slurm_cluster.run(["scontrol", "release", held["id"]])
+            deadline = time.monotonic() + 60
+            while not any(j["id"] == held["id"] and j.get("error") for j in c.jobs()) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            scoop.logger.removeHandler(handler)
+        failed = [j for j in c.jobs() if j["id"] == held["id"]]
+        assert failed and failed[0]["state"] == "ended", c.jobs()
+        assert "/nonexistent/python" in failed[0]["error"], failed
+        assert failed[0]["workers"] == ["w3"]
+        said = [r.getMessage() for r in records]
+        assert any(f"worker w3 (job {held['id']}" in m and "before joining" in m for m in said), said
+        assert c.requested == 1 and c.size == 1
+        with pytest.raises(Exception, match=r"(?s)only 1 can join.*w3.*/nonexistent/python"):
+            c.wait_for_workers(2, 60)
+        time.sleep(2)  # the supervisor does not resubmit it
+        assert len(c.workers) == 3 and len(slurm_cluster.jobs()) == 1
+
+
 def test_rejected_sbatch_is_a_clear_error(slurm_cluster):
     from scoop.errors import ClusterError
     with pytest.raises(ClusterError, match=r"(?i)sbatch rejected the job.*invalid partition"):
@@ -202,6 +287,53 @@ def test_notebook_kernel_on_the_login_node(slurm_cluster, slurm_kernel):
     assert len(slurm_cluster.jobs()) == 2
     assert k.value("sorted(set(scoop.futures.map(where, range(40))))", timeout=120) == ["node1", "node2"]
     os.kill(k.pid, signal.SIGKILL)
+    assert slurm_cluster.wait_no_jobs(15) == []
+
+
+def _comm_until(k, cid, t0, pred, timeout=30):
+    """The last status the panel comm sent since ``t0`` once one satisfies ``pred``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sent = [d for _, d in k.comm_data(cid, t0) if d.get("type") == "status"]
+        if sent and pred(sent[-1]):
+            return sent[-1]
+        time.sleep(0.2)
+    return sent[-1] if sent else None
+
+
+def test_notebook_shows_a_held_job_pending_apart_from_running_workers(slurm_cluster, slurm_kernel):
+    """From a kernel: start returns while the job is held and says so; %scoop_cluster status (text
+    and HTML) and the panel's comm data show the workers pending in the queue; released, they
+    join; stop leaves nothing in squeue."""
+    k = slurm_kernel
+    r = k.run("%scoop_cluster start --slurm -n 2 --cpus-per-job 2 --sbatch-arg=--hold", timeout=120)
+    (job,) = slurm_cluster.jobs()
+    jid = job["id"]
+    out = r.stream()
+    assert f"1 sbatch job submitted for 2 workers (job {jid})" in out, out
+    assert f"2 workers pending in the queue (job {jid}" in out and "join as their jobs start" in out, out
+    t0 = time.monotonic()
+    cid = k.comm_open("scoop_cluster")
+    sent = _comm_until(k, cid, t0, lambda d: d["totals"].get("pending_workers") == 2)
+    assert sent["state"] == "running" and sent["workers"] == [] and sent["totals"]["workers"] == 0, sent
+    (pj,) = sent["jobs"]
+    assert pj["id"] == jid and pj["state"] == "pending" and pj["workers"] == ["w1", "w2"], pj
+    assert "held" in pj["reason"].lower(), pj
+    r = k.run("%scoop_cluster status")
+    text, html = r.text(), "".join(h for h in r.data("text/html") if h)
+    assert f"2 workers pending in the queue (job {jid}" in text, text
+    assert "scoop-pending" in html and f"2 workers pending in the queue (job {jid}" in html, html
+    assert "(+2 pending)" in html
+    slurm_cluster.run(["scontrol", "release", jid])
+    k.run("import scoop_jupyter\nscoop_jupyter.cluster().wait_for_workers(2, 90)", timeout=120)
+    t1 = time.monotonic()
+    joined = lambda d: d["totals"]["workers"] == 2 and not d["totals"]["pending_workers"]  # noqa: E731
+    sent = _comm_until(k, cid, t1, joined)
+    assert sent["totals"]["workers"] == 2 and sent["totals"]["pending_workers"] == 0, sent
+    assert [j["state"] for j in sent["jobs"]] == ["running"], sent["jobs"]
+    text = k.run("%scoop_cluster status").text()
+    assert "pending in the queue" not in text and "2 workers" in text, text
+    k.run("%scoop_cluster stop", timeout=60)
     assert slurm_cluster.wait_no_jobs(15) == []
 
 

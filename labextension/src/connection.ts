@@ -21,8 +21,21 @@ export interface IWorker {
   mem: number; // bytes
 }
 
+/** A batch job (sbatch/qsub) of the cluster: its workers wait in the queue while pending. */
+export interface IJob {
+  id: string;
+  state: 'pending' | 'running' | 'ended';
+  workers: string[]; // names of the workers it brings
+  submitted: number; // epoch seconds
+  reason: string; // why it waits, as the scheduler says ("Resources", "JobHeldUser")
+  nodes: string;
+  error?: string; // its workers failed to start
+  replaces?: string; // a walltime replacement of that job
+}
+
 export interface ITotals {
   workers: number;
+  pending_workers: number; // workers of jobs waiting in the queue
   busy: number; // 0..1
   done: number;
   queued: number;
@@ -33,6 +46,7 @@ export interface ITotals {
 export interface IClusterStatus {
   state: 'running' | 'stopped';
   workers: IWorker[];
+  jobs: IJob[];
   totals: ITotals;
 }
 
@@ -319,14 +333,31 @@ export function parseStatus(data: unknown): IClusterStatus | null {
       mem: num(w?.mem)
     })
   );
+  const jobs: IJob[] = (Array.isArray(d.jobs) ? d.jobs : []).map(
+    (j: any): IJob => ({
+      id: String(j?.id ?? ''),
+      state: ['pending', 'running', 'ended'].includes(j?.state) ? j.state : 'pending',
+      workers: Array.isArray(j?.workers) ? j.workers.map(String) : [],
+      submitted: num(j?.submitted),
+      reason: String(j?.reason ?? ''),
+      nodes: String(j?.nodes ?? ''),
+      ...(j?.error ? { error: String(j.error) } : {}),
+      ...(j?.replaces ? { replaces: String(j.replaces) } : {})
+    })
+  );
+  const pendingSum = jobs
+    .filter(j => j.state === 'pending' && !j.replaces)
+    .reduce((acc, j) => acc + j.workers.length, 0);
   const t = d.totals && typeof d.totals === 'object' ? d.totals : {};
   const sum = (key: 'done' | 'queued' | 'running') =>
     workers.reduce((acc, w) => acc + w[key], 0);
   return {
     state: d.state === 'running' ? 'running' : 'stopped',
     workers,
+    jobs,
     totals: {
       workers: num(t.workers, workers.length),
+      pending_workers: num(t.pending_workers, pendingSum),
       busy: Math.min(1, Math.max(0, num(t.busy))),
       done: num(t.done, sum('done')),
       queued: num(t.queued, sum('queued')),

@@ -9,7 +9,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { IClusterStatus, IWorker, ScoopConnection } from './connection';
+import { IClusterStatus, IJob, IWorker, ScoopConnection } from './connection';
 
 const PANEL_ID = 'scoop-cluster-panel';
 const DOCS_URL = 'https://scoop.readthedocs.io/en/latest/usage.html';
@@ -40,6 +40,28 @@ function stateLabel(model: ScoopConnection): string {
 
 function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
+/** Jobs waiting in the queue that bring new workers (not walltime replacements). */
+function pendingJobs(status: IClusterStatus): IJob[] {
+  return status.jobs.filter(j => j.state === 'pending' && !j.replaces);
+}
+
+/** "4 workers pending in the queue (jobs 12, 13: Resources)", as the kernel's views say it. */
+function pendingText(status: IClusterStatus): string {
+  const jobs = pendingJobs(status);
+  if (!jobs.length) {
+    return '';
+  }
+  const n = jobs.reduce((acc, j) => acc + j.workers.length, 0);
+  const reasons = [...new Set(jobs.map(j => j.reason).filter(r => r))].sort();
+  const why = reasons.length ? `: ${reasons.join(', ')}` : '';
+  const ids = jobs.map(j => j.id).join(', ');
+  return `${plural(n, 'worker')} pending in the queue (${jobs.length > 1 ? 'jobs' : 'job'} ${ids}${why})`;
+}
+
+function fmtTime(epoch: number): string {
+  return epoch > 0 ? new Date(epoch * 1000).toLocaleTimeString('en-GB') : '';
 }
 
 function fmtInt(n: number): string {
@@ -128,6 +150,7 @@ class ScoopPanel extends Widget {
       controls,
       this._error,
       this._totals,
+      this._jobs,
       this._workers,
       help
     );
@@ -226,13 +249,16 @@ class ScoopPanel extends Widget {
       ? 'Workers of the running cluster: change and press Scale'
       : 'Number of workers to start';
     if (running && status && !this._edited && document.activeElement !== this._nInput) {
-      const size = status.workers.filter(w => w.state !== 'lost').length;
+      // the size asked for: workers running plus those whose jobs wait in the queue
+      const size =
+        status.workers.filter(w => w.state !== 'lost').length + status.totals.pending_workers;
       if (size > 0 && this._nInput.value !== String(size)) {
         this._nInput.value = String(size);
       }
     }
 
     this._renderTotals(status);
+    this._renderJobs(status?.state === 'running' ? status : null);
     this._renderWorkers(status?.workers ?? []);
   }
 
@@ -245,6 +271,9 @@ class ScoopPanel extends Widget {
     const t = status.totals;
     const items: [string, string][] = [
       ['Workers', fmtInt(t.workers)],
+      ...(t.pending_workers > 0
+        ? ([['Pending', fmtInt(t.pending_workers)]] as [string, string][])
+        : []),
       ['Busy', `${Math.round(t.busy * 100)}%`],
       ['Done', fmtInt(t.done)],
       ['Queued', fmtInt(t.queued)],
@@ -255,6 +284,45 @@ class ScoopPanel extends Widget {
       const cell = el('div', 'scoop-total');
       cell.append(el('div', 'scoop-total-value', value), el('div', 'scoop-total-name', name));
       this._totals.append(cell);
+    }
+  }
+
+  /** Batch jobs: the workers waiting in the queue apart from the running ones, one line per
+   * job (its workers, why it waits, when it was submitted), and jobs whose workers failed. */
+  private _renderJobs(status: IClusterStatus | null): void {
+    this._jobs.replaceChildren();
+    const jobs = status ? status.jobs.filter(j => j.state !== 'ended' || j.error) : [];
+    this._jobs.hidden = !jobs.length;
+    if (!status || !jobs.length) {
+      return;
+    }
+    const summary = pendingText(status);
+    if (summary) {
+      this._jobs.append(el('div', 'scoop-pending', summary));
+    }
+    for (const j of jobs) {
+      const row = el('div', `scoop-job-row scoop-job-${j.error ? 'failed' : j.state}`);
+      row.dataset.jobId = j.id;
+      const top = el('div', 'scoop-job-top');
+      top.append(
+        el('span', 'scoop-job-id', `job ${j.id}`),
+        el('span', 'scoop-job-workers', j.workers.join(', ')),
+        el('span', 'scoop-job-state', j.error ? 'failed' : j.state)
+      );
+      const detail = j.error
+        ? j.error.split('\n').filter(x => x.trim()).slice(-1)[0] ?? ''
+        : [
+            j.replaces ? `replaces job ${j.replaces}` : '',
+            j.state === 'pending' ? j.reason : j.nodes,
+            j.submitted ? `submitted ${fmtTime(j.submitted)}` : ''
+          ]
+            .filter(x => x)
+            .join(' · ');
+      row.append(top, el('div', 'scoop-job-detail', detail));
+      if (j.error) {
+        row.title = j.error;
+      }
+      this._jobs.append(row);
     }
   }
 
@@ -300,10 +368,12 @@ class ScoopPanel extends Widget {
   private _scale = document.createElement('button');
   private _edited = false;
   private _totals = el('div', 'scoop-totals');
+  private _jobs = el('div', 'scoop-jobs');
   private _workers = el('div', 'scoop-workers');
 }
 
-/** Status bar text: "SCOOP: 4 workers, 73% busy" / "SCOOP: stopped". */
+/** Status bar text: "SCOOP: 4 workers, 73% busy", "SCOOP: 2 workers (+4 pending), 0% busy" (batch
+ * jobs waiting in the queue) / "SCOOP: stopped". */
 class ScoopStatusItem extends Widget {
   constructor(model: ScoopConnection) {
     super();
@@ -320,7 +390,8 @@ class ScoopStatusItem extends Widget {
     let text = `SCOOP: ${stateLabel(this._model)}`;
     if (this._model.phase === 'connected' && status?.state === 'running') {
       const t = status.totals;
-      text = `SCOOP: ${plural(t.workers, 'worker')}, ${Math.round(t.busy * 100)}% busy`;
+      const pending = t.pending_workers > 0 ? ` (+${t.pending_workers} pending)` : '';
+      text = `SCOOP: ${plural(t.workers, 'worker')}${pending}, ${Math.round(t.busy * 100)}% busy`;
     }
     this.node.textContent = text;
   }

@@ -94,6 +94,12 @@ class _Job:
         self.out_pos = 0
         self.cancelled = False
         self.started: float | None = None
+        self.submitted = time.time()
+        self.ended: float | None = None
+        self.polled = False       # the scheduler has answered about it once (its state is not a guess)
+        self.reason = ""          # why it waits, as the scheduler says (squeue's %r: Resources, JobHeldUser)
+        self.error = ""           # set when its workers failed to start: shown by the views
+        self.replaces: str | None = None  # the id of the job it takes over from (job_replace)
         self.replacement: "_Job | None" = None
         self.handles: list["BatchHandle"] = []
 
@@ -189,6 +195,8 @@ class BatchLauncher(Launcher):
 
     name = ""
     remote = True
+    #: workers wait in a queue: a Cluster returns once its jobs are submitted, not once they ran
+    queues = True
     submit_cmd = ""
     cancel_cmd = ""
 
@@ -206,6 +214,7 @@ class BatchLauncher(Launcher):
         self._wake = threading.Event()
         self._out_lock = threading.Lock()
         self._poller: threading.Thread | None = None
+        self._refresh_lock = threading.Lock()
         self._watchdog: subprocess.Popen | None = None
         self._count = 0
 
@@ -307,6 +316,39 @@ class BatchLauncher(Launcher):
         return [j.id for j in self.jobs if j.id and j.state == PENDING
                 and not any(self._read_marker(j, i, "host") for i in range(len(j.names)))]
 
+    def jobs_status(self, ended_for: float = 60.0) -> list[dict]:
+        """Our jobs as the views show them, oldest first: id, state (pending | running | ended),
+        the workers it brings, when it was submitted, why it waits (the scheduler's reason), the
+        nodes it runs on, and for a job whose workers failed to start the error.  Ended jobs stay
+        listed for ``ended_for`` seconds (a failed one until it is the oldest of 5 kept)."""
+        now = time.time()
+        out, failed = [], []
+        for job in list(self.jobs):
+            if not job.id or job.cancelled:
+                continue  # cancelled: by us, its workers scaled away or the cluster stopping
+            started = any(self._read_marker(job, i, "host") for i in range(len(job.names)))
+            state = job.state
+            if state == PENDING and started:
+                state = RUNNING  # started before the scheduler's next answer
+            if state == EXITED and not job.error and (job.cancelled or now - (job.ended or now) > ended_for):
+                continue
+            live = [h.name for h in job.handles if not (h.retired or h.killed)]
+            if state != EXITED and not live:
+                continue  # its workers were all retired: it is ending
+            entry = {"id": job.id, "state": "ended" if state == EXITED else state,
+                     "workers": live if state != EXITED else list(job.names),
+                     "submitted": job.submitted, "reason": job.reason if state == PENDING else "",
+                     "nodes": job.nodes if state != PENDING else ""}
+            if job.replaces:
+                entry["replaces"] = job.replaces
+            if job.error:
+                entry["error"] = job.error
+                failed.append(entry)
+            out.append(entry)
+        for entry in failed[:-5]:
+            out.remove(entry)
+        return out
+
     def cancel(self, job: _Job) -> None:
         if job.id and job.state != EXITED and not job.cancelled:
             job.cancelled = True
@@ -376,6 +418,7 @@ class BatchLauncher(Launcher):
                 self.relay.emit(job.names[0], "stderr", f"could not submit a replacement job: {exc}\n")
             return
         new.handles = job.handles
+        new.replaces = job.id
         job.replacement = new
         for h in job.handles:
             h.jobs.append(new)
@@ -438,20 +481,29 @@ class BatchLauncher(Launcher):
 
     def refresh(self) -> None:
         """Asks the scheduler for our jobs' states once; relays new job output."""
+        with self._refresh_lock:  # the poller and a Cluster settling its start may both ask
+            self._refresh()
+
+    def _refresh(self) -> None:
         live = [j for j in list(self.jobs) if j.id and j.state != EXITED]
         states = self._query([j.id for j in live]) if live else {}
         if states.get("__ok__", True):  # the scheduler did not answer: keep what we knew
             for job in live:
-                state, nodes = states.get(job.id, ("", ""))
+                state, nodes, *more = states.get(job.id, ("", ""))
                 job.sched_state, job.nodes = state, nodes or job.nodes
+                job.polled = True
                 if state in self.pending_states:
                     job.state = PENDING
+                    job.reason = more[0] if more and more[0] not in ("None", "(null)") else ""
                 elif state in self.running_states:
                     job.state = RUNNING
+                    job.reason = ""
                     if job.started is None:
                         job.started = self._start_time(job)
                 else:
                     job.state = EXITED
+                    job.reason = ""
+                    job.ended = time.time()
                     job.code = self.exit_code(state)
                     self._relay_output(job, final=True)
             for job in live:

@@ -54,14 +54,14 @@ class SbatchLauncher(BatchLauncher):
         return m.group(1) if m else None
 
     def _query(self, ids):
-        out = self._ask(["squeue", "-h", "-t", "all", f"--name=scoop-{self.tag}", "-o", "%i|%T|%N"])
+        out = self._ask(["squeue", "-h", "-t", "all", f"--name=scoop-{self.tag}", "-o", "%i|%T|%N|%r"])
         if out is None:
             return {"__ok__": False}
         found = {}
         for line in out.splitlines():
-            parts = line.split("|")
-            if len(parts) == 3:
-                found[parts[0]] = (parts[1], parts[2])
+            parts = line.split("|", 3)
+            if len(parts) == 4:
+                found[parts[0]] = (parts[1], parts[2], parts[3])  # state, nodes, reason it waits
         # a job missing from the listing has been purged: it ended long ago
         return {i: found.get(i, ("COMPLETED", "")) for i in ids}
 
