@@ -470,8 +470,11 @@ def main():
     threading.Thread(target=_watch_stdin, args=(broker,), daemon=True).start()
 
     def on_term(signum, frame):
-        broker.reason = broker.reason or "the launcher ended"
-        broker.stop_event.set()
+        # the launcher died (or we were told to end): its workers die with it, so free the
+        # cluster's shared memory and leave now rather than after a last round of messages
+        if broker.shm is not None and broker.core.upstream is None:
+            broker.shm.cleanup()
+        os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
     try:
