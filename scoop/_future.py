@@ -20,6 +20,9 @@ ALL_COMPLETED = "ALL_COMPLETED"
 ALWAYS = "ALWAYS"  # SCOOP 0.7's name for "return at once"
 
 
+_wrap_callback = None  # scoop.origin.set_callback_wrapper: a front end's hook
+
+
 class Runtime(Protocol):
     """What a Future needs from the runtime of the process that submitted it (a cluster
     connection, or the serial stand-in when no cluster runs)."""
@@ -107,6 +110,8 @@ class Future:
 
     def add_done_callback(self, fn) -> None:
         """Runs ``fn(future)`` when the future completes, at once if it already has."""
+        if _wrap_callback is not None:
+            fn = _wrap_callback(fn)
         if self._state >= FINISHED:
             _call(fn, self)
             return

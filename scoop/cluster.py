@@ -573,13 +573,7 @@ class Cluster:
         if self.relay is not None:
             self.relay.flush(0.5)
             self.relay.close()
-        for p in self.broker_procs:
-            for f in (p.stdout, p.stderr):
-                if f:
-                    try:
-                        f.close()
-                    except OSError:
-                        pass
+        _local.close_pipes(self.broker_procs)
 
     def __enter__(self):
         if not self._started:

@@ -129,7 +129,7 @@ def _window(rt) -> int:
     return max(4096, 1024 * _size())
 
 
-_CHUNK_SECONDS = 0.002  # aim for ~2 ms of work per chunk: fine balance, per-task costs amortised
+_CHUNK_SECONDS = 0.01  # ~10 ms of work per chunk: balance within 10 ms, per-chunk costs amortised
 _CHUNK_MAX = 1 << 16
 _per_input: dict = {}   # function digest -> seconds per input seen in earlier maps
 
@@ -209,9 +209,9 @@ class _MapIterator:
         rt.flush()
 
     def __iter__(self):
-        # list(futures.map(...)) and for-loops take whole chunks: a generator resumes in C per
-        # item, where __next__ would be a Python call per item (the cost of a tiny task)
-        return self._chunks()
+        # list(futures.map(...)) and for-loops take whole chunks: chain walks each chunk's list
+        # in C, where __next__ would be a Python call per item (the cost of a tiny task)
+        return itertools.chain.from_iterable(self._chunks())
 
     def _chunks(self):
         buffer = self.buffer
@@ -221,16 +221,10 @@ class _MapIterator:
                     chunk = list(buffer)
                     buffer.clear()
                     self.yielded += len(chunk)
-                    yield from chunk
+                    yield chunk
                     continue
-                if self.error is not None:
-                    err, self.error = self.error, None
-                    raise err
-                if not self.window:
-                    self._fill()
-                    if not self.window:
-                        return
-                self._take()
+                if not self._advance():
+                    return
         except GeneratorExit:
             raise
         except BaseException:
@@ -250,16 +244,23 @@ class _MapIterator:
             self.close()
             raise
 
+    def _advance(self) -> bool:
+        """Moves the next finished chunk into the buffer (False: the map is exhausted); raises
+        a task's error once the results before it have been taken."""
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+        if not self.window:
+            self._fill()
+            if not self.window:
+                return False
+        self._take()
+        return True
+
     def _next(self):
         while not self.buffer:
-            if self.error is not None:
-                err, self.error = self.error, None
-                raise err
-            if not self.window:
-                self._fill()
-                if not self.window:
-                    raise StopIteration
-            self._take()
+            if not self._advance():
+                raise StopIteration
         self.yielded += 1
         return self.buffer.popleft()
 

@@ -91,6 +91,14 @@ def set_output_handler(fn) -> None:
     rt.output_handler = fn
 
 
+def set_callback_wrapper(wrap) -> None:
+    """``wrap(fn) -> fn`` is applied to every done-callback as it is registered, in the thread
+    that registers it -- so a notebook can run each callback under the cell that registered it,
+    whenever its future completes.  None removes the hook."""
+    from . import _future
+    _future._wrap_callback = wrap
+
+
 def timeline(since: float = 0.0) -> list[dict]:
     """Recent finished tasks and map chunks submitted from this process, oldest first:
     ``{"worker", "name", "start", "end", "inputs", "group", "ok"}`` (epoch seconds on the

@@ -133,7 +133,8 @@ class Submitter:
                 args = [a for chunk in payload for a in chunk] if kind == P.CHUNK else payload
             where = P.find_unpicklable(args, kwargs, name)
             cause = exc.__cause__
-            raise P.SerializationError(f"{where} could not be pickled: {type(cause).__name__}: {cause}") from None
+            raise P.SerializationError(f"{where} could not be pickled: "
+                                       f"{type(cause).__name__}: {cause}") from None
         self._seq += 1
         tid = self.prefix | self._seq
         group = self.current_group()

@@ -420,30 +420,21 @@ class KernelOrigin:
 def _route_done_callbacks(origin: KernelOrigin):
     """Done-callbacks run under the parent header of the cell that registered them, so their
     output lands in that cell whenever the result arrives.  Returns the undo function."""
-    from scoop._future import Future
-    original = Future.add_done_callback
-    if getattr(original, "_scoop_jupyter", False):
-        return lambda: None
+    import scoop.origin
 
-    def add_done_callback(self, fn):
+    def wrap(fn):
         parent = origin.current_parent()
         if parent is None or origin.kernel is None:
-            return original(self, fn)
+            return fn
 
         def in_its_cell(fut, _fn=fn, _parent=parent):
             with origin.under(_parent):
                 return _fn(fut)
         in_its_cell.__wrapped__ = fn
-        return original(self, in_its_cell)
+        return in_its_cell
 
-    add_done_callback._scoop_jupyter = True
-    add_done_callback.__doc__ = original.__doc__
-    Future.add_done_callback = add_done_callback
-
-    def undo():
-        if Future.add_done_callback is add_done_callback:
-            Future.add_done_callback = original
-    return undo
+    scoop.origin.set_callback_wrapper(wrap)
+    return lambda: scoop.origin.set_callback_wrapper(None)
 
 
 _session: KernelOrigin | None = None

@@ -29,5 +29,8 @@ fi
 echo "== installing scoop-jupyter with its test dependencies (builds the JupyterLab extension)"
 python -m pip install -q --disable-pip-version-check -e ".[test]"
 
+echo "== lint (ruff, configured in pyproject.toml)"
+python -m ruff check .
+
 echo "== running the test suite"
 exec python -m pytest -q --durations=15 "$@"

@@ -263,7 +263,8 @@ class SlurmCluster:
             return ""
 
     # -- use ------------------------------------------------------------------------------------
-    def run(self, argv: list[str], check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    def run(self, argv: list[str], check: bool = True, timeout: float = 60,
+            **kw) -> subprocess.CompletedProcess:
         """Runs a Slurm client command against this cluster."""
         proc = subprocess.run(argv, env=kw.pop("env", None) or self.env(), capture_output=True, text=True,
                               timeout=timeout, **kw)
@@ -274,7 +275,8 @@ class SlurmCluster:
     def jobs(self) -> list[dict]:
         """Jobs in the queue (pending, running, completing): id, name, state, nodes."""
         out = self.run(["squeue", "-h", "-o", "%i|%j|%T|%N"], check=False).stdout
-        return [dict(zip(("id", "name", "state", "nodes"), line.split("|"))) for line in out.splitlines() if line]
+        keys = ("id", "name", "state", "nodes")
+        return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line]
 
     def wait_no_jobs(self, timeout: float = 15.0) -> list[dict]:
         """Waits until the queue is empty; returns the jobs left."""

@@ -2,10 +2,19 @@
 allocations, and batch-job clusters started from the login node."""
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
+
+from tests.conftest import PROGRAMS, ROOT, TESTS, scoop_processes, wait_no_new_processes
 
 
 def test_cluster_runs_jobs_on_both_nodes(slurm_cluster, tmp_path):
@@ -24,15 +33,6 @@ def test_cluster_runs_jobs_on_both_nodes(slurm_cluster, tmp_path):
 
 # ---- batch-job clusters from the login node ---------------------------------------------------
 
-import collections
-import contextlib
-import signal
-import stat
-import subprocess
-import sys
-import textwrap
-
-from tests.conftest import PROGRAMS, ROOT, TESTS, scoop_processes, wait_no_new_processes
 
 
 @contextlib.contextmanager
@@ -85,7 +85,8 @@ def test_sbatch_workers_run_on_both_nodes_and_stop_leaves_no_job(slurm_cluster, 
             with open(path) as f:
                 text = f.read()
             if secret in text:
-                assert entry.endswith((".json", ".run")) and stat.S_IMODE(os.stat(path).st_mode) == 0o600, entry
+                assert entry.endswith((".json", ".run")), entry
+                assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, entry
         assert any(e.endswith(".sh") for e in os.listdir(job_dir))
     assert {h.state for h in handles} == {"exited"}
 
@@ -109,6 +110,13 @@ def test_rejected_sbatch_is_a_clear_error(slurm_cluster):
     from scoop.errors import ClusterError
     with pytest.raises(ClusterError, match=r"(?i)sbatch rejected the job.*invalid partition"):
         with batch_cluster(slurm_cluster, 2, partition="no_such_partition"):
+            pass
+
+
+def test_worker_that_cannot_start_in_its_job_is_a_clear_error(slurm_cluster):
+    from scoop.errors import ClusterError
+    with pytest.raises(ClusterError, match=r"(?s)exited with status 127.*/nonexistent/python"):
+        with batch_cluster(slurm_cluster, 2, python="/nonexistent/python"):
             pass
 
 
@@ -197,6 +205,22 @@ def test_notebook_kernel_on_the_login_node(slurm_cluster, slurm_kernel):
     assert slurm_cluster.wait_no_jobs(15) == []
 
 
+def test_notebook_restart_and_shutdown_leave_no_job(slurm_cluster, slurm_kernel):
+    """%scoop_cluster restart cancels the old jobs and submits new ones; a kernel shutdown
+    cancels every job."""
+    k = slurm_kernel
+    k.run("%scoop_cluster start --slurm -n 2 --cpus-per-job 2", timeout=120)
+    before = {j["id"] for j in slurm_cluster.jobs()}
+    assert len(before) == 1
+    k.run("%scoop_cluster restart", timeout=120)
+    after = {j["id"] for j in slurm_cluster.jobs()}
+    assert len(after) == 1 and not after & before
+    k.run("import scoop")
+    assert k.value("sum(scoop.futures.map(abs, range(-10, 0)))", timeout=60) == 55
+    k.shutdown()
+    assert slurm_cluster.wait_no_jobs(15) == []
+
+
 # ---- inside an allocation: workers are job steps ---------------------------------------------
 
 STEP_PROGRAM = """
@@ -275,7 +299,7 @@ def test_sbatch_script_runs_scoop_inside_the_job(slurm_cluster, tmp_path):
         export PYTHONPATH={ROOT}
         {sys.executable} -m scoop {prog}
         """))
-    r = slurm_cluster.run(["sbatch", "--parsable", str(script)], cwd=str(tmp_path))
+    slurm_cluster.run(["sbatch", "--parsable", str(script)], cwd=str(tmp_path))
     assert slurm_cluster.wait_no_jobs(120) == []
     out = (tmp_path / "job.out").read_text()
     assert _hosts(out) == {"node1": 2, "node2": 2}, out
@@ -290,22 +314,16 @@ def slow_square(x):
     return x * x
 
 
-def _runtime_retires_at_walltime() -> bool:
-    import inspect
-
-    import scoop._runtime as R
-    return "retire_at" in inspect.getsource(R)
-
-
 def test_walltime_reached_mid_map_loses_nothing(slurm_cluster):
     """Tasks running across the end of a one-minute job: every result comes back.  With job_replace a
     replacement job is submitted before the first one's end and its workers carry on under the
-    same names (the cluster never sees a worker die).  With the runtime's retire_at the first
-    job's workers leave cleanly before SLURM's limit instead of being killed by it."""
+    same names (the cluster never sees a worker die); the first job's workers leave cleanly at
+    their retire_at, before SLURM's limit, instead of being killed by it."""
     from scoop import futures
 
     def state(job_id):
-        return slurm_cluster.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], check=False).stdout.strip()
+        argv = ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"]
+        return slurm_cluster.run(argv, check=False).stdout.strip()
 
     with batch_cluster(slurm_cluster, 2, cpus_per_job=2, walltime="1", job_replace=True, inline=False) as c:
         first = c.workers[0].job_id
@@ -330,7 +348,28 @@ def test_walltime_reached_mid_map_loses_nothing(slurm_cluster):
         assert {h.jobs[1].id for h in c.workers} == {jobs[1].id}
         out = state(first)
         codes = [h._code(h.jobs[0]) for h in c.workers]
-    if out != "COMPLETED" or codes != [0, 0]:
-        if not _runtime_retires_at_walltime():
-            pytest.xfail(f"the runtime does not act on retire_at yet: job {first} ended {out}, workers {codes}")
-        assert out == "COMPLETED" and codes == [0, 0], (out, codes)
+    # the first job's workers retired before SLURM's limit: they exited cleanly and the job completed
+    assert out == "COMPLETED" and codes == [0, 0], (out, codes)
+
+
+@pytest.mark.parametrize("flavour", ["pbs", "sge"])
+def test_qsub_jobs_are_written_without_the_secret(tmp_path, flavour):
+    """No PBS or SGE here: only what would be submitted is checked (the qsub launcher is untested
+    against a real scheduler)."""
+    from scoop.launch.base import WorkerSpec
+    from scoop.launch.qsub import QsubLauncher
+    from scoop.options import ClusterOptions
+    opts = ClusterOptions(launcher="qsub", cpus_per_job=2, walltime="01:30:00", queue="short", account="proj")
+    launcher = QsubLauncher(opts, None, flavour=flavour, env={}, cwd=str(tmp_path))
+    launcher.dir = str(tmp_path)
+    secret = "ab" * 32
+    specs = [WorkerSpec(f"w{i}", None, {"secret": secret, "name": f"w{i}"}) for i in (1, 2)]
+    from scoop.launch.batch import _Job
+    job = _Job("job1", ["w1", "w2"], [s.config for s in specs])
+    stem = str(tmp_path / "job1")
+    script = launcher.script(job, stem, 2)
+    argv = launcher.submit_argv(job, stem, 2, stem + ".sh")
+    assert secret not in script and secret not in " ".join(argv)
+    assert "scoop.launch.task --config-file" in script and "seq 0 1" in script
+    assert ["-q", "short"] == argv[argv.index("-q"):argv.index("-q") + 2] and "proj" in argv
+    assert ("walltime=01:30:00" if flavour == "pbs" else "h_rt=01:30:00") in " ".join(argv)

@@ -52,7 +52,8 @@ def parse_walltime(text) -> int | None:
         return int(text)
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(text).strip())
     if not m:
-        raise ClusterError(f"walltime {text!r} is not [days-]hours:minutes:seconds, minutes:seconds or minutes")
+        raise ClusterError(f"walltime {text!r} is not [days-]hours:minutes:seconds, minutes:seconds "
+                           "or minutes")
     days, a, b, c = m.groups()
     days = int(days or 0)
     if c is not None:
@@ -127,6 +128,10 @@ class BatchHandle(Handle):
         return self.job.id
 
     @property
+    def remote(self) -> bool:
+        return True  # on a compute node, even before the scheduler says which
+
+    @property
     def host(self):
         """The node the worker runs on, once it started."""
         return self.launcher._read_marker(self.job, self.index, "host")
@@ -139,6 +144,8 @@ class BatchHandle(Handle):
     def _code(self, job: _Job):
         code = self.launcher._read_marker(job, self.index, "exit")
         if code is not None:
+            if code != "0":
+                self.launcher._relay_output(job)  # why it ended, before anyone asks for the tail
             try:
                 return int(code)
             except ValueError:
@@ -196,6 +203,8 @@ class BatchLauncher(Launcher):
         self._address: str | None = None
         self._lock = threading.RLock()
         self._stopped = False
+        self._wake = threading.Event()
+        self._out_lock = threading.Lock()
         self._poller: threading.Thread | None = None
         self._watchdog: subprocess.Popen | None = None
         self._count = 0
@@ -208,6 +217,8 @@ class BatchLauncher(Launcher):
     def prepare(self, hosts: list[str]) -> None:
         """Checks the batch system answers, picks the broker address the nodes reach, and makes
         the private job directory and the watchdog."""
+        if self.dir:
+            return  # prepared already (scaling up prepares again: the jobs go to the same queue)
         if not shutil.which(self.submit_cmd):
             raise ClusterError(f"'{self.submit_cmd}' is not on PATH: the {self.name} launcher needs "
                                f"{self.system} client commands on this host")
@@ -252,29 +263,34 @@ class BatchLauncher(Launcher):
             if self._stopped:
                 return
             self._stopped = True
-        self.refresh()
+        self._wake.set()
+        if self._poller is not None:
+            self._poller.join(5)  # no replacement job may be submitted behind our back
+        try:
+            self.refresh()
+        except (OSError, subprocess.SubprocessError):
+            pass
         # jobs whose workers all left (the broker was stopped first) end by themselves
         live = [j for j in self.jobs if j.id and j.state != EXITED
                 and not all(h.poll() is not None for h in j.handles)]
         for job in live:
             job.cancelled = True  # its "CANCELLED" messages are ours, not news
+        cancelled = True
         if live:
-            self._cancel([j.id for j in live])
+            cancelled = self._cancel([j.id for j in live])
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 states = self._query([j.id for j in live])
-                if not any(s in self.live_states for s, _ in states.values()):
+                if states.get("__ok__", True) and not any(states[j.id][0] in self.live_states for j in live):
                     break
                 time.sleep(0.2)
-        if self._poller is not None:
-            self._poller.join(2)
         self._flush_outputs()
         for job in self.jobs:
             if job.state != EXITED:
                 job.state, job.code = EXITED, self.exit_code("CANCELLED")
         if self._watchdog is not None:
-            try:
-                self._watchdog.stdin.write(b"done\n")
+            try:  # without "done" (a cancel that failed) the watchdog tries once more
+                self._watchdog.stdin.write(b"done\n" if cancelled else b"")
                 self._watchdog.stdin.close()
             except OSError:
                 pass
@@ -288,7 +304,8 @@ class BatchLauncher(Launcher):
     # ---- jobs ------------------------------------------------------------------------------------
     def pending(self) -> list[str]:
         """Ids of jobs still waiting in the queue."""
-        return [j.id for j in self.jobs if j.state == PENDING and j.id]
+        return [j.id for j in self.jobs if j.id and j.state == PENDING
+                and not any(self._read_marker(j, i, "host") for i in range(len(j.names)))]
 
     def cancel(self, job: _Job) -> None:
         if job.id and job.state != EXITED and not job.cancelled:
@@ -326,7 +343,8 @@ class BatchLauncher(Launcher):
             raise ClusterError(f"{self.submit_cmd} did not answer within 60 s") from None
         if proc.returncode != 0:
             msg = (proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}")
-            raise ClusterError(f"{self.submit_cmd} rejected the job for workers {', '.join(job.names)}: {msg}")
+            names = ", ".join(job.names)
+            raise ClusterError(f"{self.submit_cmd} rejected the job for workers {names}: {msg}")
         job.id = self.parse_job_id(proc.stdout)
         if not job.id:
             raise ClusterError(f"cannot read a job id in {self.submit_cmd}'s answer: {proc.stdout.strip()!r}")
@@ -348,6 +366,8 @@ class BatchLauncher(Launcher):
         return time.time() >= job.started + self.walltime - retire_margin(self.walltime) - lead
 
     def _replace(self, job: _Job) -> None:
+        if self._stopped:
+            return
         try:
             new = self._submit_job(job.names, job.configs)
         except ClusterError as exc:
@@ -375,7 +395,8 @@ class BatchLauncher(Launcher):
         markers for the origin: node, pid, exit status."""
         q = shlex.quote
         return (f'umask 077; f={q(stem)}.${task_var}; '
-                f'sed -e "s/\\"@HOST@\\"/\\"$(hostname)\\"/" -e "s/\\"@RETIRE_AT@\\"/${{SCOOP_RETIRE_AT:-null}}/" '
+                f'sed -e "s/\\"@HOST@\\"/\\"$(hostname)\\"/" '
+                f'-e "s/\\"@RETIRE_AT@\\"/${{SCOOP_RETIRE_AT:-null}}/" '
                 f'"$f.json" > "$f.run" || exit 1; '
                 f'{q(self.python)} -m scoop.launch.task --config-file "$f.run" & '
                 f'echo "$!" > "$f.pid"; hostname > "$f.host"; wait "$!"; echo "$?" > "$f.exit"')
@@ -387,7 +408,8 @@ class BatchLauncher(Launcher):
             lines.append(f". {shlex.quote(os.path.abspath(prolog))}")
         lines.append(f"cd {shlex.quote(self.path)}")
         if self.walltime:
-            lines.append(f"export SCOOP_RETIRE_AT=$(( $(date +%s) + {self.walltime - retire_margin(self.walltime)} ))")
+            retire_after = self.walltime - retire_margin(self.walltime)
+            lines.append(f"export SCOOP_RETIRE_AT=$(( $(date +%s) + {retire_after} ))")
         return "\n".join(lines) + "\n"
 
     # ---- state ---------------------------------------------------------------------------------
@@ -408,8 +430,11 @@ class BatchLauncher(Launcher):
 
     def _poll_loop(self):
         while not self._stopped:
-            self.refresh()
-            time.sleep(_POLL)
+            try:
+                self.refresh()
+            except (OSError, subprocess.SubprocessError):
+                pass  # a scheduler that did not answer this time: the next poll asks again
+            self._wake.wait(_POLL)
 
     def refresh(self) -> None:
         """Asks the scheduler for our jobs' states once; relays new job output."""
@@ -451,16 +476,17 @@ class BatchLauncher(Launcher):
         if self.relay is None or not self.dir or job.cancelled:
             return
         path = os.path.join(self.dir, f"{job.key}.out")
-        try:
-            with open(path, "rb") as f:
-                f.seek(job.out_pos)
-                data = f.read()
-        except OSError:
-            return
-        cut = len(data) if final else data.rfind(b"\n") + 1
-        if cut <= 0:
-            return
-        job.out_pos += cut
+        with self._out_lock:  # the poller and a handle's poll() may both relay
+            try:
+                with open(path, "rb") as f:
+                    f.seek(job.out_pos)
+                    data = f.read()
+            except OSError:
+                return
+            cut = len(data) if final else data.rfind(b"\n") + 1
+            if cut <= 0:
+                return
+            job.out_pos += cut
         for line in data[:cut].decode("utf-8", "replace").splitlines():
             m = re.match(r"^\s*(\d+): ?(.*)$", line)
             index, text = (int(m.group(1)), m.group(2)) if m else (0, line)
@@ -510,8 +536,16 @@ class BatchLauncher(Launcher):
     def _query(self, ids: list[str]) -> dict:
         """{job id: (state, nodes)}, plus ``"__ok__": False`` when the scheduler did not answer."""
 
-    def _cancel(self, ids: list[str]) -> None:
-        subprocess.run([self.cancel_cmd, *ids], env=self._job_env(), capture_output=True, timeout=30)
+    def _ask(self, argv: list[str]) -> str | None:
+        """A scheduler command's output, or None when it failed or did not answer in 30 s."""
+        try:
+            proc = subprocess.run(argv, env=self._job_env(), capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout if proc.returncode == 0 else None
+
+    def _cancel(self, ids: list[str]) -> bool:
+        return self._ask([self.cancel_cmd, *ids]) is not None
 
     def exit_code(self, state: str) -> int:
         return 0 if state in ("COMPLETED", "C", "F") else 1

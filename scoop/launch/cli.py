@@ -114,7 +114,8 @@ def main(argv=None) -> int:
             return 1
         if options.get("verbose") and not args.quiet:
             plan = ", ".join(f"{h}: {k}" for h, k in cluster.plan)
-            sys.stderr.write(f"scoop: {cluster.size} workers ({plan}); broker on port {cluster.main_port}\n")
+            sys.stderr.write(f"scoop: {cluster.size} workers ({plan}) started by {cluster.launcher.name}; "
+                             f"broker on port {cluster.main_port}\n")
         sys.argv = [prog] + list(args.args)
         sys.path.insert(0, prog_dir)
         try:

@@ -297,13 +297,18 @@ class SpawnLauncher(Launcher):
                 except OSError:
                     pass
         terminate(procs, timeout)
-        for p in procs:
-            for f in (p.stdout, p.stderr):
-                if f:
-                    try:
-                        f.close()
-                    except OSError:
-                        pass
+        close_pipes(procs)
+
+
+def close_pipes(procs) -> None:
+    """Closes what we read of ended children (their stdout and stderr pipes)."""
+    for p in procs:
+        for f in (p.stdout, p.stderr):
+            if f:
+                try:
+                    f.close()
+                except OSError:
+                    pass
 
 
 @register

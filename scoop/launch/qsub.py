@@ -6,7 +6,7 @@ Each job starts its ``cpus_per_job`` workers on the job's first node from the jo
 """
 from __future__ import annotations
 
-import os
+import re
 import shlex
 
 from .base import register
@@ -26,23 +26,24 @@ class QsubLauncher(BatchLauncher):
     pending_states = frozenset({"Q", "H", "W", "T", "qw", "hqw", "hRwq", "t"})
     running_states = frozenset({"R", "E", "r", "Rr", "Rt"})
 
-    def __init__(self, options, relay, flavour: str | None = None):
-        super().__init__(options, relay)
-        self.flavour = flavour or ("sge" if os.environ.get("SGE_ROOT") else "pbs")
+    def __init__(self, options, relay, flavour: str | None = None, **kw):
+        super().__init__(options, relay, **kw)
+        self.flavour = flavour or ("sge" if self.env.get("SGE_ROOT") else "pbs")
 
     def script(self, job, stem, workers):
-        body = ["#!/bin/sh", f"# SCOOP workers {', '.join(job.names)} (configuration in {stem}.N.json, mode 0600)"]
+        body = ["#!/bin/sh",
+                f"# SCOOP workers {', '.join(job.names)} (configuration in {stem}.N.json, mode 0600)"]
         body.append(self._preamble().rstrip("\n"))
         body.append(f"for i in $(seq 0 {workers - 1}); do")
-        body.append(f"  sh -c {shlex.quote(self._worker_line(stem, 'SCOOP_TASK'))} 2>&1 | sed \"s/^/$i: /\" &")
-        body[-1] = body[-1].replace("sh -c", "SCOOP_TASK=$i sh -c", 1)
+        line = shlex.quote(self._worker_line(stem, "SCOOP_TASK"))
+        body.append(f"  SCOOP_TASK=$i sh -c {line} 2>&1 | sed \"s/^/$i: /\" &")
         body.append("done")
         body.append("wait")
         return "\n".join(body) + "\n"
 
     def submit_argv(self, job, stem, workers, script):
-        argv = ["qsub", "-N", f"scoop-{self.tag}", "-o", f"{stem}.out", "-j", "oe" if self.flavour == "pbs" else "y",
-                "-V"]
+        argv = ["qsub", "-N", f"scoop-{self.tag}", "-o", f"{stem}.out",
+                "-j", "oe" if self.flavour == "pbs" else "y", "-V"]
         hms = None
         if self.walltime:
             w = self.walltime
@@ -72,17 +73,20 @@ class QsubLauncher(BatchLauncher):
         return text.split()[0] if text else None  # PBS: 123.server
 
     def _query(self, ids):
-        proc = subprocess.run(["qstat"], env=self._job_env(), capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0:
+        out = self._ask(["qstat"])
+        if out is None:
             return {"__ok__": False}
         found = {}
-        for line in proc.stdout.splitlines():
+        for line in out.splitlines():
             parts = line.split()
             if not parts:
                 continue
             jid = parts[0]
             for i in ids:
                 if jid == i or jid.split(".")[0] == i.split(".")[0]:
-                    state = parts[4] if self.flavour == "sge" and len(parts) > 4 else (parts[-2] if len(parts) > 2 else "")
+                    if self.flavour == "sge":
+                        state = parts[4] if len(parts) > 4 else ""
+                    else:
+                        state = parts[-2] if len(parts) > 2 else ""
                     found[i] = (state, "")
         return {i: found.get(i, ("C", "")) for i in ids}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shlex
 import signal
-import subprocess
 
 from .base import register, route_address
 from .batch import BatchLauncher
@@ -31,7 +30,7 @@ class SbatchLauncher(BatchLauncher):
 
     def script(self, job, stem, workers):
         return ("#!/bin/sh\n"
-                f"# SCOOP workers {', '.join(job.names)}; their configuration is in {stem}.N.json (mode 0600)\n"
+                f"# SCOOP workers {', '.join(job.names)}; configuration in {stem}.N.json (mode 0600)\n"
                 + self._preamble()
                 + "exec srun --label --input=none --kill-on-bad-exit=0 "
                 f"sh -c {shlex.quote(self._worker_line(stem, 'SLURM_PROCID'))}\n")
@@ -55,12 +54,11 @@ class SbatchLauncher(BatchLauncher):
         return m.group(1) if m else None
 
     def _query(self, ids):
-        proc = subprocess.run(["squeue", "-h", "-t", "all", f"--name=scoop-{self.tag}", "-o", "%i|%T|%N"],
-                              env=self._job_env(), capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0:
+        out = self._ask(["squeue", "-h", "-t", "all", f"--name=scoop-{self.tag}", "-o", "%i|%T|%N"])
+        if out is None:
             return {"__ok__": False}
         found = {}
-        for line in proc.stdout.splitlines():
+        for line in out.splitlines():
             parts = line.split("|")
             if len(parts) == 3:
                 found[parts[0]] = (parts[1], parts[2])
@@ -75,9 +73,5 @@ class SbatchLauncher(BatchLauncher):
         argv = ["sinfo", "-h", "-N", "-o", "%N"]
         if self._opt("partition"):
             argv.append(f"--partition={self._opt('partition')}")
-        try:
-            nodes = subprocess.run(argv, env=self._job_env(), capture_output=True, text=True,
-                                   timeout=30).stdout.split()
-        except (OSError, subprocess.TimeoutExpired):
-            nodes = []
+        nodes = (self._ask(argv) or "").split()
         return route_address(node_address(nodes[0], self._job_env()) if nodes else None)
