@@ -1,7 +1,8 @@
 """Broker capacity: how much one broker process routes, with 1,000 simulated worker connections.
 
 A real broker (``python -m scoop.broker``) is started as the launcher starts it.  Simulated
-workers (plain DEALER sockets speaking the wire protocol, split over two processes) take tasks
+workers (DEALER sockets speaking the wire protocol: PLAIN handshake with the cluster's token,
+signed header frames, split over two processes) take tasks
 on credit and answer each at once; a simulated origin keeps a window of small tasks in flight.
 Task execution is out of the picture: what is measured is the broker's routing.
 
@@ -29,6 +30,7 @@ import psutil
 import zmq
 
 from scoop import _protocol as P
+from scoop.broker import secure_client
 
 BODY = b"\x80\x05" + b"x" * 62  # a small task body; never unpickled by anyone here
 
@@ -44,49 +46,80 @@ def start_broker(secret: bytes):
     return proc, ports["main_port"], ports["meta_port"]
 
 
+def _record(hdr: bytes, body: bytes = b"") -> bytes:
+    return P.REC.pack(len(hdr), len(body), 0) + hdr + body
+
+
+def _connect(ctx, port, secret, role, name):
+    """A DEALER speaking to the broker as a peer of ``role`` would: PLAIN handshake, HELLO."""
+    uid = os.urandom(8).hex()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.IDENTITY, b"t" + uid.encode())
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDHWM, 0)
+    s.setsockopt(zmq.RCVHWM, 0)
+    secure_client(s, secret)
+    s.connect(f"tcp://127.0.0.1:{port}")
+    hello = {"uid": uid, "role": role, "name": name, "host": "sim", "host_key": 1, "pid": os.getpid()}
+    return s, _record(P.HELLO, json.dumps(hello).encode())
+
+
+def _send(sock, signer, data: bytes):
+    sock.send(signer.mac(P.TO_BROKER, data) + data)
+
+
+def _records(header):
+    """(type byte, offset of the record header) of every record of a received header frame
+    (a simulator need not check the broker's MACs: the broker checks theirs)."""
+    i, end = P.MAC_SIZE, len(header)
+    unpack, rsz = P.REC.unpack_from, P.REF.size
+    while i < end:
+        hl, bl, nr = unpack(header, i)
+        s = i + P.REC.size
+        yield header[s], s
+        i = s + hl + bl + nr * rsz
+
+
 def simulated_workers(port, secret, count, credit, stop, ready):
     """``count`` worker connections in one process: answer every task at once."""
     signer = P.Signer(secret)
     ctx = zmq.Context()
     socks = []
     poller = zmq.Poller()
-    for _ in range(count):
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.IDENTITY, b"t" + os.urandom(8).hex().encode())
-        s.setsockopt(zmq.LINGER, 0)
-        s.connect(f"tcp://127.0.0.1:{port}")
-        P.send(s, signer, [P.HELLO, json.dumps({"role": "worker", "host": "sim", "pid": os.getpid()}).encode(),
-                           P.CREDIT + P.I32.pack(credit), P.EMPTY])
+    for k in range(count):
+        s, hello = _connect(ctx, port, secret, "worker", f"sim{os.getpid()}-{k}")
+        _send(s, signer, hello + _record(P.COUNT.pack(P.CREDIT, credit)))
         poller.register(s, zmq.POLLIN)
         socks.append(s)
     ready.put(count)
     # lean on purpose: the simulators share the machine with the broker, and every cycle they
     # spend is one the broker does not get; they read task ids by offset and reply with
-    # pre-packed pieces (a simulator need not check the broker's signatures)
+    # pre-packed pieces
     body = b"\x80\x05K\x01."
-    res_hdr = P.RESULT_HEADER.pack
-    prefix = P.REC.pack(P.RESULT_HEADER.size, len(body))
-    rec_unpack, id_unpack = P.REC.unpack_from, P.ID.unpack_from
-    task_byte = P.TASK[0]
-    credit_hdr = P.REC.pack(5, 0) + P.CREDIT
+    res_pack = P.RESULT_HEADER.pack
+    prefix = P.REC.pack(P.RESULT_HEADER.size, len(body), 0)
+    id_unpack = P.ID.unpack_from
+    task_bytes = (P.TASK[0], P.CHUNK[0])
+    credit_rec = P.REC.pack(P.COUNT.size, 0, 0)
+    count_pack = P.COUNT.pack
+    name = b"sim".ljust(12, b"\0")
     while not stop.is_set():
         for s, _ in poller.poll(100):
             while s.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                data = s.recv()
-                i, end = P.SIG_SIZE, len(data)
+                parts = [s.recv()]
+                while s.getsockopt(zmq.RCVMORE):
+                    parts.append(s.recv())
                 pieces = []
                 n = 0
-                while i < end:
-                    hl, bl = rec_unpack(data, i)
-                    hs = i + 6
-                    if data[hs] == task_byte:
-                        pieces += (prefix, res_hdr(P.RESULT, id_unpack(data, hs + 1)[0], P.OK, 1), body)
+                now = time.time()
+                for t, off in _records(parts[0]):
+                    if t in task_bytes:
+                        tid = id_unpack(parts[0], off + 1)[0]
+                        pieces += (prefix, res_pack(P.RESULT, tid, P.OK, 1, now, now, name), body)
                         n += 1
-                    i = hs + hl + bl
                 if n:
-                    pieces += (credit_hdr, P.I32.pack(n))
-                    msg = b"".join(pieces)
-                    s.send(signer.sign((msg,)) + msg)
+                    pieces += (credit_rec, count_pack(P.CREDIT, n))
+                    _send(s, signer, b"".join(pieces))
     for s in socks:
         s.close(0)
     ctx.term()
@@ -111,20 +144,26 @@ def main(argv=None):
     sims = [mp.Process(target=simulated_workers, daemon=True,
                        args=(port, secret, a.workers // a.procs, a.credit, stop, ready))
             for _ in range(a.procs)]
-    origin = ctx.socket(zmq.DEALER)
+    origin, hello = _connect(ctx, port, secret, "origin", "origin")
     try:
         for p in sims:
             p.start()
         for _ in sims:
             ready.get(timeout=120)
-        origin.setsockopt(zmq.IDENTITY, b"t" + os.urandom(8).hex().encode())
-        origin.setsockopt(zmq.LINGER, 0)
-        origin.connect(f"tcp://127.0.0.1:{port}")
         digest = P.digest(b"fn")
-        P.send(origin, signer, [P.HELLO, b'{"role": "origin", "host": "bench"}', P.BLOB + digest, b"fn"])
-        # wait for the welcome: index gives unique task ids
-        recs = P.recv_verified(origin, signer)
-        index = json.loads(recs[1])["index"]
+        _send(origin, signer, hello + _record(P.BLOB_HEADER.pack(P.BLOB, digest), b"fn"))
+        # wait for the welcome: its index gives unique task ids
+        index = None
+        deadline = time.monotonic() + 60
+        while index is None:
+            if time.monotonic() > deadline:
+                raise SystemExit("broker_capacity: no welcome from the broker")
+            if not origin.poll(1000):
+                continue
+            recs = P.recv_verified(origin, signer, P.FROM_BROKER)
+            for rec in recs or ():
+                if rec.hdr[:1] == P.WELCOME:
+                    index = json.loads(bytes(rec.body))["index"]
         time.sleep(0.5)
         seq = 0
         in_flight = 0
@@ -134,8 +173,8 @@ def main(argv=None):
         t_end = time.monotonic() + a.seconds
         t_measure = time.monotonic() + min(2.0, a.seconds / 4)  # warm-up first
         pack = P.TASK_HEADER.pack
-        task_prefix = P.REC.pack(P.TASK_HEADER.size, len(BODY))
-        rec_unpack, result_byte = P.REC.unpack_from, P.RESULT[0]
+        task_prefix = P.REC.pack(P.TASK_HEADER.size, len(BODY), 0)
+        result_byte = P.RESULT[0]
         while True:
             now = time.monotonic()
             if not marks and now >= t_measure:
@@ -146,30 +185,32 @@ def main(argv=None):
                 pieces = []
                 for _ in range(a.batch):
                     seq += 1
-                    pieces += (task_prefix, pack(P.TASK, (index << 40) | seq, 0, digest), BODY)
-                msg = b"".join(pieces)
-                origin.send(signer.sign((msg,)) + msg)
+                    pieces += (task_prefix, pack(P.TASK, (index << 40) | seq, 0, digest, 1, 0), BODY)
+                _send(origin, signer, b"".join(pieces))
                 in_flight += a.batch
             if origin.poll(50):
                 while origin.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    data = origin.recv()
-                    i, end, n = P.SIG_SIZE, len(data), 0
-                    while i < end:
-                        hl, bl = rec_unpack(data, i)
-                        n += data[i + 6] == result_byte
-                        i += 6 + hl + bl
+                    parts = [origin.recv()]
+                    while origin.getsockopt(zmq.RCVMORE):
+                        parts.append(origin.recv())
+                    n = sum(1 for t, _ in _records(parts[0]) if t == result_byte)
                     done += n
                     in_flight -= n
         t1, d1, c1 = time.monotonic(), done, bp.cpu_times()
         t0, d0, c0 = marks[0]
         # the broker counts the ZeroMQ messages it routed; ask its meta stream for the figure
         sub = ctx.socket(zmq.SUB)
+        secure_client(sub, secret)
         sub.setsockopt(zmq.SUBSCRIBE, P.STATUS)
         sub.connect(f"tcp://127.0.0.1:{_meta}")
         routed = None
-        if sub.poll(3000):
-            recs = P.open_sealed(signer, sub.recv_multipart()[1])
-            routed = json.loads(recs[1])["totals"]["routed_messages"]
+        deadline = time.monotonic() + 3
+        while routed is None and time.monotonic() < deadline and sub.poll(500):
+            msg = sub.recv_multipart()
+            if len(msg) == 2 and signer.check(P.META, msg[1]):
+                recs = P.parse(msg[1], [])
+                if recs and recs[0].hdr[:1] == P.STATUS:
+                    routed = json.loads(bytes(recs[0].body)).get("totals", {}).get("routed_messages")
         sub.close(0)
         tasks_per_s = (d1 - d0) / (t1 - t0)
         cpu = ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0)
@@ -183,11 +224,7 @@ def main(argv=None):
             "records_per_broker_cpu_s": round(2 * tasks_per_s / cpu) if cpu > 0 else None,
         }))
     finally:
-        stop.set()
-        for p in sims:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
+        # the broker first: simulators dropping their connections would be reported as losses
         origin.close(0)
         broker.stdin.close()
         try:
@@ -195,6 +232,11 @@ def main(argv=None):
         except subprocess.TimeoutExpired:
             broker.kill()
             broker.wait()
+        stop.set()
+        for p in sims:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
         ctx.term()
 
 

@@ -668,6 +668,10 @@ def preflight(runners):
     return notes
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main():
     ap = argparse.ArgumentParser(description="SCOOP benchmark harness",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -684,6 +688,10 @@ def main():
                          "mkdir DIR && git archive COMMIT scoop | tar -x -C DIR)")
     a = ap.parse_args()
     mode = 1 if a.quick else 0
+    # SIGTERM (and SIGINT even when a shell started us with it ignored) end the run the way
+    # Ctrl-C does: the measured process's session is killed before run.py exits
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupted)
     if a.us_src:
         if not os.path.isfile(os.path.join(a.us_src, "scoop", "__init__.py")):
             ap.error(f"--us-src {a.us_src}: no scoop/__init__.py there")
