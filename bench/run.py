@@ -782,7 +782,7 @@ def main():
     leftovers = [(rec["workload"], rec["runner"], rec["leftovers"])
                  for rec in records if rec.get("leftovers")]
     lines += ["", f"Leftover processes found (and killed) after runs: {len(leftovers)}"]
-    lines += [f"  {w}/{r}: {l}" for w, r, l in leftovers]
+    lines += [f"  {w}/{r}: {left}" for w, r, left in leftovers]
     text = "\n".join(lines)
     print("\n" + text)
 
