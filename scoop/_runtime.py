@@ -113,6 +113,10 @@ class Runtime:
     def submit_chunk(self, fn, digest, arglist, name, single=False):
         return self.submitter.submit_chunk(fn, digest, arglist, name, single)
 
+    @property
+    def last_nbytes(self) -> int:
+        return self.submitter.last_nbytes
+
     def _callable_digest(self, fn):
         return self.submitter.callable_digest(fn)
 

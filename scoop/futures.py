@@ -131,6 +131,8 @@ def _window(rt) -> int:
 
 _CHUNK_SECONDS = 0.01  # ~10 ms of work per chunk: balance within 10 ms, per-chunk costs amortised
 _CHUNK_MAX = 1 << 16
+_CHUNK_BYTES = 64 << 20    # a chunk of big inputs carries at most this much
+_WINDOW_BYTES = 256 << 20  # inputs in flight for one map, at most this much (beyond 2 per worker)
 _per_input: dict = {}   # function digest -> seconds per input seen in earlier maps
 
 
@@ -161,6 +163,9 @@ class _MapIterator:
         self.buffer = deque()          # results ready to yield
         self.error = None              # raised once the buffer before it is drained
         self.exhausted = False
+        self.window_bytes = 0
+        self.bytes_per_input = 0.0
+        self._nbytes: dict = {}
         self.digest = None
         self.per_input = None
         self.chunk = 1
@@ -196,14 +201,22 @@ class _MapIterator:
         limit = self.size if self.per_input is not None else min(self.size, 4 * workers)
         # never fewer chunks in flight than a few per worker
         k = max(1, min(self.chunk, self.size // (4 * workers)))
+        if self.bytes_per_input:  # big inputs: a chunk carries at most _CHUNK_BYTES of them
+            k = max(1, min(k, int(_CHUNK_BYTES // self.bytes_per_input)))
         islice = itertools.islice
         while self.in_window < limit:
+            if self.window_bytes >= _WINDOW_BYTES and len(self.window) >= 2 * workers:
+                break  # inputs held for the workers stay bounded in bytes, not only in count
             batch = list(islice(self.args, min(k, limit - self.in_window)))
             if not batch:
                 self.exhausted = True
                 break
-            self.window.append((rt.submit_chunk(self.func, self.digest, batch, self.name, self.single),
-                                len(batch)))
+            fut = rt.submit_chunk(self.func, self.digest, batch, self.name, self.single)
+            nbytes = getattr(rt, "last_nbytes", 0)
+            self._nbytes[id(fut)] = nbytes
+            self.window_bytes += nbytes
+            self.bytes_per_input = nbytes / len(batch)
+            self.window.append((fut, len(batch)))
             self.in_window += len(batch)
             self.submitted += len(batch)
         rt.flush()
@@ -283,6 +296,7 @@ class _MapIterator:
                 entry = next(e for e in window if e[0].completed)
         window.remove(entry)
         self.in_window -= entry[1]
+        self.window_bytes -= self._nbytes.pop(id(entry[0]), 0)
         values, err_index, err, elapsed = entry[0].result()
         self._adapt(elapsed, len(values) + (err_index >= 0))
         self.buffer.extend(values)
@@ -290,7 +304,8 @@ class _MapIterator:
             from ._protocol import load_exception
             self.error = err if isinstance(err, BaseException) else load_exception(err)
             self.exhausted = True
-        elif self.in_window < self.size // 2 or self.submitted <= 4 * max(1, _size()):
+        elif (self.in_window < self.size // 2 or self.submitted <= 4 * max(1, _size())
+              or self.window_bytes < _WINDOW_BYTES // 2):
             self._fill()
 
     def _adapt(self, elapsed, n):

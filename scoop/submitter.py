@@ -81,6 +81,7 @@ class Submitter:
         self.hold_seconds = HOLD_SECONDS
         self.inline_depth = 0
         self.closed_for_submit = False
+        self.last_nbytes = 0  # of the last task packed: maps bound their window in bytes
         self.done_count = 0
         self.submitted = 0
         self.const_event = _Event()
@@ -145,6 +146,7 @@ class Submitter:
         self.submitted += inputs
         if packed.segments:
             flags |= P.PINNED
+        self.last_nbytes = packed.nbytes
         return fut, P.TASK_HEADER.pack(kind, tid, group, digest, self.rt.host_key, flags), packed
 
     def current_group(self) -> int:
