@@ -207,6 +207,19 @@ class LabServer:
         self._log.close()
 
 
+def stop_lab_leaving_nothing(lab: LabServer, known: list) -> None:
+    """Shuts the kernels and the server down; asserts that no process outlived them (killing
+    any that did, so one failure does not leak into the next test)."""
+    lab.shutdown_kernels()
+    lab.stop()
+    _, alive = psutil.wait_procs(known, timeout=20)
+    leftovers = leftover_processes(alive, lab)
+    for p in leftovers:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
+
+
 def leftover_processes(known: list, lab: LabServer) -> list:
     """Processes that outlived the server: known descendants, plus anything
     that inherited this server's private runtime dir or runs in its notebook
@@ -382,14 +395,7 @@ def test_dashboard_widget_and_panel_buttons(lab, page):
     expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("stopped", timeout=30_000)
     expect(dash).to_contain_text("stopped", timeout=30_000)
 
-    lab.shutdown_kernels()
-    lab.stop()
-    _, alive = psutil.wait_procs(known, timeout=20)
-    leftovers = leftover_processes(alive, lab)
-    for p in leftovers:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
+    stop_lab_leaving_nothing(lab, known)
 
 
 def start_cell(page, code: str):
@@ -501,14 +507,7 @@ def test_timeline_scaling_interrupt_and_stale_dashboard(lab, page):
     lab.wait_kernel_idle("polish-test.ipynb")
 
     known += lab.descendants()
-    lab.shutdown_kernels()
-    lab.stop()
-    _, alive = psutil.wait_procs(known, timeout=20)
-    leftovers = leftover_processes(alive, lab)
-    for p in leftovers:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
+    stop_lab_leaving_nothing(lab, known)
 
 
 def test_panel_shows_batch_jobs_pending_in_the_queue(slurm_cluster, lab, page):
@@ -553,11 +552,4 @@ def test_panel_shows_batch_jobs_pending_in_the_queue(slurm_cluster, lab, page):
     expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("stopped", timeout=30_000)
     expect(page.locator(f"{PANEL} .scoop-jobs")).to_be_hidden()
     assert slurm_cluster.wait_no_jobs(15) == []
-    lab.shutdown_kernels()
-    lab.stop()
-    _, alive = psutil.wait_procs(known, timeout=20)
-    leftovers = leftover_processes(alive, lab)
-    for p in leftovers:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
+    stop_lab_leaving_nothing(lab, known)
