@@ -471,7 +471,8 @@ def main():
 
     def on_term(signum, frame):
         # the launcher died (or we were told to end): its workers die with it, so free the
-        # cluster's shared memory and leave now rather than after a last round of messages
+        # cluster's shared memory and leave now rather than after a last round of messages.
+        # No locks here (not even Event.set): a signal landing inside one deadlocks the broker
         if broker.shm is not None and broker.core.upstream is None:
             broker.shm.cleanup()
         os._exit(0)
