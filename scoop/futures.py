@@ -219,6 +219,8 @@ class _MapIterator:
             self.window.append((fut, len(batch)))
             self.in_window += len(batch)
             self.submitted += len(batch)
+            if len(batch) >= 1024:
+                rt.flush()  # a big chunk goes at once: workers start while the next one is packed
         rt.flush()
 
     def __iter__(self):
