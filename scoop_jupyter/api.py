@@ -110,8 +110,7 @@ class Timeline(list):
 
     def _repr_html_(self):
         from . import task_timeline as _tl
-        return _tl.render(list(self), empty=f"no task finished in the last {self.last:.0f} s"
-                          if _tl.available() else None)
+        return _tl.render(list(self), empty=f"no task finished in the last {self.last:.0f} s")
 
     def __repr__(self):
         if not self:

@@ -228,7 +228,7 @@ class Dashboard(W.VBox):
     def _render_timeline(self, status: dict) -> str | None:
         """The live timeline's HTML, or None to leave the last one (a stopped cluster's tasks
         are still worth looking at)."""
-        if status.get("state") != "running" or not _timeline.available():
+        if status.get("state") != "running":
             return None
         recs = _timeline.recent(TIMELINE_WINDOW)
         names = [w.get("name") for w in status.get("workers", []) if w.get("state") in ("idle", "busy")]

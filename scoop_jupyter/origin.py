@@ -335,9 +335,8 @@ class KernelOrigin:
         self.logs.clear()
         self.feed.retired_pids.clear()
         forget_maps()
-        set_handler = getattr(scoop.origin, "set_output_handler", None)
-        if set_handler is not None and self.kernel is not None:
-            set_handler(self._on_task_output)
+        if self.kernel is not None:
+            scoop.origin.set_output_handler(self._on_task_output)
         if self.cell_running:
             self._new_cell_group()
         kernel = self.kernel
@@ -361,12 +360,6 @@ class KernelOrigin:
         try:
             cluster.stop()
         finally:
-            set_handler = getattr(scoop.origin, "set_output_handler", None)
-            if set_handler is not None:
-                try:
-                    set_handler(None)
-                except Exception:
-                    pass
             self.feed.detach()
         return True
 

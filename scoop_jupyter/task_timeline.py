@@ -22,18 +22,13 @@ MERGE_PX = 1.0
 MAX_BARS = 1500
 
 
-def available() -> bool:
-    return hasattr(scoop.origin, "timeline")
-
-
 def records(since: float = 0.0) -> list[dict]:
-    """Finished tasks since ``since`` (epoch s); [] when the core keeps no timeline."""
-    fn = getattr(scoop.origin, "timeline", None)
-    if fn is None or not scoop.origin.is_attached():
+    """Finished tasks since ``since`` (epoch s); [] when no cluster runs."""
+    if not scoop.origin.is_attached():
         return []
     for _ in range(5):  # read from a view's thread while the kernel's thread appends: retried
         try:
-            return list(fn(since))
+            return list(scoop.origin.timeline(since))
         except RuntimeError:
             time.sleep(0.001)
         except Exception:
@@ -69,8 +64,7 @@ def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None 
     or than the share of the width ``max_bars`` leaves each, merge with their neighbours of the
     same function, so the size stays bounded whatever the number of tasks."""
     if not recs:
-        msg = empty or ("no finished tasks yet" if available()
-                        else "the task timeline needs a SCOOP core that records task times")
+        msg = empty or "no finished tasks yet"
         return f'<div class="scoop-timeline scoop-timeline-empty" style="color:#757575">timeline: {msg}</div>'
     t0 = min(r["start"] for r in recs)
     t1 = max(max(r["end"] for r in recs), now or 0.0)

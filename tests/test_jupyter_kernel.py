@@ -545,8 +545,6 @@ def test_callback_output_goes_to_the_cell_that_registered_it(kernel):
 
 
 def test_late_task_output_goes_to_the_submitting_cell(kernel):
-    if not kernel.value("hasattr(scoop.origin, 'set_output_handler')"):
-        pytest.skip("needs scoop.origin.set_output_handler (core API from CONTRACTS.md)")
     a = kernel.run("def late(x):\n    time.sleep(1.0)\n    print('late hello', x)\n    return x\n"
                    "_late = futures.submit(late, 7)")
     b = kernel.run("time.sleep(3.0)\nprint('cell b')")
@@ -576,8 +574,6 @@ def test_future_shows_when_and_where_it_ran(kernel):
 
 
 def test_timeline_renders(kernel):
-    if not kernel.value("hasattr(scoop.origin, 'timeline')"):
-        pytest.skip("needs scoop.origin.timeline (core API from CONTRACTS.md)")
     kernel.run("def nap(s):\n    time.sleep(s)\n    return s\n_r = list(futures.map(nap, [0.1] * 20))")
     res = kernel.run("%scoop_cluster timeline")
     html = res.data("text/html")
