@@ -67,6 +67,20 @@ def _gbps(nbytes, seconds):
     return nbytes / seconds / 1e9
 
 
+def _record(out, notes, phase, size, total, dt, w, inline, count):
+    """One phase's figures (GB/s, peak memory per process kind) under ``<phase>_<metric>_<size>``."""
+    out[f"{phase}_gbps_{size}"] = _gbps(total, dt)
+    out[f"{phase}_origin_mb_{size}"] = w.origin_mb
+    out[f"{phase}_origin_x_{size}"] = w.origin_mb * MiB / total
+    out[f"{phase}_worker_mb_{size}"] = w.others_mb
+    out[f"{phase}_shm_mb_{size}"] = w.shm_mb
+    out[f"{phase}_origin_shm_x_{size}"] = w.origin_shm_mb * MiB / total
+    if w.named_mb("broker") is not None:
+        out[f"{phase}_broker_mb_{size}"] = w.named_mb("broker")
+    if inline:
+        notes.append(f"{phase} {size} MiB: {inline}/{count} tasks ran in the origin")
+
+
 def run_api(api, argv):
     ap = argparse.ArgumentParser(prog="payload")
     ap.add_argument("--sizes", default="1,32", help="comma-separated MiB ('' for none)")
@@ -101,17 +115,7 @@ def run_api(api, argv):
             res = api.map(consume, arrays)
             dt = time.perf_counter() - t0
         assert [r[1:] for r in res] == [(nbytes, float(i), float(i)) for i in range(count)], "wrong results"
-        out[f"args_gbps_{size}"] = _gbps(total, dt)
-        out[f"args_origin_mb_{size}"] = w.origin_mb
-        out[f"args_origin_x_{size}"] = w.origin_mb * MiB / total
-        out[f"args_worker_mb_{size}"] = w.others_mb
-        out[f"args_shm_mb_{size}"] = w.shm_mb
-        out[f"args_origin_shm_x_{size}"] = w.origin_shm_mb * MiB / total
-        if w.named_mb("broker") is not None:
-            out[f"args_broker_mb_{size}"] = w.named_mb("broker")
-        inline = sum(r[0] == me for r in res)
-        if inline:
-            notes.append(f"args {size} MiB: {inline}/{count} tasks ran in the origin")
+        _record(out, notes, "args", size, total, dt, w, sum(r[0] == me for r in res), count)
         del arrays, res
         settle()
         # ---- results
@@ -123,17 +127,7 @@ def run_api(api, argv):
             dt = time.perf_counter() - t0
         ok = all(r[1].nbytes == nbytes and r[1][0] == i and r[1][-1] == i for i, r in enumerate(res))
         assert ok, "wrong results"
-        out[f"results_gbps_{size}"] = _gbps(total, dt)
-        out[f"results_origin_mb_{size}"] = w.origin_mb
-        out[f"results_origin_x_{size}"] = w.origin_mb * MiB / total
-        out[f"results_worker_mb_{size}"] = w.others_mb
-        out[f"results_shm_mb_{size}"] = w.shm_mb
-        out[f"results_origin_shm_x_{size}"] = w.origin_shm_mb * MiB / total
-        if w.named_mb("broker") is not None:
-            out[f"results_broker_mb_{size}"] = w.named_mb("broker")
-        inline = sum(r[0] == me for r in res)
-        if inline:
-            notes.append(f"results {size} MiB: {inline}/{count} tasks ran in the origin")
+        _record(out, notes, "results", size, total, dt, w, sum(r[0] == me for r in res), count)
         del res
         settle()
 
