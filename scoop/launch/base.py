@@ -11,18 +11,21 @@ from __future__ import annotations
 import abc
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from ..errors import ClusterError
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..options import ClusterOptions
     from .local import OutputRelay
 
-__all__ = ["WorkerSpec", "Handle", "ProcessHandle", "Launcher", "LAUNCHERS", "register", "launcher_class",
-           "config_line", "route_address"]
+__all__ = ["WorkerSpec", "Handle", "ProcessHandle", "Launcher", "AllocationLauncher", "LAUNCHERS", "register",
+           "launcher_class", "config_line", "route_address"]
 
 
 @dataclass
@@ -161,9 +164,48 @@ def launcher_class(name: str) -> type[Launcher]:
             if exc.name != f"{__package__}.{MODULES[name]}":
                 raise
     if name not in LAUNCHERS:
-        from ..errors import ClusterError
         raise ClusterError(f"launcher {name!r} is not available (known: {', '.join(sorted(MODULES))})")
     return LAUNCHERS[name]
+
+
+class AllocationLauncher(Launcher):
+    """Starts workers with the batch system's own launcher inside an allocation (srun, pbsdsh,
+    qrsh): one check that we are in one and that its command is here, and the broker address the
+    nodes reach."""
+
+    remote = True
+    in_allocation = True
+    program: ClassVar[str]
+    #: the variable the batch system sets inside an allocation, and what to call that allocation
+    allocation_var: ClassVar[str]
+    allocation: ClassVar[str]
+    hint: ClassVar[str] = ""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._address = None
+
+    @classmethod
+    def in_allocation_env(cls, env) -> bool:
+        return bool(env.get(cls.allocation_var))
+
+    def prepare(self, hosts):
+        if not shutil.which(self.program):
+            raise ClusterError(f"launcher {self.name}: {self.program!r} is not on PATH")
+        if not self.env.get(self.allocation_var):
+            raise ClusterError(f"launcher {self.name} runs workers inside {self.allocation}, and this is "
+                               f"not one (no {self.allocation_var}){self.hint}")
+        self._address = self.options.external_hostname or route_address(
+            self.reachable(next((h for h in hosts if h), None)))
+
+    def reachable(self, host: str | None) -> str | None:
+        """The name or address of ``host`` to route to (the batch system may know it better)."""
+        return host
+
+    def broker_address(self, host, port):
+        if self._address is None:
+            self._address = self.options.external_hostname or route_address(self.reachable(host))
+        return f"tcp://{self._address}:{port}"
 
 
 def route_address(target: str | None) -> str:

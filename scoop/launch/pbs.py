@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 
 from ..errors import ClusterError
-from .base import Launcher, ProcessHandle, WorkerSpec, register, route_address, terminate
+from .base import AllocationLauncher, ProcessHandle, WorkerSpec, register, terminate
 
 
 def node_indexes(nodefile: str) -> dict[str, int]:
@@ -29,34 +29,20 @@ def node_indexes(nodefile: str) -> dict[str, int]:
 
 
 @register
-class PbsdshLauncher(Launcher):
+class PbsdshLauncher(AllocationLauncher):
     name = "pbsdsh"
-    remote = True
-    in_allocation = True
     program = "pbsdsh"
+    allocation_var = "PBS_NODEFILE"
+    allocation = "a PBS allocation"
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self._dir = None
         self._index: dict[str, int] = {}
-        self._address = None
-
-    @classmethod
-    def in_allocation_env(cls, env) -> bool:
-        return bool(env.get("PBS_NODEFILE"))
 
     def prepare(self, hosts):
-        if not shutil.which(self.program):
-            raise ClusterError(f"launcher {self.name}: {self.program!r} is not on PATH")
-        nodefile = self.env.get("PBS_NODEFILE")
-        if not nodefile:
-            raise ClusterError(f"launcher {self.name} runs workers inside a PBS allocation, and this is "
-                               "not one (no PBS_NODEFILE)")
-        self._index = node_indexes(nodefile)
-        self._address = self.options.external_hostname or route_address(next((h for h in hosts if h), None))
-
-    def broker_address(self, host, port):
-        return f"tcp://{self._address or route_address(host)}:{port}"
+        super().prepare(hosts)
+        self._index = node_indexes(self.env[self.allocation_var])
 
     def _config_file(self, spec: WorkerSpec) -> str:
         if self._dir is None:

@@ -4,38 +4,18 @@ the batch system's own remote start, so workers run inside the job without SSH t
 ends the worker."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 from ..errors import ClusterError
-from .base import Launcher, ProcessHandle, config_line, register, route_address, terminate
+from .base import AllocationLauncher, ProcessHandle, config_line, register, terminate
 
 
 @register
-class QrshLauncher(Launcher):
+class QrshLauncher(AllocationLauncher):
     name = "qrsh"
-    remote = True
-    in_allocation = True
     program = "qrsh"
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self._address = None
-
-    @classmethod
-    def in_allocation_env(cls, env) -> bool:
-        return bool(env.get("PE_HOSTFILE"))
-
-    def prepare(self, hosts):
-        if not shutil.which(self.program):
-            raise ClusterError(f"launcher {self.name}: {self.program!r} is not on PATH")
-        if not self.env.get("PE_HOSTFILE"):
-            raise ClusterError(f"launcher {self.name} runs workers inside an SGE parallel environment, "
-                               "and this is not one (no PE_HOSTFILE)")
-        self._address = self.options.external_hostname or route_address(next((h for h in hosts if h), None))
-
-    def broker_address(self, host, port):
-        return f"tcp://{self._address or route_address(host)}:{port}"
+    allocation_var = "PE_HOSTFILE"
+    allocation = "an SGE parallel environment"
 
     def start(self, specs):
         handles = []

@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import threading
 
 from ..errors import ClusterError
-from .base import Handle, Launcher, WorkerSpec, config_line, register, route_address, terminate
+from .base import (
+    AllocationLauncher,
+    Handle,
+    WorkerSpec,
+    config_line,
+    register,
+    terminate,
+)
 
 _LABELLED = re.compile(r"^\s*(\d+): ?(.*)$", re.S)
 # "srun: error: node1: task 1: Exited with exit code 3", "... tasks 0-1,3: Killed"
@@ -68,35 +74,20 @@ class StepHandle(Handle):
 
 
 @register
-class SrunLauncher(Launcher):
+class SrunLauncher(AllocationLauncher):
     name = "srun"
-    remote = True
-    in_allocation = True
     program = "srun"
+    allocation_var = "SLURM_JOB_ID"
+    allocation = "a SLURM allocation"
+    hint = ": run under salloc or sbatch, or use --slurm"
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.steps: list[subprocess.Popen] = []
-        self._address = None
         self._readers: list[threading.Thread] = []
 
-    @classmethod
-    def in_allocation_env(cls, env) -> bool:
-        return bool(env.get("SLURM_JOB_ID"))
-
-    def prepare(self, hosts):
-        if not shutil.which(self.program):
-            raise ClusterError(f"launcher {self.name}: {self.program!r} is not on PATH")
-        if not self.env.get("SLURM_JOB_ID"):
-            raise ClusterError(f"launcher {self.name} runs workers inside a SLURM allocation, and this is "
-                               "not one (no SLURM_JOB_ID): run under salloc or sbatch, or use --slurm")
-        node = next((h for h in hosts if h), None)
-        self._address = self.options.external_hostname or route_address(node_address(node, self.env))
-
-    def broker_address(self, host, port):
-        if self._address is None:
-            self._address = self.options.external_hostname or route_address(node_address(host, self.env))
-        return f"tcp://{self._address}:{port}"
+    def reachable(self, host):
+        return node_address(host, self.env)  # node names may not resolve here: SLURM's NodeAddr
 
     def step_argv(self, host: str | None, ntasks: int) -> list[str]:
         argv = [self.program, "--nodes=1", f"--ntasks={ntasks}", "--cpus-per-task=1", "--overlap",
