@@ -14,6 +14,8 @@ from collections import deque
 
 import greenlet
 
+from .errors import TaskInterrupted
+
 
 class Waiter:
     """Wakes one blocked greenlet, once per block, whoever notifies it."""
@@ -31,15 +33,34 @@ class Waiter:
             self.hub.ready.append(self.g)
 
 
+IDLE = object()  # what a task greenlet hands the hub when its task is over: it is free again
+IDLE_MAX = 8     # free task greenlets kept for reuse
+
+
 class TaskGreenlet(greenlet.greenlet):
-    """A greenlet running one task; remembers the task's group so children inherit it."""
+    """Runs tasks one after another; remembers the running task's group so children inherit it.
+    Between tasks it waits in the hub's free list: a worker makes a new greenlet only when a task
+    blocks (making one costs ~6 us, switching into a free one ~0.4 us)."""
 
-    __slots__ = ("group", "task_id")
+    __slots__ = ("group", "task_id", "_task")
 
-    def __init__(self, run, parent, group, task_id):
-        super().__init__(run, parent)
-        self.group = group
-        self.task_id = task_id
+    def __init__(self, task, parent):
+        super().__init__(self._serve, parent)
+        self._task = task
+        self.group = None
+        self.task_id = None
+
+    def _serve(self, item):
+        hub = self.parent
+        task = self._task
+        while True:
+            try:
+                task(item)
+            except TaskInterrupted:
+                pass  # an interrupt that landed between two tasks
+            item = None  # the task's record, and the buffers it holds, are freed now
+            self.group = None
+            item = hub.switch(IDLE)
 
 
 class Hub:
@@ -50,6 +71,26 @@ class Hub:
         self._seq = itertools.count()
         self.blocked = 0            # task greenlets waiting on futures
         self.blocked_by_group = {}  # group -> set of blocked greenlets (for interrupts)
+        self.free = []              # task greenlets between tasks
+
+    def start(self, task, item, group, task_id):
+        """Runs ``task(item)`` in a task greenlet (a free one if there is one) until it ends or blocks."""
+        free = self.free
+        g = free.pop() if free else TaskGreenlet(task, self.g)
+        g.group = group
+        g.task_id = task_id
+        self._park(g, g.switch(item))
+
+    def resume(self, g):
+        """Switches back into a blocked task greenlet that was woken."""
+        self._park(g, g.switch())
+
+    def throw(self, g, exc):
+        self._park(g, g.throw(exc))
+
+    def _park(self, g, handed):
+        if handed is IDLE and len(self.free) < IDLE_MAX:
+            self.free.append(g)
 
     @staticmethod
     def current_task():

@@ -103,7 +103,7 @@ class Executor:
                 if ready:
                     g = ready.popleft()
                     self.running_group = g.group if type(g) is TaskGreenlet else None
-                    g.switch()
+                    hub.resume(g)
                     self.running_group = None
                 elif pending:
                     with self.lock:
@@ -117,7 +117,7 @@ class Executor:
                     if out and fn_avg.get(d, 1.0) > 0.0005:
                         rt.flush()  # a task that may be long must not hold finished results back
                     self.running_group = group
-                    TaskGreenlet(run_task, hub.g, group, tid).switch(rec)
+                    hub.start(run_task, rec, group, tid)
                     self.running_group = None
                 else:
                     break
@@ -180,8 +180,11 @@ class Executor:
         except BaseException as exc:  # noqa: B902 -- everything a task raises goes back to its caller
             packed, status = P.packed_bytes(self._exception_payload(exc, name)), P.RAISED
         self.known.discard(tid)
+        flush_output()  # what the task printed lands before its result
         rt.out.add(P.RESULT_HEADER.pack(P.RESULT, tid, status, inputs, started, time.time(), self.name8),
                    packed=packed)
+        if not self.pending and not rt.hub.ready:
+            rt.flush()  # nothing else to run: the result goes now, the bookkeeping after it
         self.done_count += inputs
         dt = time.perf_counter() - t0
         fa = self._fn_avg.get(d)
@@ -267,7 +270,7 @@ class Executor:
                 self.pending.clear()  # in place: the hub loop holds this very deque
                 self.pending.extend(kept)
             for g in list(rt.hub.blocked_by_group.get(group, ())):
-                g.throw(TaskInterrupted(f"task interrupted by its origin (group {group})"))
+                rt.hub.throw(g, TaskInterrupted(f"task interrupted by its origin (group {group})"))
             for tid, f in list(rt.futures.items()):
                 if f.group == group:
                     del rt.futures[tid]
