@@ -127,39 +127,40 @@ class Broker:
         main = self.main
         core = self.core
         stop_event = self.stop_event
-        poller = zmq.Poller()
-        poller.register(main, zmq.POLLIN)
         monitor = main.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        poller.register(monitor, zmq.POLLIN)
-        for sock in self._extra_sockets():
-            poller.register(sock, zmq.POLLIN)
+        extras = list(self._extra_sockets())
+        # zmq_poll on a fixed list: pyzmq's Poller rebuilds it and a dict at every call, which
+        # costs microseconds on each message's path
+        items = [(main, P.POLLIN), (monitor, P.POLLIN)] + [(sock, P.POLLIN) for sock in extras]
+        poll = zmq.zmq_poll
+        recv = self._recv
         next_check = next_status = time.monotonic()
         try:
             while self.running:
                 if stop_event.is_set():
                     self.shutdown(self.reason or "stopped")
                     break
-                events = dict(poller.poll(100))
+                ready = [sock for sock, _ in poll(items, 100)]
                 # connection losses first: a reused fd must not be blamed on the peer after it
-                if monitor in events:
+                if monitor in ready:
                     self._on_disconnects(monitor)
-                if main in events:
-                    recv = self._recv
+                if main in ready:
                     for _ in range(256):  # drain, but let dispatch and flushing run in between
                         recv()
                         if not main.getsockopt(P.EVENTS) & P.POLLIN:
                             break
                 if self._dropped:
                     self._apply_drops()
-                if len(events) > (main in events) + (monitor in events):
-                    self._on_extra(events)
-                now = time.monotonic()
+                if extras and len(ready) > (main in ready) + (monitor in ready):
+                    self._on_extra(dict.fromkeys(ready, P.POLLIN))
                 if core.queue:
                     core.dispatch()
+                now = time.monotonic()
                 if not core.queue and core.tasks and now - self._last_steal_check > 0.005:
                     self._last_steal_check = now
                     core.steal(now)
-                self._flush()
+                if core.dirty:
+                    self._flush()
                 if now >= next_check:
                     self._periodic(now)
                     if core.size_due:
@@ -353,9 +354,9 @@ class Broker:
     def _flush(self):
         send, main, signer = P.send, self.main, self.signer
         peers = self.core.peers
-        dirty = list(self.core.dirty)
-        self.core.dirty.clear()
-        for uid, which in dirty:
+        dirty = self.core.dirty
+        while dirty:
+            uid, which = dirty.pop()
             p = peers.get(uid)
             if p is None:
                 continue
