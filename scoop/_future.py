@@ -203,9 +203,8 @@ def wait(fs, timeout=None, return_when=ALL_COMPLETED):
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, ALWAYS):
         raise ValueError("return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
                          f"not {return_when!r}")
-    rt.poll()
     if not satisfied():
-        rt.wait_until(satisfied, timeout, fs)
+        rt.wait_until(satisfied, timeout, fs)  # pumps at least once, even with timeout=0
     return split()
 
 

@@ -45,6 +45,9 @@ def host_key() -> int:
     return int.from_bytes(h, "little") or 1
 
 
+TIMELINE_FIELDS = ("worker", "name", "start", "end", "inputs", "group", "ok")
+
+
 class Runtime:
     """Connection of this process to the broker; one per process."""
 
@@ -144,8 +147,8 @@ class Runtime:
         self.out.add(P.INDEX.pack(P.RETIRE, index))
         self.flush()
 
-    def timeline(self):
-        return self.submitter.timeline
+    def timeline(self) -> list[dict]:
+        return [dict(zip(TIMELINE_FIELDS, t)) for t in list(self.submitter.timeline)]
 
     # ---- connection ------------------------------------------------------------------------
     def _socket(self, ident: bytes):
@@ -163,6 +166,7 @@ class Runtime:
         s.setsockopt(zmq.LINGER, 2000)
         s.connect(self.broker)
         self.sock = s
+        self._poll_items = [(s, zmq.POLLIN)]
         hello = dict(self.info, uid=self.uid, role=self.role, pid=os.getpid(), name=self.name,
                      host=self.info.get("host") or _socket.gethostname(), host_key=self.host_key)
         self.out.add(P.HELLO, json.dumps(hello).encode())
@@ -228,14 +232,21 @@ class Runtime:
             self.flush()
         if self.deferred:
             self._handle(self._take_deferred())
-        if timeout and not sock.poll(int(timeout * 1000)):
-            return 0
+        ready = False
+        if timeout:
+            if not zmq.zmq_poll(self._poll_items, int(timeout * 1000)):
+                return 0
+            ready = True  # no need to ask the socket again (but the control thread may drain it)
         n = 0
         while True:
             with self.lock:
-                if not sock.getsockopt(P.EVENTS) & P.POLLIN:
+                if not ready and not sock.getsockopt(P.EVENTS) & P.POLLIN:
                     break
-                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, P.NOBLOCK)
+                ready = False
+                try:
+                    recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, P.NOBLOCK)
+                except zmq.Again:
+                    break
             n += 1
             if recs is not None:
                 self._handle(recs)
@@ -360,16 +371,12 @@ class Runtime:
             while True:
                 if self.broken:
                     raise ClusterError(self.broken)
-                if deadline is None:
-                    step = 0.5
-                else:
-                    step = deadline - time.monotonic()
-                    if step <= 0:
-                        return pred()
-                    step = min(step, 0.5)
-                self.pump(step)
+                step = 0.5 if deadline is None else min(max(0.0, deadline - time.monotonic()), 0.5)
+                self.pump(step)  # at least once: what already arrived counts, even at timeout=0
                 if pred():
                     return True
+                if step == 0.0:
+                    return False
         except KeyboardInterrupt:
             if self.role == "origin" and not self.broken:
                 sub.interrupt()

@@ -106,4 +106,4 @@ def timeline(since: float = 0.0) -> list[dict]:
     rt = _globals.current()
     if rt is None:
         return []
-    return [t for t in list(rt.timeline()) if t["end"] >= since]
+    return [t for t in rt.timeline() if t["end"] >= since]

@@ -268,10 +268,11 @@ class Submitter:
             fut.set_exception(P.SerializationError(
                 f"result of task {fut.name} could not be unpickled here: {type(exc).__name__}: {exc}"))
         finally:
-            _unlink_refs(rec, rt.shm)  # mapped: the receiver of a result frees its segments
+            if rec.refs:
+                _unlink_refs(rec, rt.shm)  # mapped: the receiver of a result frees its segments
         self.done_count += 1
-        self.timeline.append({"worker": fut.worker, "name": fut.name, "start": started, "end": finished,
-                              "inputs": inputs, "group": fut.group, "ok": status == P.OK})
+        # a tuple: the dict a view reads is made when it reads (scoop.origin.timeline)
+        self.timeline.append((fut.worker, fut.name, started, finished, inputs, fut.group, status == P.OK))
 
     def on_fail(self, rec: P.Record):
         tid = P.task_id(rec.hdr)
