@@ -35,7 +35,7 @@ class Executor:
         self.lock = threading.Lock()         # pending/known/precancelled vs. the control thread
         self.known: set[int] = set()         # received, not finished
         self.precancelled: set[int] = set()  # cancelled before they were received
-        self.fns: dict[bytes, object] = {}
+        self.fns: dict[bytes, tuple] = {}  # digest -> (callable, its name, what its results are called)
         self._blob_recs: dict[bytes, P.Record] = {}
         self.outstanding = 0
         self.target = 1
@@ -72,19 +72,24 @@ class Executor:
         self.retiring = True
 
     def request_credit(self):
+        """Tops up the broker's credit for this worker: on a message that goes out anyway, or
+        alone when the worker has nothing at all (a message of its own wakes the broker, which
+        on a round trip's path costs more than the credit is worth)."""
         if self.retiring or self.rt.hub is None:
             return
-        want = self.target - len(self.pending) - len(self.rt.hub.ready) - self.outstanding
-        if want > 0:
+        have = len(self.pending) + len(self.rt.hub.ready) + self.outstanding
+        want = self.target - have
+        if want > 0 and (have == 0 or self.rt.out):
             self.outstanding += want
             self.rt.out.add(P.COUNT.pack(P.CREDIT, want))
 
-    def _get_fn(self, d: bytes):
-        fn = self.fns.get(d)
-        if fn is None:
+    def _get_fn(self, d: bytes) -> tuple:
+        ent = self.fns.get(d)
+        if ent is None:
             fn = P.unpack(self._blob_recs.pop(d), self.rt.shm)
-            self.fns[d] = fn
-        return fn
+            name = name_of(fn)
+            ent = self.fns[d] = (fn, name, f"result of task {name}")
+        return ent
 
     # ---- the hub loop ------------------------------------------------------------------------
     def run(self):
@@ -156,8 +161,7 @@ class Executor:
         # a result for a submitter on this host goes through shared memory
         shm = rt.shm if host == rt.host_key else None
         try:
-            fn = self._get_fn(d)
-            name = name_of(fn)
+            fn, name, what = self._get_fn(d)
             if kind == P.CHUNK:
                 arglist = P.unpack(rec, rt.shm)
                 inputs = len(arglist)
@@ -167,7 +171,7 @@ class Executor:
                 value = fn(*args, **kwargs)
             del rec
             try:
-                packed = P.pack(value, f"result of task {name}", shm)
+                packed = P.pack(value, what, shm)
                 status = P.OK
             except P.SerializationError as exc:
                 if kind == P.CHUNK:

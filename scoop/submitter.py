@@ -128,7 +128,7 @@ class Submitter:
         """Packs a task's inputs (an error names what does not pickle) and registers its future;
         returns the future and its record (header, packed payload)."""
         try:
-            packed = P.pack(payload, f"argument of task {name}", self._shm())
+            packed = P.pack(payload, "arguments", self._shm())  # an error is reworded below
         except P.SerializationError as exc:
             if args is None:
                 args = [a for chunk in payload for a in chunk] if kind == P.CHUNK else payload
