@@ -181,10 +181,17 @@ def _remaining(deadline):
 
 def wait(fs, timeout=None, return_when=ALL_COMPLETED):
     """Waits for futures; returns ``(done, not_done)`` sets, as concurrent.futures does."""
+    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, ALWAYS):
+        raise ValueError("return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
+                         f"not {return_when!r}")
     fs = set(fs)
     if not fs:
         return set(), set()
-    rt = next(iter(fs))._rt
+    if len(fs) == 1 and return_when != ALWAYS:  # the common `wait([f], timeout)`, kept short
+        f = next(iter(fs))
+        if f._state < FINISHED:
+            f._rt.wait_until(lambda: f._state >= FINISHED, timeout, fs)  # pumps at least once
+        return (fs, set()) if f._state >= FINISHED else (set(), fs)
 
     def split():
         done = {f for f in fs if f._state >= FINISHED}
@@ -200,11 +207,8 @@ def wait(fs, timeout=None, return_when=ALL_COMPLETED):
             return any(f._exception is not None or f._state == CANCELLED for f in done)
         return False
 
-    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, ALWAYS):
-        raise ValueError("return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
-                         f"not {return_when!r}")
     if not satisfied():
-        rt.wait_until(satisfied, timeout, fs)  # pumps at least once, even with timeout=0
+        next(iter(fs))._rt.wait_until(satisfied, timeout, fs)  # pumps at least once, even at timeout=0
     return split()
 
 
