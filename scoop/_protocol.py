@@ -2,10 +2,11 @@
 
 A message is a ZeroMQ multipart message ``[header, payload frame, ...]``:
 
-* The **header** frame is a 16-byte MAC followed by records.  The MAC is keyed BLAKE3 over a
-  channel tag and the records, so a message signed for one channel and direction (a worker's
-  task socket to the broker, the broker to a worker, the meta stream, ...) does not verify on
-  any other: captured meta messages replayed to the task port are dropped.
+* The **header** frame is a 16-byte MAC followed by records.  The MAC is keyed BLAKE3 over the
+  records with a key per channel, so a message signed for one channel and direction (a worker's
+  task socket to the broker, the broker to a worker, a worker's results straight to the origin,
+  the meta stream, ...) does not verify on any other: captured meta messages replayed to the
+  task port are dropped.
 * A **record** is ``REC`` (header length, inline body length, number of refs), a header (a type
   byte and fixed binary fields, read through the named structs below), an inline body (small
   pickles, JSON) and refs.  A **ref** names one payload buffer: its kind, size and either the
@@ -58,6 +59,7 @@ ASK = b"A"         # where is task id? TID [+ state(1) in the answer: 0 queued, 
 STEAL = b"V"       # broker -> worker: COUNT unstarted tasks wanted back
 LOAD = b"h"        # control socket, peer -> broker: body = JSON load figures
 OUTPUT = b"O"      # worker -> broker -> origin: GROUP; body = JSON [worker name, stream, text]
+DONE = b"J"        # worker -> broker: DONE_HEADER; that task's RESULT went straight to the origin
 STATUS = b"s"      # meta socket: body = JSON cluster snapshot
 EVENT = b"e"       # meta socket: body = JSON event (joined / left / const)
 
@@ -68,6 +70,7 @@ RAISED = 1
 # TASK flags
 PINNED = 1  # payload in shared memory on the submitter's host: only a worker there may run it
 SINGLE = 2  # a chunk of single arguments (fn(x)), not argument tuples (fn(*args))
+DIRECT = 4  # the submitter (the origin) takes this task's result straight from a worker on its host
 
 TASK_HEADER = struct.Struct("<cQI16sQB")    # type, task id, group, callable digest, submitter host key, flags
 # type, task id, status, inputs, started, finished (epoch s), worker name
@@ -75,6 +78,7 @@ RESULT_HEADER = struct.Struct("<cQBIdd12s")
 BLOB_HEADER = struct.Struct("<c16s")        # type, digest
 SIZE_HEADER = struct.Struct("<cII")         # type, workers, hosts
 TID = struct.Struct("<cQ")                  # type, task id
+DONE_HEADER = struct.Struct("<cQI")         # type, task id, inputs
 GROUP = struct.Struct("<cI")                # type, group
 COUNT = struct.Struct("<ci")                # type, count
 INDEX = struct.Struct("<cI")                # type, peer index
@@ -115,7 +119,8 @@ FROM_BROKER = b"T<"
 CONTROL_TO_BROKER = b"C>"
 CONTROL_FROM_BROKER = b"C<"
 META = b"M<"
-CHANNELS = (TO_BROKER, FROM_BROKER, CONTROL_TO_BROKER, CONTROL_FROM_BROKER, META)
+TO_ORIGIN = b"R>"  # a worker's results, straight to the origin on its host (no broker hop)
+CHANNELS = (TO_BROKER, FROM_BROKER, CONTROL_TO_BROKER, CONTROL_FROM_BROKER, META, TO_ORIGIN)
 
 # plain ints: pyzmq's enum members cost a Python call per operation on the hot path
 EVENTS, POLLIN, RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
@@ -133,6 +138,13 @@ SECRET_ENV = "SCOOP_SECRET"
 
 def new_secret() -> bytes:
     return os.urandom(32)
+
+
+def direct_address(secret: bytes) -> str:
+    """Where the origin takes results straight from the workers on its host: an abstract Unix
+    socket (no file to leave behind; it ends with the process, and another host or network
+    namespace cannot reach it, so their workers send through the broker)."""
+    return "ipc://@scoop-" + derive(secret, "direct results")[:12].hex()
 
 
 def derive(secret: bytes, purpose: str) -> bytes:

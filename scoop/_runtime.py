@@ -27,6 +27,7 @@ import zmq
 from . import _protocol as P
 from . import _shm
 from .broker import secure_client
+from .direct import DirectInbox, DirectOutbox
 from .errors import ClusterError
 from .liveness import DEFAULT_TIMEOUT, LOAD_INTERVAL, configure_socket, reconnect_grace
 from .submitter import Submitter
@@ -77,6 +78,8 @@ class Runtime:
         self.broken: str | None = None
         self.batching = 0
         self.sock = None
+        self.direct_in = None   # origin: results straight from the workers on this host
+        self.direct_out = None  # worker: results for the origin, straight when it is on this host
         self.control = None
         self.hub = None
         self.executor = None
@@ -167,6 +170,13 @@ class Runtime:
         s.connect(self.broker)
         self.sock = s
         self._poll_items = [(s, zmq.POLLIN)]
+        if self.role == "origin":
+            inbox = DirectInbox(self.secret, self.signer)
+            if inbox.sock is not None:
+                self.direct_in = inbox
+                self._poll_items.append((inbox.sock, zmq.POLLIN))
+        elif self.role == "worker":
+            self.direct_out = DirectOutbox(self.ctx, self.secret, self.signer)
         hello = dict(self.info, uid=self.uid, role=self.role, pid=os.getpid(), name=self.name,
                      host=self.info.get("host") or _socket.gethostname(), host_key=self.host_key)
         self.out.add(P.HELLO, json.dumps(hello).encode())
@@ -195,23 +205,41 @@ class Runtime:
         if self.sock is not None:
             try:
                 if notify and not self.broken:
-                    self.out.add(P.BYE)
-                    self.send_out()
+                    self.goodbye()
             except zmq.ZMQError:
                 pass
             self.sock.close(linger=500 if notify else 0)
             self.sock = None
+        for end in (self.direct_in, self.direct_out):
+            if end is not None:
+                end.close()
+        self.direct_in = self.direct_out = None
         self.submitter.fail_all(ClusterError("the SCOOP cluster connection was closed"))
         if self.shm is not None:
             self.shm.cleanup(os.getpid())
 
     # ---- sending ---------------------------------------------------------------------------
+    def goodbye(self):
+        """Tells the broker this process leaves: what it finished first (the broker reads nothing
+        of a peer after its goodbye, and would run again a task it had not heard was done)."""
+        self.flush()
+        if self.direct_out is not None:
+            self.direct_out.take_dones(self.out)
+        self.out.add(P.BYE)
+        self.send_out()
+
     def flush(self):
         self.submitter.release_held()
         self.send_out()
 
     def send_out(self):
         if self.executor is not None:
+            direct = self.direct_out
+            if direct is not None:
+                if direct.pending:
+                    direct.flush(self.out)  # first: the origin waits on these
+                if direct.dones and (self.out or direct.due()):
+                    direct.take_dones(self.out)
             self.executor.request_credit()
         if self.out and self.sock is not None:
             with self.lock:
@@ -228,16 +256,23 @@ class Runtime:
         sock = self.sock
         if sock is None:
             return 0
-        if self.out:
+        if self.out or self.direct_out:
             self.flush()
         if self.deferred:
             self._handle(self._take_deferred())
+        direct = self.direct_in
         ready = False
         if timeout:
-            if not zmq.zmq_poll(self._poll_items, int(timeout * 1000)):
+            found = zmq.zmq_poll(self._poll_items, int(timeout * 1000))
+            if not found:
                 return 0
-            ready = True  # no need to ask the socket again (but the control thread may drain it)
+            # no need to ask a socket found ready again (but the control thread may drain it)
+            ready = found[0][0] is sock
+            if direct is not None and len(found) == ready:
+                direct = None  # only the task socket has something
         n = 0
+        if direct is not None:
+            n += direct.drain(self._handle)
         while True:
             with self.lock:
                 if not ready and not sock.getsockopt(P.EVENTS) & P.POLLIN:

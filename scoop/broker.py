@@ -111,7 +111,7 @@ class Broker:
             P.CREDIT: self._r_credit, P.RETIRE: self._r_retire, P.BLOB: self._r_blob,
             P.CANCEL: self._r_cancel, P.ASK: self._r_ask, P.CONST: self._r_const,
             P.INTERRUPT: self._r_interrupt, P.RELEASE: self._r_release, P.BYE: self._r_bye,
-            P.SHUTDOWN: self._r_shutdown, P.OUTPUT: self._r_output,
+            P.SHUTDOWN: self._r_shutdown, P.OUTPUT: self._r_output, P.DONE: self._r_done,
         }
         self._on_control = {
             P.LOAD: self._c_load, P.RELEASE: self._r_release, P.TASK: self._r_task, P.CHUNK: self._r_task,
@@ -290,6 +290,9 @@ class Broker:
 
     def _r_result(self, peer, rec):
         self.core.result(rec)
+
+    def _r_done(self, peer, rec):
+        self.core.done(rec)
 
     def _r_credit(self, peer, rec):
         self.core.credit(peer, P.COUNT.unpack(rec.hdr)[1])

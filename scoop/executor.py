@@ -22,6 +22,7 @@ from collections import deque
 from . import _protocol as P
 from ._future import ChunkResult
 from ._scheduler import Hub, TaskGreenlet
+from .direct import DONE_DELAY
 from .errors import TaskInterrupted
 from .submitter import name_of
 
@@ -102,6 +103,7 @@ class Executor:
         monotonic = time.monotonic
         fn_avg = self._fn_avg
         out = rt.out
+        direct = rt.direct_out
         while True:
             t0 = monotonic()
             while True:
@@ -119,7 +121,7 @@ class Executor:
                     if group in self.interrupted:
                         self.known.discard(tid)
                         continue
-                    if out and fn_avg.get(d, 1.0) > 0.0005:
+                    if (out or direct) and fn_avg.get(d, 1.0) > 0.0005:
                         rt.flush()  # a task that may be long must not hold finished results back
                     self.running_group = group
                     hub.start(run_task, rec, group, tid)
@@ -138,8 +140,7 @@ class Executor:
             if self.retiring:
                 self._release_pending()
                 if not ready and not hub.blocked:
-                    out.add(P.BYE)
-                    rt.flush()
+                    rt.goodbye()
                     return
             rt.flush()
             if ready or pending:
@@ -149,6 +150,8 @@ class Executor:
                 timeout = 1.0 if nt is None else max(0.0, min(1.0, nt - monotonic()))
                 if self.retire_at is not None:
                     timeout = min(timeout, max(0.0, self.retire_at - time.time()))
+                if direct is not None and direct.dones:
+                    timeout = min(timeout, DONE_DELAY)  # the broker hears of them soon
             rt.pump(timeout)
 
     def _run_task(self, rec: P.Record):
@@ -156,6 +159,7 @@ class Executor:
         rt = self.rt
         started = time.time()
         t0 = time.perf_counter()
+        writes = TaskOutput.writes
         name = "task"
         inputs = 1
         # a result for a submitter on this host goes through shared memory
@@ -185,8 +189,11 @@ class Executor:
             packed, status = P.packed_bytes(self._exception_payload(exc, name)), P.RAISED
         self.known.discard(tid)
         flush_output()  # what the task printed lands before its result
-        rt.out.add(P.RESULT_HEADER.pack(P.RESULT, tid, status, inputs, started, time.time(), self.name8),
-                   packed=packed)
+        hdr = P.RESULT_HEADER.pack(P.RESULT, tid, status, inputs, started, time.time(), self.name8)
+        if flags & P.DIRECT and rt.direct_out is not None and TaskOutput.writes == writes:
+            rt.direct_out.add(hdr, packed, tid, inputs)  # output, if any, goes the broker's way
+        else:
+            rt.out.add(hdr, packed=packed)
         if not self.pending and not rt.hub.ready:
             rt.flush()  # nothing else to run: the result goes now, the bookkeeping after it
         self.done_count += inputs
@@ -349,6 +356,8 @@ class TaskOutput:
     cluster connection, tagged with the submitting group (so a notebook shows it in the cell that
     caused it, whatever the launcher did with the worker's own stdout)."""
 
+    writes = 0  # by every stream: a task that printed sends its result after its output
+
     def __init__(self, rt, stream: str, original):
         self.rt = rt
         self.stream = stream
@@ -360,6 +369,7 @@ class TaskOutput:
     def write(self, text):
         if threading.current_thread() is not threading.main_thread():
             return self.original.write(text)
+        TaskOutput.writes += 1
         group = self.rt.submitter.current_group()
         if group != self.group and self.parts:
             self.flush()

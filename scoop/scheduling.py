@@ -271,6 +271,21 @@ class Scheduler:
         else:
             self.drop(rec)
 
+    def done(self, rec: P.Record):
+        """A task whose result went straight from its worker to the origin: over here too (a
+        later RESULT for it, from a second attempt, is dropped as a duplicate)."""
+        _, tid, inputs = P.DONE_HEADER.unpack(rec.hdr)
+        task = self.tasks.pop(tid, None)
+        if task is None:
+            return
+        w = task.worker
+        if w is not None:
+            w.assigned.pop(tid, None)
+        self.done_total += inputs
+        self.free(task)
+        if task.submitter is self.upstream:
+            self.upstream.out.add_record(rec)  # a sub-broker: the root tracks the task too
+
     def fail(self, task: Task, reason: str):
         self.tasks.pop(task.id, None)
         self.free(task)

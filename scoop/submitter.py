@@ -146,6 +146,8 @@ class Submitter:
         self.submitted += inputs
         if packed.segments:
             flags |= P.PINNED
+        if self.rt.direct_in is not None:
+            flags |= P.DIRECT
         self.last_nbytes = packed.nbytes
         return fut, P.TASK_HEADER.pack(kind, tid, group, digest, self.rt.host_key, flags), packed
 

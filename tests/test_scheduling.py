@@ -275,6 +275,36 @@ def test_result_reaches_its_submitter_exactly_once(c):
     assert sent(c.origin.out) == [] and c.core.done_total == 3
 
 
+def done_rec(tid, inputs=1):
+    return record(P.DONE_HEADER.pack(P.DONE, tid, inputs))
+
+
+def test_done_ends_a_task_whose_result_went_straight_to_the_origin(c):
+    w = c.worker(credit=5)
+    c.submit(1, 2)
+    c.core.dispatch()
+    drain(c.origin)
+    c.core.done(done_rec(1, inputs=4))
+    assert 1 not in c.core.tasks and list(w.assigned) == [2] and c.core.done_total == 4
+    assert sent(c.origin.out) == []  # the origin has the result already: nothing to forward
+    c.core.result(result_rec(1))  # a late copy through the broker (a second attempt): dropped
+    c.core.done(done_rec(1))      # and a second DONE counts nothing
+    assert sent(c.origin.out) == [] and c.core.done_total == 4
+
+
+def test_a_lost_worker_reruns_what_it_had_not_reported_done(c):
+    w1, w2 = c.worker(credit=2), c.worker(credit=0)
+    c.submit(1, 2)
+    c.core.dispatch()
+    assert sorted(w1.assigned) == [1, 2]
+    c.core.done(done_rec(1))
+    c.core.leave(w1, "lost")
+    c.core.credit(w2, 2)
+    drain(w2)
+    c.core.dispatch()
+    assert task_ids(sent(w2.out)) == [2]
+
+
 def test_result_goes_to_the_worker_that_submitted(c):
     w1, w2 = c.worker(credit=1), c.worker(credit=0)
     drain(w1, w2, c.origin)
@@ -709,6 +739,20 @@ def test_sub_broker_forwards_local_tasks_upstream_and_results_back(sub):
     assert types(got) == [P.RESULT] and pickle.loads(got[0].body) == "from the root"
     sub.core.result(result_rec(21))  # once
     assert sent(w.out) == []
+
+
+def test_sub_broker_passes_done_up_to_the_root(sub):
+    w = sub.worker(credit=2)
+    drain(w)
+    sub.up.out.take()
+    sub.core.blob(sub.up, blob_rec())
+    sub.core.submit(sub.up, task_rec(41))
+    sub.core.dispatch()
+    assert 41 in w.assigned
+    sub.core.done(done_rec(41, inputs=2))
+    got = sent(sub.up.out)
+    assert types(got) == [P.DONE] and P.DONE_HEADER.unpack(got[0].hdr)[1:] == (41, 2)
+    assert not w.assigned and 41 not in sub.core.tasks
 
 
 def test_sub_broker_runs_root_tasks_and_answers_upstream(sub):
