@@ -253,20 +253,14 @@ class Scheduler:
         tid = P.task_id(rec.hdr)
         # read before anything changes: a malformed record must not leave the task half-done
         inputs = P.RESULT_HEADER.unpack(rec.hdr)[3] if rec.hdr[:1] == P.RESULT else 0
-        task = self.tasks.pop(tid, None)
+        task = self._finished(tid, inputs)
         if task is None:
             sub = self.local_submitted.pop(tid, None)  # a sub-broker: the root's answer
             if sub is not None and sub.uid in self.peers:
                 sub.out.add_record(rec)
             else:
                 self.drop(rec)
-            return
-        w = task.worker
-        if w is not None:
-            w.assigned.pop(tid, None)
-        self.done_total += inputs
-        self.free(task)
-        if self.alive(task.submitter):
+        elif self.alive(task.submitter):
             task.submitter.out.add_record(rec)
         else:
             self.drop(rec)
@@ -275,16 +269,20 @@ class Scheduler:
         """A task whose result went straight from its worker to the origin: over here too (a
         later RESULT for it, from a second attempt, is dropped as a duplicate)."""
         _, tid, inputs = P.DONE_HEADER.unpack(rec.hdr)
-        task = self.tasks.pop(tid, None)
-        if task is None:
-            return
-        w = task.worker
-        if w is not None:
-            w.assigned.pop(tid, None)
-        self.done_total += inputs
-        self.free(task)
-        if task.submitter is self.upstream:
+        task = self._finished(tid, inputs)
+        if task is not None and task.submitter is self.upstream:
             self.upstream.out.add_record(rec)  # a sub-broker: the root tracks the task too
+
+    def _finished(self, tid: int, inputs: int) -> Task | None:
+        """Ends a task in flight; None if none was (a duplicate, cancelled, or never known)."""
+        task = self.tasks.pop(tid, None)
+        if task is not None:
+            w = task.worker
+            if w is not None:
+                w.assigned.pop(tid, None)
+            self.done_total += inputs
+            self.free(task)
+        return task
 
     def fail(self, task: Task, reason: str):
         self.tasks.pop(task.id, None)

@@ -741,21 +741,9 @@ def test_sub_broker_forwards_local_tasks_upstream_and_results_back(sub):
     assert sent(w.out) == []
 
 
-def test_sub_broker_passes_done_up_to_the_root(sub):
-    w = sub.worker(credit=2)
-    drain(w)
-    sub.up.out.take()
-    sub.core.blob(sub.up, blob_rec())
-    sub.core.submit(sub.up, task_rec(41))
-    sub.core.dispatch()
-    assert 41 in w.assigned
-    sub.core.done(done_rec(41, inputs=2))
-    got = sent(sub.up.out)
-    assert types(got) == [P.DONE] and P.DONE_HEADER.unpack(got[0].hdr)[1:] == (41, 2)
-    assert not w.assigned and 41 not in sub.core.tasks
-
-
-def test_sub_broker_runs_root_tasks_and_answers_upstream(sub):
+@pytest.mark.parametrize("answer", ["result", "done"])
+def test_sub_broker_runs_root_tasks_and_answers_upstream(sub, answer):
+    """A RESULT goes up to the root; so does a DONE (the result went straight to the origin)."""
     w = sub.worker(credit=2)
     drain(w)
     sub.up.out.take()
@@ -764,8 +752,13 @@ def test_sub_broker_runs_root_tasks_and_answers_upstream(sub):
     assert sent(sub.up.out) == []  # nothing echoed to the root
     sub.core.dispatch()
     assert task_ids(sent(w.out)) == [31]
-    sub.core.result(result_rec(31))
-    assert types(sent(sub.up.out)) == [P.RESULT]
+    if answer == "result":
+        sub.core.result(result_rec(31))
+        assert types(sent(sub.up.out)) == [P.RESULT]
+    else:
+        sub.core.done(done_rec(31, inputs=2))
+        got = sent(sub.up.out)
+        assert types(got) == [P.DONE] and P.DONE_HEADER.unpack(got[0].hdr)[1:] == (31, 2)
     assert not w.assigned and not sub.core.tasks
 
 
