@@ -74,13 +74,14 @@ class Executor:
 
     def request_credit(self):
         """Tops up the broker's credit for this worker: on a message that goes out anyway, or
-        alone when the worker has nothing at all (a message of its own wakes the broker, which
-        on a round trip's path costs more than the credit is worth)."""
+        alone once half the prefetch is used up (a message of its own wakes the broker, which on
+        a round trip's path costs more than one credit is worth; results that go straight to the
+        origin leave nothing to ride on)."""
         if self.retiring or self.rt.hub is None:
             return
         have = len(self.pending) + len(self.rt.hub.ready) + self.outstanding
         want = self.target - have
-        if want > 0 and (have == 0 or self.rt.out):
+        if want > 0 and (self.rt.out or 2 * want >= self.target):
             self.outstanding += want
             self.rt.out.add(P.COUNT.pack(P.CREDIT, want))
 

@@ -154,13 +154,19 @@ class _MapIterator:
         # one iterable (the common case): inputs travel as they are, and run as fn(x)
         self.single = len(iterables) == 1
         self.args = iter(iterables[0]) if self.single else zip(*iterables)
+        # a list, tuple, range or numpy array is sent in slices: a sub-range pickles to a few
+        # bytes, an array slice is a view that travels as one buffer; nothing is copied item by item
+        self.seq = iterables[0] if self.single and _sliceable(iterables[0]) else None
+        self.pos = 0
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.timeout = timeout
         self.ordered = ordered
         self.window = deque()          # (future, number of inputs)
         self.in_window = 0
         self.size = _window(self.rt)
-        self.buffer = deque()          # results ready to yield
+        self.buffer = deque()          # results ready to yield: a list per chunk, as it came
+        self.head = 0                  # items of buffer[0] already taken one by one
+        self.buffered = 0              # items in buffer, not yet taken
         self.error = None              # raised once the buffer before it is drained
         self.exhausted = False
         self.window_bytes = 0
@@ -207,8 +213,13 @@ class _MapIterator:
         while self.in_window < limit:
             if self.window_bytes >= _WINDOW_BYTES and len(self.window) >= 2 * workers:
                 break  # inputs held for the workers stay bounded in bytes, not only in count
-            batch = list(islice(self.args, min(k, limit - self.in_window)))
-            if not batch:
+            n = min(k, limit - self.in_window)
+            if self.seq is not None:
+                batch = self.seq[self.pos:self.pos + n]
+                self.pos += len(batch)
+            else:
+                batch = list(islice(self.args, n))
+            if not len(batch):
                 self.exhausted = True
                 break
             fut = rt.submit_chunk(self.func, self.digest, batch, self.name, self.single)
@@ -233,8 +244,10 @@ class _MapIterator:
         try:
             while True:
                 if buffer:
-                    chunk = list(buffer)
-                    buffer.clear()
+                    chunk = buffer.popleft()  # the very list a worker sent: no copy
+                    if self.head:
+                        chunk, self.head = chunk[self.head:], 0
+                    self.buffered -= len(chunk)
                     self.yielded += len(chunk)
                     yield chunk
                     continue
@@ -273,11 +286,20 @@ class _MapIterator:
         return True
 
     def _next(self):
-        while not self.buffer:
+        buffer = self.buffer
+        while True:
+            if buffer:
+                chunk = buffer[0]
+                value = chunk[self.head]
+                self.head += 1
+                if self.head == len(chunk):
+                    buffer.popleft()
+                    self.head = 0
+                self.buffered -= 1
+                self.yielded += 1
+                return value
             if not self._advance():
                 raise StopIteration
-        self.yielded += 1
-        return self.buffer.popleft()
 
     def _take(self):
         """Moves the next finished chunk (the first one, in ordered mode) into the buffer."""
@@ -301,7 +323,9 @@ class _MapIterator:
         self.window_bytes -= self._nbytes.pop(id(entry[0]), 0)
         values, err_index, err, elapsed = entry[0].result()
         self._adapt(elapsed, len(values) + (err_index >= 0))
-        self.buffer.extend(values)
+        if values:
+            self.buffer.append(values)
+            self.buffered += len(values)
         if err_index >= 0:
             from ._protocol import load_exception
             self.error = err if isinstance(err, BaseException) else load_exception(err)
@@ -337,10 +361,10 @@ class _MapIterator:
     def progress(self) -> dict:
         """How far this map is: for progress bars and the dashboard."""
         # only results that arrived: a cancelled (interrupted) chunk is not done
-        done = self.yielded + len(self.buffer) + sum(n for f, n in self.window
+        done = self.yielded + self.buffered + sum(n for f, n in self.window
                                                      if f.completed and not f.cancelled())
         return {"name": self.name, "done": done, "submitted": self.submitted, "total": self.total,
-                "finished": self.exhausted and not self.window and not self.buffer, "started": self.started}
+                "finished": self.exhausted and not self.window and not self.buffered, "started": self.started}
 
     def close(self):
         """Drops the tasks still queued for this map (also done when it is garbage-collected);
@@ -361,6 +385,13 @@ class _MapIterator:
             self.close()
         except Exception:
             pass
+
+
+def _sliceable(seq) -> bool:
+    """Sequences whose slices iterate as the same items do (not, say, a DataFrame)."""
+    t = type(seq)
+    return t is list or t is tuple or t is range or (
+        t.__name__ == "ndarray" and t.__module__ == "numpy" and seq.ndim >= 1)
 
 
 def map(func, *iterables, timeout=None, **kwargs):

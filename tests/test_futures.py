@@ -32,6 +32,22 @@ def test_map_in_input_order_with_generators_and_several_iterables(cluster):
     assert list(futures.map(T.add, gen, range(1000))) == [2 * i for i in range(50)]
 
 
+def test_map_over_sequences_sends_slices_and_keeps_every_item(cluster):
+    """Lists, tuples, ranges and numpy arrays travel in slices (a sub-range is a few bytes, an
+    array slice one buffer); what the function sees and what comes back is what iterating gives."""
+    import numpy as np
+    for seq in ([3, 1, 2] * 4000, tuple(range(9001)), range(5, 300_005, 3), np.arange(70_000) * 0.5):
+        assert list(futures.map(T.square, seq)) == [x * x for x in seq], type(seq).__name__
+    rows = np.arange(30_000.0).reshape(10_000, 3)
+    assert list(futures.map(T.array_sum, rows)) == [float(r.sum()) for r in rows]
+    assert list(futures.map(T.ident, "scoop")) == list("scoop")
+    it = futures.map(T.square, range(100_000))
+    head = [next(it) for _ in range(7)]  # one by one, then the rest in whole chunks
+    assert head + list(it) == [x * x for x in range(100_000)]
+    with pytest.raises(ValueError, match="bad value 4321"):
+        list(futures.map(functools.partial(T.fail_on, bad=4321), range(50_000)))
+
+
 def test_map_is_lazy_over_an_endless_iterable(cluster):
     import itertools
     it = futures.map(T.square, itertools.count())
