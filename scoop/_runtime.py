@@ -261,19 +261,20 @@ class Runtime:
         if self.deferred:
             self._handle(self._take_deferred())
         direct = self.direct_in
-        ready = False
+        ready = direct_ready = False
+        look = True  # at the task socket
         if timeout:
             found = zmq.zmq_poll(self._poll_items, int(timeout * 1000))
             if not found:
                 return 0
-            # no need to ask a socket found ready again (but the control thread may drain it)
-            ready = found[0][0] is sock
-            if direct is not None and len(found) == ready:
-                direct = None  # only the task socket has something
+            # a socket found ready need not be asked again (but the control thread may drain
+            # the task socket); one not found waits for the next pump: each question costs
+            ready = look = found[0][0] is sock
+            direct_ready = len(found) > ready
         n = 0
-        if direct is not None:
-            n += direct.drain(self._handle)
-        while True:
+        if direct is not None and (direct_ready or not timeout):
+            n += direct.drain(self._handle, direct_ready)
+        while look:
             with self.lock:
                 if not ready and not sock.getsockopt(P.EVENTS) & P.POLLIN:
                     break

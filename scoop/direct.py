@@ -50,11 +50,13 @@ class DirectInbox:
             # come through the broker, as from any other host
             self.close()
 
-    def drain(self, handle) -> int:
-        """Hands every verified record waiting in the socket to ``handle``; returns messages read."""
+    def drain(self, handle, ready: bool = False) -> int:
+        """Hands every verified record waiting in the socket to ``handle`` (``ready``: a poll
+        just found a message); returns messages read."""
         sock, signer = self.sock, self.signer
         n = 0
-        while sock.getsockopt(P.EVENTS) & P.POLLIN:
+        while ready or sock.getsockopt(P.EVENTS) & P.POLLIN:
+            ready = False
             sock.recv(P.NOBLOCK)  # the worker's routing id: nothing is ever sent back
             if not sock.getsockopt(P.RCVMORE):
                 self.dropped += 1
@@ -92,8 +94,10 @@ class DirectOutbox:
         s.setsockopt(zmq.IMMEDIATE, 1)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RECONNECT_IVL, 200)
-        s.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+        # the origin usually binds just after its workers start: look again soon, and at least
+        # every second (a failed connect to an abstract socket costs one system call)
+        s.setsockopt(zmq.RECONNECT_IVL, 50)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         secure_client(s, secret)
         s.connect(P.direct_address(secret))
         self.sock = s
