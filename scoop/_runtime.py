@@ -28,6 +28,7 @@ from . import _protocol as P
 from . import _shm
 from .broker import secure_client
 from .direct import DirectInbox, DirectOutbox
+from .direct import available as direct_available
 from .errors import ClusterError
 from .liveness import DEFAULT_TIMEOUT, LOAD_INTERVAL, configure_socket, reconnect_grace
 from .submitter import Submitter
@@ -170,12 +171,12 @@ class Runtime:
         s.connect(self.broker)
         self.sock = s
         self._poll_items = [(s, zmq.POLLIN)]
-        if self.role == "origin":
+        if self.role == "origin" and direct_available():
             inbox = DirectInbox(self.secret, self.signer)
             if inbox.sock is not None:
                 self.direct_in = inbox
                 self._poll_items.append((inbox.sock, zmq.POLLIN))
-        elif self.role == "worker":
+        elif self.role == "worker" and direct_available():
             self.direct_out = DirectOutbox(self.ctx, self.secret, self.signer)
         hello = dict(self.info, uid=self.uid, role=self.role, pid=os.getpid(), name=self.name,
                      host=self.info.get("host") or _socket.gethostname(), host_key=self.host_key)

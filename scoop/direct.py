@@ -18,6 +18,7 @@ is unpickled.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import zmq
@@ -26,6 +27,12 @@ from . import _protocol as P
 from .broker import Authenticator, secure_client, secure_server
 
 DONE_DELAY = 0.002  # seconds a DONE may wait for a message to ride on
+
+
+def available() -> bool:
+    """Abstract Unix sockets are Linux's: elsewhere an ``ipc://@name`` would be a file in the
+    working directory, so results keep to the broker."""
+    return sys.platform.startswith("linux")
 
 
 class DirectInbox:
