@@ -207,6 +207,20 @@ class AllocationLauncher(Launcher):
             self._address = self.options.external_hostname or route_address(self.reachable(host))
         return f"tcp://{self._address}:{port}"
 
+    def run_program(self, argv: list[str], stdin: bytes | None = None, env: dict | None = None):
+        """Runs the batch system's launcher command in its own session, its output piped (and
+        ``stdin`` written to it); a command that cannot run is named in the error."""
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or self.env,
+                                    cwd=self.cwd, close_fds=True, start_new_session=True)
+        except OSError as exc:
+            raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: {exc.strerror}") from None
+        if stdin is not None:
+            proc.stdin.write(stdin)
+            proc.stdin.flush()
+        return proc
+
 
 def route_address(target: str | None) -> str:
     """This machine's address on the route to ``target`` (a node name or an address), found

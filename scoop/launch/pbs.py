@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 
 from ..errors import ClusterError
@@ -64,13 +63,7 @@ class PbsdshLauncher(AllocationLauncher):
             if spec.host is not None:
                 argv += ["-n", str(self._index[spec.host])]
             argv += ["--", self.python, "-m", "scoop.launch.task", "--config-file", self._config_file(spec)]
-            try:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, close_fds=True,
-                                        start_new_session=True)
-            except OSError as exc:
-                raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: "
-                                   f"{exc.strerror}") from None
+            proc = self.run_program(argv)
             self.relay.add(spec.name, proc.stdout, proc.stderr)
             h = ProcessHandle(spec.name, spec.host, proc, job_id=self.env.get("PBS_JOBID"))
             self.handles.append(h)

@@ -4,9 +4,6 @@ the batch system's own remote start, so workers run inside the job without SSH t
 ends the worker."""
 from __future__ import annotations
 
-import subprocess
-
-from ..errors import ClusterError
 from .base import AllocationLauncher, ProcessHandle, config_line, register, terminate
 
 
@@ -22,15 +19,7 @@ class QrshLauncher(AllocationLauncher):
         for spec in specs:
             host = spec.host or self.env.get("HOSTNAME") or "localhost"
             argv = [self.program, "-inherit", host, self.python, "-m", "scoop.worker"]
-            try:
-                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, close_fds=True,
-                                        start_new_session=True)
-            except OSError as exc:
-                raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: "
-                                   f"{exc.strerror}") from None
-            proc.stdin.write(config_line(spec.config))
-            proc.stdin.flush()
+            proc = self.run_program(argv, config_line(spec.config))
             self.relay.add(spec.name, proc.stdout, proc.stderr)
             h = ProcessHandle(spec.name, spec.host, proc, job_id=self.env.get("JOB_ID"))
             self.handles.append(h)

@@ -19,7 +19,6 @@ import re
 import subprocess
 import threading
 
-from ..errors import ClusterError
 from .base import (
     AllocationLauncher,
     Handle,
@@ -115,15 +114,7 @@ class SrunLauncher(AllocationLauncher):
             config.pop("label", None)
             env = dict(self.env)
             env.pop("SCOOP_PARENT_PID", None)  # a task's parent is slurmstepd, not us
-            try:
-                step = subprocess.Popen(self.step_argv(host, len(group)), stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=self.cwd,
-                                        close_fds=True, start_new_session=True)
-            except OSError as exc:
-                raise ClusterError(f"launcher {self.name}: cannot run {self.program!r}: "
-                                   f"{exc.strerror}") from None
-            step.stdin.write(config_line(config))
-            step.stdin.flush()
+            step = self.run_program(self.step_argv(host, len(group)), config_line(config), env)
             self.steps.append(step)
             job = self.env.get("SLURM_JOB_ID")
             tasks = [StepHandle(spec.name, host, step, job) for spec in group]
