@@ -538,8 +538,13 @@ def test_callback_output_goes_to_the_cell_that_registered_it(kernel):
                    "_f = futures.submit(nap, 1.0)\n"
                    "_f.add_done_callback(lambda f: print('callback says', f.result()))")
     b = kernel.run("time.sleep(2.5)\nprint('cell b')")
+    _assert_printed_only_under(kernel, "callback says", a, b)
+
+
+def _assert_printed_only_under(kernel, text, a, b):
+    """``text`` was printed while cell ``b`` ran, and shows under cell ``a`` alone."""
     time.sleep(1.0)
-    said = [m for m in kernel.messages(types={"stream"}) if "callback says" in m["content"]["text"]]
+    said = [m for m in kernel.messages(types={"stream"}) if text in m["content"]["text"]]
     assert said and all(m["parent_header"]["msg_id"] == a.msg_id for m in said), \
         [(m["parent_header"].get("msg_id"), a.msg_id, b.msg_id) for m in said]
 
@@ -548,10 +553,7 @@ def test_late_task_output_goes_to_the_submitting_cell(kernel):
     a = kernel.run("def late(x):\n    time.sleep(1.0)\n    print('late hello', x)\n    return x\n"
                    "_late = futures.submit(late, 7)")
     b = kernel.run("time.sleep(3.0)\nprint('cell b')")
-    time.sleep(1.0)
-    said = [m for m in kernel.messages(types={"stream"}) if "late hello 7" in m["content"]["text"]]
-    assert said and all(m["parent_header"]["msg_id"] == a.msg_id for m in said), \
-        [(m["parent_header"].get("msg_id"), a.msg_id, b.msg_id) for m in said]
+    _assert_printed_only_under(kernel, "late hello 7", a, b)
 
 
 def test_cluster_and_status_have_html(kernel):

@@ -450,17 +450,6 @@ def steals(peer):
     return [P.COUNT.unpack(r.hdr)[1] for r in sent(peer.cout) if r.type == P.STEAL]
 
 
-def test_idle_worker_makes_the_core_steal_all_but_one():
-    c = Cluster()
-    busy = c.worker(credit=5)
-    c.submit(*range(1, 6))
-    c.core.dispatch()
-    assert len(busy.assigned) == 5
-    c.worker(credit=10)
-    c.core.steal(100.0)
-    assert steals(busy) == [4]
-
-
 def test_steal_bounded_by_idle_credit():
     c = Cluster()
     busy = c.worker(credit=8)
@@ -472,11 +461,12 @@ def test_steal_bounded_by_idle_credit():
     assert steals(busy) == [3]
 
 
-def test_steal_is_rate_limited():
+def test_idle_worker_makes_the_core_steal_all_but_one_at_a_limited_rate():
     c = Cluster()
     busy = c.worker(credit=5)
     c.submit(*range(1, 6))
     c.core.dispatch()
+    assert len(busy.assigned) == 5
     c.worker(credit=10)
     c.core.steal(100.0)
     assert steals(busy) == [4]
