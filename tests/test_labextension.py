@@ -257,14 +257,7 @@ def open_notebook(page, server: LabServer, name: str) -> None:
 
 def run_cell(page, code: str, timeout: float = 120) -> str:
     """Type code into the last (empty) cell, run it, wait, return its output text."""
-    nb = page.locator(ACTIVE_NOTEBOOK)
-    cells = nb.locator(".jp-Notebook .jp-Cell")
-    # Pin the index: Shift+Enter appends a new cell, so `.last` would move.
-    cell = cells.nth(cells.count() - 1)
-    cell.locator(".cm-content").click()
-    # insert_text skips per-key editor behaviour (auto-brackets, auto-indent).
-    page.keyboard.insert_text(code)
-    page.keyboard.press("Shift+Enter")
+    cell = start_cell(page, code)
     expect(cell.locator(".jp-InputPrompt")).to_have_text(
         re.compile(r"\[\d+\]"), timeout=timeout * 1000
     )
@@ -402,8 +395,10 @@ def start_cell(page, code: str):
     """Types code into the last cell and runs it without waiting; returns the cell."""
     nb = page.locator(ACTIVE_NOTEBOOK)
     cells = nb.locator(".jp-Notebook .jp-Cell")
+    # Pin the index: Shift+Enter appends a new cell, so `.last` would move.
     cell = cells.nth(cells.count() - 1)
     cell.locator(".cm-content").click()
+    # insert_text skips per-key editor behaviour (auto-brackets, auto-indent).
     page.keyboard.insert_text(code)
     page.keyboard.press("Shift+Enter")
     return cell
