@@ -493,6 +493,13 @@ class Cluster:
         the views show it."""
         self.relay.flush(0.3)
         tail = self.relay.tail(h.name)
+        # the scheduler writes a job's output file on its own schedule, which can be after the
+        # job's exit marker: give the words that explain the failure a moment to arrive
+        deadline = time.monotonic() + 2.0
+        while not tail and time.monotonic() < deadline:
+            time.sleep(0.1)
+            h.poll()  # a batch handle relays what its job's output file holds by now
+            tail = self.relay.tail(h.name)
         where = f" on {h.host}" if h.host else ""
         msg = (f"worker {h.name} (job {h.job_id}{where}) exited with status {code} before joining the "
                f"cluster" + (f":\n{tail}" if tail else ""))
