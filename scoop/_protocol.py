@@ -60,6 +60,9 @@ STEAL = b"V"       # broker -> worker: COUNT unstarted tasks wanted back
 LOAD = b"h"        # control socket, peer -> broker: body = JSON load figures
 OUTPUT = b"O"      # worker -> broker -> origin: GROUP; body = JSON [worker name, stream, text]
 DONE = b"J"        # worker -> broker: DONE_HEADER; that task's RESULT went straight to the origin
+LEASE = b"L"       # origin -> broker: L + worker uid + a TASK header; body = the task's body: that task
+                   # went straight to that worker (scoop.direct), which the broker now holds it at
+IDLE = b"G"        # worker -> origin, last record of a direct message: nothing else to run here
 STATUS = b"s"      # meta socket: body = JSON cluster snapshot
 EVENT = b"e"       # meta socket: body = JSON event (joined / left / const)
 
@@ -79,11 +82,15 @@ BLOB_HEADER = struct.Struct("<c16s")        # type, digest
 SIZE_HEADER = struct.Struct("<cII")         # type, workers, hosts
 TID = struct.Struct("<cQ")                  # type, task id
 DONE_HEADER = struct.Struct("<cQI")         # type, task id, inputs
+UID_SIZE = 16                               # a process's uid (hex) in a LEASE header
 GROUP = struct.Struct("<cI")                # type, group
 COUNT = struct.Struct("<ci")                # type, count
 INDEX = struct.Struct("<cI")                # type, peer index
 ID = struct.Struct("<Q")
 EMPTY = b""
+
+
+TID_SHIFT = 40  # a task id is its submitter's index above this bit, a count below
 
 
 def task_id(hdr) -> int:
@@ -120,7 +127,8 @@ CONTROL_TO_BROKER = b"C>"
 CONTROL_FROM_BROKER = b"C<"
 META = b"M<"
 TO_ORIGIN = b"R>"  # a worker's results, straight to the origin on its host (no broker hop)
-CHANNELS = (TO_BROKER, FROM_BROKER, CONTROL_TO_BROKER, CONTROL_FROM_BROKER, META, TO_ORIGIN)
+TO_WORKER = b"R<"  # tasks the origin leases straight to an idle worker on its host
+CHANNELS = (TO_BROKER, FROM_BROKER, CONTROL_TO_BROKER, CONTROL_FROM_BROKER, META, TO_ORIGIN, TO_WORKER)
 
 # plain ints: pyzmq's enum members cost a Python call per operation on the hot path
 EVENTS, POLLIN, RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
@@ -199,6 +207,12 @@ class Record:
     @property
     def type(self) -> bytes:
         return self.hdr[:1]
+
+
+def record(hdr: bytes, body: bytes = EMPTY) -> Record:
+    """A record with no payload buffers, made here rather than received (encoded as ``Outbox``
+    would, so it can be forwarded as is)."""
+    return Record(hdr, body, (), (), REC.pack(len(hdr), len(body), 0) + hdr + body)
 
 
 def parse(header, frames, start: int = MAC_SIZE):

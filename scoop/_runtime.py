@@ -27,7 +27,7 @@ import zmq
 from . import _protocol as P
 from . import _shm
 from .broker import secure_client
-from .direct import DirectInbox, DirectOutbox
+from .direct import DONE_DELAY, OriginEnd, WorkerEnd
 from .direct import available as direct_available
 from .errors import ClusterError
 from .liveness import DEFAULT_TIMEOUT, LOAD_INTERVAL, configure_socket, reconnect_grace
@@ -79,8 +79,9 @@ class Runtime:
         self.broken: str | None = None
         self.batching = 0
         self.sock = None
-        self.direct_in = None   # origin: results straight from the workers on this host
+        self.direct_in = None   # origin: results straight from the workers on this host, leases to them
         self.direct_out = None  # worker: results for the origin, straight when it is on this host
+        self.direct = None      # whichever of the two this process has
         self.control = None
         self.hub = None
         self.executor = None
@@ -172,12 +173,13 @@ class Runtime:
         self.sock = s
         self._poll_items = [(s, zmq.POLLIN)]
         if self.role == "origin" and direct_available():
-            inbox = DirectInbox(self.secret, self.signer)
-            if inbox.sock is not None:
-                self.direct_in = inbox
-                self._poll_items.append((inbox.sock, zmq.POLLIN))
+            end = OriginEnd(self.secret, self.signer)
+            if end.sock is not None:
+                self.direct = self.direct_in = end
         elif self.role == "worker" and direct_available():
-            self.direct_out = DirectOutbox(self.ctx, self.secret, self.signer)
+            self.direct = self.direct_out = WorkerEnd(self.ctx, self.secret, self.signer, self.uid)
+        if self.direct is not None:
+            self._poll_items.append((self.direct.sock, zmq.POLLIN))
         hello = dict(self.info, uid=self.uid, role=self.role, pid=os.getpid(), name=self.name,
                      host=self.info.get("host") or _socket.gethostname(), host_key=self.host_key)
         self.out.add(P.HELLO, json.dumps(hello).encode())
@@ -211,10 +213,9 @@ class Runtime:
                 pass
             self.sock.close(linger=500 if notify else 0)
             self.sock = None
-        for end in (self.direct_in, self.direct_out):
-            if end is not None:
-                end.close()
-        self.direct_in = self.direct_out = None
+        if self.direct is not None:
+            self.direct.close()
+        self.direct = self.direct_in = self.direct_out = None
         self.submitter.fail_all(ClusterError("the SCOOP cluster connection was closed"))
         if self.shm is not None:
             self.shm.cleanup(os.getpid())
@@ -234,14 +235,17 @@ class Runtime:
         self.send_out()
 
     def send_out(self):
-        if self.executor is not None:
+        ex = self.executor
+        if ex is not None:
             direct = self.direct_out
             if direct is not None:
                 if direct.pending:
-                    direct.flush(self.out)  # first: the origin waits on these
+                    direct.flush(self.out, ex.idle())  # first: the origin waits on these
                 if direct.dones and (self.out or direct.due()):
                     direct.take_dones(self.out)
-            self.executor.request_credit()
+            ex.request_credit()
+        elif self.submitter.leases and self.out:
+            self.submitter.take_leases(self.out)  # they ride along (else the control thread sends them)
         if self.out and self.sock is not None:
             with self.lock:
                 P.send(self.sock, self.signer, P.TO_BROKER, self.out)
@@ -261,7 +265,7 @@ class Runtime:
             self.flush()
         if self.deferred:
             self._handle(self._take_deferred())
-        direct = self.direct_in
+        direct = self.direct
         ready = direct_ready = False
         look = True  # at the task socket
         if timeout:
@@ -274,7 +278,8 @@ class Runtime:
             direct_ready = len(found) > ready
         n = 0
         if direct is not None and (direct_ready or not timeout):
-            n += direct.drain(self._handle, direct_ready)
+            handle = self._handle if self.executor is None else self._handle_direct
+            n += direct.drain(handle, direct_ready)
         while look:
             with self.lock:
                 if not ready and not sock.getsockopt(P.EVENTS) & P.POLLIN:
@@ -326,6 +331,16 @@ class Runtime:
             if h is not None:
                 h(rec)
 
+    def _handle_direct(self, recs):
+        """A worker: what the origin sent straight here is a leased task and its callable."""
+        ex = self.executor
+        for rec in recs:
+            t = rec.hdr[:1]
+            if t == P.TASK or t == P.CHUNK:
+                ex.on_task(rec, leased=True)
+            elif t == P.BLOB:
+                ex.on_blob(rec)
+
     def _on_const(self, rec):
         name = P.const_name(rec.hdr)
         if name not in self.consts:
@@ -345,7 +360,7 @@ class Runtime:
         self.welcome = w
         self.index = w["index"]
         self.name = w.get("name") or self.name
-        self.submitter.prefix = self.index << 40
+        self.submitter.prefix = self.index << P.TID_SHIFT
         self.size = w["size"]
         self.hosts = w.get("hosts", 1)
 
@@ -387,7 +402,9 @@ class Runtime:
                 if pred():
                     return True
         if sub.held is not None:
-            sub.release_held()  # about to block on something else: the held task must run meanwhile
+            # about to block on something else: the held task must run meanwhile, leased to an
+            # idle worker if nothing else is in flight
+            sub.release_held(lease=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         hub = self.hub
         if hub is not None and hub.current_task() is not None:
@@ -511,6 +528,11 @@ class _Control(threading.Thread):
                 if held is not None and now - held.since > sub.hold_seconds:
                     box = sub.take_held_box()
                     if box is not None:
+                        P.send(s, signer, P.CONTROL_TO_BROKER, box)
+                if sub.leases and now - sub.leases_since > DONE_DELAY:
+                    box = P.Outbox()
+                    sub.take_leases(box)  # the main thread sent nothing they could ride on
+                    if box:
                         P.send(s, signer, P.CONTROL_TO_BROKER, box)
                 # short polls: stop() joins this thread, and a held task must not wait long
                 wait_ms = min(self.tick_ms, int(max(0.0, next_load - time.monotonic()) * 1000) + 1)

@@ -112,10 +112,11 @@ class Broker:
             P.CANCEL: self._r_cancel, P.ASK: self._r_ask, P.CONST: self._r_const,
             P.INTERRUPT: self._r_interrupt, P.RELEASE: self._r_release, P.BYE: self._r_bye,
             P.SHUTDOWN: self._r_shutdown, P.OUTPUT: self._r_output, P.DONE: self._r_done,
+            P.LEASE: self._r_lease,
         }
         self._on_control = {
             P.LOAD: self._c_load, P.RELEASE: self._r_release, P.TASK: self._r_task, P.CHUNK: self._r_task,
-            P.CANCEL: self._c_cancel_answer,
+            P.CANCEL: self._c_cancel_answer, P.LEASE: self._r_lease,
         }
 
     @property
@@ -287,6 +288,9 @@ class Broker:
 
     def _r_task(self, peer, rec):
         self.core.submit(peer, rec)
+
+    def _r_lease(self, peer, rec):
+        self.core.lease(peer, rec)
 
     def _r_result(self, peer, rec):
         self.core.result(rec)

@@ -1,6 +1,15 @@
-"""Results straight from a worker to the origin on the same host, without the broker's hop.
+"""The origin and the workers on its host, talking without the broker in between.
 
-A round trip through the broker is four socket hops; a result sent straight back makes it three.
+A round trip through the broker is four socket hops, each a wake-up of another process.  Here:
+
+* **Results** go straight from a worker to the origin (three hops).
+* **Leases**: a task the origin waits on alone goes straight to a worker that said it is idle,
+  and its result straight back (two hops).  This is owner-based submission: the origin tells
+  the broker afterwards (a LEASE record: the task and the worker), so a lost worker's leased
+  task still runs elsewhere.  The origin leases only while it has nothing else in flight and
+  only a task inline in its header (no payload frames), so a leased task never waits behind
+  other work and the broker's copy costs nothing.
+
 The origin listens on an abstract Unix socket named from the cluster's secret
 (:func:`scoop._protocol.direct_address`), so no address has to be handed out: a worker on the
 same host connects at start, a worker on another host (or in another network namespace) cannot
@@ -8,13 +17,15 @@ reach it, and its results simply go through the broker as before.
 
 The broker still learns that the task is over: the worker sends it a small DONE record (the task
 id and its inputs) with its next message to the broker, or within ``DONE_DELAY`` -- not at once,
-because a broker woken right then competes for the CPU with the origin taking the result.
-Duplicates stay harmless: the origin completes a future once, and the broker drops a late RESULT
-of a DONE task (a task whose worker was lost before its DONE left runs again, and is dropped).
+because a broker woken right then competes for the CPU with the origin taking the result.  A
+LEASE waits the same way, so a DONE may reach the broker before the LEASE of its task; the
+broker remembers such DONEs a while (scoop.scheduling).  Duplicates stay harmless: the origin
+completes a future once, and the broker drops a late RESULT of a DONE task (a task whose worker
+was lost before its DONE left runs again, and is dropped).
 
 Security is the broker's: ZeroMQ's PLAIN handshake with the token derived from the secret, then
-headers MAC'd for their own channel (``TO_ORIGIN``) and payload digests checked before anything
-is unpickled.
+headers MAC'd for their own channel and direction (``TO_ORIGIN``, ``TO_WORKER``) and payload
+digests checked before anything is unpickled.
 """
 from __future__ import annotations
 
@@ -26,7 +37,7 @@ import zmq
 from . import _protocol as P
 from .broker import Authenticator, secure_client, secure_server
 
-DONE_DELAY = 0.002  # seconds a DONE may wait for a message to ride on
+DONE_DELAY = 0.002  # seconds a DONE (or a LEASE) may wait for a message to ride on
 
 
 def available() -> bool:
@@ -35,13 +46,16 @@ def available() -> bool:
     return sys.platform.startswith("linux")
 
 
-class DirectInbox:
+class OriginEnd:
     """The origin's end: a ROUTER in a context of its own (its own handshake checker)."""
 
     def __init__(self, secret: bytes, signer: P.Signer):
         self.signer = signer
         self.received = 0  # messages that came this way and verified (for tests and the curious)
         self.dropped = 0   # and those that did not
+        self.leased = 0    # tasks sent straight to a worker
+        self.idle: dict[bytes, None] = {}     # routing ids of workers whose last word was "idle"
+        self.have: dict[bytes, set] = {}      # routing id -> callables sent to that worker
         self.ctx = zmq.Context()
         self.auth = None
         self.sock = None
@@ -50,6 +64,7 @@ class DirectInbox:
             s = self.sock = self.ctx.socket(zmq.ROUTER)
             s.setsockopt(zmq.RCVHWM, 0)
             s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a worker that is gone is an error, not a drop
             secure_server(s)
             s.bind(P.direct_address(secret))
         except zmq.ZMQError:
@@ -60,11 +75,11 @@ class DirectInbox:
     def drain(self, handle, ready: bool = False) -> int:
         """Hands every verified record waiting in the socket to ``handle`` (``ready``: a poll
         just found a message); returns messages read."""
-        sock, signer = self.sock, self.signer
+        sock, signer, idle = self.sock, self.signer, self.idle
         n = 0
         while ready or sock.getsockopt(P.EVENTS) & P.POLLIN:
             ready = False
-            sock.recv(P.NOBLOCK)  # the worker's routing id: nothing is ever sent back
+            ident = sock.recv(P.NOBLOCK)
             if not sock.getsockopt(P.RCVMORE):
                 self.dropped += 1
                 continue
@@ -72,10 +87,35 @@ class DirectInbox:
             n += 1
             if recs is None:
                 self.dropped += 1
+                continue
+            self.received += 1
+            if recs[-1].hdr[:1] == P.IDLE:
+                idle[ident] = None
             else:
-                self.received += 1
-                handle(recs)
+                idle.pop(ident, None)
+            handle(recs)
         return n
+
+    def lease(self, hdr: bytes, packed: P.Packed, digest: bytes, blob: P.Packed) -> bytes | None:
+        """Sends a task to the worker that said it was idle last; returns that worker's uid (for
+        the broker's LEASE record), or None when no worker is idle or it is gone."""
+        if not self.idle:
+            return None
+        ident = next(reversed(self.idle))  # the latest: its caches are the warmest
+        del self.idle[ident]
+        have = self.have.setdefault(ident, set())
+        box = P.Outbox()
+        if digest not in have:
+            box.add(P.BLOB_HEADER.pack(P.BLOB, digest), packed=blob)
+        box.add(hdr, packed=packed)
+        try:
+            P.send(self.sock, self.signer, P.TO_WORKER, box, ident, P.NOBLOCK)
+        except zmq.ZMQError:  # gone (EHOSTUNREACH) or not reading (EAGAIN): the broker's way
+            self.have.pop(ident, None)
+            return None
+        have.add(digest)
+        self.leased += 1
+        return ident[1:]
 
     def close(self):
         if self.sock is not None:
@@ -87,15 +127,17 @@ class DirectInbox:
         self.ctx.term()
 
 
-class DirectOutbox:
-    """A worker's end: results for the origin wait here until the worker flushes."""
+class WorkerEnd:
+    """A worker's end: results for the origin wait here until the worker flushes, and leased
+    tasks come in here."""
 
-    def __init__(self, ctx, secret: bytes, signer: P.Signer):
+    def __init__(self, ctx, secret: bytes, signer: P.Signer, uid: str):
         self.signer = signer
         self.pending: list = []  # (result header, packed payload, task id, inputs)
         self.dones: list = []    # DONE records for the broker, not sent yet
         self.dones_since = 0.0
         s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.IDENTITY, b"d" + uid.encode())  # the origin names this worker to the broker
         # IMMEDIATE: a message goes only to a connection whose handshake completed, so a worker
         # that cannot reach the origin is told at once (EAGAIN) and uses the broker
         s.setsockopt(zmq.IMMEDIATE, 1)
@@ -126,13 +168,16 @@ class DirectOutbox:
             out.add(hdr)
         self.dones = []
 
-    def flush(self, out: P.Outbox):
+    def flush(self, out: P.Outbox, idle: bool = False):
         """Sends the waiting results to the origin and keeps a DONE for each (for the broker);
-        when the origin is out of reach, the results themselves go into ``out``."""
+        when the origin is out of reach, the results themselves go into ``out``.  ``idle``: this
+        worker has nothing else to run, and may be leased a task."""
         items, self.pending = self.pending, []
         box = P.Outbox()
         for hdr, packed, _tid, _inputs in items:
             box.add(hdr, packed=packed)
+        if idle:
+            box.add(P.IDLE)
         sent = False
         if box.marks is None:  # one message (under HEADER_SPLIT): all or nothing
             try:
@@ -147,6 +192,22 @@ class DirectOutbox:
         else:
             for hdr, packed, _tid, _inputs in items:
                 out.add(hdr, packed=packed)
+
+    def drain(self, handle, ready: bool = False) -> int:
+        """Hands the records of every verified message from the origin (leased tasks and their
+        callables) to ``handle``; returns messages read."""
+        sock, signer = self.sock, self.signer
+        n = 0
+        while ready or sock.getsockopt(P.EVENTS) & P.POLLIN:
+            ready = False
+            try:
+                recs = P.recv_verified(sock, signer, P.TO_WORKER, P.NOBLOCK)
+            except zmq.Again:
+                break
+            n += 1
+            if recs is not None:
+                handle(recs)
+        return n
 
     def close(self):
         self.sock.close(0)

@@ -36,6 +36,7 @@ class Executor:
         self.lock = threading.Lock()         # pending/known/precancelled vs. the control thread
         self.known: set[int] = set()         # received, not finished
         self.precancelled: set[int] = set()  # cancelled before they were received
+        self.leased: set[int] = set()        # came straight from the origin: run here, never handed back
         self.fns: dict[bytes, tuple] = {}  # digest -> (callable, its name, what its results are called)
         self._blob_recs: dict[bytes, P.Record] = {}
         self.outstanding = 0
@@ -55,8 +56,10 @@ class Executor:
                              P.RETIRE: self.on_retire})
 
     # ---- receiving (main thread, or the control thread holding the socket lock) ---------------
-    def on_task(self, rec: P.Record):
-        if self.outstanding > 0:
+    def on_task(self, rec: P.Record, leased: bool = False):
+        """``leased``: sent by the origin itself (scoop.direct), not against this worker's credit;
+        the broker may not know of it yet, so it is never handed back."""
+        if self.outstanding > 0 and not leased:
             self.outstanding -= 1
         tid = P.task_id(rec.hdr)
         with self.lock:
@@ -64,10 +67,21 @@ class Executor:
                 self.precancelled.discard(tid)  # cancelled while still in the socket
                 return
             self.known.add(tid)
+            if leased:
+                self.leased.add(tid)
             self.pending.append(rec)
 
     def on_blob(self, rec: P.Record):
-        self._blob_recs[P.blob_digest(rec.hdr)] = rec
+        d = P.blob_digest(rec.hdr)
+        if d not in self.fns:
+            self._blob_recs[d] = rec
+
+    def idle(self) -> bool:
+        """Nothing else to run here: the origin may lease this worker a task.  Only a worker of
+        the root broker says so (a sub-broker's worker is unknown to the root, which would run
+        a task leased to it a second time), and never one that is leaving."""
+        return (not self.pending and not self.rt.hub.ready and not self.retiring
+                and self.rt.welcome.get("root", False))
 
     def on_retire(self, rec=None):
         self.retiring = True
@@ -121,6 +135,7 @@ class Executor:
                     _, tid, group, d, _host, _flags = P.TASK_HEADER.unpack(rec.hdr)
                     if group in self.interrupted:
                         self.known.discard(tid)
+                        self.leased.discard(tid)
                         continue
                     if (out or direct) and fn_avg.get(d, 1.0) > 0.0005:
                         rt.flush()  # a task that may be long must not hold finished results back
@@ -140,7 +155,7 @@ class Executor:
                 self.retiring = True
             if self.retiring:
                 self._release_pending()
-                if not ready and not hub.blocked:
+                if not ready and not hub.blocked and not pending:  # leased tasks stay and run
                     rt.goodbye()
                     return
             rt.flush()
@@ -185,10 +200,13 @@ class Executor:
                     packed, status = P.packed_bytes(P.dump_exception(exc, "")), P.RAISED
         except TaskInterrupted:
             self.known.discard(tid)
+            self.leased.discard(tid)
             return
         except BaseException as exc:  # noqa: B902 -- everything a task raises goes back to its caller
             packed, status = P.packed_bytes(self._exception_payload(exc, name)), P.RAISED
         self.known.discard(tid)
+        if self.leased:
+            self.leased.discard(tid)
         flush_output()  # what the task printed lands before its result
         hdr = P.RESULT_HEADER.pack(P.RESULT, tid, status, inputs, started, time.time(), self.name8)
         if flags & P.DIRECT and rt.direct_out is not None and TaskOutput.writes == writes:
@@ -277,6 +295,7 @@ class Executor:
                     _, tid, g = P.TASK_HEADER.unpack(rec.hdr)[:3]
                     if g == group:
                         self.known.discard(tid)
+                        self.leased.discard(tid)
                     else:
                         kept.append(rec)
                 self.pending.clear()  # in place: the hub loop holds this very deque
@@ -291,11 +310,16 @@ class Executor:
     def _release_pending(self):
         out = self.rt.out
         with self.lock:
+            kept = deque()
             for rec in self.pending:
                 tid = P.task_id(rec.hdr)
+                if tid in self.leased:
+                    kept.append(rec)
+                    continue
                 self.known.discard(tid)
                 out.add(P.TID.pack(P.RELEASE, tid))
-            self.pending.clear()
+            self.pending.clear()  # in place: the hub loop holds this very deque
+            self.pending.extend(kept)
 
     def give_back(self, n: int):
         """Control thread: the broker steals.  Tasks still in the task socket count as unstarted
@@ -303,12 +327,18 @@ class Executor:
         self.rt.drain_into_pending()
         box = P.Outbox()
         with self.lock:
-            while n > 0 and self.pending:
-                rec = self.pending.pop()
+            pending, leased = self.pending, self.leased
+            kept = []
+            while n > 0 and pending:
+                rec = pending.pop()
                 tid = P.task_id(rec.hdr)
+                if tid in leased:
+                    kept.append(rec)
+                    continue
                 self.known.discard(tid)
                 box.add(P.TID.pack(P.RELEASE, tid))
                 n -= 1
+            pending.extend(reversed(kept))
         return box
 
     def cancel_pending(self, tid: int):
@@ -324,6 +354,7 @@ class Executor:
                     if P.task_id(rec.hdr) == tid:
                         self.pending.remove(rec)
                         self.known.discard(tid)
+                        self.leased.discard(tid)
                         ok = True
                         break
         box = P.Outbox()

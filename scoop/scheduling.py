@@ -10,6 +10,11 @@ tasks go to the workers with the most unused credit.  The core knows which worke
 task: a lost worker's tasks are queued again, the first result for a task id wins, and an idle
 worker makes the core ask a busy one for its unstarted tasks back (work stealing), so short
 tasks never wait behind a long one while a worker idles.
+
+A task the origin leased straight to a worker (scoop.direct) reaches the core after it started,
+maybe after it finished: a LEASE registers it at that worker (or queues it, if that worker is
+gone), and a DONE or RESULT that came first is remembered for a while, so the LEASE of a task
+that is over is dropped.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from . import _protocol as P
 
 MAX_ATTEMPTS = 3  # a task lost with this many dead workers fails with WorkerLostError
 STEAL_EVERY = 0.02  # seconds between two steal requests to one worker
+EARLY_DONE_KEEP = 10.0  # seconds a DONE of an unknown task is remembered (at least; at most twice)
 
 
 class Task:
@@ -123,6 +129,9 @@ class Scheduler:
         self.done_total = 0
         self.lost_workers = 0
         self.size_due = False
+        # DONEs of tasks not known (yet): tid -> inputs, in two generations (young, old)
+        self.early_done: tuple[dict, dict] = ({}, {})
+        self._early_since = 0.0
         self.log = log or (lambda msg: None)
         self.unlink = unlink or (lambda seg: None)  # frees shared memory of records it drops
         self.on_event = lambda kind, **data: None
@@ -136,7 +145,8 @@ class Scheduler:
         self.peers[uid] = peer
         if peer.role == "origin":
             self.origin = peer
-        welcome = {"index": peer.index, "size": self.size(), "hosts": self.hosts(), "name": peer.name}
+        welcome = {"index": peer.index, "size": self.size(), "hosts": self.hosts(), "name": peer.name,
+                   "root": self.upstream is None}
         peer.out.add(P.WELCOME, json.dumps(welcome).encode())
         for rec in self.consts:
             peer.out.add_record(rec)
@@ -231,6 +241,44 @@ class Scheduler:
         self.tasks[tid] = task
         self.queue.append(task)
 
+    def lease(self, peer: Peer, rec: P.Record):
+        """The origin sent a task straight to a worker: that worker holds it now (not against its
+        credit), or, if it is gone, the task queues like any other."""
+        wuid, hdr = bytes(rec.hdr[1:1 + P.UID_SIZE]), bytes(rec.hdr[1 + P.UID_SIZE:])
+        task_rec = P.record(hdr, bytes(rec.body))
+        _, tid, group, d, _host, _flags = P.TASK_HEADER.unpack(hdr)
+        if self.upstream is not None:  # not ours to track: the root schedules
+            self.submit(peer, task_rec)
+            return
+        if tid in self.tasks or group in self.interrupted:
+            return
+        young, old = self.early_done
+        inputs = young.pop(tid, None)
+        if inputs is None:
+            inputs = old.pop(tid, None)
+        if inputs is not None:  # over before the broker heard of it
+            self.done_total += inputs
+            return
+        task = Task(tid, task_rec, d, group, peer)
+        self.tasks[tid] = task
+        w = self.peers.get(wuid)
+        if w is not None and w.role == "worker":
+            task.worker = w
+            w.assigned[tid] = task
+            w.have.add(d)  # the origin sent the callable along
+        else:
+            self.queue.append(task)
+
+    def _remember_done(self, tid: int, inputs: int):
+        """A DONE (or RESULT) of a task not known: its LEASE may be on its way."""
+        now = self.now()
+        young, old = self.early_done
+        if now - self._early_since > EARLY_DONE_KEEP:
+            old.clear()
+            self.early_done = young, old = old, young
+            self._early_since = now
+        young[tid] = inputs
+
     def blob(self, peer: Peer, rec: P.Record):
         d = P.blob_digest(rec.hdr)
         self.blobs[d] = rec
@@ -256,8 +304,14 @@ class Scheduler:
         task = self._finished(tid, inputs)
         if task is None:
             sub = self.local_submitted.pop(tid, None)  # a sub-broker: the root's answer
+            origin = self.origin
             if sub is not None and sub.uid in self.peers:
                 sub.out.add_record(rec)
+            elif (self.upstream is None and origin is not None and tid >> P.TID_SHIFT == origin.index
+                  and origin.uid in self.peers and rec.hdr[:1] == P.RESULT):
+                # the origin's task whose LEASE has not come yet (or a duplicate: it keeps the first)
+                self._remember_done(tid, inputs)
+                origin.out.add_record(rec)
             else:
                 self.drop(rec)
         elif self.alive(task.submitter):
@@ -270,7 +324,10 @@ class Scheduler:
         later RESULT for it, from a second attempt, is dropped as a duplicate)."""
         _, tid, inputs = P.DONE_HEADER.unpack(rec.hdr)
         task = self._finished(tid, inputs)
-        if task is not None and task.submitter is self.upstream:
+        if task is None:
+            if self.upstream is None:
+                self._remember_done(tid, inputs)
+        elif task.submitter is self.upstream:
             self.upstream.out.add_record(rec)  # a sub-broker: the root tracks the task too
 
     def _finished(self, tid: int, inputs: int) -> Task | None:

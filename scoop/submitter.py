@@ -77,7 +77,9 @@ class Submitter:
         self._blobs_sent: set[bytes] = set()
         self._warned_big: set[bytes] = set()
         self.held: Held | None = None
-        self._held_lock = threading.Lock()  # the held task vs. the control thread
+        self._held_lock = threading.Lock()  # the held task and the leases vs. the control thread
+        self.leases: list = []  # LEASE records for the broker, not sent yet (scoop.direct)
+        self.leases_since = 0.0
         self.hold_seconds = HOLD_SECONDS
         self.inline_depth = 0
         self.closed_for_submit = False
@@ -193,13 +195,40 @@ class Submitter:
                 rt.flush()
         return fut
 
-    def release_held(self):
+    def release_held(self, lease: bool = False):
+        """Sends the held task on its way; ``lease``: its submitter is about to wait on it."""
         if self.held is None:
             return
         with self._held_lock:
             held, self.held = self.held, None
-        if held is not None:
+        if held is not None and not (lease and self._lease(held)):
             self.rt.out.add(held.hdr, packed=held.packed)
+
+    def _lease(self, held: Held) -> bool:
+        """Sends ``held`` straight to an idle worker on this host (scoop.direct) when it is the
+        only task in flight and travels inline; the broker hears of it soon after."""
+        end = self.rt.direct_in
+        if end is None or not end.idle or len(self.futures) != 1 or held.packed.refs:
+            return False
+        ent = self._fn_cache.get(id(held.fn))
+        if ent is None or ent[0] is not held.fn or ent[2].refs:
+            return False
+        uid = end.lease(held.hdr, held.packed, ent[1], ent[2])
+        if uid is None:
+            return False
+        rec = P.LEASE + uid + held.hdr
+        with self._held_lock:
+            if not self.leases:
+                self.leases_since = time.monotonic()
+            self.leases.append((rec, held.packed.body))
+        held.fut._state = RUNNING
+        return True
+
+    def take_leases(self, out: P.Outbox):
+        with self._held_lock:
+            leases, self.leases = self.leases, []
+        for hdr, body in leases:
+            out.add(hdr, body)
 
     def take_held_box(self):
         """Control thread: the submitter went on without waiting; its held task goes from there."""

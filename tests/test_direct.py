@@ -1,8 +1,11 @@
-"""Results straight from a worker to the origin on the same host (scoop.direct), with real
-processes: they arrive that way, the broker still learns each task is over, a taken address or
-an unreachable origin falls back to the broker, and only holders of the secret get a byte in."""
+"""The origin and the workers on its host without the broker in between (scoop.direct), with
+real processes: results arrive that way, a waited task is leased straight to an idle worker, the
+broker still learns where each task is and that it is over (a worker killed or retired with a
+leased task loses nothing), a taken address or an unreachable origin falls back to the broker,
+and only holders of the secret get a byte in, either way."""
 import os
 import pickle
+import signal
 import time
 
 import pytest
@@ -10,9 +13,9 @@ import zmq
 
 from scoop import _globals, futures
 from scoop import _protocol as P
-from scoop.broker import secure_client
+from scoop.broker import Authenticator, secure_client, secure_server
 from scoop.cluster import Cluster
-from scoop.direct import DirectOutbox
+from scoop.direct import WorkerEnd
 from tests.conftest import PROGRAMS, TESTS, origin_cluster, scoop_processes, wait_idle, wait_no_new_processes
 
 
@@ -25,6 +28,43 @@ def shout(x):
     return x
 
 
+def pid_then_sleep(path, seconds):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def leased_to(rt, fn, *args, surely=True):
+    """Submits and starts waiting: the task goes straight to an idle worker (asserted; its function
+    goes to the broker first: a task whose function has not yet gone is never held back)."""
+    rt._callable_digest(fn)
+    rt.flush()
+    before = rt.direct_in.leased
+    f = futures.submit(fn, *args)
+    futures.wait([f], timeout=0)
+    assert rt.direct_in.leased == before + 1 or not surely, "the waited task was not leased"
+    return f
+
+
+def until_idle_known(rt, n, timeout=20):
+    """Round trips until ``n`` workers have told the origin they are idle (each must reach it)."""
+    deadline = time.monotonic() + timeout
+    while len(rt.direct_in.idle) < n and time.monotonic() < deadline:
+        fs = [futures.submit(time.sleep, 0.05) for _ in range(n)]  # several: not leased
+        futures.wait(fs, timeout=60)
+    assert len(rt.direct_in.idle) >= n, "a worker on the origin's host never reached it"
+
+
+def read_pid(path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return int(path.read_text())
+        time.sleep(0.01)
+    raise AssertionError("the task never started")
+
+
 @pytest.fixture
 def two():
     yield from origin_cluster(2)
@@ -35,42 +75,70 @@ def one():
     yield from origin_cluster(1)
 
 
-def test_results_come_straight_back_and_the_broker_hears_they_are_done(two):
+def test_results_and_leased_tasks_go_straight_and_the_broker_hears_of_both(two):
     c = two
-    if True:
-        rt = _globals.current()
-        assert rt.direct_in is not None
-        direct_from = set()  # workers whose results already come straight back
-        deadline = time.monotonic() + 20
-        while len(direct_from) < 2 and time.monotonic() < deadline:
-            before = rt.direct_in.received
-            f = futures.submit(ident, 0)
-            futures.wait([f], timeout=60)
-            if rt.direct_in.received > before:
-                direct_from.add(f.result()[0])
-        assert len(direct_from) == 2, "a worker on the origin's host never reached it"
-        before = rt.direct_in.received
-        for i in range(300):
-            f = futures.submit(ident, i)
-            futures.wait([f], timeout=60)  # a wait with a timeout: dispatched, never in place
-            pid, x = f.result()
-            assert x == i and pid != os.getpid()
-        assert list(futures.map(abs, range(-2000, 0))) == list(range(2000, 0, -1))
-        assert rt.direct_in.received - before >= 300
-        wait_idle(c, timeout=10)  # the deferred DONEs reach the broker: nothing stays in flight
-        assert c.status()["totals"]["done"] >= 2300
+    rt = _globals.current()
+    assert rt.direct_in is not None
+    until_idle_known(rt, 2)
+    received, leased = rt.direct_in.received, rt.direct_in.leased
+    for i in range(300):
+        f = futures.submit(ident, i)
+        futures.wait([f], timeout=60)  # a wait with a timeout: dispatched, never in place
+        pid, x = f.result()
+        assert x == i and pid != os.getpid()
+    assert rt.direct_in.received - received >= 300
+    assert rt.direct_in.leased - leased >= 290  # all but the odd one that found no idle worker
+    # several tasks in flight: none is leased, the broker balances them
+    leased = rt.direct_in.leased
+    assert list(futures.map(abs, range(-2000, 0))) == list(range(2000, 0, -1))
+    fs = [futures.submit(ident, i) for i in range(20)]
+    futures.wait(fs, timeout=60)
+    assert rt.direct_in.leased == leased
+    wait_idle(c, timeout=10)  # the deferred DONEs and LEASEs reach the broker: nothing stays in flight
+    assert c.status()["totals"]["done"] >= 2320
 
 
 def test_a_task_that_prints_sends_its_result_after_its_output(one):
-    if True:
-        lines = []
-        rt = _globals.current()
-        rt.output_handler = lambda name, stream, text, group: lines.append(text)
-        for i in range(20):
-            f = futures.submit(shout, i)
-            futures.wait([f], timeout=60)
-            assert f.result() == i
-            assert lines and lines[-1].strip() == f"task {i} speaks", "the result overtook the output"
+    """Also when it was leased: its result then goes through the broker, which may not know
+    the task yet and passes it to the origin all the same."""
+    lines = []
+    rt = _globals.current()
+    rt.output_handler = lambda name, stream, text, group: lines.append(text)
+    until_idle_known(rt, 1)
+    for i in range(20):
+        futures.wait([futures.submit(ident, i)], timeout=60)  # the worker says it is idle again
+        f = leased_to(rt, shout, i)
+        assert f.result(timeout=60) == i
+        assert lines and lines[-1].strip() == f"task {i} speaks", "the result overtook the output"
+    wait_idle(one, timeout=10)
+
+
+def test_a_leased_task_of_a_killed_worker_runs_elsewhere(two, tmp_path):
+    rt = _globals.current()
+    until_idle_known(rt, 2)
+    path = tmp_path / "pid"
+    f = leased_to(rt, pid_then_sleep, str(path), 2.0)
+    victim = read_pid(path)
+    os.kill(victim, signal.SIGKILL)
+    pid = f.result(timeout=60)
+    assert pid != victim and pid != os.getpid()
+    wait_idle(two, timeout=10)
+
+
+def test_a_worker_retired_just_before_a_lease_loses_nothing(one, tmp_path):
+    """The RETIRE (through the broker) and the lease (straight) race: the worker runs the task
+    and leaves after it, or has left and the broker runs it on the worker that replaces it."""
+    c = one
+    rt = _globals.current()
+    for attempt in range(3):
+        until_idle_known(rt, 1, timeout=60)
+        (worker,) = c.status()["workers"]
+        rt.retire(int(worker["id"]))
+        # leased, unless the worker has already left (then the broker's way)
+        f = leased_to(rt, pid_then_sleep, str(tmp_path / f"pid{attempt}"), 0.1, surely=False)
+        assert f.result(timeout=60) == read_pid(tmp_path / f"pid{attempt}")
+        wait_idle(c, timeout=10)
+        c.meta.wait_for(lambda s, w=worker: [x["id"] for x in s["workers"]] not in ([], [w["id"]]), 60)
 
 
 def test_a_taken_address_falls_back_to_the_broker():
@@ -100,7 +168,7 @@ def test_a_worker_that_cannot_reach_the_origin_sends_through_the_broker():
     ctx = zmq.Context()
     secret = P.new_secret()  # an origin nobody started
     try:
-        direct = DirectOutbox(ctx, secret, P.Signer(secret))
+        direct = WorkerEnd(ctx, secret, P.Signer(secret), "0" * 16)
         out = P.Outbox()
         hdr = P.RESULT_HEADER.pack(P.RESULT, 7, P.OK, 1, 0.0, 0.0, b"w" * 12)
         direct.add(hdr, P.pack(42), 7, 1)
@@ -166,3 +234,52 @@ def test_only_the_secret_gets_a_byte_in(one, tmp_path):
             assert refused > 0 and inbox.dropped - dropped == forged
         finally:
             ctx.destroy(linger=0)
+
+
+def test_a_worker_takes_leased_tasks_only_from_the_secret():
+    """Whoever binds the origin's address (a squatter with the handshake token, say) cannot make
+    a worker run anything: a lease signed without the secret, or signed for another channel (a
+    captured result sent back), is dropped before the executor sees it."""
+    secret = P.new_secret()
+    signer = P.Signer(secret)
+    ctx = zmq.Context()
+    auth = None
+    try:
+        fake = ctx.socket(zmq.ROUTER)
+        fake.setsockopt(zmq.LINGER, 0)
+        fake.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send fails until the worker is connected
+        auth = Authenticator(ctx, secret)  # checks the handshake token, as a squatter holding it would
+        secure_server(fake)
+        fake.bind(P.direct_address(secret))
+        end = WorkerEnd(ctx, secret, signer, "f" * 16)
+        ident = b"d" + b"f" * 16
+        def task(tid):
+            box = P.Outbox()
+            hdr = P.TASK_HEADER.pack(P.TASK, tid, 0, P.digest(b"fn"), 1, P.DIRECT)
+            box.add(hdr, pickle.dumps(((1,), {})))
+            return box.take()[0]
+
+        data, real = task(6), task(5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the connection is up
+            try:
+                fake.send_multipart([ident, P.Signer(os.urandom(32)).mac(P.TO_WORKER, data) + data],
+                                    zmq.NOBLOCK)
+                break
+            except zmq.ZMQError:
+                time.sleep(0.01)
+        else:
+            raise AssertionError("the worker never connected")
+        fake.send_multipart([ident, signer.mac(P.TO_ORIGIN, data) + data])
+        fake.send_multipart([ident, b"\0" * 16 + data])
+        fake.send_multipart([ident, signer.mac(P.TO_WORKER, real) + real])  # the real thing, last
+        got = []
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            end.sock.poll(100)
+            end.drain(got.extend)
+        assert [P.task_id(r.hdr) for r in got] == [5]
+    finally:
+        if auth is not None:
+            auth.stop()
+        ctx.destroy(linger=0)

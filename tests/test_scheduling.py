@@ -84,10 +84,10 @@ class Cluster:
                                                  "role": "origin"})
         self.n = 0
 
-    def worker(self, credit=0, host_key=HOST, name=None):
+    def worker(self, credit=0, host_key=HOST, name=None, uid=None):
         self.n += 1
         name = name or f"w{self.n}"
-        w = self.core.join(name.encode(), {"name": name, "host": f"h{host_key}", "host_key": host_key,
+        w = self.core.join(uid or name.encode(), {"name": name, "host": f"h{host_key}", "host_key": host_key,
                                            "pid": 1000 + self.n, "role": "worker"})
         assert w is not None
         if credit:
@@ -303,6 +303,102 @@ def test_a_lost_worker_reruns_what_it_had_not_reported_done(c):
     drain(w2)
     c.core.dispatch()
     assert task_ids(sent(w2.out)) == [2]
+
+
+# ---- leases: tasks the origin sent straight to a worker (scoop.direct) -------------------------------
+def lease_rec(tid, worker_uid, group=0, fn=FN):
+    hdr = P.TASK_HEADER.pack(P.TASK, tid, group, fn, HOST, P.DIRECT)
+    return record(P.LEASE + worker_uid + hdr, pickle.dumps(((tid,), {})))
+
+
+def uid(name: str) -> bytes:
+    """A uid as long as the one a LEASE names (a real process's: 16 hex digits)."""
+    return name.encode().ljust(P.UID_SIZE, b"_")
+
+
+def origin_tid(c, n):
+    return c.origin.index << P.TID_SHIFT | n
+
+
+def test_a_lease_holds_the_task_at_its_worker_outside_its_credit(c):
+    w = c.worker(credit=1, uid=uid("w1"))
+    drain(w)
+    t = origin_tid(c, 1)
+    c.core.lease(c.origin, lease_rec(t, w.uid))
+    assert list(w.assigned) == [t] and w.credit == 1 and FN in w.have
+    c.core.dispatch()
+    assert sent(w.out) == []  # the worker has it already: nothing is sent
+    c.core.done(done_rec(t))
+    assert not w.assigned and not c.core.tasks and c.core.done_total == 1
+
+
+def test_a_leased_task_of_a_lost_worker_runs_elsewhere(c):
+    w1 = c.worker(uid=uid("w1"))
+    t = origin_tid(c, 1)
+    c.core.lease(c.origin, lease_rec(t, w1.uid))
+    assert list(w1.assigned) == [t]
+    c.core.blob(c.origin, blob_rec())
+    c.core.leave(w1, "lost (its connection dropped)")
+    w2 = c.worker(credit=1)
+    drain(w2)
+    c.core.dispatch()
+    got = sent(w2.out)
+    assert types(got) == [P.BLOB, P.TASK] and task_ids(got) == [t]
+    assert pickle.loads(got[1].body) == ((t,), {})  # the broker's copy is the task as it was sent
+
+
+def test_a_lease_to_a_worker_already_gone_queues_the_task(c):
+    c.core.blob(c.origin, blob_rec())
+    t = origin_tid(c, 1)
+    c.core.lease(c.origin, lease_rec(t, uid("gone")))
+    w = c.worker(credit=1)
+    drain(w)
+    c.core.dispatch()
+    assert task_ids(sent(w.out)) == [t]
+
+
+@pytest.mark.parametrize("first", ["done", "result"])
+def test_a_lease_that_comes_after_its_task_ended_is_dropped(c, first):
+    """The worker's DONE (or, for a task that printed, its RESULT) and the origin's LEASE take
+    different ways to the broker: either may come first, and the task runs once."""
+    w = c.worker(uid=uid("w1"))
+    drain(c.origin)
+    t = origin_tid(c, 1)
+    if first == "done":
+        c.core.done(done_rec(t, inputs=3))
+        assert sent(c.origin.out) == []
+    else:
+        c.core.result(result_rec(t, inputs=3, value="printed first"))
+        got = sent(c.origin.out)  # the broker did not know the task, but it is the origin's
+        assert types(got) == [P.RESULT] and pickle.loads(got[0].body) == "printed first"
+    c.core.lease(c.origin, lease_rec(t, w.uid))
+    assert not c.core.tasks and not w.assigned and not c.core.queue and c.core.done_total == 3
+
+
+def test_early_dones_are_forgotten_after_a_while(c):
+    c.core.now = lambda: now
+    now = 100.0
+    c.core.done(done_rec(origin_tid(c, 1)))
+    now += 11
+    c.core.done(done_rec(origin_tid(c, 2)))
+    now += 11
+    c.core.done(done_rec(origin_tid(c, 3)))
+    young, old = c.core.early_done
+    assert set(young) | set(old) == {origin_tid(c, 2), origin_tid(c, 3)}
+
+
+def test_a_lease_of_an_interrupted_group_is_dropped(c):
+    w = c.worker(uid=uid("w1"))
+    c.core.interrupt(7)
+    c.core.lease(c.origin, lease_rec(origin_tid(c, 1), w.uid, group=7))
+    assert not c.core.tasks and not w.assigned
+
+
+def test_only_root_workers_hear_they_may_take_leases(c, sub):
+    w = c.worker()
+    assert json.loads(bytes(sent(w.out)[0].body))["root"] is True
+    sw = sub.worker()
+    assert json.loads(bytes(sent(sw.out)[0].body))["root"] is False
 
 
 def test_result_goes_to_the_worker_that_submitted(c):
