@@ -80,7 +80,9 @@ class Executor:
         """Nothing else to run here: the origin may lease this worker a task.  Only a worker of
         the root broker says so (a sub-broker's worker is unknown to the root, which would run
         a task leased to it a second time), and never one that is leaving."""
+        # (the hub loop, not a task, with a group set: it flushes before it starts that task)
         return (not self.pending and not self.rt.hub.ready and not self.retiring
+                and (self.running_group is None or self.rt.hub.current_task() is not None)
                 and self.rt.welcome.get("root", False))
 
     def on_retire(self, rec=None):
@@ -137,9 +139,9 @@ class Executor:
                         self.known.discard(tid)
                         self.leased.discard(tid)
                         continue
+                    self.running_group = group  # from here on this worker is not idle
                     if (out or direct) and fn_avg.get(d, 1.0) > 0.0005:
                         rt.flush()  # a task that may be long must not hold finished results back
-                    self.running_group = group
                     hub.start(run_task, rec, group, tid)
                     self.running_group = None
                 else:
