@@ -63,6 +63,7 @@ DONE = b"J"        # worker -> broker: DONE_HEADER; that task's RESULT went stra
 LEASE = b"L"       # origin -> broker: L + worker uid + a TASK header; body = the task's body: that task
                    # went straight to that worker (scoop.direct), which the broker now holds it at
 IDLE = b"G"        # worker -> origin, last record of a direct message: nothing else to run here
+BUSY = b"N"        # worker -> origin: running something else now (its last word was IDLE)
 STATUS = b"s"      # meta socket: body = JSON cluster snapshot
 EVENT = b"e"       # meta socket: body = JSON event (joined / left / const)
 

@@ -8,7 +8,8 @@ A round trip through the broker is four socket hops, each a wake-up of another p
   the broker afterwards (a LEASE record: the task and the worker), so a lost worker's leased
   task still runs elsewhere.  The origin leases only while it has nothing else in flight and
   only a task inline in its header (no payload frames), so a leased task never waits behind
-  other work and the broker's copy costs nothing.
+  other work and the broker's copy costs nothing; a worker that said IDLE and then starts other
+  work (another submitter's) says BUSY.
 
 The origin listens on an abstract Unix socket named from the cluster's secret
 (:func:`scoop._protocol.direct_address`), so no address has to be handed out: a worker on the
@@ -136,6 +137,7 @@ class WorkerEnd:
         self.pending: list = []  # (result header, packed payload, task id, inputs)
         self.dones: list = []    # DONE records for the broker, not sent yet
         self.dones_since = 0.0
+        self.said_idle = False   # the origin's last word from here was IDLE
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.IDENTITY, b"d" + uid.encode())  # the origin names this worker to the broker
         # IMMEDIATE: a message goes only to a connection whose handshake completed, so a worker
@@ -185,6 +187,7 @@ class WorkerEnd:
                 sent = True
             except zmq.Again:
                 pass
+        self.said_idle = sent and idle
         if sent:
             if not self.dones:
                 self.dones_since = time.monotonic()
@@ -192,6 +195,17 @@ class WorkerEnd:
         else:
             for hdr, packed, _tid, _inputs in items:
                 out.add(hdr, packed=packed)
+
+    def say_busy(self):
+        """This worker said it was idle and starts other work now: no lease should wait behind
+        it (one small message per such change, none while the origin's leases keep it busy)."""
+        self.said_idle = False
+        box = P.Outbox()
+        box.add(P.BUSY)
+        try:
+            P.send(self.sock, self.signer, P.TO_ORIGIN, box, flags=P.NOBLOCK)
+        except zmq.Again:
+            pass
 
     def drain(self, handle, ready: bool = False) -> int:
         """Hands the records of every verified message from the origin (leased tasks and their

@@ -125,6 +125,8 @@ class Executor:
             t0 = monotonic()
             while True:
                 if ready:
+                    if direct is not None and direct.said_idle:
+                        direct.say_busy()
                     g = ready.popleft()
                     self.running_group = g.group if type(g) is TaskGreenlet else None
                     hub.resume(g)
@@ -139,6 +141,8 @@ class Executor:
                         self.known.discard(tid)
                         self.leased.discard(tid)
                         continue
+                    if direct is not None and direct.said_idle and tid not in self.leased:
+                        direct.say_busy()
                     self.running_group = group  # from here on this worker is not idle
                     if (out or direct) and fn_avg.get(d, 1.0) > 0.0005:
                         rt.flush()  # a task that may be long must not hold finished results back

@@ -35,6 +35,12 @@ def pid_then_sleep(path, seconds):
     return os.getpid()
 
 
+def wait_for(path):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def leased_to(rt, fn, *args, surely=True):
     """Submits and starts waiting: the task goes straight to an idle worker (asserted; its function
     goes to the broker first: a task whose function has not yet gone is never held back)."""
@@ -283,3 +289,21 @@ def test_a_worker_takes_leased_tasks_only_from_the_secret():
         if auth is not None:
             auth.stop()
         ctx.destroy(linger=0)
+
+
+def test_a_worker_busy_with_other_work_is_not_leased_a_task(one, tmp_path):
+    """It said it was idle, then the broker gave it a task that runs until the test ends it: it
+    says it is busy, so no lease waits behind that task; when it is done it is idle again."""
+    rt = _globals.current()
+    until_idle_known(rt, 1)
+    go = tmp_path / "go"
+    busy = [futures.submit(wait_for, str(go)), futures.submit(time.sleep, 0.01)]  # two: not leased
+    futures.wait(busy, timeout=0)
+    deadline = time.monotonic() + 30
+    while rt.direct_in.idle and time.monotonic() < deadline:
+        rt.pump(0.05)
+    assert not rt.direct_in.idle, "the busy worker still counts as idle"
+    go.touch()
+    futures.wait(busy, timeout=60)
+    assert rt.direct_in.idle, "the worker did not say it is idle again"
+    leased_to(rt, ident, 1).result(timeout=60)
