@@ -69,7 +69,7 @@ def wait_started(marker, count=1, timeout=10.0):
         found = []
         for proc in processes_matching(marker):
             try:
-                if proc.cmdline()[0] == PY:
+                if proc.cmdline()[:1] == [PY]:  # empty while the wrapper execs it, or once a zombie
                     found.append(proc)
             except psutil.Error:
                 pass
