@@ -27,7 +27,36 @@ from . import _protocol as P
 
 MAX_ATTEMPTS = 3  # a task lost with this many dead workers fails with WorkerLostError
 STEAL_EVERY = 0.02  # seconds between two steal requests to one worker
-EARLY_DONE_KEEP = 10.0  # seconds a DONE of an unknown task is remembered (at least; at most twice)
+RECENT_KEEP = 10.0  # seconds task ids are remembered for records that may still come (at most twice)
+
+
+class Recent:
+    """Task ids remembered for a while, for a record about them that may still come: at least
+    ``RECENT_KEEP`` seconds, at most twice that, in two generations (no per-entry clock)."""
+
+    __slots__ = ("young", "old", "since")
+
+    def __init__(self):
+        self.young: dict = {}
+        self.old: dict = {}
+        self.since = 0.0
+
+    def add(self, tid: int, value, now: float):
+        if now - self.since > RECENT_KEEP:
+            self.old, self.young = self.young, {}
+            self.since = now
+        self.young[tid] = value
+
+    def pop(self, tid: int, default=None):
+        if tid in self.young:
+            return self.young.pop(tid)
+        return self.old.pop(tid, default)
+
+    def __contains__(self, tid):
+        return tid in self.young or tid in self.old
+
+    def __len__(self):
+        return len(self.young) + len(self.old)
 
 
 class Task:
@@ -129,9 +158,8 @@ class Scheduler:
         self.done_total = 0
         self.lost_workers = 0
         self.size_due = False
-        # DONEs of tasks not known (yet): tid -> inputs, in two generations (young, old)
-        self.early_done: tuple[dict, dict] = ({}, {})
-        self._early_since = 0.0
+        self.early_done = Recent()  # tid -> inputs: DONEs of tasks not known (yet): a LEASE may follow
+        self.stopped = Recent()     # tids of tasks interrupted at a worker that may have finished them
         self.log = log or (lambda msg: None)
         self.unlink = unlink or (lambda seg: None)  # frees shared memory of records it drops
         self.on_event = lambda kind, **data: None
@@ -252,10 +280,7 @@ class Scheduler:
             return
         if tid in self.tasks or group in self.interrupted:
             return
-        young, old = self.early_done
-        inputs = young.pop(tid, None)
-        if inputs is None:
-            inputs = old.pop(tid, None)
+        inputs = self.early_done.pop(tid)
         if inputs is not None:  # over before the broker heard of it
             self.done_total += inputs
             return
@@ -271,13 +296,7 @@ class Scheduler:
 
     def _remember_done(self, tid: int, inputs: int):
         """A DONE (or RESULT) of a task not known: its LEASE may be on its way."""
-        now = self.now()
-        young, old = self.early_done
-        if now - self._early_since > EARLY_DONE_KEEP:
-            old.clear()
-            self.early_done = young, old = old, young
-            self._early_since = now
-        young[tid] = inputs
+        self.early_done.add(tid, inputs, self.now())
 
     def blob(self, peer: Peer, rec: P.Record):
         d = P.blob_digest(rec.hdr)
@@ -339,6 +358,10 @@ class Scheduler:
                 w.assigned.pop(tid, None)
             self.done_total += inputs
             self.free(task)
+        elif self.stopped and self.stopped.pop(tid, False) is None:
+            # interrupted, but it had finished (its result may even have reached the origin
+            # straight, before the interrupt): it was done, and the counts say so
+            self.done_total += inputs
         return task
 
     def fail(self, task: Task, reason: str):
@@ -423,11 +446,13 @@ class Scheduler:
 
     def interrupt(self, group: int):
         self.interrupted.add(group)
+        now = self.now()
         for tid, task in list(self.tasks.items()):
             if task.group == group:
                 del self.tasks[tid]
                 if task.worker is not None:
                     task.worker.assigned.pop(tid, None)
+                    self.stopped.add(tid, None, now)
         hdr = P.GROUP.pack(P.INTERRUPT, group)
         for p in self.peers.values():
             if p.takes_tasks:
