@@ -91,7 +91,9 @@ def wait_idle(cluster, timeout=30.0):
     """Waits until the broker holds no task in flight, so one test's leftovers cannot
     change the next test's scheduling."""
     snap = cluster.meta.wait_for(lambda s: s["totals"].get("in_flight", 1) == 0, timeout)
-    assert snap["totals"]["in_flight"] == 0, snap["totals"]
+    where = [{k: w.get(k) for k in ("name", "state", "assigned", "queued", "running", "blocked", "done")}
+             for w in snap.get("workers", [])]
+    assert snap["totals"]["in_flight"] == 0, (snap["totals"], where)
 
 
 # a private SLURM cluster (slurmctld here, two slurmd nodes in network namespaces), made once per session
