@@ -234,6 +234,16 @@ class Runtime:
         self.submitter.release_held()
         self.send_out()
 
+    def flush_all(self):
+        """Everything out now, DONEs of results sent straight too: before a task that may be long,
+        the broker must not count those tasks in flight (it would run them again if this worker
+        died meanwhile)."""
+        self.flush()
+        direct = self.direct_out
+        if direct is not None and direct.dones:
+            direct.take_dones(self.out)
+            self.send_out()
+
     def send_out(self):
         ex = self.executor
         if ex is not None:

@@ -162,6 +162,10 @@ class WorkerEnd:
     def __len__(self):
         return len(self.pending)
 
+    def waiting(self) -> bool:
+        """Results or DONEs not sent yet."""
+        return bool(self.pending or self.dones)
+
     def due(self) -> bool:
         return bool(self.dones) and time.monotonic() - self.dones_since >= DONE_DELAY
 

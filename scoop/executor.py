@@ -144,8 +144,8 @@ class Executor:
                     if direct is not None and direct.said_idle and tid not in self.leased:
                         direct.say_busy()
                     self.running_group = group  # from here on this worker is not idle
-                    if (out or direct) and fn_avg.get(d, 1.0) > 0.0005:
-                        rt.flush()  # a task that may be long must not hold finished results back
+                    if fn_avg.get(d, 1.0) > 0.0005 and (out or (direct is not None and direct.waiting())):
+                        rt.flush_all()  # a task that may be long must not hold anything back
                     hub.start(run_task, rec, group, tid)
                     self.running_group = None
                 else:

@@ -307,3 +307,18 @@ def test_a_worker_busy_with_other_work_is_not_leased_a_task(one, tmp_path):
     futures.wait(busy, timeout=60)
     assert rt.direct_in.idle, "the worker did not say it is idle again"
     leased_to(rt, ident, 1).result(timeout=60)
+
+
+def test_a_long_task_does_not_hold_back_the_done_of_a_result_sent_straight(one, tmp_path):
+    """The broker hears a task is done before the worker starts a long one: it must not count
+    that task in flight meanwhile (nor run it again if the worker died)."""
+    go = tmp_path / "go"
+    fs = [futures.submit(ident, 1), futures.submit(wait_for, str(go))]  # one worker: in this order
+    try:
+        assert fs[0].result(timeout=60)[1] == 1
+        snap = one.meta.wait_for(lambda s: s["totals"].get("in_flight") == 1, 20)
+        assert snap["totals"]["in_flight"] == 1, "the DONE waits for the long task to end"
+    finally:
+        go.touch()
+    futures.wait(fs, timeout=60)
+    wait_idle(one, timeout=10)
