@@ -224,9 +224,7 @@ class Runtime:
     def goodbye(self):
         """Tells the broker this process leaves: what it finished first (the broker reads nothing
         of a peer after its goodbye, and would run again a task it had not heard was done)."""
-        self.flush()
-        if self.direct_out is not None:
-            self.direct_out.take_dones(self.out)
+        self.flush_all()
         self.out.add(P.BYE)
         self.send_out()
 

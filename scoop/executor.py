@@ -76,6 +76,12 @@ class Executor:
         if d not in self.fns:
             self._blob_recs[d] = rec
 
+    def _forget(self, tid: int):
+        """The task is over here (finished, dropped or cancelled)."""
+        self.known.discard(tid)
+        if self.leased:
+            self.leased.discard(tid)
+
     def idle(self) -> bool:
         """Nothing else to run here: the origin may lease this worker a task.  Only a worker of
         the root broker says so (a sub-broker's worker is unknown to the root, which would run
@@ -138,8 +144,7 @@ class Executor:
                         rec = pending.popleft()
                     _, tid, group, d, _host, _flags = P.TASK_HEADER.unpack(rec.hdr)
                     if group in self.interrupted:
-                        self.known.discard(tid)
-                        self.leased.discard(tid)
+                        self._forget(tid)
                         continue
                     if direct is not None and direct.said_idle and tid not in self.leased:
                         direct.say_busy()
@@ -205,14 +210,11 @@ class Executor:
                 else:
                     packed, status = P.packed_bytes(P.dump_exception(exc, "")), P.RAISED
         except TaskInterrupted:
-            self.known.discard(tid)
-            self.leased.discard(tid)
+            self._forget(tid)
             return
         except BaseException as exc:  # noqa: B902 -- everything a task raises goes back to its caller
             packed, status = P.packed_bytes(self._exception_payload(exc, name)), P.RAISED
-        self.known.discard(tid)
-        if self.leased:
-            self.leased.discard(tid)
+        self._forget(tid)
         flush_output()  # what the task printed lands before its result
         hdr = P.RESULT_HEADER.pack(P.RESULT, tid, status, inputs, started, time.time(), self.name8)
         if flags & P.DIRECT and rt.direct_out is not None and TaskOutput.writes == writes:
@@ -300,8 +302,7 @@ class Executor:
                 for rec in self.pending:
                     _, tid, g = P.TASK_HEADER.unpack(rec.hdr)[:3]
                     if g == group:
-                        self.known.discard(tid)
-                        self.leased.discard(tid)
+                        self._forget(tid)
                     else:
                         kept.append(rec)
                 self.pending.clear()  # in place: the hub loop holds this very deque
@@ -359,8 +360,7 @@ class Executor:
                 for rec in list(self.pending):
                     if P.task_id(rec.hdr) == tid:
                         self.pending.remove(rec)
-                        self.known.discard(tid)
-                        self.leased.discard(tid)
+                        self._forget(tid)
                         ok = True
                         break
         box = P.Outbox()
