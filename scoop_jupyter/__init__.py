@@ -31,10 +31,33 @@ def load_ipython_extension(ip):
     tracebacks.install(ip)
     reprs.register(ip)
     _show_costly_function_warnings()
+    _note_missing_panel()
     kernel = getattr(ip, "kernel", None)
     if kernel is not None and _unregister_comm is None:
         from .comm import register
         _unregister_comm = register(kernel, s)
+
+
+def _note_missing_panel():
+    """An install without Node.js has no JupyterLab side panel; say once how to get it, since
+    the build step's own message is hidden by pip."""
+    global _panel_noted
+    if _panel_noted:
+        return
+    _panel_noted = True
+    try:
+        from jupyter_core.paths import jupyter_path
+    except ImportError:
+        return
+    import os
+    if not any(os.path.exists(os.path.join(p, "scoop-jupyter", "package.json"))
+               for p in jupyter_path("labextensions")):
+        print("scoop_jupyter: the JupyterLab side panel is not installed (it needs Node.js >= 20 at "
+              "install time); everything else works. To add it: install Node.js, then reinstall this "
+              "package (pip install -e .).")
+
+
+_panel_noted = False
 
 
 def _show_costly_function_warnings():

@@ -26,8 +26,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-echo "== installing scoop-jupyter with its test dependencies (builds the JupyterLab extension)"
-python -m pip install -q --disable-pip-version-check -e ".[test]"
+# --upgrade-strategy eager: every dependency at its newest release, as a fresh machine gets it, so a
+# long-lived machine cannot hide breakage from a new release
+echo "== installing scoop-jupyter with its test dependencies, all at their newest releases (builds the JupyterLab extension)"
+python -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager -e ".[test]"
 
 echo "== lint (ruff, configured in pyproject.toml)"
 python -m ruff check .
