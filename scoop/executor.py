@@ -16,9 +16,9 @@ import socket as _socket
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 
+from . import _codemap
 from . import _protocol as P
 from ._future import ChunkResult
 from ._scheduler import Hub, TaskGreenlet
@@ -262,7 +262,7 @@ class Executor:
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename in _HERE:
             tb = tb.tb_next  # hide the worker's own frames: the user's code starts below them
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        text = _codemap.format_exception(exc, tb)  # frames without source here carry their code's key
         rt = self.rt
         host = rt.info.get("host") or _socket.gethostname()
         where = f"worker {rt.name} on {host}, pid {os.getpid()}, task {name}"

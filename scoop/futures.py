@@ -327,7 +327,7 @@ class _MapIterator:
             self.buffer.append(values)
             self.buffered += len(values)
         if err_index >= 0:
-            from ._protocol import load_exception
+            from .submitter import load_exception
             self.error = err if isinstance(err, BaseException) else load_exception(err)
             self.exhausted = True
         elif (self.in_window < self.size // 2 or self.submitted <= 4 * max(1, _size())

@@ -14,6 +14,7 @@ import warnings
 from collections import deque
 from typing import NamedTuple
 
+from . import _codemap
 from . import _protocol as P
 from ._future import CANCELLED, FINISHED, RUNNING, Future
 from .errors import ClusterError, TaskInterrupted, WorkerLostError
@@ -96,6 +97,7 @@ class Submitter:
         ent = self._fn_cache.get(id(fn))
         if ent is None or ent[0] is not fn:
             d, packed = P.pack_callable(fn)
+            _codemap.remember(fn)  # where its code came from, for its tracebacks
             ent = (fn, d, packed)
             if len(self._fn_cache) >= _FN_CACHE_MAX:
                 self._fn_cache.clear()
@@ -294,7 +296,7 @@ class Submitter:
                 value = P.unpack(rec, rt.shm)
                 fut.set_result(value)
             else:
-                fut.set_exception(P.load_exception(P.body_bytes(rec, rt.shm)))
+                fut.set_exception(load_exception(P.body_bytes(rec, rt.shm)))
         except Exception as exc:  # the value's class cannot be loaded here, say
             fut.set_exception(P.SerializationError(
                 f"result of task {fut.name} could not be unpickled here: {type(exc).__name__}: {exc}"))
@@ -439,6 +441,12 @@ def _unpicklable(value, task: str):
     except Exception as exc:
         return P.SerializationError(f"result of task {task} ({P._kind(value)}) could not be pickled: "
                                     f"{type(exc).__name__}: {exc}")
+
+
+def load_exception(data) -> BaseException:
+    """A task's exception, its remote traceback naming the files its code came from."""
+    import scoop
+    return _codemap.restore_exception(P.load_exception(data), final=scoop.IS_ORIGIN)
 
 
 def _unlink_refs(rec, shm):

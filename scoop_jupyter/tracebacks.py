@@ -6,7 +6,8 @@ cloudpickle's machinery.  Before IPython shows an exception, this module
 - drops frames of those packages (``%xmode Verbose`` keeps everything, for debugging SCOOP),
   and causes raised entirely inside them (the cloudpickle error behind "could not be pickled",
   whose message the SCOOP error already repeats);
-- rewrites a task's remote traceback: cell files (``/tmp/ipykernel_NNN/...py``) become
+- rewrites a task's remote traceback (whose frames the submitter already put back at their
+  files, see ``scoop._codemap``): cell files (``/tmp/ipykernel_NNN/...py``) become
   ``Cell In[15]`` with the cell's source lines (the worker ran the function by value and had
   no source), worker frames of those packages go, and the worker is called by its one name;
 - turns the ``KeyboardInterrupt`` of an interrupted map into one line that says what

@@ -488,6 +488,10 @@ def test_nested_remote_tracebacks_are_tidy_too(kernel):
     assert re.search(r"^RemoteTraceback: \[w\d+ on \S+, pid \d+, task inner", tb, re.M), tb
     assert re.search(r"^RemoteTraceback: \[w\d+ on \S+, pid \d+, task outer", tb, re.M), tb
     assert "[worker" not in tb and "scoop._protocol" not in tb and not PACKAGE_FRAME.search(tb), tb
+    # every remote frame names its cell and shows its line, whatever cloudpickle did to co_filename
+    assert re.search(r"Cell In\[\d+\], line 2, in inner\n\s+raise ValueError\(f'bad \{x\}'\)", tb), tb
+    assert re.search(r"Cell In\[\d+\], line 4, in outer\n\s+return futures.submit", tb), tb
+    assert "<dynamic-code>" not in tb and "#k" not in tb, tb
 
 
 def test_serial_warning_points_at_the_callers_line(tmp_path):
