@@ -16,8 +16,12 @@ SIZE = 1                  # number of workers (processes that run tasks)
 DEBUG = bool(_os.environ.get("SCOOP_DEBUG"))
 BROKER = None             # BrokerInfo(hostname, task_port, info_port, externalHostname)
 CONFIGURATION = {}
+SHUTDOWN_REQUESTED = False  # SCOOP 0.7's flag, set once the cluster is asked to stop
 
-
+# SCOOP 0.7's intervals (seconds), for programs that read them
+TIME_BETWEEN_PARTIALDEBUG = 30
+TIME_BETWEEN_STATUS_REPORTS = 25
+TIME_BETWEEN_STATUS_PRUNING = 60
 
 
 def _make_logger():
@@ -41,7 +45,7 @@ def _make_logger():
     return log
 
 
-_SUBMODULES = ("futures", "shared", "cluster", "origin", "errors", "meta")
+_SUBMODULES = ("futures", "shared", "cluster", "origin", "errors", "meta", "utils", "fallbacks")
 
 
 def __getattr__(name):

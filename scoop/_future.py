@@ -33,6 +33,30 @@ class Runtime(Protocol):
     def where(self, fut: "Future") -> int: ...
 
 
+class DoneAndNotDoneFutures(NamedTuple):
+    """What ``wait`` returns, as in concurrent.futures and SCOOP 0.7."""
+    done: set
+    not_done: set
+
+
+class CallbackType:
+    """SCOOP 0.7's kinds of done-callbacks (here every callback runs where it was added)."""
+    standard = "standard"
+    universal = "universal"
+
+
+class callbackEntry(NamedTuple):  # noqa: N801 -- SCOOP 0.7's name
+    """An entry of ``Future.callback``, SCOOP 0.7's list of a future's callbacks."""
+    func: object
+    callbackType: str  # noqa: N815
+    groupID: object  # noqa: N815
+
+
+def _no_limit(timeout):
+    """SCOOP 0.7: a negative timeout, like None, means no limit."""
+    return None if timeout is None or timeout < 0 else timeout
+
+
 class ChunkResult(NamedTuple):
     """What a map chunk returns: the values before the first error, that error's index (-1:
     none) and pickled exception, and the seconds the chunk took (the map adapts to them)."""
@@ -43,10 +67,12 @@ class ChunkResult(NamedTuple):
 
 
 class Future:
-    """PEP 3148 future for a task running somewhere in the cluster."""
+    """PEP 3148 future for a task running somewhere in the cluster.  Users may set attributes
+    on it (``f.tag = ...``), as on SCOOP 0.7's futures."""
 
     __slots__ = ("id", "_state", "_result", "_exception", "_callbacks", "_waiters", "_rt",
-                 "_name", "group", "submitted", "started", "finished", "worker", "_segments", "__weakref__")
+                 "_name", "group", "submitted", "started", "finished", "worker", "_segments", "__weakref__",
+                 "__dict__")
 
     def __init__(self, rt, task_id: int, name: str, group: int = 0):
         self.id = task_id
@@ -108,8 +134,10 @@ class Future:
             raise CancelledError(f"task {self._name} was cancelled")
         return self._exception
 
-    def add_done_callback(self, fn) -> None:
-        """Runs ``fn(future)`` when the future completes, at once if it already has."""
+    def add_done_callback(self, fn, inCallbackType=CallbackType.standard, inCallbackGroup=None) -> None:  # noqa: N803
+        """Runs ``fn(future)`` when the future completes, at once if it already has.  (The
+        other arguments are SCOOP 0.7's; they are kept in ``callback``.)"""
+        self.callback.append(callbackEntry(fn, inCallbackType, inCallbackGroup))
         if _wrap_callback is not None:
             fn = _wrap_callback(fn)
         if self._state >= FINISHED:
@@ -140,6 +168,15 @@ class Future:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def callback(self) -> list:
+        """SCOOP 0.7's list of this future's callbacks: ``callbackEntry(func, callbackType,
+        groupID)`` in the order they were added."""
+        entries = self.__dict__.get("_callback_entries")
+        if entries is None:
+            entries = self.__dict__["_callback_entries"] = []
+        return entries
 
     @property
     def completed(self) -> bool:
@@ -179,23 +216,25 @@ def _remaining(deadline):
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def wait(fs, timeout=None, return_when=ALL_COMPLETED):
-    """Waits for futures; returns ``(done, not_done)`` sets, as concurrent.futures does."""
+def wait(fs, timeout=None, return_when=ALL_COMPLETED) -> DoneAndNotDoneFutures:
+    """Waits for futures; returns the named tuple ``(done, not_done)`` of sets, as
+    concurrent.futures does.  No ``timeout`` (or, as in SCOOP 0.7, a negative one): no limit."""
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, ALWAYS):
         raise ValueError("return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, "
                          f"not {return_when!r}")
+    timeout = _no_limit(timeout)
     fs = set(fs)
     if not fs:
-        return set(), set()
+        return DoneAndNotDoneFutures(set(), set())
     if len(fs) == 1 and return_when != ALWAYS:  # the common `wait([f], timeout)`, kept short
         f = next(iter(fs))
         if f._state < FINISHED:
             f._rt.wait_until(lambda: f._state >= FINISHED, timeout, fs)  # pumps at least once
-        return (fs, set()) if f._state >= FINISHED else (set(), fs)
+        return DoneAndNotDoneFutures(fs, set()) if f._state >= FINISHED else DoneAndNotDoneFutures(set(), fs)
 
     def split():
         done = {f for f in fs if f._state >= FINISHED}
-        return done, fs - done
+        return DoneAndNotDoneFutures(done, fs - done)
 
     def satisfied():
         done, not_done = split()
@@ -215,7 +254,7 @@ def wait(fs, timeout=None, return_when=ALL_COMPLETED):
 def as_completed(fs, timeout=None):
     """Yields futures as they complete; raises TimeoutError if some are still pending at the
     deadline (counted from the call, as in concurrent.futures)."""
-    deadline = _deadline(timeout)
+    deadline = _deadline(_no_limit(timeout))
     pending = list(dict.fromkeys(fs))
     if not pending:
         return

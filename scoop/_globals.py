@@ -1,4 +1,5 @@
-"""Keeps the module globals of ``scoop`` (IS_ORIGIN, IS_RUNNING, worker, SIZE, BROKER) true."""
+"""Keeps the module globals of ``scoop`` (IS_ORIGIN, IS_RUNNING, SHUTDOWN_REQUESTED, worker, SIZE,
+BROKER) true."""
 from __future__ import annotations
 
 import collections
@@ -18,6 +19,7 @@ def activate(rt, *, is_origin: bool, broker: dict | None = None):
     _runtime = rt
     scoop.IS_ORIGIN = is_origin
     scoop.IS_RUNNING = True
+    scoop.SHUTDOWN_REQUESTED = False
     scoop.worker = f"{rt.index}:{rt.uid}"
     scoop.SIZE = rt.size
     if broker:
@@ -31,3 +33,4 @@ def deactivate():
     import scoop
     _runtime = None
     scoop.IS_RUNNING = False
+    scoop.SHUTDOWN_REQUESTED = True

@@ -22,16 +22,20 @@ from ._future import (  # noqa: F401
     FINISHED,
     FIRST_COMPLETED,
     FIRST_EXCEPTION,
+    CallbackType,
     ChunkResult,
+    DoneAndNotDoneFutures,
     Future,
+    _no_limit,
     as_completed,
     wait,
 )
 from .errors import CancelledError, ClusterError, RemoteError, TaskInterrupted, TimeoutError, WorkerLostError  # noqa: F401
+from .fallbacks import NotStartedProperly  # noqa: F401 -- SCOOP 0.7 programs import it from here
 
 __all__ = ["submit", "map", "map_as_completed", "as_completed", "wait", "mapReduce", "mapScan",
-           "shutdown", "Future", "TimeoutError", "CancelledError", "WorkerLostError",
-           "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
+           "shutdown", "Future", "TimeoutError", "CancelledError", "WorkerLostError", "NotStartedProperly",
+           "DoneAndNotDoneFutures", "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"]
 
 _serial = None
 _active_maps: "weakref.WeakSet[_MapIterator]" = weakref.WeakSet()
@@ -144,11 +148,16 @@ class _MapIterator:
     messaging would otherwise dominate.  Results and errors keep input order.
     """
 
-    def __init__(self, func, iterables, timeout, ordered: bool):
+    def __init__(self, func, iterables, timeout, ordered: bool, chunksize=None):
         if not callable(func):
             raise TypeError(f"futures.map needs a callable, got {type(func).__name__}")
         if not iterables:
             raise TypeError("futures.map needs at least one iterable")
+        if chunksize is not None and (not isinstance(chunksize, int) or isinstance(chunksize, bool)
+                                      or chunksize < 1):
+            raise ValueError(f"futures.map: chunksize must be a positive integer, not {chunksize!r}")
+        self.fixed_chunk = chunksize   # the caller's inputs per task, or None: adapted to their cost
+        timeout = _no_limit(timeout)
         self.rt = _rt()
         self.func = func
         # one iterable (the common case): inputs travel as they are, and run as fn(x)
@@ -202,13 +211,17 @@ class _MapIterator:
             known = _per_input.get(self.digest)  # this function's speed in earlier maps
             if known is not None:
                 self._adapt_to(known)
-        # until the inputs' cost is known, send a probe of a few tasks per worker: a long task
-        # is then not stuck in a big chunk, and a tiny one gets chunked after the first results
-        limit = self.size if self.per_input is not None else min(self.size, 4 * workers)
-        # never fewer chunks in flight than a few per worker
-        k = max(1, min(self.chunk, self.size // (4 * workers)))
-        if self.bytes_per_input:  # big inputs: a chunk carries at most _CHUNK_BYTES of them
-            k = max(1, min(k, int(_CHUNK_BYTES // self.bytes_per_input)))
+        if self.fixed_chunk is not None:  # the caller's chunk size; a few chunks per worker in flight
+            k = self.fixed_chunk
+            limit = self.size = max(self.size, 4 * k * workers)
+        else:
+            # until the inputs' cost is known, send a probe of a few tasks per worker: a long task
+            # is then not stuck in a big chunk, and a tiny one gets chunked after the first results
+            limit = self.size if self.per_input is not None else min(self.size, 4 * workers)
+            # never fewer chunks in flight than a few per worker
+            k = max(1, min(self.chunk, self.size // (4 * workers)))
+            if self.bytes_per_input:  # big inputs: a chunk carries at most _CHUNK_BYTES of them
+                k = max(1, min(k, int(_CHUNK_BYTES // self.bytes_per_input)))
         islice = itertools.islice
         while self.in_window < limit:
             if self.window_bytes >= _WINDOW_BYTES and len(self.window) >= 2 * workers:
@@ -335,6 +348,8 @@ class _MapIterator:
             self._fill()
 
     def _adapt(self, elapsed, n):
+        if self.fixed_chunk is not None:
+            return
         per = elapsed / max(1, n)
         if self.per_input is not None and n < 64:
             per = 0.7 * self.per_input + 0.3 * per  # a few inputs measure the timer, not the task
@@ -394,28 +409,41 @@ def _sliceable(seq) -> bool:
         t.__name__ == "ndarray" and t.__module__ == "numpy" and seq.ndim >= 1)
 
 
-def map(func, *iterables, timeout=None, **kwargs):
+def map(func, *iterables, timeout=None, chunksize=None, **kwargs):
     """Parallel ``map``: an iterator over results in input order.
 
     Inputs are consumed lazily (generators and endless iterables work); the first results can
     be used while later inputs are still being submitted.  A task's exception is raised when the
-    iteration reaches it.  ``timeout`` counts from the call, as in concurrent.futures.
-    Other keyword arguments are passed to every call of ``func``, as SCOOP 0.7 did.
+    iteration reaches it.  ``timeout`` counts from the call, as in concurrent.futures (None or
+    negative: no limit).  ``chunksize``: inputs per task (default: adapted to their measured
+    cost).  Other keyword arguments are ignored, with a warning, as SCOOP 0.7 ignored them;
+    pass arguments to ``func`` with ``functools.partial``.
     """
-    return _MapIterator(_with_kwargs(func, kwargs), iterables, timeout, ordered=True)
+    _ignored("map", kwargs)
+    return _MapIterator(func, iterables, timeout, ordered=True, chunksize=chunksize)
 
 
-def map_as_completed(func, *iterables, timeout=None, **kwargs):
+def map_as_completed(func, *iterables, timeout=None, chunksize=None, **kwargs):
     """Like :func:`map`, but yields results in completion order."""
-    return _MapIterator(_with_kwargs(func, kwargs), iterables, timeout, ordered=False)
+    _ignored("map_as_completed", kwargs)
+    return _MapIterator(func, iterables, timeout, ordered=False, chunksize=chunksize)
 
 
-def _with_kwargs(func, kwargs):
+_warned_ignored: set = set()
+
+
+def _ignored(where: str, kwargs: dict):
+    """SCOOP 0.7's map and mapReduce accepted and ignored any keyword: such programs keep
+    running, and are told once (per call site's keywords) that nothing reaches the function."""
     if not kwargs:
-        return func
-    bound = functools.partial(func, **kwargs)
-    functools.update_wrapper(bound, func, updated=())
-    return bound
+        return
+    names = tuple(sorted(kwargs))
+    if (where, names) in _warned_ignored:
+        return
+    _warned_ignored.add((where, names))
+    warnings.warn(f"futures.{where} ignores the keyword argument(s) {', '.join(names)}, as SCOOP 0.7 did; "
+                  f"use functools.partial(func, ...) to pass them to the function",
+                  RuntimeWarning, stacklevel=_user_stacklevel())
 
 
 def _chunks(seq, n):
@@ -439,7 +467,7 @@ def mapReduce(mapFunc, reductionFunc, *iterables, **kwargs):
     answer (commutativity is not needed).
     """
     import scoop
-    mapFunc = _with_kwargs(mapFunc, kwargs)
+    _ignored("mapReduce", kwargs)
     items = list(zip(*iterables))
     if not items:
         raise TypeError("mapReduce() of empty sequence with no initial value")
@@ -454,7 +482,7 @@ def mapScan(mapFunc, reductionFunc, *iterables, **kwargs):
     Each block is mapped and scanned on a worker; block offsets are combined at the caller.
     """
     import scoop
-    mapFunc = _with_kwargs(mapFunc, kwargs)
+    _ignored("mapScan", kwargs)
     items = list(zip(*iterables))
     if not items:
         return []

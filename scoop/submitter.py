@@ -182,10 +182,14 @@ class Submitter:
         if digest is None:
             digest = self.callable_digest(fn)
         fut, hdr, packed = self._new_task(P.TASK, name, digest, (args, kwargs), 1, args, kwargs)
-        if flush and not rt.batching and self.inline and not rt.out:
+        if flush and not rt.batching and self.inline:
             # hold the newest task: if its submitter waits on it next, it runs right here
-            # (no round trip); any other call, the hub, or the control thread after HOLD_SECONDS
-            # sends it.  Never held when its function still has to be shipped (out not empty).
+            # (no round trip), and until it goes a cancel() always succeeds, as SCOOP 0.7's
+            # local futures did; any other call, the hub, or the control thread after
+            # HOLD_SECONDS sends it.  What was queued before it (its function, the first time)
+            # goes now: the broker parks a task that arrives before its function anyway.
+            if rt.out:
+                rt.send_out()
             with self._held_lock:
                 prev, self.held = self.held, Held(fut, fn, args, kwargs, hdr, packed, time.monotonic())
             if prev is not None:
