@@ -149,8 +149,13 @@ class Runtime:
         self.submitter.interrupt(group)
 
     def retire(self, index: int):
-        self.out.add(P.INDEX.pack(P.RETIRE, index))
-        self.flush()
+        """Safe from any thread (a panel scales the cluster while this thread waits on a map):
+        a message of its own, sent under the socket's lock, apart from the outbox."""
+        box = P.Outbox()
+        box.add(P.INDEX.pack(P.RETIRE, index))
+        with self.lock:
+            if self.sock is not None and not self.closed:
+                P.send(self.sock, self.signer, P.TO_BROKER, box)
 
     def timeline(self) -> list[dict]:
         return [dict(zip(TIMELINE_FIELDS, t)) for t in list(self.submitter.timeline)]

@@ -618,11 +618,13 @@ class Cluster:
         return self.launched
 
     # ---- scale -------------------------------------------------------------------------------
-    def scale(self, n: int, timeout: float = 60.0):
+    def scale(self, n: int, timeout: float = 60.0, wait: bool = True):
         """Grows the cluster to ``n`` workers (new ones go where the most slots are free), or
         retires workers (newest first) after they finish their running tasks; their queued tasks
         go back to the broker.  Batch-job clusters submit jobs and return as :meth:`start` does
-        (a job left waiting in the queue is not waited for); scaling down cancels queued jobs."""
+        (a job left waiting in the queue is not waited for); scaling down cancels queued jobs.
+        ``wait=False`` returns once the workers are started or told to retire, and is safe from
+        a thread other than the origin's (a notebook panel scales while a cell waits on a map)."""
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"scale: the number of workers must be an int, not {type(n).__name__}")
         if n < 1:
@@ -649,6 +651,8 @@ class Cluster:
                 self.spec += [self._new_spec(k) for k in keys]
                 before = len(self.workers)
                 self._reconcile()
+                if not wait:
+                    return
                 if self.queued:  # jobs submitted: their workers join as the scheduler starts them
                     self._settle(self.workers[before:], timeout)
                 else:
@@ -660,6 +664,8 @@ class Cluster:
                 del self.spec[n:]
                 victims = [h for h in list(self._live.values()) if h.name in names]
                 self._reconcile()
+                if not wait:
+                    return
                 deadline = time.monotonic() + timeout
                 for h in victims:
                     if not h.separate:

@@ -372,7 +372,9 @@ class KernelOrigin:
         n = opts.pop("n", None)
         return self.start(n, **opts)
 
-    def scale(self, n: int):
+    def scale(self, n: int, wait: bool = True):
+        """``wait=False``: returns once the workers are asked for, safe from a thread other than
+        the kernel's main one (the lab panel's commands arrive on a kernel subshell)."""
         if not self.running:
             raise ClusterError("no SCOOP cluster is running in this kernel")
         if n < 1:
@@ -380,7 +382,7 @@ class KernelOrigin:
         live = [w for w in self.cluster.workers if not w.retired and w.poll() is None]
         # the cluster retires the newest workers: the views show them as leaving, not lost
         self.feed.retired_pids.update(w.pid for w in live[n:] if w.pid)
-        self.cluster.scale(n)
+        self.cluster.scale(n, wait=wait)
         self.options["n"] = n
         self.feed.refresh_now()
 
