@@ -43,11 +43,36 @@ export interface ITotals {
   rate: number; // tasks/s
 }
 
+/** A panel command the kernel has not finished yet ("scaling to 4 workers…"). */
+export interface IRequest {
+  action: 'start' | 'scale' | 'stop';
+  n: number | null;
+  text: string;
+  since: number; // epoch seconds
+}
+
+/** Adaptive scaling, when on. */
+export interface IAdapt {
+  minimum: number | null;
+  maximum: number | null;
+}
+
 export interface IClusterStatus {
   state: 'running' | 'stopped';
   workers: IWorker[];
   jobs: IJob[];
   totals: ITotals;
+  request: IRequest | null;
+  adapt: IAdapt | null;
+}
+
+/** Finished tasks for the task stream, as the kernel sends them (see scoop_jupyter/comm.py). */
+export interface ITaskBatch {
+  reset: boolean;
+  workers: string[];
+  names: string[];
+  // [worker index, name index, start (epoch s), duration (s), inputs, ok, group]
+  tasks: [number, number, number, number, number, boolean, number][];
 }
 
 /** What the UI can say about the active kernel. */
@@ -56,8 +81,22 @@ export type Phase = 'no-kernel' | 'connecting' | 'not-loaded' | 'connected';
 export type Action =
   | { action: 'start'; n: number }
   | { action: 'scale'; n: number }
+  | { action: 'adapt'; minimum: number; maximum: number }
+  | { action: 'adapt'; off: true }
   | { action: 'stop' }
+  | { action: 'stream'; on: boolean }
   | { action: 'refresh' };
+
+/** What JupyterLab's comm handler has beyond Kernel.IComm (services 7.4+): the kernel subshell
+ * (JEP 91) its messages go to, so the kernel handles them while a cell runs. */
+interface ISubshellComm {
+  commsOverSubshells?: string;
+  subshellStarted?: Promise<void>;
+  subshellId?: string | null;
+}
+
+// Longest wait for the comm's subshell before opening it on the main shell anyway.
+const SUBSHELL_TIMEOUT_MS = 3000;
 
 const RETRY_MIN_MS = 2000;
 // Each failed comm_open makes ipykernel log "No such comm target", so back off.
@@ -76,6 +115,14 @@ const RESET_STATES: ReadonlyArray<Kernel.Status> = [
 export class ScoopConnection {
   get changed(): ISignal<this, void> {
     return this._changed;
+  }
+  /** Finished tasks, while the task stream is on (see setStream). */
+  get tasks(): ISignal<this, ITaskBatch> {
+    return this._tasks;
+  }
+  /** Whether the panel's commands reach the kernel on a subshell (they work while a cell runs). */
+  get onSubshell(): boolean {
+    return this._onSubshell;
   }
   get phase(): Phase {
     return this._phase;
@@ -125,6 +172,12 @@ export class ScoopConnection {
     this._error = '';
     comm.send(action as any);
     return true;
+  }
+
+  /** Whether the kernel sends finished tasks (the task stream is open); kept across reconnects. */
+  setStream(on: boolean): void {
+    this._stream = on;
+    this.send({ action: 'stream', on });
   }
 
   dispose(): void {
@@ -213,6 +266,7 @@ export class ScoopConnection {
     }
     this._comm = comm;
     this._gotStatus = false;
+    this._onSubshell = false;
     comm.onMsg = msg => {
       if (gen === this._gen) {
         this._onData(msg.content.data);
@@ -234,16 +288,47 @@ export class ScoopConnection {
         this._schedule();
       }
     };
-    try {
-      // `done` resolves once the kernel has handled comm_open (it may sit in
-      // the shell queue while a long cell runs: we stay 'connecting' then).
-      comm
-        .open({})
-        .done.then(() => window.setTimeout(giveUp, FIRST_STATUS_TIMEOUT_MS))
-        .catch(giveUp);
-    } catch (err) {
-      giveUp();
+    const open = () => {
+      if (gen !== this._gen || comm.isDisposed) {
+        return;
+      }
+      this._onSubshell = !!(comm as ISubshellComm).subshellId;
+      try {
+        // `done` resolves once the kernel has handled comm_open (on the main shell it may
+        // sit in the queue while a long cell runs: we stay 'connecting' then).
+        comm
+          .open({})
+          .done.then(() => window.setTimeout(giveUp, FIRST_STATUS_TIMEOUT_MS))
+          .catch(giveUp);
+      } catch (err) {
+        giveUp();
+      }
+    };
+    void this._subshell(kernel, comm).then(open, open);
+  }
+
+  /** Waits until the comm has its kernel subshell, where the kernel offers them: its messages
+   * are then handled on the subshell's thread, not behind a running cell. */
+  private async _subshell(kernel: Kernel.IKernelConnection, comm: Kernel.IComm): Promise<void> {
+    const c = comm as unknown as ISubshellComm;
+    if (c.subshellStarted === undefined) {
+      return; // services before 7.4: no subshells
     }
+    await kernel.info;
+    if (!kernel.supportsSubshells) {
+      return;
+    }
+    if (c.commsOverSubshells === 'disabled') {
+      c.commsOverSubshells = 'perCommTarget'; // the panel needs it whatever the global setting
+    }
+    let timer = 0;
+    await Promise.race([
+      c.subshellStarted.catch(() => undefined),
+      new Promise<void>(resolve => {
+        timer = window.setTimeout(resolve, SUBSHELL_TIMEOUT_MS);
+      })
+    ]);
+    window.clearTimeout(timer);
   }
 
   private _onData(data: unknown): void {
@@ -253,6 +338,13 @@ export class ScoopConnection {
       this._changed.emit();
       return;
     }
+    if (msg?.type === 'tasks') {
+      const batch = parseTasks(data);
+      if (batch) {
+        this._tasks.emit(batch);
+      }
+      return;
+    }
     const status = parseStatus(data);
     if (!status) {
       return;
@@ -260,7 +352,11 @@ export class ScoopConnection {
     this._gotStatus = true;
     this._delay = RETRY_MIN_MS;
     this._status = status;
+    const first = this._phase !== 'connected';
     this._setPhase('connected', true);
+    if (first && this._stream) {
+      this.send({ action: 'stream', on: true }); // a stream open before a restart resumes
+    }
   }
 
   private _schedule(): void {
@@ -303,7 +399,24 @@ export class ScoopConnection {
   private _phase: Phase = 'no-kernel';
   private _status: IClusterStatus | null = null;
   private _error = '';
+  private _stream = false;
+  private _onSubshell = false;
   private _changed = new Signal<this, void>(this);
+  private _tasks = new Signal<this, ITaskBatch>(this);
+}
+
+/** Validate a task-stream message (rows with a wrong shape are dropped). */
+export function parseTasks(data: unknown): ITaskBatch | null {
+  const d = data as { [key: string]: any } | null;
+  if (!d || d.type !== 'tasks' || !Array.isArray(d.tasks)) {
+    return null;
+  }
+  return {
+    reset: !!d.reset,
+    workers: Array.isArray(d.workers) ? d.workers.map(String) : [],
+    names: Array.isArray(d.names) ? d.names.map(String) : [],
+    tasks: d.tasks.filter((t: unknown) => Array.isArray(t) && t.length >= 6)
+  };
 }
 
 function num(value: unknown, fallback = 0): number {
@@ -348,6 +461,23 @@ export function parseStatus(data: unknown): IClusterStatus | null {
   const pendingSum = jobs
     .filter(j => j.state === 'pending' && !j.replaces)
     .reduce((acc, j) => acc + j.workers.length, 0);
+  const r = d.request && typeof d.request === 'object' ? d.request : null;
+  const request: IRequest | null =
+    r && ['start', 'scale', 'stop'].includes(r.action)
+      ? {
+          action: r.action,
+          n: typeof r.n === 'number' ? r.n : null,
+          text: String(r.text ?? ''),
+          since: num(r.since)
+        }
+      : null;
+  const a = d.adapt && typeof d.adapt === 'object' ? d.adapt : null;
+  const adapt: IAdapt | null = a
+    ? {
+        minimum: typeof a.minimum === 'number' ? a.minimum : null,
+        maximum: typeof a.maximum === 'number' ? a.maximum : null
+      }
+    : null;
   const t = d.totals && typeof d.totals === 'object' ? d.totals : {};
   const sum = (key: 'done' | 'queued' | 'running') =>
     workers.reduce((acc, w) => acc + w[key], 0);
@@ -355,6 +485,8 @@ export function parseStatus(data: unknown): IClusterStatus | null {
     state: d.state === 'running' ? 'running' : 'stopped',
     workers,
     jobs,
+    request,
+    adapt,
     totals: {
       workers: num(t.workers, workers.length),
       pending_workers: num(t.pending_workers, pendingSum),

@@ -3,17 +3,34 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
+import { MainAreaWidget, WidgetTracker } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
-import { LabIcon } from '@jupyterlab/ui-components';
+import { IFrame, LabIcon } from '@jupyterlab/ui-components';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { IClusterStatus, IJob, IWorker, ScoopConnection } from './connection';
+import { IClusterStatus, IJob, ScoopConnection } from './connection';
+import { TaskStreamWidget } from './taskstream';
+import {
+  busiestAndIdle,
+  el,
+  fmtInt,
+  HeatStrip,
+  loadHistogram,
+  WorkerList
+} from './workers';
 
 const PANEL_ID = 'scoop-cluster-panel';
-const DOCS_URL = 'https://scoop.readthedocs.io/en/latest/usage.html';
+// This project's documentation, built into the extension's static files (docs/ in the source)
+// and served by JupyterLab itself: it opens offline, on a compute node or a login node.
+const DOCS_PATH = 'lab/extensions/scoop-jupyter/static/docs/index.html';
 const LOAD_HINT = 'SCOOP extension not loaded in this kernel — run %load_ext scoop_jupyter';
+// at least this many workers: the panel adds the heat strip, histogram, busiest and idle
+const MANY = 8;
+const CMD_PANEL = 'scoop-jupyter:show-panel';
+const CMD_STREAM = 'scoop-jupyter:task-stream';
+const CMD_DOCS = 'scoop-jupyter:docs';
 
 const scoopIcon = new LabIcon({
   name: 'scoop-jupyter:cluster',
@@ -39,7 +56,7 @@ function stateLabel(model: ScoopConnection): string {
 }
 
 function plural(n: number, word: string): string {
-  return `${n} ${word}${n === 1 ? '' : 's'}`;
+  return `${fmtInt(n)} ${word}${n === 1 ? '' : 's'}`;
 }
 
 /** Jobs waiting in the queue that bring new workers (not walltime replacements). */
@@ -64,45 +81,18 @@ function fmtTime(epoch: number): string {
   return epoch > 0 ? new Date(epoch * 1000).toLocaleTimeString('en-GB') : '';
 }
 
-function fmtInt(n: number): string {
-  return Math.round(n).toLocaleString('en-US');
-}
-
-/** Binary units, as the kernel's dashboard and status print them. */
-function fmtBytes(n: number): string {
-  if (n <= 0) {
-    return '–';
-  }
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  const i = Math.min(units.length - 1, Math.floor(Math.log(n) / Math.log(1024)));
-  return `${(n / 1024 ** i).toFixed(i >= 2 ? 1 : 0)} ${units[i]}`;
-}
-
-/** Load bar width: full while the worker holds tasks (a task that sleeps or waits on I/O
- * keeps it busy with little CPU), else its measured CPU. */
-function loadPercent(w: IWorker): number {
-  if (w.state === 'busy') {
-    return 100;
-  }
-  return w.state === 'idle' ? Math.min(100, Math.max(0, w.cpu)) : 0;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
+function numberInput(className: string, title: string, min: number): HTMLInputElement {
+  const input = document.createElement('input');
+  input.type = 'number';
+  input.min = String(min);
+  input.className = `${className} jp-mod-styled`;
+  input.title = title;
+  return input;
 }
 
 /** Left sidebar panel showing the active notebook kernel's cluster. */
 class ScoopPanel extends Widget {
-  constructor(model: ScoopConnection) {
+  constructor(model: ScoopConnection, commands: { stream: () => void; docs: () => void }) {
     super();
     this._model = model;
     this.id = PANEL_ID;
@@ -115,11 +105,7 @@ class ScoopPanel extends Widget {
     header.append(el('span', 'scoop-title', 'SCOOP'), this._badge);
     const controls = el('div', 'scoop-controls');
     const label = el('label', 'scoop-n-label', 'Workers ');
-    this._nInput.type = 'number';
-    this._nInput.min = '1';
     this._nInput.value = String(Math.max(1, navigator.hardwareConcurrency || 2));
-    this._nInput.className = 'scoop-n-input jp-mod-styled';
-    this._nInput.title = 'Number of workers to start';
     label.append(this._nInput);
     this._start.id = 'scoop-start-button';
     this._start.className = 'jp-mod-styled jp-mod-accept';
@@ -127,31 +113,57 @@ class ScoopPanel extends Widget {
     this._scale.id = 'scoop-scale-button';
     this._scale.className = 'jp-mod-styled jp-mod-accept';
     this._scale.textContent = 'Scale';
-    this._scale.title = 'Grow or shrink the running cluster to this many workers';
+    this._scale.title = 'Grow or shrink the running cluster to this many workers (also while a cell runs)';
     this._stop.id = 'scoop-stop-button';
     this._stop.className = 'jp-mod-styled jp-mod-warn';
     this._stop.textContent = 'Stop';
+    this._stop.title = 'Stop the cluster (a cell waiting on its work is interrupted)';
     controls.append(label, this._start, this._scale, this._stop);
-    const docs = el('a', 'scoop-docs', 'Documentation');
-    docs.href = DOCS_URL;
-    docs.target = '_blank';
-    docs.rel = 'noopener';
-    docs.title = 'SCOOP documentation (opens a new tab)';
-    const help = el('div', 'scoop-help');
-    help.append(
-      docs,
-      el('span', 'scoop-help-hint', ' · %scoop_cluster --help in a cell')
-    );
 
+    // adaptive scaling: a switch and its bounds
+    this._adaptBox.type = 'checkbox';
+    this._adaptBox.id = 'scoop-adapt-switch';
+    this._adaptBox.className = 'scoop-adapt-switch';
+    const adaptLabel = el('label', 'scoop-adapt-label');
+    adaptLabel.append(this._adaptBox, document.createTextNode(' Adapt'));
+    adaptLabel.title = 'Grow with queued work and retire idle workers, between these bounds';
+    this._adaptMin.value = '1';
+    this._adaptMax.value = String(Math.max(2, (navigator.hardwareConcurrency || 2) * 2));
+    const range = el('span', 'scoop-adapt-range');
+    range.append(this._adaptMin, document.createTextNode(' – '), this._adaptMax);
+    this._adapt.append(adaptLabel, range);
+
+    const tools = el('div', 'scoop-tools');
+    const streamButton = el('button', 'jp-mod-styled scoop-stream-button', 'Task stream');
+    streamButton.id = 'scoop-stream-button';
+    streamButton.title = 'Open the live task stream: a row per worker, a bar per task';
+    streamButton.addEventListener('click', commands.stream);
+    tools.append(streamButton);
+
+    const docs = el('a', 'scoop-docs', 'Documentation');
+    docs.href = '#';
+    docs.title = "This project's documentation, in a JupyterLab tab (works offline)";
+    docs.addEventListener('click', ev => {
+      ev.preventDefault();
+      commands.docs();
+    });
+    const help = el('div', 'scoop-help');
+    help.append(docs, el('span', 'scoop-help-hint', ' · %scoop_cluster --help in a cell'));
+
+    this._many.append(this._heat.node, this._histogram, this._extremes);
     this.node.append(
       header,
       this._source,
       this._message,
       controls,
+      this._request,
+      this._adapt,
       this._error,
       this._totals,
       this._jobs,
-      this._workers,
+      this._many,
+      tools,
+      this._list.node,
       help
     );
 
@@ -175,6 +187,14 @@ class ScoopPanel extends Widget {
         this._stop.disabled = true; // re-enabled by the next status
       }
     });
+    this._adaptBox.addEventListener('change', () => this._sendAdapt());
+    for (const input of [this._adaptMin, this._adaptMax]) {
+      input.addEventListener('change', () => {
+        if (this._adaptBox.checked) {
+          this._sendAdapt();
+        }
+      });
+    }
     model.changed.connect(() => this.update(), this);
   }
 
@@ -198,6 +218,7 @@ class ScoopPanel extends Widget {
     }
     if (this._model.send({ action: 'start', n })) {
       this._start.disabled = true;
+      this._edited = false;
     }
   }
 
@@ -208,9 +229,25 @@ class ScoopPanel extends Widget {
       return;
     }
     if (this._model.send({ action: 'scale', n })) {
-      this._scale.disabled = true; // re-enabled by the next status
+      // the kernel answers at once with the request pending ("scaling to n…")
+      this._requested = n;
       this._edited = false;
     }
+  }
+
+  private _sendAdapt(): void {
+    if (!this._adaptBox.checked) {
+      this._model.send({ action: 'adapt', off: true });
+      return;
+    }
+    const minimum = parseInt(this._adaptMin.value, 10);
+    const maximum = parseInt(this._adaptMax.value, 10);
+    if (!(minimum >= 0) || !(maximum >= Math.max(1, minimum))) {
+      this._adaptBox.checked = false;
+      this._adaptMax.focus();
+      return;
+    }
+    this._model.send({ action: 'adapt', minimum, maximum });
   }
 
   private _render(): void {
@@ -230,36 +267,79 @@ class ScoopPanel extends Widget {
       message = LOAD_HINT;
     } else if (model.phase === 'connecting') {
       message = 'Connecting to the kernel…';
-    } else if (status?.state === 'stopped') {
-      message = 'Cluster stopped. Start one here or run %scoop_cluster start -n N.';
+    } else if (status?.state === 'stopped' && !status.request) {
+      message = 'No cluster running. Start one here or run %scoop_cluster start -n N.';
     }
     this._message.textContent = message;
     this._message.hidden = !message;
     this._error.textContent = model.error;
     this._error.hidden = !model.error;
 
+    const request = status?.request ?? null;
+    this._request.replaceChildren();
+    this._request.hidden = !request;
+    if (request) {
+      this._request.append(el('span', 'scoop-spinner'), el('span', 'scoop-request-text', request.text));
+      this._request.dataset.action = request.action;
+    }
+
     const running = status?.state === 'running';
-    this._start.disabled = !status || running;
+    this._start.disabled = !status || running || request?.action === 'start';
     this._start.hidden = running;
     this._scale.hidden = !running;
-    this._scale.disabled = !running;
-    this._stop.disabled = !running;
+    this._scale.disabled = !running || request?.action === 'stop';
+    this._stop.disabled = !running || request?.action === 'stop';
     this._nInput.disabled = !status;
     this._nInput.title = running
       ? 'Workers of the running cluster: change and press Scale'
       : 'Number of workers to start';
     if (running && status && !this._edited && document.activeElement !== this._nInput) {
-      // the size asked for: workers running plus those whose jobs wait in the queue
+      // the size asked for: a request in progress, else the workers running plus those whose
+      // jobs wait in the queue
       const size =
-        status.workers.filter(w => w.state !== 'lost').length + status.totals.pending_workers;
+        request?.action === 'scale' && request.n
+          ? request.n
+          : status.workers.filter(w => w.state !== 'lost').length + status.totals.pending_workers;
       if (size > 0 && this._nInput.value !== String(size)) {
         this._nInput.value = String(size);
+      }
+    }
+    if (!request && this._requested !== null) {
+      this._requested = null;
+    }
+
+    // the adapt switch follows the kernel unless the user is editing its bounds
+    this._adapt.hidden = !running;
+    this._adaptBox.disabled = !running;
+    const adapt = status?.adapt ?? null;
+    this._adaptBox.checked = !!adapt;
+    this._adapt.classList.toggle('scoop-adapt-on', !!adapt);
+    const editing = [this._adaptMin, this._adaptMax].includes(document.activeElement as HTMLInputElement);
+    if (adapt && !editing) {
+      if (adapt.minimum !== null) {
+        this._adaptMin.value = String(adapt.minimum);
+      }
+      if (adapt.maximum !== null) {
+        this._adaptMax.value = String(adapt.maximum);
       }
     }
 
     this._renderTotals(status);
     this._renderJobs(status?.state === 'running' ? status : null);
-    this._renderWorkers(status?.workers ?? []);
+    const workers = status?.workers ?? [];
+    const many = workers.length >= MANY;
+    this._many.hidden = !many;
+    if (many) {
+      this._heat.set(workers, Math.max(100, this.node.clientWidth - 24));
+      const histogram = loadHistogram(workers);
+      this._histogram.replaceWith(histogram);
+      this._histogram = histogram;
+      const extremes = busiestAndIdle(workers, name => this._list.reveal(name));
+      this._extremes.replaceWith(extremes);
+      this._extremes = extremes;
+    }
+    this._list.set(workers);
+    this.node.dataset.renders = String(++this._renders);
   }
 
   private _renderTotals(status: IClusterStatus | null): void {
@@ -282,6 +362,7 @@ class ScoopPanel extends Widget {
     ];
     for (const [name, value] of items) {
       const cell = el('div', 'scoop-total');
+      cell.dataset.total = name.toLowerCase();
       cell.append(el('div', 'scoop-total-value', value), el('div', 'scoop-total-name', name));
       this._totals.append(cell);
     }
@@ -326,50 +407,30 @@ class ScoopPanel extends Widget {
     }
   }
 
-  private _renderWorkers(workers: IWorker[]): void {
-    // Rebuilt wholesale: a status is ≤10/s and small, not worth DOM diffing.
-    this._workers.replaceChildren(
-      ...workers.map(w => {
-        const row = el('div', `scoop-worker-row scoop-worker-${w.state}`);
-        row.dataset.workerId = w.id;
-        row.dataset.workerName = w.name;
-        const top = el('div', 'scoop-worker-top');
-        top.append(
-          el('span', 'scoop-worker-name', w.name || '…'),
-          el('span', 'scoop-worker-host', w.host),
-          el('span', 'scoop-worker-pid', `pid ${w.pid}`),
-          el('span', 'scoop-worker-state', w.state)
-        );
-        const track = el('div', 'scoop-load');
-        const bar = el('div', 'scoop-load-bar');
-        const pct = loadPercent(w);
-        bar.style.width = `${pct}%`;
-        track.title = `${w.state}, ${w.cpu.toFixed(0)}% CPU`;
-        track.append(bar);
-        const stats = el('div', 'scoop-worker-stats');
-        stats.append(
-          el('span', '', `${fmtInt(w.done)} done · ${w.running} running · ${w.queued} queued`),
-          el('span', '', `${w.cpu.toFixed(0)}% cpu · ${fmtBytes(w.mem)}`)
-        );
-        row.append(top, track, stats);
-        return row;
-      })
-    );
-  }
-
   private _model: ScoopConnection;
   private _badge = el('span', 'scoop-state');
   private _source = el('div', 'scoop-source');
   private _message = el('div', 'scoop-message');
   private _error = el('div', 'scoop-error');
-  private _nInput = document.createElement('input');
+  private _request = el('div', 'scoop-request');
+  private _nInput = numberInput('scoop-n-input', 'Number of workers to start', 1);
   private _start = document.createElement('button');
   private _stop = document.createElement('button');
   private _scale = document.createElement('button');
+  private _adapt = el('div', 'scoop-adapt');
+  private _adaptBox = document.createElement('input');
+  private _adaptMin = numberInput('scoop-adapt-min', 'Fewest workers', 0);
+  private _adaptMax = numberInput('scoop-adapt-max', 'Most workers', 1);
   private _edited = false;
+  private _requested: number | null = null;
+  private _renders = 0;
   private _totals = el('div', 'scoop-totals');
   private _jobs = el('div', 'scoop-jobs');
-  private _workers = el('div', 'scoop-workers');
+  private _many = el('div', 'scoop-many');
+  private _heat = new HeatStrip(name => this._list.reveal(name));
+  private _histogram: HTMLElement = el('div', 'scoop-histogram');
+  private _extremes: HTMLElement = el('div', 'scoop-extremes');
+  private _list = new WorkerList();
 }
 
 /** Status bar text: "SCOOP: 4 workers, 73% busy", "SCOOP: 2 workers (+4 pending), 0% busy" (batch
@@ -388,7 +449,9 @@ class ScoopStatusItem extends Widget {
   protected onUpdateRequest(msg: Message): void {
     const status = this._model.status;
     let text = `SCOOP: ${stateLabel(this._model)}`;
-    if (this._model.phase === 'connected' && status?.state === 'running') {
+    if (this._model.phase === 'connected' && status?.request) {
+      text = `SCOOP: ${status.request.text}`;
+    } else if (this._model.phase === 'connected' && status?.state === 'running') {
       const t = status.totals;
       const pending = t.pending_workers > 0 ? ` (+${t.pending_workers} pending)` : '';
       text = `SCOOP: ${plural(t.workers, 'worker')}${pending}, ${Math.round(t.busy * 100)}% busy`;
@@ -462,11 +525,75 @@ const plugin: JupyterFrontEndPlugin<void> = {
     tracker.forEach(watchForStaleDashboards);
     tracker.widgetAdded.connect((_, panel) => watchForStaleDashboards(panel));
 
-    const panel = new ScoopPanel(model);
+    // the live task stream: one tab, fed while it is open
+    let stream: MainAreaWidget<TaskStreamWidget> | null = null;
+    app.commands.addCommand(CMD_STREAM, {
+      label: 'Open SCOOP Task Stream',
+      execute: () => {
+        if (!stream || stream.isDisposed) {
+          stream = new MainAreaWidget({ content: new TaskStreamWidget(model) });
+          stream.id = 'scoop-task-stream-tab';
+          stream.title.label = 'SCOOP Task Stream';
+          stream.title.icon = scoopIcon;
+          stream.title.closable = true;
+          app.shell.add(stream, 'main', { mode: 'split-bottom' });
+        }
+        app.shell.activateById(stream.id);
+      }
+    });
+
+    // this project's documentation, served by JupyterLab from the extension's static files
+    const docsTracker = new WidgetTracker<MainAreaWidget<Widget>>({ namespace: 'scoop-docs' });
+    app.commands.addCommand(CMD_DOCS, {
+      label: 'SCOOP Documentation',
+      execute: async () => {
+        const open = docsTracker.find(w => !w.isDisposed);
+        if (open) {
+          app.shell.activateById(open.id);
+          return;
+        }
+        const url = app.serviceManager.serverSettings.baseUrl + DOCS_PATH;
+        let content: Widget;
+        let found = false;
+        try {
+          found = (await fetch(url, { method: 'HEAD', credentials: 'same-origin' })).ok;
+        } catch {
+          found = false;
+        }
+        if (found) {
+          const frame = new IFrame({
+            sandbox: ['allow-same-origin', 'allow-scripts', 'allow-popups', 'allow-downloads'],
+            referrerPolicy: 'same-origin'
+          });
+          frame.url = url;
+          frame.addClass('scoop-docs-frame');
+          content = frame;
+        } else {
+          content = new Widget();
+          content.addClass('scoop-docs-missing');
+          content.node.textContent =
+            'The SCOOP documentation is not built into this installation. Build it from docs/ ' +
+            'in the source (see the README), or read docs/ there as text.';
+        }
+        const widget = new MainAreaWidget({ content });
+        widget.id = 'scoop-docs-tab';
+        widget.title.label = 'SCOOP Documentation';
+        widget.title.icon = scoopIcon;
+        widget.title.closable = true;
+        void docsTracker.add(widget);
+        app.shell.add(widget, 'main');
+        app.shell.activateById(widget.id);
+      }
+    });
+
+    const panel = new ScoopPanel(model, {
+      stream: () => void app.commands.execute(CMD_STREAM),
+      docs: () => void app.commands.execute(CMD_DOCS)
+    });
     app.shell.add(panel, 'left', { rank: 700 });
     restorer?.add(panel, PANEL_ID);
 
-    const command = 'scoop-jupyter:show-panel';
+    const command = CMD_PANEL;
     app.commands.addCommand(command, {
       label: 'Show SCOOP Cluster Panel',
       execute: () => app.shell.activateById(PANEL_ID)
