@@ -145,7 +145,7 @@ class ClusterOptions:
     nice: int | None = _opt(None, flags=("--nice",), metavar="N", check=any_int,
                             help="niceness of the workers")
     external_hostname: str | None = _opt(
-        None, flags=("--external-hostname",), metavar="ADDR", check=text_value,
+        None, flags=("--external-hostname", "--broker-hostname"), metavar="ADDR", check=text_value,
         help="address remote workers use to reach the broker (default: the local address of the "
              "SSH connection to each host, or of the route to the allocation's nodes)")
     tunnel: bool = _opt(False, flags=("--tunnel",), action="store_true",
@@ -275,6 +275,57 @@ def add_arguments(parser: argparse.ArgumentParser, scope: str, *, suppress_defau
         parser.add_argument(*meta["flags"], **kw)
 
 
+# ---- options of the launcher itself (``python -m scoop``), not of the cluster ----------------------
+
+@dataclass(frozen=True)
+class LauncherOption:
+    """An option of ``python -m scoop`` that is no cluster option: what the launcher does with
+    it (``--log``, ``--profile``), or a SCOOP 0.7 option accepted for old command lines that
+    has no effect here (``no_effect`` says why, in the one-line note the launcher prints)."""
+    name: str
+    flags: tuple
+    help: str
+    metavar: str | None = None    # None: a flag without a value
+    no_effect: str | None = None
+
+
+LAUNCHER_OPTIONS = (
+    LauncherOption("log", ("--log",), "write SCOOP's log messages to FILE instead of stderr", "FILE"),
+    LauncherOption("profile", ("--profile",), "write each worker's cProfile statistics to "
+                   "profile/<worker>.prof (the program's to profile/origin.prof), as SCOOP 0.7 did"),
+    LauncherOption("rsh", ("--rsh",), "SCOOP 0.7: start workers with rsh (no effect here)",
+                   no_effect="workers start over SSH (paramiko)"),
+    LauncherOption("ssh_executable", ("--ssh-executable",), "SCOOP 0.7: the ssh program (no effect here)",
+                   "NAME", no_effect="SSH is built in (paramiko) and honours ~/.ssh/config"),
+    LauncherOption("backend", ("--backend",), "SCOOP 0.7: ZMQ or TCP (no effect here)", "NAME",
+                   no_effect="the transport is always ZeroMQ"),
+    LauncherOption("debug", ("--debug",), "SCOOP 0.7: debug traces (no effect here)",
+                   no_effect="set SCOOP_DEBUG=1 for debug logging"),
+)
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds :data:`LAUNCHER_OPTIONS` to the launcher's parser (absent from the namespace unless given)."""
+    for opt in LAUNCHER_OPTIONS:
+        if opt.metavar is None:
+            parser.add_argument(*opt.flags, dest=opt.name, action="store_true", default=argparse.SUPPRESS,
+                                help=opt.help)
+        else:
+            parser.add_argument(*opt.flags, dest=opt.name, metavar=opt.metavar, default=argparse.SUPPRESS,
+                                type=_argtype(text_value, opt), help=opt.help)
+
+
+def launcher_given(namespace: argparse.Namespace) -> dict:
+    """The launcher options present in a namespace: ``{name: value}``."""
+    return {o.name: getattr(namespace, o.name) for o in LAUNCHER_OPTIONS if hasattr(namespace, o.name)}
+
+
+def no_effect_notes(given_options: dict) -> list[str]:
+    """One line per SCOOP 0.7 option given that has no effect here."""
+    return [f"scoop: note: {o.flags[0]} has no effect here: {o.no_effect}"
+            for o in LAUNCHER_OPTIONS if o.no_effect and o.name in given_options]
+
+
 def given(namespace: argparse.Namespace) -> dict:
     """The cluster options present in a namespace parsed with suppressed defaults."""
     names = set(option_names())
@@ -283,7 +334,7 @@ def given(namespace: argparse.Namespace) -> dict:
 
 def flags_taking_a_value(scope: str = "cli") -> set[str]:
     """Flags followed by exactly one value (the CLI needs them to find where the program starts)."""
-    out = set()
+    out = {flag for o in LAUNCHER_OPTIONS if o.metavar for flag in o.flags} if scope == "cli" else set()
     for f in dataclasses.fields(ClusterOptions):
         meta = f.metadata
         if scope in meta["scope"] and not meta["nargs"] and meta["action"] in (None, "append"):

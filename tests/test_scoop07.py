@@ -170,3 +170,36 @@ def test_other_keywords_are_ignored_with_a_warning_as_in_0_7(cluster):
         assert any(s.startswith(name) for s in said), (name, said)
     assert all(w.filename == __file__ for w in caught), [w.filename for w in caught]
     assert list(futures.map(functools.partial(T.fail_on, bad=99), range(3))) == list(range(3))
+
+
+# ---- SCOOP 0.7's launcher options ---------------------------------------------------------------
+def test_0_7_launcher_options_are_accepted(no_leak, tmp_path):
+    import pstats
+    prog = tmp_path / "logs.py"
+    prog.write_text("import scoop\nfrom scoop import futures\n\ndef f(x):\n    return x + 1\n\n"
+                    "if __name__ == '__main__':\n    print(sum(futures.map(f, range(10))))\n"
+                    "    scoop.logger.warning('a line for the log')\n")
+    log = tmp_path / "scoop.log"
+    r = run_scoop(["-n", "2", "--rsh", "--ssh-executable", "myssh", "--backend", "ZMQ", "--debug",
+                   "--broker-hostname", "127.0.0.1", "--log", str(log), "--profile", str(prog)],
+                  cwd=str(tmp_path))
+    assert r.returncode == 0 and r.stdout.strip() == "55", r
+    for flag in ("--rsh", "--ssh-executable", "--backend", "--debug"):
+        assert f"scoop: note: {flag} has no effect here" in r.stderr, (flag, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 4, r.stderr  # one line each, nothing else
+    assert "a line for the log" in log.read_text()
+    # per-worker cProfile statistics, as 0.7 wrote them, and the program's
+    written = sorted(p.name for p in (tmp_path / "profile").iterdir())
+    assert written == ["origin.prof", "w1.prof", "w2.prof"], written
+    for name in written:
+        assert pstats.Stats(str(tmp_path / "profile" / name)).total_calls > 0
+    quiet = run_scoop(["-n", "1", "-q", "--backend", "TCP", str(prog)], cwd=str(tmp_path))
+    assert quiet.returncode == 0 and "note" not in quiet.stderr, quiet
+
+
+def test_a_log_file_that_cannot_be_written_is_a_clear_error(tmp_path):
+    prog = tmp_path / "p.py"
+    prog.write_text("print(1)\n")
+    bad = tmp_path / "no" / "such" / "dir.log"
+    r = run_scoop(["-n", "1", "--log", str(bad), str(prog)], cwd=str(tmp_path))
+    assert r.returncode == 2 and "--log" in r.stderr and "No such file" in r.stderr, r

@@ -35,10 +35,11 @@ hostfile lines: `host [count]`; # starts a comment.  SSH honours ~/.ssh/config.
 
 def build_parser() -> argparse.ArgumentParser:
     """The launcher's options come from scoop.options (declared once for every front end)."""
-    from ..options import add_arguments
+    from ..options import add_arguments, add_launcher_arguments
     p = argparse.ArgumentParser(prog="python -m scoop", description=DESCRIPTION, epilog=EPILOG,
                                 allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p, "cli")
+    add_launcher_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="only errors from the launcher")
     p.add_argument("program", nargs="?",
                    help="the Python program to run (the origin); its arguments follow it")
@@ -87,8 +88,19 @@ def main(argv=None) -> int:
         return 2
     from ..cluster import Cluster
     from ..errors import ClusterError
-    from ..options import given
+    from ..options import given, launcher_given, no_effect_notes
     from .hosts import HostfileError
+
+    extra = launcher_given(args)
+    if not args.quiet:
+        for note in no_effect_notes(extra):
+            sys.stderr.write(note + "\n")
+    if "log" in extra:
+        try:
+            _log_to(extra["log"])
+        except OSError as exc:
+            sys.stderr.write(f"scoop: error: --log {extra['log']}: {exc.strerror or exc}\n")
+            return 2
 
     def on_term(signum, frame):
         raise _Terminated(signum)
@@ -101,6 +113,10 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     prog_dir = os.path.dirname(os.path.abspath(prog))
     options = given(args)
+    if extra.get("profile"):
+        # each worker profiles itself (scoop.worker) into the directory named here, relative to its
+        # working directory, as SCOOP 0.7's ./profile/
+        options["env"] = dict(options.get("env") or {}, SCOOP_PROFILE=PROFILE_DIR)
     try:
         cluster = Cluster(program_dir=prog_dir, fork=True, **options)
     except ValueError as exc:
@@ -114,12 +130,20 @@ def main(argv=None) -> int:
             return 1
         if options.get("verbose") and not args.quiet:
             plan = ", ".join(f"{h}: {k}" for h, k in cluster.plan)
-            sys.stderr.write(f"scoop: {cluster.size} workers ({plan}) started by {cluster.launcher.name}; "
-                             f"broker on port {cluster.main_port}\n")
+            message = (f"{cluster.size} workers ({plan}) started by {cluster.launcher.name}; "
+                       f"broker on port {cluster.main_port}")
+            if "log" in extra:
+                import scoop
+                scoop.logger.info(message)
+            else:
+                sys.stderr.write(f"scoop: {message}\n")
         sys.argv = [prog] + list(args.args)
         sys.path.insert(0, prog_dir)
         try:
-            runpy.run_path(prog, run_name="__main__")
+            if extra.get("profile"):
+                _run_profiled(prog)
+            else:
+                runpy.run_path(prog, run_name="__main__")
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             if exc.code is not None and not isinstance(exc.code, int):
@@ -142,10 +166,40 @@ def main(argv=None) -> int:
     return code
 
 
+PROFILE_DIR = "profile"
+
+
+def _run_profiled(prog: str):
+    """The program under cProfile, its statistics in profile/origin.prof (also when it raises)."""
+    import cProfile
+    prof = cProfile.Profile()
+    try:
+        prof.runcall(runpy.run_path, prog, run_name="__main__")
+    finally:
+        os.makedirs(PROFILE_DIR, exist_ok=True)
+        prof.dump_stats(os.path.join(PROFILE_DIR, "origin.prof"))
+
+
+def _log_to(path: str):
+    """--log FILE: SCOOP's log records go to FILE (appended) instead of stderr."""
+    import logging
+
+    import scoop
+    handler = logging.FileHandler(path, encoding="utf-8")
+    log = scoop.logger
+    for old in list(log.handlers):
+        handler.setFormatter(old.formatter)
+        for f in old.filters:
+            handler.addFilter(f)
+        log.removeHandler(old)
+    log.addHandler(handler)
+
+
 def _print_user_traceback():
     """Prints the program's traceback without the launcher's own frames."""
     etype, value, tb = sys.exc_info()
     while tb is not None and ("runpy" in tb.tb_frame.f_code.co_filename
+                              or tb.tb_frame.f_code.co_filename.endswith("cProfile.py")
                               or tb.tb_frame.f_code.co_filename == __file__):
         tb = tb.tb_next
     traceback.print_exception(etype, value, tb)
