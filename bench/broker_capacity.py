@@ -1,7 +1,7 @@
 """Broker capacity: how much one broker process routes, with 1,000 simulated worker connections.
 
 A real broker (``python -m scoop.broker``) is started as the launcher starts it.  Simulated
-workers (DEALER sockets speaking the wire protocol: PLAIN handshake with the cluster's token,
+workers (DEALER sockets speaking the wire protocol: CURVE handshake with keys from the cluster's secret,
 signed header frames, split over two processes) take tasks
 on credit and answer each at once; a simulated origin keeps a window of small tasks in flight.
 Task execution is out of the picture: what is measured is the broker's routing.
@@ -30,7 +30,7 @@ import psutil
 import zmq
 
 from scoop import _protocol as P
-from scoop.broker import secure_client
+from scoop.security import secure_client
 
 BODY = b"\x80\x05" + b"x" * 62  # a small task body; never unpickled by anyone here
 
@@ -51,14 +51,14 @@ def _record(hdr: bytes, body: bytes = b"") -> bytes:
 
 
 def _connect(ctx, port, secret, role, name):
-    """A DEALER speaking to the broker as a peer of ``role`` would: PLAIN handshake, HELLO."""
+    """A DEALER speaking to the broker as a peer of ``role`` would: CURVE handshake, HELLO."""
     uid = os.urandom(8).hex()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.IDENTITY, b"t" + uid.encode())
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.SNDHWM, 0)
     s.setsockopt(zmq.RCVHWM, 0)
-    secure_client(s, secret)
+    secure_client(s, secret, f"tcp://127.0.0.1:{port}")
     s.connect(f"tcp://127.0.0.1:{port}")
     hello = {"uid": uid, "role": role, "name": name, "host": "sim", "host_key": 1, "pid": os.getpid()}
     return s, _record(P.HELLO, json.dumps(hello).encode())
@@ -200,7 +200,7 @@ def main(argv=None):
         t0, d0, c0 = marks[0]
         # the broker counts the ZeroMQ messages it routed; ask its meta stream for the figure
         sub = ctx.socket(zmq.SUB)
-        secure_client(sub, secret)
+        secure_client(sub, secret, f"tcp://127.0.0.1:{_meta}")
         sub.setsockopt(zmq.SUBSCRIBE, P.STATUS)
         sub.connect(f"tcp://127.0.0.1:{_meta}")
         routed = None

@@ -119,6 +119,7 @@ REC = struct.Struct("<HIH")                 # header length, inline body length,
 REF = struct.Struct("<BQ16s")               # kind, size, digest (frame) or segment id (shared memory)
 REF_SHM = 1    # kind bit: the buffer is a shared-memory segment, not a frame of this message
 REF_BODY = 2   # kind bit: the buffer is the record's pickle stream, not an out-of-band buffer
+REF_SPLIT = 4  # kind bit: the buffer travels as ceil(size / FRAME_CHUNK) frames, joined by the receiver
 MAC_SIZE = 16
 
 # channels: the MAC binds a message to one socket and direction
@@ -139,8 +140,12 @@ INLINE_MAX = 64 * 1024   # larger pickle streams travel as a payload frame, not 
 OOB_MIN = 64 * 1024      # smaller buffers stay in the pickle stream: a frame costs ~10 us
 SHM_MIN = 1 << 20        # on one host, buffers from this size go through shared memory
 COPY_MAX = 1 << 20       # frames below this size are copied at packing (cheap), larger ones are not
-HEADER_MAX = 64 << 20    # a larger header is dropped unhashed: checking costs at most this much
+HEADER_MAX = 16 << 20    # a larger header is dropped unhashed: checking costs at most this much
 HEADER_SPLIT = 4 << 20   # senders start a new message past this many header bytes
+FRAME_CHUNK = 4 << 20    # a payload buffer larger than this travels as frames of this size (REF_SPLIT)
+# no frame larger than this is read at all (ZMQ_MAXMSGSIZE of the broker's sockets): what one
+# connection can make a broker hold is bounded, whatever it sends
+FRAME_MAX_IN = HEADER_MAX + 4096
 
 SECRET_ENV = "SCOOP_SECRET"
 
@@ -241,8 +246,13 @@ def parse(header, frames, start: int = MAC_SIZE):
                     kind, size, key = ref_unpack(header, r + j * rsz)
                     refs.append((kind, size, key))
                     if not kind & REF_SHM:
-                        mine.append(frames[f])
-                        f += 1
+                        if kind & REF_SPLIT:
+                            k = -(-size // FRAME_CHUNK)
+                            mine.extend(frames[f:f + k])
+                            f += k
+                        else:
+                            mine.append(frames[f])
+                            f += 1
                 out.append(Record(hdr, body, refs, mine, header[i:end]))
             else:
                 out.append(Record(hdr, body, (), (), header[i:end]))
@@ -449,9 +459,20 @@ def pack(obj, what: str = "object", shm=None, by_value: bool = False) -> Packed:
                 # small buffers are copied: changing an argument after submit cannot race the send;
                 # larger ones go zero-copy (do not change them while their task is in flight)
                 view = memoryview(bytes(view))
-            refs.append((kind, size, digest(view)))
-            frames.append(view)
+            refs.append(_frame_ref(kind, view, frames))
     return Packed(body, refs, frames, segments, nbytes + len(body))
+
+
+def _frame_ref(kind, view, frames):
+    """The ref of a buffer sent as frames (appended to ``frames``): one frame, or slices of
+    ``FRAME_CHUNK`` bytes (no copies) when it is larger, so no frame exceeds what a broker reads."""
+    size = view.nbytes
+    if size <= FRAME_CHUNK:
+        frames.append(view)
+        return (kind, size, digest(view))
+    view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    frames.extend(view[o:o + FRAME_CHUNK] for o in range(0, size, FRAME_CHUNK))
+    return (kind | REF_SPLIT, size, digest(view))
 
 
 def _segment(shm, view):
@@ -471,7 +492,8 @@ def packed_bytes(data, shm=None) -> Packed:
     seg = _segment(shm, view) if shm is not None and len(data) >= SHM_MIN else None
     if seg is not None:
         return Packed(EMPTY, [(REF_BODY | REF_SHM, len(data), seg)], (), [seg], len(data))
-    return Packed(EMPTY, [(REF_BODY, len(data), digest(view))], [view], (), len(data))
+    frames = []
+    return Packed(EMPTY, [_frame_ref(REF_BODY, view, frames)], frames, (), len(data))
 
 
 def body_bytes(rec: Record, shm=None):
@@ -483,13 +505,30 @@ def body_bytes(rec: Record, shm=None):
         if shm is None:
             raise IntegrityError("a shared-memory payload reached a process on another host")
         return shm.open(key, size)
-    view = _frame_view(rec.frames[0], size, key)
-    return view
+    return _frame_view(iter(rec.frames), kind, size, key)
 
 
-def _frame_view(fr, size, key):
-    view = fr.buffer if hasattr(fr, "buffer") else memoryview(fr)
-    if view.nbytes != size or not _compare_digest(digest(view), key):
+def _frame_view(frames, kind, size, key):
+    """The checked buffer of one ref: a view on its frame, or its frames joined (REF_SPLIT)."""
+    if kind & REF_SPLIT:
+        view = memoryview(bytearray(size))
+        h = _blake3()
+        o = 0
+        for _ in range(-(-size // FRAME_CHUNK)):
+            fr = next(frames)
+            part = fr.buffer if hasattr(fr, "buffer") else memoryview(fr)
+            n = part.nbytes
+            if n != min(FRAME_CHUNK, size - o):
+                raise IntegrityError("a payload frame does not match its signed size")
+            view[o:o + n] = part
+            h.update(part)
+            o += n
+        got = h.digest(16)
+    else:
+        fr = next(frames)
+        view = fr.buffer if hasattr(fr, "buffer") else memoryview(fr)
+        got = digest(view) if view.nbytes == size else None
+    if got is None or not _compare_digest(got, key):
         raise IntegrityError("a payload frame does not match its signed digest (forged, or an array "
                              "changed after it was submitted and before it was sent)")
     return view
@@ -509,7 +548,7 @@ def unpack(rec: Record, shm=None):
                 raise IntegrityError("a shared-memory payload reached a process on another host")
             view = shm.open(key, size)
         else:
-            view = _frame_view(next(frames), size, key)
+            view = _frame_view(frames, kind, size, key)
         if kind & REF_BODY:
             body = view
         else:

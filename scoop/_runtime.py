@@ -26,11 +26,11 @@ import zmq
 
 from . import _protocol as P
 from . import _shm
-from .broker import secure_client
 from .direct import DONE_DELAY, OriginEnd, WorkerEnd
 from .direct import available as direct_available
 from .errors import ClusterError
 from .liveness import DEFAULT_TIMEOUT, LOAD_INTERVAL, configure_socket, reconnect_grace
+from .security import secure_client
 from .submitter import Submitter
 
 INLINE_DEPTH = 50      # inline runs nest in one greenlet's stack: keep far from the recursion limit
@@ -55,9 +55,10 @@ class Runtime:
 
     def __init__(self, broker: str, secret: bytes, role: str, *, info: dict | None = None,
                  broker_timeout: float = DEFAULT_TIMEOUT, context: zmq.Context | None = None,
-                 inline: bool = True):
+                 inline: bool = True, encryption: bool = True):
         self.broker = broker
         self.secret = secret
+        self.encryption = encryption
         self.signer = P.Signer(secret)
         self.role = role
         self.info = dict(info or {})
@@ -168,7 +169,7 @@ class Runtime:
         s.setsockopt(zmq.RCVHWM, 0)
         s.setsockopt(zmq.RECONNECT_IVL, 50)
         configure_socket(s, self.broker_timeout)
-        secure_client(s, self.secret)
+        secure_client(s, self.secret, self.broker, self.encryption)
         return s
 
     def connect(self, timeout: float = 30.0):

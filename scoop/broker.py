@@ -2,9 +2,12 @@
 
 It authenticates message headers and routes records; payload frames pass through as the same
 frame objects, never hashed, copied or unpickled (see scoop._protocol).  No peer without the
-cluster's secret gets a byte to it: both sockets use ZeroMQ's PLAIN handshake with a token
-derived from the secret, so an intruder's connection is refused before any message exists, and
-signed headers bind every message to its channel and direction.
+cluster's secret gets a byte to it: both sockets demand a handshake with keys derived from the
+secret (scoop.security: CurveZMQ over TCP), so an intruder's connection is refused before any
+message exists, and signed headers bind every message to its channel and direction.  A peer
+that passed the handshake is still bounded: no frame over ``P.FRAME_MAX_IN`` bytes is even read
+(ZeroMQ drops the connection at its size), and the first message that fails the header check
+cuts its connection.
 
 Liveness needs no Python: ZeroMQ answers its own heartbeats (ZMTP PING/PONG) in its I/O
 threads, so a worker deep in a C call that holds the GIL stays connected, while a dead process
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -29,66 +33,32 @@ from . import _protocol as P
 from . import _shm
 from .liveness import DEFAULT_TIMEOUT, configure_socket
 from .scheduling import Peer, Scheduler
-
-PLAIN_USER = b"scoop"
-
-
-def plain_token(secret: bytes) -> bytes:
-    """What the handshake carries in the clear: derived from the secret, useless for signing."""
-    return P.derive(secret, "handshake").hex().encode()
-
-
-def secure_client(sock, secret: bytes):
-    sock.plain_username = PLAIN_USER
-    sock.plain_password = plain_token(secret)
-
-
-class Authenticator:
-    """Answers ZeroMQ's authentication requests (ZAP) for this context: PLAIN with the token."""
-
-    def __init__(self, ctx, secret: bytes):
-        from zmq.auth.thread import ThreadAuthenticator
-        self._auth = ThreadAuthenticator(ctx, log=_quiet_logger())
-        self._auth.start()
-        token = plain_token(secret).decode()
-        self._auth.configure_plain(domain="scoop", passwords={PLAIN_USER.decode(): token})
-
-    def stop(self):
-        self._auth.stop()
-
-
-def _quiet_logger():
-    import logging
-    log = logging.getLogger("scoop.auth")
-    log.propagate = False
-    log.addHandler(logging.NullHandler())
-    return log
-
-
-def secure_server(sock):
-    sock.plain_server = True
-    sock.zap_domain = b"scoop"
+from .security import Authenticator, secure_server
 
 
 class Broker:
     def __init__(self, secret: bytes, main_addr: str, meta_addr: str, *,
                  heartbeat_timeout: float = DEFAULT_TIMEOUT, status_interval: float = 0.2,
-                 context: zmq.Context | None = None, log=None, upstream: Peer | None = None):
+                 context: zmq.Context | None = None, log=None, upstream: Peer | None = None,
+                 encryption: bool = True):
         self.signer = P.Signer(secret)
         self.secret = secret
+        self.encryption = encryption
         self.ctx = context or zmq.Context.instance()
         self.heartbeat_timeout = heartbeat_timeout
         self.status_interval = status_interval
         self.log = log or (lambda msg: sys.stderr.write(f"scoop broker: {msg}\n"))
         self.auth = Authenticator(self.ctx, secret)
         self.main = self.ctx.socket(zmq.ROUTER)
-        for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 1000), (zmq.ROUTER_MANDATORY, 1)):
+        for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 1000), (zmq.ROUTER_MANDATORY, 1),
+                         (zmq.MAXMSGSIZE, P.FRAME_MAX_IN)):
             self.main.setsockopt(opt, val)
         configure_socket(self.main, heartbeat_timeout)
-        secure_server(self.main)
+        secure_server(self.main, secret, main_addr, encryption)
         self.meta = self.ctx.socket(zmq.PUB)
         self.meta.setsockopt(zmq.LINGER, 0)
-        secure_server(self.meta)
+        self.meta.setsockopt(zmq.MAXMSGSIZE, 1024)  # what comes in is subscriptions only
+        secure_server(self.meta, secret, meta_addr, encryption)
         self.main_port = _bind(self.main, main_addr)
         self.meta_port = _bind(self.meta, meta_addr)
         self.shm = _shm.Segments(P.derive(secret, "shared memory")) if _shm.available() else None
@@ -103,6 +73,7 @@ class Broker:
         self._rate_mark = (time.monotonic(), 0)
         self.rate = 0.0
         self.dropped = 0
+        self.cut = 0          # connections ended for a message that failed the check
         self.stop_event = threading.Event()
         self._last_steal_check = 0.0
         self._status_due = False  # a join or leave: publish a snapshot now, not at the next tick
@@ -230,6 +201,7 @@ class Broker:
         channel = P.TO_BROKER if kind == b"t" else P.CONTROL_TO_BROKER
         if not self.signer.check(channel, parts[0]):
             self.dropped += 1  # dropped before any byte of it is interpreted
+            self._cut(ident, fd)
             return
         recs = P.parse(parts[0], parts[1:])
         if recs is None:
@@ -268,6 +240,27 @@ class Broker:
                         handler(peer, rec)
         except Exception as exc:  # malformed but signed input must not kill the broker
             self.log(f"dropped a malformed message from {uid!r}: {type(exc).__name__}: {exc}")
+
+    def _cut(self, ident, fd):
+        """Ends the connection a message that failed the check came on: its peer passed the
+        handshake without the secret, and gets one message per handshake (a valid one cannot
+        fail).  shutdown() on a duplicate of ZeroMQ's descriptor: ZeroMQ sees the connection end
+        and closes it as any other."""
+        if fd is None:
+            fd = next((f for f, (i, _p) in self.fds.items() if i == ident), None)
+            if fd is None:
+                return
+        try:
+            s = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            return
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            s.close()
+        self.cut += 1
 
     def _watch(self, ident, fd, peer):
         self.fds[fd] = (ident, peer)
@@ -426,7 +419,8 @@ class Broker:
                        "done": core.done_total, "queued": len(core.queue), "in_flight": len(core.tasks),
                        "running": sum(len(p.assigned) for p in core.peers.values()),
                        "rate": round(self.rate, 1), "lost_workers": core.lost_workers,
-                       "dropped_messages": self.dropped, "routed_messages": self.routed},
+                       "dropped_messages": self.dropped, "routed_messages": self.routed,
+                       "cut_connections": self.cut},
             "broker": {"main_port": self.main_port, "meta_port": self.meta_port},
         }
         self._publish(P.STATUS, snap)
@@ -466,10 +460,12 @@ def main():
         if cfg.get("upstream"):
             from .federation import SubBroker
             broker = SubBroker(secret, cfg["main"], cfg["meta"], cfg["upstream"],
-                               heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT))
+                               heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT),
+                               encryption=cfg.get("encryption", True))
         else:
             broker = Broker(secret, cfg["main"], cfg["meta"],
-                            heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT))
+                            heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT),
+                            encryption=cfg.get("encryption", True))
     except zmq.ZMQError as exc:
         sys.stderr.write(f"scoop broker: cannot listen on {cfg['main']} / {cfg['meta']}: {exc}\n")
         sys.exit(2)

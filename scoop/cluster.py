@@ -359,7 +359,8 @@ class Cluster:
         """Broker 0 is the root; the others are sub-brokers under it (a federation), each
         serving its share of the workers."""
         cfg = {"secret": self.secret.hex(), "heartbeat_timeout": self.heartbeat_timeout,
-               "main": f"tcp://{self.bind_host}:{main}", "meta": f"tcp://{self.bind_host}:{meta}"}
+               "main": f"tcp://{self.bind_host}:{main}", "meta": f"tcp://{self.bind_host}:{meta}",
+               "encryption": self.options.encryption}
         if k:
             cfg["upstream"] = f"tcp://127.0.0.1:{self.main_port}"
         line = (json.dumps(cfg) + "\n").encode()
@@ -402,7 +403,8 @@ class Cluster:
         config = {"secret": self.secret.hex(), "broker": self.launcher.broker_address(host, port),
                   "name": name, "label": name, "sys_path": sys_path, "nice": self.options.nice,
                   "host": host, "broker_timeout": self.heartbeat_timeout,
-                  "connect_timeout": 15.0, "broker_info": self.broker_info(), "inline": self.inline}
+                  "connect_timeout": 15.0, "broker_info": self.broker_info(), "inline": self.inline,
+                  "encryption": self.options.encryption}
         return WorkerSpec(name, host, config)
 
     def broker_info(self) -> dict:
@@ -419,7 +421,8 @@ class Cluster:
         if _globals.current() is not None:
             raise ClusterError("this process is already the origin of another SCOOP cluster; stop it first")
         rt = Runtime(f"tcp://127.0.0.1:{self.main_port}", self.secret, "origin",
-                     broker_timeout=self.heartbeat_timeout, inline=self.inline)
+                     broker_timeout=self.heartbeat_timeout, inline=self.inline,
+                     encryption=self.options.encryption)
         rt.output_handler = rt.default_output_handler = \
             lambda name, stream, text, group: self.relay.emit(name, stream, text)
         rt.connect(timeout=20)
@@ -563,7 +566,8 @@ class Cluster:
         if self._meta is None:
             with self._lock:
                 if self._meta is None:
-                    self._meta = MetaSubscriber(f"tcp://127.0.0.1:{self.meta_port}", self.secret)
+                    self._meta = MetaSubscriber(f"tcp://127.0.0.1:{self.meta_port}", self.secret,
+                                                encryption=self.options.encryption)
                     self._meta.start()
         return self._meta
 

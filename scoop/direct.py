@@ -36,7 +36,7 @@ import time
 import zmq
 
 from . import _protocol as P
-from .broker import Authenticator, secure_client, secure_server
+from .security import Authenticator, secure_client, secure_server
 
 DONE_DELAY = 0.002  # seconds a DONE (or a LEASE) may wait for a message to ride on
 
@@ -66,7 +66,7 @@ class OriginEnd:
             s.setsockopt(zmq.RCVHWM, 0)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a worker that is gone is an error, not a drop
-            secure_server(s)
+            secure_server(s, secret, P.direct_address(secret))
             s.bind(P.direct_address(secret))
         except zmq.ZMQError:
             # the name is taken (another origin with this secret on this host): results then
@@ -149,7 +149,7 @@ class WorkerEnd:
         # every second (a failed connect to an abstract socket costs one system call)
         s.setsockopt(zmq.RECONNECT_IVL, 50)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        secure_client(s, secret)
+        secure_client(s, secret, P.direct_address(secret))
         s.connect(P.direct_address(secret))
         self.sock = s
 

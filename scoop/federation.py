@@ -17,9 +17,10 @@ import socket
 import zmq
 
 from . import _protocol as P
-from .broker import Broker, secure_client
+from .broker import Broker
 from .liveness import LOAD_INTERVAL, configure_socket
 from .scheduling import Peer
+from .security import secure_client
 
 
 class SubBroker(Broker):
@@ -52,7 +53,7 @@ class SubBroker(Broker):
         for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 500)):
             s.setsockopt(opt, val)
         configure_socket(s, self.heartbeat_timeout)
-        secure_client(s, self.secret)
+        secure_client(s, self.secret, addr, self.encryption)
         s.connect(addr)
         return s
 

@@ -12,15 +12,17 @@ import time
 import zmq
 
 from . import _protocol as P
-from .broker import secure_client
+from .security import secure_client
 
 
 class MetaSubscriber(threading.Thread):
-    def __init__(self, address: str, secret: bytes, context: zmq.Context | None = None):
+    def __init__(self, address: str, secret: bytes, context: zmq.Context | None = None,
+                 encryption: bool = True):
         super().__init__(name="scoop-meta", daemon=True)
         self.address = address
         self.signer = P.Signer(secret)
         self.secret = secret
+        self.encryption = encryption
         self.ctx = context or zmq.Context.instance()
         self.latest: dict | None = None
         self.events: list[dict] = []
@@ -63,7 +65,7 @@ class MetaSubscriber(threading.Thread):
         s = self.ctx.socket(zmq.SUB)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SUBSCRIBE, b"")
-        secure_client(s, self.secret)
+        secure_client(s, self.secret, self.address, self.encryption)
         s.connect(self.address)
         try:
             while not self._halt.is_set():

@@ -76,6 +76,15 @@ def launcher_name(text) -> str:
     return value
 
 
+def on_off(text) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"expected on or off, got {text!r}")
+    return value == "on"
+
+
 def walltime(text) -> str:
     """SLURM's forms: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
     value = str(text).strip()
@@ -158,6 +167,10 @@ class ClusterOptions:
                                          "(default 3)")
     connect_timeout: float = _opt(10.0, flags=("--connect-timeout",), metavar="S", check=positive_float,
                                   help="seconds to wait for a host's SSH connection (default 10)")
+    encryption: bool = _opt(True, flags=("--encryption",), metavar="on|off", check=on_off,
+                            help="encrypt every TCP connection (CurveZMQ, keys from the cluster secret; "
+                                 "default on); off: authenticated but readable by anyone on the network, "
+                                 "for a fabric the site trusts")
     inline: bool = _opt(True, flags=("--no-inline",), action="store_false",
                         help="never run a task in the process that waits on it: `submit(f).result()` "
                              "then always goes to a worker (default: it runs in place, saving a round trip)")

@@ -68,7 +68,7 @@ def main():
     rt = _runtime.Runtime(cfg["broker"], secret, "worker",
                           info={"host": cfg.get("host") or None, "name": name},
                           broker_timeout=cfg.get("broker_timeout", DEFAULT_TIMEOUT),
-                          inline=cfg.get("inline", True))
+                          inline=cfg.get("inline", True), encryption=cfg.get("encryption", True))
     Executor(rt, retire_at=cfg.get("retire_at"))
     try:
         rt.connect(timeout=cfg.get("connect_timeout", 15.0))

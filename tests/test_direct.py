@@ -13,9 +13,9 @@ import zmq
 
 from scoop import _globals, futures
 from scoop import _protocol as P
-from scoop.broker import Authenticator, secure_client, secure_server
 from scoop.cluster import Cluster
 from scoop.direct import WorkerEnd
+from scoop.security import Authenticator, secure_client, secure_server
 from tests.conftest import PROGRAMS, TESTS, origin_cluster, scoop_processes, wait_idle, wait_no_new_processes
 
 
@@ -213,7 +213,7 @@ def test_only_the_secret_gets_a_byte_in(one, tmp_path):
             stranger.connect(P.direct_address(c.secret))
             token_only = ctx.socket(zmq.DEALER)
             token_only.setsockopt(zmq.LINGER, 0)
-            secure_client(token_only, c.secret)
+            secure_client(token_only, c.secret, P.direct_address(c.secret))
             token_only.connect(P.direct_address(c.secret))
             wrong = P.Signer(os.urandom(32))
             f = futures.submit(time.sleep, 0.5)
@@ -255,7 +255,7 @@ def test_a_worker_takes_leased_tasks_only_from_the_secret():
         fake.setsockopt(zmq.LINGER, 0)
         fake.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send fails until the worker is connected
         auth = Authenticator(ctx, secret)  # checks the handshake token, as a squatter holding it would
-        secure_server(fake)
+        secure_server(fake, secret, P.direct_address(secret))
         fake.bind(P.direct_address(secret))
         end = WorkerEnd(ctx, secret, signer, "f" * 16)
         ident = b"d" + b"f" * 16
