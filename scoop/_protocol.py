@@ -142,7 +142,7 @@ SHM_MIN = 1 << 20        # on one host, buffers from this size go through shared
 COPY_MAX = 1 << 20       # frames below this size are copied at packing (cheap), larger ones are not
 HEADER_MAX = 16 << 20    # a larger header is dropped unhashed: checking costs at most this much
 HEADER_SPLIT = 4 << 20   # senders start a new message past this many header bytes
-FRAME_CHUNK = 4 << 20    # a payload buffer larger than this travels as frames of this size (REF_SPLIT)
+FRAME_CHUNK = 1 << 20    # a payload buffer larger than this travels as frames of this size (REF_SPLIT)
 # no frame larger than this is read at all (ZMQ_MAXMSGSIZE of the broker's sockets): what one
 # connection can make a broker hold is bounded, whatever it sends
 FRAME_MAX_IN = HEADER_MAX + 4096
