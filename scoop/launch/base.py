@@ -22,7 +22,7 @@ from ..errors import ClusterError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..options import ClusterOptions
-    from .local import OutputRelay
+    from .relay import OutputRelay
 
 __all__ = ["WorkerSpec", "Handle", "ProcessHandle", "Launcher", "AllocationLauncher", "LAUNCHERS", "register",
            "launcher_class", "config_line", "route_address"]
@@ -125,6 +125,15 @@ class Launcher(abc.ABC):
     def broker_address(self, host: str | None, port: int) -> str:
         return f"tcp://127.0.0.1:{port}"
 
+    def job_size(self) -> int:
+        """Workers one start brings at most (a batch job's workers): adaptive scaling adds and
+        removes whole jobs."""
+        return 1
+
+    def external_hostname(self) -> str | None:
+        """The address remote workers are told to reach the broker at, when the user gave one."""
+        return self.options.external_hostname
+
     def bind_host(self) -> str:
         return "0.0.0.0" if self.remote and not self.options.tunnel else "127.0.0.1"
 
@@ -195,7 +204,7 @@ class AllocationLauncher(Launcher):
         if not self.env.get(self.allocation_var):
             raise ClusterError(f"launcher {self.name} runs workers inside {self.allocation}, and this is "
                                f"not one (no {self.allocation_var}){self.hint}")
-        self._address = self.options.external_hostname or route_address(
+        self._address = self.external_hostname() or route_address(
             self.reachable(next((h for h in hosts if h), None)))
 
     def reachable(self, host: str | None) -> str | None:
@@ -204,7 +213,7 @@ class AllocationLauncher(Launcher):
 
     def broker_address(self, host, port):
         if self._address is None:
-            self._address = self.options.external_hostname or route_address(self.reachable(host))
+            self._address = self.external_hostname() or route_address(self.reachable(host))
         return f"tcp://{self._address}:{port}"
 
     def run_program(self, argv: list[str], stdin: bytes | None = None, env: dict | None = None):
