@@ -31,7 +31,8 @@ def _make_logger():
 
     class WorkerTag(logging.Filter):
         def filter(self, record):
-            record.worker = worker if worker is not None else f"{socket.gethostname()}:{_os.getpid()}"
+            if getattr(record, "worker", None) is None:  # a cluster notice names itself
+                record.worker = worker if worker is not None else f"{socket.gethostname()}:{_os.getpid()}"
             return True
 
     log = logging.getLogger("scoop")

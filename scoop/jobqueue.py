@@ -1,0 +1,105 @@
+"""A batch cluster's view of its queue: which workers joined, which wait, which failed to start.
+
+Batch launchers (sbatch, qsub) submit jobs that wait in the scheduler's queue.  ``start`` and
+``scale`` return once every job is queued -- listed by the scheduler as waiting for a reason it
+gives (or for :data:`QUEUE_GRACE` seconds), or running with its workers joined -- and a job that
+starts at once and fails is an error there.  A worker that ends before it ever joined failed to
+start: its message carries the job's id and its own output, and is kept on the job for the views.
+"""
+from __future__ import annotations
+
+import time
+
+from .errors import ClusterError
+
+__all__ = ["QUEUE_GRACE", "QueueView"]
+
+#: seconds a batch job pending without a reason may be starting at once (start waits for it)
+QUEUE_GRACE = 5.0
+
+
+class QueueView:
+    """Joins seen on the meta stream, and the launcher's last poll of the scheduler."""
+
+    def __init__(self, launcher, relay):
+        self.launcher = launcher
+        self.relay = relay
+        self.joined: set[str] = set()    # names of workers seen in the cluster at least once
+
+    def note(self, kind: str, data: dict) -> None:
+        """Meta-stream callback: remembers every worker that joined."""
+        if kind == "event" and data.get("event") == "joined":
+            name = (data.get("worker") or {}).get("name")
+            if name:
+                self.joined.add(name)
+        elif kind == "status":
+            self.joined.update(w["name"] for w in data.get("workers", ()) if w.get("name"))
+
+    def jobs(self) -> list[dict]:
+        fn = getattr(self.launcher, "jobs_status", None)
+        return fn() if fn is not None else []
+
+    def pending_workers(self) -> int:
+        """Workers of jobs still waiting in the queue (walltime replacements not counted)."""
+        return sum(len(j["workers"]) for j in self.jobs()
+                   if j["state"] == "pending" and not j.get("replaces"))
+
+    def start_failure(self, h, code) -> str:
+        """The message for a batch worker that ended before joining; also kept on its job."""
+        self.relay.flush(0.3)
+        tail = self.relay.tail(h.name)
+        # the scheduler writes a job's output file on its own schedule, which can be after the
+        # job's exit marker: give the words that explain the failure a moment to arrive
+        deadline = time.monotonic() + 2.0
+        while not tail and time.monotonic() < deadline:
+            time.sleep(0.1)
+            h.poll()  # a batch handle relays what its job's output file holds by now
+            tail = self.relay.tail(h.name)
+        where = f" on {h.host}" if h.host else ""
+        msg = (f"worker {h.name} (job {h.job_id}{where}) exited with status {code} before joining the "
+               f"cluster" + (f":\n{tail}" if tail else ""))
+        job = getattr(h, "job", None)
+        if job is not None and not job.error:
+            job.error = msg
+        return msg
+
+    @staticmethod
+    def queued_for_good(job) -> bool:
+        """Whether the scheduler has said the job waits (a reason such as Resources, Priority or
+        JobHeldUser), or it has waited a few seconds: a new job is listed pending for a moment
+        before the scheduler's first pass, even with free nodes."""
+        return job.polled and (bool(job.reason) or time.time() - job.submitted > QUEUE_GRACE)
+
+    def settle(self, handles: list, timeout: float, *, latest, pump, broker_exited, give_up) -> None:
+        """Waits until each of ``handles`` either waits in the queue or has joined; raises
+        ClusterError for one that ended first (its job rejected at start, a worker that cannot
+        start), after ``give_up(names)`` drops it from the spec -- so a bad job is an error at
+        once, and a full queue is not.  ``latest()`` is the last meta snapshot, ``pump(s)``
+        waits (serving the origin), ``broker_exited()`` the broker's end, if any."""
+        deadline = time.monotonic() + timeout
+        next_refresh = 0.0
+        while True:
+            if time.monotonic() >= next_refresh:
+                self.launcher.refresh()
+                next_refresh = time.monotonic() + 0.5
+            snap = latest()
+            if snap:
+                self.note("status", snap)
+            ended = [(h, h.poll()) for h in handles if not h.retired and h.name not in self.joined]
+            ended = [(h, code) for h, code in ended if code is not None]
+            if ended:
+                h, code = ended[0]
+                msg = self.start_failure(h, code)
+                give_up([f for f, _ in ended])
+                raise ClusterError(msg)
+            waiting = [h for h in handles if not h.retired and h.name not in self.joined
+                       and not (h.state == "pending" and self.queued_for_good(h.job))]
+            if not waiting:
+                return
+            why = broker_exited()
+            if why:
+                raise ClusterError(why)
+            if time.monotonic() > deadline:
+                names = ", ".join(h.name for h in waiting)
+                raise ClusterError(f"workers {names} of started jobs did not join within {timeout:.0f} s")
+            pump(0.05)
