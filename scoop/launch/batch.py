@@ -248,6 +248,9 @@ class BatchLauncher(Launcher):
     def bind_host(self) -> str:
         return "0.0.0.0"
 
+    def job_size(self) -> int:
+        return self.cpus_per_job
+
     def start(self, specs: list) -> list[BatchHandle]:
         """Submits ceil(len(specs) / cpus_per_job) jobs; returns at once (jobs may wait in the
         queue: their handles say ``pending``).  A job the scheduler rejects is a ClusterError
