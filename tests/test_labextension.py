@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,18 +64,25 @@ def labextension_installed() -> bool:
     )
 
 
-def checkout_jupyter_path(tmp: Path) -> str | None:
+def checkout_jupyter_path(tmp: Path, docs: Path | None = None) -> str | None:
     """A JUPYTER_PATH entry whose labextensions/scoop-jupyter is this checkout's build, so the
     server serves the extension under test even where another checkout is installed
     (an editable install elsewhere, a shared machine); None when the checkout has no build
-    (CI with a normal pip install then serves the installed one)."""
+    (CI with a normal pip install then serves the installed one).  ``docs``: a built HTML
+    documentation to serve as the extension's static/docs instead of the build's own."""
     if not CHECKOUT_BUILD.joinpath("package.json").is_file():
         return None
     base = tmp / "jupyter-path"
     (base / "labextensions").mkdir(parents=True, exist_ok=True)
     link = base / "labextensions" / "scoop-jupyter"
-    if not link.exists():
+    if link.exists():
+        return str(base)
+    if docs is None:
         link.symlink_to(CHECKOUT_BUILD, target_is_directory=True)
+        return str(base)
+    # copies: the server serves no file whose real path is outside the extension's directory
+    shutil.copytree(CHECKOUT_BUILD, link, ignore=lambda d, names: ["docs"] if d.endswith("static") else [])
+    shutil.copytree(docs, link / "static" / "docs")
     return str(base)
 
 
@@ -87,7 +95,7 @@ def free_port() -> int:
 class LabServer:
     """A throwaway ``jupyter lab`` with its own runtime/config/settings dirs."""
 
-    def __init__(self, tmp: Path, python: str = sys.executable):
+    def __init__(self, tmp: Path, python: str = sys.executable, docs: Path | None = None):
         self.root = tmp / "notebooks"
         self.root.mkdir(parents=True)
         self.token = secrets.token_hex(16)
@@ -109,7 +117,7 @@ class LabServer:
             # kernels run this checkout's scoop and scoop_jupyter
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         )
-        jpath = checkout_jupyter_path(tmp)
+        jpath = checkout_jupyter_path(tmp, docs)
         if jpath:
             env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [jpath, os.environ.get("JUPYTER_PATH")]))
         self.log_path = tmp / "jupyter-lab.log"
@@ -550,6 +558,83 @@ def test_panel_shows_batch_jobs_pending_in_the_queue(slurm_cluster, lab, page):
     stop_lab_leaving_nothing(lab, known)
 
 
+def _status(states, pending=0, state="running"):
+    return {"state": state, "workers": [{"state": s} for s in states], "totals": {"pending_workers": pending}}
+
+
+def test_panel_request_is_done_when_the_status_shows_it():
+    """A panel command stays pending ("scaling to 4 workers…") until a status shows its effect:
+    the workers joined (or wait in a batch queue), the cluster running, or stopped."""
+    from scoop_jupyter.comm import _done
+
+    scale4 = {"action": "scale", "n": 4}
+    assert not _done(scale4, _status(["busy", "joining", "joining", "joining"]))
+    assert not _done(scale4, _status(["busy", "idle", "idle"]))
+    assert _done(scale4, _status(["busy", "idle", "idle", "idle"]))
+    assert _done(scale4, _status(["busy", "idle"], pending=2))  # two wait in the batch queue
+    assert _done(scale4, _status(["busy"] * 4 + ["lost"]))
+    assert not _done({"action": "scale", "n": 2}, _status(["busy", "idle", "idle"]))
+    assert not _done({"action": "stop", "n": None}, _status(["idle"]))
+    assert _done({"action": "stop", "n": None}, _status([], state="stopped"))
+    assert not _done({"action": "start", "n": 2}, _status([], state="stopped"))
+    assert _done({"action": "start", "n": 2}, _status(["joining", "joining"]))
+
+
+def test_panel_request_expires_with_an_error(monkeypatch):
+    import scoop_jupyter.comm as C
+
+    req = C._Request()
+    req.set("scale", 4, "scaling to 4 workers…")
+    pending, error = req.check(_status(["busy"]))
+    assert pending["text"] == "scaling to 4 workers…" and not error
+    monkeypatch.setattr(C, "REQUEST_TIMEOUT", -1.0)
+    pending, error = req.check(_status(["busy"]))
+    assert pending is None and "scaling to 4 workers did not finish" in error
+    assert req.check(_status(["busy"])) == (None, "")
+
+
+def test_task_stream_sends_each_finished_task_once(monkeypatch):
+    """The task stream sends what finished since its last message, each task once, in chunks,
+    with workers and functions as indexes into lists that only grow."""
+    import scoop_jupyter.comm as C
+
+    recs = []
+    monkeypatch.setattr(C.task_timeline, "records", lambda since=0.0: [r for r in recs if r["end"] >= since])
+
+    def task(w, name, start, end, inputs=1, ok=True):
+        return {"worker": w, "name": name, "start": start, "end": end, "inputs": inputs, "group": 3, "ok": ok}
+
+    stream = C.TaskStream()
+    (first,) = stream.take()
+    assert first["reset"] and first["tasks"] == []
+    recs += [task("w1", "f", 100.0, 101.0), task("w2", "g", 100.5, 101.5, inputs=50, ok=False)]
+    (msg,) = stream.take()
+    assert not msg["reset"] and msg["workers"] == ["w1", "w2"] and msg["names"] == ["f", "g"]
+    assert msg["tasks"] == [[0, 0, 100.0, 1.0, 1, True, 3], [1, 1, 100.5, 1.0, 50, False, 3]]
+    assert stream.take() == []  # nothing new
+    recs.append(task("w1", "g", 101.0, 101.2))
+    (msg,) = stream.take()
+    assert msg["tasks"] == [[0, 1, 101.0, pytest.approx(0.2), 1, True, 3]]
+    recs += [task("w3", "f", 200.0 + i * 1e-4, 200.0 + (i + 1) * 1e-4) for i in range(C.STREAM_CHUNK + 10)]
+    msgs = stream.take()
+    assert [len(m["tasks"]) for m in msgs] == [C.STREAM_CHUNK, 10]
+    assert msgs[-1]["workers"] == ["w1", "w2", "w3"]
+
+
+def test_comm_messages_follow_the_subshell_they_came_on():
+    """ipykernel routes a comm's incoming messages to the subshell of the message it last
+    published under; the panel's comm keeps each message on the subshell the frontend chose."""
+    from scoop_jupyter.comm import _follow_frontend_subshell
+
+    class Comm:
+        def _reply_subshell_for(self, data, default):
+            return None  # the main shell, where a running cell blocks everything
+
+    comm = Comm()
+    _follow_frontend_subshell(comm)
+    assert comm._reply_subshell_for({"action": "scale"}, "subshell-1") == "subshell-1"
+
+
 def record_texts(page, selectors: dict) -> None:
     """Records in the page every text the elements matching ``selectors`` (name -> CSS) show,
     with the time (ms, performance.now()), including states too short for a poll to see."""
@@ -657,3 +742,226 @@ def test_panel_scales_and_stops_while_a_map_runs(lab, page):
     page.screenshot(path=str(ARTIFACTS / "panel-stopped-mid-map.png"))
     known += lab.descendants()
     stop_lab_leaving_nothing(lab, known)
+
+
+def console_errors(page) -> list:
+    """Collects the page's console errors and uncaught exceptions from now on."""
+    errors: list = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors
+
+
+# In the kernel: tasks as the origin's timeline would list them, 10,000 a second on 16 workers
+# (what a flood of tiny tasks looks like), so the stream's path is measured at that rate.
+FAKE_TIMELINE = """
+import time
+import scoop_jupyter.task_timeline as _tt
+_fake = {"t": time.time(), "i": 0}
+def _records(since=0.0, _s=_fake):
+    now = time.time()
+    k = int((now - _s["t"]) * 10000)
+    out = []
+    for j in range(k):
+        i = _s["i"] + j
+        end = _s["t"] + (j + 1) / 10000
+        dur = 0.0016 * (1 + (i % 7) / 7)
+        out.append({"worker": f"w{i % 16 + 1}", "name": "tiny" if i % 5 else "small", "start": end - dur,
+                    "end": end, "inputs": 1, "group": 9, "ok": i % 997 != 0})
+    _s["t"] += k / 10000
+    _s["i"] += k
+    return out[-5000:]
+_tt.records = _records
+"""
+
+
+def test_live_task_stream(lab, page):
+    """The task stream tab: a row per worker while a map runs, zoom with the wheel, a hover that
+    names the task, its inputs and its duration; then 10,000 tasks a second for a few seconds,
+    received and drawn as they come."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors = console_errors(page)
+    open_notebook(page, lab, lab.new_notebook("task-stream.ipynb"))
+    open_scoop_panel(page)
+    run_cell(page, "%load_ext scoop_jupyter")
+    run_cell(page, "%scoop_cluster start -n 4")
+    expect(page.locator(f"{PANEL} .scoop-worker-row")).to_have_count(4, timeout=30_000)
+    page.locator("#scoop-stream-button").click()
+    stream = page.locator(".scoop-task-stream")
+    expect(stream).to_be_visible(timeout=10_000)
+    expect(stream.locator(".scoop-ts-empty")).to_contain_text("No finished tasks yet")
+
+    cell = start_cell(page, "import time\nfrom scoop import futures\n"
+                            "def nap(s):\n    time.sleep(s)\n    return s\n"
+                            "def quick(x):\n    time.sleep(0.02)\n    return x\n"
+                            "_ = list(futures.map(nap, [0.25] * 40))\n"
+                            "_ = list(futures.map(quick, range(400)))\n"
+                            "_ = list(futures.map(nap, [0.25] * 40))")
+    expect(stream).to_have_attribute("data-rows", "4", timeout=30_000)
+    expect(stream).to_have_attribute("data-tasks", re.compile(r"^([4-9]\d|\d{3,})$"), timeout=30_000)
+    # zoom in around the middle of the canvas, then hover a bar
+    canvas = stream.locator("canvas")
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2)
+    for _ in range(2):
+        page.mouse.wheel(0, -150)
+    expect(stream).to_have_attribute("data-mode", "fixed")
+    tip = stream.locator(".scoop-ts-tip")
+    found = False
+    for fx in (0.6, 0.55, 0.65, 0.5, 0.7, 0.45, 0.75):
+        for fy in (0.5, 0.3, 0.7, 0.2, 0.8):
+            page.mouse.move(box["x"] + box["width"] * fx, box["y"] + 22 + (box["height"] - 26) * fy)
+            if tip.is_visible():
+                found = True
+                break
+        if found:
+            break
+    assert found, "no task under the mouse in the zoomed stream"
+    text = tip.inner_text()
+    assert re.search(r"(nap|quick) on w\d", text) and "input" in text and "took" in text, text
+    page.screenshot(path=str(ARTIFACTS / "task-stream-zoomed.png"))
+    expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"), timeout=120_000)
+
+    # 10,000 tasks a second: received in chunks, drawn in a frame's time
+    run_cell(page, FAKE_TIMELINE)
+    page.locator(".scoop-ts-clear").click()
+    t0 = time.monotonic()
+    time.sleep(6)
+    got = int(stream.get_attribute("data-tasks"))
+    seconds = time.monotonic() - t0
+    draw_ms = float(stream.get_attribute("data-draw-ms"))
+    print(f"task stream at 10,000 tasks/s: {got} tasks in {seconds:.1f} s, last draw {draw_ms} ms")
+    assert got >= 0.8 * 10_000 * (seconds - 1.5), got
+    assert draw_ms < 100, draw_ms
+    expect(stream).to_have_attribute("data-rows", "16")
+    page.screenshot(path=str(ARTIFACTS / "task-stream-10k.png"))
+    assert not errors, errors
+
+    known = lab.descendants()
+    run_cell(page, "%scoop_cluster stop")
+    known += lab.descendants()
+    stop_lab_leaving_nothing(lab, known)
+
+
+# In the kernel: the panel's feed shows 1,000 workers (each second a new status: loads move),
+# as a cluster of that size would send them, without starting 1,000 processes.
+FAKE_THOUSAND = """
+import threading, time, random
+import scoop_jupyter
+_feed = scoop_jupyter.session().feed
+_stop_fake = threading.Event()
+def _statuses():
+    rnd = random.Random(1)
+    while not _stop_fake.is_set():
+        workers = []
+        for i in range(1000):
+            held = rnd.choice([0, 0, 1, 1, 1, 2, 3, 5, 9, 20])
+            workers.append({"id": str(i), "name": f"w{i + 1}", "host": f"node{i // 32:03d}",
+                            "pid": 10000 + i, "state": "busy" if held else "idle",
+                            "running": min(held, 1), "queued": max(0, held - 1),
+                            "done": rnd.randrange(5000), "cpu": rnd.random() * 100,
+                            "mem": 60_000_000 + rnd.randrange(40_000_000)})
+        workers[7]["state"] = "joining"
+        workers[9]["state"] = "lost"
+        live = [w for w in workers if w["state"] in ("busy", "idle")]
+        busy = sum(w["state"] == "busy" for w in live) / len(live)
+        totals = {"workers": len(live), "busy": busy, "done": sum(w["done"] for w in workers),
+                  "queued": sum(w["queued"] for w in workers), "running": sum(w["running"] for w in workers),
+                  "rate": 20000.0 + rnd.random() * 500, "pending_workers": 0}
+        _feed.latest = {"type": "status", "state": "running", "workers": workers, "jobs": [],
+                        "totals": totals}
+        _feed.refresh()
+        _stop_fake.wait(0.5)
+threading.Thread(target=_statuses, daemon=True).start()
+"""
+
+
+def test_panel_with_a_thousand_workers(lab, page):
+    """1,000 (simulated) workers: totals, a heat strip, a histogram, the busiest and the idle
+    workers, and a list that builds only the rows in view; it updates at least once a second
+    with no console error."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    errors = console_errors(page)
+    open_notebook(page, lab, lab.new_notebook("thousand.ipynb"))
+    open_scoop_panel(page)
+    run_cell(page, "%load_ext scoop_jupyter")
+    run_cell(page, FAKE_THOUSAND)
+    panel = page.locator(PANEL)
+    expect(panel.locator(".scoop-total[data-total='workers'] .scoop-total-value")).to_have_text("998",
+                                                                                              timeout=30_000)
+    expect(panel.locator(".scoop-heat-canvas")).to_be_visible()
+    expect(panel.locator(".scoop-histogram-col")).to_have_count(7)
+    expect(panel.locator(".scoop-busiest .scoop-worker-link")).to_have_count(5)
+    expect(panel.locator(".scoop-idle")).to_contain_text("Idle")
+    rows = panel.locator(".scoop-worker-row")
+    assert 0 < rows.count() < 60, rows.count()  # virtualised: only the rows in view exist
+    # updates: the panel renders at least once a second
+    r0 = int(panel.get_attribute("data-renders"))
+    time.sleep(5)
+    r1 = int(panel.get_attribute("data-renders"))
+    print(f"panel with 1,000 workers: {r1 - r0} renders in 5 s")
+    assert r1 - r0 >= 5, (r0, r1)
+    # scrolling the list builds the rows further down; a busiest worker's link shows its row
+    panel.locator(".scoop-workers").evaluate("n => { n.scrollTop = 52 * 500; }")
+    expect(panel.locator(".scoop-worker-row[data-worker-name='w505']")).to_have_count(1, timeout=5_000)
+    panel.locator(".scoop-workers").evaluate("n => { n.scrollTop = 0; }")
+    page.screenshot(path=str(ARTIFACTS / "panel-1000-workers.png"))
+    panel.screenshot(path=str(ARTIFACTS / "panel-1000-workers-panel.png"))
+    link = panel.locator(".scoop-busiest .scoop-worker-link").first
+    name = link.inner_text().split(" ")[0]
+    link.click()
+    expect(panel.locator(f".scoop-worker-row[data-worker-name='{name}']")).to_be_visible(timeout=5_000)
+    run_cell(page, "_stop_fake.set()")
+    assert not errors, errors
+    known = lab.descendants()
+    stop_lab_leaving_nothing(lab, known)
+
+
+def built_docs(tmp: Path) -> Path | None:
+    """This project's HTML documentation: $SCOOP_DOCS_HTML (a built copy), else the build's own
+    (static/docs), else built here from docs/ with Sphinx; None when the checkout has no docs/."""
+    if os.environ.get("SCOOP_DOCS_HTML"):
+        return Path(os.environ["SCOOP_DOCS_HTML"])
+    own = CHECKOUT_BUILD / "static" / "docs"
+    if own.joinpath("index.html").is_file():
+        return own
+    if not (ROOT / "docs" / "conf.py").is_file():
+        return None
+    out = tmp / "docs-html"
+    subprocess.run([sys.executable, "-m", "sphinx", "-q", "-b", "html", str(ROOT / "docs"), str(out)],
+                   check=True, timeout=240)
+    return out
+
+
+def test_documentation_opens_offline_in_a_tab(tmp_path, page):
+    """The panel's Documentation opens this project's documentation in a JupyterLab tab,
+    served by JupyterLab itself (no internet), or says plainly that it is not built."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    if not labextension_installed():
+        pytest.fail("scoop-jupyter labextension is not installed: run `pip install -e .`")
+    docs = built_docs(tmp_path)
+    lab = LabServer(tmp_path, docs=docs)
+    try:
+        requests: list = []
+        page.on("request", lambda r: requests.append(r.url))
+        open_notebook(page, lab, lab.new_notebook("docs.ipynb"))
+        open_scoop_panel(page)
+        page.locator(f"{PANEL} .scoop-docs").click()
+        tab = page.locator(".lm-TabBar-tab", has_text="SCOOP Documentation")
+        expect(tab).to_have_count(1, timeout=10_000)
+        if docs is None:
+            expect(page.locator(".scoop-docs-missing")).to_contain_text("not built")
+        else:
+            frame = page.frame_locator(".scoop-docs-frame iframe")
+            expect(frame.locator("body")).to_contain_text("SCOOP", timeout=20_000)
+            outside = [u for u in requests if not u.startswith(lab.base) and not u.startswith("data:")]
+            assert not outside, outside  # offline: everything from this server
+        page.screenshot(path=str(ARTIFACTS / "docs-tab.png"))
+        # a second click shows the same tab
+        page.locator(f"{PANEL} .scoop-docs").click()
+        expect(tab).to_have_count(1)
+        known = lab.descendants()
+        stop_lab_leaving_nothing(lab, known)
+    finally:
+        lab.stop()

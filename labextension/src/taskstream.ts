@@ -44,6 +44,9 @@ function naturalCompare(a: string, b: string): number {
 }
 
 function fmtSeconds(s: number): string {
+  if (s === 0) {
+    return '0 s';
+  }
   if (s >= 100) {
     return `${s.toFixed(0)} s`;
   }
@@ -375,6 +378,7 @@ export class TaskStreamWidget extends Widget {
   }
 
   private _draw(): void {
+    const began = performance.now();
     const s = this._store;
     const width = this._area.clientWidth;
     const height = this._area.clientHeight;
@@ -469,8 +473,8 @@ export class TaskStreamWidget extends Widget {
       if (x1 - x0 < 1) {
         x0 = Math.floor(x0);
         x1 = x0 + 1;
-        if (lastX[row] >= x0 && lastC[row] === c) {
-          continue; // merged into the previous bar of this row
+        if (lastX[row] >= x1 || (lastX[row] >= x0 + 0.5 && lastC[row] === c)) {
+          continue; // its pixel is drawn already: merged into the previous bar of this row
         }
       }
       if (x0 < LEFT - 1) {
@@ -491,6 +495,8 @@ export class TaskStreamWidget extends Widget {
     this.node.dataset.drawn = String(drawn);
     this.node.dataset.rows = String(this._rowNames.length);
     this.node.dataset.mode = this._mode;
+    this.node.dataset.drawMs = (performance.now() - began).toFixed(1);
+    this.node.dataset.received = String(this._received);
     this._summary.textContent =
       `${s.count.toLocaleString('en-US')} tasks on ${this._rowNames.length} workers · ` +
       `showing ${fmtSeconds(span)}${this._mode === 'live' ? ' (live)' : ''}`;

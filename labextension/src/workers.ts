@@ -5,7 +5,9 @@ import { IWorker } from './connection';
 
 export const ROW_HEIGHT = 52; // px, fixed: the list's scroll height is rows x ROW_HEIGHT
 const OVERSCAN = 6; // rows built above and below the visible ones
-const CELL = 7; // px per worker in the heat strip (plus 1 px gap)
+const CELL = 7; // px per worker in the heat strip (plus 1 px gap), smaller for many workers
+const MIN_CELL = 3;
+const HEAT_HEIGHT = 120; // px the strip aims to stay within
 const BUSIEST = 5;
 const IDLE_NAMES = 12;
 // held tasks (running + queued) per worker: the histogram's bins, by lower bound
@@ -159,12 +161,16 @@ export class HeatStrip {
 
   set(workers: IWorker[], width: number): void {
     this._workers = workers;
-    const per = Math.max(1, Math.floor(width / (CELL + 1)));
+    // cells as large as fit the width and about HEAT_HEIGHT px for all workers
+    const fit = Math.floor(Math.sqrt((width * HEAT_HEIGHT) / Math.max(1, workers.length))) - 1;
+    const cell = Math.max(MIN_CELL, Math.min(CELL, fit));
+    this._cell = cell;
+    const per = Math.max(1, Math.floor(width / (cell + 1)));
     this._per = per;
     const rows = Math.ceil(workers.length / per);
     const dpr = window.devicePixelRatio || 1;
-    const w = per * (CELL + 1);
-    const h = Math.max(1, rows * (CELL + 1));
+    const w = per * (cell + 1);
+    const h = Math.max(1, rows * (cell + 1));
     this._canvas.style.width = `${w}px`;
     this._canvas.style.height = `${h}px`;
     this._canvas.width = Math.round(w * dpr);
@@ -186,15 +192,15 @@ export class HeatStrip {
       ctx.fillStyle = colours[wk.state] ?? colours.idle;
       // a busy worker holding more than it runs (a queue) is drawn full, the others lighter
       ctx.globalAlpha = wk.state === 'busy' ? Math.min(1, 0.55 + 0.15 * held(wk)) : 1;
-      ctx.fillRect((i % per) * (CELL + 1), Math.floor(i / per) * (CELL + 1), CELL, CELL);
+      ctx.fillRect((i % per) * (cell + 1), Math.floor(i / per) * (cell + 1), cell, cell);
     });
     ctx.globalAlpha = 1;
   }
 
   private _at(ev: MouseEvent): IWorker | undefined {
     const r = this._canvas.getBoundingClientRect();
-    const col = Math.floor((ev.clientX - r.left) / (CELL + 1));
-    const row = Math.floor((ev.clientY - r.top) / (CELL + 1));
+    const col = Math.floor((ev.clientX - r.left) / (this._cell + 1));
+    const row = Math.floor((ev.clientY - r.top) / (this._cell + 1));
     if (col < 0 || col >= this._per) {
       return undefined;
     }
@@ -204,6 +210,7 @@ export class HeatStrip {
   private _canvas = document.createElement('canvas');
   private _workers: IWorker[] = [];
   private _per = 1;
+  private _cell = CELL;
 }
 
 /** How many workers hold 0, 1, 2, 3–4 ... tasks, as a small bar chart. */
