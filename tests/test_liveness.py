@@ -106,13 +106,6 @@ def test_after_shutdown_map_mapreduce_and_setconst_raise(no_leak):
     assert r.stdout.split("\n")[:4] == ["map raises", "mapReduce raises", "setConst raises", "submit raises"]
 
 
-def test_map_and_mapreduce_pass_keyword_arguments_to_the_function(hb_cluster):
-    assert list(futures.map(T.fail_on, range(5), bad=99)) == list(range(5))
-    assert futures.mapReduce(T.fail_on, T.add, range(5), bad=99) == 10
-    with pytest.raises(ValueError, match="bad value 2"):
-        list(futures.map(T.fail_on, range(5), bad=2))
-
-
 def test_after_interrupting_the_current_group_new_work_still_runs(hb_cluster):
     import scoop.origin
     wait_idle(hb_cluster)
