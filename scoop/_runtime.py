@@ -26,10 +26,12 @@ import zmq
 
 from . import _protocol as P
 from . import _shm
+from ._procutil import SelfLoad
 from .direct import DONE_DELAY, OriginEnd, WorkerEnd
 from .direct import available as direct_available
 from .errors import ClusterError
 from .liveness import DEFAULT_TIMEOUT, LOAD_INTERVAL, configure_socket, reconnect_grace
+from .monitor import events
 from .security import secure_client
 from .submitter import Submitter
 
@@ -469,7 +471,6 @@ class _Control(threading.Thread):
         # and every wake-up of this thread costs its main thread a GIL hand-off
         self.tick_ms = 5 if rt.role == "origin" else 25
         self._proc = None
-        self._born = time.monotonic()
         self.disconnected_at = None
 
     def stop(self):
@@ -479,26 +480,14 @@ class _Control(threading.Thread):
 
     def _figures(self) -> dict:
         load = self.rt.load()
-        if self._proc is None and time.monotonic() - self._born > 0.5:
-            # psutil costs ~10 ms to import: not on the path of a cluster's start
-            try:
-                import psutil
-                self._proc = psutil.Process()
-                self._proc.cpu_percent(None)
-            except Exception:
-                self._proc = False
-        if self._proc:
-            try:
-                load["cpu"] = self._proc.cpu_percent(None)
-                load["mem"] = self._proc.memory_info().rss
-            except Exception:
-                pass
+        if self._proc is None:
+            self._proc = SelfLoad()
+        load["cpu"] = self._proc.cpu_percent()
+        load["mem"] = self._proc.rss()
         return load
 
     def _on_connection_event(self, monitor):
-        from zmq.utils.monitor import recv_monitor_message
-        while monitor.poll(0):
-            ev = recv_monitor_message(monitor)["event"]
+        for ev, _ in events(monitor):
             if ev == zmq.EVENT_DISCONNECTED:
                 self.disconnected_at = self.disconnected_at or time.monotonic()
             elif ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:

@@ -32,6 +32,7 @@ import zmq
 from . import _protocol as P
 from . import _shm
 from .liveness import DEFAULT_TIMEOUT, configure_socket
+from .monitor import events
 from .scheduling import Peer, Scheduler
 from .security import Authenticator, secure_server
 
@@ -155,10 +156,8 @@ class Broker:
         """Connections that dropped: their peers are lost -- after the messages that arrived with
         them are read (a goodbye or the cluster's end may be among them, and a peer that left
         was not lost).  Read before those messages, so a reused socket is never blamed."""
-        from zmq.utils.monitor import recv_monitor_message
-        while monitor.poll(0):
-            ev = recv_monitor_message(monitor)
-            ident, peer = self.fds.pop(ev["value"], (None, None))
+        for _, fd in events(monitor):
+            ident, peer = self.fds.pop(fd, (None, None))
             if ident is not None:
                 self.connected.discard(ident)
             if peer is not None:
