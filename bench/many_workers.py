@@ -1,0 +1,224 @@
+"""Many real worker processes on this box: time until all joined, a map across all, memory per worker.
+
+    python bench/many_workers.py --workers 256 --peers scoop,scoop07,ipp,dask
+
+Each system is started the way its users start it, from the program that uses it:
+
+  scoop    Cluster(n) from Python (workers spawned, as from a notebook), wait_for_workers(n)
+  scoop07  SCOOP 0.7.2.0 (bench/.venv-scoop07, made by bench/setup_peers.sh): `python -m scoop -n N`
+           runs a program that times its own first map; "all joined" is when the launcher has N
+           worker processes, each holding a TCP connection to its broker
+  ipp      ipyparallel: ipp.Cluster(n).start_and_connect_sync(), rc.wait_for_engines(n)
+  dask     LocalCluster(n_workers=n, threads_per_worker=1) (nannies, its default), wait_for_workers(n)
+
+The map is one tiny task per worker (`os.getpid`) times 4, so every worker must answer.  Memory is
+the proportional set size (PSS: shared pages split between the processes that map them) of every
+process the system started for its workers (dask's nannies included), divided by the workers; USS
+and RSS are printed too.  Each system runs in its own child process, one after another, and is
+stopped before the next starts.  Prints a table and the ratios of the others to scoop.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SCOOP07 = os.path.join(HERE, ".venv-scoop07", "bin", "python")
+
+
+def _raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _memory(pids) -> dict:
+    import psutil
+    pss = uss = rss = 0
+    for pid in pids:
+        try:
+            m = psutil.Process(pid).memory_full_info()
+        except Exception:
+            continue
+        pss, uss, rss = pss + m.pss, uss + m.uss, rss + m.rss
+    return {"pss": pss, "uss": uss, "rss": rss}
+
+
+def _descendants():
+    import psutil
+    return [p.pid for p in psutil.Process().children(recursive=True)]
+
+
+def _pid(_):
+    return os.getpid()
+
+
+def run_scoop(n: int) -> dict:
+    sys.path.insert(0, ROOT)
+    from scoop import futures
+    from scoop.cluster import Cluster
+    t0 = time.perf_counter()
+    with Cluster(n) as c:
+        c.wait_for_workers(n, timeout=600)
+        joined = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        pids = set(futures.map(_pid, range(4 * n)))
+        mapped = time.perf_counter() - t1
+        mem = _memory([p for p in _descendants() if p in pids])
+        return {"joined_s": joined, "map_s": mapped, "answered": len(pids), **mem, "procs": len(pids)}
+
+
+def run_ipp(n: int) -> dict:
+    import ipyparallel as ipp
+    t0 = time.perf_counter()
+    cluster = ipp.Cluster(n=n, log_level=40)
+    rc = cluster.start_and_connect_sync(activate=False)
+    try:
+        rc.wait_for_engines(n, timeout=600)
+        joined = time.perf_counter() - t0
+        view = rc.load_balanced_view()
+        t1 = time.perf_counter()
+        pids = set(view.map_sync(_pid, range(4 * n)))
+        mapped = time.perf_counter() - t1
+        engines = set(rc[:].apply_sync(os.getpid))
+        return {"joined_s": joined, "map_s": mapped, "answered": len(pids), **_memory(engines),
+                "procs": len(engines)}
+    finally:
+        rc.close()
+        cluster.stop_cluster_sync()
+
+
+def run_dask(n: int) -> dict:
+    import logging
+
+    from distributed import Client, LocalCluster
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    t0 = time.perf_counter()
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None, host="127.0.0.1")
+    client = Client(cluster)
+    try:
+        client.wait_for_workers(n, timeout=600)
+        joined = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        pids = set(client.gather(client.map(_pid, range(4 * n), pure=False)))
+        mapped = time.perf_counter() - t1
+        procs = _descendants()      # workers and the nannies that start them
+        return {"joined_s": joined, "map_s": mapped, "answered": len(pids), **_memory(procs),
+                "procs": len(procs)}
+    finally:
+        client.close()
+        cluster.close()
+
+
+# waits until the bench has seen all workers connected, so joining and mapping are timed apart
+PROGRAM07 = textwrap.dedent("""
+    import os, time, json
+    from scoop import futures
+    def pid(_):
+        return os.getpid()
+    if __name__ == "__main__":
+        while not os.path.exists(os.environ["GO"]):   # the bench has seen every worker connected
+            time.sleep(0.01)
+        t1 = time.perf_counter()
+        pids = set(futures.map(pid, range(4 * int(os.environ["N"]))))
+        print(json.dumps({"map_s": time.perf_counter() - t1, "answered": len(pids)}), flush=True)
+""")
+
+
+def run_scoop07(n: int) -> dict:
+    """Times SCOOP 0.7.2.0 from outside: its launcher prints nothing when all workers are up."""
+    import tempfile
+
+    import psutil
+    prog = os.path.join(tempfile.mkdtemp(), "map07.py")
+    with open(prog, "w") as f:
+        f.write(PROGRAM07)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["N"], env["GO"] = str(n), prog + ".go"
+    t0 = time.perf_counter()
+    p = subprocess.Popen([SCOOP07, "-m", "scoop", "-n", str(n), prog], env=env, cwd=os.path.dirname(prog),
+                         stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    joined, mem, procs = None, {}, 0
+    try:
+        while joined is None and p.poll() is None:
+            workers = []
+            for c in psutil.Process(p.pid).children(recursive=True):
+                try:
+                    if "scoop.bootstrap" in " ".join(c.cmdline()):
+                        workers.append(c)
+                except psutil.Error:
+                    pass
+            connected = 0
+            for w in workers:
+                try:
+                    connected += any(c.status == "ESTABLISHED" for c in w.net_connections("tcp"))
+                except psutil.Error:
+                    pass
+            if connected >= n:
+                joined = time.perf_counter() - t0
+                mem, procs = _memory([w.pid for w in workers]), len(workers)
+                open(env["GO"], "w").close()
+            time.sleep(0.05)
+        out, err = p.communicate(timeout=600)
+        if not out.strip():
+            raise RuntimeError(f"SCOOP 0.7 printed nothing; its log ends: {err[-1500:]}")
+        line = json.loads(out.strip().splitlines()[-1])
+        return {"joined_s": joined, **line, **mem, "procs": procs}
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, 9)
+
+
+RUNNERS = {"scoop": run_scoop, "scoop07": run_scoop07, "ipp": run_ipp, "dask": run_dask}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=256)
+    ap.add_argument("--peers", default="scoop,scoop07,ipp,dask")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    _raise_nofile()
+    if a.one:
+        print(json.dumps(RUNNERS[a.one](a.workers)), flush=True)
+        return
+    print(f"# {a.workers} workers per system on {os.cpu_count()} cores; RLIMIT_NOFILE raised to "
+          f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}", flush=True)
+    rows = {}
+    for peer in a.peers.split(","):
+        if peer == "scoop07" and not os.path.exists(SCOOP07):
+            print("# scoop07: run bench/setup_peers.sh first", flush=True)
+            continue
+        r = subprocess.run([sys.executable, __file__, "--workers", str(a.workers), "--one", peer],
+                           capture_output=True, text=True, timeout=1800)
+        try:
+            rows[peer] = json.loads(r.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            print(f"# {peer} failed: {r.stderr.strip()[-800:]}", flush=True)
+            continue
+        print(f"# {peer}: {rows[peer]}", flush=True)
+    mib = 1 << 20
+    print(f"\n| system | workers answering | all joined (s) | map of {4 * a.workers} (s) | "
+          "PSS per worker (MiB) | USS per worker (MiB) | vs scoop: joined, PSS |")
+    print("|---|---|---|---|---|---|---|")
+    base = rows.get("scoop")
+    for peer, r in rows.items():
+        per = a.workers or 1
+        ratio = ""
+        if base and r.get("joined_s") and r.get("pss"):
+            ratio = f"{r['joined_s'] / base['joined_s']:.2f}x, {r['pss'] / base['pss']:.2f}x"
+        joined = f"{r['joined_s']:.2f}" if r.get("joined_s") else "?"
+        print(f"| {peer} | {r.get('answered')} | {joined} | {r.get('map_s', 0):.2f} | "
+              f"{r.get('pss', 0) / per / mib:.1f} | {r.get('uss', 0) / per / mib:.1f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
