@@ -170,7 +170,9 @@ class Cluster:
         # the relay's thread starts only after the forks (a forked child must not inherit threads)
         self.relay = OutputRelay(self._output, self.options.prefix_output, start=not fork)
         self._plan = make_plan(self.options, fork=self.fork)
-        self.launcher = self._new_launcher(self._plan.launcher)
+        if type(self.launcher) is not launcher_class(self._plan.launcher):  # job_script() made it already
+            self.launcher = self._new_launcher(self._plan.launcher)
+        self.launcher.relay = self.relay
         first = [(self._host_key(h), k) for h, k in self._plan.first]
         self._check_dirs()
         self.launcher.prepare([h for h, _ in first])
@@ -436,13 +438,42 @@ class Cluster:
                                                       if j["state"] == "pending" and not j.get("replaces")))
         return snap
 
-    def jobs(self) -> list[dict]:
+    def jobs(self, history: bool = False) -> list[dict]:
         """Batch jobs of this cluster (empty for other launchers): ``id``, ``state`` (pending,
         running, ended), ``workers`` (the names it brings), ``submitted`` (epoch s), ``reason``
         (why it waits, from the scheduler), ``nodes``; ``error`` for one whose workers failed to
         start, ``replaces`` for a walltime replacement.  Read from the launcher's last poll of
-        the scheduler (every 0.5 s): no scheduler command runs here."""
+        the scheduler (every 0.5 s): no scheduler command runs here.  ``history=True``: every
+        job of this session, ended and cancelled ones too, with ``started``, ``ended`` and
+        ``exit_status`` (see :meth:`scoop.launch.batch.BatchLauncher.job_history`)."""
+        if history:
+            fn = getattr(self.launcher, "job_history", None)
+            return fn() if fn is not None else []
         return self._queue.jobs() if self._queue is not None else []
+
+    def job_script(self) -> str:
+        """The script of this batch-job cluster's first job, exactly as :meth:`start` will submit
+        it (once started: the next job's)."""
+        launcher = self._batch_launcher("job_script")
+        return launcher.job_script(None if self._started else self._first_names()[:launcher.cpus_per_job])
+
+    def dry_run(self) -> str:
+        """What :meth:`start` would submit (the command and the first job's script), submitting nothing."""
+        return self._batch_launcher("dry_run").dry_run(self._first_names())
+
+    def _batch_launcher(self, what: str):
+        if self.launcher is None:
+            plan = make_plan(self.options, fork=self.fork)
+            self._planned = sum(k for _, k in plan.first)
+            self.launcher = self._new_launcher(plan.launcher)
+        if not self.queued:
+            raise ClusterError(f"{what}: only batch-job clusters (sbatch, qsub, sge, lsf) submit job "
+                               f"scripts, not the {self.launcher.name} launcher")
+        return self.launcher
+
+    def _first_names(self) -> list[str]:
+        count = len(self.spec) if self._started else getattr(self, "_planned", self.n or 1)
+        return [f"w{k}" for k in range(1, count + 1)]
 
     @property
     def pending(self) -> int:

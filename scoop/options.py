@@ -24,7 +24,7 @@ from .liveness import DEFAULT_TIMEOUT
 __all__ = ["ClusterOptions", "OptionError", "LAUNCHER_NAMES", "add_arguments", "option_names"]
 
 #: the ways to start workers (``auto`` picks one from the hosts and the batch allocation)
-LAUNCHER_NAMES = ("auto", "local", "ssh", "srun", "pbsdsh", "qrsh", "sbatch", "qsub")
+LAUNCHER_NAMES = ("auto", "local", "ssh", "srun", "pbsdsh", "qrsh", "sbatch", "qsub", "sge", "lsf")
 
 BOTH = ("cli", "magic")
 
@@ -104,6 +104,21 @@ def walltime_seconds(text: str) -> int:
     return int(days or 0) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
 
 
+def memory_mb(text) -> int:
+    """MiB in ``"4G"``, ``"4 GB"``, ``"1.5GiB"``, ``"500M"``, ``"2T"`` (binary units; a bare
+    number is MiB, as sbatch reads it)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"expected an amount of memory like 4G or 500M, got {text!r}")
+    scale = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}[m.group(2).lower()]
+    return max(1, int(float(m.group(1)) * scale + 0.5))
+
+
+def memory(text) -> str:
+    memory_mb(text)
+    return str(text).strip()
+
+
 def text_value(text) -> str:
     value = str(text)
     if not value.strip():
@@ -135,9 +150,9 @@ class ClusterOptions:
     hostfile: str | None = _opt(None, flags=("--hostfile",), metavar="FILE", check=text_value,
                                 help="file of `host [count]` lines")
     launcher: str = _opt("auto", flags=("--launcher",), metavar="NAME", check=launcher_name,
-                         help="how workers start: local, ssh, srun (SLURM), pbsdsh (PBS), qrsh (SGE), "
-                              "sbatch, qsub; default auto: the batch system's own launcher inside an "
-                              "allocation, ssh for remote hosts, else local")
+                         help="how workers start: local, ssh, srun (SLURM), pbsdsh (PBS), qrsh (SGE), or as "
+                              "batch jobs: sbatch (SLURM), qsub (PBS), sge, lsf; default auto: the batch "
+                              "system's own launcher inside an allocation, ssh for remote hosts, else local")
     oversubscribe: bool = _opt(False, flags=("--oversubscribe",), action="store_true",
                                help="allow more workers than the allocation's slots")
     brokers: int = _opt(1, flags=("-b", "--brokers"), metavar="B", check=positive_int,
@@ -185,6 +200,25 @@ class ClusterOptions:
                                     help="workers (CPUs) per batch job")
     walltime: str | None = _opt(None, flags=("--walltime",), metavar="T", check=walltime,
                                 help="time limit of each batch job, e.g. 01:00:00")
+    job_name: str | None = _opt(None, flags=("--job-name",), metavar="NAME", check=text_value,
+                                help="name of the batch jobs (default scoop-<random>)")
+    memory: str | None = _opt(None, flags=("--memory",), metavar="M", check=memory,
+                              help="memory of each batch job, e.g. 16G")
+    gpus: str | None = _opt(None, flags=("--gpus",), metavar="G", check=text_value,
+                            help="GPUs of each batch job (SLURM also takes TYPE:COUNT)")
+    gres: str | None = _opt(None, flags=("--gres",), metavar="SPEC", check=text_value,
+                            help="generic resources of each SLURM job, e.g. gpu:a100:2")
+    qos: str | None = _opt(None, flags=("--qos",), metavar="Q", check=text_value,
+                           help="quality of service of the batch jobs (SLURM, PBS/Torque)")
+    constraint: str | None = _opt(None, flags=("--constraint",), metavar="C", check=text_value,
+                                  help="node features the batch jobs need (SLURM --constraint, LSF select[])")
+    job_extra_directive: list = _opt([], flags=("--job-extra-directive",), action="append", metavar="D",
+                                     check=text_value, list_of=True,
+                                     help="extra line for the job script's header, without the prefix "
+                                          "(repeatable), e.g. --job-extra-directive='--exclusive'")
+    local_directory: str | None = _opt(None, flags=("--local-directory",), metavar="DIR", check=text_value,
+                                       help="worker scratch on the batch nodes (TMPDIR of the workers); "
+                                            "$VARIABLES expand on the node")
     partition: str | None = _opt(None, flags=("--partition",), metavar="P", check=text_value,
                                  help="SLURM partition of the batch jobs")
     account: str | None = _opt(None, flags=("--account",), metavar="A", check=text_value,

@@ -482,26 +482,3 @@ def test_walltime_reached_mid_map_loses_nothing(slurm_cluster):
         codes = [h._code(h.jobs[0]) for h in c.workers]
     # the first job's workers retired before SLURM's limit: they exited cleanly and the job completed
     assert out == "COMPLETED" and codes == [0, 0], (out, codes)
-
-
-@pytest.mark.parametrize("flavour", ["pbs", "sge"])
-def test_qsub_jobs_are_written_without_the_secret(tmp_path, flavour):
-    """No PBS or SGE here: only what would be submitted is checked (the qsub launcher is untested
-    against a real scheduler)."""
-    from scoop.launch.base import WorkerSpec
-    from scoop.launch.qsub import QsubLauncher
-    from scoop.options import ClusterOptions
-    opts = ClusterOptions(launcher="qsub", cpus_per_job=2, walltime="01:30:00", queue="short", account="proj")
-    launcher = QsubLauncher(opts, None, flavour=flavour, env={}, cwd=str(tmp_path))
-    launcher.dir = str(tmp_path)
-    secret = "ab" * 32
-    specs = [WorkerSpec(f"w{i}", None, {"secret": secret, "name": f"w{i}"}) for i in (1, 2)]
-    from scoop.launch.batch import _Job
-    job = _Job("job1", ["w1", "w2"], [s.config for s in specs])
-    stem = str(tmp_path / "job1")
-    script = launcher.script(job, stem, 2)
-    argv = launcher.submit_argv(job, stem, 2, stem + ".sh")
-    assert secret not in script and secret not in " ".join(argv)
-    assert "scoop.launch.task --config-file" in script and "seq 0 1" in script
-    assert ["-q", "short"] == argv[argv.index("-q"):argv.index("-q") + 2] and "proj" in argv
-    assert ("walltime=01:30:00" if flavour == "pbs" else "h_rt=01:30:00") in " ".join(argv)

@@ -155,7 +155,7 @@ LAUNCHERS: dict[str, type[Launcher]] = {}
 #: where each launcher lives, imported on first use (SSH pulls in paramiko, which a local
 #: cluster should not pay for)
 MODULES = {"fork": "local", "spawn": "local", "ssh": "ssh", "srun": "srun", "pbsdsh": "pbs",
-           "qrsh": "sge", "sbatch": "sbatch", "qsub": "qsub"}
+           "qrsh": "sge", "sbatch": "sbatch", "qsub": "qsub", "sge": "gridengine", "lsf": "lsf"}
 
 
 def register(cls: type[Launcher]) -> type[Launcher]:

@@ -1,5 +1,7 @@
-"""Batch-job clusters: workers submitted as jobs (SLURM ``sbatch``; PBS/SGE ``qsub``) that connect
-back to a broker on the submitting host -- a notebook or script on a login node.
+"""Batch-job clusters: workers submitted as jobs that connect back to a broker on the submitting
+host -- a notebook or script on a login node.  This is what every batch system shares; each one
+(:mod:`.sbatch` SLURM, :mod:`.qsub` PBS, :mod:`.gridengine` SGE, :mod:`.lsf` LSF) is a small
+class declaring its commands, its directive prefix and how it writes each resource option.
 
 Why a launcher of its own: the workers start when the scheduler decides, on nodes we cannot reach
 (no SSH), with no pipe to us.  So:
@@ -8,10 +10,12 @@ Why a launcher of its own: the workers start when the scheduler decides, on node
   worker, fed to the worker's stdin inside the job -- never the script body or a command line;
 - workers are ``detached``: stdin ends once the config is read, and they leave when they lose
   the broker instead;
-- a job's state (pending in the queue, running, ended) comes from the scheduler and per-worker
-  exit markers in the same directory, so the cluster shows queued jobs apart from running workers;
-- a small watchdog process outlives us: if the origin is killed (SIGKILL, kernel crash) it
-  cancels every job we submitted, so nothing waits in the queue for a broker that is gone;
+- a job's state (pending in the queue, running, ended) comes from the scheduler and from marker
+  files the job writes in the same directory (each worker's node, pid and exit status, and the
+  job script's own exit status), so the cluster shows queued jobs apart from running workers and
+  reports the job's real status and output when it fails;
+- a watchdog process (:mod:`.watchdog`) outlives us: if the origin is killed (SIGKILL, kernel
+  crash) it cancels every job we submitted, so nothing waits in the queue for a broker that is gone;
 - with a walltime each worker gets ``retire_at`` (epoch seconds, a margin before the job's end,
   stamped when the job starts): it hands its work back and exits before the scheduler kills it.
 
@@ -20,26 +24,28 @@ retires workers and a job ends with its last worker.
 """
 from __future__ import annotations
 
-import abc
 import json
 import os
 import re
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from typing import ClassVar
 
 from ..errors import ClusterError
-from .base import Handle, Launcher, route_address
+from ..options import memory_mb
+from .base import Launcher, route_address
+from .batchjob import EXITED, PENDING, RUNNING, BatchHandle, BatchJob
+from .watchdog import sweep_job_dirs
 
-__all__ = ["BatchLauncher", "BatchHandle", "parse_walltime", "retire_margin", "job_dir_root"]
+__all__ = ["BatchLauncher", "BatchHandle", "BatchJob", "parse_walltime", "retire_margin", "job_dir_root",
+           "hms"]
 
-PENDING, RUNNING, EXITED = "pending", "running", "exited"
 _POLL = 0.5  # seconds between scheduler queries
 
 
@@ -68,6 +74,11 @@ def parse_walltime(text) -> int | None:
     return secs
 
 
+def hms(seconds: int) -> str:
+    """Seconds as ``HH:MM:SS`` (hours may pass 99), the form PBS and SGE read."""
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def retire_margin(walltime: int) -> int:
     """How long before a job's end its workers stop taking work: enough to finish a running task
     of a few seconds and hand the queued ones back; 10% of short walltimes, at most 2 minutes."""
@@ -79,134 +90,51 @@ def job_dir_root() -> str:
     return os.environ.get("SCOOP_JOB_DIR") or os.path.join(os.path.expanduser("~"), ".scoop", "jobs")
 
 
-class _Job:
-    """One submitted job and the workers it runs."""
-
-    def __init__(self, key: str, names: list[str], configs: list[dict]):
-        self.key = key            # file stem in the job directory
-        self.names = names
-        self.configs = configs    # kept for a replacement job (job_replace)
-        self.id: str | None = None
-        self.state = PENDING      # scheduler view: pending | running | exited
-        self.sched_state = "PENDING"
-        self.code: int | None = None
-        self.nodes = ""
-        self.out_pos = 0
-        self.cancelled = False
-        self.started: float | None = None
-        self.submitted = time.time()
-        self.ended: float | None = None
-        self.polled = False       # the scheduler has answered about it once (its state is not a guess)
-        self.reason = ""          # why it waits, as the scheduler says (squeue's %r: Resources, JobHeldUser)
-        self.error = ""           # set when its workers failed to start: shown by the views
-        self.replaces: str | None = None  # the id of the job it takes over from (job_replace)
-        self.replacement: "_Job | None" = None
-        self.handles: list["BatchHandle"] = []
-
-
-class BatchHandle(Handle):
-    """One worker of a batch job; the job's workers share its ``job_id``.  Its node and pid are
-    known once the job started it (markers the job writes), its exit status once it ended.
-
-    With ``job_replace`` a worker lives on in a replacement job submitted before its job's
-    walltime: the handle then covers both, and stays alive while either runs."""
-
-    separate = False  # kill() ends the whole job: the scheduler cannot end one task of a step
-
-    def __init__(self, launcher: "BatchLauncher", job: _Job, index: int):
-        self.launcher = launcher
-        self.index = index
-        self.jobs = [job]         # the first job, then its replacements
-        self.name = job.names[index]
-        self.retired = False
-        self.killed = False
-
-    @property
-    def job(self) -> _Job:
-        """The job the worker runs in now: the newest one that started, else the first."""
-        for job in reversed(self.jobs):
-            if self._code(job) is None and self._job_state(job) == RUNNING:
-                return job
-        return next((j for j in self.jobs if self._code(j) is None), self.jobs[-1])
-
-    @property
-    def job_id(self):
-        return self.job.id
-
-    @property
-    def remote(self) -> bool:
-        return True  # on a compute node, even before the scheduler says which
-
-    @property
-    def host(self):
-        """The node the worker runs on, once it started."""
-        return self.launcher._read_marker(self.job, self.index, "host")
-
-    @property
-    def pid(self):
-        pid = self.launcher._read_marker(self.job, self.index, "pid")
-        return int(pid) if pid and pid.isdigit() else None
-
-    def _code(self, job: _Job):
-        code = self.launcher._read_marker(job, self.index, "exit")
-        if code is not None:
-            if code != "0":
-                self.launcher._relay_output(job)  # why it ended, before anyone asks for the tail
-            try:
-                return int(code)
-            except ValueError:
-                return 1
-        if job.state == EXITED:
-            return job.code if job.code is not None else 1
-        return None
-
-    def _job_state(self, job: _Job) -> str:
-        if self._code(job) is not None:
-            return EXITED
-        if job.state == PENDING and self.launcher._read_marker(job, self.index, "host"):
-            return RUNNING  # started before the scheduler's answer came
-        return job.state
-
-    def poll(self):
-        for job in self.jobs:
-            if self._code(job) is None:
-                return None
-        return self._code(self.jobs[-1])
-
-    @property
-    def state(self) -> str:
-        states = {self._job_state(j) for j in self.jobs}
-        return RUNNING if RUNNING in states else PENDING if PENDING in states else EXITED
-
-    def kill(self) -> None:
-        """Ends this worker's jobs once every worker of a job is killed, retired or gone (the
-        scheduler cannot end one task of a job step)."""
-        self.killed = True
-        for job in self.jobs:
-            if all(h.killed or h.retired or h.poll() is not None for h in job.handles):
-                self.launcher.cancel(job)
-
-    def __repr__(self):
-        return f"<{self.launcher.name} worker {self.name} job {self.job_id} {self.state}>"
-
-
 class BatchLauncher(Launcher):
-    """What every batch system shares; subclasses say how to write, submit, query and cancel jobs."""
+    """What every batch system shares.  A batch system declares:
+
+    ``system``, ``submit_cmd`` (+ ``submit_flags``, ``script_on_stdin``), ``cancel_cmd``,
+    ``directive`` (``"#SBATCH"``), ``job_id_pattern`` (read in the submit command's answer),
+    ``pending_states``/``running_states``/``done_states``, ``resources`` (how each resource
+    option is written: a format such as ``"--mem={}M"`` or a callable (launcher, value, workers)
+    -> directives; an option missing there is an error naming the system), and three
+    methods: :meth:`job_directives` (tasks, output file), :meth:`query_argv` and
+    :meth:`parse_query`.  :meth:`start_tasks` (the shell that starts the job's workers) defaults
+    to a loop on the job's first node."""
 
     name = ""
     remote = True
     #: workers wait in a queue: a Cluster returns once its jobs are submitted, not once they ran
     queues = True
-    submit_cmd = ""
-    cancel_cmd = ""
+
+    system: ClassVar[str] = ""
+    submit_cmd: ClassVar[str] = ""
+    submit_flags: ClassVar[tuple] = ()
+    script_on_stdin: ClassVar[bool] = False   # LSF reads #BSUB lines only from a script on stdin
+    cancel_cmd: ClassVar[str] = ""
+    directive: ClassVar[str] = ""
+    job_id_pattern: ClassVar[str] = r"^\s*(\d+)"
+    #: stderr of a query naming ids the scheduler forgot (they ended): not a failed query
+    query_forgot: ClassVar[str] = r"$^"
+    pending_states: ClassVar[frozenset] = frozenset()
+    running_states: ClassVar[frozenset] = frozenset()
+    done_states: ClassVar[frozenset] = frozenset()
+    #: state of a job the scheduler no longer lists: it ended (its status comes from the job's marker)
+    gone_state: ClassVar[str] = "DONE"
+    resources: ClassVar[dict] = {}
 
     def __init__(self, options, relay, **kw):
         super().__init__(options, relay, **kw)
         self.cpus_per_job = max(1, int(self._opt("cpus_per_job", 1) or 1))
         self.walltime = parse_walltime(self._opt("walltime"))
+        self.retire_after = self.walltime - retire_margin(self.walltime) if self.walltime else None
         self.path = os.path.abspath(self.cwd or self._opt("path") or os.getcwd())
         self.tag = secrets.token_hex(4)
-        self.jobs: list[_Job] = []
+        self.job_name = self._opt("job_name") or f"scoop-{self.tag}"
+        self.jobs: list[BatchJob] = []
+        # the directory is named now so job_script() before start shows the submitted script
+        self.job_root = job_dir_root()
+        self.dir_path = os.path.join(self.job_root, f"{socket.gethostname()}-{os.getpid()}-{self.tag}")
         self.dir = ""
         self._address: str | None = None
         self._lock = threading.RLock()
@@ -217,10 +145,106 @@ class BatchLauncher(Launcher):
         self._refresh_lock = threading.Lock()
         self._watchdog: subprocess.Popen | None = None
         self._count = 0
+        self.header_lines(1)  # an option this batch system cannot write is an error now, not at submit
 
     def _opt(self, name, default=None):
         value = getattr(self.options, name, default)
         return default if value is None else value
+
+    # ---- what is submitted ---------------------------------------------------------------------
+    def resource_values(self) -> dict:
+        """The resource options given, in one form for every system (walltime in seconds,
+        memory in MiB)."""
+        o = self._opt
+        values = {"job_name": self.job_name, "walltime": self.walltime,
+                  "queue": o("queue") or o("partition"), "account": o("account"),
+                  "memory": memory_mb(o("memory")) if o("memory") else None,
+                  "gpus": o("gpus"), "gres": o("gres"), "qos": o("qos"), "constraint": o("constraint")}
+        return {k: v for k, v in values.items() if v is not None}
+
+    def header_lines(self, workers: int, stem: str = "") -> list[str]:
+        """The job's directives: its tasks and output (:meth:`job_directives`), each resource
+        option as this system writes it, then ``--job-extra-directive`` lines as given."""
+        args = self.job_directives(stem, workers) if stem else []
+        for key, value in self.resource_values().items():
+            render = self.resources.get(key)
+            if render is None:
+                flag = "--" + key.replace("_", "-")
+                raise ClusterError(f"the {self.system} launcher ({self.name}) has no {flag}: give the "
+                                   f"directive yourself with --job-extra-directive")
+            args += [render.format(value)] if isinstance(render, str) else render(self, value, workers)
+        args += list(self._opt("job_extra_directive", []) or [])
+        return [f"{self.directive} {a}" for a in args]
+
+    def script(self, job: BatchJob, stem: str, workers: int) -> str:
+        """The job script (no secret in it): directives, then the job's own exit status recorded
+        in ``STEM.status`` whatever ends it, the prolog, and the workers' start."""
+        q = shlex.quote
+        lines = ["#!/bin/sh", *self.header_lines(workers, stem),
+                 f"# SCOOP workers {', '.join(job.names)}; configuration in {stem}.N.json (mode 0600)",
+                 f"SCOOP_JOB_STEM={q(stem)}",
+                 "trap 'echo $? > \"$SCOOP_JOB_STEM.status\"' EXIT"]
+        prolog = self._opt("prolog")
+        if prolog:
+            lines.append(f". {q(os.path.abspath(prolog))}")
+        lines.append(f"cd {q(self.path)}")
+        local = self._opt("local_directory")
+        if local:  # worker scratch; "$TMPDIR"-style variables expand on the node
+            d = '"' + local.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
+            lines.append(f"mkdir -p {d} && export TMPDIR={d} SCOOP_LOCAL_DIRECTORY={d} || exit 1")
+        if self.walltime:
+            lines.append(f"export SCOOP_RETIRE_AT=$(( $(date +%s) + {self.retire_after} ))")
+        lines.append(self.start_tasks(stem, workers))
+        return "\n".join(lines) + "\n"
+
+    def start_tasks(self, stem: str, workers: int) -> str:
+        """Shell starting the job's workers: by default all on the job's first node, each line of
+        their output prefixed with its index (as ``srun --label`` does)."""
+        line = shlex.quote(self.worker_line(stem, "SCOOP_TASK"))
+        return (f"for i in $(seq 0 {workers - 1}); do\n"
+                f"  SCOOP_TASK=$i sh -c {line} 2>&1 | sed \"s/^/$i: /\" &\n"
+                "done\nwait")
+
+    def worker_line(self, stem: str, task_var: str) -> str:
+        """Shell for one worker task: stamp its node name and retire time into a private copy of
+        its config, run the worker on it (detached: it ends when it loses the broker) and leave
+        markers for the origin: node, pid, exit status."""
+        q = shlex.quote
+        return (f'umask 077; f={q(stem)}.${task_var}; '
+                f'sed -e "s/\\"@HOST@\\"/\\"$(hostname)\\"/" '
+                f'-e "s/\\"@RETIRE_AT@\\"/${{SCOOP_RETIRE_AT:-null}}/" '
+                f'"$f.json" > "$f.run" || exit 1; '
+                f'{q(self.python)} -m scoop.launch.task --config-file "$f.run" & '
+                f'echo "$!" > "$f.pid"; hostname > "$f.host"; wait "$!"; echo "$?" > "$f.exit"')
+
+    def submit_argv(self, script: str) -> list[str]:
+        """The submit command line (``--sbatch-arg`` values go on it); a script read on stdin is
+        not on it."""
+        extra = self._opt("sbatch_arg", []) or []
+        extra = [extra] if isinstance(extra, str) else list(extra)
+        return [self.submit_cmd, *self.submit_flags, *extra] + ([] if self.script_on_stdin else [script])
+
+    def stem(self, job: BatchJob) -> str:
+        return os.path.join(self.dir or self.dir_path, job.key)
+
+    def job_script(self, names: list[str] | None = None) -> str:
+        """The script the next job would be (for ``names``, default w1..wC): byte for byte what
+        :meth:`start` writes and submits."""
+        names = names or [f"w{i}" for i in range(1, self.cpus_per_job + 1)]
+        job = BatchJob(f"job{self._count + 1}", names, [])
+        return self.script(job, self.stem(job), len(names))
+
+    def dry_run(self, names: list[str]) -> str:
+        """What start would submit for workers ``names``: the command and the first job's script."""
+        groups = [names[k:k + self.cpus_per_job] for k in range(0, len(names), self.cpus_per_job)]
+        first = BatchJob(f"job{self._count + 1}", groups[0], [])
+        script = self.stem(first) + ".sh"
+        argv = " ".join(map(shlex.quote, self.submit_argv(script)))
+        if self.script_on_stdin:
+            argv += f" < {shlex.quote(script)}"
+        jobs = "; ".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else g[0] for g in groups)
+        count = f"{len(groups)} {self.system} job{'s' if len(groups) != 1 else ''}"
+        return f"# {count} ({jobs}), each submitted as: {argv}\n# {script}:\n" + self.job_script(groups[0])
 
     # ---- interface -----------------------------------------------------------------------------
     def prepare(self, hosts: list[str]) -> None:
@@ -228,21 +252,20 @@ class BatchLauncher(Launcher):
         the private job directory and the watchdog."""
         if self.dir:
             return  # prepared already (scaling up prepares again: the jobs go to the same queue)
-        if not shutil.which(self.submit_cmd):
+        if not shutil.which(self.submit_cmd, path=self.env.get("PATH")):
             raise ClusterError(f"'{self.submit_cmd}' is not on PATH: the {self.name} launcher needs "
                                f"{self.system} client commands on this host")
-        self._address = self._opt("external_hostname") or self._pick_address()
-        root = job_dir_root()
-        os.makedirs(root, mode=0o700, exist_ok=True)
-        os.chmod(root, 0o700)
-        _sweep_job_dirs(root)
-        self.dir = os.path.join(root, f"{socket.gethostname()}-{os.getpid()}-{self.tag}")
-        os.mkdir(self.dir, 0o700)
+        self._address = self.external_hostname() or self._pick_address()
+        os.makedirs(self.job_root, mode=0o700, exist_ok=True)
+        os.chmod(self.job_root, 0o700)
+        sweep_job_dirs(self.job_root)
+        os.mkdir(self.dir_path, 0o700)
+        self.dir = self.dir_path
         self._start_watchdog()
 
     def broker_address(self, host, port: int) -> str:
         if self._address is None:
-            self._address = self._opt("external_hostname") or self._pick_address()
+            self._address = self.external_hostname() or self._pick_address()
         return f"tcp://{self._address}:{port}"
 
     def bind_host(self) -> str:
@@ -260,7 +283,10 @@ class BatchLauncher(Launcher):
         handles: list[BatchHandle] = []
         try:
             for k in range(0, len(specs), self.cpus_per_job):
-                handles += self._submit(specs[k:k + self.cpus_per_job])
+                part = specs[k:k + self.cpus_per_job]
+                job = self._submit_job([s.name for s in part], [s.config for s in part])
+                job.handles = [BatchHandle(self, job, i) for i in range(len(part))]
+                handles += job.handles
         except BaseException:
             for h in handles:
                 self.cancel(h.job)
@@ -299,7 +325,7 @@ class BatchLauncher(Launcher):
         self._flush_outputs()
         for job in self.jobs:
             if job.state != EXITED:
-                job.state, job.code = EXITED, self.exit_code("CANCELLED")
+                self._ended(job, self.cancelled_state)
         if self._watchdog is not None:
             try:  # without "done" (a cancel that failed) the watchdog tries once more
                 self._watchdog.stdin.write(b"done\n" if cancelled else b"")
@@ -314,10 +340,12 @@ class BatchLauncher(Launcher):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # ---- jobs ------------------------------------------------------------------------------------
+    def _started(self, job: BatchJob) -> bool:
+        return any(self.read_marker(job, i, "host") for i in range(len(job.names)))
+
     def pending(self) -> list[str]:
         """Ids of jobs still waiting in the queue."""
-        return [j.id for j in self.jobs if j.id and j.state == PENDING
-                and not any(self._read_marker(j, i, "host") for i in range(len(j.names)))]
+        return [j.id for j in self.jobs if j.id and j.state == PENDING and not self._started(j)]
 
     def jobs_status(self, ended_for: float = 60.0) -> list[dict]:
         """Our jobs as the views show them, oldest first: id, state (pending | running | ended),
@@ -329,11 +357,8 @@ class BatchLauncher(Launcher):
         for job in list(self.jobs):
             if not job.id or job.cancelled:
                 continue  # cancelled: by us, its workers scaled away or the cluster stopping
-            started = any(self._read_marker(job, i, "host") for i in range(len(job.names)))
-            state = job.state
-            if state == PENDING and started:
-                state = RUNNING  # started before the scheduler's next answer
-            if state == EXITED and not job.error and (job.cancelled or now - (job.ended or now) > ended_for):
+            state = RUNNING if job.state == PENDING and self._started(job) else job.state
+            if state == EXITED and not job.error and now - (job.ended or now) > ended_for:
                 continue
             live = [h.name for h in job.handles if not (h.retired or h.killed)]
             if state != EXITED and not live:
@@ -352,22 +377,38 @@ class BatchLauncher(Launcher):
             out.remove(entry)
         return out
 
-    def cancel(self, job: _Job) -> None:
+    def job_history(self) -> list[dict]:
+        """Every job this launcher submitted, oldest first, ended ones included: id, state
+        (pending | running | ended), workers, nodes, submitted/started/ended (epoch s or None),
+        exit_status (the job script's own, else the scheduler's reading; None while it runs),
+        cancelled (by us: scaled away or stopped), reason, error, replaces."""
+        out = []
+        for job in list(self.jobs):
+            if not job.id:
+                continue
+            state = RUNNING if job.state == PENDING and self._started(job) else job.state
+            hosts = [self.read_marker(job, i, "host") for i in range(len(job.names))]
+            nodes = job.nodes or ",".join(dict.fromkeys(h for h in hosts if h))
+            started = job.started or self._marker_time(job, "0.host")
+            out.append({"id": job.id, "state": "ended" if state == EXITED else state,
+                        "workers": list(job.names), "nodes": nodes, "submitted": job.submitted,
+                        "started": started, "ended": job.ended if state == EXITED else None,
+                        "exit_status": job.code if state == EXITED else None,
+                        "cancelled": job.cancelled, "reason": job.reason if state == PENDING else "",
+                        "error": job.error, "replaces": job.replaces or ""})
+        return out
+
+    def cancel(self, job: BatchJob) -> None:
         if job.id and job.state != EXITED and not job.cancelled:
             job.cancelled = True
             self._cancel([job.id])
 
-    def _submit(self, specs: list) -> list[BatchHandle]:
-        job = self._submit_job([s.name for s in specs], [s.config for s in specs])
-        job.handles = [BatchHandle(self, job, i) for i in range(len(specs))]
-        return job.handles
-
-    def _submit_job(self, names: list[str], configs: list[dict]) -> _Job:
+    def _submit_job(self, names: list[str], configs: list[dict]) -> BatchJob:
         with self._lock:
             self._count += 1
             key = f"job{self._count}"
-        job = _Job(key, names, configs)
-        stem = os.path.join(self.dir, key)
+        job = BatchJob(key, names, configs)
+        stem = self.stem(job)
         for i, config in enumerate(configs):
             cfg = dict(config)
             cfg["detached"] = True
@@ -380,25 +421,27 @@ class BatchLauncher(Launcher):
         script = f"{stem}.sh"
         with open(script, "w") as f:
             f.write(self.script(job, stem, len(configs)))
-        argv = self.submit_argv(job, stem, len(configs), script)
         try:
-            proc = subprocess.run(argv, env=self._job_env(), cwd=self.path, capture_output=True, text=True,
-                                  timeout=60, stdin=subprocess.DEVNULL)
+            with open(script, "rb") as stdin:
+                proc = subprocess.run(self.submit_argv(script), env=self._job_env(), cwd=self.path,
+                                      capture_output=True, text=True, timeout=60,
+                                      stdin=stdin if self.script_on_stdin else subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise ClusterError(f"{self.submit_cmd} did not answer within 60 s") from None
         if proc.returncode != 0:
             msg = (proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}")
             names = ", ".join(job.names)
             raise ClusterError(f"{self.submit_cmd} rejected the job for workers {names}: {msg}")
-        job.id = self.parse_job_id(proc.stdout)
-        if not job.id:
+        m = re.search(self.job_id_pattern, proc.stdout, re.M)
+        if not m:
             raise ClusterError(f"cannot read a job id in {self.submit_cmd}'s answer: {proc.stdout.strip()!r}")
+        job.id = m.group(1)
         with self._lock:
             self.jobs.append(job)
         self._tell_watchdog(job.id)
         return job
 
-    def _replace_due(self, job: _Job) -> bool:
+    def _replace_due(self, job: BatchJob) -> bool:
         """Whether to submit ``job``'s replacement now: a quarter of the walltime (at most 5 min)
         before its workers retire, so the new workers can wait in the queue meanwhile."""
         if not (self.walltime and self._opt("job_replace", False)) or job.replacement or job.cancelled:
@@ -408,9 +451,9 @@ class BatchLauncher(Launcher):
         if all(h.retired or h.killed for h in job.handles):
             return False
         lead = min(300, self.walltime // 4)
-        return time.time() >= job.started + self.walltime - retire_margin(self.walltime) - lead
+        return time.time() >= job.started + self.retire_after - lead
 
-    def _replace(self, job: _Job) -> None:
+    def _replace(self, job: BatchJob) -> None:
         if self._stopped:
             return
         try:
@@ -427,7 +470,7 @@ class BatchLauncher(Launcher):
             h.jobs.append(new)
 
     def _job_env(self) -> dict:
-        """The environment jobs are submitted with (sbatch/qsub -V pass it on to the workers):
+        """The environment jobs are submitted with (the batch systems pass it on to the workers):
         the cluster's (PYTHONPATH reaching this scoop), minus what ties a process to us."""
         env = dict(self.env)
         for key in ("SCOOP_PARENT_PID", "SCOOP_ROLE", "SCOOP_SECRET"):
@@ -435,37 +478,28 @@ class BatchLauncher(Launcher):
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def _worker_line(self, stem: str, task_var: str) -> str:
-        """Shell for one worker task: stamp its node name and retire time into a private copy of
-        its config, run the worker on it (detached: it ends when it loses the broker) and leave
-        markers for the origin: node, pid, exit status."""
-        q = shlex.quote
-        return (f'umask 077; f={q(stem)}.${task_var}; '
-                f'sed -e "s/\\"@HOST@\\"/\\"$(hostname)\\"/" '
-                f'-e "s/\\"@RETIRE_AT@\\"/${{SCOOP_RETIRE_AT:-null}}/" '
-                f'"$f.json" > "$f.run" || exit 1; '
-                f'{q(self.python)} -m scoop.launch.task --config-file "$f.run" & '
-                f'echo "$!" > "$f.pid"; hostname > "$f.host"; wait "$!"; echo "$?" > "$f.exit"')
-
-    def _preamble(self) -> str:
-        lines = []
-        prolog = self._opt("prolog")
-        if prolog:
-            lines.append(f". {shlex.quote(os.path.abspath(prolog))}")
-        lines.append(f"cd {shlex.quote(self.path)}")
-        if self.walltime:
-            retire_after = self.walltime - retire_margin(self.walltime)
-            lines.append(f"export SCOOP_RETIRE_AT=$(( $(date +%s) + {retire_after} ))")
-        return "\n".join(lines) + "\n"
-
     # ---- state ---------------------------------------------------------------------------------
-    def _read_marker(self, job: _Job, index: int, kind: str) -> str | None:
+    def read_marker(self, job: BatchJob, index, kind: str) -> str | None:
+        """A marker the job wrote: ``STEM.INDEX.KIND`` (host, pid, exit), or ``STEM.status`` for
+        ``index=None``."""
         if not self.dir:
             return None
+        name = f"{job.key}.{kind}" if index is None else f"{job.key}.{index}.{kind}"
         try:
-            with open(os.path.join(self.dir, f"{job.key}.{index}.{kind}")) as f:
+            with open(os.path.join(self.dir, name)) as f:
                 text = f.read().strip()
             return text or None
+        except OSError:
+            return None
+
+    def job_status(self, job: BatchJob) -> int | None:
+        """The job script's own exit status, once it ended by itself (a prolog's ``exit 3`` is 3)."""
+        text = self.read_marker(job, None, "status")
+        return int(text) if text and text.lstrip("-").isdigit() else None
+
+    def _marker_time(self, job: BatchJob, suffix: str) -> float | None:
+        try:
+            return os.stat(os.path.join(self.dir, f"{job.key}.{suffix}")).st_mtime if self.dir else None
         except OSError:
             return None
 
@@ -492,42 +526,44 @@ class BatchLauncher(Launcher):
         states = self._query([j.id for j in live]) if live else {}
         if states.get("__ok__", True):  # the scheduler did not answer: keep what we knew
             for job in live:
-                state, nodes, *more = states.get(job.id, ("", ""))
+                state, nodes, reason = states.get(job.id, (self.gone_state, "", ""))
                 job.sched_state, job.nodes = state, nodes or job.nodes
                 job.polled = True
                 if state in self.pending_states:
                     job.state = PENDING
-                    job.reason = more[0] if more and more[0] not in ("None", "(null)") else ""
+                    job.reason = reason if reason not in ("None", "(null)") else ""
                 elif state in self.running_states:
                     job.state = RUNNING
                     job.reason = ""
                     if job.started is None:
-                        job.started = self._start_time(job)
+                        # when the first poll finds it running (0.5 s late at most: the job
+                        # stamps its workers' retire time itself, at its start)
+                        job.started = time.time()
                 else:
-                    job.state = EXITED
-                    job.reason = ""
-                    job.ended = time.time()
-                    job.code = self.exit_code(state)
-                    self._relay_output(job, final=True)
+                    self._ended(job, state)
+                    self._relay_final(job)
             for job in live:
                 if self._replace_due(job):
                     self._replace(job)
         self._flush_outputs()
 
-    @staticmethod
-    def _start_time(job: _Job) -> float:
-        """When the job started, as seen by the first poll that finds it running (0.5 s late at
-        most: the job stamps its workers' retire time itself, at its start)."""
-        return time.time()
+    def _ended(self, job: BatchJob, state: str) -> None:
+        job.state, job.reason = EXITED, ""
+        job.ended = job.ended or self._marker_time(job, "status") or time.time()
+        status = self.job_status(job)
+        job.code = status if status is not None else self.exit_code(state)
 
     def _flush_outputs(self):
         for job in list(self.jobs):
             if job.state != PENDING:
-                self._relay_output(job)
+                self.relay_output(job)
 
-    def _relay_output(self, job: _Job, final: bool = False):
-        """Relays what the job printed outside tasks (worker start-up errors, scheduler messages)
-        under its workers' names; lines are ``TASK: text`` (srun --label)."""
+    def _relay_final(self, job: BatchJob):
+        self.relay_output(job, final=True)
+
+    def relay_output(self, job: BatchJob, final: bool = False):
+        """Relays what the job printed outside tasks (worker start-up errors, the prolog, the
+        scheduler's messages) under its workers' names; lines are ``TASK: text``."""
         if self.relay is None or not self.dir or job.cancelled:
             return
         path = os.path.join(self.dir, f"{job.key}.out")
@@ -554,7 +590,7 @@ class BatchLauncher(Launcher):
     # ---- watchdog ------------------------------------------------------------------------------
     def _start_watchdog(self):
         """A process in its own session that cancels our jobs when we vanish without stop()."""
-        cmd = [sys.executable, "-m", "scoop.launch.batch", "watchdog", self.cancel_cmd, self.dir]
+        cmd = [sys.executable, "-m", "scoop.launch.watchdog", self.cancel_cmd, self.dir]
         self._watchdog = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL, env=self._job_env(),
                                           start_new_session=True, close_fds=True)
@@ -567,92 +603,50 @@ class BatchLauncher(Launcher):
             except OSError:
                 pass
 
-    # ---- per batch system ----------------------------------------------------------------------
-    system = ""
-    pending_states: frozenset = frozenset()
-    running_states: frozenset = frozenset()
+    # ---- the scheduler's answers ---------------------------------------------------------------
+    cancelled_state: ClassVar[str] = "CANCELLED"
 
     @property
     def live_states(self):
         return self.pending_states | self.running_states
 
-    @abc.abstractmethod
-    def script(self, job: _Job, stem: str, workers: int) -> str:
-        """The job script (no secret in it)."""
+    def job_directives(self, stem: str, workers: int) -> list[str]:  # pragma: no cover - interface
+        """Directives every job has: its task count, its output file ``STEM.out``."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def submit_argv(self, job: _Job, stem: str, workers: int, script: str) -> list[str]:
-        """The submit command line (no secret in it)."""
+    def query_argv(self, ids: list[str]) -> list[str]:  # pragma: no cover - interface
+        raise NotImplementedError
 
-    @abc.abstractmethod
-    def parse_job_id(self, stdout: str) -> str | None: ...
+    def parse_query(self, out: str, ids: list[str]) -> dict:  # pragma: no cover - interface
+        """{job id: (state, nodes, reason it waits)} for the ids the scheduler lists."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
     def _query(self, ids: list[str]) -> dict:
-        """{job id: (state, nodes)}, plus ``"__ok__": False`` when the scheduler did not answer."""
+        """{job id: (state, nodes, reason)}, ``gone_state`` for a job no longer listed; or
+        ``{"__ok__": False}`` when the scheduler did not answer."""
+        out = self._ask(self.query_argv(ids), forgot=self.query_forgot)
+        if out is None:
+            return {"__ok__": False}
+        found = self.parse_query(out, ids)
+        return {i: found.get(i, (self.gone_state, "", "")) for i in ids}
 
-    def _ask(self, argv: list[str]) -> str | None:
-        """A scheduler command's output, or None when it failed or did not answer in 30 s."""
+    def _ask(self, argv: list[str], forgot: str = r"$^") -> str | None:
+        """A scheduler command's output, or None when it failed (other than by naming jobs it
+        forgot, matched by ``forgot``) or did not answer in 30 s."""
         try:
             proc = subprocess.run(argv, env=self._job_env(), capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.SubprocessError):
             return None
-        return proc.stdout if proc.returncode == 0 else None
+        if proc.returncode == 0 or re.search(forgot, proc.stderr):
+            return proc.stdout
+        return None
 
     def _cancel(self, ids: list[str]) -> bool:
         return self._ask([self.cancel_cmd, *ids]) is not None
 
     def exit_code(self, state: str) -> int:
-        return 0 if state in ("COMPLETED", "C", "F") else 1
+        """The exit status a job ended in ``state`` gets when it left no status of its own."""
+        return 0 if state in self.done_states or state == self.gone_state else 1
 
     def _pick_address(self) -> str:
         return route_address(None)
-
-
-def _sweep_job_dirs(root: str) -> None:
-    """Removes job directories of origins on this host that died without cleaning up."""
-    me = socket.gethostname()
-    try:
-        entries = os.listdir(root)
-    except OSError:
-        return
-    for entry in entries:
-        m = re.fullmatch(rf"{re.escape(me)}-(\d+)-[0-9a-f]+", entry)
-        if not m:
-            continue
-        pid = int(m.group(1))
-        try:
-            os.kill(pid, 0)
-            continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
-
-
-def _watchdog(cancel_cmd: str, job_dir: str) -> None:
-    """Reads job ids on stdin; at EOF without a ``done`` line (the origin died) cancels them all
-    and removes the job directory."""
-    ids: list[str] = []
-    done = False
-    for line in sys.stdin:
-        line = line.strip()
-        if line == "done":
-            done = True
-        elif line:
-            ids.append(line)
-    if done:
-        return
-    for k in range(0, len(ids), 100):
-        subprocess.run([cancel_cmd, *ids[k:k + 100]], capture_output=True, timeout=60)
-    shutil.rmtree(job_dir, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "watchdog":
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        _watchdog(sys.argv[2], sys.argv[3])
-    else:
-        sys.exit("usage: python -m scoop.launch.batch watchdog CANCEL_COMMAND JOB_DIR")

@@ -1,92 +1,81 @@
-"""PBS/Torque and SGE batch-job clusters (``--launcher qsub``).
+"""PBS batch-job clusters (PBS Pro, OpenPBS, Torque): ``--launcher qsub``.
 
-UNTESTED: there is no PBS or SGE test cluster here; written from the schedulers' documentation.
-Each job starts its ``cpus_per_job`` workers on the job's first node from the job script itself
-(``nodes=1:ppn=K`` on PBS, ``-pe smp K`` on SGE); the rest is :mod:`scoop.launch.batch`.
+Tested against transcripts of the real commands (tests/fakebatch), not a real PBS server: none
+can be installed here.  Each job starts its workers on its one node from the job script itself
+(``-l nodes=1:ppn=K``, a form Torque and PBS Pro both read); the rest is :mod:`scoop.launch.batch`.
 """
 from __future__ import annotations
 
 import re
-import shlex
 
+from ..errors import ClusterError
 from .base import register
-from .batch import BatchLauncher
+from .batch import BatchLauncher, hms
+
+
+def _count(what: str):
+    def render(self, value, workers):
+        if not str(value).isdigit():
+            raise ClusterError(f"the {self.system} launcher wants a number of GPUs, not {value!r}")
+        return [f"-l {what}={value}"]
+    return render
 
 
 @register
 class QsubLauncher(BatchLauncher):
-    """PBS/Torque (and SGE with ``flavour="sge"``): one job per ``cpus_per_job`` workers, all on the
-    job's first node, started by the job script itself.  UNTESTED: no PBS or SGE test cluster here;
-    written from the schedulers' documentation."""
+    """PBS: ``qsub``/``qstat -f``/``qdel``, ``#PBS`` directives, workers started by the job."""
 
     name = "qsub"
-    system = "PBS/SGE"
-    submit_cmd = "qsub"
-    cancel_cmd = "qdel"
-    pending_states = frozenset({"Q", "H", "W", "T", "qw", "hqw", "hRwq", "t"})
-    running_states = frozenset({"R", "E", "r", "Rr", "Rt"})
+    system = "PBS"
+    submit_cmd, cancel_cmd = "qsub", "qdel"
+    directive = "#PBS"
+    job_id_pattern = r"^\s*(\S+)"  # 1234.server
+    query_forgot = r"Unknown Job Id|Job has finished"
+    pending_states = frozenset({"Q", "H", "W", "T", "S", "U"})
+    running_states = frozenset({"R", "E", "B"})
+    done_states = frozenset({"C", "F", "X"})
+    gone_state = "F"
+    cancelled_state = "X"
+    resources = {
+        "job_name": "-N {}",
+        "walltime": lambda self, s, _: [f"-l walltime={hms(s)}"],
+        "queue": "-q {}",
+        "account": "-A {}",
+        "memory": "-l mem={}mb",
+        "gpus": _count("ngpus"),
+        "qos": "-l qos={}",
+    }
 
-    def __init__(self, options, relay, flavour: str | None = None, **kw):
-        super().__init__(options, relay, **kw)
-        self.flavour = flavour or ("sge" if self.env.get("SGE_ROOT") else "pbs")
+    def job_directives(self, stem, workers):
+        return [f"-l nodes=1:ppn={workers}", f"-o {stem}.out", "-j oe", "-V"]
 
-    def script(self, job, stem, workers):
-        body = ["#!/bin/sh",
-                f"# SCOOP workers {', '.join(job.names)} (configuration in {stem}.N.json, mode 0600)"]
-        body.append(self._preamble().rstrip("\n"))
-        body.append(f"for i in $(seq 0 {workers - 1}); do")
-        line = shlex.quote(self._worker_line(stem, "SCOOP_TASK"))
-        body.append(f"  SCOOP_TASK=$i sh -c {line} 2>&1 | sed \"s/^/$i: /\" &")
-        body.append("done")
-        body.append("wait")
-        return "\n".join(body) + "\n"
+    def query_argv(self, ids):
+        return ["qstat", "-f", *ids]
 
-    def submit_argv(self, job, stem, workers, script):
-        argv = ["qsub", "-N", f"scoop-{self.tag}", "-o", f"{stem}.out",
-                "-j", "oe" if self.flavour == "pbs" else "y", "-V"]
-        hms = None
-        if self.walltime:
-            w = self.walltime
-            hms = f"{w // 3600:02d}:{w % 3600 // 60:02d}:{w % 60:02d}"
-        if self.flavour == "sge":
-            argv += ["-cwd", "-pe", "smp", str(workers), "-S", "/bin/sh"]
-            if hms:
-                argv += ["-l", f"h_rt={hms}"]
-        else:
-            argv += ["-l", f"nodes=1:ppn={workers}"]
-            if hms:
-                argv += ["-l", f"walltime={hms}"]
-        queue = self._opt("queue") or self._opt("partition")
-        if queue:
-            argv += ["-q", queue]
-        if self._opt("account"):
-            argv += ["-A", self._opt("account")]
-        extra = self._opt("sbatch_arg", []) or []
-        argv += [extra] if isinstance(extra, str) else list(extra)
-        return argv + [script]
+    def parse_query(self, out, ids):
+        """``qstat -f`` blocks: ``Job Id: 1234.server`` then ``key = value`` lines."""
+        found, job, attrs = {}, None, {}
 
-    def parse_job_id(self, stdout):
-        text = stdout.strip()
-        m = re.search(r"Your job (\d+)", text)  # SGE
-        if m:
-            return m.group(1)
-        return text.split()[0] if text else None  # PBS: 123.server
-
-    def _query(self, ids):
-        out = self._ask(["qstat"])
-        if out is None:
-            return {"__ok__": False}
-        found = {}
+        def close():
+            if job is not None:
+                hosts = [h.split("/")[0] for h in attrs.get("exec_host", "").split("+") if h]
+                nodes = ",".join(dict.fromkeys(hosts))
+                found[job] = (attrs.get("job_state", ""), nodes, attrs.get("comment", ""))
         for line in out.splitlines():
-            parts = line.split()
-            if not parts:
-                continue
-            jid = parts[0]
-            for i in ids:
-                if jid == i or jid.split(".")[0] == i.split(".")[0]:
-                    if self.flavour == "sge":
-                        state = parts[4] if len(parts) > 4 else ""
-                    else:
-                        state = parts[-2] if len(parts) > 2 else ""
-                    found[i] = (state, "")
-        return {i: found.get(i, ("C", "")) for i in ids}
+            m = re.match(r"^Job Id:\s*(\S+)", line)
+            if m:
+                close()
+                job, attrs = self._our_id(m.group(1), ids), {}
+            elif "=" in line and job is not None:
+                key, _, value = line.strip().partition(" = ")
+                attrs[key.strip()] = value.strip()
+        close()
+        return {k: v for k, v in found.items() if k}
+
+    @staticmethod
+    def _our_id(listed: str, ids: list[str]) -> str | None:
+        """qstat may name a job ``1234.server.domain`` that qsub called ``1234.server``."""
+        for i in ids:
+            if listed == i or listed.split(".")[0] == i.split(".")[0]:
+                return i
+        return None

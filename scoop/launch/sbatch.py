@@ -2,12 +2,10 @@
 ``python -m scoop --slurm ...``, ``%scoop_cluster start --slurm ...``.
 
 Each job runs its workers as the tasks of one ``srun`` step (so they count in the job's accounting
-and limits); everything else -- secret files, pending/running state, the watchdog, walltimes --
-is :mod:`scoop.launch.batch`.
+and limits); everything else is :mod:`scoop.launch.batch`.
 """
 from __future__ import annotations
 
-import re
 import shlex
 import signal
 
@@ -18,52 +16,47 @@ from .srun import node_address
 
 @register
 class SbatchLauncher(BatchLauncher):
-    """SLURM: each job runs its workers as the tasks of one ``srun`` step."""
+    """SLURM: ``sbatch``/``squeue``/``scancel``, ``#SBATCH`` directives, workers as srun tasks."""
 
     name = "sbatch"
     system = "SLURM"
-    submit_cmd = "sbatch"
-    cancel_cmd = "scancel"
+    submit_cmd, submit_flags, cancel_cmd = "sbatch", ("--parsable",), "scancel"
+    directive = "#SBATCH"
+    job_id_pattern = r"^\s*(\d+)"  # --parsable: "ID" or "ID;cluster"
     pending_states = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
                                 "REQUEUE_FED", "SPECIAL_EXIT"})
     running_states = frozenset({"RUNNING", "STAGE_OUT", "SIGNALING"})
+    done_states = frozenset({"COMPLETED"})
+    gone_state = "COMPLETED"  # purged from the controller: it ended a while ago
+    resources = {
+        "job_name": "--job-name={}",
+        "walltime": lambda self, s, _: [f"--time={-(-s // 60)}"],  # whole minutes
+        "queue": "--partition={}",
+        "account": "--account={}",
+        "memory": "--mem={}M",
+        "gpus": "--gpus={}",
+        "gres": "--gres={}",
+        "qos": "--qos={}",
+        "constraint": "--constraint={}",
+    }
 
-    def script(self, job, stem, workers):
-        return ("#!/bin/sh\n"
-                f"# SCOOP workers {', '.join(job.names)}; configuration in {stem}.N.json (mode 0600)\n"
-                + self._preamble()
-                + "exec srun --label --input=none --kill-on-bad-exit=0 "
-                f"sh -c {shlex.quote(self._worker_line(stem, 'SLURM_PROCID'))}\n")
+    def job_directives(self, stem, workers):
+        return [f"--ntasks={workers}", "--cpus-per-task=1", f"--output={stem}.out", f"--chdir={self.path}"]
 
-    def submit_argv(self, job, stem, workers, script):
-        argv = ["sbatch", "--parsable", f"--job-name=scoop-{self.tag}", f"--ntasks={workers}",
-                "--cpus-per-task=1", f"--output={stem}.out", f"--chdir={self.path}"]
-        if self.walltime:
-            minutes = -(-self.walltime // 60)  # slurm counts whole minutes
-            argv.append(f"--time={minutes}")
-        if self._opt("partition"):
-            argv.append(f"--partition={self._opt('partition')}")
-        if self._opt("account"):
-            argv.append(f"--account={self._opt('account')}")
-        extra = self._opt("sbatch_arg", []) or []
-        argv += [extra] if isinstance(extra, str) else list(extra)
-        return argv + [script]
+    def start_tasks(self, stem, workers):
+        return ("srun --label --input=none --kill-on-bad-exit=0 "
+                f"sh -c {shlex.quote(self.worker_line(stem, 'SLURM_PROCID'))}")
 
-    def parse_job_id(self, stdout):
-        m = re.match(r"\s*(\d+)", stdout)
-        return m.group(1) if m else None
+    def query_argv(self, ids):
+        return ["squeue", "-h", "-t", "all", f"--name={self.job_name}", "-o", "%i|%T|%N|%r"]
 
-    def _query(self, ids):
-        out = self._ask(["squeue", "-h", "-t", "all", f"--name=scoop-{self.tag}", "-o", "%i|%T|%N|%r"])
-        if out is None:
-            return {"__ok__": False}
+    def parse_query(self, out, ids):
         found = {}
         for line in out.splitlines():
             parts = line.split("|", 3)
             if len(parts) == 4:
                 found[parts[0]] = (parts[1], parts[2], parts[3])  # state, nodes, reason it waits
-        # a job missing from the listing has been purged: it ended long ago
-        return {i: found.get(i, ("COMPLETED", "")) for i in ids}
+        return found
 
     def exit_code(self, state):
         return {"COMPLETED": 0, "CANCELLED": -signal.SIGTERM, "TIMEOUT": -signal.SIGKILL}.get(state, 1)
