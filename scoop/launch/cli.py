@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, "cli")
     add_launcher_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="only errors from the launcher")
+    p.add_argument("--dry-run", action="store_true",
+                   help="batch jobs: print what would be submitted (command and job script), submit nothing")
     p.add_argument("program", nargs="?",
                    help="the Python program to run (the origin); its arguments follow it")
     return p
@@ -79,6 +81,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(launcher_argv)
     if program:
         args.program = program[0]
+    if args.dry_run:
+        return _dry_run(parser, args)
     if not args.program:
         parser.error("no program given: python -m scoop [options] program.py [args]")
     args.args = prog_args
@@ -193,6 +197,20 @@ def _log_to(path: str):
             handler.addFilter(f)
         log.removeHandler(old)
     log.addHandler(handler)
+
+
+def _dry_run(parser, args) -> int:
+    from ..cluster import Cluster
+    from ..errors import ClusterError
+    from ..options import given
+    try:
+        print(Cluster(**given(args)).dry_run(), end="")
+    except ValueError as exc:
+        parser.error(str(exc))
+    except ClusterError as exc:
+        sys.stderr.write(f"scoop: error: {exc}\n")
+        return 1
+    return 0
 
 
 def _print_user_traceback():
