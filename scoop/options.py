@@ -230,6 +230,9 @@ class ClusterOptions:
                             help="extra sbatch argument (repeatable), e.g. --sbatch-arg=--mem=4G")
     job_replace: bool = _opt(False, flags=("--job-replace",), action="store_true",
                              help="submit a replacement job before a job's walltime ends")
+    cluster_profile: str | None = _opt(None, flags=("--cluster-profile",), metavar="NAME", check=text_value,
+                                       help="start from a named profile of clusters.toml (site and user "
+                                            "defaults; options given here win)")
     env: dict = _opt(None, scope=(), help="extra environment variables of the workers")
 
     def __post_init__(self):
@@ -267,6 +270,10 @@ class ClusterOptions:
         if unknown:
             raise TypeError(f"unknown cluster option{'s' if len(unknown) > 1 else ''} "
                             f"{', '.join(map(repr, unknown))} (known: {', '.join(option_names())})")
+        if kwargs.get("cluster_profile"):
+            from .profiles import load_profile
+            given = {k: v for k, v in kwargs.items() if v is not None and v != []}
+            kwargs = dict(load_profile(str(kwargs["cluster_profile"])), **given)
         return cls(**kwargs)
 
     def replace(self, **changes) -> "ClusterOptions":

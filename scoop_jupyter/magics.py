@@ -59,11 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(s, "magic")
     s.add_argument("--no-progress", dest="progress", action="store_false", default=True,
                    help="no progress bars for long futures.map calls")
+    s.add_argument("--dry-run", action="store_true",
+                   help="batch jobs: print what would be submitted (command and job script), submit nothing")
     sub.add_parser("stop", help="stop the cluster")
     sub.add_parser("status", help="workers per host, load and tasks done")
     sub.add_parser("restart", help="stop, then start with the same options")
     sc = sub.add_parser("scale", help="grow or shrink the cluster to N workers")
     sc.add_argument("workers", type=_positive, metavar="N")
+    sub.add_parser("jobs", help="this session's batch jobs, ended ones too: state, nodes, times, exit status")
     sub.add_parser("dashboard", help="show the live load dashboard")
     tl = sub.add_parser("timeline", help="task timeline of the last maps: a row per worker, a bar per task")
     tl.add_argument("--last", type=float, default=60.0, metavar="SECONDS",
@@ -122,7 +125,10 @@ class ScoopMagics(Magics):
             return None
         cmd = args.command or "status"
         try:
-            if cmd == "start":
+            if cmd == "start" and args.dry_run:
+                from scoop.cluster import Cluster
+                print(Cluster(**given(args)).dry_run(), end="")
+            elif cmd == "start":
                 api.start(progress=args.progress, **given(args))
                 print(started_message(api.session()))
             elif cmd == "stop":
@@ -137,6 +143,10 @@ class ScoopMagics(Magics):
                 api.scale(args.workers)
                 print(f"SCOOP cluster scaled to {args.workers} worker{'s' if args.workers != 1 else ''}"
                       + _queue_note(api.cluster()))
+            elif cmd == "jobs":
+                from scoop.launch.jobtable import job_table
+                c = api.cluster()
+                print(job_table(c.jobs(history=True)) if c is not None else "no SCOOP cluster is running")
             elif cmd == "dashboard":
                 from IPython.display import display
                 display(api.dashboard())

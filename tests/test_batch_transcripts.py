@@ -295,3 +295,23 @@ def test_lsf_bjobs_o_lines_as_documented():
     got = _launcher("lsf").parse_query(out, ["101", "102"])
     assert got == {"101": ("RUN", "hostA,hostB", ""),
                    "102": ("PEND", "", "New job is waiting for scheduling;")}
+
+
+def test_a_worker_gone_at_its_walltime_ends_with_its_job(tmp_path):
+    """A worker that left at its walltime (status 0 past its retire time) reads as running while
+    another worker of its job still runs, so the cluster replaces the job as a whole; a crash
+    before the retire time is seen at once."""
+    from scoop.launch.batch import BatchHandle, BatchJob
+    launcher = _launcher("qsub", walltime="10")
+    launcher.dir = str(tmp_path)
+    job = BatchJob("job1", ["w1", "w2"], [])
+    job.id, job.state, job.started = "1.server", "running", time.time() - 600
+    job.handles = [BatchHandle(launcher, job, 0), BatchHandle(launcher, job, 1)]
+    (tmp_path / "job1.0.exit").write_text("0\n")
+    assert [h.poll() for h in job.handles] == [None, None]
+    (tmp_path / "job1.1.exit").write_text("0\n")
+    assert [h.poll() for h in job.handles] == [0, 0]
+    job.started = time.time()  # before the retire time: a worker that ends is news at once
+    (tmp_path / "job1.1.exit").unlink()
+    (tmp_path / "job1.0.exit").write_text("1\n")
+    assert [h.poll() for h in job.handles] == [1, None]

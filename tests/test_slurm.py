@@ -482,3 +482,61 @@ def test_walltime_reached_mid_map_loses_nothing(slurm_cluster):
         codes = [h._code(h.jobs[0]) for h in c.workers]
     # the first job's workers retired before SLURM's limit: they exited cleanly and the job completed
     assert out == "COMPLETED" and codes == [0, 0], (out, codes)
+
+
+def test_walltime_replacements_come_in_whole_jobs(slurm_cluster):
+    """Without job_replace, workers leaving at their one-minute walltime are replaced by the
+    cluster: 4 workers in 2-CPU jobs come back as 2 jobs of 2, not a job per worker that noticed
+    first; the job history lists the first jobs ended with status 0."""
+    from scoop import futures
+    with batch_cluster(slurm_cluster, 4, cpus_per_job=2, walltime="1") as c:
+        first = {j["id"] for j in c.jobs()}
+        assert len(first) == 2
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            history = c.jobs(history=True)
+            later = [j for j in history if j["id"] not in first]
+            if sum(len(j["workers"]) for j in later) >= 4 and all(j["state"] == "ended" for j in history
+                                                                 if j["id"] in first):
+                break
+            time.sleep(0.5)
+        assert sorted(len(j["workers"]) for j in later) == [2, 2], history
+        ended = [j for j in history if j["id"] in first]
+        assert [j["exit_status"] for j in ended] == [0, 0] and all(j["ended"] for j in ended), ended
+        c.wait_for_workers(4, 90)
+        assert sum(futures.map(abs, range(-10, 0))) == 55
+
+
+def test_failing_prolog_is_the_jobs_own_status_and_words(slurm_cluster, tmp_path):
+    from scoop.errors import ClusterError
+    prolog = tmp_path / "prolog.sh"
+    prolog.write_text("echo 'module: gcc/99 not found' >&2\nexit 3\n")
+    with pytest.raises(ClusterError, match=r"(?s)exited with status 3 before joining.*gcc/99 not found"):
+        with batch_cluster(slurm_cluster, 2, prolog=str(prolog)):
+            pass
+
+
+def test_job_script_is_what_is_submitted_and_a_site_profile_starts_the_cluster(slurm_cluster, tmp_path,
+                                                                              monkeypatch):
+    from scoop import futures
+    from scoop.cluster import Cluster
+    site = tmp_path / "clusters.toml"
+    site.write_text('[profiles.short]\nslurm = true\ncpus-per-job = 2\npartition = "debug"\nmemory = "100M"\n'
+                    'job-name = "scoop-short"\nwalltime = "00:10:00"\n')
+    monkeypatch.setenv("SCOOP_CONFIG", str(site))
+    c = Cluster(2, cluster_profile="short", pythonpath=[TESTS, PROGRAMS])
+    shown = c.job_script()
+    assert "#SBATCH --mem=100M\n" in shown and "#SBATCH --job-name=scoop-short\n" in shown
+    assert "#SBATCH --partition=debug\n" in shown and "#SBATCH --time=10\n" in shown
+    before = {p.pid for p in scoop_processes()}
+    try:
+        c.start(timeout=90)
+        with open(os.path.join(c.launcher.dir, "job1.sh")) as f:
+            assert f.read() == shown
+        (job,) = slurm_cluster.jobs()
+        assert job["name"] == "scoop-short"
+        assert sorted(futures.map(where, range(8))) and c.size == 2
+    finally:
+        c.stop()
+    assert slurm_cluster.wait_no_jobs(15) == []
+    wait_no_new_processes(before, 15)
