@@ -119,6 +119,7 @@ class SubBroker(Broker):
         if peer is not None:
             if rec.hdr[:1] == P.CANCEL and P.answer_of(rec.hdr, 0) == 1:
                 del self.core.local_submitted[tid]
+                peer.submitted.discard(tid)
             peer.out.add_record(rec)
 
     def _u_const(self, rec):
@@ -138,7 +139,7 @@ class SubBroker(Broker):
         while core.queue and n > 0:
             task = core.queue.pop()
             if core.tasks.get(task.id) is task and task.worker is None and task.submitter is self.upstream:
-                del core.tasks[task.id]
+                core.forget(task)
                 self.upstream.cout.add(P.TID.pack(P.RELEASE, task.id))
                 n -= 1
             elif core.tasks.get(task.id) is task:
@@ -153,7 +154,7 @@ class SubBroker(Broker):
             return
         ok = task is not None
         if ok:
-            del self.core.tasks[tid]
+            self.core.forget(task)
         self.upstream.cout.add(P.answer(rec.hdr, ok))
 
     # ---- to the root ------------------------------------------------------------------------------

@@ -68,6 +68,11 @@ def tids(recs, kind) -> list[int]:
     return [P.ID.unpack_from(r.hdr, 1)[0] for r in recs if r.type == kind]
 
 
+def waiting(core) -> list[int]:
+    """Ids of the tasks queued at the core: in its queue, then set aside for their host."""
+    return [t.id for t in core.queue] + [t.id for q in core.pinned.values() for t in q]
+
+
 def drain(*peers):
     for p in peers:
         p.out.take()
@@ -650,10 +655,10 @@ def test_pinned_task_only_goes_to_its_host(c):
     c.submit(2, host=HOST, blob=False)  # same submitter host, not pinned
     c.core.dispatch()
     assert set(other.assigned) == {2}
-    assert [t.id for t in c.core.queue] == [1]  # waits for a worker on its host
+    assert waiting(c.core) == [1]  # waits for a worker on its host
     local = c.worker(credit=1, host_key=HOST)
     c.core.dispatch()
-    assert set(local.assigned) == {1} and not c.core.queue
+    assert set(local.assigned) == {1} and not waiting(c.core)
 
 
 def test_pinned_task_reaches_a_busier_worker_of_its_host(c):
@@ -675,7 +680,7 @@ def test_pinned_tasks_keep_their_order_when_skipped(c):
     other = c.worker(credit=10, host_key=OTHER_HOST)
     c.submit(1, 2, 3, host=HOST, flags=P.PINNED)
     c.core.dispatch()
-    assert not other.assigned and [t.id for t in c.core.queue] == [1, 2, 3]
+    assert not other.assigned and waiting(c.core) == [1, 2, 3]
     local = c.worker(credit=10, host_key=HOST)
     drain(local)
     c.core.dispatch()
@@ -962,7 +967,7 @@ def test_root_steals_back_the_last_task_of_a_sub_broker():
 
 # ---- random schedules: invariants and exactly-once delivery --------------------------------------
 def check_invariants(core):
-    queued = {t.id for t in core.queue} | {t.id for ts in core.waiting_blob.values() for t in ts}
+    queued = set(waiting(core)) | {t.id for ts in core.waiting_blob.values() for t in ts}
     for p in core.peers.values():
         assert p.credit >= 0, p.name
         for tid, t in p.assigned.items():
@@ -972,6 +977,33 @@ def check_invariants(core):
             assert tid in queued, f"task {tid} is neither queued nor at a worker: lost"
         else:
             assert core.peers.get(t.worker.uid) is t.worker and tid in t.worker.assigned, tid
+        assert tid in t.submitter.submitted, tid
+    check_indexes(core)
+
+
+def check_indexes(core):
+    """The core's indexes and counts say what a walk over every peer would."""
+    peers = list(core.peers.values())
+    ready, hosts, idle_hosts = {}, {}, {}
+    for p in peers:
+        key = len(p.assigned) if p.credit > 0 and p.takes_tasks and not p.retiring else None
+        assert p.bucket == key, (p.name, p.bucket, key)
+        if key is not None:
+            ready.setdefault(key, set()).add(p)
+            hosts.setdefault(p.host_key, set()).add(p)
+            if key == 0:
+                idle_hosts[p.host_key] = idle_hosts.get(p.host_key, 0) + 1
+        assert (p in core.heavy) == (p.takes_tasks and len(p.assigned) > (0 if p.role == "broker" else 1))
+    assert {k: set(v) for k, v in core.ready.items()} == ready
+    assert {k: set(v) for k, v in core.ready_hosts.items()} == hosts
+    assert core.idle_hosts == idle_hosts
+    assert core.n_ready == sum(len(v) for v in ready.values())
+    assert set(core.heavy) <= set(peers)
+    assert core.n_assigned == sum(len(p.assigned) for p in peers)
+    assert core.n_workers == sum(1 for p in peers if p.role == "worker")
+    assert core.by_index == {p.index: p for p in peers}
+    keys = {p.host_key for p in peers if p.role in ("worker", "origin")}
+    assert set(core.host_refs) == keys
 
 
 class SimWorker:
@@ -1337,3 +1369,89 @@ def run_federated(seed, steps=300):
 @pytest.mark.parametrize("seed", range(20))
 def test_random_federated_schedules_keep_exactly_once(seed):
     assert run_federated(seed) > 0
+
+
+# ---- cost per operation: independent of the number of workers -------------------------------------
+class CountingDict(dict):
+    """The core's peers, counting walks over them: no per-task operation may walk every peer."""
+
+    walks = 0
+
+    def __iter__(self):
+        self.walks += 1
+        return super().__iter__()
+
+    def values(self):
+        self.walks += 1
+        return super().values()
+
+    def items(self):
+        self.walks += 1
+        return super().items()
+
+    def keys(self):
+        self.walks += 1
+        return super().keys()
+
+
+def operation_costs(n: int) -> dict:
+    """(peers visited, walks over all peers) of each operation, with ``n`` busy workers
+    connected: each holds two tasks (one waiting: a steal victim) and has credit left."""
+    c = Cluster()
+    crowd = [c.worker(credit=4) for _ in range(n)]
+    c.submit(*range(1, 2 * n + 1))
+    c.core.dispatch()
+    assert all(len(w.assigned) == 2 and w.credit == 2 for w in crowd)
+    core = c.core
+    core.peers = peers = CountingDict(core.peers)
+    costs = {}
+    tid = 10 * n
+
+    def measure(name, op):
+        v0, w0 = core.visits, peers.walks
+        op()
+        costs[name] = (core.visits - v0, peers.walks - w0)
+
+    newcomer = []
+    measure("join", lambda: newcomer.append(c.worker()))
+    burst = list(range(tid, tid + 8))
+    measure("submit", lambda: c.submit(*burst, blob=False))
+    measure("dispatch", core.dispatch)
+    measure("result", lambda: [core.result(result_rec(t)) for t in burst])
+    measure("credit", lambda: core.credit(newcomer[0], 3))
+    measure("steal", lambda: core.steal(100.0))
+    measure("release", lambda: core.release(crowd[2], max(crowd[2].assigned)))
+    measure("loss", lambda: core.leave(crowd[0], "lost (its connection dropped)"))
+    measure("retire", lambda: core.retire(crowd[1].index))
+    measure("dispatch again", core.dispatch)
+    measure("goodbye", lambda: core.leave(crowd[1], "retired"))
+    measure("origin leaves", lambda: core.leave(c.origin, "left"))
+    check_invariants(core)
+    return costs
+
+
+def test_operations_walk_no_peer_list():
+    for name, (_visits, walks) in operation_costs(2000).items():
+        assert walks == 0, f"{name} walked every peer"
+
+
+def test_operation_costs_do_not_grow_with_the_workers():
+    """The same operations with 10 and with 10,000 workers connected visit as many peers (a
+    steal looks at a constant number of them)."""
+    small, large = operation_costs(10), operation_costs(10_000)
+    steal_small, steal_large = small.pop("steal"), large.pop("steal")
+    assert large == small
+    assert small["dispatch"][0] == 8 and small["result"] == (0, 0) and small["loss"] == (0, 0)
+    from scoop.scheduling import STEAL_SCAN
+    assert steal_small[0] <= steal_large[0] <= 2 * STEAL_SCAN
+
+
+def test_a_burst_to_many_idle_workers_costs_what_it_sends():
+    """One task for 10,000 idle workers with credit: one peer visited, not 10,000."""
+    c = Cluster()
+    for _ in range(10_000):
+        c.worker(credit=2)
+    c.submit(1)
+    v0 = c.core.visits
+    c.core.dispatch()
+    assert c.core.visits - v0 == 1 and c.core.n_assigned == 1
