@@ -31,10 +31,13 @@ import zmq
 
 from . import _protocol as P
 from . import _shm
+from .census import Census, status_interval
 from .liveness import DEFAULT_TIMEOUT, configure_socket
 from .monitor import events
 from .scheduling import Peer, Scheduler
 from .security import Authenticator, secure_server
+
+CONTROL_GRACE = 1.0  # seconds a peer whose control connection dropped has to show its task one did too
 
 
 class Broker:
@@ -65,9 +68,12 @@ class Broker:
         self.shm = _shm.Segments(P.derive(secret, "shared memory")) if _shm.available() else None
         self.core = Scheduler(upstream, log=self.log, unlink=_shm.Segments.unlink)
         self.core.on_event = self._event
+        self.census = Census(self.core)
         self.fds: dict[int, tuple] = {}  # connection (fd) -> (identity, the peer that authenticated on it)
+        self.fds_of: dict[bytes, set] = {}  # peer uid -> its connections (fds)
         self.connected: set[bytes] = set()  # identities whose connection is watched
-        self._dropped: list = []            # peers whose connection dropped this round
+        self._dropped: list = []            # (when, peer): peers whose connection dropped
+        self._last_status = 0.0
         self.running = True
         self.reason = ""
         self.routed = 0       # messages routed (in and out), for capacity figures
@@ -107,7 +113,7 @@ class Broker:
         items = [(main, P.POLLIN), (monitor, P.POLLIN)] + [(sock, P.POLLIN) for sock in extras]
         poll = zmq.zmq_poll
         recv = self._recv
-        next_check = next_status = time.monotonic()
+        next_check = next_status = next_size = time.monotonic()
         try:
             while self.running:
                 if stop_event.is_set():
@@ -117,18 +123,20 @@ class Broker:
                 # connection losses first: a reused fd must not be blamed on the peer after it
                 if monitor in ready:
                     self._on_disconnects(monitor)
-                if main in ready:
+                more = main in ready or bool(self._dropped)
+                if more:
                     for _ in range(256):  # drain, but let dispatch and flushing run in between
-                        recv()
                         if not main.getsockopt(P.EVENTS) & P.POLLIN:
+                            more = False
                             break
+                        recv()
+                now = time.monotonic()
                 if self._dropped:
-                    self._apply_drops()
+                    self._apply_drops(now, more)
                 if extras and len(ready) > (main in ready) + (monitor in ready):
                     self._on_extra(dict.fromkeys(ready, P.POLLIN))
-                if core.queue:
+                if core.queue or core.pinned:
                     core.dispatch()
-                now = time.monotonic()
                 if not core.queue and core.tasks and now - self._last_steal_check > 0.005:
                     self._last_steal_check = now
                     core.steal(now)
@@ -136,13 +144,15 @@ class Broker:
                     self._flush()
                 if now >= next_check:
                     self._periodic(now)
-                    if core.size_due:
-                        core.send_size()
+                    if core.size_due and now >= next_size:
+                        core.send_size()  # a broadcast: at most once a second at 10,000 peers
+                        next_size = now + max(0.1, len(core.peers) / 10000)
                     next_check = now + 0.1
-                if now >= next_status or self._status_due:
+                interval = status_interval(self.census.total, self.status_interval)
+                if now >= next_status or (self._status_due and now - self._last_status >= interval / 4):
                     self._status_due = False
                     self._publish_status(now)
-                    next_status = now + self.status_interval
+                    next_status = now + interval
         finally:
             self._flush()
             self._publish_status(time.monotonic())
@@ -153,21 +163,32 @@ class Broker:
             self.auth.stop()
 
     def _on_disconnects(self, monitor):
-        """Connections that dropped: their peers are lost -- after the messages that arrived with
-        them are read (a goodbye or the cluster's end may be among them, and a peer that left
-        was not lost).  Read before those messages, so a reused socket is never blamed."""
+        """Connections that dropped: their peers are lost -- after every message that arrived
+        before is read (a result, a goodbye or the cluster's end may be among them, and a peer
+        that left was not lost).  Read before those messages, so a reused socket is never
+        blamed.  A control connection that drops alone gives its peer ``CONTROL_GRACE``: a
+        process that leaves closes it first, and its goodbye comes on the other one."""
+        now = time.monotonic()
         for _, fd in events(monitor):
             ident, peer = self.fds.pop(fd, (None, None))
             if ident is not None:
                 self.connected.discard(ident)
             if peer is not None:
-                self._dropped.append(peer)
+                fds = self.fds_of.get(peer.uid)
+                if fds is not None:
+                    fds.discard(fd)
+                self._dropped.append((now + (CONTROL_GRACE if ident[:1] == b"c" else 0.0), peer))
 
-    def _apply_drops(self):
-        dropped, self._dropped = self._dropped, []
-        for peer in dropped:
-            if self.running and peer.uid in self.core.peers:
+    def _apply_drops(self, now, more: bool):
+        """Peers whose connection dropped are lost once every message before the drop is read
+        (``more``: some may be left; a flood gets a second at most)."""
+        keep = []
+        for when, peer in self._dropped:
+            if when > now or (more and now - when < 1.0):
+                keep.append((when, peer))
+            elif self.running and peer.uid in self.core.peers:
                 self._lose(peer, "lost (its connection dropped)")
+        self._dropped = keep
 
     def _lose(self, peer: Peer, why: str):
         self._forget_fds(peer)
@@ -176,8 +197,11 @@ class Broker:
             self.shutdown(f"the origin {why}")
 
     def _forget_fds(self, peer):
-        for fd in [fd for fd, (_i, p) in self.fds.items() if p is peer]:
-            self.connected.discard(self.fds.pop(fd)[0])
+        for fd in self.fds_of.pop(peer.uid, ()):
+            entry = self.fds.get(fd)
+            if entry is not None and entry[1] is peer:
+                del self.fds[fd]
+                self.connected.discard(entry[0])
 
     def _recv(self):
         """One message from the ROUTER: identity, signed header, payload frames.  The first
@@ -263,6 +287,7 @@ class Broker:
 
     def _watch(self, ident, fd, peer):
         self.fds[fd] = (ident, peer)
+        self.fds_of.setdefault(peer.uid, set()).add(fd)
         self.connected.add(ident)
 
     def _send_now(self, ident, channel, hdr, body=P.EMPTY):
@@ -294,8 +319,9 @@ class Broker:
         self.core.credit(peer, P.COUNT.unpack(rec.hdr)[1])
 
     def _r_retire(self, peer, rec):
-        if peer.role == "origin":
-            self.core.retire(P.INDEX.unpack(rec.hdr)[1])
+        index = P.INDEX.unpack(rec.hdr)[1]
+        if peer.role == "origin" or index == peer.index:  # the origin scales down, or a walltime
+            self.core.retire(index)
 
     def _r_blob(self, peer, rec):
         self.core.blob(peer, rec)
@@ -320,8 +346,12 @@ class Broker:
         self.core.release(peer, P.task_id(rec.hdr))
 
     def _r_bye(self, peer, rec):
+        """A goodbye: everything the peer sent before is read, so nothing it finished runs again.
+        A worker waits for this answer before it exits (what it sent might be lost otherwise)."""
         self._forget_fds(peer)
         self.core.leave(peer, "retired" if peer.retiring else "left")
+        if peer.role == "worker":
+            self._send_now(b"t" + peer.uid, P.FROM_BROKER, P.SHUTDOWN, b"goodbye")
 
     def _r_shutdown(self, peer, rec):
         if peer.role == "origin":
@@ -390,6 +420,8 @@ class Broker:
         self._status_due = True
         if "worker" in data:
             data["worker"] = self.core.peer_info(data["worker"])
+            if kind == "left":
+                self.census.note_left(data["worker"]["id"])
         data["event"] = kind
         data["time"] = time.time()
         self._publish(P.EVENT, data)
@@ -401,27 +433,20 @@ class Broker:
         P.send(self.meta, self.signer, P.META, box)
 
     def _publish_status(self, now):
+        """A snapshot of a size that does not grow with the workers (scoop.census)."""
         core = self.core
+        self._last_status = now
         t0, d0 = self._rate_mark
         if now - t0 >= 1.0:
             self.rate = (core.done_total - d0) / (now - t0)
             self._rate_mark = (now, core.done_total)
-        workers = core.workers_info()
-        busy = sum(1 for w in workers if w.get("state") == "busy")
+        snap = self.census.snapshot()
         origin = core.origin
-        snap = {
-            "state": "running" if self.running else "stopped",
-            "time": time.time(),
-            "workers": workers,
-            "origin": core.peer_info(origin) if origin and origin.uid in core.peers else None,
-            "totals": {"workers": len(workers), "busy": busy / len(workers) if workers else 0.0,
-                       "done": core.done_total, "queued": len(core.queue), "in_flight": len(core.tasks),
-                       "running": sum(len(p.assigned) for p in core.peers.values()),
-                       "rate": round(self.rate, 1), "lost_workers": core.lost_workers,
-                       "dropped_messages": self.dropped, "routed_messages": self.routed,
-                       "cut_connections": self.cut},
-            "broker": {"main_port": self.main_port, "meta_port": self.meta_port},
-        }
+        snap.update(state="running" if self.running else "stopped", time=time.time(),
+                    origin=core.peer_info(origin) if origin and origin.uid in core.peers else None,
+                    broker={"main_port": self.main_port, "meta_port": self.meta_port})
+        snap["totals"].update(rate=round(self.rate, 1), dropped_messages=self.dropped,
+                              routed_messages=self.routed, cut_connections=self.cut)
         self._publish(P.STATUS, snap)
 
 

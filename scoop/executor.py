@@ -26,6 +26,7 @@ from .direct import DONE_DELAY
 from .errors import TaskInterrupted
 from .submitter import name_of
 
+FAREWELL_WAIT = 5.0  # seconds a retiring worker waits for the broker to answer its goodbye
 _HERE = {__file__, os.path.join(os.path.dirname(__file__), "_runtime.py")}
 
 
@@ -162,12 +163,18 @@ class Executor:
                 self._apply_interrupts()
             if hub.timers:
                 hub.fire_timers()
-            if self.retire_at is not None and time.time() >= self.retire_at:
+            if self.retire_at is not None and time.time() >= self.retire_at and not self.retiring:
                 self.retiring = True
+                out.add(P.INDEX.pack(P.RETIRE, rt.index))  # the broker sends no more
             if self.retiring:
                 self._release_pending()
                 if not ready and not hub.blocked and not pending:  # leased tasks stay and run
                     rt.goodbye()
+                    # the broker's answer says it read everything sent before: until then a
+                    # result could still be lost with this process, and its task run again
+                    deadline = monotonic() + FAREWELL_WAIT
+                    while monotonic() < deadline:
+                        rt.pump(0.1)  # its SHUTDOWN ends the process
                     return
             rt.flush()
             if ready or pending:

@@ -1,7 +1,34 @@
-"""Subscriber to the broker's meta stream: per-worker load snapshots and cluster events.
+"""Subscriber to the broker's meta stream: cluster snapshots and events.
 
 Observers (the Cluster object, the notebook dashboard, the lab panel) listen here instead of
 polling workers.  Only peers with the secret can subscribe (the handshake) and messages are signed.
+
+Each message is one signed record: STATUS (a snapshot) or EVENT, with a JSON body.  A snapshot
+comes every 0.2 s (every ``workers / 20000`` s beyond 4,000 workers), and soon after a join or
+a leave; its size does not grow with the workers (scoop.census):
+
+    state     "running" | "stopped";   time: epoch seconds;   tick: its sequence number
+    totals    workers (the whole cluster), busy (share 0..1), idle, retiring, done, queued,
+              in_flight, running (tasks held by workers), rate (tasks/s), lost_workers,
+              dropped_messages, routed_messages
+    hist      {"held": {"edges", "counts"}, "cpu": {"edges", "counts"}}: workers per bin of tasks
+              held and of CPU %, bins starting at each edge
+    top       {"busiest", "idle", "changed"}: worker ids (busiest first; idle ones; state changed
+              lately, latest last)
+    workers   records {id, name, host, pid, host_key, role, state, queued, running, blocked,
+              assigned, done, cpu, mem, retiring[, via: the sub-broker's index]}: every worker
+              while there are at most 256 (complete: true), else those named in top plus a page
+              of 64 that rotates over all of them (page: {start, size, of})
+    left      ids of workers gone since the previous snapshot
+    origin    the origin's record or null;   broker: {main_port, meta_port}
+
+An event is {event: "joined" | "left" | "retiring" | "const" | "shutdown", time, worker: record
+(joined, left, retiring), reason (left, shutdown), name (const)}.
+
+:class:`MetaSubscriber` keeps every worker's latest record (scoop.census.Book), so ``latest``
+and the callbacks see a snapshot whose ``workers`` lists every worker known; ``complete`` says
+whether that is all of them yet (a subscriber that joins a large cluster late has them all
+after one rotation).
 """
 from __future__ import annotations
 
@@ -12,6 +39,7 @@ import time
 import zmq
 
 from . import _protocol as P
+from .census import Book
 from .security import secure_client
 
 
@@ -25,6 +53,7 @@ class MetaSubscriber(threading.Thread):
         self.encryption = encryption
         self.ctx = context or zmq.Context.instance()
         self.latest: dict | None = None
+        self.book = Book()
         self.events: list[dict] = []
         self._callbacks: list = []
         self._lock = threading.Lock()
@@ -86,6 +115,8 @@ class MetaSubscriber(threading.Thread):
                         data = json.loads(bytes(recs[0].body))
                     except ValueError:
                         continue
+                    if kind == "status" and isinstance(data, dict):
+                        data = self.book.apply(data)
                     with self._cond:
                         if kind == "status":
                             self.latest = data

@@ -1,0 +1,191 @@
+"""What the meta stream says about the workers, at a size that does not grow with them.
+
+Publisher side (:class:`Census`, read by the broker): a snapshot carries exact totals, load
+histograms and the interesting workers -- the busiest, idle ones, and those whose state just
+changed -- plus every worker's record while there are at most ``FULL`` of them, and beyond that
+a page of records that rotates over all of them.  Subscriber side (:class:`Book`, in
+scoop.meta): records are kept by worker id, so a subscriber still sees every worker, each one
+refreshed at least once per rotation.  The message shape is documented in scoop.meta.  Pure
+logic over the scheduling core, no sockets: unit-tested in tests/test_census.py.
+"""
+from __future__ import annotations
+
+import heapq
+
+FULL = 256    # up to this many workers, each snapshot lists them all
+PAGE = 64     # beyond: records of a page that rotates over all workers, per snapshot
+TOP = 8       # busiest and idle workers named in each snapshot
+CHANGED = 16  # workers whose state changed lately, named in each snapshot
+HELD_EDGES = (0, 1, 2, 3, 5, 9, 17, 33, 65)  # lower edges of the "tasks held" histogram bins
+CPU_EDGES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90)  # lower edges of the CPU % bins
+
+
+def status_interval(workers: int, base: float = 0.2) -> float:
+    """Seconds between two snapshots: ``base`` up to 4,000 workers, then longer, so the scan
+    behind a snapshot stays a small share of the broker (~1 ms per 2,000 workers)."""
+    return max(base, workers / 20000)
+
+
+def _bin(edges, x) -> int:
+    i = len(edges) - 1
+    while i > 0 and x < edges[i]:
+        i -= 1
+    return i
+
+
+class Census:
+    """Builds the broker's snapshots from its scheduling core."""
+
+    def __init__(self, core):
+        self.core = core
+        self.tick = 0
+        self.cursor = 0
+        self.state: dict[str, str] = {}      # worker id -> state at the last snapshot
+        self.changed: dict[str, None] = {}   # ids whose state changed lately, oldest first
+        self.left: list[str] = []            # ids gone since the last snapshot
+        self.total = 0
+
+    def note_left(self, wid: str):
+        self.left.append(wid)
+        self.state.pop(wid, None)
+        self.changed.pop(wid, None)
+
+    def _sources(self):
+        """(id, the record or its peer) of every worker: direct ones and those behind sub-brokers."""
+        for p in self.core.peers.values():
+            if p.role == "worker":
+                yield str(p.index), p
+            elif p.role == "broker":
+                for w in p.load.get("workers", ()):
+                    yield str(w.get("id")), (p, w)
+
+    def _record(self, src) -> dict:
+        if type(src) is tuple:
+            broker, w = src
+            return dict(w, via=broker.index)
+        return self.core.peer_info(src)
+
+    def snapshot(self) -> dict:
+        """A snapshot without the broker's own figures (state, time, rate, ports: its part)."""
+        self.tick += 1
+        core = self.core
+        held_hist = [0] * len(HELD_EDGES)
+        cpu_hist = [0] * len(CPU_EDGES)
+        busiest: list = []  # heap of (held, n, id, src)
+        idle: list = []
+        items = []
+        busy = retiring = 0
+        state, changed = self.state, self.changed
+        n = 0
+        for wid, src in self._sources():
+            n += 1
+            if type(src) is tuple:
+                w = src[1]
+                held = w.get("assigned", 0) or 0
+                is_busy = w.get("state") == "busy"
+                cpu = w.get("cpu", 0.0) or 0.0
+                ret = bool(w.get("retiring"))
+            else:
+                load = src.load
+                held = src.held
+                is_busy = bool(held or load.get("running", 0))
+                cpu = load.get("cpu", 0.0) or 0.0
+                ret = src.retiring
+            if not isinstance(held, int) or not isinstance(cpu, (int, float)):
+                held, cpu = 0, 0.0
+            items.append((wid, src))
+            held_hist[_bin(HELD_EDGES, held)] += 1
+            cpu_hist[_bin(CPU_EDGES, cpu)] += 1
+            s = "retiring" if ret else "busy" if is_busy else "idle"
+            if state.get(wid) != s:
+                state[wid] = s
+                changed.pop(wid, None)
+                changed[wid] = None
+            busy += is_busy
+            retiring += ret
+            if held or is_busy:
+                if len(busiest) < TOP:
+                    heapq.heappush(busiest, (held, n, wid, src))
+                elif held > busiest[0][0]:
+                    heapq.heapreplace(busiest, (held, n, wid, src))
+            elif len(idle) < TOP:
+                idle.append((wid, src))
+        while len(changed) > 4 * CHANGED:
+            del changed[next(iter(changed))]
+        self.total = n
+        busiest = [(wid, src) for _h, _n, wid, src in sorted(busiest, reverse=True)]
+        recent = list(changed)[-CHANGED:]
+        if n <= FULL:
+            records = [self._record(src) for _wid, src in items]
+            page = {"start": 0, "size": n, "of": n}
+        else:
+            start = self.cursor % n
+            chosen = dict(busiest)
+            chosen.update(idle)
+            by_id = None
+            for wid in recent:
+                if wid not in chosen:
+                    if by_id is None:
+                        by_id = dict(items)
+                    if wid in by_id:
+                        chosen[wid] = by_id[wid]
+            paged = items[start:start + PAGE]
+            if len(paged) < PAGE:
+                paged += items[:PAGE - len(paged)]
+            chosen.update(paged)
+            self.cursor = start + PAGE
+            records = [self._record(src) for src in chosen.values()]
+            page = {"start": start, "size": len(paged), "of": n}
+        left, self.left = self.left, []
+        return {
+            "tick": self.tick,
+            "workers": records,
+            "complete": n <= FULL,
+            "page": page,
+            "left": left,
+            "totals": {"workers": core.size() if core.upstream is None else n, "busy": busy / n if n else 0.0,
+                       "idle": n - busy, "retiring": retiring,
+                       "done": core.done_total, "queued": core.queued(), "in_flight": len(core.tasks),
+                       "running": core.n_assigned, "lost_workers": core.lost_workers},
+            "hist": {"held": {"edges": list(HELD_EDGES), "counts": held_hist},
+                     "cpu": {"edges": list(CPU_EDGES), "counts": cpu_hist}},
+            "top": {"busiest": [wid for wid, _ in busiest], "idle": [wid for wid, _ in idle],
+                    "changed": recent},
+        }
+
+
+class Book:
+    """Subscriber side: every worker's latest record, from complete snapshots or from pages."""
+
+    def __init__(self):
+        self.records: dict[str, dict] = {}
+        self.seen: dict[str, int] = {}
+
+    def apply(self, snap: dict) -> dict:
+        """The snapshot as today's readers expect it: ``workers`` lists every worker known."""
+        workers = snap.get("workers")
+        if not isinstance(workers, list):
+            return snap
+        if snap.get("complete", True):
+            self.records = {str(w.get("id")): w for w in workers if isinstance(w, dict)}
+            self.seen = dict.fromkeys(self.records, snap.get("tick", 0))
+            return snap
+        tick = snap.get("tick", 0)
+        records, seen = self.records, self.seen
+        for wid in snap.get("left", ()):
+            records.pop(str(wid), None)
+            seen.pop(str(wid), None)
+        for w in workers:
+            if isinstance(w, dict):
+                wid = str(w.get("id"))
+                records[wid] = w
+                seen[wid] = tick
+        total = (snap.get("totals") or {}).get("workers")
+        if isinstance(total, int) and len(records) > total:
+            # leaves this subscriber missed: the records not refreshed for longest go
+            for wid in heapq.nsmallest(len(records) - total, seen, key=seen.get):
+                records.pop(wid, None)
+                seen.pop(wid, None)
+        out = dict(snap, workers=list(records.values()))
+        out["complete"] = isinstance(total, int) and len(records) == total
+        return out
