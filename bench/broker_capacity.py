@@ -1,27 +1,38 @@
-"""Broker capacity: how much one broker process routes, with 1,000 simulated worker connections.
+"""Broker capacity: how much one broker process routes, and what it costs, with 1,000 to 10,000
+simulated worker connections (or 50,000 through sub-brokers, ``--federation``).
 
 A real broker (``python -m scoop.broker``) is started as the launcher starts it.  Simulated
 workers (DEALER sockets speaking the wire protocol: CURVE handshake with keys from the cluster's secret,
-signed header frames, split over two processes) take tasks
-on credit and answer each at once; a simulated origin keeps a window of small tasks in flight.
-Task execution is out of the picture: what is measured is the broker's routing.
+signed header frames) take tasks on credit and answer each at once; a simulated origin keeps a
+window of small tasks in flight.  Task execution is out of the picture: what is measured is the
+broker's routing.  The benchmark scales itself: ``--per-proc`` connections per simulating
+process (each with its own ZeroMQ context, under the 1,023 sockets a context allows by default),
+as many processes as that takes, and the descriptor limit raised to its hard maximum (said on
+stderr).
 
-Printed (one JSON line, like the other workloads):
+Printed (one JSON line per size, then a table with the goals):
+  join_s           from the first simulated worker connecting to the origin hearing all joined
+  broker_kib_per_worker   broker RSS growth per connected worker (KiB); with --baseline, the
+                   same for a bare ROUTER with the same handshake (libzmq's own cost) beside it
   tasks_per_s      tasks completed per second (each: submit -> worker -> result -> submitter)
   records_per_s    task and result records routed per second (2 per task)
-  zmq_msgs_per_s   ZeroMQ messages the broker received and sent per second (batches)
   broker_cpu       the broker process's CPU use during the measurement (1.0 = one core)
   records_per_broker_cpu_s   records routed per second of broker CPU: its capacity on one core,
                    whatever share of the machine the simulators take
+  meta_bytes_per_s bytes per second one meta-stream subscriber receives during the measurement
 
     python bench/broker_capacity.py [--workers 1000] [--seconds 8] [--window 20000]
+    python bench/broker_capacity.py --table 1000 2000 5000 10000 --seconds 4 --baseline
+    python bench/broker_capacity.py --federation 5 --workers 50000 --seconds 6
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -35,15 +46,52 @@ from scoop.security import secure_client
 BODY = b"\x80\x05" + b"x" * 62  # a small task body; never unpickled by anyone here
 
 
-def start_broker(secret: bytes):
+def raise_fd_limit(need: int):
+    """Every connection is a descriptor on each side: the soft limit goes to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        sys.stderr.write(f"broker_capacity: raised the descriptor limit from {soft} to {hard}\n")
+    if hard < need:
+        raise SystemExit(f"broker_capacity: {need} descriptors needed, the hard limit is {hard} "
+                         f"(raise it: ulimit -Hn, or limits.conf)")
+    lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    return hi - lo + 1
+
+
+def start_broker(secret: bytes, upstream: str | None = None):
     cfg = {"secret": secret.hex(), "main": "tcp://127.0.0.1:0", "meta": "tcp://127.0.0.1:0",
            "heartbeat_timeout": 600}
+    if upstream:
+        cfg["upstream"] = upstream
     proc = subprocess.Popen([sys.executable, "-m", "scoop.broker"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE)
     proc.stdin.write((json.dumps(cfg) + "\n").encode())
     proc.stdin.flush()
     ports = json.loads(proc.stdout.readline())
     return proc, ports["main_port"], ports["meta_port"]
+
+
+def bare_router(secret: bytes, port_q, stop):
+    """libzmq's own cost per connection: a ROUTER with the broker's handshake and options that
+    reads and drops every message."""
+    from scoop.liveness import configure_socket
+    from scoop.security import Authenticator, secure_server
+    ctx = zmq.Context()
+    auth = Authenticator(ctx, secret)
+    s = ctx.socket(zmq.ROUTER)
+    for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 0)):
+        s.setsockopt(opt, val)
+    configure_socket(s, 600)
+    secure_server(s, secret, "tcp://127.0.0.1:0")
+    port_q.put(s.bind_to_random_port("tcp://127.0.0.1"))
+    while not stop.is_set():
+        if s.poll(100):
+            while s.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                s.recv_multipart()
+    s.close(0)
+    auth.stop()
+    ctx.term()
 
 
 def _record(hdr: bytes, body: bytes = b"") -> bytes:
@@ -80,14 +128,16 @@ def _records(header):
         i = s + hl + bl + nr * rsz
 
 
-def simulated_workers(port, secret, count, credit, stop, ready):
-    """``count`` worker connections in one process: answer every task at once."""
+def simulated_workers(ports, secret, count, credit, stop, ready):
+    """``count`` worker connections in one process (one context): answer every task at once.
+    ``ports``: the brokers to spread them over (the root's sub-brokers, or the one broker)."""
     signer = P.Signer(secret)
     ctx = zmq.Context()
+    ctx.max_sockets = count + 16
     socks = []
     poller = zmq.Poller()
     for k in range(count):
-        s, hello = _connect(ctx, port, secret, "worker", f"sim{os.getpid()}-{k}")
+        s, hello = _connect(ctx, ports[k % len(ports)], secret, "worker", f"sim{os.getpid()}-{k}")
         _send(s, signer, hello + _record(P.COUNT.pack(P.CREDIT, credit)))
         poller.register(s, zmq.POLLIN)
         socks.append(s)
@@ -125,34 +175,100 @@ def simulated_workers(port, secret, count, credit, stop, ready):
     ctx.term()
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workers", type=int, default=1000)
-    ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--window", type=int, default=20000, help="tasks in flight")
-    ap.add_argument("--batch", type=int, default=500, help="tasks per submit message")
-    ap.add_argument("--credit", type=int, default=64, help="credit per simulated worker")
-    ap.add_argument("--procs", type=int, default=2, help="processes simulating the workers")
-    a = ap.parse_args(argv)
+class Sims:
+    """The simulating processes: ``per_proc`` connections each."""
 
+    def __init__(self, ports, secret, workers, per_proc, credit):
+        self.stop = mp.Event()
+        self.ready = mp.Queue()
+        procs = max(1, math.ceil(workers / per_proc))
+        shares = [workers // procs + (1 if i < workers % procs else 0) for i in range(procs)]
+        self.procs = [mp.Process(target=simulated_workers, daemon=True,
+                                 args=(ports, secret, n, credit, self.stop, self.ready)) for n in shares]
+
+    def start(self):
+        for p in self.procs:
+            p.start()
+
+    def wait_connected(self, timeout=300):
+        for _ in self.procs:
+            self.ready.get(timeout=timeout)
+
+    def end(self):
+        self.stop.set()
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def _rss(pid) -> int:
+    return psutil.Process(pid).memory_info().rss
+
+
+def baseline_kib(secret, workers, per_proc) -> float:
+    """RSS growth per connection of a bare ROUTER (libzmq's buffers and handshake state)."""
+    port_q, stop = mp.Queue(), mp.Event()
+    router = mp.Process(target=bare_router, args=(secret, port_q, stop), daemon=True)
+    router.start()
+    port = port_q.get(timeout=30)
+    time.sleep(0.5)
+    before = _rss(router.pid)
+    sims = Sims([port], secret, workers, per_proc, 1)
+    try:
+        sims.start()
+        sims.wait_connected()
+        time.sleep(2.0)  # handshakes and hellos done
+        grown = _rss(router.pid) - before
+    finally:
+        sims.end()
+        stop.set()
+        router.join(5)
+        if router.is_alive():
+            router.kill()
+    return grown / workers / 1024
+
+
+def _joined(origin, signer, want, timeout) -> float | None:
+    """Waits until the origin hears the cluster has ``want`` workers; returns when."""
+    deadline = time.monotonic() + timeout
+    size = 0
+    while size < want and time.monotonic() < deadline:
+        if not origin.poll(200):
+            continue
+        while origin.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            recs = P.recv_verified(origin, signer, P.FROM_BROKER)
+            for rec in recs or ():
+                if rec.hdr[:1] == P.SIZE:
+                    size = max(size, P.SIZE_HEADER.unpack(rec.hdr)[1])
+    return time.monotonic() if size >= want else None
+
+
+def measure(a, workers: int) -> dict:
     secret = P.new_secret()
     signer = P.Signer(secret)
-    broker, port, _meta = start_broker(secret)
+    broker, port, meta_port = start_broker(secret)
+    subs = []
+    ports = [port]
+    for _ in range(a.federation):
+        sub, sport, _m = start_broker(secret, upstream=f"tcp://127.0.0.1:{port}")
+        subs.append(sub)
+        ports.append(sport)
+    if a.federation:
+        ports = ports[1:]  # workers behind the sub-brokers only
     ctx = zmq.Context()
-    stop = mp.Event()
-    ready = mp.Queue()
-    sims = [mp.Process(target=simulated_workers, daemon=True,
-                       args=(port, secret, a.workers // a.procs, a.credit, stop, ready))
-            for _ in range(a.procs)]
+    sims = Sims(ports, secret, workers, a.per_proc, a.credit)
     origin, hello = _connect(ctx, port, secret, "origin", "origin")
+    meta = ctx.socket(zmq.SUB)
+    secure_client(meta, secret, f"tcp://127.0.0.1:{meta_port}")
+    meta.setsockopt(zmq.SUBSCRIBE, b"")
+    meta.connect(f"tcp://127.0.0.1:{meta_port}")
+    out = {"bench": "broker_capacity", "workers": workers, "sub_brokers": a.federation,
+           "sim_processes": len(sims.procs), "window": a.window, "batch": a.batch}
     try:
-        for p in sims:
-            p.start()
-        for _ in sims:
-            ready.get(timeout=120)
         digest = P.digest(b"fn")
         _send(origin, signer, hello + _record(P.BLOB_HEADER.pack(P.BLOB, digest), b"fn"))
-        # wait for the welcome: its index gives unique task ids
         index = None
         deadline = time.monotonic() + 60
         while index is None:
@@ -160,84 +276,140 @@ def main(argv=None):
                 raise SystemExit("broker_capacity: no welcome from the broker")
             if not origin.poll(1000):
                 continue
-            recs = P.recv_verified(origin, signer, P.FROM_BROKER)
-            for rec in recs or ():
+            for rec in P.recv_verified(origin, signer, P.FROM_BROKER) or ():
                 if rec.hdr[:1] == P.WELCOME:
                     index = json.loads(bytes(rec.body))["index"]
         time.sleep(0.5)
-        seq = 0
-        in_flight = 0
-        done = 0
-        bp = psutil.Process(broker.pid)
-        marks = []
-        t_end = time.monotonic() + a.seconds
-        t_measure = time.monotonic() + min(2.0, a.seconds / 4)  # warm-up first
-        pack = P.TASK_HEADER.pack
-        task_prefix = P.REC.pack(P.TASK_HEADER.size, len(BODY), 0)
-        result_byte = P.RESULT[0]
-        while True:
-            now = time.monotonic()
-            if not marks and now >= t_measure:
-                marks.append((now, done, bp.cpu_times()))
-            if now >= t_end:
-                break
-            while in_flight < a.window:
-                pieces = []
-                for _ in range(a.batch):
-                    seq += 1
-                    pieces += (task_prefix, pack(P.TASK, (index << 40) | seq, 0, digest, 1, 0), BODY)
-                _send(origin, signer, b"".join(pieces))
-                in_flight += a.batch
-            if origin.poll(50):
-                while origin.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    parts = [origin.recv()]
-                    while origin.getsockopt(zmq.RCVMORE):
-                        parts.append(origin.recv())
-                    n = sum(1 for t, _ in _records(parts[0]) if t == result_byte)
-                    done += n
-                    in_flight -= n
-        t1, d1, c1 = time.monotonic(), done, bp.cpu_times()
-        t0, d0, c0 = marks[0]
-        # the broker counts the ZeroMQ messages it routed; ask its meta stream for the figure
-        sub = ctx.socket(zmq.SUB)
-        secure_client(sub, secret, f"tcp://127.0.0.1:{_meta}")
-        sub.setsockopt(zmq.SUBSCRIBE, P.STATUS)
-        sub.connect(f"tcp://127.0.0.1:{_meta}")
-        routed = None
-        deadline = time.monotonic() + 3
-        while routed is None and time.monotonic() < deadline and sub.poll(500):
-            msg = sub.recv_multipart()
-            if len(msg) == 2 and signer.check(P.META, msg[1]):
-                recs = P.parse(msg[1], [])
-                if recs and recs[0].hdr[:1] == P.STATUS:
-                    routed = json.loads(bytes(recs[0].body)).get("totals", {}).get("routed_messages")
-        sub.close(0)
-        tasks_per_s = (d1 - d0) / (t1 - t0)
-        cpu = ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0)
-        total_elapsed = a.seconds + 0.5
-        print(json.dumps({
-            "bench": "broker_capacity", "workers": a.workers, "window": a.window, "batch": a.batch,
-            "tasks_per_s": round(tasks_per_s), "records_per_s": round(2 * tasks_per_s),
-            "zmq_msgs_per_s": round(routed / total_elapsed) if routed else None,
-            "broker_cpu": round(cpu, 2), "tasks_done": done,
-            # what one core of broker routes: independent of the simulators' own CPU needs
-            "records_per_broker_cpu_s": round(2 * tasks_per_s / cpu) if cpu > 0 else None,
-        }))
+        rss0 = _rss(broker.pid)
+        t_connect = time.monotonic()
+        sims.start()
+        # a federation's root hears of workers behind sub-brokers from their load reports
+        t_joined = _joined(origin, signer, workers, 120)
+        out["join_s"] = round(t_joined - t_connect, 2) if t_joined else None
+        sims.wait_connected()
+        time.sleep(1.0)
+        out["broker_kib_per_worker"] = round((_rss(broker.pid) - rss0) / workers / 1024, 1)
+        if subs:
+            out["sub_broker_kib_per_worker"] = round(
+                sum(_rss(s.pid) for s in subs) / workers / 1024, 1)
+        out.update(_load(a, origin, signer, index, digest, broker, subs, meta))
     finally:
-        # the broker first: simulators dropping their connections would be reported as losses
+        # the brokers first: simulators dropping their connections would be reported as losses
         origin.close(0)
-        broker.stdin.close()
-        try:
-            broker.wait(5)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-            broker.wait()
-        stop.set()
-        for p in sims:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
+        meta.close(0)
+        for b in [broker] + subs:
+            b.stdin.close()
+        for b in [broker] + subs:
+            try:
+                b.wait(10)
+            except subprocess.TimeoutExpired:
+                b.kill()
+                b.wait()
+        sims.end()
         ctx.term()
+    if a.baseline:
+        out["zmq_kib_per_connection"] = round(baseline_kib(secret, workers, a.per_proc), 1)
+    return out
+
+
+def _load(a, origin, signer, index, digest, broker, subs, meta) -> dict:
+    seq = in_flight = done = 0
+    bp = psutil.Process(broker.pid)
+    sps = [psutil.Process(s.pid) for s in subs]
+    marks = []
+    meta_bytes = 0
+    t_end = time.monotonic() + a.seconds
+    t_measure = time.monotonic() + min(2.0, a.seconds / 4)  # warm-up first
+    pack = P.TASK_HEADER.pack
+    task_prefix = P.REC.pack(P.TASK_HEADER.size, len(BODY), 0)
+    result_byte = P.RESULT[0]
+    while True:
+        now = time.monotonic()
+        if not marks and now >= t_measure:
+            marks.append((now, done, bp.cpu_times(), [s.cpu_times() for s in sps]))
+            while meta.poll(0):
+                meta.recv_multipart()
+            meta_bytes = 0
+        if now >= t_end:
+            break
+        while in_flight < a.window:
+            pieces = []
+            for _ in range(a.batch):
+                seq += 1
+                pieces += (task_prefix, pack(P.TASK, (index << 40) | seq, 0, digest, 1, 0), BODY)
+            _send(origin, signer, b"".join(pieces))
+            in_flight += a.batch
+        while meta.poll(0):
+            meta_bytes += sum(len(f) for f in meta.recv_multipart())
+        if origin.poll(50):
+            while origin.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                parts = [origin.recv()]
+                while origin.getsockopt(zmq.RCVMORE):
+                    parts.append(origin.recv())
+                n = sum(1 for t, _ in _records(parts[0]) if t == result_byte)
+                done += n
+                in_flight -= n
+    t1, d1, c1, s1 = time.monotonic(), done, bp.cpu_times(), [s.cpu_times() for s in sps]
+    t0, d0, c0, s0 = marks[0]
+    tasks_per_s = (d1 - d0) / (t1 - t0)
+    cpu = ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0)
+    out = {"tasks_per_s": round(tasks_per_s), "records_per_s": round(2 * tasks_per_s),
+           "broker_cpu": round(cpu, 2), "tasks_done": done,
+           # what one core of broker routes: independent of the simulators' own CPU needs
+           "records_per_broker_cpu_s": round(2 * tasks_per_s / cpu) if cpu > 0 else None,
+           "meta_bytes_per_s": round(meta_bytes / (t1 - t0))}
+    if subs:
+        out["sub_broker_cpu"] = [round(((b.user + b.system) - (a_.user + a_.system)) / (t1 - t0), 2)
+                                 for a_, b in zip(s0, s1)]
+    return out
+
+
+def table(rows):
+    """The goals of the scale issue next to the figures."""
+    base = next((r for r in rows if r["workers"] == 1000), rows[0])
+    lines = ["| workers | join s (≤10) | tasks/s | records / broker CPU-s | × 1,000's (≥0.8) | broker CPU "
+             "| broker KiB/worker | libzmq KiB/conn | above libzmq (≤20 KB) | meta B/s (≤200 KB/s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cap = r.get("records_per_broker_cpu_s") or 0
+        ratio = cap / base["records_per_broker_cpu_s"] if base.get("records_per_broker_cpu_s") else 0
+        z = r.get("zmq_kib_per_connection")
+        above = f'{(r["broker_kib_per_worker"] - z) * 1.024:.1f} KB' if z is not None else "–"
+        lines.append(f'| {r["workers"]:,} | {r.get("join_s")} | {r["tasks_per_s"]:,} | {cap:,} | {ratio:.2f} '
+                     f'| {r["broker_cpu"]} | {r["broker_kib_per_worker"]} | {z if z is not None else "–"} '
+                     f'| {above} | {r["meta_bytes_per_s"]:,} |')
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=1000)
+    ap.add_argument("--table", type=int, nargs="+", metavar="WORKERS",
+                    help="measure each size in turn and print a table against the goals")
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--window", type=int, default=20000, help="tasks in flight")
+    ap.add_argument("--batch", type=int, default=500, help="tasks per submit message")
+    ap.add_argument("--credit", type=int, default=64, help="credit per simulated worker")
+    ap.add_argument("--per-proc", type=int, default=500,
+                    help="simulated workers per process (each process has its own ZeroMQ context)")
+    ap.add_argument("--federation", type=int, default=0, metavar="K",
+                    help="K sub-brokers under the root; the simulated workers connect to them")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also measure a bare ROUTER's memory per connection (libzmq's own)")
+    a = ap.parse_args(argv)
+    sizes = a.table or [a.workers]
+    if min(sizes) < 1 or a.per_proc < 1 or a.per_proc > 1000:
+        raise SystemExit("broker_capacity: workers must be positive and --per-proc between 1 and 1000")
+    ports = raise_fd_limit(max(sizes) + 1000)
+    if max(sizes) > ports * max(1, a.federation or 1):
+        sys.stderr.write(f"broker_capacity: {max(sizes)} connections, {ports} local ports per destination\n")
+    rows = []
+    for n in sizes:
+        row = measure(a, n)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    if a.table:
+        print(table(rows))
 
 
 if __name__ == "__main__":

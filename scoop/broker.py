@@ -363,6 +363,8 @@ class Broker:
     def _c_load(self, peer, rec):
         try:
             self.core.set_load(peer, json.loads(bytes(rec.body)))
+            if peer.role == "broker":
+                self.census.note_load(peer)
         except ValueError:
             pass
 
@@ -419,9 +421,12 @@ class Broker:
     def _event(self, kind, **data):
         self._status_due = True
         if "worker" in data:
-            data["worker"] = self.core.peer_info(data["worker"])
+            peer = data["worker"]
+            data["worker"] = self.core.peer_info(peer)
             if kind == "left":
                 self.census.note_left(data["worker"]["id"])
+                if peer.role == "broker":
+                    self.census.note_gone(peer)
         data["event"] = kind
         data["time"] = time.time()
         self._publish(P.EVENT, data)

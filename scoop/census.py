@@ -7,6 +7,10 @@ a page of records that rotates over all of them.  Subscriber side (:class:`Book`
 scoop.meta): records are kept by worker id, so a subscriber still sees every worker, each one
 refreshed at least once per rotation.  The message shape is documented in scoop.meta.  Pure
 logic over the scheduling core, no sockets: unit-tested in tests/test_census.py.
+
+A sub-broker sends the root its own snapshot as its load report (with the count and hosts of its
+workers): the root adds up the totals and histograms, and keeps the records in one Book per
+sub-broker, so its work per report grows with the snapshot, not with the workers behind it.
 """
 from __future__ import annotations
 
@@ -24,6 +28,20 @@ def status_interval(workers: int, base: float = 0.2) -> float:
     """Seconds between two snapshots: ``base`` up to 4,000 workers, then longer, so the scan
     behind a snapshot stays a small share of the broker (~1 ms per 2,000 workers)."""
     return max(base, workers / 20000)
+
+
+def _check_summary(load: dict):
+    """A sub-broker's report must have the shape a snapshot has (what the root reads of it)."""
+    t, top, hist = load.get("totals"), load.get("top"), load.get("hist")
+    ok = (isinstance(t, dict) and isinstance(t.get("idle", 0), int) and isinstance(t.get("retiring", 0), int)
+          and isinstance(top, dict)
+          and all(isinstance(top.get(k, []), list) for k in ("busiest", "idle", "changed"))
+          and isinstance(hist, dict)
+          and all(isinstance(hist.get(k), dict) and isinstance(hist[k].get("counts"), list)
+                  and all(isinstance(c, int) for c in hist[k]["counts"]) for k in ("held", "cpu"))
+          and isinstance(load.get("left", []), list))
+    if not ok:
+        raise ValueError("a sub-broker's report must have the shape of a snapshot")
 
 
 def _bin(edges, x) -> int:
@@ -44,6 +62,35 @@ class Census:
         self.changed: dict[str, None] = {}   # ids whose state changed lately, oldest first
         self.left: list[str] = []            # ids gone since the last snapshot
         self.total = 0
+        self.books: dict[bytes, Book] = {}   # sub-broker uid -> the records of its workers
+        self.summaries: dict[bytes, dict] = {}  # sub-broker uid -> its last report, checked
+
+    def note_load(self, peer):
+        """A sub-broker's report (its snapshot): checked, its records go to its book; a bad one
+        is a ValueError and changes nothing."""
+        load = peer.load
+        if "count" not in load:
+            return  # every record, as the report itself: read at each snapshot
+        _check_summary(load)
+        self.summaries[peer.uid] = load
+        book = self.books.get(peer.uid)
+        if book is None:
+            book = self.books[peer.uid] = Book()
+        before = set(book.records) if load.get("complete", True) else None
+        book.apply(load)
+        gone = [str(w) for w in load.get("left", ())]
+        if before is not None:
+            gone += [w for w in before if w not in book.records]
+        for wid in gone:
+            self.note_left(wid)
+
+    def note_gone(self, peer):
+        """A sub-broker left: the workers behind it with it."""
+        self.summaries.pop(peer.uid, None)
+        book = self.books.pop(peer.uid, None)
+        if book is not None:
+            for wid in book.records:
+                self.note_left(wid)
 
     def note_left(self, wid: str):
         self.left.append(wid)
@@ -56,8 +103,26 @@ class Census:
             if p.role == "worker":
                 yield str(p.index), p
             elif p.role == "broker":
-                for w in p.load.get("workers", ()):
+                book = self.books.get(p.uid)
+                for w in book.records.values() if book is not None else p.load.get("workers", ()):
                     yield str(w.get("id")), (p, w)
+
+    def _add_summaries(self, held_hist, cpu_hist) -> dict:
+        """Sub-brokers whose report is a snapshot: their histograms are added here (their
+        workers are not looked at one by one)."""
+        summed = {}
+        for uid, load in self.summaries.items():
+            p = self.core.peers.get(uid)
+            if p is None:
+                continue
+            hist = load["hist"]
+            for mine, key in ((held_hist, "held"), (cpu_hist, "cpu")):
+                counts = hist[key]["counts"]
+                if len(counts) == len(mine):
+                    for i, k in enumerate(counts):
+                        mine[i] += k
+            summed[uid] = (p, load)
+        return summed
 
     def _record(self, src) -> dict:
         if type(src) is tuple:
@@ -77,8 +142,12 @@ class Census:
         busy = retiring = 0
         state, changed = self.state, self.changed
         n = 0
+        summed = self._add_summaries(held_hist, cpu_hist)
         for wid, src in self._sources():
             n += 1
+            if type(src) is tuple and src[0].uid in summed:
+                items.append((wid, src))  # counted in its sub-broker's totals and histograms
+                continue
             if type(src) is tuple:
                 w = src[1]
                 held = w.get("assigned", 0) or 0
@@ -110,16 +179,41 @@ class Census:
                     heapq.heapreplace(busiest, (held, n, wid, src))
             elif len(idle) < TOP:
                 idle.append((wid, src))
+        for p, load in summed.values():
+            t = load.get("totals", {})
+            busy += max(0, p.behind - t.get("idle", p.behind))
+            retiring += t.get("retiring", 0)
+            top = load.get("top", {})
+            book = self.books.get(p.uid)
+            for wid in top.get("busiest", ()):
+                w = book.records.get(str(wid))
+                if w is not None:
+                    held = w.get("assigned", 0)
+                    held = held if isinstance(held, int) else 0
+                    if len(busiest) < TOP:
+                        heapq.heappush(busiest, (held, n, str(wid), (p, w)))
+                    elif held > busiest[0][0]:
+                        heapq.heapreplace(busiest, (held, n, str(wid), (p, w)))
+            for wid in top.get("idle", ())[:TOP - len(idle)]:
+                w = book.records.get(str(wid))
+                if w is not None:
+                    idle.append((str(wid), (p, w)))
+            for wid in top.get("changed", ()):
+                changed.pop(str(wid), None)
+                changed[str(wid)] = None
         while len(changed) > 4 * CHANGED:
             del changed[next(iter(changed))]
+        listed = n  # workers whose record is here
+        if core.upstream is None:
+            n = core.size()  # with those behind sub-brokers whose records have not all come yet
         self.total = n
         busiest = [(wid, src) for _h, _n, wid, src in sorted(busiest, reverse=True)]
         recent = list(changed)[-CHANGED:]
-        if n <= FULL:
+        if n <= FULL and listed == n:
             records = [self._record(src) for _wid, src in items]
             page = {"start": 0, "size": n, "of": n}
         else:
-            start = self.cursor % n
+            start = self.cursor % max(1, listed)
             chosen = dict(busiest)
             chosen.update(idle)
             by_id = None
@@ -140,10 +234,10 @@ class Census:
         return {
             "tick": self.tick,
             "workers": records,
-            "complete": n <= FULL,
+            "complete": n <= FULL and listed == n,
             "page": page,
             "left": left,
-            "totals": {"workers": core.size() if core.upstream is None else n, "busy": busy / n if n else 0.0,
+            "totals": {"workers": n, "busy": busy / n if n else 0.0,
                        "idle": n - busy, "retiring": retiring,
                        "done": core.done_total, "queued": core.queued(), "in_flight": len(core.tasks),
                        "running": core.n_assigned, "lost_workers": core.lost_workers},

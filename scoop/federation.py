@@ -18,6 +18,7 @@ import zmq
 
 from . import _protocol as P
 from .broker import Broker
+from .census import Census, status_interval
 from .liveness import LOAD_INTERVAL, configure_socket
 from .scheduling import Peer
 from .security import secure_client
@@ -29,6 +30,7 @@ class SubBroker(Broker):
         # to it through the ordinary routing
         self.upstream = Peer(b"^", 0, {"role": "upstream", "host": "upstream"}, set())
         super().__init__(secret, main_addr, meta_addr, upstream=self.upstream, **kw)
+        self.report = Census(self.core)  # what the root hears of our workers
         self.upstream.out.dirty = self.upstream.cout.dirty = self.core.dirty
         uid = os.urandom(8).hex().encode()
         self.up = self._dealer(b"t" + uid, upstream)
@@ -159,13 +161,21 @@ class SubBroker(Broker):
 
     # ---- to the root ------------------------------------------------------------------------------
     def _periodic(self, now):
+        """The load report to the root: a snapshot of this broker's workers (scoop.census), of a
+        size that does not grow with them, with their count and hosts."""
         if now >= self.next_beat:
-            self.next_beat = now + LOAD_INTERVAL
-            workers = [self.core.peer_info(p) for p in self.core.peers.values() if p.role == "worker"]
-            load = {"workers": workers, "queued": len(self.core.queue),
-                    "running": sum(w["running"] for w in workers),
-                    "done": sum(w["done"] for w in workers)}
+            core = self.core
+            self.next_beat = now + status_interval(core.n_workers, LOAD_INTERVAL)
+            load = self.report.snapshot()
+            load.update(count=core.n_workers, hosts={str(k): v for k, v in core.host_refs.items()},
+                        queued=core.queued(), running=core.n_assigned, done=core.done_total)
             self.upstream.cout.add(P.LOAD, json.dumps(load).encode())
+
+    def _event(self, kind, **data):
+        peer = data.get("worker")
+        if kind == "left" and peer is not None:
+            self.report.note_left(str(peer.index))
+        super()._event(kind, **data)
 
     def _flush(self):
         core = self.core

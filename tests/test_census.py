@@ -8,8 +8,9 @@ from scoop.census import Book, Census
 from scoop.scheduling import Scheduler
 
 
-def cluster(n: int, held_every: int = 0):
+def cluster(n: int, held_every: int = 0, first_index: int = 1):
     core = Scheduler()
+    core.next_index = first_index
     core.join(b"origin", {"role": "origin", "host": "h0", "host_key": 1})
     peers = [core.join(f"w{i}".encode(), {"role": "worker", "name": f"w{i}", "host": f"h{i % 8}",
                                           "host_key": 2 + i % 8}) for i in range(n)]
@@ -68,3 +69,51 @@ def test_old_snapshots_without_pages_replace_the_book():
     book = Book()
     book.apply({"workers": [{"id": "1"}, {"id": "2"}], "totals": {"workers": 2}})
     assert [w["id"] for w in book.apply({"workers": [{"id": "2"}], "totals": {"workers": 1}})["workers"]] == ["2"]
+
+
+def report(sub_core, sub_census) -> dict:
+    """What a sub-broker sends the root (scoop.federation.SubBroker._periodic)."""
+    load = sub_census.snapshot()
+    load.update(count=sub_core.n_workers, hosts={str(k): v for k, v in sub_core.host_refs.items()},
+                queued=0, running=sub_core.n_assigned, done=sub_core.done_total)
+    return json.loads(json.dumps(load))
+
+
+def test_the_root_adds_up_sub_broker_reports_of_a_bounded_size():
+    root = Scheduler()
+    root.join(b"origin", {"role": "origin", "host_key": 1})
+    subs = []
+    for k in range(3):
+        sub_core, _ = cluster(2000, held_every=4, first_index=(k + 1) << 12)
+        peer = root.join(f"sub{k}".encode(), {"role": "broker", "name": "broker", "host_key": 50 + k})
+        subs.append((sub_core, Census(sub_core), peer))
+    c, book = Census(root), Book()
+    view = None
+    for _ in range(6000 // census.PAGE + 2):  # one rotation of the root over everyone
+        for sub_core, sub_census, peer in subs:
+            load = report(sub_core, sub_census)
+            assert len(json.dumps(load)) < 40_000
+            root.set_load(peer, load)
+            c.note_load(peer)
+        snap = c.snapshot()
+        view = book.apply(snap)
+    assert root.size() == 6000 and root.hosts() == 9  # the origin's host and the 8 hosts of the subs
+    assert snap["totals"]["workers"] == 6000 and sum(snap["hist"]["held"]["counts"]) == 6000
+    assert snap["totals"]["busy"] == 3 * 500 / 6000
+    assert len(json.dumps(snap)) < 40_000
+    assert len(view["workers"]) == 6000 and view["complete"] and all("via" in w for w in view["workers"])
+    root.leave(subs[0][2], "lost (its connection dropped)")
+    c.note_gone(subs[0][2])
+    assert root.size() == 4000 and c.snapshot()["totals"]["workers"] == 4000
+
+
+def test_a_malformed_sub_broker_report_is_refused():
+    root = Scheduler()
+    peer = root.join(b"sub", {"role": "broker"})
+    root.set_load(peer, {"count": 3, "hosts": {}, "workers": [], "totals": {}, "top": {"idle": 5},
+                         "hist": {}})
+    c = Census(root)
+    import pytest
+    with pytest.raises(ValueError):
+        c.note_load(peer)
+    c.snapshot()  # still fine
