@@ -27,6 +27,7 @@ import zmq
 from . import _protocol as P
 from . import _shm
 from ._procutil import SelfLoad
+from .census import report_interval
 from .direct import DONE_DELAY, OriginEnd, WorkerEnd
 from .direct import available as direct_available
 from .errors import ClusterError
@@ -526,7 +527,7 @@ class _Control(threading.Thread):
                 if now >= next_load:
                     load = json.dumps(self._figures()).encode()
                     P.send_records(s, signer, P.CONTROL_TO_BROKER, [(P.LOAD, load)])
-                    next_load = now + LOAD_INTERVAL
+                    next_load = now + report_interval(rt.size, LOAD_INTERVAL)
                 held = sub.held
                 if held is not None and now - held.since > sub.hold_seconds:
                     box = sub.take_held_box()

@@ -30,6 +30,12 @@ def status_interval(workers: int, base: float = 0.2) -> float:
     return max(base, workers / 20000)
 
 
+def report_interval(workers: int, base: float = 0.25) -> float:
+    """Seconds between two load reports of one worker: ``base`` up to 1,000 workers, then
+    longer, so the broker reads about 4,000 reports a second however many there are."""
+    return max(base, workers / 4000)
+
+
 def _check_summary(load: dict):
     """A sub-broker's report must have the shape a snapshot has (what the root reads of it)."""
     t, top, hist = load.get("totals"), load.get("top"), load.get("hist")
