@@ -128,9 +128,15 @@ def _records(header):
         i = s + hl + bl + nr * rsz
 
 
-def simulated_workers(ports, secret, count, credit, stop, ready):
+def simulated_workers(ports, secret, count, credit, stop, ready, close_fds=()):
     """``count`` worker connections in one process (one context): answer every task at once.
-    ``ports``: the brokers to spread them over (the root's sub-brokers, or the one broker)."""
+    ``ports``: the brokers to spread them over (the root's sub-brokers, or the one broker).
+    ``close_fds``: the brokers' stdin pipes, inherited by the fork: the brokers see their end."""
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     signer = P.Signer(secret)
     ctx = zmq.Context()
     ctx.max_sockets = count + 16
@@ -178,13 +184,14 @@ def simulated_workers(ports, secret, count, credit, stop, ready):
 class Sims:
     """The simulating processes: ``per_proc`` connections each."""
 
-    def __init__(self, ports, secret, workers, per_proc, credit):
+    def __init__(self, ports, secret, workers, per_proc, credit, close_fds=()):
         self.stop = mp.Event()
         self.ready = mp.Queue()
         procs = max(1, math.ceil(workers / per_proc))
         shares = [workers // procs + (1 if i < workers % procs else 0) for i in range(procs)]
         self.procs = [mp.Process(target=simulated_workers, daemon=True,
-                                 args=(ports, secret, n, credit, self.stop, self.ready)) for n in shares]
+                                 args=(ports, secret, n, credit, self.stop, self.ready, close_fds))
+                      for n in shares]
 
     def start(self):
         for p in self.procs:
@@ -258,14 +265,16 @@ def measure(a, workers: int) -> dict:
     if a.federation:
         ports = ports[1:]  # workers behind the sub-brokers only
     ctx = zmq.Context()
-    sims = Sims(ports, secret, workers, a.per_proc, a.credit)
+    sims = Sims(ports, secret, workers, a.per_proc, a.credit,
+                close_fds=[b.stdin.fileno() for b in [broker] + subs])
     origin, hello = _connect(ctx, port, secret, "origin", "origin")
     meta = ctx.socket(zmq.SUB)
     secure_client(meta, secret, f"tcp://127.0.0.1:{meta_port}")
     meta.setsockopt(zmq.SUBSCRIBE, b"")
     meta.connect(f"tcp://127.0.0.1:{meta_port}")
+    window = a.window_per_worker * workers if a.window_per_worker else a.window
     out = {"bench": "broker_capacity", "workers": workers, "sub_brokers": a.federation,
-           "sim_processes": len(sims.procs), "window": a.window, "batch": a.batch}
+           "sim_processes": len(sims.procs), "window": window, "batch": a.batch}
     try:
         digest = P.digest(b"fn")
         _send(origin, signer, hello + _record(P.BLOB_HEADER.pack(P.BLOB, digest), b"fn"))
@@ -292,7 +301,7 @@ def measure(a, workers: int) -> dict:
         if subs:
             out["sub_broker_kib_per_worker"] = round(
                 sum(_rss(s.pid) for s in subs) / workers / 1024, 1)
-        out.update(_load(a, origin, signer, index, digest, broker, subs, meta))
+        out.update(_load(a, window, origin, signer, index, digest, broker, subs, meta))
     finally:
         # the brokers first: simulators dropping their connections would be reported as losses
         origin.close(0)
@@ -312,7 +321,7 @@ def measure(a, workers: int) -> dict:
     return out
 
 
-def _load(a, origin, signer, index, digest, broker, subs, meta) -> dict:
+def _load(a, window, origin, signer, index, digest, broker, subs, meta) -> dict:
     seq = in_flight = done = 0
     bp = psutil.Process(broker.pid)
     sps = [psutil.Process(s.pid) for s in subs]
@@ -332,7 +341,7 @@ def _load(a, origin, signer, index, digest, broker, subs, meta) -> dict:
             meta_bytes = 0
         if now >= t_end:
             break
-        while in_flight < a.window:
+        while in_flight < window:
             pieces = []
             for _ in range(a.batch):
                 seq += 1
@@ -388,6 +397,8 @@ def main(argv=None):
                     help="measure each size in turn and print a table against the goals")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--window", type=int, default=20000, help="tasks in flight")
+    ap.add_argument("--window-per-worker", type=int, default=0, metavar="N",
+                    help="N tasks in flight per worker instead (the same load on each worker at every size)")
     ap.add_argument("--batch", type=int, default=500, help="tasks per submit message")
     ap.add_argument("--credit", type=int, default=64, help="credit per simulated worker")
     ap.add_argument("--per-proc", type=int, default=500,

@@ -54,8 +54,10 @@ class Broker:
         self.log = log or (lambda msg: sys.stderr.write(f"scoop broker: {msg}\n"))
         self.auth = Authenticator(self.ctx, secret)
         self.main = self.ctx.socket(zmq.ROUTER)
+        # BACKLOG: thousands of workers connect at once; a full accept queue drops SYNs, retried only
+        # after 1, 3, 7... s
         for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 1000), (zmq.ROUTER_MANDATORY, 1),
-                         (zmq.MAXMSGSIZE, P.FRAME_MAX_IN)):
+                         (zmq.MAXMSGSIZE, P.FRAME_MAX_IN), (zmq.BACKLOG, 4096)):
             self.main.setsockopt(opt, val)
         configure_socket(self.main, heartbeat_timeout)
         secure_server(self.main, secret, main_addr, encryption)
