@@ -58,7 +58,7 @@ def test_walltime_retirement_runs_each_task_once_and_loses_no_worker(tmp_path):
     cluster = next(gen)
     proc = None
     try:
-        spec = cluster._new_spec(None)
+        spec = cluster._worker_spec("wall1", None)
         cfg = dict(spec.config, retire_at=time.time() + 1.5, detached=True)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         proc = subprocess.Popen([sys.executable, "-m", "scoop.worker"], stdin=subprocess.PIPE,
@@ -93,7 +93,7 @@ class FakePeer:
         import zmq
 
         from scoop import _protocol as P
-        from scoop.broker import secure_client
+        from scoop.security import secure_client
         self.P, self.zmq = P, zmq
         self.signer = P.Signer(secret)
         uid = os.urandom(8).hex().encode()
@@ -107,7 +107,7 @@ class FakePeer:
         s = ctx.socket(self.zmq.DEALER)
         s.setsockopt(self.zmq.IDENTITY, ident)
         s.setsockopt(self.zmq.LINGER, 0)
-        secure_client(s, secret)
+        secure_client(s, secret, f"tcp://127.0.0.1:{port}")
         s.connect(f"tcp://127.0.0.1:{port}")
         return s
 
