@@ -65,6 +65,8 @@ class Cluster:
     def __init__(self, n: int | None = None, hosts=None, hostfile: str | None = None, *, output=None,
                  program_dir: str | None = None, fork: bool = False, **options):
         self.options = o = ClusterOptions.from_kwargs(n=n, hosts=hosts or [], hostfile=hostfile, **options)
+        if o.adapt and o.n is None:
+            o.n = max(1, o.adapt[0])  # an adaptive cluster starts at its minimum
         self.n = o.n
         self.hosts = o.hosts
         self.hostfile = o.hostfile
@@ -205,6 +207,8 @@ class Cluster:
             self.wait_for_workers(len(self._spec), timeout)
         self._supervisor = Supervisor(self._supervise_step, self._lock)
         self._supervisor.start()
+        if self.options.adapt and self.runtime is not None:
+            self.adapt(*self.options.adapt)
 
     def _restart_launcher(self):
         """After a broker failed to start: ends what was started and begins again."""

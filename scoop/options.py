@@ -119,6 +119,23 @@ def memory(text) -> str:
     return str(text).strip()
 
 
+def adapt_range(value) -> tuple[int, int]:
+    """``"2:64"`` or ``(2, 64)``: the fewest and the most workers of an adaptive cluster."""
+    if isinstance(value, str):
+        lo, sep, hi = value.partition(":")
+        if not sep:
+            raise ValueError(f"expected MIN:MAX such as 2:64, got {value!r}")
+        value = (lo, hi)
+    try:
+        lo, hi = value
+    except (TypeError, ValueError):
+        raise ValueError(f"expected MIN:MAX such as 2:64, got {value!r}") from None
+    lo, hi = _int(lo), _int(hi)
+    if lo < 0 or hi < max(1, lo):
+        raise ValueError(f"expected 0 <= MIN <= MAX and MAX >= 1, got {lo}:{hi}")
+    return lo, hi
+
+
 def text_value(text) -> str:
     value = str(text)
     if not value.strip():
@@ -180,6 +197,9 @@ class ClusterOptions:
                                     check=positive_float,
                                     help="seconds of silence after which a worker is declared lost "
                                          "(default 3)")
+    adapt: tuple | None = _opt(None, flags=("--adapt",), metavar="MIN:MAX", check=adapt_range,
+                               help="adaptive cluster: grow with queued work up to MAX workers, retire "
+                                    "workers idle for 5 s down to MIN (starts with MIN, or -n)")
     connect_timeout: float = _opt(10.0, flags=("--connect-timeout",), metavar="S", check=positive_float,
                                   help="seconds to wait for a host's SSH connection (default 10)")
     encryption: bool = _opt(True, flags=("--encryption",), metavar="on|off", check=on_off,

@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scale", help="grow or shrink the cluster to N workers")
     sc.add_argument("workers", type=_positive, metavar="N")
     sub.add_parser("jobs", help="this session's batch jobs, ended ones too: state, nodes, times, exit status")
+    ad = sub.add_parser("adapt", help="scale with the work between --minimum and --maximum workers "
+                                      "(--off: stop adapting)")
+    ad.add_argument("--minimum", type=int, default=1, metavar="N", help="fewest workers (default 1)")
+    ad.add_argument("--maximum", type=int, default=None, metavar="N",
+                    help="most workers (default: the hosts' or the allocation's slots)")
+    ad.add_argument("--interval", type=float, default=1.0, metavar="S",
+                    help="seconds between two looks at the work (default 1)")
+    ad.add_argument("--wait", type=float, default=5.0, metavar="S",
+                    help="seconds a worker idles before it is retired (default 5)")
+    ad.add_argument("--off", action="store_true", help="stop adapting; the workers stay as they are")
     sub.add_parser("dashboard", help="show the live load dashboard")
     tl = sub.add_parser("timeline", help="task timeline of the last maps: a row per worker, a bar per task")
     tl.add_argument("--last", type=float, default=60.0, metavar="SECONDS",
@@ -109,6 +119,21 @@ def started_message(session) -> str:
             f"this kernel is the origin (broker port {c.main_port})")
 
 
+def adapt_command(cluster, args) -> str:
+    """``%scoop_cluster adapt``: starts (or with --off ends) adaptive scaling; says what it does."""
+    if cluster is None or not cluster.running:
+        raise ClusterError("no SCOOP cluster is running in this kernel")
+    if args.off:
+        policy = cluster.adaptive
+        if policy is None:
+            return "SCOOP cluster was not adapting"
+        policy.stop()
+        return f"SCOOP cluster stopped adapting; it keeps its {cluster.requested} workers"
+    p = cluster.adapt(args.minimum, args.maximum, interval=args.interval, wait=args.wait)
+    return (f"SCOOP cluster adapts between {p.minimum} and {p.maximum} workers: it grows as tasks wait and "
+            f"retires workers idle for {p.wait:g} s (looking every {p.interval:g} s)")
+
+
 @magics_class
 class ScoopMagics(Magics):
     @line_magic
@@ -147,6 +172,8 @@ class ScoopMagics(Magics):
                 from scoop.launch.jobtable import job_table
                 c = api.cluster()
                 print(job_table(c.jobs(history=True)) if c is not None else "no SCOOP cluster is running")
+            elif cmd == "adapt":
+                print(adapt_command(api.cluster(), args))
             elif cmd == "dashboard":
                 from IPython.display import display
                 display(api.dashboard())

@@ -139,3 +139,53 @@ def test_local_cluster_grows_with_a_burst_and_shrinks_back_with_no_task_lost_or_
         assert c.requested == 1
         c.scale(2)  # scaling by hand ends adaptive scaling
         assert c.adaptive is None and not a.active
+
+
+PROGRAM = """
+import time
+from scoop import futures
+
+def nap(x):
+    time.sleep(0.3)
+    return x
+
+fs = [futures.submit(nap, i) for i in range(24)]
+print("results", sum(f.result() for f in fs))
+"""
+
+
+def test_cli_adapt_switch_and_its_bad_values(tmp_path, no_leak):
+    import subprocess
+    import sys
+    prog = tmp_path / "burst.py"
+    prog.write_text(PROGRAM)
+    r = subprocess.run([sys.executable, "-m", "scoop", "--adapt", "1:3", str(prog)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "results 276" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "scoop", "--adapt", "5:2", str(prog)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 and "adapt" in r.stderr and "5:2" in r.stderr, r.stderr
+
+
+def test_magic_adapt_grows_shrinks_and_turns_off():
+    from kernel_driver import KernelDriver
+    k = KernelDriver()
+    try:
+        k.run("%load_ext scoop_jupyter")
+        k.run("%scoop_cluster start -n 1")
+        out = k.run("%scoop_cluster adapt --minimum 1 --maximum 3 --interval 0.3 --wait 1").stream()
+        assert "adapts between 1 and 3 workers" in out, out
+        k.run("import time, scoop_jupyter as _sj\nfrom scoop import futures\n"
+              "fs = [futures.submit(time.sleep, 0.3) for _ in range(30)]\n"
+              "c = _sj.cluster()\n"
+              "grew = c.meta.wait_for(lambda s: len(s['workers']) >= 3, 10) is not None\n"
+              "[f.result() for f in fs]\n"
+              "back = c.meta.wait_for(lambda s: len(s['workers']) == 1, 10) is not None")
+        assert k.value("grew") is True and k.value("back") is True
+        assert "stopped adapting" in k.run("%scoop_cluster adapt --off").stream()
+        assert k.value("c.adaptive") is None
+        err = k.run("%scoop_cluster adapt --minimum 4 --maximum 2", ok=False)
+        assert "maximum (2) must be at least" in err.text(), err.text()
+    finally:
+        k.shutdown()
