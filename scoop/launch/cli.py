@@ -134,7 +134,8 @@ def main(argv=None) -> int:
             return 1
         if options.get("verbose") and not args.quiet:
             plan = ", ".join(f"{h}: {k}" for h, k in cluster.plan)
-            message = (f"{cluster.size} workers ({plan}) started by {cluster.launcher.name}; "
+            pending = f", {cluster.pending} pending in the queue" if cluster.pending else ""
+            message = (f"{cluster.size} workers ({plan}) started by {cluster.launcher.name}{pending}; "
                        f"broker on port {cluster.main_port}")
             if "log" in extra:
                 import scoop
