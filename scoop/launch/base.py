@@ -135,7 +135,7 @@ class Launcher(abc.ABC):
         return self.options.external_hostname
 
     def bind_host(self) -> str:
-        return "0.0.0.0" if self.remote and not self.options.tunnel else "127.0.0.1"
+        return "0.0.0.0" if self.remote else "127.0.0.1"
 
     @abc.abstractmethod
     def start(self, specs: list[WorkerSpec]) -> list[Handle]:
