@@ -223,12 +223,11 @@ class Cluster:
     def _seen(self) -> list[Seen]:
         """What the launched workers look like now, for the reconcile step."""
         joined = self._queue.joined if self._queue is not None else None
-        planned = "end of its walltime" if self.options.walltime else "it ended as planned"
         seen = []
         for name, h in list(self._live.items()):
             code = h.poll()
             seen.append(Seen(name, h.host, code, h.retired, joined is None or name in joined,
-                             planned if code == 0 else None))
+                             self.launcher.planned_end(code)))
         return seen
 
     def _reconcile(self) -> Step | None:

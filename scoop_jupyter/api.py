@@ -27,10 +27,9 @@ def session() -> _origin.KernelOrigin:
 def start(n: int | None = None, *, progress: bool = True, **options) -> Cluster:
     """Starts a cluster of ``n`` workers (default: one per core) whose origin is this process
     and returns it; ``scoop.futures`` calls then run on it.  The options are those of
-    ``python -m scoop`` as keywords (``hosts``, ``hostfile``, ``python`` (the workers'
-    interpreter), ``pythonpath``, ``path``, ``prolog``, ``nice``, ``external_hostname``, ``tunnel``,
-    ``ssh_config``, ``heartbeat_timeout``, ``brokers``, ``inline``, ``launcher``, ``env``, ...: see
-    ``scoop.options.ClusterOptions``); an unknown one is a TypeError, a bad value a ValueError."""
+    ``python -m scoop`` as keywords (``hosts=["a", "b"]``, ``launcher="sbatch"``, ...), each
+    declared once in ``scoop.options.ClusterOptions``; an unknown one is a TypeError, a bad value
+    a ValueError."""
     ClusterOptions.from_kwargs(n=n, **options)  # every mistake reported before anything starts
     return session().start(n, progress=progress, **options)
 

@@ -125,6 +125,11 @@ class Launcher(abc.ABC):
     def broker_address(self, host: str | None, port: int) -> str:
         return f"tcp://127.0.0.1:{port}"
 
+    def planned_end(self, code: int | None) -> str | None:
+        """Why a worker that exited with ``code`` on its own ended as planned, or None for a
+        failure.  Only batch workers have a planned end (their walltime)."""
+        return None
+
     def job_size(self) -> int:
         """Workers one start brings at most (a batch job's workers): adaptive scaling adds and
         removes whole jobs."""

@@ -274,6 +274,9 @@ class BatchLauncher(Launcher):
     def job_size(self) -> int:
         return self.cpus_per_job
 
+    def planned_end(self, code):
+        return "end of its walltime" if code == 0 and self.walltime else None
+
     def start(self, specs: list) -> list[BatchHandle]:
         """Submits ceil(len(specs) / cpus_per_job) jobs; returns at once (jobs may wait in the
         queue: their handles say ``pending``).  A job the scheduler rejects is a ClusterError
