@@ -672,8 +672,9 @@ def click_at(page, selector: str) -> float:
 def test_panel_scales_and_stops_while_a_map_runs(lab, page):
     """The panel's commands reach the kernel on a subshell: during a 40-task map of 1-s tasks on
     one worker, Scale to 4 shows "scaling to 4 workers…" and the workers join within about a
-    second, so the map ends far sooner than 40 s; Stop during a map stops the cluster at once
-    (the map says it was interrupted).  The adapt switch sends its command too."""
+    second, so the map ends far sooner than 40 s.  During the next map the adapt switch grows
+    the cluster to its maximum, and Stop stops the cluster at once (the map says it was
+    interrupted)."""
     ARTIFACTS.mkdir(exist_ok=True)
     open_notebook(page, lab, lab.new_notebook("scale-mid-map.ipynb"))
     open_scoop_panel(page)
@@ -710,27 +711,25 @@ def test_panel_scales_and_stops_while_a_map_runs(lab, page):
     print(f"40 x 1 s map with a scale from 1 to 4 workers after ~1.5 s: {took:.1f} s")
     assert took < 20, took  # on 1 worker it takes 40 s
 
-    # the adapt switch: on with its bounds, or a clear error where the core has no adapt yet
-    has_adapt = "True" in run_cell(
-        page, "import scoop.cluster\nprint(hasattr(scoop.cluster.Cluster, 'adapt'))"
-    )
+    # mid-map, the adapt switch grows the cluster to its maximum within a few seconds (queued
+    # work), and off it leaves the workers as they are; then Stop ends the cluster and the map
+    cell = start_cell(page, "_ = list(futures.map(nap, [1.0] * 60))")
+    expect(cell.locator(".widget-label", has_text="nap:")).to_be_visible(timeout=30_000)
+    expect(page.locator(f"{PANEL} .scoop-worker-busy")).to_have_count(4, timeout=10_000)
     page.locator(f"{PANEL} .scoop-adapt-min").fill("1")
     page.locator(f"{PANEL} .scoop-adapt-max").fill("6")
-    page.locator("#scoop-adapt-switch").check()
-    if has_adapt:
-        expect(page.locator(f"{PANEL} .scoop-adapt.scoop-adapt-on")).to_have_count(1, timeout=10_000)
-        expect(page.locator("#scoop-adapt-switch")).to_be_checked()
-    else:
-        expect(page.locator(f"{PANEL} .scoop-error")).to_contain_text("adaptive scaling", timeout=10_000)
+    clicked = page.evaluate("""() => { const t = performance.now();
+                                       document.querySelector('#scoop-adapt-switch').click(); return t; }""")
+    expect(page.locator(f"{PANEL} .scoop-adapt.scoop-adapt-on")).to_have_count(1, timeout=10_000)
+    expect(page.locator(STATUS_ITEM)).to_contain_text("SCOOP: 6 workers", timeout=15_000)
+    grown = next(t for t, text in seen_texts(page, "status") if "6 workers" in text and t > clicked)
+    print(f"adapt 1-6 switched on mid-map: 6 workers after {grown - clicked:.0f} ms")
+    expect(page.locator(f"{PANEL} .scoop-worker-busy")).to_have_count(6, timeout=10_000)
     page.locator(PANEL).screenshot(path=str(ARTIFACTS / "panel-adapt-switch.png"))
     page.locator("#scoop-adapt-switch").uncheck()
-    if has_adapt:
-        expect(page.locator(f"{PANEL} .scoop-adapt.scoop-adapt-on")).to_have_count(0, timeout=10_000)
+    expect(page.locator(f"{PANEL} .scoop-adapt.scoop-adapt-on")).to_have_count(0, timeout=10_000)
+    expect(page.locator("#scoop-adapt-switch")).not_to_be_checked()
 
-    # stop during a map: the cluster ends at once, the map says it was interrupted
-    cell = start_cell(page, "_ = list(futures.map(nap, [1.0] * 40))")
-    expect(cell.locator(".widget-label", has_text="nap:")).to_be_visible(timeout=30_000)
-    expect(page.locator(f"{PANEL} .scoop-worker-busy").first).to_be_visible(timeout=10_000)
     known = lab.descendants()
     clicked = click_at(page, "#scoop-stop-button")
     expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("stopped", timeout=10_000)

@@ -236,6 +236,8 @@ class ScoopPanel extends Widget {
   }
 
   private _sendAdapt(): void {
+    // the switch shows the user's choice until a status agrees (or an error comes back)
+    this._adaptWanted = { on: this._adaptBox.checked, since: Date.now() };
     if (!this._adaptBox.checked) {
       this._model.send({ action: 'adapt', off: true });
       return;
@@ -244,6 +246,7 @@ class ScoopPanel extends Widget {
     const maximum = parseInt(this._adaptMax.value, 10);
     if (!(minimum >= 0) || !(maximum >= Math.max(1, minimum))) {
       this._adaptBox.checked = false;
+      this._adaptWanted = null;
       this._adaptMax.focus();
       return;
     }
@@ -312,7 +315,11 @@ class ScoopPanel extends Widget {
     this._adapt.hidden = !running;
     this._adaptBox.disabled = !running;
     const adapt = status?.adapt ?? null;
-    this._adaptBox.checked = !!adapt;
+    const wanted = this._adaptWanted;
+    if (wanted && (wanted.on === !!adapt || model.error || Date.now() - wanted.since > 5000)) {
+      this._adaptWanted = null;
+    }
+    this._adaptBox.checked = this._adaptWanted ? this._adaptWanted.on : !!adapt;
     this._adapt.classList.toggle('scoop-adapt-on', !!adapt);
     const editing = [this._adaptMin, this._adaptMax].includes(document.activeElement as HTMLInputElement);
     if (adapt && !editing) {
@@ -423,6 +430,7 @@ class ScoopPanel extends Widget {
   private _adaptMax = numberInput('scoop-adapt-max', 'Most workers', 1);
   private _edited = false;
   private _requested: number | null = null;
+  private _adaptWanted: { on: boolean; since: number } | null = null;
   private _renders = 0;
   private _totals = el('div', 'scoop-totals');
   private _jobs = el('div', 'scoop-jobs');
