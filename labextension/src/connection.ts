@@ -120,6 +120,10 @@ export class ScoopConnection {
   get tasks(): ISignal<this, ITaskBatch> {
     return this._tasks;
   }
+  /** Whether the kernel is running a cell (or another request) now. */
+  get kernelBusy(): boolean {
+    return this._kernel?.status === 'busy';
+  }
   /** Whether the panel's commands reach the kernel on a subshell (they work while a cell runs). */
   get onSubshell(): boolean {
     return this._onSubshell;

@@ -229,9 +229,11 @@ class ScoopPanel extends Widget {
       return;
     }
     if (this._model.send({ action: 'scale', n })) {
-      // the kernel answers at once with the request pending ("scaling to n…")
+      // the kernel answers at once with the request pending ("scaling to n…"); until it does
+      // (a kernel without subshells, busy in a cell) the panel says the command waits
       this._requested = n;
       this._edited = false;
+      this.update();
     }
   }
 
@@ -279,11 +281,23 @@ class ScoopPanel extends Widget {
     this._error.hidden = !model.error;
 
     const request = status?.request ?? null;
+    const live = status ? status.workers.filter(w => w.state === 'busy' || w.state === 'idle').length : 0;
+    if (request || model.error || !status || live === this._requested) {
+      this._requested = null; // the kernel has it (or it failed, or it is done)
+    }
+    let requestText = request?.text ?? '';
+    if (!request && this._requested !== null) {
+      requestText = `scale to ${this._requested} sent…`;
+      if (model.kernelBusy && !model.onSubshell) {
+        requestText +=
+          ' the kernel takes it when the running cell ends (ipykernel 7 takes panel commands at once)';
+      }
+    }
     this._request.replaceChildren();
-    this._request.hidden = !request;
-    if (request) {
-      this._request.append(el('span', 'scoop-spinner'), el('span', 'scoop-request-text', request.text));
-      this._request.dataset.action = request.action;
+    this._request.hidden = !requestText;
+    if (requestText) {
+      this._request.append(el('span', 'scoop-spinner'), el('span', 'scoop-request-text', requestText));
+      this._request.dataset.action = request?.action ?? 'scale';
     }
 
     const running = status?.state === 'running';
@@ -302,13 +316,11 @@ class ScoopPanel extends Widget {
       const size =
         request?.action === 'scale' && request.n
           ? request.n
-          : status.workers.filter(w => w.state !== 'lost').length + status.totals.pending_workers;
+          : this._requested ??
+            status.workers.filter(w => w.state !== 'lost').length + status.totals.pending_workers;
       if (size > 0 && this._nInput.value !== String(size)) {
         this._nInput.value = String(size);
       }
-    }
-    if (!request && this._requested !== null) {
-      this._requested = null;
     }
 
     // the adapt switch follows the kernel unless the user is editing its bounds
