@@ -4,10 +4,11 @@
 
 Each system is started the way its users start it, from the program that uses it:
 
-  scoop    Cluster(n) from Python (workers spawned, as from a notebook), wait_for_workers(n)
-  scoop07  SCOOP 0.7.2.0 (bench/.venv-scoop07, made by bench/setup_peers.sh): `python -m scoop -n N`
-           runs a program that times its own first map; "all joined" is when the launcher has N
-           worker processes, each holding a TCP connection to its broker
+  scoop    `python -m scoop -n N prog.py`; "all joined" is when the launcher has N worker processes,
+           each holding a TCP connection to its broker; then the program times its map
+  scoop07  SCOOP 0.7.2.0 (bench/.venv-scoop07, made by bench/setup_peers.sh), the same way (its
+           -n counts the origin among the workers)
+  scoop-cluster  Cluster(n) from Python (workers spawned, as from a notebook), wait_for_workers(n)
   ipp      ipyparallel: ipp.Cluster(n).start_and_connect_sync(), rc.wait_for_engines(n)
   dask     LocalCluster(n_workers=n, threads_per_worker=1) (nannies, its default), wait_for_workers(n)
 
@@ -118,7 +119,7 @@ def run_dask(n: int) -> dict:
 
 
 # waits until the bench has seen all workers connected, so joining and mapping are timed apart
-PROGRAM07 = textwrap.dedent("""
+PROGRAM = textwrap.dedent("""
     import os, time, json
     from scoop import futures
     def pid(_):
@@ -132,34 +133,37 @@ PROGRAM07 = textwrap.dedent("""
 """)
 
 
-def run_scoop07(n: int) -> dict:
-    """Times SCOOP 0.7.2.0 from outside: its launcher prints nothing when all workers are up."""
+def _is_scoop07_worker(p) -> bool:
+    return "scoop.bootstrap" in " ".join(p.cmdline())
+
+
+def _is_scoop_worker(p) -> bool:
+    return p.name() == "scoop-worker"    # forked workers keep the launcher's argv, not its name
+
+
+def run_cli(n: int, python: str = sys.executable, is_worker=_is_scoop_worker) -> dict:
+    """Times a `python -m scoop -n N` run from outside: its launcher prints nothing when all
+    workers are up, so 'joined' is when N worker processes hold a TCP connection."""
     import tempfile
 
     import psutil
-    prog = os.path.join(tempfile.mkdtemp(), "map07.py")
+    prog = os.path.join(tempfile.mkdtemp(), "map_all.py")
     with open(prog, "w") as f:
-        f.write(PROGRAM07)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        f.write(PROGRAM)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" or python == sys.executable}
     env["N"], env["GO"] = str(n), prog + ".go"
     t0 = time.perf_counter()
-    p = subprocess.Popen([SCOOP07, "-m", "scoop", "-n", str(n), prog], env=env, cwd=os.path.dirname(prog),
-                         stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen([python, "-m", "scoop", "-n", str(n), prog], env=env, cwd=os.path.dirname(prog),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     joined, mem, procs = None, {}, 0
     try:
-        while joined is None and p.poll() is None:
-            workers = []
+        while joined is None and p.poll() is None and time.perf_counter() - t0 < 600:
+            workers, connected = [], 0
             for c in psutil.Process(p.pid).children(recursive=True):
                 try:
-                    if "scoop.bootstrap" in " ".join(c.cmdline()):
+                    if is_worker(c):
                         workers.append(c)
-                except psutil.Error:
-                    pass
-            connected = 0
-            for w in workers:
-                try:
-                    connected += any(c.status == "ESTABLISHED" for c in w.net_connections("tcp"))
+                        connected += any(k.status == "ESTABLISHED" for k in c.net_connections("tcp"))
                 except psutil.Error:
                     pass
             if connected >= n:
@@ -169,7 +173,7 @@ def run_scoop07(n: int) -> dict:
             time.sleep(0.05)
         out, err = p.communicate(timeout=600)
         if not out.strip():
-            raise RuntimeError(f"SCOOP 0.7 printed nothing; its log ends: {err[-1500:]}")
+            raise RuntimeError(f"the run printed nothing; its log ends: {err[-1500:]}")
         line = json.loads(out.strip().splitlines()[-1])
         return {"joined_s": joined, **line, **mem, "procs": procs}
     finally:
@@ -177,13 +181,18 @@ def run_scoop07(n: int) -> dict:
             os.killpg(p.pid, 9)
 
 
-RUNNERS = {"scoop": run_scoop, "scoop07": run_scoop07, "ipp": run_ipp, "dask": run_dask}
+def run_scoop07(n: int) -> dict:
+    return run_cli(n, SCOOP07, _is_scoop07_worker)
+
+
+RUNNERS = {"scoop": run_cli, "scoop-cluster": run_scoop, "scoop07": run_scoop07,
+           "ipp": run_ipp, "dask": run_dask}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=256)
-    ap.add_argument("--peers", default="scoop,scoop07,ipp,dask")
+    ap.add_argument("--peers", default="scoop,scoop-cluster,scoop07,ipp,dask")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     _raise_nofile()
