@@ -36,6 +36,8 @@ from .monitor import events
 from .security import secure_client
 from .submitter import Submitter
 
+#: seconds a process waits for its welcome once the broker accepted its handshake
+JOIN_PATIENCE = 120.0
 INLINE_DEPTH = 50      # inline runs nest in one greenlet's stack: keep far from the recursion limit
 
 
@@ -178,6 +180,7 @@ class Runtime:
     def connect(self, timeout: float = 30.0):
         s = self._socket(b"t" + self.uid.encode())
         s.setsockopt(zmq.LINGER, 2000)
+        admitted = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         s.connect(self.broker)
         self.sock = s
         self._poll_items = [(s, zmq.POLLIN)]
@@ -194,19 +197,33 @@ class Runtime:
         self.out.add(P.HELLO, json.dumps(hello).encode())
         self.send_out()
         deadline = time.monotonic() + timeout
-        while self.index < 0:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ClusterError(f"no answer from the broker at {self.broker} within {timeout:.0f} s "
-                                   f"(is it running, and is this the cluster's secret?)")
-            if self.broken:
-                raise ClusterError(self.broken)
-            self.pump(min(left, 0.2))
+        try:
+            while self.index < 0:
+                if admitted is not None and any(True for _ in events(admitted)):
+                    # the broker is alive and took our credentials; it may be busy welcoming
+                    # hundreds of workers started at once on a few cores: be patient with it
+                    deadline = max(deadline, time.monotonic() + JOIN_PATIENCE)
+                    admitted = self._stop_monitor(s, admitted)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ClusterError(f"no answer from the broker at {self.broker} within {timeout:.0f} s "
+                                       f"(is it running, and is this the cluster's secret?)")
+                if self.broken:
+                    raise ClusterError(self.broken)
+                self.pump(min(left, 0.2))
+        finally:
+            self._stop_monitor(s, admitted)
         self.control = _Control(self)
         self.control.start()
         if self.shm is not None:
             _exit_cleanup.append(self.shm)
         return self
+
+    @staticmethod
+    def _stop_monitor(sock, monitor):
+        if monitor is not None:
+            sock.disable_monitor()
+            monitor.close(0)
 
     def close(self, notify: bool = True):
         if self.closed:
