@@ -327,6 +327,9 @@ def _load(a, window, origin, signer, index, digest, broker, subs, meta) -> dict:
     sps = [psutil.Process(s.pid) for s in subs]
     marks = []
     meta_bytes = 0
+    kill_at = time.monotonic() + a.seconds / 2 if a.kill_sub and subs else None
+    seen = set() if kill_at else None
+    dups = 0
     t_end = time.monotonic() + a.seconds
     t_measure = time.monotonic() + min(2.0, a.seconds / 4)  # warm-up first
     pack = P.TASK_HEADER.pack
@@ -339,9 +342,13 @@ def _load(a, window, origin, signer, index, digest, broker, subs, meta) -> dict:
             while meta.poll(0):
                 meta.recv_multipart()
             meta_bytes = 0
+        if kill_at is not None and now >= kill_at:
+            subs[0].kill()  # mid-stream: its workers' tasks must run elsewhere, once
+            kill_at = None
         if now >= t_end:
-            break
-        while in_flight < window:
+            if seen is None or not in_flight or now >= t_end + 60:
+                break
+        while in_flight < window and now < t_end:
             pieces = []
             for _ in range(a.batch):
                 seq += 1
@@ -355,9 +362,19 @@ def _load(a, window, origin, signer, index, digest, broker, subs, meta) -> dict:
                 parts = [origin.recv()]
                 while origin.getsockopt(zmq.RCVMORE):
                     parts.append(origin.recv())
-                n = sum(1 for t, _ in _records(parts[0]) if t == result_byte)
+                n = 0
+                for t, off in _records(parts[0]):
+                    if t == result_byte:
+                        n += 1
+                        if seen is not None:
+                            tid = P.ID.unpack_from(parts[0], off + 1)[0]
+                            dups += tid in seen
+                            seen.add(tid)
                 done += n
                 in_flight -= n
+    if seen is not None:
+        return {"killed_sub_broker": True, "tasks_submitted": seq, "results": len(seen),
+                "lost": seq - len(seen), "duplicates": dups}
     t1, d1, c1, s1 = time.monotonic(), done, bp.cpu_times(), [s.cpu_times() for s in sps]
     t0, d0, c0, s0 = marks[0]
     tasks_per_s = (d1 - d0) / (t1 - t0)
@@ -405,6 +422,9 @@ def main(argv=None):
                     help="simulated workers per process (each process has its own ZeroMQ context)")
     ap.add_argument("--federation", type=int, default=0, metavar="K",
                     help="K sub-brokers under the root; the simulated workers connect to them")
+    ap.add_argument("--kill-sub", action="store_true",
+                    help="with --federation: SIGKILL one sub-broker mid-stream, then count lost and "
+                         "duplicate results")
     ap.add_argument("--baseline", action="store_true",
                     help="also measure a bare ROUTER's memory per connection (libzmq's own)")
     a = ap.parse_args(argv)

@@ -272,7 +272,8 @@ class Broker:
         fail).  shutdown() on a duplicate of ZeroMQ's descriptor: ZeroMQ sees the connection end
         and closes it as any other."""
         if fd is None:
-            fd = next((f for f, (i, _p) in self.fds.items() if i == ident), None)
+            mine = self.fds_of.get(ident[1:], ())
+            fd = next((f for f in mine if self.fds.get(f, (None,))[0] == ident), None)
             if fd is None:
                 return
         try:
