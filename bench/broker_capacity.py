@@ -59,9 +59,12 @@ def raise_fd_limit(need: int):
     return hi - lo + 1
 
 
+ENCRYPTION = True  # --encryption off: PLAIN handshakes, no CURVE (a trusted fabric)
+
+
 def start_broker(secret: bytes, upstream: str | None = None):
     cfg = {"secret": secret.hex(), "main": "tcp://127.0.0.1:0", "meta": "tcp://127.0.0.1:0",
-           "heartbeat_timeout": 600}
+           "heartbeat_timeout": 600, "encryption": ENCRYPTION}
     if upstream:
         cfg["upstream"] = upstream
     proc = subprocess.Popen([sys.executable, "-m", "scoop.broker"], stdin=subprocess.PIPE,
@@ -83,7 +86,7 @@ def bare_router(secret: bytes, port_q, stop):
     for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 0)):
         s.setsockopt(opt, val)
     configure_socket(s, 600)
-    secure_server(s, secret, "tcp://127.0.0.1:0")
+    secure_server(s, secret, "tcp://127.0.0.1:0", ENCRYPTION)
     port_q.put(s.bind_to_random_port("tcp://127.0.0.1"))
     while not stop.is_set():
         if s.poll(100):
@@ -106,7 +109,7 @@ def _connect(ctx, port, secret, role, name):
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.SNDHWM, 0)
     s.setsockopt(zmq.RCVHWM, 0)
-    secure_client(s, secret, f"tcp://127.0.0.1:{port}")
+    secure_client(s, secret, f"tcp://127.0.0.1:{port}", ENCRYPTION)
     s.connect(f"tcp://127.0.0.1:{port}")
     hello = {"uid": uid, "role": role, "name": name, "host": "sim", "host_key": 1, "pid": os.getpid()}
     return s, _record(P.HELLO, json.dumps(hello).encode())
@@ -269,7 +272,7 @@ def measure(a, workers: int) -> dict:
                 close_fds=[b.stdin.fileno() for b in [broker] + subs])
     origin, hello = _connect(ctx, port, secret, "origin", "origin")
     meta = ctx.socket(zmq.SUB)
-    secure_client(meta, secret, f"tcp://127.0.0.1:{meta_port}")
+    secure_client(meta, secret, f"tcp://127.0.0.1:{meta_port}", ENCRYPTION)
     meta.setsockopt(zmq.SUBSCRIBE, b"")
     meta.connect(f"tcp://127.0.0.1:{meta_port}")
     window = a.window_per_worker * workers if a.window_per_worker else a.window
@@ -425,9 +428,13 @@ def main(argv=None):
     ap.add_argument("--kill-sub", action="store_true",
                     help="with --federation: SIGKILL one sub-broker mid-stream, then count lost and "
                          "duplicate results")
+    ap.add_argument("--encryption", choices=("on", "off"), default="on",
+                    help="off: PLAIN handshakes and no CURVE, as --encryption off gives a cluster")
     ap.add_argument("--baseline", action="store_true",
                     help="also measure a bare ROUTER's memory per connection (libzmq's own)")
     a = ap.parse_args(argv)
+    global ENCRYPTION
+    ENCRYPTION = a.encryption == "on"
     sizes = a.table or [a.workers]
     if min(sizes) < 1 or a.per_proc < 1 or a.per_proc > 1000:
         raise SystemExit("broker_capacity: workers must be positive and --per-proc between 1 and 1000")
