@@ -83,7 +83,7 @@ def bare_router(secret: bytes, port_q, stop):
     ctx = zmq.Context()
     auth = Authenticator(ctx, secret)
     s = ctx.socket(zmq.ROUTER)
-    for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 0)):
+    for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 0), (zmq.BACKLOG, 4096)):
         s.setsockopt(opt, val)
     configure_socket(s, 600)
     secure_server(s, secret, "tcp://127.0.0.1:0", ENCRYPTION)
@@ -229,7 +229,11 @@ def baseline_kib(secret, workers, per_proc) -> float:
     try:
         sims.start()
         sims.wait_connected()
-        time.sleep(2.0)  # handshakes and hellos done
+        deadline = time.monotonic() + 60  # every connection accepted, then its handshake and hello
+        while (len(psutil.Process(router.pid).net_connections()) < workers
+               and time.monotonic() < deadline):
+            time.sleep(0.5)
+        time.sleep(2.0)
         grown = _rss(router.pid) - before
     finally:
         sims.end()
