@@ -57,8 +57,18 @@ export interface IAdapt {
   maximum: number | null;
 }
 
+/** What a view of many workers shows first, from the kernel's snapshot model (newer kernels). */
+export interface ISummary {
+  states: { [state: string]: number };
+  cpu_histogram: number[]; // workers per 10 % CPU band
+  busiest: string[]; // worker names
+  idle: string[];
+}
+
 export interface IClusterStatus {
   state: 'running' | 'stopped';
+  started: boolean | null; // false: no cluster ever started in this kernel (null: not said)
+  summary: ISummary | null;
   workers: IWorker[];
   jobs: IJob[];
   totals: ITotals;
@@ -482,11 +492,24 @@ export function parseStatus(data: unknown): IClusterStatus | null {
         maximum: typeof a.maximum === 'number' ? a.maximum : null
       }
     : null;
+  const m = d.summary && typeof d.summary === 'object' ? d.summary : null;
+  const names = (x: unknown) => (Array.isArray(x) ? x.map(String) : []);
+  const summary: ISummary | null =
+    m && Array.isArray(m.cpu_histogram)
+      ? {
+          states: m.states && typeof m.states === 'object' ? m.states : {},
+          cpu_histogram: m.cpu_histogram.map((v: unknown) => num(v)),
+          busiest: names(m.busiest),
+          idle: names(m.idle)
+        }
+      : null;
   const t = d.totals && typeof d.totals === 'object' ? d.totals : {};
   const sum = (key: 'done' | 'queued' | 'running') =>
     workers.reduce((acc, w) => acc + w[key], 0);
   return {
     state: d.state === 'running' ? 'running' : 'stopped',
+    started: typeof d.started === 'boolean' ? d.started : null,
+    summary,
     workers,
     jobs,
     request,

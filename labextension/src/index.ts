@@ -273,7 +273,8 @@ class ScoopPanel extends Widget {
     } else if (model.phase === 'connecting') {
       message = 'Connecting to the kernel…';
     } else if (status?.state === 'stopped' && !status.request) {
-      message = 'No cluster running. Start one here or run %scoop_cluster start -n N.';
+      message = `${status.started === false ? 'No cluster yet' : 'No cluster running'}. ` +
+        'Start one here or run %scoop_cluster start -n N.';
     }
     this._message.textContent = message;
     this._message.hidden = !message;
@@ -350,10 +351,10 @@ class ScoopPanel extends Widget {
     this._many.hidden = !many;
     if (many) {
       this._heat.set(workers, Math.max(100, this.node.clientWidth - 24));
-      const histogram = loadHistogram(workers);
+      const histogram = loadHistogram(workers, status?.summary ?? null);
       this._histogram.replaceWith(histogram);
       this._histogram = histogram;
-      const extremes = busiestAndIdle(workers, name => this._list.reveal(name));
+      const extremes = busiestAndIdle(workers, status?.summary ?? null, name => this._list.reveal(name));
       this._extremes.replaceWith(extremes);
       this._extremes = extremes;
     }

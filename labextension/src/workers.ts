@@ -1,7 +1,7 @@
 // The panel's per-worker views, built to stay usable at 1,000 workers: a heat strip (one cell
 // per worker), a histogram of the tasks each worker holds, the busiest and the idle workers,
 // and a virtualised list that only builds the rows in view.
-import { IWorker } from './connection';
+import { ISummary, IWorker } from './connection';
 
 export const ROW_HEIGHT = 52; // px, fixed: the list's scroll height is rows x ROW_HEIGHT
 const OVERSCAN = 6; // rows built above and below the visible ones
@@ -213,22 +213,33 @@ export class HeatStrip {
   private _cell = CELL;
 }
 
-/** How many workers hold 0, 1, 2, 3–4 ... tasks, as a small bar chart. */
-export function loadHistogram(workers: IWorker[]): HTMLElement {
-  const live = workers.filter(w => w.state === 'busy' || w.state === 'idle');
-  const counts = BINS.map(() => 0);
-  for (const w of live) {
-    const h = held(w);
-    let b = BINS.length - 1;
-    while (b > 0 && h < BINS[b][0]) {
-      b--;
+/** A small bar chart of workers: by CPU band when the kernel's snapshot model gives its
+ * histogram (``summary.cpu_histogram``), else by the tasks each one holds. */
+export function loadHistogram(workers: IWorker[], summary: ISummary | null): HTMLElement {
+  let counts: number[];
+  let labels: string[];
+  const node = el('div', 'scoop-histogram');
+  if (summary && summary.cpu_histogram.length) {
+    counts = summary.cpu_histogram;
+    const band = 100 / counts.length;
+    labels = counts.map((_, i) => `${Math.round(i * band)}%`);
+    node.title = 'Workers by CPU use, in bands of ' + `${Math.round(band)} %`;
+  } else {
+    const live = workers.filter(w => w.state === 'busy' || w.state === 'idle');
+    counts = BINS.map(() => 0);
+    for (const w of live) {
+      const h = held(w);
+      let b = BINS.length - 1;
+      while (b > 0 && h < BINS[b][0]) {
+        b--;
+      }
+      counts[b]++;
     }
-    counts[b]++;
+    labels = BINS.map(([, label]) => label);
+    node.title = 'Workers by the tasks they hold (running + queued)';
   }
   const most = Math.max(1, ...counts);
-  const node = el('div', 'scoop-histogram');
-  node.title = 'Workers by the tasks they hold (running + queued)';
-  BINS.forEach(([, label], i) => {
+  labels.forEach((label, i) => {
     const col = el('div', 'scoop-histogram-col');
     const bar = el('div', 'scoop-histogram-bar');
     bar.style.height = `${Math.round((40 * counts[i]) / most)}px`;
@@ -244,17 +255,25 @@ export function loadHistogram(workers: IWorker[]): HTMLElement {
   return node;
 }
 
-/** The busiest workers (most tasks held, then CPU) and the idle ones, by name. */
+/** The busiest workers and the idle ones, by name: the kernel's snapshot model's choice when
+ * it gives one (``summary``), else the most tasks held, then CPU. */
 export function busiestAndIdle(
   workers: IWorker[],
+  summary: ISummary | null,
   onPick: (name: string) => void
 ): HTMLElement {
   const node = el('div', 'scoop-extremes');
-  const busy = workers
-    .filter(w => w.state === 'busy')
-    .sort((a, b) => held(b) - held(a) || b.cpu - a.cpu)
-    .slice(0, BUSIEST);
-  const idle = workers.filter(w => w.state === 'idle');
+  const byName = new Map(workers.map(w => [w.name, w]));
+  const pick = (names: string[]) =>
+    names.map(n => byName.get(n)).filter((w): w is IWorker => w !== undefined);
+  const busy = summary
+    ? pick(summary.busiest)
+    : workers
+        .filter(w => w.state === 'busy')
+        .sort((a, b) => held(b) - held(a) || b.cpu - a.cpu)
+        .slice(0, BUSIEST);
+  const idleAll = workers.filter(w => w.state === 'idle');
+  const idle = summary ? pick(summary.idle) : idleAll;
   const link = (w: IWorker, text: string) => {
     const a = el('button', 'scoop-worker-link', text);
     a.addEventListener('click', () => onPick(w.name));
@@ -268,10 +287,12 @@ export function busiestAndIdle(
     busiest.append(el('span', 'scoop-extremes-none', 'none'));
   }
   const idleNode = el('div', 'scoop-idle');
-  idleNode.append(el('span', 'scoop-extremes-label', `Idle ${fmtInt(idle.length)} `));
+  const nIdle = summary?.states.idle ?? idleAll.length;
+  idleNode.append(el('span', 'scoop-extremes-label', `Idle ${fmtInt(nIdle)} `));
   idle.slice(0, IDLE_NAMES).forEach(w => idleNode.append(link(w, w.name)));
-  if (idle.length > IDLE_NAMES) {
-    idleNode.append(el('span', 'scoop-extremes-none', `+${fmtInt(idle.length - IDLE_NAMES)}`));
+  const shown = Math.min(idle.length, IDLE_NAMES);
+  if (nIdle > shown) {
+    idleNode.append(el('span', 'scoop-extremes-none', `+${fmtInt(nIdle - shown)}`));
   }
   node.append(busiest, idleNode);
   return node;
