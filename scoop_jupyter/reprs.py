@@ -1,75 +1,73 @@
 """Rich displays: a cluster object or ``%scoop_cluster status`` as the last value of a cell
 shows an HTML card (workers, hosts, load, where to look next), like dask's Client repr.
 
-``scoop.cluster.Cluster`` knows nothing of notebooks, so its HTML comes from an IPython
-formatter registered for the type here rather than from a ``_repr_html_`` method.
+``scoop.cluster.Cluster`` knows nothing of notebooks, so its card comes from an IPython
+formatter registered for the type here rather than from a ``_repr_html_`` method.  Cards
+describe a moment; when their cluster stops, each card displayed in this kernel is updated to
+say so (a saved notebook never shows a stale "running" card).
 """
 from __future__ import annotations
 
 import html
-import socket
+import time
 
-from .dashboard import _mem, headline, jobs_lines, worker_table
-from .status import pending_text
+from scoop._future import Future
+from scoop.cluster import Cluster
 
-#: where the panel and the cards send a user who wants to read more
-DOCS_URL = "https://scoop.readthedocs.io/en/latest/usage.html"
+from . import origin as _origin
+from .records import Record
+from .views import BOX, docs_url, mem, pending_text, plural, seconds, status_html, status_text
 
-_BOX = ("font-size:12px;line-height:1.4;border-left:3px solid #1976d2;padding:4px 10px;"
-        "background:rgba(127,127,127,0.05)")
-
-
-def _hosts_table(workers: list[dict]) -> str:
-    hosts: dict = {}
-    for w in workers:
-        h = hosts.setdefault(w.get("host", "?"), [0, 0, 0, 0])
-        h[0] += 1
-        h[1] += w.get("state") == "busy"
-        h[2] += w.get("done", 0)
-        h[3] += w.get("mem", 0) or 0
-    if len(hosts) < 2:
-        return ""
-    me = socket.gethostname()
-    rows = "".join(f"<tr><td style='padding:1px 8px'>{html.escape(h)}{' (here)' if h == me else ''}</td>"
-                   f"<td style='padding:1px 8px;text-align:right'>{k}</td>"
-                   f"<td style='padding:1px 8px;text-align:right'>{b}</td>"
-                   f"<td style='padding:1px 8px;text-align:right'>{d}</td>"
-                   f"<td style='padding:1px 8px;text-align:right'>{_mem(m)}</td></tr>"
-                   for h, (k, b, d, m) in sorted(hosts.items()))
-    th = "<th style='padding:1px 8px'>"
-    return ("<table style='border-collapse:collapse;margin:4px 0'><tr>"
-            f"<th style='padding:1px 8px;text-align:left'>host</th>{th}workers</th>{th}busy</th>"
-            f"{th}done</th>{th}memory</th></tr>{rows}</table>")
+#: cards kept up to date when their cluster stops (older ones keep what they said)
+MAX_CARDS = 50
 
 
-def status_html(snap: dict) -> str:
-    """``%scoop_cluster status`` / ``scoop_jupyter.status()`` as HTML."""
-    if snap.get("state") != "running":
-        return (f'<div class="scoop-status" style="{_BOX};border-left-color:#757575"><b>SCOOP cluster</b> '
-                f'<span style="color:#757575">&#9679; stopped</span> &middot; start one with '
-                f'<code>%scoop_cluster start -n N</code></div>')
-    workers = snap.get("workers", [])
-    t = snap.get("totals", {})
-    extra = f' &middot; {t["in_flight"]} in flight' if "in_flight" in t else ""
-    return (f'<div class="scoop-status" style="{_BOX}">{headline(snap)}'
-            f'<div style="color:#757575">total memory {_mem(sum(w.get("mem", 0) or 0 for w in workers))}'
-            f'{extra}'
-            f'</div>{jobs_lines(snap)}{_hosts_table(workers)}{worker_table(workers)}</div>')
+class Card:
+    """A card in a cell that turns into "stopped at HH:MM:SS" when its cluster stops."""
+
+    def __init__(self, origin, render):
+        self.origin = origin
+        self.render = render  # render(stale: str | None) -> (text, html)
+        self.record = Record(origin)
+
+    def show(self):
+        self.record.show(*self.render(None))
+        displays = self.origin.displays
+        cards = [d for d in displays if isinstance(d, Card)]
+        if len(cards) >= MAX_CARDS:
+            displays.remove(cards[0])
+        displays.append(self)
+
+    def cell_finished(self):
+        pass
+
+    def stopped(self):
+        self.record.freeze(*self.render(f"stopped at {time.strftime('%H:%M:%S')}"))
+        if self in self.origin.displays:
+            self.origin.displays.remove(self)
 
 
-def cluster_html(cluster) -> str:
+def show_status(snap: dict) -> None:
+    """Displays a status card (``%scoop_cluster status``, ``scoop_jupyter.status()``)."""
+    origin = _origin.session()
+    if snap.get("state") != "running" or origin.kernel is None:
+        from IPython.display import display
+        display({"text/plain": status_text(snap), "text/html": status_html(snap)}, raw=True)
+        return
+    Card(origin, lambda stale: (status_text(snap, stale), status_html(snap, stale))).show()
+
+
+def cluster_html(cluster, stale: str | None = None) -> str:
     """The HTML card of a ``scoop.cluster.Cluster``."""
-    from .origin import session
-    s = session()
+    s = _origin.session()
     mine = s.cluster is cluster
-    running = bool(getattr(cluster, "running", False))
-    state = "running" if running else "stopped"
+    running = bool(getattr(cluster, "running", False)) and not stale
+    state = "running" if running else stale or "stopped"
     color = "#2e7d32" if running else "#757575"
     plan = getattr(cluster, "plan", None) or []
     hosts = ", ".join(f"{html.escape(str(h))}: {k}" for h, k in plan)
     size = cluster.size if running else 0
-    queued = bool(getattr(cluster, "queued", False))
-    if queued:  # batch jobs: no host is planned, the scheduler places them
+    if getattr(cluster, "queued", False):  # batch jobs: no host is planned, the scheduler places them
         jobs = cluster.jobs() if running else []
         pending = pending_text({"jobs": jobs})
         ids = ", ".join(str(j["id"]) for j in jobs if j["state"] != "ended")
@@ -81,33 +79,48 @@ def cluster_html(cluster) -> str:
             ("broker", f"port {getattr(cluster, 'main_port', '?')}, meta stream port "
                        f"{getattr(cluster, 'meta_port', '?')}" if running else "-"),
             ("origin", "this kernel" if mine else "the process that started it")]
+    snap = s.feed.latest
     if mine and running:
-        t = s.feed.latest.get("totals", {})
-        rows.append(("load", f"busy {t.get('busy', 0.0) * 100:.0f}% &middot; {t.get('done', 0)} tasks done "
-                             f"&middot; {t.get('rate', 0.0):.1f} tasks/s"))
-        rows.append(("memory", _mem(sum(w.get("mem", 0) or 0 for w in s.feed.latest.get("workers", [])))))
+        t = snap.get("totals", {})
+        rows.append(("load", f"busy {t.get('busy', 0.0) * 100:.0f}% &middot; {t.get('done', 0)} done "
+                             f"&middot; {t.get('rate', 0.0):.1f} inputs/s"))
+        rows.append(("memory", mem(sum(w["mem"] for w in snap.get("workers", [])))))
     if s.start_seconds is not None and mine:
         rows.append(("started in", f"{s.start_seconds:.2f} s"))
     table = "".join(f"<tr><td style='padding:1px 8px 1px 0;color:#757575;text-align:left'>{k}</td>"
                     f"<td style='text-align:left'>{v}</td></tr>" for k, v in rows)
     more = ""
     if mine and running:
-        from .api import _natural
-        names = sorted((str(w.get("name") or w.get("id")) for w in s.feed.latest.get("workers", [])),
-                       key=_natural)
+        names = [w["name"] for w in snap.get("workers", []) if w["name"]]
         if names:
-            more = f"<div>workers: {html.escape(', '.join(str(n) for n in names))}</div>"
-    return (f'<div class="scoop-cluster-repr" style="{_BOX};border-left-color:{color}">'
+            shown = ", ".join(names[:12])
+            if len(names) > 12:
+                shown += f" ... ({plural(len(names), 'worker')})"
+            more = f"<div>workers: {html.escape(shown)}</div>"
+    return (f'<div class="scoop-cluster-repr" style="{BOX};border-left-color:{color}">'
             f'<b>SCOOP Cluster</b> <span style="color:{color}">&#9679; {state}</span>'
             f'<table style="border-collapse:collapse;margin:4px 0">{table}</table>{more}'
             f'<div style="color:#757575"><code>%scoop_cluster dashboard</code> live view &middot; '
             f'<code>%scoop_cluster timeline</code> task timeline &middot; '
             f'<code>%scoop_cluster scale N</code> resize &middot; '
-            f'<a href="{DOCS_URL}" target="_blank" rel="noopener">documentation</a></div></div>')
+            f'<code>%scoop_cluster?</code> help &middot; '
+            f'<a href="{docs_url()}" target="_blank" rel="noopener">documentation</a></div></div>')
 
 
-def _secs(s: float) -> str:
-    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
+def cluster_text(cluster, stale: str | None = None) -> str:
+    running = bool(getattr(cluster, "running", False)) and not stale
+    if not running:
+        return f"<SCOOP Cluster: {stale or 'stopped'}>"
+    return f"<SCOOP Cluster: running, {plural(cluster.size, 'worker')}, broker port {cluster.main_port}>"
+
+
+def _display_cluster(cluster) -> bool:
+    """IPython's display formatter for a Cluster: a card that says so when it stops."""
+    origin = _origin.session()
+    if origin.kernel is None or origin.cluster is not cluster or not cluster.running:
+        return False  # the plain HTML formatter shows it
+    Card(origin, lambda stale: (cluster_text(cluster, stale), cluster_html(cluster, stale))).show()
+    return True
 
 
 def future_html(fut) -> str:
@@ -125,23 +138,22 @@ def future_html(fut) -> str:
         parts.append(f"on {html.escape(str(worker))}")
     sub, start, end = (getattr(fut, k, None) for k in ("submitted", "started", "finished"))
     if sub is not None and start is not None:
-        parts.append(f"queued {_secs(max(0.0, start - sub))}")
+        parts.append(f"queued {seconds(max(0.0, start - sub))}")
     if start is not None and end is not None:
-        parts.append(f"ran {_secs(max(0.0, end - start))}")
+        parts.append(f"ran {seconds(max(0.0, end - start))}")
     return f'<span class="scoop-future">Future {" &middot; ".join(parts)}</span>'
 
 
 def _types():
-    from scoop._future import Future
-    from scoop.cluster import Cluster
     return ((Cluster, cluster_html), (Future, future_html))
 
 
 def register(shell) -> bool:
-    """Registers the cards with ``shell``'s HTML formatter."""
+    """Registers the cards with ``shell``'s formatters."""
     try:
         for cls, fn in _types():
             shell.display_formatter.formatters["text/html"].for_type(cls, fn)
+        shell.display_formatter.ipython_display_formatter.for_type(Cluster, _display_cluster)
         return True
     except Exception:
         return False
@@ -151,5 +163,6 @@ def unregister(shell) -> None:
     try:
         for cls, _ in _types():
             shell.display_formatter.formatters["text/html"].pop(cls, None)
+        shell.display_formatter.ipython_display_formatter.pop(Cluster, None)
     except Exception:
         pass

@@ -104,8 +104,10 @@ def test_dashboard_live_updates(kernel):
 
 
 def check_status_shape(data):
+    from scoop.snapshot import TOTAL_KEYS
     assert data["type"] == "status" and data["state"] in ("running", "stopped")
-    assert set(data["totals"]) == {"workers", "busy", "done", "queued", "running", "rate", "pending_workers"}
+    assert set(data["totals"]) == set(TOTAL_KEYS)
+    assert set(data) >= {"workers", "jobs", "totals", "summary", "maps", "started", "time"}
     t = data["totals"]
     assert data["jobs"] == [] and t["pending_workers"] == 0  # a local cluster has no batch jobs
     assert isinstance(t["workers"], int) and isinstance(t["done"], int) and isinstance(t["queued"], int)
@@ -244,9 +246,9 @@ def test_pending_jobs_shown_apart_from_running_workers():
     """A batch-job cluster's status (as the feed normalises it): the dashboard, the status card
     and the text status say how many workers wait in the queue and in which jobs, apart from
     the running ones; a job whose workers failed to start is shown with its error."""
-    from scoop_jupyter import api, reprs
+    from scoop_jupyter import api, views
     from scoop_jupyter.dashboard import render
-    from scoop_jupyter.status import failed_texts, pending_text
+    from scoop_jupyter.views import failed_texts, pending_text
 
     worker = {"id": "0", "name": "w1", "host": "node1", "pid": 12, "state": "idle", "queued": 0,
               "running": 0, "done": 3, "cpu": 0.0, "mem": 2**25}
@@ -261,7 +263,7 @@ def test_pending_jobs_shown_apart_from_running_workers():
             {"id": "16", "state": "ended", "workers": ["w6"], "submitted": 5.0, "reason": "", "nodes": "",
              "error": "worker w6 (job 16 on node2) exited with status 127 before joining the cluster:\n"
                       "sh: 1: /nonexistent/python: not found"}]
-    status = {"type": "status", "state": "running", "workers": [worker], "jobs": jobs,
+    status = {"type": "status", "state": "running", "started": True, "workers": [worker], "jobs": jobs,
               "totals": {"workers": 1, "busy": 0.0, "done": 3, "queued": 0, "running": 0, "rate": 0.0,
                          "pending_workers": 4}}
     said = "4 workers pending in the queue (jobs 13, 14: JobHeldUser, Resources)"
@@ -271,10 +273,10 @@ def test_pending_jobs_shown_apart_from_running_workers():
     (failed,) = failed_texts(status)
     assert failed.startswith("job 16 (w6) failed: worker w6") and "/nonexistent/python" in failed
     html = render(status, [], [])
-    assert "1 workers (+4 pending)" in html and 'class="scoop-pending"' in html and said in html
+    assert "1 worker (+4 pending)" in html and 'class="scoop-pending"' in html and said in html
     assert 'class="scoop-job-failed"' in html
     assert html.count('class="scoop-worker"') == 1  # pending workers are not rows of running workers
-    card = reprs.status_html(status)
+    card = views.status_html(status)
     assert said in card and "(+4 pending)" in card
     text = api.format_status(status)
     assert said in text.splitlines()[1] and "job 16 (w6) failed" in text
