@@ -106,8 +106,9 @@ class KernelOrigin:
         self.logs: dict[str, deque] = {}   # worker name -> its recent output lines
         self._unpatch_callbacks = None
         self._atexit = False
-        from .progress import ProgressBars
-        self.progress = ProgressBars(self)
+        self.progress = None  # the map progress bars (scoop_jupyter.progress), set by api.session()
+        self.restarting = False
+        self.displays: list = []  # live displays to turn into static records: cell_finished(), stopped()
 
     # ---- IPython integration --------------------------------------------------------------------
     @property
@@ -155,7 +156,8 @@ class KernelOrigin:
         self.cell_started = time.time()
         self.cell_running = True
         self._new_cell_group()
-        self.progress.cell_started()
+        if self.progress is not None:
+            self.progress.cell_started()
 
     def _new_cell_group(self):
         self._cell_group = scoop.origin.new_group() if scoop.origin.is_attached() else None
@@ -206,7 +208,10 @@ class KernelOrigin:
                 scoop.origin.interrupt(self._cell_group)
             except Exception:
                 pass
-        self.progress.cell_finished(err)
+        if self.progress is not None:
+            self.progress.cell_finished(err)
+        for d in list(self.displays):
+            _quietly(d.cell_finished)
         if self._pump is not None:
             self._pump.pump_now()
 
@@ -311,7 +316,7 @@ class KernelOrigin:
     def running(self) -> bool:
         return self.cluster is not None and self.cluster.running
 
-    def start(self, n: int | None = None, *, progress: bool | None = None, **options) -> Cluster:
+    def start(self, n: int | None = None, **options) -> Cluster:
         """Starts a cluster whose origin is this process; see :func:`scoop_jupyter.start`."""
         if self.cluster is not None:
             if self.cluster.running:
@@ -323,8 +328,6 @@ class KernelOrigin:
             raise TypeError(f"unknown cluster option(s): {', '.join(sorted(unknown))}")
         if n is not None and n < 1:
             raise ValueError(f"the number of workers must be at least 1, not {n}")
-        if progress is not None:
-            self.progress.enabled = bool(progress)
         self.options = dict(options, n=n)
         kwargs = {k: v for k, v in options.items() if v is not None}
         cluster = Cluster(n, output=self._output_sink(), prefix_output=True, **kwargs)
@@ -361,6 +364,8 @@ class KernelOrigin:
             cluster.stop()
         finally:
             self.feed.detach()
+            for d in list(self.displays):
+                _quietly(d.stopped)
         return True
 
     def restart(self) -> Cluster:
@@ -368,9 +373,13 @@ class KernelOrigin:
         if not self.options:
             raise ClusterError("no SCOOP cluster was started in this kernel yet")
         opts = dict(self.options)
-        self.stop()
-        n = opts.pop("n", None)
-        return self.start(n, **opts)
+        self.restarting = True  # live views follow the new cluster rather than freeze
+        try:
+            self.stop()
+            n = opts.pop("n", None)
+            return self.start(n, **opts)
+        finally:
+            self.restarting = False
 
     def scale(self, n: int, wait: bool = True):
         """``wait=False``: returns once the workers are asked for, safe from a thread other than
@@ -410,6 +419,15 @@ class KernelOrigin:
         took = f" in {self.start_seconds:.2f} s" if self.start_seconds is not None else ""
         return (f"SCOOP cluster started{took}: {total} worker{'s' if total != 1 else ''} "
                 f"({hosts}); this kernel is the origin (broker port {c.main_port})")
+
+
+def _quietly(fn):
+    """Runs a view's hook: a broken view must not break the cell or the stop."""
+    try:
+        fn()
+    except Exception:
+        import logging
+        logging.getLogger("scoop_jupyter").exception("view hook %r failed", fn)
 
 
 def _route_done_callbacks(origin: KernelOrigin):

@@ -6,17 +6,28 @@ once a map has run for ``DELAY`` seconds, so quick maps leave no clutter.
 """
 from __future__ import annotations
 
+import html
 import threading
 import time
 
+from .records import Record
 from .status import safe_maps
+from .tracebacks import interrupted_work
+from .views import progress_bar
+from .views import seconds as _seconds
 
 DELAY = 1.0
 MIN_INTERVAL = 0.2
 
 
+_STYLE_COLORS = {"done": "#2e7d32", "interrupted": "#ef6c00", "failed": "#c62828", None: "#1976d2"}
+
+
 class _Bar:
-    def __init__(self, info: dict):
+    """A map's bar: an ipywidgets bar and label while the map runs, then a static record (an
+    HTML bar and the summary line, e.g. ``mc_pi: 200 done in 1.5 s (137/s)``) in its place."""
+
+    def __init__(self, info: dict, record: Record | None = None):
         import ipywidgets as W
         total = info.get("total") or max(info.get("submitted", 0), 1)
         self.bar = W.IntProgress(value=0, min=0, max=total, bar_style="info",
@@ -26,6 +37,17 @@ class _Bar:
         self.started = info.get("started", time.time())
         self.name = info.get("name", "map")
         self.finished = False
+        self.record = record
+        self.text = ""
+
+    def show(self):
+        if self.record is not None:
+            self.record.show(self.text or f"{self.name}: starting", self.html(None), self.box)
+
+    def html(self, state: str | None) -> str:
+        return (f'<div class="scoop-progress" data-state="{state or "running"}" style="font-size:12px">'
+                f'{progress_bar(self.bar.value, self.bar.max, 240, _STYLE_COLORS.get(state, "#1976d2"))} '
+                f'{html.escape(self.text)}</div>')
 
     def update(self, info: dict, state: str | None = None):
         total = info.get("total")
@@ -43,13 +65,9 @@ class _Bar:
         text = label(self.name, done, total, known, time.time() - self.started, state)
         if self.label.value != text:
             self.label.value = text
-
-
-def _seconds(s: float) -> str:
-    if s < 60:
-        return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
-    m, s = divmod(int(s + 0.5), 60)
-    return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+        self.text = text
+        if state is not None and self.record is not None:
+            self.record.freeze(text, self.html(state))
 
 
 def label(name: str, done: int, total, known: int, elapsed: float, state: str | None = None) -> str:
@@ -99,7 +117,6 @@ class ProgressBars:
         infos = {(m["name"], m["started"]): m for m in safe_maps()}
         interrupted = {}
         if isinstance(error, KeyboardInterrupt):
-            from .tracebacks import interrupted_work
             interrupted = {(p["name"], p["started"]): p
                            for kind, p in interrupted_work(error) if kind == "map"}
         for key, bar in bars.items():
@@ -139,18 +156,9 @@ class ProgressBars:
                         continue
                     if m["started"] < cell_start and m["done"] >= (m["total"] or m["submitted"]):
                         continue
-                    bar = self._bars[key] = _Bar(m)
-                    self._display(bar.box)
+                    bar = self._bars[key] = _Bar(m, Record(origin, origin._cell_parent))
+                    bar.update(m)
+                    bar.show()
                 if bar.finished:
                     continue
                 bar.update(m, "done" if m["finished"] else None)
-
-    def _display(self, widget):
-        """Displays in the running cell, although we are on a background thread."""
-        shell = self.origin.shell
-        parent = self.origin._cell_parent
-        pub = getattr(shell, "display_pub", None)
-        if parent is not None and hasattr(pub, "set_thread_parent"):
-            pub.set_thread_parent(parent)
-        from IPython.display import display
-        display(widget)

@@ -1,0 +1,71 @@
+"""Static records: a live view leaves in the notebook what it last showed.
+
+A notebook saves outputs, not widget state (unless asked to), so a reopened notebook,
+nbconvert's HTML and GitHub used to show "Error displaying widget: model not found", or the
+widget's repr (``HBox(children=(IntProgress(...``), where a progress bar or a dashboard had
+been.  Every live view here is displayed as one bundle that carries a static ``text/html`` and
+``text/plain`` beside the widget view, under a display id; when the view ends (its map
+finished, the cluster stopped) the display is updated to the static bundle alone and the
+widget is closed, so what is saved is the record: the final bar and its summary, the
+dashboard's last state.  Renderers that cannot show the widget (nbconvert without widget
+state, GitHub) show the static part meanwhile.
+"""
+from __future__ import annotations
+
+import contextlib
+
+
+class Record:
+    """One display in one cell: live (a widget plus its static rendering) until :meth:`freeze`."""
+
+    def __init__(self, origin, parent=None):
+        self.origin = origin
+        self.parent = parent if parent is not None else origin.current_parent()
+        self.handle = None
+        self.widget = None
+        self.frozen = False
+
+    @contextlib.contextmanager
+    def _in_its_cell(self):
+        """Displays from a background thread (the meta stream's) land in the record's cell."""
+        under = getattr(self.origin, "under", None)
+        with (under(self.parent) if under is not None else contextlib.nullcontext()):
+            yield
+
+    @staticmethod
+    def bundle(text: str, html: str, widget=None) -> dict:
+        data = {"text/plain": text, "text/html": html}
+        if widget is not None:
+            view = widget._repr_mimebundle_().get("application/vnd.jupyter.widget-view+json")
+            if view is not None:
+                data["application/vnd.jupyter.widget-view+json"] = view
+        return data
+
+    def show(self, text: str, html: str, widget=None) -> None:
+        from IPython.display import display
+        self.widget = widget
+        with self._in_its_cell():
+            self.handle = display(self.bundle(text, html, widget), raw=True, display_id=True)
+
+    def update(self, text: str, html: str) -> None:
+        """Refreshes the static part (the widget view stays)."""
+        if self.handle is None or self.frozen:
+            return
+        with self._in_its_cell():
+            self.handle.update(self.bundle(text, html, self.widget), raw=True)
+
+    def freeze(self, text: str, html: str) -> None:
+        """Replaces the display by the static record and closes the widget."""
+        if self.frozen:
+            return
+        self.frozen = True
+        if self.handle is not None:
+            with self._in_its_cell():
+                self.handle.update(self.bundle(text, html), raw=True)
+        widget, self.widget = self.widget, None
+        if widget is not None:
+            for w in [widget, *getattr(widget, "children", ())]:
+                try:
+                    w.close()
+                except Exception:
+                    pass
