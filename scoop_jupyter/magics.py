@@ -1,13 +1,17 @@
 """``%scoop_cluster``: start, stop, observe and resize this kernel's SCOOP cluster.
 
 The start options are ``python -m scoop``'s, generated from the same declarations
-(scoop.options), so a command line moves into a notebook unchanged.
-Mistakes are reported as one-line usage errors (IPython's ``UsageError``), never as a
-traceback from the parser.
+(scoop.options), so a command line moves into a notebook unchanged.  One help text, generated
+from the parser, is shown by ``%scoop_cluster --help``, ``%scoop_cluster?`` and
+``%scoop_cluster help``: usage, every command with its arguments, every start option, examples.
+Mistakes are reported as one-line usage errors (IPython's ``UsageError``), with a "did you
+mean" for a misspelt command, never as a traceback from the parser.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import shlex
 
 from IPython.core.error import UsageError
@@ -17,6 +21,7 @@ from scoop.errors import ClusterError
 from scoop.options import add_arguments, given
 
 from . import api
+from .views import pending_text, plural
 
 
 class _HelpShown(Exception):
@@ -27,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports instead of exiting the kernel."""
 
     def error(self, message):
-        raise UsageError(f"%scoop_cluster: {message}  (see %scoop_cluster --help)")
+        raise UsageError(f"%scoop_cluster: {message}{_did_you_mean(message)}  (see %scoop_cluster --help)")
 
     def exit(self, status=0, message=None):
         if message:
@@ -35,7 +40,17 @@ class _Parser(argparse.ArgumentParser):
         raise _HelpShown()
 
     def print_help(self, file=None):
-        print(self.format_help(), end="")
+        print(full_help() if self.prog == "%scoop_cluster" else self.format_help(), end="")
+
+
+def _did_you_mean(message: str) -> str:
+    """", did you mean 'start'?" for ``invalid choice: 'strat'``."""
+    m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not m:
+        return ""
+    choices = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(",")]
+    close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _positive(text):
@@ -61,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bars for long futures.map calls")
     s.add_argument("--dry-run", action="store_true",
                    help="batch jobs: print what would be submitted (command and job script), submit nothing")
-    sub.add_parser("stop", help="stop the cluster")
-    sub.add_parser("status", help="workers per host, load and tasks done")
+    sub.add_parser("stop", help="stop the cluster (live views keep its last state)")
+    sub.add_parser("status", help="totals, workers per host and per worker (the default command)")
     sub.add_parser("restart", help="stop, then start with the same options")
     sc = sub.add_parser("scale", help="grow or shrink the cluster to N workers")
     sc.add_argument("workers", type=_positive, metavar="N")
@@ -81,20 +96,53 @@ def build_parser() -> argparse.ArgumentParser:
     tl = sub.add_parser("timeline", help="task timeline of the last maps: a row per worker, a bar per task")
     tl.add_argument("--last", type=float, default=60.0, metavar="SECONDS",
                     help="how far back to show (default: 60 s)")
-    lg = sub.add_parser("logs", help="recent output of the workers (or of one: %%scoop_cluster logs w3)")
+    lg = sub.add_parser("logs", help="recent output of every worker, or of one (logs w3); -n N lines each")
     lg.add_argument("worker", nargs="?", default=None, metavar="NAME")
     lg.add_argument("-n", "--lines", type=_positive, default=50, metavar="N",
                     help="lines per worker (default 50)")
     pr = sub.add_parser("progress", help="turn progress bars for long maps on or off")
     pr.add_argument("switch", choices=["on", "off"])
+    sub.add_parser("help", help="this help")
     return p
+
+
+EXAMPLES = """\
+examples:
+  %scoop_cluster start -n 4                      4 local workers; this kernel is the origin
+  %scoop_cluster start --hosts node1 node2 -n 8  workers over SSH (~/.ssh/config is honoured)
+  %scoop_cluster start --slurm -n 16 --cpus-per-job 4 --walltime 01:00:00
+                                                 workers from SLURM batch jobs, from a login node
+  %scoop_cluster status                          totals, hosts and workers
+  %scoop_cluster dashboard                       live view; leaves its last state when stopped
+  %scoop_cluster scale 8                         grow, or retire workers after their tasks
+  %scoop_cluster logs w3 -n 20                   the last 20 lines printed by worker w3
+  %scoop_cluster timeline --last 30              a bar per task of the last 30 s, a row per worker
+  %scoop_cluster stop
+"""
+
+
+def full_help() -> str:
+    """Usage, every command with its arguments, every ``start`` option, examples."""
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    out = [p.format_usage(), p.description, "", "commands:"]
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name, parser in sub.choices.items():
+        usage = re.sub(r"\s+", " ", parser.format_usage().replace("usage: ", "").replace(" [-h]", "")).strip()
+        if name == "start":
+            usage = "%scoop_cluster start [-n N] [OPTIONS]   (the start options are below)"
+        out.append(f"  {usage}")
+        out.append(f"      {helps.get(name, '')}")
+    start = sub.choices["start"].format_help()
+    options = start[start.find("options:"):] if "options:" in start else start
+    out += ["", "start " + options.strip(), "", EXAMPLES, p.epilog, ""]
+    return "\n".join(out).replace("`", "")  # plain text: no markup quotes
 
 
 def _queue_note(cluster) -> str:
     """For a batch-job cluster: how many workers run and how many wait in the queue."""
     if cluster is None or not getattr(cluster, "queued", False):
         return ""
-    from .status import pending_text
     pending = pending_text({"jobs": cluster.jobs()})
     return f": {cluster.size} running" + (f", {pending}" if pending else "")
 
@@ -105,14 +153,13 @@ def started_message(session) -> str:
     c = session.cluster
     if c is None or not getattr(c, "queued", False):
         return session.summary()
-    from .status import pending_text
     jobs = [j for j in c.jobs() if j["state"] != "ended"]
     ids = ", ".join(str(j["id"]) for j in jobs)
     pending = pending_text({"jobs": jobs})
     n = c.requested
     took = f" in {session.start_seconds:.2f} s" if session.start_seconds is not None else ""
-    return (f"SCOOP cluster started{took}: {len(jobs)} {c.launcher.name} job{'s' if len(jobs) != 1 else ''} "
-            f"submitted for {n} worker{'s' if n != 1 else ''} (job{'s' if len(jobs) != 1 else ''} {ids}); "
+    return (f"SCOOP cluster started{took}: {plural(len(jobs), c.launcher.name + ' job')} "
+            f"submitted for {plural(n, 'worker')} (job{'s' if len(jobs) != 1 else ''} {ids}); "
             f"{c.size} running" + (f", {pending}" if pending else "") + ".\n"
             f"Workers join as their jobs start (%scoop_cluster status shows them; "
             f"scoop_jupyter.cluster().wait_for_workers({n}) waits for them); "
@@ -136,9 +183,10 @@ def adapt_command(cluster, args) -> str:
 
 @magics_class
 class ScoopMagics(Magics):
+    """The ``%scoop_cluster`` line magic."""
+
     @line_magic
     def scoop_cluster(self, line: str = ""):
-        """Start, stop and observe a SCOOP cluster; ``%scoop_cluster --help`` for the commands."""
         parser = build_parser()
         try:
             argv = shlex.split(line)
@@ -150,23 +198,27 @@ class ScoopMagics(Magics):
             return None
         cmd = args.command or "status"
         try:
-            if cmd == "start" and args.dry_run:
+            if cmd == "help":
+                print(full_help(), end="")
+            elif cmd == "start" and args.dry_run:
                 from scoop.cluster import Cluster
                 print(Cluster(**given(args)).dry_run(), end="")
             elif cmd == "start":
                 api.start(progress=args.progress, **given(args))
                 print(started_message(api.session()))
             elif cmd == "stop":
-                print("SCOOP cluster stopped" if api.stop() else "no SCOOP cluster is running")
+                s = api.session()
+                print("SCOOP cluster stopped" if api.stop() else
+                      "no SCOOP cluster is running" if s.feed.started else "no SCOOP cluster yet")
             elif cmd == "status":
                 from IPython.display import display
                 display(api.status())
             elif cmd == "restart":
                 api.restart()
-                print(started_message(api.session()))
+                print(started_message(api.session()).replace("started", "restarted", 1))
             elif cmd == "scale":
                 api.scale(args.workers)
-                print(f"SCOOP cluster scaled to {args.workers} worker{'s' if args.workers != 1 else ''}"
+                print(f"SCOOP cluster scaled to {plural(args.workers, 'worker')}"
                       + _queue_note(api.cluster()))
             elif cmd == "jobs":
                 from scoop.launch.jobtable import job_table
@@ -191,3 +243,7 @@ class ScoopMagics(Magics):
             # the cluster explains what failed; a traceback through this magic would only hide it
             raise UsageError(f"%scoop_cluster {cmd}: {exc}") from None
         return None
+
+
+# ``%scoop_cluster?`` shows the magic's docstring: the same full help as --help
+ScoopMagics.scoop_cluster.__doc__ = full_help()
