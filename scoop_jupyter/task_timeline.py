@@ -12,6 +12,9 @@ import re
 import time
 
 import scoop.origin
+from scoop.snapshot import plural
+
+from .views import seconds
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#7f7f7f", "#aec7e8")
@@ -57,87 +60,136 @@ def _fmt_tick(v: float, step: float) -> str:
     return f"{v:.0f} s" if step >= 1 else f"{v:.1f} s" if step >= 0.1 else f"{v * 1000:.0f} ms"
 
 
-def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None = None,
-           empty: str | None = None, workers: list[str] = (), max_bars: int = MAX_BARS) -> str:
-    """The timeline of ``recs`` as an HTML fragment (an SVG plus a legend); ``workers`` get a
-    row even when they ran nothing (an idle worker is worth seeing).  Bars thinner than a pixel,
-    or than the share of the width ``max_bars`` leaves each, merge with their neighbours of the
-    same function, so the size stays bounded whatever the number of tasks."""
+#: rows drawn at most: past that, the workers that ran the most (a 1,000-worker timeline
+#: would be 16,000 px tall); the headline says how many are left out
+MAX_ROWS = 64
+
+
+def headline(recs: list[dict], empty: str | None = None) -> str:
+    """"56 tasks (518 inputs) on 2 workers over 1.2 s": the text every view of the timeline
+    uses (a task is a submit or a map chunk; inputs are what ``done`` counts elsewhere)."""
     if not recs:
-        msg = empty or "no finished tasks yet"
-        return f'<div class="scoop-timeline scoop-timeline-empty" style="color:#757575">timeline: {msg}</div>'
-    t0 = min(r["start"] for r in recs)
-    t1 = max(max(r["end"] for r in recs), now or 0.0)
-    span = max(t1 - t0, 1e-3)
-    workers = sorted({r.get("worker") or "?" for r in recs} | {w for w in workers if w}, key=_worker_key)
-    names = []
-    for r in sorted(recs, key=lambda r: r["start"]):
-        if r.get("name") not in names:
-            names.append(r.get("name"))
-    colour = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
-    left, top, bottom = 44, 4, 22
-    plot_w = width - left - 8
-    height = top + row * len(workers) + bottom
-    scale = plot_w / span
-    merge_px = MERGE_PX if len(recs) <= max_bars else max(MERGE_PX, plot_w * len(workers) / max_bars)
-    parts = [f'<svg class="scoop-timeline-svg" width="{width}" height="{height}" '
-             f'xmlns="http://www.w3.org/2000/svg" style="font:10px sans-serif">']
-    for i, w in enumerate(workers):
-        y = top + i * row
+        return f"timeline: {empty or 'no finished tasks yet'}"
+    span = max(r["end"] for r in recs) - min(r["start"] for r in recs)
+    inputs = sum(int(r.get("inputs", 1)) for r in recs)
+    ran = len({r.get("worker") for r in recs})
+    return (f"{plural(len(recs), 'task')} ({plural(inputs, 'input')}) on {plural(ran, 'worker')} "
+            f"over {seconds(span)}")
+
+
+class _Layout:
+    """Where things go: the time axis, the rows (workers) and the colours (functions)."""
+
+    def __init__(self, recs, width, row, now, workers, max_rows):
+        self.t0 = min(r["start"] for r in recs)
+        t1 = max(max(r["end"] for r in recs), now or 0.0)
+        self.span = max(t1 - self.t0, 1e-3)
+        names = sorted({r.get("worker") or "?" for r in recs} | {w for w in workers if w}, key=_worker_key)
+        if len(names) > max_rows:  # the workers that ran the most
+            count: dict = {}
+            for r in recs:
+                count[r.get("worker") or "?"] = count.get(r.get("worker") or "?", 0) + 1
+            names = sorted(sorted(names, key=lambda w: -count.get(w, 0))[:max_rows], key=_worker_key)
+        self.workers = names
+        self.hidden = len({r.get("worker") or "?" for r in recs} | {w for w in workers if w}) - len(names)
+        self.rows = {w: i for i, w in enumerate(names)}
+        self.functions = []
+        for r in sorted(recs, key=lambda r: r["start"]):
+            if r.get("name") not in self.functions:
+                self.functions.append(r.get("name"))
+        self.colour = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(self.functions)}
+        self.left, self.top, self.bottom, self.row, self.width = 44, 4, 22, row, width
+        self.plot_w = width - self.left - 8
+        self.height = self.top + row * len(names) + self.bottom
+        self.scale = self.plot_w / self.span
+
+
+def render(recs: list[dict], width: int = 640, row: int = 16, now: float | None = None,
+           empty: str | None = None, workers: list[str] = (), max_bars: int = MAX_BARS,
+           max_rows: int = MAX_ROWS) -> str:
+    """The timeline of ``recs`` as an HTML fragment (a headline, a legend and an SVG);
+    ``workers`` get a row even when they ran nothing (an idle worker is worth seeing).  Bars
+    thinner than a pixel, or than the share of the width ``max_bars`` leaves each, merge with
+    their neighbours of the same function, so the size stays bounded whatever the number of
+    tasks; at most ``max_rows`` rows are drawn."""
+    if not recs:
+        return (f'<div class="scoop-timeline scoop-timeline-empty" style="color:#757575">'
+                f'{html.escape(headline(recs, empty))}</div>')
+    lay = _Layout(recs, width, row, now, workers, max_rows)
+    parts = [f'<svg class="scoop-timeline-svg" width="{width}" height="{lay.height}" '
+             f'xmlns="http://www.w3.org/2000/svg" style="font:10px sans-serif">',
+             _rows_svg(lay), _bars_svg(lay, recs, max_bars), _axis_svg(lay), "</svg>"]
+    hidden = f" ({lay.hidden} more workers not drawn)" if lay.hidden > 0 else ""
+    return (f'<div class="scoop-timeline"><div>{html.escape(headline(recs))}{hidden} &middot; '
+            f'{_legend(lay, recs)}</div>{"".join(parts)}</div>')
+
+
+def _rows_svg(lay: _Layout) -> str:
+    parts = []
+    for i, w in enumerate(lay.workers):
+        y = lay.top + i * lay.row
         if i % 2 == 0:
-            parts.append(f'<rect x="{left}" y="{y}" width="{plot_w}" height="{row}" '
+            parts.append(f'<rect x="{lay.left}" y="{y}" width="{lay.plot_w}" height="{lay.row}" '
                          f'fill="rgba(127,127,127,0.07)"/>')
-        parts.append(f'<text x="{left - 4}" y="{y + row * 0.7:.1f}" text-anchor="end" fill="currentColor">'
-                     f'{html.escape(w)}</text>')
-    rows = {w: i for i, w in enumerate(workers)}
+        parts.append(f'<text x="{lay.left - 4}" y="{y + lay.row * 0.7:.1f}" text-anchor="end" '
+                     f'fill="currentColor">{html.escape(w)}</text>')
+    return "".join(parts)
+
+
+def _bars_svg(lay: _Layout, recs: list[dict], max_bars: int) -> str:
+    """One bar per task, or per run of tasks too thin to draw apart."""
+    n_rows = max(len(lay.workers), 1)
+    merge_px = MERGE_PX if len(recs) <= max_bars else max(MERGE_PX, lay.plot_w * n_rows / max_bars)
+    dense = len(recs) > max_bars  # then neighbours merge whatever their function
     # a thin light edge keeps neighbouring tasks apart (a failed one is outlined in red)
-    parts.append('<g stroke="rgba(255,255,255,0.8)" stroke-width="0.5">')
+    parts = ['<g stroke="rgba(255,255,255,0.8)" stroke-width="0.5">']
     by_worker: dict = {}
     for r in sorted(recs, key=lambda r: (r.get("worker") or "?", r["start"])):
         by_worker.setdefault(r.get("worker") or "?", []).append(r)
-    dense = len(recs) > max_bars  # then neighbours merge whatever their function
     for w, rs in by_worker.items():
-        y = top + rows[w] * row + 2
+        if w not in lay.rows:
+            continue
+        y = lay.top + lay.rows[w] * lay.row + 2
         cur = None
         for r in rs:
-            x0 = left + (r["start"] - t0) * scale
-            x1 = left + (r["end"] - t0) * scale
-            ok = r.get("ok", True)
-            name = r.get("name")
-            secs = r["end"] - r["start"]
-            if cur is not None and cur.ok == ok and x0 - cur.x1 < merge_px and _merges(cur, name, x1 - x0,
-                                                                                     merge_px, dense):
+            x0 = lay.left + (r["start"] - lay.t0) * lay.scale
+            x1 = lay.left + (r["end"] - lay.t0) * lay.scale
+            ok, name, secs = r.get("ok", True), r.get("name"), r["end"] - r["start"]
+            if cur is not None and cur.ok == ok and x0 - cur.x1 < merge_px \
+                    and _merges(cur, name, x1 - x0, merge_px, dense):
                 cur.add(x1, name, int(r.get("inputs", 1)), secs)
                 continue
             if cur is not None:
-                parts.append(cur.svg(y, row, colour))
+                parts.append(cur.svg(y, lay.row, lay.colour))
             cur = _Run(x0, x1, name, ok, int(r.get("inputs", 1)), secs)
         if cur is not None:
-            parts.append(cur.svg(y, row, colour))
+            parts.append(cur.svg(y, lay.row, lay.colour))
     parts.append("</g>")
-    axis_y = top + row * len(workers)
-    parts.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="currentColor" '
-                 f'stroke-opacity="0.5"/>')
-    ticks = _ticks(span, plot_w)
-    step = ticks[1] - ticks[0] if len(ticks) > 1 else span
+    return "".join(parts)
+
+
+def _axis_svg(lay: _Layout) -> str:
+    axis_y = lay.top + lay.row * len(lay.workers)
+    parts = [f'<line x1="{lay.left}" y1="{axis_y}" x2="{lay.left + lay.plot_w}" y2="{axis_y}" '
+             f'stroke="currentColor" stroke-opacity="0.5"/>']
+    ticks = _ticks(lay.span, lay.plot_w)
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else lay.span
     for v in ticks:
-        x = left + v * scale
+        x = lay.left + v * lay.scale
         parts.append(f'<line x1="{x:.1f}" y1="{axis_y}" x2="{x:.1f}" y2="{axis_y + 4}" stroke="currentColor" '
                      f'stroke-opacity="0.5"/><text x="{x:.1f}" y="{axis_y + 14}" text-anchor="middle" '
                      f'fill="currentColor">{_fmt_tick(v, step)}</text>')
-    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _legend(lay: _Layout, recs: list[dict]) -> str:
     swatch = '<span style="white-space:nowrap"><span style="display:inline-block;width:9px;height:9px;'
-    legend = " ".join(f'{swatch}background:{colour[n]};margin-right:3px"></span>{html.escape(str(n))}</span>'
-                      for n in names[:12])
+    legend = " ".join(f'{swatch}background:{lay.colour[n]};margin-right:3px"></span>'
+                      f'{html.escape(str(n))}</span>' for n in lay.functions[:12])
     failed = sum(1 for r in recs if not r.get("ok", True))
     if failed:
         legend += f' {swatch}border:2px solid {FAILED};margin-right:3px"></span>failed ({failed})</span>'
-    inputs = sum(int(r.get("inputs", 1)) for r in recs)
-    ran = len({r.get("worker") for r in recs})
-    head = (f"{len(recs)} task{'s' if len(recs) != 1 else ''} ({inputs} inputs) on {ran} "
-            f"worker{'s' if ran != 1 else ''} over {span:.1f} s")
-    return (f'<div class="scoop-timeline"><div>{head} &middot; {legend}</div>'
-            f'{"".join(parts)}</div>')
+    return legend
 
 
 def _merges(cur, name, width, merge_px, dense) -> bool:
