@@ -6,6 +6,9 @@ The kernel becomes the cluster's origin and stays it between cells; see
 """
 from __future__ import annotations
 
+# the dashboard module first: importing it later would make ``scoop_jupyter.dashboard`` the
+# module rather than the function below
+from . import dashboard as _dashboard_module  # noqa: F401
 from . import reprs, tracebacks
 from .api import cluster, dashboard, logs, restart, scale, session, start, status, stop, timeline  # noqa: F401
 

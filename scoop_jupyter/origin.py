@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import re
 import sys
 import threading
@@ -28,6 +29,7 @@ from scoop.cluster import Cluster
 from scoop.errors import ClusterError
 from scoop.options import option_names
 
+from .notices import LossNotices, SupervisorFilter
 from .status import StatusFeed, forget_maps
 
 SAFETY_PUMP_MS = 100
@@ -35,8 +37,6 @@ SAFETY_PUMP_MS = 100
 LOG_LINES = 200
 #: cell groups whose parent header is remembered (a kernel's life is long, headers are small)
 MAX_GROUPS = 10_000
-
-_LOST_LINE = re.compile(r"pid (\d+)\) lost \(")
 
 #: ``start`` options that map one to one onto ``scoop.cluster.Cluster`` arguments (declared in
 #: scoop.options; ``n`` is start's own argument and output is always prefixed here)
@@ -108,6 +108,8 @@ class KernelOrigin:
         self._atexit = False
         self.progress = None  # the map progress bars (scoop_jupyter.progress), set by api.session()
         self.restarting = False
+        self.notices = LossNotices(self._notice, retired=lambda name, pid: pid in self.feed.retired_pids)
+        self._log_filter = SupervisorFilter(self.notices)
         self.displays: list = []  # live displays to turn into static records: cell_finished(), stopped()
 
     # ---- IPython integration --------------------------------------------------------------------
@@ -129,6 +131,8 @@ class KernelOrigin:
             self._atexit = True
         if self._unpatch_callbacks is None and self.kernel is not None:
             self._unpatch_callbacks = _route_done_callbacks(self)
+        if self.kernel is not None:
+            logging.getLogger("scoop").addFilter(self._log_filter)
 
     def uninstall(self, shell):
         for name, fn in (("pre_run_cell", self._pre_run_cell), ("post_run_cell", self._post_run_cell)):
@@ -142,6 +146,7 @@ class KernelOrigin:
             pass
         if self.shell is shell:
             self.shell = None
+        logging.getLogger("scoop").removeFilter(self._log_filter)
         if self._unpatch_callbacks is not None:
             self._unpatch_callbacks()
             self._unpatch_callbacks = None
@@ -267,17 +272,20 @@ class KernelOrigin:
         except Exception:
             pass
 
-    def _without_retired(self, label: str, text: str) -> str:
-        """``text`` without broker lines that call a worker this kernel retired "lost": it
-        left as asked (newer brokers say "retired" and print nothing)."""
-        if not label.startswith("broker") or " lost (" not in text:
+    def _notice(self, text: str):
+        """A notice of the cluster's (a lost worker): to the running cell, else the last one."""
+        try:
+            with self.under(self._cell_parent):
+                sys.stderr.write(text)
+        except Exception:
+            pass
+
+    def _without_losses(self, label: str, text: str) -> str:
+        """``text`` without the broker's lines about a lost worker: those become the one notice
+        (:mod:`notices`), or nothing for a worker this kernel retired."""
+        if not label.startswith("broker") or "re-dispatching" not in text:
             return text
-        keep = []
-        for line in text.splitlines(keepends=True):
-            m = _LOST_LINE.search(line)
-            if m is None or int(m.group(1)) not in self.feed.retired_pids:
-                keep.append(line)
-        return "".join(keep)
+        return "".join(line for line in text.splitlines(keepends=True) if not self.notices.from_broker(line))
 
     def _output_sink(self):
         """Output of the cluster's processes (the broker's, and the workers' when the core does
@@ -293,7 +301,7 @@ class KernelOrigin:
         streams = {"stdout": sys.stdout, "stderr": sys.stderr}
 
         def sink(label, stream, text):
-            text = self._without_retired(label, text)
+            text = self._without_losses(label, text)
             if not text:
                 return
             m = re.match(r"\[([^\]]+)\] ", text)
@@ -380,6 +388,8 @@ class KernelOrigin:
             return self.start(n, **opts)
         finally:
             self.restarting = False
+        self.notices = LossNotices(self._notice, retired=lambda name, pid: pid in self.feed.retired_pids)
+        self._log_filter = SupervisorFilter(self.notices)
 
     def scale(self, n: int, wait: bool = True):
         """``wait=False``: returns once the workers are asked for, safe from a thread other than
@@ -396,16 +406,23 @@ class KernelOrigin:
         self.feed.refresh_now()
 
     def status(self, settle: float = 1.0) -> dict:
-        """The latest broker snapshot.  Right after a start or scale the snapshot (sent ~5 times
-        a second) may not list every worker yet: wait up to ``settle`` s for it to agree with
-        the cluster's size, so a status asked for just then shows the cluster as it is."""
+        """The latest broker snapshot.  Right after a start, a scale or a map the snapshot (sent
+        ~5 times a second, with the workers' load reports of every 0.25 s) may not list every
+        worker yet, or not count the last results on their rows: wait up to ``settle`` s for
+        it to agree with the cluster's size and the broker's own count of results, so a status
+        asked for just then shows the cluster as it is."""
         cluster = self.cluster
         if cluster is None:
             return {"state": "stopped", "workers": [], "totals": {}}
         deadline = time.monotonic() + settle
+
+        def settled(snap):
+            workers = snap.get("workers", [])
+            done = sum(int(w.get("done") or 0) for w in workers) + self.feed.model.departed_done
+            return len(workers) == cluster.size and done >= int(snap.get("totals", {}).get("done") or 0)
         while True:
             snap = cluster.status()
-            if len(snap.get("workers", [])) == cluster.size or time.monotonic() > deadline:
+            if settled(snap) or time.monotonic() > deadline:
                 return snap
             time.sleep(0.05)
 

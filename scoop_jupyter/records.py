@@ -26,10 +26,16 @@ class Record:
         self.frozen = False
 
     @contextlib.contextmanager
-    def _in_its_cell(self):
-        """Displays from a background thread (the meta stream's) land in the record's cell."""
+    def _in_its_cell(self, update: bool = False):
+        """Displays from a background thread (the meta stream's) land in the record's cell.  An
+        update goes out under the cell running now, if any: a front end updates every output
+        with the display id whatever cell it is in, and nbclient reads only the running cell's
+        messages."""
         under = getattr(self.origin, "under", None)
-        with (under(self.parent) if under is not None else contextlib.nullcontext()):
+        parent = self.parent
+        if update and getattr(self.origin, "cell_running", False):
+            parent = self.origin.current_parent() or parent
+        with (under(parent) if under is not None else contextlib.nullcontext()):
             yield
 
     @staticmethod
@@ -51,7 +57,7 @@ class Record:
         """Refreshes the static part (the widget view stays)."""
         if self.handle is None or self.frozen:
             return
-        with self._in_its_cell():
+        with self._in_its_cell(update=True):
             self.handle.update(self.bundle(text, html, self.widget), raw=True)
 
     def freeze(self, text: str, html: str) -> None:
@@ -60,7 +66,7 @@ class Record:
             return
         self.frozen = True
         if self.handle is not None:
-            with self._in_its_cell():
+            with self._in_its_cell(update=True):
                 self.handle.update(self.bundle(text, html), raw=True)
         widget, self.widget = self.widget, None
         if widget is not None:

@@ -109,6 +109,8 @@ class StatusFeed:
         raw = cluster.status(timeout=0)
         if raw.get("workers") is not None and raw.get("state") == "running":
             self._on_meta("status", raw)
+        else:  # no snapshot yet: running, its workers joining
+            self._publish_raw({"state": "running", "workers": [], "totals": {}})
 
     def detach(self, publish: bool = True):
         """Stops following the cluster; listeners get one "stopped" model (keeping the done count)."""

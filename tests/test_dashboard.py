@@ -282,3 +282,80 @@ def test_pending_jobs_shown_apart_from_running_workers():
     assert said in text.splitlines()[1] and "job 16 (w6) failed" in text
     plain = dict(status, jobs=[], totals=dict(status["totals"], pending_workers=0))
     assert "pending" not in render(plain, [], []) and "pending" not in api.format_status(plain)
+
+
+HEADLINE = re.compile(r"(\d+) workers?\b.*?busy (\d+)%, (\d+) done, (\d+) queued, (\d+) running, ([\d.,]+)/s")
+
+CHECK_VIEWS = r'''
+import re as _re
+from scoop_jupyter import views as _v
+from scoop_jupyter.dashboard import render as _render
+_seen, _bad = [], []
+
+def _figs(text):
+    text = _re.sub(r"<[^>]+>", "", text).replace("&middot;", "·").replace(" ·", ",")
+    m = _re.search(HEADLINE, text)
+    return m.groups() if m else None
+
+def _check(snap):
+    """Every view rendered from the same model at the same moment, and the model's own sums."""
+    if snap.get("state") != "running":
+        return
+    t = snap["totals"]
+    figs = {"text": _figs(_v.status_text(snap)), "card": _figs(_v.status_html(snap)),
+            "dashboard": _figs(_render(snap, []))}
+    live = [w for w in snap["workers"] if w["state"] in ("busy", "idle")]
+    sums = (t["workers"] == len(live) and t["running"] == sum(w["running"] for w in live)
+            and t["done"] == sum(w["done"] for w in live if w["state"] != "lost") + t["departed_done"])
+    _seen.append(t["done"])
+    if len(set(figs.values())) != 1 or None in figs.values() or not sums or figs["text"][2] != str(t["done"]):
+        _bad.append((figs, t))
+
+_remove = _sj.session().feed.add_listener(_check)
+'''
+
+
+def test_every_view_shows_the_same_numbers_during_and_after_a_map(kernel):
+    """The status text, the status card, the dashboard (in the kernel, for every model the feed
+    published), the dashboard widget and the panel's comm (what the front end got), and the
+    timeline agree: same workers, running, done (inputs), rate; totals are the sums of rows."""
+    k = kernel
+    k.run("%scoop_cluster stop\n%scoop_cluster start -n 2")
+    k.run(f"HEADLINE = {HEADLINE.pattern!r}\n" + CHECK_VIEWS)
+    t0 = time.monotonic()
+    cid = k.comm_open("scoop_cluster")
+    k.run("_dash = _sj.dashboard()\n_dash")
+    panel = panel_comm_id(k, t0)
+    k.run("def nap(x):\n    time.sleep(0.04)\n    return x\n_r = list(futures.map(nap, range(120)))")
+    k.run("""
+_d = time.monotonic() + 10
+while _sj.status()['totals']['done'] < 120 and time.monotonic() < _d:
+    time.sleep(0.1)
+time.sleep(0.6)
+_remove()
+""")
+    assert k.value("_bad") == []
+    seen = k.value("_seen")
+    assert len(seen) >= 5 and seen[-1] == 120 and seen == sorted(seen), seen
+    status = k.value("_sj.status()")
+    assert status["totals"]["done"] == 120 and status["totals"]["running"] == 0
+    assert "120 done" in k.run("%scoop_cluster status").text()
+    # the timeline counts tasks (map chunks) and the same inputs
+    timeline = k.run("%scoop_cluster timeline").data("text/html")[0]
+    assert re.search(r"\(120 inputs\) on [12] workers?", timeline), timeline[:300]
+    # what the front end got: every comm status and dashboard update is consistent in itself
+    comms = [d for _, d in k.comm_data(cid, t0) if d.get("type") == "status" and d.get("state") == "running"]
+    assert comms and comms[-1]["totals"]["done"] == 120, comms[-1:]
+    for d in comms:
+        t = d["totals"]
+        done = sum(w["done"] for w in d["workers"] if w["state"] != "lost")
+        assert t["done"] == done + t["departed_done"], d
+        assert t["running"] == sum(w["running"] for w in d["workers"]), d
+    ups = [html for _, html in panel_updates(k, panel, t0)]
+    assert ups and all(HEADLINE.search(re.sub(r"<[^>]+>", "", h).replace("&middot;", "·").replace(" ·", ","))
+                       for h in ups if 'data-state="running"' in h)
+    last = re.sub(r"<[^>]+>", "", ups[-1]).replace("&middot;", "·").replace(" ·", ",")
+    assert HEADLINE.search(last).group(3) == "120", last
+    assert sum(r["done"] for r in rows(ups[-1])) == 120
+    k.comm_close(cid)
+    k.run("_dash.close()")

@@ -597,3 +597,78 @@ def test_worker_logs(kernel):
         assert f"chatty line {x}" in out, out
     bad = kernel.run("%scoop_cluster logs w99", ok=False)
     assert "no output from a worker named 'w99'" in bad.text() + str(bad.error), bad
+
+
+# ---- help, notices and the glitches of a first session -------------------------------------------
+
+def test_full_help_at_every_place(kernel):
+    """``%scoop_cluster?``, ``--help`` and ``help`` show one full text: every command with its
+    arguments (``logs -n``), every start option, examples; no raw markup."""
+    res = kernel.run("%scoop_cluster?")
+    pages = [p.get("data", {}).get("text/plain", "") for p in res.reply["content"].get("payload", [])]
+    shown = "\n".join(pages) + res.text()
+    helps = [shown, kernel.run("%scoop_cluster --help").stream("stdout"),
+             kernel.run("%scoop_cluster help").stream("stdout")]
+    for text in helps:
+        for needed in ("start options:", "--hostfile", "--walltime", "--heartbeat-timeout", "--no-progress",
+                       "logs [-n N] [NAME]", "scale N", "examples:", "%scoop_cluster logs w3 -n 20"):
+            assert needed in text, (needed, text)
+        assert "``" not in text and "`" not in text.split("Docstring:")[-1], text
+
+
+def test_a_misspelt_command_gets_did_you_mean(kernel):
+    res = kernel.run("%scoop_cluster strat -n 2", ok=False)
+    text = res.stream() + str(res.error or "")
+    assert "did you mean 'start'?" in text, text
+
+
+def test_a_lost_worker_is_one_notice_with_its_one_name(kernel):
+    """kill -9 of a worker: one line, in one stream, naming the worker as everywhere else (no
+    internal id, no second report from the broker), with its exit status and replacement."""
+    pid, name = kernel.value("[(w['pid'], w['name']) for w in _sj.status()['workers']][0]")
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    kernel.run("time.sleep(4)")
+    said = [(m["content"]["name"], m["content"]["text"]) for m in kernel.messages(since=t0, types={"stream"})]
+    lost = [(s, t) for s, t in said if name in t or "lost" in t or "exited" in t]
+    assert len(lost) == 1, said
+    stream, text = lost[0]
+    assert stream == "stderr" and text.startswith(f"SCOOP: worker {name} on ") and "was lost" in text, text
+    assert "exited with status -9" in text and re.search(r"starting w\d+ to replace it", text), text
+    assert not re.search(r"\b\d+:[0-9a-f]{8,}\b", text) and "WARNING" not in text, text
+    deadline = time.monotonic() + 20
+    while kernel.value("_sj.status()['totals']['workers']") != 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_first_session_glitches():
+    """"no cluster yet" before any start; "1 worker"; restart says "restarted"; a status card
+    and a cluster card shown while running say "stopped" once the cluster stops."""
+    k = KernelDriver()
+    try:
+        k.run("%load_ext scoop_jupyter")
+        for line in ("status", "stop"):
+            assert "no SCOOP cluster yet" in k.run(f"%scoop_cluster {line}").text()
+        out = k.run("%scoop_cluster start -n 1").stream()
+        assert re.search(r"started in [\d.]+ s: 1 worker \(", out), out
+        card = k.run("%scoop_cluster status")
+        assert "1 worker," in card.text() and "1 workers" not in card.text() + str(card.data("text/html"))
+        shown = k.run("import scoop_jupyter as _sj\n_sj.cluster()")
+        assert "running" in shown.data("text/html")[0]
+        ids = [m["content"]["transient"]["display_id"] for m in card.msgs + shown.msgs
+               if m["msg_type"] == "display_data" and m["content"].get("transient", {}).get("display_id")]
+        assert len(ids) == 2, card.msgs
+        t0 = time.monotonic()  # the cards describe a cluster that a restart stops
+        out = k.run("%scoop_cluster restart").stream()
+        assert out.startswith("SCOOP cluster restarted in "), out
+        k.run("%scoop_cluster stop")
+        updates = {m["content"]["transient"]["display_id"]: m["content"]["data"]
+                   for m in k.messages(since=t0, types={"update_display_data"})}
+        for i in ids:
+            assert "stopped at" in updates[i]["text/html"], updates
+            assert "stopped at" in updates[i]["text/plain"], updates
+        assert "no SCOOP cluster is running" in k.run("%scoop_cluster status").text()
+    finally:
+        pid = k.pid
+        k.shutdown()
+        assert not wait_gone(pid, 5.0)

@@ -132,3 +132,46 @@ def test_remote_hosts_over_ssh(monkeypatch, leak_check):
         per_host = eval(m.group(1))
         assert set(per_host) <= {"h1", "h2"} and sum(per_host.values()) == 200, text
         assert re.search(r"\[w\d+\] task \d runs in process \d+", text), text  # one name per worker
+
+
+STORY = [
+    "%load_ext scoop_jupyter\n%scoop_cluster start -n 2",
+    "%scoop_cluster dashboard",
+    "import time\nfrom scoop import futures\n\ndef nap(x):\n    time.sleep(0.1)\n    return x\n\n"
+    "total = sum(futures.map(nap, range(30)))\nprint('total', total)",
+    "%scoop_cluster status",
+    "%scoop_cluster stop",
+]
+BROKEN = ("model not found", "Error displaying widget", "HBox(children=", "VBox(children=", "IntProgress(")
+
+
+def test_a_saved_notebook_keeps_its_story(tmp_path, monkeypatch, leak_check):
+    """Executed, saved, reopened without a kernel and rendered by nbconvert (HTML and text):
+    the map's final bar and summary, the dashboard's last state and the status card are there,
+    and nothing says a widget model is missing."""
+    from nbconvert import HTMLExporter, MarkdownExporter
+    from traitlets.config import Config
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in STORY])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    NotebookClient(nb, timeout=180, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    path = tmp_path / "story.ipynb"
+    nbformat.write(nb, str(path))
+    saved = nbformat.read(str(path), as_version=4)
+    outputs = [o for c in saved.cells for o in c.get("outputs", [])]
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert not widgets, widgets
+    html, _ = HTMLExporter().from_notebook_node(saved)
+    # as text: what a reader without HTML sees (text/plain preferred to every other kind)
+    plain = Config({"NbConvertBase": {"display_data_priority": ["text/plain", "text/html"]}})
+    text, _ = MarkdownExporter(config=plain).from_notebook_node(saved)
+    raw = path.read_text()
+    for rendering in (html, text, raw):
+        for bad in BROKEN:
+            assert bad not in rendering, (bad, rendering[:2000])
+    for rendering in (html, text):
+        assert re.search(r"nap: 30 done in [\d.]+ s \([\d.]+/s\)", rendering), rendering[-3000:]
+        assert "SCOOP dashboard as of" in rendering or 'class="scoop-dashboard"' in rendering
+        assert "2 workers" in rendering and "30 done" in rendering, path
+    assert 'class="scoop-progress"' in html and 'class="scoop-dashboard" data-state="stale"' in html
+    assert "SCOOP dashboard as of" in text and "stopped at" in text  # the status card says it is past
