@@ -2,14 +2,13 @@
 
 A worker that dies is reported twice by the core, for a terminal: the broker's stderr says it
 was lost and its tasks go elsewhere (``scoop broker: worker w2 (host, pid N) lost (...)``), and
-the cluster's supervisor logs its exit status and replacement (``[date] WARNING 2:c453...
-worker w2 on host exited with status -9; starting w3 to replace it``, with the logging
-record's internal process id).  In a notebook both landed in the cell in two red styles.
-Here both sources go through :class:`LossNotices`, which prints the first one that arrives for
-a worker as ``SCOOP: worker w2 on localhost was lost (exited with status -9); starting w3 to
-replace it; its task runs again elsewhere``: the broker's report waits ``WAIT`` seconds for
-the supervisor's (which knows the exit status and the replacement) and the two make one line;
-a later report of the same loss is dropped.
+the cluster's supervisor logs its exit status and replacement (``[date] WARNING cluster w2 on
+host exited with status -9; w3 replaces it``).  In a notebook both landed in the cell, in two
+red styles.  Here both go through :class:`LossNotices`, which prints one line per loss:
+``SCOOP: worker w2 on localhost was lost (exited with status -9); its task runs again
+elsewhere; w3 replaces it``.  The broker's report waits ``WAIT`` seconds for the supervisor's
+(which knows the exit status and the replacement) and the two make that line; a later report
+of the same loss is dropped.
 """
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ SAME_LOSS = 30.0
 #: seconds the broker's report of a loss waits for the supervisor's
 WAIT = 1.5
 
-_SUPERVISOR = re.compile(r"worker (?P<name>\S+) on (?P<host>\S+) exited with status (?P<code>\S+); "
+_SUPERVISOR = re.compile(r"^(?:worker )?(?P<name>\S+) on (?P<host>\S+) exited with status (?P<code>\S+); "
                          r"(?P<then>.*)$")
 _BROKER = re.compile(r"worker (?P<name>\S+) \((?P<host>[^,]*), pid (?P<pid>\d+)\) "
                      r"(?P<why>lost \(.*?\)|[^;]+); re-dispatching (?P<n>\d+) task")
