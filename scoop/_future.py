@@ -178,6 +178,15 @@ class Future:
             entries = self.__dict__["_callback_entries"] = []
         return entries
 
+    def add_waiter(self, waiter) -> None:
+        """For the greenlet hub: ``waiter.notify()`` once this future completes (not at all if it
+        already has)."""
+        if self._state < FINISHED:
+            if self._waiters is None:
+                self._waiters = [waiter]
+            else:
+                self._waiters.append(waiter)
+
     @property
     def completed(self) -> bool:
         """Finished or cancelled, as known here (no poll: for tight loops of a runtime)."""

@@ -102,11 +102,7 @@ class Hub:
         g = greenlet.getcurrent()
         w = Waiter(self, g)
         for f in futures:
-            if f._state < 2:
-                if f._waiters is None:
-                    f._waiters = [w]
-                else:
-                    f._waiters.append(w)
+            f.add_waiter(w)
         if deadline is not None:
             heapq.heappush(self.timers, (deadline, next(self._seq), w))
         self.blocked += 1

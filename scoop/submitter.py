@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from . import _codemap
 from . import _protocol as P
-from ._future import CANCELLED, FINISHED, RUNNING, Future
+from ._future import Future
 from .errors import ClusterError, TaskInterrupted, WorkerLostError
 
 HOLD_SECONDS = 0.002   # a held task not waited on goes out after this (sent by the control thread)
@@ -50,18 +50,22 @@ class Held(NamedTuple):
 
 
 class _Event:
-    """A one-shot waitable, shaped like a Future for the hub (used for shared constants)."""
+    """A one-shot waitable the hub can block on, as on a Future (used for shared constants)."""
 
-    __slots__ = ("_state", "_waiters")
+    __slots__ = ("completed", "waiters")
 
     def __init__(self):
-        self._state = 0
-        self._waiters = None
+        self.completed = False
+        self.waiters = []
+
+    def add_waiter(self, waiter):
+        if not self.completed:
+            self.waiters.append(waiter)
 
     def fire(self):
-        self._state = FINISHED
-        waiters, self._waiters = self._waiters, None
-        for w in waiters or ():
+        self.completed = True
+        waiters, self.waiters = self.waiters, []
+        for w in waiters:
             w.notify()
 
 
@@ -227,7 +231,7 @@ class Submitter:
             if not self.leases:
                 self.leases_since = time.monotonic()
             self.leases.append((rec, held.packed.body))
-        held.fut._state = RUNNING
+        held.fut.set_running()
         return True
 
     def take_leases(self, out: P.Outbox):
@@ -356,14 +360,14 @@ class Submitter:
             fut.set_cancelled()
             return True
         if fut.id not in self.futures:
-            return fut._state == CANCELLED
+            return fut.cancelled()
         rt.out.add(P.TID.pack(P.CANCEL, fut.id))
         rt.flush()
-        rt.wait_until(lambda: fut.id in self._cancel_replies or fut._state >= FINISHED, 10.0, (fut,))
+        rt.wait_until(lambda: fut.id in self._cancel_replies or fut.completed, 10.0, (fut,))
         ok = self._cancel_replies.pop(fut.id, False)
-        if not ok and fut._state < FINISHED:
-            fut._state = RUNNING
-        return fut._state == CANCELLED
+        if not ok:
+            fut.set_running()  # a worker has it (a no-op once it completed)
+        return fut.cancelled()
 
     def where(self, fut: Future) -> int:
         """Asks the broker where the task is: 0 queued, 1 at a worker, 2 gone (done or dropped)."""
@@ -376,7 +380,7 @@ class Submitter:
         self._ask_replies.pop(fut.id, None)
         rt.out.add(P.TID.pack(P.ASK, fut.id))
         rt.flush()
-        rt.wait_until(lambda: fut.id in self._ask_replies or fut._state >= FINISHED, 10.0, (fut,))
+        rt.wait_until(lambda: fut.id in self._ask_replies or fut.completed, 10.0, (fut,))
         return self._ask_replies.pop(fut.id, 2)
 
     def cancel_many(self, futs):
@@ -384,7 +388,7 @@ class Submitter:
         (an abandoned map must not leave work behind for nobody)."""
         rt = self.rt
         for f in futs:
-            if f._state < FINISHED and f.id in self.futures:
+            if not f.completed and f.id in self.futures:
                 rt.out.add(P.TID.pack(P.CANCEL, f.id))
         rt.flush()
 

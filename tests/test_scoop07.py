@@ -19,7 +19,7 @@ from conftest import run_scoop, wait_idle
 # ---- names (no processes) -------------------------------------------------------------------
 def test_the_names_0_7_programs_import():
     assert futures.NotStartedProperly is NotStartedProperly and issubclass(NotStartedProperly, Exception)
-    assert scoop.SHUTDOWN_REQUESTED is False
+    assert isinstance(scoop.SHUTDOWN_REQUESTED, bool)  # False while a cluster runs: see below
     assert (scoop.TIME_BETWEEN_PARTIALDEBUG, scoop.TIME_BETWEEN_STATUS_REPORTS,
             scoop.TIME_BETWEEN_STATUS_PRUNING) == (30, 25, 60)
     import scoop as s
@@ -177,13 +177,13 @@ def test_0_7_launcher_options_are_accepted(no_leak, tmp_path):
     import pstats
     prog = tmp_path / "logs.py"
     prog.write_text("import scoop\nfrom scoop import futures\n\ndef f(x):\n    return x + 1\n\n"
-                    "if __name__ == '__main__':\n    print(sum(futures.map(f, range(10))))\n"
+                    "if __name__ == '__main__':\n    print(sum(futures.map(f, range(10))), scoop.SHUTDOWN_REQUESTED)\n"
                     "    scoop.logger.warning('a line for the log')\n")
     log = tmp_path / "scoop.log"
     r = run_scoop(["-n", "2", "--rsh", "--ssh-executable", "myssh", "--backend", "ZMQ", "--debug",
                    "--broker-hostname", "127.0.0.1", "--log", str(log), "--profile", str(prog)],
                   cwd=str(tmp_path))
-    assert r.returncode == 0 and r.stdout.strip() == "55", r
+    assert r.returncode == 0 and r.stdout.strip() == "55 False", r
     for flag in ("--rsh", "--ssh-executable", "--backend", "--debug"):
         assert f"scoop: note: {flag} has no effect here" in r.stderr, (flag, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 4, r.stderr  # one line each, nothing else
