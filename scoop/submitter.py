@@ -39,7 +39,9 @@ def name_of(fn) -> str:
 
 
 class Held(NamedTuple):
-    """The newest task, kept back a moment in case its submitter waits on it at once."""
+    """The newest task, kept back a moment in case its submitter waits on it at once (or
+    cancels it).  ``inline``: it may then run right here -- not when its function had to be
+    shipped for it: a function just defined (a new notebook cell) goes to a worker."""
     fut: Future
     fn: object
     args: tuple
@@ -47,6 +49,7 @@ class Held(NamedTuple):
     hdr: bytes
     packed: P.Packed
     since: float
+    inline: bool = True
 
 
 class _Event:
@@ -192,10 +195,12 @@ class Submitter:
             # local futures did; any other call, the hub, or the control thread after
             # HOLD_SECONDS sends it.  What was queued before it (its function, the first time)
             # goes now: the broker parks a task that arrives before its function anyway.
-            if rt.out:
+            shipped = bool(rt.out)
+            if shipped:
                 rt.send_out()
             with self._held_lock:
-                prev, self.held = self.held, Held(fut, fn, args, kwargs, hdr, packed, time.monotonic())
+                prev, self.held = self.held, Held(fut, fn, args, kwargs, hdr, packed, time.monotonic(),
+                                                  not shipped)
             if prev is not None:
                 rt.out.add(prev.hdr, packed=prev.packed)
                 rt.send_out()
@@ -251,10 +256,11 @@ class Submitter:
         box.add(held.hdr, packed=held.packed)
         return box
 
-    def claim(self, fut) -> Held | None:
+    def claim(self, fut, to_run: bool = True) -> Held | None:
+        """Takes ``fut``'s task back if it is still held (``to_run``: only if it may run here)."""
         with self._held_lock:
             held = self.held
-            if held is not None and held.fut is fut:
+            if held is not None and held.fut is fut and (held.inline or not to_run):
                 self.held = None
                 return held
         return None
@@ -354,7 +360,7 @@ class Submitter:
     # ---- questions to the broker -------------------------------------------------------------
     def cancel(self, fut: Future) -> bool:
         rt = self.rt
-        if self.held is not None and self.claim(fut) is not None:
+        if self.held is not None and self.claim(fut, to_run=False) is not None:
             self.futures.pop(fut.id, None)
             self._free_args(fut)
             fut.set_cancelled()
