@@ -177,7 +177,8 @@ def test_0_7_launcher_options_are_accepted(no_leak, tmp_path):
     import pstats
     prog = tmp_path / "logs.py"
     prog.write_text("import scoop\nfrom scoop import futures\n\ndef f(x):\n    return x + 1\n\n"
-                    "if __name__ == '__main__':\n    print(sum(futures.map(f, range(10))), scoop.SHUTDOWN_REQUESTED)\n"
+                    "if __name__ == '__main__':\n"
+                    "    print(sum(futures.map(f, range(10))), scoop.SHUTDOWN_REQUESTED)\n"
                     "    scoop.logger.warning('a line for the log')\n")
     log = tmp_path / "scoop.log"
     r = run_scoop(["-n", "2", "--rsh", "--ssh-executable", "myssh", "--backend", "ZMQ", "--debug",
