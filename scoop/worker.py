@@ -31,12 +31,22 @@ def _profile(directory: str, name: str):
     prof = cProfile.Profile()
 
     class Dump:
+        lock = threading.Lock()
+        done = False
+
         def cleanup(self, pid):
-            try:
-                os.makedirs(directory, exist_ok=True)
-                prof.dump_stats(os.path.join(directory, f"{name}.prof"))
-            except Exception as exc:
-                sys.stderr.write(f"scoop worker {name}: could not write its profile: {exc}\n")
+            # once, whichever thread leaves first (the others wait here), and whole or not at all
+            with self.lock:
+                if self.done:
+                    return
+                self.done = True
+                try:
+                    os.makedirs(directory, exist_ok=True)
+                    path = os.path.join(directory, f"{name}.prof")
+                    prof.dump_stats(f"{path}.{pid}.tmp")
+                    os.replace(f"{path}.{pid}.tmp", path)
+                except Exception as exc:
+                    sys.stderr.write(f"scoop worker {name}: could not write its profile: {exc}\n")
 
     _runtime._exit_cleanup.insert(0, Dump())
     prof.enable()
