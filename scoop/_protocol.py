@@ -504,7 +504,7 @@ def body_bytes(rec: Record, shm=None):
     if kind & REF_SHM:
         if shm is None:
             raise IntegrityError("a shared-memory payload reached a process on another host")
-        return shm.open(key, size)
+        return shm.open(key, size, copy=True)  # a pickle stream: what is checked is what is read
     return _frame_view(iter(rec.frames), kind, size, key)
 
 
@@ -546,7 +546,7 @@ def unpack(rec: Record, shm=None):
         if kind & REF_SHM:
             if shm is None:
                 raise IntegrityError("a shared-memory payload reached a process on another host")
-            view = shm.open(key, size)
+            view = shm.open(key, size, copy=bool(kind & REF_BODY))
         else:
             view = _frame_view(frames, kind, size, key)
         if kind & REF_BODY:

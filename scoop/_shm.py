@@ -7,6 +7,13 @@ clean: the sender of a task's arguments unlinks them when the task is done, the 
 result unlinks it once mapped, the broker unlinks what it drops, and every segment's name starts
 with the cluster's tag and its creator's pid, so whoever outlives a crash (a process's own exit,
 the broker, the Cluster's stop) removes what is left by prefix.
+
+Checked as payload frames are: the id carries a MAC of the content (keyed BLAKE3, 64 bits, key
+derived from the secret), made by the sender as it copies and checked by the receiver before
+anything is unpickled, so a segment rewritten after the send (only its user or root can) is
+refused.  A pickle stream is copied out of its segment before the check, so what is checked is
+what the unpickler reads; an array's buffer is checked in place (a later rewrite changes data,
+never which code runs).  The id travels in the signed header.
 """
 from __future__ import annotations
 
@@ -16,77 +23,100 @@ import mmap
 import os
 import struct
 
+from blake3 import blake3 as _blake3
+
 DIR = "/dev/shm"
-_ID = struct.Struct("<8sII")  # cluster tag, creator pid, counter
+_ID = struct.Struct("<II8s")  # creator pid, counter, MAC of the content
+MAC_SIZE = 8
+
+
+class SegmentError(ValueError):
+    """A segment that is missing, of the wrong owner or size, or whose content changed."""
 
 
 def available() -> bool:
     return os.path.isdir(DIR) and os.access(DIR, os.W_OK)
 
 
-def _name(seg: bytes) -> str:
-    tag, pid, n = _ID.unpack(seg)
-    return f"{DIR}/scoop-{tag.hex()}-{pid}-{n}"
-
-
 class Segments:
-    """This process's view of the cluster's segments (``tag``: 8 bytes derived from the secret)."""
+    """This process's view of the cluster's segments (``tag``: derived from the secret; its first
+    8 bytes name the cluster's files, all of it keys their MACs)."""
 
     def __init__(self, tag: bytes):
         self.tag = tag[:8]
+        self._key = _blake3(tag, derive_key_context="scoop 2026 shared memory MAC").digest()
+        self._prefix = f"{DIR}/scoop-{self.tag.hex()}-"
         self.pid = os.getpid()
         self._count = itertools.count(1)
 
+    def _name(self, seg: bytes) -> str:
+        pid, n, _mac = _ID.unpack(seg)
+        return f"{self._prefix}{pid}-{n}"
+
+    def mac(self, data) -> bytes:
+        return _blake3(data, key=self._key).digest(MAC_SIZE)
+
     def put(self, view) -> bytes:
         """Copies ``view`` into a new segment; returns its 16-byte id."""
-        seg = _ID.pack(self.tag, self.pid, next(self._count))
+        data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        n = next(self._count)
+        path = f"{self._prefix}{self.pid}-{n}"
         size = view.nbytes
-        fd = os.open(_name(seg), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         try:
             # written, not copied into a mapping: a full /dev/shm (Docker's default is 64 MB) is
             # an OSError here instead of a SIGBUS that kills the process, and it is ~2x faster
-            data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
             done = 0
             while done < size:
                 done += os.pwrite(fd, data[done:], done)
         except BaseException:
             os.close(fd)
-            self.unlink(seg)
+            _remove(path)
             raise
         os.close(fd)
-        return seg
+        return _ID.pack(self.pid, n, self.mac(data))
 
-    def open(self, seg: bytes, size: int, shared: bool = False):
+    def open(self, seg: bytes, size: int, shared: bool = False, copy: bool = False):
         """Maps a segment as a writable memoryview; copy-on-write unless ``shared`` (read-only,
-        one copy per host: shared constants).  Only this cluster's segments, owned by us."""
-        tag = _ID.unpack(seg)[0]
-        if tag != self.tag:
-            raise ValueError("shared-memory segment of another cluster")
-        fd = os.open(_name(seg), os.O_RDONLY if shared else os.O_RDWR | os.O_NOFOLLOW)
+        one copy per host: shared constants); read into private memory with ``copy`` (a pickle
+        stream: checked bytes cannot change).  Only this cluster's segments, owned by us, with
+        the content they were sent with."""
+        try:
+            fd = os.open(self._name(seg), os.O_RDONLY if shared or copy else os.O_RDWR | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise SegmentError("shared-memory segment not found (another cluster's, or already "
+                               "freed)") from None
         try:
             st = os.fstat(fd)
             if st.st_uid != os.getuid() or st.st_size != size:
-                raise ValueError("shared-memory segment has the wrong owner or size")
+                raise SegmentError("shared-memory segment has the wrong owner or size")
             if not size:
-                return memoryview(b"")
-            if shared:
-                m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+                view = memoryview(b"")
+            elif copy:
+                buf = bytearray(size)
+                got = os.preadv(fd, [buf], 0)
+                if got != size:
+                    raise SegmentError("shared-memory segment shrank while it was read")
+                view = memoryview(buf)
+            elif shared:
+                view = memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ))
             else:
-                m = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+                view = memoryview(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+                                            prot=mmap.PROT_READ | mmap.PROT_WRITE))
         finally:
             os.close(fd)
-        return memoryview(m)
+        if self.mac(view) != _ID.unpack(seg)[2]:
+            raise SegmentError("a shared-memory segment does not match the digest it was sent with "
+                               "(rewritten after the send, or another cluster's); refused before "
+                               "unpickling")
+        return view
 
-    @staticmethod
-    def unlink(seg: bytes) -> None:
-        try:
-            os.unlink(_name(seg))
-        except OSError:
-            pass
+    def unlink(self, seg: bytes) -> None:
+        _remove(self._name(seg))
 
     def cleanup(self, pid: int | None = None) -> int:
         """Removes this cluster's segments (only those ``pid`` created, if given)."""
-        pattern = f"{DIR}/scoop-{self.tag.hex()}-{pid if pid is not None else '*'}-*"
+        pattern = f"{self._prefix}{pid if pid is not None else '*'}-*"
         n = 0
         for path in glob.glob(pattern):
             try:
@@ -95,6 +125,13 @@ class Segments:
             except OSError:
                 pass
         return n
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def cleanup_cluster(secret: bytes) -> int:
