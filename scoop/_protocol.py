@@ -154,13 +154,6 @@ def new_secret() -> bytes:
     return os.urandom(32)
 
 
-def direct_address(secret: bytes) -> str:
-    """Where the origin takes results straight from the workers on its host: an abstract Unix
-    socket (no file to leave behind; it ends with the process, and another host or network
-    namespace cannot reach it, so their workers send through the broker)."""
-    return "ipc://@scoop-" + derive(secret, "direct results")[:12].hex()
-
-
 def derive(secret: bytes, purpose: str) -> bytes:
     """A key for another use (the ZeroMQ handshake token, the shared-memory tag) that reveals
     nothing of the secret."""

@@ -26,7 +26,7 @@ import zmq
 
 from . import _protocol as P
 from . import _shm
-from ._procutil import SelfLoad
+from ._procutil import SelfLoad, end_children, raise_fd_limit
 from .census import report_interval
 from .direct import DONE_DELAY, OriginEnd, WorkerEnd
 from .direct import available as direct_available
@@ -82,6 +82,7 @@ class Runtime:
         self.deferred: deque = deque()  # records the control thread took from the task socket
         self.consts: dict[str, object] = {}
         self.closed = False
+        self.heard = time.monotonic()  # when the broker last sent this process something (fencing)
         self.broken: str | None = None
         self.batching = 0
         self.sock = None
@@ -178,6 +179,7 @@ class Runtime:
         return s
 
     def connect(self, timeout: float = 30.0):
+        raise_fd_limit()  # an origin's own: a worker's and a broker's are raised at their start
         s = self._socket(b"t" + self.uid.encode())
         s.setsockopt(zmq.LINGER, 2000)
         admitted = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -325,6 +327,7 @@ class Runtime:
                     break
             n += 1
             if recs is not None:
+                self.heard = time.monotonic()
                 self._handle(recs)
         if self.deferred:
             self._handle(self._take_deferred())
@@ -609,6 +612,7 @@ def _hard_exit(code: int):
     finally:
         for shm in _exit_cleanup:
             shm.cleanup(os.getpid())  # segments this process made that nobody will free now
+        end_children()  # a worker's tasks' processes end with it
         os._exit(code)
 
 

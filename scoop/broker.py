@@ -32,7 +32,7 @@ import zmq
 from . import _protocol as P
 from . import _shm
 from .census import Census, status_interval
-from .liveness import DEFAULT_TIMEOUT, configure_socket
+from .liveness import DEFAULT_TIMEOUT, bound_handshakes, configure_socket
 from .monitor import events
 from .scheduling import Peer, Scheduler
 from .security import Authenticator, secure_server
@@ -64,11 +64,13 @@ class Broker:
         self.meta = self.ctx.socket(zmq.PUB)
         self.meta.setsockopt(zmq.LINGER, 0)
         self.meta.setsockopt(zmq.MAXMSGSIZE, 1024)  # what comes in is subscriptions only
+        bound_handshakes(self.meta, heartbeat_timeout)
         secure_server(self.meta, secret, meta_addr, encryption)
         self.main_port = _bind(self.main, main_addr)
         self.meta_port = _bind(self.meta, meta_addr)
         self.shm = _shm.Segments(P.derive(secret, "shared memory")) if _shm.available() else None
-        self.core = Scheduler(upstream, log=self.log, unlink=_shm.Segments.unlink)
+        self.core = Scheduler(upstream, log=self.log,
+                              unlink=self.shm.unlink if self.shm is not None else (lambda seg: None))
         self.core.on_event = self._event
         self.census = Census(self.core)
         self.fds: dict[int, tuple] = {}  # connection (fd) -> (identity, the peer that authenticated on it)
@@ -477,8 +479,10 @@ def _watch_stdin(broker: Broker):
 
 
 def main():
-    from ._procutil import die_with_parent, ignore_interrupts, name_process
+    from ._procutil import die_with_parent, ignore_interrupts, name_process, raise_fd_limit
+    from .direct import remove as remove_origin_socket
     name_process("scoop-broker")
+    raise_fd_limit()
     # SIGTERM, not SIGKILL, when the launcher dies: the broker frees the cluster's shared memory
     die_with_parent(signal.SIGTERM)
     ignore_interrupts()
@@ -509,16 +513,20 @@ def main():
         # the launcher died (or we were told to end): its workers die with it, so free the
         # cluster's shared memory and leave now rather than after a last round of messages.
         # No locks here (not even Event.set): a signal landing inside one deadlocks the broker
-        if broker.shm is not None and broker.core.upstream is None:
-            broker.shm.cleanup()
+        if broker.core.upstream is None:
+            remove_origin_socket(secret)  # left by an origin killed with SIGKILL
+            if broker.shm is not None:
+                broker.shm.cleanup()
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
     try:
         broker.serve()
     finally:
-        if broker.shm is not None and broker.core.upstream is None:
-            broker.shm.cleanup()
+        if broker.core.upstream is None:
+            remove_origin_socket(secret)  # left by an origin killed with SIGKILL
+            if broker.shm is not None:
+                broker.shm.cleanup()
     os._exit(0)
 
 

@@ -11,10 +11,14 @@ A round trip through the broker is four socket hops, each a wake-up of another p
   other work and the broker's copy costs nothing; a worker that said IDLE and then starts other
   work (another submitter's) says BUSY.
 
-The origin listens on an abstract Unix socket named from the cluster's secret
-(:func:`scoop._protocol.direct_address`), so no address has to be handed out: a worker on the
-same host connects at start, a worker on another host (or in another network namespace) cannot
-reach it, and its results simply go through the broker as before.
+The origin listens on a Unix socket in a directory only its user can enter (mode 0700, under
+``$XDG_RUNTIME_DIR`` or the temporary directory), named from the cluster's secret
+(:func:`address`), so no address has to be handed out and nobody else on the host can connect
+to it at all: another user's connect fails with EACCES before a descriptor of ours is spent.  A
+worker on the same host connects at start; a worker on another host (or in another mount or
+network namespace) finds no such socket, and its results simply go through the broker as before.
+The origin removes the directory when it closes, and the broker when the cluster ends (an origin
+killed with SIGKILL cannot).
 
 The broker still learns that the task is over: the worker sends it a small DONE record (the task
 id and its inputs) with its next message to the broker, or within ``DONE_DELAY`` -- not at once,
@@ -30,21 +34,85 @@ digests checked before anything is unpickled.
 """
 from __future__ import annotations
 
+import os
+import socket
+import stat
 import sys
 import time
 
 import zmq
 
 from . import _protocol as P
+from .liveness import DEFAULT_TIMEOUT, bound_handshakes
 from .security import Authenticator, secure_client, secure_server
 
 DONE_DELAY = 0.002  # seconds a DONE (or a LEASE) may wait for a message to ride on
 
 
 def available() -> bool:
-    """Abstract Unix sockets are Linux's: elsewhere an ``ipc://@name`` would be a file in the
-    working directory, so results keep to the broker."""
+    """Linux only (where it is tested); elsewhere results keep to the broker."""
     return sys.platform.startswith("linux")
+
+
+def socket_dir(secret: bytes) -> str:
+    """The origin's private directory: its name comes from the secret (nobody else can guess it,
+    so nobody can create it first), its base is the user's runtime directory when there is a
+    private one, else the temporary directory."""
+    base = os.environ.get("XDG_RUNTIME_DIR", "")
+    if not (base and _private(base) and len(base) < 64):
+        base = "/tmp"
+    return os.path.join(base, "scoop-" + P.derive(secret, "direct results")[:12].hex())
+
+
+def address(secret: bytes) -> str:
+    """Where the origin takes results straight from the workers on its host."""
+    return "ipc://" + os.path.join(socket_dir(secret), "origin")
+
+
+def _private(path: str) -> bool:
+    """A real directory (not a symlink) of ours that nobody else can enter."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def _make_private_dir(path: str) -> bool:
+    try:
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # whatever the umask
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    return _private(path)
+
+
+def _in_use(path: str) -> bool:
+    """Whether a live process listens on this socket (another origin with this secret), rather
+    than a file left by one that was killed."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+
+
+def remove(secret: bytes) -> None:
+    """Removes the origin's socket and directory (the origin's close, the broker's end)."""
+    d = socket_dir(secret)
+    if not _private(d):
+        return
+    try:
+        os.unlink(os.path.join(d, "origin"))
+    except OSError:
+        pass
+    try:
+        os.rmdir(d)
+    except OSError:
+        pass
 
 
 class OriginEnd:
@@ -60,17 +128,25 @@ class OriginEnd:
         self.ctx = zmq.Context()
         self.auth = None
         self.sock = None
+        self.secret = secret
+        self.bound = False
+        path = address(secret)[len("ipc://"):]
+        if not _make_private_dir(os.path.dirname(path)) or _in_use(path):
+            # no private directory here, or the socket is taken (another origin with this secret
+            # on this host): results then come through the broker, as from any other host
+            self.close()
+            return
         try:
             self.auth = Authenticator(self.ctx, secret)
             s = self.sock = self.ctx.socket(zmq.ROUTER)
             s.setsockopt(zmq.RCVHWM, 0)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a worker that is gone is an error, not a drop
-            secure_server(s, secret, P.direct_address(secret))
-            s.bind(P.direct_address(secret))
+            bound_handshakes(s, DEFAULT_TIMEOUT)
+            secure_server(s, secret, address(secret))
+            s.bind(address(secret))
+            self.bound = True
         except zmq.ZMQError:
-            # the name is taken (another origin with this secret on this host): results then
-            # come through the broker, as from any other host
             self.close()
 
     def drain(self, handle, ready: bool = False) -> int:
@@ -126,6 +202,9 @@ class OriginEnd:
             self.auth.stop()
             self.auth = None
         self.ctx.term()
+        if self.bound:
+            self.bound = False
+            remove(self.secret)
 
 
 class WorkerEnd:
@@ -146,11 +225,11 @@ class WorkerEnd:
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.LINGER, 0)
         # the origin usually binds just after its workers start: look again soon, and at least
-        # every second (a failed connect to an abstract socket costs one system call)
+        # every second (a failed connect to a Unix socket costs one system call)
         s.setsockopt(zmq.RECONNECT_IVL, 50)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        secure_client(s, secret, P.direct_address(secret))
-        s.connect(P.direct_address(secret))
+        secure_client(s, secret, address(secret))
+        s.connect(address(secret))
         self.sock = s
 
     def add(self, hdr: bytes, packed: P.Packed, tid: int, inputs: int):

@@ -21,9 +21,11 @@ from collections import deque
 from . import _codemap
 from . import _protocol as P
 from ._future import ChunkResult
+from ._runtime import _hard_exit
 from ._scheduler import Hub, TaskGreenlet
 from .direct import DONE_DELAY
 from .errors import TaskInterrupted
+from .liveness import interval, reconnect_grace
 from .submitter import name_of
 
 FAREWELL_WAIT = 5.0  # seconds a retiring worker waits for the broker to answer its goodbye
@@ -128,6 +130,7 @@ class Executor:
         fn_avg = self._fn_avg
         out = rt.out
         direct = rt.direct_out
+        fence_after = rt.broker_timeout / 2
         while True:
             t0 = monotonic()
             while True:
@@ -150,6 +153,8 @@ class Executor:
                     if direct is not None and direct.said_idle and tid not in self.leased:
                         direct.say_busy()
                     self.running_group = group  # from here on this worker is not idle
+                    if monotonic() - rt.heard > fence_after:
+                        self._confirm_membership(tid)
                     if fn_avg.get(d, 1.0) > 0.0005 and (out or (direct is not None and direct.waiting())):
                         rt.flush_all()  # a task that may be long must not hold anything back
                     hub.start(run_task, rec, group, tid)
@@ -187,6 +192,33 @@ class Executor:
                 if direct is not None and direct.dones:
                     timeout = min(timeout, DONE_DELAY)  # the broker hears of them soon
             rt.pump(timeout)
+
+    def _confirm_membership(self, tid: int):
+        """Fencing: before a task starts, this worker must still be the broker's.  A worker that
+        was frozen (SIGSTOP, a stalled VM) longer than the heartbeat timeout was declared lost and
+        its tasks run elsewhere; when it resumes, tasks it had received still wait here.  So a
+        worker that has not heard from the broker for half a timeout asks it about the task first
+        (one round trip, after a silence only): a broker that dropped it answers with SHUTDOWN
+        instead, and the worker exits (the Cluster starts a new one) without starting anything."""
+        rt = self.rt
+        replies = rt.submitter._ask_replies
+        replies.pop(tid, None)
+        now = time.monotonic()
+        deadline = now + reconnect_grace(rt.broker_timeout) + rt.broker_timeout
+        resend = now
+        while tid not in replies:
+            now = time.monotonic()
+            if now >= deadline:
+                sys.stderr.write(f"scoop worker {rt.name}: no answer from the broker after a silence; "
+                                 f"exiting without starting another task\n")
+                _hard_exit(3)
+            if now >= resend:  # a message sent on a connection that was dropped meanwhile is lost
+                rt.out.add(P.TID.pack(P.ASK, tid))
+                rt.send_out()
+                resend = now + interval(rt.broker_timeout)
+            rt.pump(0.02)  # a SHUTDOWN ("declared lost by the broker") ends this process here
+        del replies[tid]
+        rt.heard = time.monotonic()
 
     def _run_task(self, rec: P.Record):
         kind, tid, group, d, host, flags = P.TASK_HEADER.unpack(rec.hdr)

@@ -32,3 +32,15 @@ def configure_socket(sock, timeout: float) -> None:
     sock.setsockopt(zmq.HEARTBEAT_IVL, int(interval(timeout) * 1000))
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ms)
     sock.setsockopt(zmq.HEARTBEAT_TTL, min(ms, 6553500) // 100 * 100)
+    bound_handshakes(sock, timeout)
+
+
+def handshake_seconds(timeout: float) -> float:
+    """How long a new connection may take to complete its handshake: a connection that sends
+    nothing (a flood of idle connections from anyone on the host or network) holds a descriptor
+    only this long.  A real handshake takes milliseconds; a busy host is given a few seconds."""
+    return min(10.0, max(2.0, timeout))
+
+
+def bound_handshakes(sock, timeout: float) -> None:
+    sock.setsockopt(zmq.HANDSHAKE_IVL, int(handshake_seconds(timeout) * 1000))

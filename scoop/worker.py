@@ -11,6 +11,8 @@ import os
 import sys
 import threading
 
+from . import _procutil
+
 
 def _watch_stdin():
     try:
@@ -18,8 +20,11 @@ def _watch_stdin():
             pass
     except Exception:
         pass
-    from ._runtime import _hard_exit
-    _hard_exit(0)
+    rt = sys.modules.get(f"{__package__}._runtime")  # loaded by then, unless we are still starting
+    if rt is not None:
+        rt._hard_exit(0)
+    _procutil.end_children()
+    os._exit(0)
 
 
 def _profile(directory: str, name: str):
@@ -53,17 +58,20 @@ def _profile(directory: str, name: str):
 
 
 def main():
-    from ._procutil import die_with_parent, ignore_interrupts, name_process
-    name_process("scoop-worker")
-    ignore_interrupts()
+    _procutil.name_process("scoop-worker")
+    _procutil.raise_fd_limit()
+    _procutil.ignore_interrupts()
     line = sys.stdin.buffer.readline()
     if not line:
         sys.stderr.write("scoop worker: expected its configuration on stdin\n")
         sys.exit(2)
     cfg = json.loads(line)
     secret = bytes.fromhex(cfg.pop("secret"))
+    # before any task runs: every process a task starts ends with this worker (README, "Nothing
+    # left running")
+    _procutil.contain_children()
     if not cfg.get("detached"):
-        die_with_parent()
+        _procutil.die_with_parent()
         threading.Thread(target=_watch_stdin, name="scoop-stdin", daemon=True).start()
     if cfg.get("nice"):
         os.nice(int(cfg["nice"]))
@@ -85,6 +93,7 @@ def main():
     except Exception as exc:
         sys.stderr.write(f"scoop worker {name}: {exc}\n")
         sys.stderr.flush()
+        _procutil.end_children()
         os._exit(3)
     _globals.activate(rt, is_origin=False, broker=cfg.get("broker_info"))
     capture_output(rt)

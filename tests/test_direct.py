@@ -11,7 +11,7 @@ import time
 import pytest
 import zmq
 
-from scoop import _globals, futures
+from scoop import _globals, direct, futures
 from scoop import _protocol as P
 from scoop.cluster import Cluster
 from scoop.direct import WorkerEnd
@@ -153,7 +153,8 @@ def test_a_taken_address_falls_back_to_the_broker():
     ctx = zmq.Context()
     squatter = ctx.socket(zmq.ROUTER)
     squatter.setsockopt(zmq.LINGER, 0)
-    squatter.bind(P.direct_address(c.secret))
+    direct._make_private_dir(direct.socket_dir(c.secret))
+    squatter.bind(direct.address(c.secret))
     try:
         c.start()
         rt = _globals.current()
@@ -166,6 +167,7 @@ def test_a_taken_address_falls_back_to_the_broker():
         c.stop()
         squatter.close(0)
         ctx.term()
+        direct.remove(c.secret)
         wait_no_new_processes(before)
 
 
@@ -210,11 +212,11 @@ def test_only_the_secret_gets_a_byte_in(one, tmp_path):
             stranger = ctx.socket(zmq.DEALER)
             stranger.setsockopt(zmq.IMMEDIATE, 1)
             stranger.setsockopt(zmq.LINGER, 0)
-            stranger.connect(P.direct_address(c.secret))
+            stranger.connect(direct.address(c.secret))
             token_only = ctx.socket(zmq.DEALER)
             token_only.setsockopt(zmq.LINGER, 0)
-            secure_client(token_only, c.secret, P.direct_address(c.secret))
-            token_only.connect(P.direct_address(c.secret))
+            secure_client(token_only, c.secret, direct.address(c.secret))
+            token_only.connect(direct.address(c.secret))
             wrong = P.Signer(os.urandom(32))
             f = futures.submit(time.sleep, 0.5)
             box = P.Outbox()
@@ -255,8 +257,9 @@ def test_a_worker_takes_leased_tasks_only_from_the_secret():
         fake.setsockopt(zmq.LINGER, 0)
         fake.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send fails until the worker is connected
         auth = Authenticator(ctx, secret)  # checks the handshake token, as a squatter holding it would
-        secure_server(fake, secret, P.direct_address(secret))
-        fake.bind(P.direct_address(secret))
+        secure_server(fake, secret, direct.address(secret))
+        direct._make_private_dir(direct.socket_dir(secret))
+        fake.bind(direct.address(secret))
         end = WorkerEnd(ctx, secret, signer, "f" * 16)
         ident = b"d" + b"f" * 16
         def task(tid):
@@ -289,6 +292,7 @@ def test_a_worker_takes_leased_tasks_only_from_the_secret():
         if auth is not None:
             auth.stop()
         ctx.destroy(linger=0)
+        direct.remove(secret)
 
 
 def test_a_worker_busy_with_other_work_is_not_leased_a_task(one, tmp_path):

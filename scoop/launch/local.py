@@ -8,10 +8,12 @@ before its cluster runs; once that no longer holds (threads run), it spawns like
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import threading
 
+from .._procutil import local_worker_limit
 from ..errors import ClusterError
 from .base import Launcher, ProcessHandle, WorkerSpec, config_line, register, terminate
 from .relay import OutputRelay  # noqa: F401 - where callers found it before
@@ -22,8 +24,9 @@ def spawn(argv: list[str], config_line: bytes, *, env: dict, cwd: str | None, pr
     """Starts a broker or worker whose configuration (with the secret) goes through stdin,
     which then stays open: the child ends when we do."""
     if prolog:
-        import shlex
-        argv = ["/bin/sh", "-c", f". {shlex.quote(prolog)} && exec " + " ".join(shlex.quote(a) for a in argv)]
+        # stdin from /dev/null: a prolog that reads must not swallow the configuration (the secret)
+        argv = ["/bin/sh", "-c", f". {shlex.quote(prolog)} </dev/null && exec "
+                + " ".join(shlex.quote(a) for a in argv)]
     env = dict(env, SCOOP_PARENT_PID=str(os.getpid()), SCOOP_ROLE=argv[-1].rsplit(".", 1)[-1])
     if prolog:
         env.pop("SCOOP_PARENT_PID")  # the shell is our child, the worker its child
@@ -32,8 +35,25 @@ def spawn(argv: list[str], config_line: bytes, *, env: dict, cwd: str | None, pr
     # group must not reach the cluster; the origin decides what an interrupt stops
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=out, env=env, cwd=cwd,
                             close_fds=True, start_new_session=True)
-    proc.stdin.write(config_line)
-    proc.stdin.flush()
+    try:
+        proc.stdin.write(config_line)
+        proc.stdin.flush()
+    except BrokenPipeError:
+        # it ended before reading its configuration (a prolog that failed, say): its words say why
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        said = (proc.stderr.read().decode("utf-8", "replace").strip() if proc.stderr else "") or "no message"
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        what = f" after sourcing the prolog {prolog!r} (--prolog)" if prolog else ""
+        raise ClusterError(f"a worker exited at once{what} with status {proc.returncode}: {said}") from None
     return proc
 
 
@@ -151,11 +171,23 @@ class SpawnLauncher(Launcher):
     fork = False
 
     def start(self, specs: list[WorkerSpec]) -> list[ProcessHandle]:
+        if not specs:
+            return []
+        # before the first one: a count this host cannot take fails at once, naming the limit
+        why = local_worker_limit(len(specs))
+        if why:
+            raise ClusterError(f"cannot start {len(specs)} local workers: {why}")
+        prolog = self.options.prolog
+        if prolog:
+            prolog = os.path.join(self.cwd or os.getcwd(), os.path.expanduser(prolog))
+            if not os.path.isfile(prolog) or not os.access(prolog, os.R_OK):
+                raise ClusterError(f"the prolog {self.options.prolog!r} (--prolog) "
+                                   f"{'is not readable' if os.path.isfile(prolog) else 'does not exist'}")
         out = []
         for spec in specs:
             try:
                 proc = start_process("scoop.worker", config_line(spec.config), env=self.env, cwd=self.cwd,
-                                     fork=self.fork, python=self.python, prolog=self.options.prolog)
+                                     fork=self.fork, python=self.python, prolog=prolog)
             except OSError as exc:
                 raise ClusterError(f"cannot start a worker with the Python interpreter {self.python!r} "
                                    f"in {self.cwd!r}: {exc.strerror}") from None
