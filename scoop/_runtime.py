@@ -82,7 +82,7 @@ class Runtime:
         self.deferred: deque = deque()  # records the control thread took from the task socket
         self.consts: dict[str, object] = {}
         self.closed = False
-        self.heard = time.monotonic()  # when the broker last sent this process something (fencing)
+        self.confirmed = time.monotonic()  # when the broker last proved it still holds us (fencing)
         self.broken: str | None = None
         self.batching = 0
         self.sock = None
@@ -215,6 +215,7 @@ class Runtime:
                 self.pump(min(left, 0.2))
         finally:
             self._stop_monitor(s, admitted)
+        self.confirmed = time.monotonic()  # welcomed
         self.control = _Control(self)
         self.control.start()
         if self.shm is not None:
@@ -327,7 +328,6 @@ class Runtime:
                     break
             n += 1
             if recs is not None:
-                self.heard = time.monotonic()
                 self._handle(recs)
         if self.deferred:
             self._handle(self._take_deferred())

@@ -153,7 +153,7 @@ class Executor:
                     if direct is not None and direct.said_idle and tid not in self.leased:
                         direct.say_busy()
                     self.running_group = group  # from here on this worker is not idle
-                    if monotonic() - rt.heard > fence_after:
+                    if monotonic() - rt.confirmed > fence_after:
                         self._confirm_membership(tid)
                     if fn_avg.get(d, 1.0) > 0.0005 and (out or (direct is not None and direct.waiting())):
                         rt.flush_all()  # a task that may be long must not hold anything back
@@ -196,10 +196,12 @@ class Executor:
     def _confirm_membership(self, tid: int):
         """Fencing: before a task starts, this worker must still be the broker's.  A worker that
         was frozen (SIGSTOP, a stalled VM) longer than the heartbeat timeout was declared lost and
-        its tasks run elsewhere; when it resumes, tasks it had received still wait here.  So a
-        worker that has not heard from the broker for half a timeout asks it about the task first
-        (one round trip, after a silence only): a broker that dropped it answers with SHUTDOWN
-        instead, and the worker exits (the Cluster starts a new one) without starting anything."""
+        its tasks run elsewhere; when it resumes, tasks it had received still wait here, and so
+        may messages the broker sent before it dropped the worker (no proof of anything now).  So
+        a worker whose last proof is older than half a timeout asks the broker about the task
+        first (one round trip per half timeout at most): a broker that dropped it answers with
+        SHUTDOWN instead, and the worker exits (the Cluster starts a new one) without starting
+        anything."""
         rt = self.rt
         replies = rt.submitter._ask_replies
         replies.pop(tid, None)
@@ -218,7 +220,7 @@ class Executor:
                 resend = now + interval(rt.broker_timeout)
             rt.pump(0.02)  # a SHUTDOWN ("declared lost by the broker") ends this process here
         del replies[tid]
-        rt.heard = time.monotonic()
+        rt.confirmed = time.monotonic()
 
     def _run_task(self, rec: P.Record):
         kind, tid, group, d, host, flags = P.TASK_HEADER.unpack(rec.hdr)
