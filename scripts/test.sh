@@ -29,10 +29,13 @@ fi
 # --upgrade-strategy eager: every dependency at its newest release, as a fresh machine gets it, so a
 # long-lived machine cannot hide breakage from a new release
 echo "== installing scoop-jupyter with its test dependencies, all at their newest releases (builds the JupyterLab extension)"
-python -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager -e ".[test]"
+python -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager -e ".[test,docs]"
 
 echo "== lint (ruff, configured in pyproject.toml)"
 python -m ruff check .
+
+echo "== documentation (Sphinx, warnings are errors; into the lab extension, see docs/README.md)"
+python docs/build.py
 
 echo "== running the test suite"
 exec python -m pytest -q --durations=15 "$@"
