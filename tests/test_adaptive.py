@@ -189,3 +189,40 @@ def test_magic_adapt_grows_shrinks_and_turns_off():
         assert "maximum (2) must be at least" in err.text(), err.text()
     finally:
         k.shutdown()
+
+
+def test_adaptive_batch_cluster_grows_from_zero_in_whole_jobs_and_shrinks_back(slurm_cluster):
+    """On the SLURM test cluster (2 nodes x 2 CPUs): from 0 workers, a burst gets 2 whole 2-worker
+    jobs within 5 s; idle again, both jobs end within 2x the idle wait; every task runs once."""
+    from scoop import futures
+    from scoop.cluster import Cluster
+    from tests.conftest import PROGRAMS, TESTS
+    c = Cluster(2, slurm=True, cpus_per_job=2, pythonpath=[TESTS, PROGRAMS])
+    try:
+        c.start(timeout=90)
+        c.adapt(0, 4, interval=0.5, wait=2)
+        deadline = time.monotonic() + 30
+        while (c.requested or slurm_cluster.jobs()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c.requested == 0 and slurm_cluster.jobs() == [], "did not shrink to 0 jobs"
+        t0 = time.monotonic()
+        fs = [futures.submit(abs, -i) for i in range(200)]
+        fs += [futures.submit(time.sleep, 0.5) for _ in range(16)]
+        grew = c.meta.wait_for(lambda s: len(s["workers"]) >= 4, 30)
+        took = time.monotonic() - t0
+        assert grew is not None, "did not grow to 4 workers"
+        assert took < 5, f"4 workers joined only {took:.1f} s after the burst"
+        live = [h for h in c.workers if not h.retired and h.poll() is None]
+        assert len(live) == 4 and len({h.job_id for h in live}) == 2  # whole jobs
+        assert [f.result(timeout=60) for f in fs[:200]] == list(range(200))
+        for f in fs[200:]:
+            f.result(timeout=60)
+        done = time.monotonic()
+        while (c.requested or slurm_cluster.jobs()) and time.monotonic() < done + 20:
+            time.sleep(0.1)
+        back = time.monotonic() - done
+        assert c.requested == 0 and slurm_cluster.jobs() == []
+        assert back < 2 * 2 + 1.5, f"back to 0 jobs only {back:.1f} s after the burst"
+    finally:
+        c.stop()
+    assert slurm_cluster.wait_no_jobs(30) == []
