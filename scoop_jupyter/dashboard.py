@@ -26,7 +26,16 @@ from scoop.snapshot import natural
 
 from . import task_timeline as _timeline
 from .records import Record
-from .views import headline_html, jobs_html, progress_bar, sparkline, status_text, summary_html, worker_table
+from .views import (
+    first_rows,
+    headline_html,
+    jobs_html,
+    progress_bar,
+    sparkline,
+    status_text,
+    summary_html,
+    worker_table,
+)
 
 MAX_RATE = 10.0
 #: the share of one core the dashboard's rendering may take
@@ -36,6 +45,8 @@ TIMELINE_WINDOW = 30.0
 TIMELINE_RATE = 1.0
 #: about how many bars the live timeline draws (its HTML stays ~100 KiB)
 LIVE_BARS = 600
+#: worker rows the live dashboard lists (busiest first beyond): its HTML stays small at any size
+LIVE_ROWS = 100
 _CELL_L = "padding:1px 8px;text-align:left"
 
 
@@ -67,7 +78,12 @@ def render(status: dict, history, maps: list[dict] | None = None, logs: dict | N
     if state == "running" or stale:
         parts.append(jobs_html(status))
         parts.append(summary_html(status))
-        parts.append(worker_table(status.get("workers", [])))
+        workers = status.get("workers", [])
+        shown = first_rows(workers, LIVE_ROWS)
+        parts.append(worker_table(shown))
+        if len(workers) > len(shown):
+            parts.append(f'<div>{len(shown)} of {len(workers)} workers listed, busiest first '
+                         f'(<code>%scoop_cluster status</code> lists them all)</div>')
         pts = list(history)
         peak = max((v for _, v in pts), default=0.0)
         span = pts[-1][0] - pts[0][0] if len(pts) > 1 else 0

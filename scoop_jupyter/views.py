@@ -139,7 +139,7 @@ def status_text(snap: dict, stale: str | None = None) -> str:
             lines.append(f"... and {len(hosts) - TEXT_ROWS} more hosts")
     lines += ["", f"{'worker':<8}{'host':<16}{'pid':>8}  {'state':<8}{'queued':>7}{'running':>8}"
                   f"{'done':>8}{'cpu %':>7}{'memory':>10}"]
-    shown = _first_rows(workers, TEXT_ROWS)
+    shown = first_rows(workers, TEXT_ROWS)
     for w in shown:
         lines.append(f"{w['name'] or w['id'] or '-':<8}{w['host'][:15]:<16}{w['pid']:>8}  "
                      f"{w['state']:<8}{w['queued']:>7}{w['running']:>8}"
@@ -150,12 +150,14 @@ def status_text(snap: dict, stale: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _first_rows(workers: list[dict], n: int) -> list[dict]:
-    """All rows in name order when they fit; else the busiest, then the rest, ``n`` in all."""
+def first_rows(workers: list[dict], n: int) -> list[dict]:
+    """All rows in name order when they fit; else the busiest, then the rest, ``n`` in all (in
+    name order)."""
     if len(workers) <= n:
         return workers
     order = {"busy": 0, "lost": 1, "joining": 2, "idle": 3}
-    return sorted(workers, key=lambda w: (order.get(w["state"], 4), -w["running"], natural(w["name"])))[:n]
+    chosen = sorted(workers, key=lambda w: (order.get(w["state"], 4), -w["running"], natural(w["name"])))[:n]
+    return sorted(chosen, key=lambda w: natural(w["name"]))
 
 
 # ---- HTML ---------------------------------------------------------------------------------------
