@@ -6,8 +6,10 @@ workers from the job script; the rest is :mod:`scoop.launch.batch`.
 """
 from __future__ import annotations
 
+import socket
+
 from ..errors import ClusterError
-from .base import register
+from .base import register, route_address
 from .batch import BatchLauncher, hms
 
 
@@ -52,6 +54,14 @@ class SgeLauncher(BatchLauncher):
 
     def query_argv(self, ids):
         return ["qstat"]
+
+    def _pick_address(self):
+        """The local address of the route to the first execution host."""
+        hosts = (self._ask(["qconf", "-sel"]) or "").split()
+        try:
+            return route_address(socket.gethostbyname(hosts[0]) if hosts else None)
+        except OSError:
+            return route_address(None)
 
     def parse_query(self, out, ids):
         """qstat's table: job-ID prior name user state submit/start-date time [queue] slots."""

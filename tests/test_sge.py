@@ -1,0 +1,215 @@
+"""SCOOP on a real Grid Engine cluster (tests/sge_cluster.py): workers started with ``qrsh
+-inherit`` inside a job, and batch-job clusters (``--launcher sge``) started from this host."""
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.conftest import PROGRAMS, ROOT, TESTS, scoop_processes, wait_no_new_processes
+from tests.sge_cluster import sge_cluster_fixture
+
+sge_cluster = sge_cluster_fixture(nodes=2, cpus=2, scope="module")
+
+
+@contextlib.contextmanager
+def batch_cluster(sge, n, wait=True, **opts):
+    """An origin here whose ``n`` workers are SGE jobs; afterwards no job, process or secret file
+    may be left."""
+    from scoop.cluster import Cluster
+    before = {p.pid for p in scoop_processes()}
+    opts.setdefault("cpus_per_job", 2)
+    # the node names resolve only on the nodes: the address they reach this host at is given
+    c = Cluster(n, launcher="sge", pythonpath=[TESTS, PROGRAMS], external_hostname=sge.net.gateway_ip, **opts)
+    try:
+        c.start(wait=wait, timeout=90)
+        yield c
+    finally:
+        c.stop()
+        assert sge.wait_no_jobs(20) == []
+        wait_no_new_processes(before, 15)
+        if c.launcher is not None and c.launcher.dir:
+            assert not os.path.exists(c.launcher.dir)
+
+
+def where(x):
+    import socket
+    import time
+    time.sleep(0.05)
+    return socket.gethostname()
+
+
+def test_cluster_runs_a_pe_job_on_a_node(sge_cluster, tmp_path):
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\nhostname\necho slots $NSLOTS\n")
+    out = tmp_path / "job.out"
+    r = sge_cluster.run(["qsub", "-pe", "smp", "2", "-o", str(out), "-j", "y", str(script)])
+    assert r.stdout.startswith("Your job ")
+    assert sge_cluster.wait_no_jobs(60) == []
+    words = out.read_text().split()
+    assert words[0] in ("node1", "node2") and words[1:] == ["slots", "2"], words
+
+
+def test_sge_workers_on_both_nodes_job_script_is_what_is_submitted_stop_leaves_no_job(sge_cluster):
+    from scoop import futures
+    from scoop.cluster import Cluster
+    c = Cluster(4, launcher="sge", cpus_per_job=2, walltime="00:20:00", memory="200M",
+                pythonpath=[TESTS, PROGRAMS], external_hostname=sge_cluster.net.gateway_ip)
+    shown = c.job_script()
+    assert "#$ -pe smp 2\n" in shown and "#$ -l h_rt=00:20:00\n" in shown and "#$ -l h_vmem=100M\n" in shown
+    before = {p.pid for p in scoop_processes()}
+    try:
+        c.start(timeout=90)
+        with open(os.path.join(c.launcher.dir, "job1.sh")) as f:
+            assert f.read() == shown
+        c.wait_for_workers(4, 90)
+        assert sorted(set(futures.map(where, range(40)))) == ["node1", "node2"]
+        assert len(sge_cluster.jobs()) == 2 and {h.state for h in c.workers} == {"running"}
+        history = c.jobs(history=True)
+        assert sorted(j["nodes"] for j in history) == ["node1", "node2"], history
+    finally:
+        c.stop()
+    assert sge_cluster.wait_no_jobs(20) == []
+    wait_no_new_processes(before, 15)
+    assert [j["state"] for j in c.jobs(history=True)] == ["ended", "ended"]
+
+
+def test_scale_up_and_down_submits_and_ends_jobs(sge_cluster):
+    from scoop import futures
+    with batch_cluster(sge_cluster, 2, cpus_per_job=1) as c:
+        c.wait_for_workers(2, 90)
+        c.scale(4, timeout=90)
+        c.wait_for_workers(4, 90)
+        assert len(sge_cluster.jobs()) == 4
+        assert sorted(set(futures.map(where, range(40)))) == ["node1", "node2"]
+        c.scale(1)
+        deadline = time.monotonic() + 30
+        while len(sge_cluster.jobs()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(sge_cluster.jobs()) == 1
+        assert list(futures.map(abs, [-1, -2, -3])) == [1, 2, 3]
+
+
+def test_held_job_is_pending_then_joins(sge_cluster):
+    from scoop import futures
+    with batch_cluster(sge_cluster, 2, job_extra_directive=["-h"]) as c:
+        (job,) = c.jobs()
+        assert job["state"] == "pending" and job["reason"] == "held", job
+        sge_cluster.run(["qrls", job["id"]])
+        c.wait_for_workers(2, 90)
+        assert sum(futures.map(abs, range(-4, 0))) == 10
+
+
+def test_rejected_and_failing_jobs_are_clear_errors(sge_cluster, tmp_path):
+    from scoop.errors import ClusterError
+    with pytest.raises(ClusterError, match=r"qsub rejected the job for workers w1, w2: .*no_such_queue"):
+        with batch_cluster(sge_cluster, 2, queue="no_such_queue"):
+            pass
+    prolog = tmp_path / "prolog.sh"
+    prolog.write_text("echo 'module: gcc/99 not found'\nexit 3\n")
+    with pytest.raises(ClusterError, match=r"(?s)exited with status 3 before joining.*gcc/99 not found"):
+        with batch_cluster(sge_cluster, 2, prolog=str(prolog)):
+            pass
+
+
+def test_killed_origin_leaves_no_job(sge_cluster, tmp_path):
+    prog = tmp_path / "origin.py"
+    prog.write_text(textwrap.dedent(f"""
+        import time
+        from scoop.cluster import Cluster
+        c = Cluster(4, launcher="sge", cpus_per_job=2, external_hostname={sge_cluster.net.gateway_ip!r})
+        c.start()
+        c.wait_for_workers(4, 90)
+        print("ready", flush=True)
+        time.sleep(600)
+    """))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, str(prog)], stdout=subprocess.PIPE, env=env, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        assert len(sge_cluster.jobs()) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert sge_cluster.wait_no_jobs(20) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+STEP_PROGRAM = """
+import collections, os, socket, time
+import scoop
+from scoop import futures
+
+def where(i):
+    time.sleep(0.05)
+    return socket.gethostname(), os.getpid(), os.environ.get("JOB_ID")
+
+if __name__ == "__main__":
+    seen = collections.defaultdict(set)
+    jobs = set()
+    for host, pid, job in futures.map(where, range(8 * scoop.SIZE)):
+        seen[host].add(pid)
+        jobs.add(job)
+    for host, pids in sorted(seen.items()):
+        print("HOST", host, len(pids))
+    print("JOBS", sorted(map(str, jobs)), "SIZE", scoop.SIZE)
+"""
+
+
+def test_qrsh_inherit_starts_workers_inside_a_job(sge_cluster, tmp_path):
+    """python -m scoop inside a PE job: its workers are qrsh -inherit tasks of that job."""
+    prog = tmp_path / "steps.py"
+    prog.write_text(STEP_PROGRAM)
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/sh\nexport PYTHONPATH={ROOT}\n{sys.executable} -m scoop -v {prog}\n")
+    out = tmp_path / "job.out"
+    r = sge_cluster.run(["qsub", "-pe", "smp", "2", "-V", "-cwd", "-o", str(out), "-j", "y", str(script)],
+                        cwd=str(tmp_path))
+    jid = r.stdout.split()[2]
+    assert sge_cluster.wait_no_jobs(120) == []
+    text = out.read_text()
+    hosts = {line.split()[1]: int(line.split()[2]) for line in text.splitlines() if line.startswith("HOST ")}
+    assert sum(hosts.values()) == 2 and len(hosts) == 1, text
+    assert f"JOBS ['{jid}'] SIZE 2" in text and "started by qrsh" in text, text
+
+
+def test_walltime_reached_mid_map_runs_every_task_once(sge_cluster, tmp_path):
+    """Tasks running across the end of a one-minute h_rt: every result comes back, each task
+    started once (a log line per start), and the first job's workers left before SGE's limit."""
+    from scoop import futures
+    log = tmp_path / "starts.log"
+    with batch_cluster(sge_cluster, 2, cpus_per_job=2, walltime="1", job_replace=True, inline=False) as c:
+        first = c.workers[0].job_id
+        pending, submitted, left = collections.deque(), 0, None
+        deadline = time.monotonic() + 200
+        while (left != 0 or pending) and time.monotonic() < deadline:
+            if left is None and first not in {j["id"] for j in sge_cluster.jobs()}:
+                left = 20
+            while len(pending) < 6 and left != 0:
+                pending.append((submitted, futures.submit(logged_square, submitted, str(log))))
+                submitted += 1
+                left = left - 1 if left else left
+            k, fut = pending.popleft()
+            assert fut.result(timeout=120) == k * k
+        assert left == 0 and not pending, "the first job did not end within 200 s"
+        codes = [h._code(h.jobs[0]) for h in c.workers]
+    starts = collections.Counter(log.read_text().split())
+    assert len(starts) == submitted and set(starts.values()) == {1}, [k for k, v in starts.items() if v > 1]
+    assert codes == [0, 0], codes
+
+
+def logged_square(x, path):
+    import time
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    time.sleep(1.0)
+    return x * x
