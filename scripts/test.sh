@@ -15,10 +15,18 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 [ -x /usr/sbin/slurmd ] || need_apt+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || need_apt+=(slurm-client)
 [ -x /usr/sbin/munged ] || need_apt+=(munge)
+# a private Grid Engine cell for tests/test_sge.py (tests/sge_cluster.py starts the daemons itself)
+[ -x /usr/sbin/sge_qmaster ] || need_apt+=(gridengine-master)
+[ -x /usr/sbin/sge_execd ] || need_apt+=(gridengine-exec)
+command -v qrsh >/dev/null 2>&1 || need_apt+=(gridengine-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing system packages: ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # gridengine asks whether to configure a cell: no (the tests make their own)
+    printf '%s\n' "gridengine-common shared/gridengineconfig boolean false" \
+      "gridengine-client shared/gridengineconfig boolean false" \
+      "gridengine-master shared/gridengineconfig boolean false" | debconf-set-selections
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
