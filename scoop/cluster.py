@@ -375,6 +375,11 @@ class Cluster:
                 if snap is not None:
                     have = len(snap["workers"])
             if have >= count:
+                if rt is not None:
+                    # the views read the meta stream, which is published at a bounded rate:
+                    # return once it shows the workers too, so status() agrees with this call
+                    self.meta.wait_for(lambda s: len(s.get("workers", ())) >= count,
+                                       max(0.0, min(2.0, deadline - time.monotonic())))
                 self._sync_size()
                 return have
             for h in list(self._live.values()):
