@@ -519,8 +519,7 @@ class _Control(threading.Thread):
     def _lost(self, why: str):
         rt = self.rt
         if rt.role == "worker":
-            sys.stderr.write(f"scoop worker {rt.name}: {why}; exiting\n")
-            _hard_exit(3)
+            _hard_exit(3, f"scoop worker {rt.name}: {why}; exiting\n")
         rt.broken = why
         self._halt.set()
 
@@ -603,17 +602,22 @@ class _Control(threading.Thread):
             _hard_exit(0)
 
 
-def _hard_exit(code: int):
+def _hard_exit(code: int, why: str = ""):
     """Leaves at once: a worker holds no state worth a graceful teardown, and parked greenlets
-    would otherwise be torn down one by one."""
+    would otherwise be torn down one by one.  Saying ``why`` may fail (the launcher that read
+    our output is gone: a broken pipe); leaving may not."""
     try:
+        if why:
+            sys.stderr.write(why)
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
-        for shm in _exit_cleanup:
-            shm.cleanup(os.getpid())  # segments this process made that nobody will free now
-        end_children()  # a worker's tasks' processes end with it
-        os._exit(code)
+        try:
+            for shm in _exit_cleanup:
+                shm.cleanup(os.getpid())  # segments this process made that nobody will free now
+            end_children()  # a worker's tasks' processes end with it
+        finally:
+            os._exit(code)
 
 
 _exit_cleanup: list = []

@@ -211,9 +211,8 @@ class Executor:
         while tid not in replies:
             now = time.monotonic()
             if now >= deadline:
-                sys.stderr.write(f"scoop worker {rt.name}: no answer from the broker after a silence; "
-                                 f"exiting without starting another task\n")
-                _hard_exit(3)
+                _hard_exit(3, f"scoop worker {rt.name}: no answer from the broker after a silence; "
+                              f"exiting without starting another task\n")
             if now >= resend:  # a message sent on a connection that was dropped meanwhile is lost
                 rt.out.add(P.TID.pack(P.ASK, tid))
                 rt.send_out()

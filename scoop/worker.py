@@ -91,10 +91,12 @@ def main():
     try:
         rt.connect(timeout=cfg.get("connect_timeout", 15.0))
     except Exception as exc:
-        sys.stderr.write(f"scoop worker {name}: {exc}\n")
-        sys.stderr.flush()
-        _procutil.end_children()
-        os._exit(3)
+        try:
+            sys.stderr.write(f"scoop worker {name}: {exc}\n")
+            sys.stderr.flush()
+        finally:  # even when nobody reads our output any more
+            _procutil.end_children()
+            os._exit(3)
     _globals.activate(rt, is_origin=False, broker=cfg.get("broker_info"))
     capture_output(rt)
     if os.environ.get("SCOOP_PROFILE"):

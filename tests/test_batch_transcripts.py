@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 
 from scoop.errors import ClusterError
@@ -41,6 +42,23 @@ def fakebatch(tmp_path, monkeypatch):
             if job["state"] == "running" and job.get("pgid"):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(job["pgid"], signal.SIGKILL)
+        # a cancelled job kills its script's group; each worker leads a group of its own and must
+        # leave by itself, as it does when a real batch system cancels it: none may linger
+        left = _job_processes(str(tmp_path), wait=15)
+        for p in left:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        assert not left, "left running: " + "; ".join(f"{p.pid} {p.info['name']}" for p in left)
+
+
+def _job_processes(mark: str, wait: float) -> list:
+    deadline = time.monotonic() + wait
+    while True:
+        left = [p for p in psutil.process_iter(["cmdline", "name", "status"])
+                if p.info["status"] != psutil.STATUS_ZOMBIE and mark in " ".join(p.info["cmdline"] or ())]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
 
 
 def _jobs(state) -> list[dict]:
