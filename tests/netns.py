@@ -445,3 +445,40 @@ def netns_hosts_fixture(n: int = 2, scope: str = "module"):
             cluster.cleanup()
 
     return _cluster
+
+
+def restore_env(old: dict) -> None:
+    """Puts back the environment variables a test cluster's ``activate`` changed (None: unset)."""
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    old.clear()
+
+
+def cluster_fixture(make, skip_reason, scope: str = "session"):
+    """A pytest fixture yielding a running, activated test cluster made by ``make()`` (a batch
+    system's daemons here and on nodes in namespaces); skips with the reason where one cannot be
+    made, and always removes it."""
+    import pytest
+
+    @pytest.fixture(scope=scope)
+    def _cluster():
+        reason = skip_reason()
+        if reason:
+            pytest.skip(reason)
+        sc = make()
+        try:
+            sc.__enter__()
+        except RuntimeError as e:
+            if "Operation not permitted" in str(e):
+                pytest.skip(f"cannot create network namespaces here: {e}")
+            raise
+        try:
+            sc.activate()
+            yield sc
+        finally:
+            sc.cleanup()
+
+    return _cluster

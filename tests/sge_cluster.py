@@ -365,38 +365,12 @@ class SgeCluster:
         if self.net is not None:
             self.net.cleanup()
             self.net = None
-        for key, value in self._old_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        self._old_env = {}
+        netns.restore_env(self._old_env)
         if self.root:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = ""
 
 
 def sge_cluster_fixture(nodes: int = 2, cpus: int = 2, scope: str = "session"):
-    """A pytest fixture yielding a running, activated :class:`SgeCluster`; skips with the reason
-    where one cannot be made, and always removes it."""
-    import pytest
-
-    @pytest.fixture(scope=scope)
-    def _sge_cluster():
-        reason = skip_reason()
-        if reason:
-            pytest.skip(reason)
-        sc = SgeCluster(nodes, cpus)
-        try:
-            sc.__enter__()
-        except RuntimeError as e:
-            if "Operation not permitted" in str(e):
-                pytest.skip(f"cannot create network namespaces here: {e}")
-            raise
-        try:
-            sc.activate()
-            yield sc
-        finally:
-            sc.cleanup()
-
-    return _sge_cluster
+    """A pytest fixture yielding a running :class:`SgeCluster` (:func:`netns.cluster_fixture`)."""
+    return netns.cluster_fixture(lambda: SgeCluster(nodes, cpus), skip_reason, scope)

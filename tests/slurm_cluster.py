@@ -329,39 +329,12 @@ class SlurmCluster:
         if self.net is not None:
             self.net.cleanup()  # kills whatever still runs in the node namespaces
             self.net = None
-        if self._old_env:
-            for key, value in self._old_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            self._old_env = {}
+        netns.restore_env(self._old_env)
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = ""
 
 
 def slurm_cluster_fixture(nodes: int = 2, cpus: int = 2, scope: str = "session"):
-    """A pytest fixture yielding a running, activated :class:`SlurmCluster`; skips with the reason
-    where one cannot be made, and always removes it."""
-    import pytest
-
-    @pytest.fixture(scope=scope)
-    def _slurm_cluster():
-        reason = skip_reason()
-        if reason:
-            pytest.skip(reason)
-        sc = SlurmCluster(nodes, cpus)
-        try:
-            sc.__enter__()
-        except RuntimeError as e:
-            if "Operation not permitted" in str(e):
-                pytest.skip(f"cannot create network namespaces here: {e}")
-            raise
-        try:
-            sc.activate()
-            yield sc
-        finally:
-            sc.cleanup()
-
-    return _slurm_cluster
+    """A pytest fixture yielding a running :class:`SlurmCluster` (:func:`netns.cluster_fixture`)."""
+    return netns.cluster_fixture(lambda: SlurmCluster(nodes, cpus), skip_reason, scope)
