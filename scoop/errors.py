@@ -1,5 +1,21 @@
-"""Exceptions a SCOOP user can meet, each named after what went wrong."""
+"""Exceptions a SCOOP user can meet, each named after what went wrong; warnings that point at
+the user's own line."""
+import os
+import sys
 from concurrent.futures import CancelledError, TimeoutError  # noqa: F401  (PEP 3148 names)
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` in the calling function that names the first
+    caller outside this package, so a warning points at the user's line (a notebook cell, a
+    script) whatever the depth of the call inside SCOOP."""
+    level, f = 1, sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_PACKAGE_DIR):
+        f = f.f_back
+        level += 1
+    return level
 
 
 class WorkerLostError(RuntimeError):

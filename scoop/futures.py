@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
-import sys
 import time
 import warnings
 import weakref
@@ -30,7 +28,15 @@ from ._future import (  # noqa: F401
     as_completed,
     wait,
 )
-from .errors import CancelledError, ClusterError, RemoteError, TaskInterrupted, TimeoutError, WorkerLostError  # noqa: F401
+from .errors import (  # noqa: F401
+    CancelledError,
+    ClusterError,
+    RemoteError,
+    TaskInterrupted,
+    TimeoutError,
+    WorkerLostError,
+    user_stacklevel,
+)
 from .fallbacks import NotStartedProperly  # noqa: F401 -- SCOOP 0.7 programs import it from here
 
 __all__ = ["submit", "map", "map_as_completed", "as_completed", "wait", "mapReduce", "mapScan",
@@ -93,17 +99,6 @@ class _SerialRuntime:
     batching = 0
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` of the first caller outside this package, so a warning points at the
-    user's line (a notebook cell, a script) whatever the depth of the call inside SCOOP."""
-    level, f = 1, sys._getframe(1)
-    while f is not None and f.f_code.co_filename.startswith(_PACKAGE_DIR):
-        f = f.f_back
-        level += 1
-    return level
 
 
 def _rt():
@@ -114,7 +109,7 @@ def _rt():
     if _serial is None:
         warnings.warn("SCOOP is not running (start the program with `python -m scoop` or a notebook "
                       "cluster with `%scoop_cluster start`): futures run serially in this process.",
-                      RuntimeWarning, stacklevel=_user_stacklevel())
+                      RuntimeWarning, stacklevel=user_stacklevel())
         _serial = _SerialRuntime()
     return _serial
 
@@ -443,7 +438,7 @@ def _ignored(where: str, kwargs: dict):
     _warned_ignored.add((where, names))
     warnings.warn(f"futures.{where} ignores the keyword argument(s) {', '.join(names)}, as SCOOP 0.7 did; "
                   f"use functools.partial(func, ...) to pass them to the function",
-                  RuntimeWarning, stacklevel=_user_stacklevel())
+                  RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _chunks(seq, n):

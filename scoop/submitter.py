@@ -17,17 +17,12 @@ from typing import NamedTuple
 from . import _codemap
 from . import _protocol as P
 from ._future import Future
-from .errors import ClusterError, TaskInterrupted, WorkerLostError
+from .errors import ClusterError, TaskInterrupted, WorkerLostError, user_stacklevel
 
 HOLD_SECONDS = 0.002   # a held task not waited on goes out after this (sent by the control thread)
 BIG_CALLABLE = 10 << 20  # a callable this large (a closure over an array) is worth a word
 _FN_CACHE_MAX = 1024
 _TIMELINE = 5000
-
-
-def _user_stacklevel() -> int:
-    from .futures import _user_stacklevel as level
-    return level() - 1  # this frame is inside the package too, and already counted
 
 
 def name_of(fn) -> str:
@@ -114,7 +109,7 @@ class Submitter:
                 warnings.warn(f"the function {name_of(fn)} pickles to {packed.nbytes / 2**20:.0f} MiB "
                               f"(it captures large data), and every worker receives a copy and keeps it "
                               f"until the cluster stops; pass the data with shared.setConst(...) instead",
-                              RuntimeWarning, stacklevel=_user_stacklevel())
+                              RuntimeWarning, stacklevel=user_stacklevel())
         d = ent[1]
         if d not in self._blobs_sent:
             self._blobs_sent.add(d)
