@@ -478,7 +478,9 @@ def _watch_stdin(broker: Broker):
     broker.stop_event.set()
 
 
-def main():
+def main(broker_class=None):
+    """``python -m scoop.broker`` (and, with :class:`~scoop.federation.SubBroker`, ``python -m
+    scoop.federation``): serves until the cluster ends."""
     from ._procutil import die_with_parent, ignore_interrupts, name_process, raise_fd_limit
     from .direct import remove as remove_origin_socket
     name_process("scoop-broker")
@@ -493,15 +495,10 @@ def main():
     cfg = json.loads(line)
     secret = bytes.fromhex(cfg.pop("secret"))
     try:
-        if cfg.get("upstream"):
-            from .federation import SubBroker
-            broker = SubBroker(secret, cfg["main"], cfg["meta"], cfg["upstream"],
-                               heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT),
-                               encryption=cfg.get("encryption", True))
-        else:
-            broker = Broker(secret, cfg["main"], cfg["meta"],
-                            heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT),
-                            encryption=cfg.get("encryption", True))
+        upstream = (cfg["upstream"],) if cfg.get("upstream") else ()
+        broker = (broker_class or Broker)(secret, cfg["main"], cfg["meta"], *upstream,
+                                          heartbeat_timeout=cfg.get("heartbeat_timeout", DEFAULT_TIMEOUT),
+                                          encryption=cfg.get("encryption", True))
     except zmq.ZMQError as exc:
         sys.stderr.write(f"scoop broker: cannot listen on {cfg['main']} / {cfg['meta']}: {exc}\n")
         sys.exit(2)

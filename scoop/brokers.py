@@ -47,7 +47,8 @@ class Brokers:
         if k:
             cfg["upstream"] = f"tcp://127.0.0.1:{self.ports[0][0]}"
         line = (json.dumps(cfg) + "\n").encode()
-        proc = start_process("scoop.broker", line, env=self._env(), cwd=None, fork=fork)
+        module = "scoop.federation" if k else "scoop.broker"
+        proc = start_process(module, line, env=self._env(), cwd=None, fork=fork)
         if replace:
             self.procs[k] = proc
         else:

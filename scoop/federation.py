@@ -18,6 +18,7 @@ import zmq
 
 from . import _protocol as P
 from .broker import Broker
+from .broker import main as serve
 from .census import Census, status_interval
 from .liveness import LOAD_INTERVAL, configure_socket
 from .scheduling import Peer
@@ -196,3 +197,12 @@ class SubBroker(Broker):
             self.up_monitor.close(0)
             self.up.close(linger=500)
             self.upc.close(linger=0)
+
+
+def main():
+    """``python -m scoop.federation``: a sub-broker, configured as the root broker is."""
+    serve(SubBroker)
+
+
+if __name__ == "__main__":
+    main()

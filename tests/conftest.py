@@ -30,7 +30,8 @@ def scoop_processes(exclude=(), session_only: bool = True):
                 continue
             env = p.environ()
             # a forked worker keeps its launcher's command line: its environment names it
-            if "scoop.worker" not in cmd and "scoop.broker" not in cmd and "SCOOP_ROLE" not in env:
+            if not any(m in cmd for m in ("scoop.worker", "scoop.broker", "scoop.federation")) \
+                    and "SCOOP_ROLE" not in env:
                 continue
             if session_only and env.get(SESSION_MARK) != mark:
                 continue
