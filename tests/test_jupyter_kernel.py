@@ -364,7 +364,8 @@ def test_kernel_end_leaves_no_cluster_process(how):
     pid = k.pid
     try:
         procs = kernel_cluster_processes(pid)
-        assert len(procs) == 3, procs  # broker and 2 workers
+        # broker and 2 workers (each worker's scoop-guard, which ends its tasks' processes, aside)
+        assert len([p for p in procs if p.name() != "scoop-guard"]) == 3, procs
         t0 = time.monotonic()
         if how == "shutdown":
             k.km.shutdown_kernel(now=False)
