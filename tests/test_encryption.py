@@ -217,15 +217,16 @@ def _run_sniffed(hosts, encryption: bool):
     stream = mark * (200_000 // len(mark))                          # a pickle stream frame (> 64 KiB)
     array = np.frombuffer(mark * (600_000 // len(mark)), dtype=np.uint8)  # an out-of-band frame (< 1 MiB)
     c = Cluster(hosts=["h1"], pythonpath=[PROGRAMS], connect_timeout=5, encryption=encryption)
-    sniffer = None
+    k = security.keys(c.secret, encryption)
+    # listening from before the start: the token crosses the wire only in the handshakes
+    needles = {"payload": mark, "secret": c.secret, "secret hex": c.secret.hex().encode(),
+               "token": k.token, "server key": k.server_secret, "client key": k.client_secret,
+               "meta stream": secrets.token_bytes(32)}   # this cluster's ports, once they are known
+    sniffer = Sniffer([hosts.bridge, "lo"], needles)
     try:
         c.start()
-        k = security.keys(c.secret, encryption)
-        needles = {"payload": mark, "secret": c.secret, "secret hex": c.secret.hex().encode(),
-                   "token": k.token, "server key": k.server_secret, "client key": k.client_secret,
-                   # this cluster's snapshots (others' clusters on this machine may publish in the clear)
-                   "meta stream": f'"main_port": {c.main_port}, "meta_port": {c.meta_port}'.encode()}
-        sniffer = Sniffer([hosts.bridge, "lo"], needles)
+        # this cluster's snapshots (others' clusters on this machine may publish in the clear)
+        needles["meta stream"] = f'"main_port": {c.main_port}, "meta_port": {c.meta_port}'.encode()
         time.sleep(0.3)
         for _ in range(3):
             out = list(futures.map(T.ident, [inline, stream, array]))
@@ -233,8 +234,7 @@ def _run_sniffed(hosts, encryption: bool):
         assert any(w["host"] == "h1" for w in c.status()["workers"])  # the meta stream, over loopback
         time.sleep(0.5)
     finally:
-        if sniffer is not None:
-            sniffer.stop()
+        sniffer.stop()
         c.stop()
     return sniffer
 

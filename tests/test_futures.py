@@ -97,7 +97,7 @@ def test_wait_return_when(cluster):
     quick, slow = futures.submit(T.square, 3), futures.submit(T.sleep_return, 1.0)
     done, not_done = futures.wait([quick, slow], return_when=futures.FIRST_COMPLETED)
     assert quick in done and slow in not_done
-    bad, slow2 = futures.submit(T.fail_on, 3), futures.submit(T.sleep_return, 1.0)
+    bad, slow2 = futures.submit(T.fail_on, 3), futures.submit(T.sleep_return, 3.0)
     done, not_done = futures.wait([bad, slow2], return_when=futures.FIRST_EXCEPTION)
     assert done == {bad} and isinstance(bad.exception(), ValueError)
     done, not_done = futures.wait([slow, slow2], timeout=0.05)
