@@ -18,6 +18,10 @@ def user_stacklevel() -> int:
     return level
 
 
+class OptionError(ValueError):
+    """A bad option value; the message names the option and the value."""
+
+
 class WorkerLostError(RuntimeError):
     """A task was running on workers that died (crash, ``os._exit``, lost host) too often."""
 

@@ -19,7 +19,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .errors import OptionError
 from .liveness import DEFAULT_TIMEOUT
+from .profiles import load_profile
 
 __all__ = ["ClusterOptions", "OptionError", "LAUNCHER_NAMES", "add_arguments", "option_names"]
 
@@ -29,8 +31,6 @@ LAUNCHER_NAMES = ("auto", "local", "ssh", "srun", "pbsdsh", "qrsh", "sbatch", "q
 BOTH = ("cli", "magic")
 
 
-class OptionError(ValueError):
-    """A bad option value; the message names the option and the value."""
 
 
 # ---- value checks: each converts one value and raises ValueError naming the problem -------------
@@ -291,9 +291,9 @@ class ClusterOptions:
             raise TypeError(f"unknown cluster option{'s' if len(unknown) > 1 else ''} "
                             f"{', '.join(map(repr, unknown))} (known: {', '.join(option_names())})")
         if kwargs.get("cluster_profile"):
-            from .profiles import load_profile
             given = {k: v for k, v in kwargs.items() if v is not None and v != []}
-            kwargs = dict(load_profile(str(kwargs["cluster_profile"])), **given)
+            profile = load_profile(str(kwargs["cluster_profile"]), option_names(), lambda v: cls(**v))
+            kwargs = dict(profile, **given)
         return cls(**kwargs)
 
     def replace(self, **changes) -> "ClusterOptions":

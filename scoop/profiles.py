@@ -24,6 +24,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from .errors import OptionError
+
 __all__ = ["SITE_FILE", "config_files", "load_profile", "profile_names"]
 
 SITE_FILE = "/etc/scoop/clusters.toml"
@@ -37,7 +39,6 @@ def config_files(env=None) -> list[str]:
 
 
 def _read(path: str) -> dict:
-    from .options import OptionError
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -55,9 +56,10 @@ def profile_names(env=None) -> list[str]:
     return sorted({name for path in config_files(env) for name in _read(path)})
 
 
-def load_profile(name: str, env=None) -> dict:
-    """The options of profile ``name``, checked; OptionError naming the file for a bad one."""
-    from .options import ClusterOptions, OptionError, option_names
+def load_profile(name: str, names, check, env=None) -> dict:
+    """The options of profile ``name``, each one of ``names`` and checked by ``check(values)``
+    (the option declarations, passed down by :mod:`scoop.options`); OptionError naming the
+    file for a bad one."""
     values, found = {}, []
     for path in config_files(env):
         table = _read(path).get(name)
@@ -66,11 +68,11 @@ def load_profile(name: str, env=None) -> dict:
         found.append(path)
         for key, value in table.items():
             option = key.replace("-", "_")
-            if option not in option_names() or option == "cluster_profile":
+            if option not in names or option == "cluster_profile":
                 raise OptionError(f"profile {name!r} in {path}: {key!r} is not a cluster option")
             values[option] = value
         try:
-            ClusterOptions(**values)
+            check(values)
         except OptionError as exc:
             raise OptionError(f"profile {name!r} in {path}: {exc}") from None
     if not found:

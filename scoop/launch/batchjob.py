@@ -8,12 +8,8 @@ end without waiting for the scheduler's next answer.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from .base import Handle
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .batch import BatchLauncher
 
 __all__ = ["BatchJob", "BatchHandle", "PENDING", "RUNNING", "EXITED"]
 
@@ -56,7 +52,7 @@ class BatchHandle(Handle):
 
     separate = False  # kill() ends the whole job: the scheduler cannot end one task of a step
 
-    def __init__(self, launcher: "BatchLauncher", job: BatchJob, index: int):
+    def __init__(self, launcher, job: BatchJob, index: int):  # launcher: the BatchLauncher above
         self.launcher = launcher
         self.index = index
         self.jobs = [job]         # the first job, then its replacements
