@@ -482,3 +482,39 @@ def cluster_fixture(make, skip_reason, scope: str = "session"):
             sc.cleanup()
 
     return _cluster
+
+
+def daemons_skip_reason(what: str, packages: str, binaries, clients) -> Optional[str]:
+    """Why a test batch cluster (``what``: its daemons here, nodes in namespaces) cannot be made
+    here, or None: the namespace hosts' own reason, or the missing binaries and the Debian
+    ``packages`` that bring them."""
+    reason = skip_reason(sshd=False)
+    if reason:
+        return reason
+    missing = [path for path in binaries if not os.access(path, os.X_OK)]
+    missing += [c for c in clients if not shutil.which(c)]
+    if missing:
+        return (f"{what} needs Debian's {packages} (scripts/test.sh installs them as root); "
+                f"missing: {', '.join(missing)}")
+    if not shutil.which("nsenter") or not shutil.which("unshare"):
+        return "nsenter/unshare (util-linux) are not installed"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def sweep_stale_dirs(kind: str, kill) -> None:
+    """Removes the directories ``scooptest-XXXXXX-<kind>-p<pid>`` of test clusters whose creating
+    process is gone, after ``kill(directory)`` ended what still runs from them; then stale hosts."""
+    pattern = re.compile(rf"^scooptest-[0-9a-f]{{6}}-{re.escape(kind)}-p(\d+)$")
+    for entry in glob.glob(os.path.join(tempfile.gettempdir(), f"scooptest-*-{kind}-p*")):
+        m = pattern.match(os.path.basename(entry))
+        if not m or psutil.pid_exists(int(m.group(1))):
+            continue
+        kill(entry)
+        shutil.rmtree(entry, ignore_errors=True)
+    sweep_stale()

@@ -20,7 +20,6 @@ Client commands find the cell through :meth:`SgeCluster.env` (SGE_ROOT, SGE_CELL
 """
 from __future__ import annotations
 
-import glob
 import os
 import re
 import shutil
@@ -38,39 +37,16 @@ from tests import netns
 LIB = "/usr/lib/gridengine"
 DAEMONS = {"sge_qmaster": "/usr/sbin/sge_qmaster", "sge_execd": "/usr/sbin/sge_execd"}
 CLIENTS = ("qsub", "qstat", "qdel", "qconf", "qrsh")
-_STALE_DIR = re.compile(r"^scooptest-[0-9a-f]{6}-sge-p(\d+)$")
-
-
 def skip_reason() -> Optional[str]:
     """Why a test SGE cluster cannot be made here, or None if it can."""
-    reason = netns.skip_reason(sshd=False)
-    if reason:
-        return reason
-    missing = [path for path in DAEMONS.values() if not os.access(path, os.X_OK)]
-    missing += [c for c in CLIENTS if not shutil.which(c)]
-    if missing:
-        return ("SGE test cluster needs Debian's gridengine-master gridengine-exec gridengine-client "
-                f"(scripts/test.sh installs them as root); missing: {', '.join(missing)}")
-    if not shutil.which("nsenter") or not shutil.which("unshare"):
-        return "nsenter/unshare (util-linux) are not installed"
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    return netns.daemons_skip_reason("SGE test cluster",
+                                     "gridengine-master gridengine-exec gridengine-client",
+                                     DAEMONS.values(), CLIENTS)
 
 
 def sweep_stale() -> None:
     """Kill daemons and remove directories of test cells whose creating process is gone."""
-    for entry in glob.glob(os.path.join(tempfile.gettempdir(), "scooptest-*-sge-p*")):
-        m = _STALE_DIR.match(os.path.basename(entry))
-        if not m or psutil.pid_exists(int(m.group(1))):
-            continue
-        _kill_using(entry)
-        shutil.rmtree(entry, ignore_errors=True)
-    netns.sweep_stale()
+    netns.sweep_stale_dirs("sge", _kill_using)
 
 
 def _kill_using(root: str) -> None:
@@ -136,7 +112,7 @@ class SgeCluster:
         self.net.__enter__()
         self.root = os.path.join(tempfile.gettempdir(), f"{self.net.prefix}-sge-p{os.getpid()}")
         os.mkdir(self.root, 0o755)
-        self.qmaster_port, self.execd_port = _free_port(), _free_port()
+        self.qmaster_port, self.execd_port = netns.free_port(), netns.free_port()
         common = os.path.join(self.root, "default", "common")
         spool_dirs = [os.path.join(self.root, "spool", d) for d in ("qmaster", "execd")]
         for d in (common, *spool_dirs,

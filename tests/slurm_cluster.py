@@ -23,9 +23,7 @@ Usage::
 """
 from __future__ import annotations
 
-import glob
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -41,45 +39,24 @@ from tests import netns
 
 DAEMONS = {"slurmctld": "/usr/sbin/slurmctld", "slurmd": "/usr/sbin/slurmd", "munged": "/usr/sbin/munged"}
 CLIENTS = ("sbatch", "srun", "salloc", "squeue", "scancel", "sinfo", "scontrol")
-_STALE_DIR = re.compile(r"^scooptest-[0-9a-f]{6}-slurm-p(\d+)$")
-
-
 def skip_reason() -> Optional[str]:
     """Why a test SLURM cluster cannot be made here, or None if it can."""
-    reason = netns.skip_reason(sshd=False)
-    if reason:
-        return reason
-    missing = [path for path in DAEMONS.values() if not os.access(path, os.X_OK)]
-    missing += [c for c in CLIENTS if not shutil.which(c)]
-    if missing:
-        return ("SLURM test cluster needs Debian's slurmctld slurmd slurm-client munge "
-                f"(scripts/test.sh installs them as root); missing: {', '.join(missing)}")
-    if not shutil.which("nsenter") or not shutil.which("unshare"):
-        return "nsenter/unshare (util-linux) are not installed"
-    return None
+    return netns.daemons_skip_reason("SLURM test cluster", "slurmctld slurmd slurm-client munge",
+                                     DAEMONS.values(), CLIENTS)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def _kill_naming(entry: str) -> None:
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(entry in arg for arg in proc.info["cmdline"] or []):
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
 
 
 def sweep_stale() -> None:
     """Kill daemons and remove directories of test clusters whose creating process is gone."""
-    tmp = tempfile.gettempdir()
-    for entry in glob.glob(os.path.join(tmp, "scooptest-*-slurm-p*")):
-        m = _STALE_DIR.match(os.path.basename(entry))
-        if not m or psutil.pid_exists(int(m.group(1))):
-            continue
-        for proc in psutil.process_iter(["cmdline"]):
-            if any(entry in arg for arg in proc.info["cmdline"] or []):
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
-        shutil.rmtree(entry, ignore_errors=True)
-    netns.sweep_stale()
+    netns.sweep_stale_dirs("slurm", _kill_naming)
 
 
 class SlurmCluster:
@@ -166,7 +143,7 @@ class SlurmCluster:
 
     def _write_conf(self) -> None:
         d = self.dir
-        self.ctld_port, self.slurmd_port = _free_port(), _free_port()
+        self.ctld_port, self.slurmd_port = netns.free_port(), netns.free_port()
         ctl = socket.gethostname().split(".")[0]
         lines = [
             f"ClusterName=scoop{self.net.tag}",
