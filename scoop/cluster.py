@@ -36,7 +36,7 @@ from .launch.base import Handle, WorkerSpec, launcher_class
 from .launch.hosts import HostfileError, is_local_host
 from .launch.plan import ALLOCATION_LAUNCHERS, Plan, make_plan  # noqa: F401 - ALLOCATION_LAUNCHERS: ditto
 from .launch.relay import OutputRelay
-from .meta import MetaSubscriber
+from .meta import JoinedNames, MetaSubscriber
 from .options import ClusterOptions
 from .reconcile import Seen, Spec, Step
 from .supervisor import Supervisor, notice
@@ -88,6 +88,7 @@ class Cluster:
         self._brokers: Brokers | None = None
         self._spread = 0
         self._queue: QueueView | None = None
+        self._joined = JoinedNames()
         self._meta: MetaSubscriber | None = None
         self.runtime = None
         self.bind_host = "127.0.0.1"
@@ -199,8 +200,8 @@ class Cluster:
         if connect:
             self.connect()
         if self.queued:
-            self._queue = QueueView(self.launcher, self.relay)
-            self.meta.subscribe(self._queue.note)
+            self._queue = QueueView(self.launcher, self.relay, self._joined)
+            self.meta   # noqa: B018 -- subscribed now, so every join is noted
         if wait and self.queued:
             self._settle(list(self.workers), timeout)
         elif wait:
@@ -365,31 +366,36 @@ class Cluster:
         """Blocks until ``count`` workers have joined; a worker that dies first is reported."""
         deadline = time.monotonic() + timeout
         rt = self.runtime
+        meta = self.meta   # from now on joins are noted: a worker lost after joining did start
         have = 0
         while True:
             if rt is not None:
                 rt.pump(0.05)
                 have = rt.size
             else:
-                snap = self.meta.wait_for(lambda s: len(s["workers"]) >= count, 0.1)
+                snap = meta.wait_for(lambda s: len(s["workers"]) >= count, 0.1)
                 if snap is not None:
                     have = len(snap["workers"])
             if have >= count:
                 if rt is not None:
                     # the views read the meta stream, which is published at a bounded rate:
                     # return once it shows the workers too, so status() agrees with this call
-                    self.meta.wait_for(lambda s: len(s.get("workers", ())) >= count,
-                                       max(0.0, min(2.0, deadline - time.monotonic())))
+                    meta.wait_for(lambda s: len(s.get("workers", ())) >= count,
+                                  max(0.0, min(2.0, deadline - time.monotonic())))
                 self._sync_size()
                 return have
             for h in list(self._live.values()):
                 code = h.poll()
                 if code is not None and not h.retired:
+                    if h.name in self._joined and self._supervisor is not None:
+                        continue   # lost after joining: the supervisor replaces it
                     self.relay.flush(0.3)
                     tail = self.relay.tail(h.name)
                     where = h.host or "localhost"
-                    raise ClusterError(f"worker {h.name} on {where} exited with status {code} "
-                                       f"before joining the cluster" + (f":\n{tail}" if tail else ""))
+                    joined = h.name in self._joined
+                    when = "while waiting for workers" if joined else "before joining the cluster"
+                    raise ClusterError(f"worker {h.name} on {where} exited with status {code} {when}"
+                                       + (f":\n{tail}" if tail else ""))
             why = self._broker_exited()
             if why:
                 raise ClusterError(why)
@@ -428,6 +434,7 @@ class Cluster:
                 if self._meta is None:
                     self._meta = MetaSubscriber(local_address(self.meta_port), self.secret,
                                                 encryption=self.options.encryption)
+                    self._meta.subscribe(self._joined.note)
                     self._meta.start()
         return self._meta
 

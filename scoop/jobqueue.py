@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from .errors import ClusterError
+from .meta import JoinedNames
 
 __all__ = ["QUEUE_GRACE", "QueueView"]
 
@@ -21,19 +22,10 @@ QUEUE_GRACE = 5.0
 class QueueView:
     """Joins seen on the meta stream, and the launcher's last poll of the scheduler."""
 
-    def __init__(self, launcher, relay):
+    def __init__(self, launcher, relay, joined: JoinedNames):
         self.launcher = launcher
         self.relay = relay
-        self.joined: set[str] = set()    # names of workers seen in the cluster at least once
-
-    def note(self, kind: str, data: dict) -> None:
-        """Meta-stream callback: remembers every worker that joined."""
-        if kind == "event" and data.get("event") == "joined":
-            name = (data.get("worker") or {}).get("name")
-            if name:
-                self.joined.add(name)
-        elif kind == "status":
-            self.joined.update(w["name"] for w in data.get("workers", ()) if w.get("name"))
+        self.joined = joined    # names of workers seen in the cluster at least once (the Cluster's)
 
     def jobs(self) -> list[dict]:
         fn = getattr(self.launcher, "jobs_status", None)
@@ -84,7 +76,7 @@ class QueueView:
                 next_refresh = time.monotonic() + 0.5
             snap = latest()
             if snap:
-                self.note("status", snap)
+                self.joined.note("status", snap)
             ended = [(h, h.poll()) for h in handles if not h.retired and h.name not in self.joined]
             ended = [(h, code) for h, code in ended if code is not None]
             if ended:

@@ -133,3 +133,18 @@ class MetaSubscriber(threading.Thread):
                             logger.exception("meta-stream callback %r failed", cb)
         finally:
             s.close(0)
+
+
+class JoinedNames(set):
+    """The names of every worker seen in the cluster at least once: a worker that ends after
+    joining was lost (and is replaced); one that ends before never started."""
+
+    def note(self, kind: str, data: dict) -> None:
+        """Meta-stream callback."""
+        if kind == "event" and data.get("event") == "joined":
+            name = (data.get("worker") or {}).get("name")
+            if name:
+                self.add(name)
+        elif kind == "status":
+            self.update(w["name"] for w in data.get("workers", ()) if w.get("name"))
+
