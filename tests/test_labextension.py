@@ -878,6 +878,20 @@ threading.Thread(target=_statuses, daemon=True).start()
 """
 
 
+# In the page: the width ``digits`` take in a number input's font, and the room for text inside
+# it (its content box less the spin buttons' width, which Chromium draws inside it).
+TEXT_ROOM = """(input, digits) => {
+    const style = getComputedStyle(input);
+    const ctx = document.createElement('canvas').getContext('2d');
+    ctx.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+    const pad = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
+    const border = parseFloat(style.borderLeftWidth) + parseFloat(style.borderRightWidth);
+    const spin = 16;
+    const room = input.getBoundingClientRect().width - pad - border - spin;
+    return {text: ctx.measureText(digits).width, room};
+}"""
+
+
 def test_panel_with_a_thousand_workers(lab, page):
     """1,000 (simulated) workers: totals, a heat strip, a histogram, the busiest and the idle
     workers, and a list that builds only the rows in view; it updates at least once a second
@@ -907,6 +921,13 @@ def test_panel_with_a_thousand_workers(lab, page):
     # scrolling the list builds the rows further down; a busiest worker's link shows its row
     panel.locator(".scoop-workers").evaluate("n => { n.scrollTop = 52 * 500; }")
     expect(panel.locator(".scoop-worker-row[data-worker-name='w505']")).to_have_count(1, timeout=5_000)
+    panel.locator(".scoop-workers").evaluate("n => { n.scrollTop = 0; }")
+    # the Workers box shows the cluster's size whole, and five digits would fit too
+    n_input = panel.locator(".scoop-n-input")
+    expect(n_input).to_have_value("999")
+    for digits in ("999", "99999"):
+        room = n_input.evaluate(TEXT_ROOM, digits)
+        assert room["text"] <= room["room"], (digits, room)
     panel.locator(".scoop-workers").evaluate("n => { n.scrollTop = 0; }")
     page.screenshot(path=str(ARTIFACTS / "panel-1000-workers.png"))
     panel.screenshot(path=str(ARTIFACTS / "panel-1000-workers-panel.png"))
