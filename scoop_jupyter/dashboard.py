@@ -12,7 +12,9 @@ the data comes from the broker's meta stream.
 
 The dashboard is displayed with a static rendering beside the widget (:mod:`records`); it
 refreshes that rendering when its cell ends and, when the cluster stops, leaves its last
-state as a static record, so a saved notebook shows it without a kernel.
+state as a static record, so a saved notebook shows it without a kernel.  The next start in
+the same kernel brings it back to life: what a dask user expects of a dashboard that
+reconnects to the new cluster.
 """
 from __future__ import annotations
 
@@ -151,12 +153,32 @@ class Dashboard(W.VBox):
             self._record.update(*self.static())
 
     def stopped(self):
-        """The cluster stopped: the display becomes the dashboard's last state, as a record."""
-        if self._origin is not None and getattr(self._origin, "restarting", False):
+        """The cluster stopped: the display becomes the dashboard's last state, as a record,
+        until the next start in this kernel revives it."""
+        origin = self._origin
+        if origin is not None and getattr(origin, "restarting", False):
             return  # a restart: the dashboard follows the new cluster
-        if self._record is not None:
-            self._record.freeze(*self.static("stopped"))
+        record = self._record
+        if record is not None:
+            record.freeze(*self.static("stopped"))
+            dormant = getattr(origin, "dormant", None)
+            if dormant is not None:
+                feed, logs = self._feed, self._logs
+                dormant.append(lambda: Dashboard.revive(record, feed, logs, origin))
         self.close()
+
+    @classmethod
+    def revive(cls, record: Record, feed, logs: dict, origin) -> "Dashboard":
+        """A new dashboard widget in the place of a stopped one's ``record`` (a cluster started
+        again): the old output follows the new cluster."""
+        d = cls(feed, logs, origin=origin)
+        d._record = record
+        if record.revive(*d.static(), widget=d):
+            d._cell_open = False
+            origin.displays.append(d)
+        else:
+            d.close()
+        return d
 
     # ---- live updates ------------------------------------------------------------------------------
     def _on_status(self, status: dict):

@@ -37,6 +37,9 @@ SAFETY_PUMP_MS = 100
 LOG_LINES = 200
 #: cell groups whose parent header is remembered (a kernel's life is long, headers are small)
 MAX_GROUPS = 10_000
+#: stopped dashboards a new start brings back to life (the most recent ones; each one costs a
+#: rendering per refresh, and older ones are likely out of sight)
+REVIVE = 3
 
 #: ``start`` options that map one to one onto ``scoop.cluster.Cluster`` arguments (declared in
 #: scoop.options; ``n`` is start's own argument and output is always prefixed here)
@@ -111,6 +114,8 @@ class KernelOrigin:
         self.notices = LossNotices(self._notice, retired=lambda name, pid: pid in self.feed.retired_pids)
         self._log_filter = SupervisorFilter(self.notices)
         self.displays: list = []  # live displays to turn into static records: cell_finished(), stopped()
+        #: how to revive the last dashboards a stop froze: the next start runs them
+        self.dormant: deque = deque(maxlen=REVIVE)
 
     # ---- IPython integration --------------------------------------------------------------------
     @property
@@ -356,6 +361,10 @@ class KernelOrigin:
             self._pump = _LoopPump(io_loop)
             self._pump.attach()
         self.feed.attach(cluster)
+        if not self.restarting:
+            revive, self.dormant = list(self.dormant), deque(maxlen=REVIVE)
+            for fn in revive:
+                _quietly(fn)
         return cluster
 
     def stop(self) -> bool:
@@ -388,8 +397,6 @@ class KernelOrigin:
             return self.start(n, **opts)
         finally:
             self.restarting = False
-        self.notices = LossNotices(self._notice, retired=lambda name, pid: pid in self.feed.retired_pids)
-        self._log_filter = SupervisorFilter(self.notices)
 
     def scale(self, n: int, wait: bool = True):
         """``wait=False``: returns once the workers are asked for, safe from a thread other than

@@ -7,7 +7,9 @@ been.  Every live view here is displayed as one bundle that carries a static ``t
 ``text/plain`` beside the widget view, under a display id; when the view ends (its map
 finished, the cluster stopped) the display is updated to the static bundle alone and the
 widget is closed, so what is saved is the record: the final bar and its summary, the
-dashboard's last state.  Renderers that cannot show the widget (nbconvert without widget
+dashboard's last state.  A dashboard's record turns live again, with a new widget, when a new
+cluster starts in the kernel (:meth:`Record.revive`), as a dask dashboard comes back with a new
+cluster on its port.  Renderers that cannot show the widget (nbconvert without widget
 state, GitHub) show the static part meanwhile.
 """
 from __future__ import annotations
@@ -59,6 +61,18 @@ class Record:
             return
         with self._in_its_cell(update=True):
             self.handle.update(self.bundle(text, html, self.widget), raw=True)
+
+    def revive(self, text: str, html: str, widget) -> bool:
+        """Makes a frozen record live again with a new widget (a new cluster started in this
+        kernel): every output showing it, in whatever cell, turns live.  False if it was never
+        shown."""
+        if self.handle is None:
+            return False
+        self.frozen = False
+        self.widget = widget
+        with self._in_its_cell(update=True):
+            self.handle.update(self.bundle(text, html, widget), raw=True)
+        return True
 
     def freeze(self, text: str, html: str) -> None:
         """Replaces the display by the static record and closes the widget."""
