@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-__all__ = ["Seen", "Notice", "Step", "Spec", "DEATH_WINDOW"]
+__all__ = ["Seen", "Notice", "Step", "Spec", "DEATH_WINDOW", "broker_ids"]
 
 #: seconds over which worker deaths are counted to detect a crash loop
 DEATH_WINDOW = 60.0
@@ -167,3 +167,27 @@ class Spec:
         old = self.workers[i]
         self.workers[i] = new = self.new(old.host)
         return new
+
+
+def broker_ids(retiring: list[tuple], workers: list[dict], known: set, me: str) -> list[int | None]:
+    """The broker's index of each worker to retire (``(name, host, pid)``, host None for this
+    machine ``me``), from the workers of a status snapshot: by its one name, else by host and
+    pid; None for one the broker does not list yet.  Without names in the snapshot, a worker
+    whose pid is not known (one task of a job step) is matched to any worker of its host whose
+    ``(host, pid)`` is not in ``known`` (the ones the cluster's launched workers claim)."""
+    by_name = {w.get("name"): int(w["id"]) for w in workers if w.get("name")}
+    by_pid = {(w.get("host"), w.get("pid")): int(w["id"]) for w in workers}
+    unclaimed: dict = {}
+    if not by_name:
+        for w in workers:
+            if (w.get("host"), w.get("pid")) not in known:
+                unclaimed.setdefault(w.get("host"), []).append(int(w["id"]))
+    ids = []
+    for name, host, pid in retiring:
+        idx = by_name.get(name)
+        if idx is None and pid is not None:
+            idx = by_pid.get((host or me, pid))
+        elif idx is None and unclaimed.get(host):
+            idx = unclaimed[host].pop()
+        ids.append(idx)
+    return ids

@@ -4,7 +4,7 @@ Pure: no processes or sockets; ``now`` is passed in."""
 from __future__ import annotations
 
 from scoop.launch.base import WorkerSpec
-from scoop.reconcile import Seen, Spec
+from scoop.reconcile import Seen, Spec, broker_ids
 
 
 def make_spec(hosts):
@@ -107,3 +107,31 @@ def test_deaths_older_than_the_window_are_forgotten():
 def test_per_host_counts():
     spec = make_spec(["a", None, "a", "b"])
     assert spec.per_host() == [("a", 2), ("localhost", 1), ("b", 1)]
+
+
+# ---- retiring: which worker the broker must retire ---------------------------------------------
+def test_retirees_are_found_by_their_one_name_first():
+    workers = [{"id": "4", "name": "w1", "host": "me", "pid": 10},
+               {"id": "5", "name": "w2", "host": "n1", "pid": 11}]
+    assert broker_ids([("w2", "n1", 99), ("w1", None, None)], workers, set(), "me") == [5, 4]
+
+
+def test_without_names_a_retiree_is_found_by_host_and_pid():
+    workers = [{"id": "4", "host": "me", "pid": 10}, {"id": "5", "host": "n1", "pid": 11}]
+    # a worker of this machine has host None in its handle: it is matched under this host's name
+    retiring = [("w1", None, 10), ("w2", "n1", 11), ("w3", "n1", 12)]
+    assert broker_ids(retiring, workers, set(), "me") == [4, 5, None]
+
+
+def test_without_names_or_pid_a_retiree_takes_a_worker_of_its_host_no_handle_claims():
+    """One task of a job step: its pid is not known here, so any unclaimed worker of its host
+    goes, never one another launched worker is known to be."""
+    workers = [{"id": "4", "host": "n1", "pid": 10}, {"id": "5", "host": "n1", "pid": 11}]
+    known = {("n1", 11)}
+    assert broker_ids([("w1", "n1", None)], workers, known, "me") == [4]
+    assert broker_ids([("w1", "n1", None), ("w2", "n1", None)], workers, known, "me") == [4, None]
+    assert broker_ids([("w1", "n2", None)], workers, known, "me") == [None]
+
+
+def test_a_retiree_the_broker_does_not_list_yet_has_no_id():
+    assert broker_ids([("w1", None, 10)], [], set(), "me") == [None]
