@@ -11,11 +11,15 @@ for one reconcile step (:mod:`scoop.reconcile`), which says what makes the launc
 it; this class carries the step out.  Three counts are kept apart: *requested* (the spec),
 *launched* (workers started and not ended) and *joined* (workers the broker knows).
 
-The parts, each in its module: the spec and the reconcile step (:mod:`scoop.reconcile`), the
-supervisor thread (:mod:`scoop.supervisor`), ports and addresses (:mod:`scoop.addresses`), the
-broker processes (:mod:`scoop.brokers`), the launcher choice and placement
-(:mod:`scoop.launch.plan`), the batch queue view (:mod:`scoop.jobqueue`) and adaptive scaling
-(:mod:`scoop.adaptive`).
+This module holds what the cluster wants and how it gets there: start, the reconcile step
+carried out, scale, adapt, stop.  The rest, each in its module: the observing side -- counts,
+meta stream, status, batch jobs, waiting for workers (:mod:`scoop.clusterview`, the base
+class) --, the side facing the launcher -- which launcher, the environment and each worker's
+config, a batch job's script (:mod:`scoop.clusterlaunch`, the next base) --, the spec and the
+reconcile step (:mod:`scoop.reconcile`, pure), the supervisor thread (:mod:`scoop.supervisor`),
+ports and addresses (:mod:`scoop.addresses`), the broker processes (:mod:`scoop.brokers`), the
+launcher choice and placement (:mod:`scoop.launch.plan`), the batch queue view
+(:mod:`scoop.jobqueue`) and adaptive scaling (:mod:`scoop.adaptive`).
 """
 from __future__ import annotations
 
@@ -29,12 +33,12 @@ from . import _globals
 from . import _protocol as P
 from .addresses import broker_ports, local_address
 from .brokers import Brokers
-from .clusterview import ClusterView
+from .clusterlaunch import ClusterLaunch
 from .errors import ClusterError
 from .jobqueue import QUEUE_GRACE, QueueView  # noqa: F401 - QUEUE_GRACE: where callers found it
 from .launch import local as _local
 from .launch.base import Handle, WorkerSpec, launcher_class
-from .launch.hosts import HostfileError, is_local_host
+from .launch.hosts import HostfileError
 from .launch.plan import ALLOCATION_LAUNCHERS, Plan, make_plan  # noqa: F401 - ALLOCATION_LAUNCHERS: ditto
 from .launch.relay import OutputRelay
 from .meta import JoinedNames, MetaSubscriber
@@ -43,7 +47,7 @@ from .reconcile import Seen, Spec, Step, broker_ids
 from .supervisor import Supervisor, notice
 
 
-class Cluster(ClusterView):
+class Cluster(ClusterLaunch):
     """A SCOOP cluster: one broker here, ``n`` workers spread over ``hosts``.
 
     ``n`` counts the workers that run tasks; the origin (the program or notebook kernel that
@@ -116,24 +120,6 @@ class Cluster(ClusterView):
         """"slurm", "pbs" or "sge" when the workers run in this process's batch allocation."""
         return self._plan.allocation if self._plan else None
 
-    def _host_key(self, host: str) -> str | None:
-        """None (this machine) unless the launcher must start even local workers itself."""
-        if self.launcher.in_allocation or not is_local_host(host):
-            return host
-        return None
-
-    def _worker_spec(self, name: str, host: str | None) -> WorkerSpec:
-        """One worker's config: its one name, its broker (spread over the brokers) and the secret."""
-        port = self.broker_ports[self._spread % self.brokers][0]
-        self._spread += 1
-        sys_path = [p for p in (self.program_dir, self.path) if p]
-        config = {"secret": self.secret.hex(), "broker": self.launcher.broker_address(host, port),
-                  "name": name, "label": name, "sys_path": sys_path, "nice": self.options.nice,
-                  "host": host, "broker_timeout": self.heartbeat_timeout,
-                  "connect_timeout": 15.0, "broker_info": self.broker_info(), "inline": self.inline,
-                  "encryption": self.options.encryption}
-        return WorkerSpec(name, host, config)
-
     # ---- start -------------------------------------------------------------------------------
     def start(self, *, connect: bool = True, wait: bool = True, timeout: float = 60.0) -> "Cluster":
         """Starts broker and workers; with ``connect`` this process becomes the origin.
@@ -157,17 +143,6 @@ class Cluster(ClusterView):
             self.stop()
             raise
         return self
-
-    def _check_dirs(self):
-        if self.launcher.remote:
-            return  # the directory is the hosts'; a worker there names it if it is missing
-        for what, d in (("working directory (--path)", self.path), ("program directory", self.program_dir)):
-            if d and not os.path.isdir(d):
-                raise ClusterError(f"the {what} {d!r} does not exist")
-
-    def _new_launcher(self, name: str):
-        return launcher_class(name)(self.options, self.relay, env=self._env(), cwd=self.path,
-                                    python=self.python)
 
     def _start(self, connect, wait, timeout):
         fork = self.fork and _local.can_fork()
@@ -278,19 +253,6 @@ class Cluster(ClusterView):
             else:
                 notice("warning", f"{h.name} is not known to the broker yet; it ends with its step")
 
-    # ---- processes -----------------------------------------------------------------------------
-    def _env(self):
-        env = dict(os.environ)
-        env.update(self.options.env or {})
-        env.pop(P.SECRET_ENV, None)
-        env["PYTHONUNBUFFERED"] = "1"
-        # local children import the very scoop this process runs, installed or not
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        paths = self.options.pythonpath + [here] + inherited
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        return env
-
     # ---- origin -----------------------------------------------------------------------------
     def connect(self):
         """Makes this process the origin: ``scoop.futures`` calls now go to this cluster."""
@@ -321,31 +283,6 @@ class Cluster(ClusterView):
         self._queue.settle(handles, timeout, latest=lambda: self._meta.latest if self._meta else None,
                            pump=self._pump, broker_exited=self._broker_exited, give_up=give_up)
         self._sync_size()
-
-    # ---- observe -----------------------------------------------------------------------------
-    def job_script(self) -> str:
-        """The script of this batch-job cluster's first job, exactly as :meth:`start` will submit
-        it (once started: the next job's)."""
-        launcher = self._batch_launcher("job_script")
-        return launcher.job_script(None if self._started else self._first_names()[:launcher.cpus_per_job])
-
-    def dry_run(self) -> str:
-        """What :meth:`start` would submit (the command and the first job's script), submitting nothing."""
-        return self._batch_launcher("dry_run").dry_run(self._first_names())
-
-    def _batch_launcher(self, what: str):
-        if self.launcher is None:
-            plan = make_plan(self.options, fork=self.fork)
-            self._planned = sum(k for _, k in plan.first)
-            self.launcher = self._new_launcher(plan.launcher)
-        if not self.queued:
-            raise ClusterError(f"{what}: only batch-job clusters (sbatch, qsub, sge, lsf) submit job "
-                               f"scripts, not the {self.launcher.name} launcher")
-        return self.launcher
-
-    def _first_names(self) -> list[str]:
-        count = len(self.spec) if self._started else getattr(self, "_planned", self.n or 1)
-        return [f"w{k}" for k in range(1, count + 1)]
 
     # ---- scale -------------------------------------------------------------------------------
     def _check_scalable(self, what: str) -> None:
