@@ -8,26 +8,35 @@ result unlinks it once mapped, the broker unlinks what it drops, and every segme
 with the cluster's tag and its creator's pid, so whoever outlives a crash (a process's own exit,
 the broker, the Cluster's stop) removes what is left by prefix.
 
-Checked as payload frames are: the id carries a MAC of the content (keyed BLAKE3, 64 bits, key
-derived from the secret), made by the sender as it copies and checked by the receiver before
-anything is unpickled, so a segment rewritten after the send (only its user or root can) is
-refused.  A pickle stream is copied out of its segment before the check, so what is checked is
-what the unpickler reads; an array's buffer is checked in place (a later rewrite changes data,
-never which code runs).  The id travels in the signed header.
+Checked as payload frames are: each segment ends with a MAC of its content, made by the sender
+and checked by the receiver before anything is unpickled, so a segment rewritten after the send
+(only its user or root can) is refused.  The MAC is GMAC (AES-GCM authenticating the content
+as associated data, OpenSSL through ``cryptography``): ~20 GB/s on one core with AES-NI and
+carry-less multiplication, faster than the copy, where keyed BLAKE3 (~5 GB/s) made the path
+20-45 % slower.  Its key is derived from the secret and its nonce is the segment's id (creator
+pid, and a counter that starts at the creator's start time in ns: no two segments of a host
+share one, even when a pid is reused), so a MAC cannot be moved to another segment, and none
+can be made without the key.  Segments over 1 GiB carry one MAC per GiB (each its own nonce).
+A pickle stream is copied out of its segment before the check, so what is checked is what the
+unpickler reads; an array's buffer is checked in place (a later rewrite changes data, never
+which code runs).  The id travels in the signed header.
 """
 from __future__ import annotations
 
 import glob
-import itertools
 import mmap
 import os
 import struct
+import time
+from hmac import compare_digest as _compare_digest
 
 from blake3 import blake3 as _blake3
 
 DIR = "/dev/shm"
-_ID = struct.Struct("<II8s")  # creator pid, counter, MAC of the content
-MAC_SIZE = 8
+_ID = struct.Struct("<IQ4x")  # creator pid, counter (with the pid: the MAC's nonce)
+_NONCE = struct.Struct("<IQ")
+MAC_SIZE = 16                 # a GMAC tag, after the content
+MAC_SPAN = 1 << 30            # bytes under one tag (the cipher takes at most 2**31 - 1 at once)
 
 
 class SegmentError(ValueError):
@@ -44,24 +53,33 @@ class Segments:
 
     def __init__(self, tag: bytes):
         self.tag = tag[:8]
-        self._key = _blake3(tag, derive_key_context="scoop 2026 shared memory MAC").digest()
+        self._key = _blake3(tag, derive_key_context="scoop 2026 shared memory GMAC").digest()
+        self._gmac = None  # the cipher, made on first use: processes that never map pay nothing
         self._prefix = f"{DIR}/scoop-{self.tag.hex()}-"
         self.pid = os.getpid()
-        self._count = itertools.count(1)
+        self._next = time.time_ns()  # above any counter an earlier process with this pid reached
 
     def _name(self, seg: bytes) -> str:
-        pid, n, _mac = _ID.unpack(seg)
+        pid, n = _ID.unpack(seg)
         return f"{self._prefix}{pid}-{n}"
 
-    def mac(self, data) -> bytes:
-        return _blake3(data, key=self._key).digest(MAC_SIZE)
+    def _macs(self, pid: int, n: int, data) -> bytes:
+        """The MACs of ``data`` (one per ``MAC_SPAN`` bytes) as segment ``(pid, n)``."""
+        g = self._gmac
+        if g is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            g = self._gmac = AESGCM(self._key)
+        size = data.nbytes
+        return b"".join(g.encrypt(_NONCE.pack(pid, n + i), b"", data[o:o + MAC_SPAN])
+                        for i, o in enumerate(range(0, size or 1, MAC_SPAN)))
 
     def put(self, view) -> bytes:
         """Copies ``view`` into a new segment; returns its 16-byte id."""
         data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-        n = next(self._count)
-        path = f"{self._prefix}{self.pid}-{n}"
         size = view.nbytes
+        n = self._next
+        self._next += _spans(size)  # each MAC its own nonce
+        path = f"{self._prefix}{self.pid}-{n}"
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         try:
             # written, not copied into a mapping: a full /dev/shm (Docker's default is 64 MB) is
@@ -69,12 +87,13 @@ class Segments:
             done = 0
             while done < size:
                 done += os.pwrite(fd, data[done:], done)
+            os.pwrite(fd, self._macs(self.pid, n, data), size)
         except BaseException:
             os.close(fd)
             _remove(path)
             raise
         os.close(fd)
-        return _ID.pack(self.pid, n, self.mac(data))
+        return _ID.pack(self.pid, n)
 
     def open(self, seg: bytes, size: int, shared: bool = False, copy: bool = False):
         """Maps a segment as a writable memoryview; copy-on-write unless ``shared`` (read-only,
@@ -88,16 +107,18 @@ class Segments:
                                "freed)") from None
         try:
             st = os.fstat(fd)
-            if st.st_uid != os.getuid() or st.st_size != size:
+            macs = MAC_SIZE * _spans(size)
+            if st.st_uid != os.getuid() or st.st_size != size + macs:
                 raise SegmentError("shared-memory segment has the wrong owner or size")
-            if not size:
-                view = memoryview(b"")
-            elif copy:
+            if copy:
                 buf = bytearray(size)
-                got = os.preadv(fd, [buf], 0)
-                if got != size:
+                sent = bytearray(macs)
+                if os.preadv(fd, [buf, sent], 0) != size + macs:
                     raise SegmentError("shared-memory segment shrank while it was read")
-                view = memoryview(buf)
+            else:
+                sent = os.pread(fd, macs, size)
+            if copy or not size:
+                view = memoryview(buf if copy else b"")
             elif shared:
                 view = memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ))
             else:
@@ -105,7 +126,7 @@ class Segments:
                                             prot=mmap.PROT_READ | mmap.PROT_WRITE))
         finally:
             os.close(fd)
-        if self.mac(view) != _ID.unpack(seg)[2]:
+        if not _compare_digest(self._macs(*_ID.unpack(seg), view), bytes(sent)):
             raise SegmentError("a shared-memory segment does not match the digest it was sent with "
                                "(rewritten after the send, or another cluster's); refused before "
                                "unpickling")
@@ -125,6 +146,10 @@ class Segments:
             except OSError:
                 pass
         return n
+
+
+def _spans(size: int) -> int:
+    return max(1, -(-size // MAC_SPAN))
 
 
 def _remove(path: str) -> None:
