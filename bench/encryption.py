@@ -2,12 +2,19 @@
 
     python bench/encryption.py                 # ~2 min on 2 cores
     python bench/encryption.py --quick         # ~40 s
-    python bench/encryption.py --only hop,cluster --repeat 3
+    python bench/encryption.py --only hop,lane,cluster --repeat 3
 
 Parts (GB/s are 10^9 bytes per second; each figure is the median of --repeat runs):
   hop      one TCP connection (loopback), two processes, the cluster's own handshakes
            (scoop.security): 32 MiB messages in 1 MiB frames, as scoop._protocol sends them,
            and as one 32 MiB frame (the shape measured before frames were split).
+  lane     the same link with the protocol's own work on both ends: a 32 MiB float64 array
+           packed (scoop._protocol.pack), its signed header and frames sent, checked and
+           unpacked into an array by the receiver.  plain: one PLAIN connection, frames checked
+           against their signed digests (--encryption off); curve: the same on a CURVE
+           connection (today's default); sealed: the header on a CURVE connection, the frames
+           sealed end to end with AES-256-GCM (scoop._seal) on a second connection beside it
+           that does not encrypt again (PLAIN handshake), opened by the receiver.
   cluster  a real 2-worker cluster whose origin poses as another host (no shared memory, no
            same-host socket: every byte goes origin -> broker -> worker over TCP and back, two
            hops each way): 32 MiB float64 arrays as map arguments and as map results.
@@ -81,6 +88,83 @@ def hop(encryption: bool, frame: int, total: int, msg: int = 32 * MiB) -> float:
             s.send_multipart(frames, copy=False)
             sent += msg
         s.recv_multipart()
+        return sent / (time.perf_counter() - t0) / 1e9
+    finally:
+        ctx.destroy(0)
+        p.join(10)
+
+
+# ---- the protocol's own work on both ends: signed, CURVE, or sealed beside CURVE --------------------
+def _lane_sink(q, secret, mode, total):
+    from scoop._seal import Sealer
+    ctx = zmq.Context()
+    auth = security.Authenticator(ctx, secret)
+    signer = P.Signer(secret)
+    sealer = Sealer(secret, os.urandom(8))
+    socks = []
+    for enc in ((mode == "curve",) if mode != "sealed" else (True, False)):
+        s = ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.RCVHWM, 0)
+        security.secure_server(s, secret, "tcp://127.0.0.1", enc)
+        socks.append((s, s.bind_to_random_port("tcp://127.0.0.1")))
+    q.put([port for _, port in socks])
+    head, bulk = socks[0][0], socks[-1][0]
+    got = 0
+    ident = None
+    while got < total:
+        parts = head.recv_multipart(copy=False)
+        ident, header, frames = parts[0], parts[1].bytes, parts[2:]
+        if mode == "sealed":
+            frames = bulk.recv_multipart(copy=False)[1:]
+        if not signer.check(P.TO_BROKER, header):
+            raise SystemExit("lane: a header failed its check")
+        (rec,) = P.parse(header, frames)
+        a = P.unpack(rec, seal=sealer)
+        got += a.nbytes
+    head.send_multipart([ident, b"done"])
+    time.sleep(0.2)
+    for s, _ in socks:
+        s.close(0)
+    auth.stop()
+    ctx.term()
+
+
+def lane(mode: str, total: int, msg: int = 32 * MiB) -> float:
+    from scoop._seal import Sealer
+    secret = P.new_secret()
+    q = mp.Queue()
+    p = mp.Process(target=_lane_sink, args=(q, secret, mode, total))
+    p.start()
+    ctx = zmq.Context()
+    try:
+        ports = q.get(timeout=20)
+        socks = []
+        for port, enc in zip(ports, (mode == "curve",) if mode != "sealed" else (True, False)):
+            addr = f"tcp://127.0.0.1:{port}"
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.SNDHWM, 4 * (msg // P.FRAME_CHUNK + 1))
+            s.setsockopt(zmq.LINGER, 0)
+            security.secure_client(s, secret, addr, enc)
+            s.connect(addr)
+            socks.append(s)
+        head, bulk = socks[0], socks[-1]
+        signer = P.Signer(secret)
+        sealer = Sealer(secret, os.urandom(8)) if mode == "sealed" else None
+        a = np.frombuffer(bytearray(os.urandom(MiB) * (msg // MiB)), dtype=np.float64)
+        t0 = time.perf_counter()
+        sent = 0
+        while sent < total:
+            box = P.Outbox()
+            box.add(P.TID.pack(P.CANCEL, 1), packed=P.pack(a, seal=sealer))
+            data, frames = box.take()
+            header = signer.mac(P.TO_BROKER, data) + data
+            if sealer is None:
+                head.send_multipart([header, *frames], copy=False)
+            else:
+                head.send(header)
+                bulk.send_multipart(frames, copy=False)
+            sent += msg
+        head.recv_multipart()
         return sent / (time.perf_counter() - t0) / 1e9
     finally:
         ctx.destroy(0)
@@ -204,7 +288,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", "-R", type=int, default=None)
-    ap.add_argument("--only", default="hop,cluster,aead,dask")
+    ap.add_argument("--only", default="hop,lane,cluster,aead,dask")
     a = ap.parse_args()
     parts = set(a.only.split(","))
     repeat = a.repeat or (1 if a.quick else 3)
@@ -217,6 +301,11 @@ def main():
                 key = f"hop_{'curve' if enc else 'plain'}_{frame // MiB}MiB_frames"
                 res[key] = _median(lambda e=enc, f=frame: hop(e, f, total), repeat)
                 print(f"{key:32s} {res[key]:6.2f} GB/s", flush=True)
+    if "lane" in parts:
+        for mode in ("plain", "curve", "sealed"):
+            key = f"lane_{mode}_32MiB"
+            res[key] = _median(lambda m=mode: lane(m, total), repeat)
+            print(f"{key:32s} {res[key]:6.2f} GB/s", flush=True)
     if "cluster" in parts:
         for enc in (False, True):
             r = _median(lambda e=enc: cluster(e, count), repeat)
@@ -242,6 +331,8 @@ def main():
         enc_key = plain_key.replace("_plain_", "_curve_")
         if res.get(plain_key) and enc_key in res:
             ratios[enc_key + "/plain"] = round(res[enc_key] / res[plain_key], 2)
+    if res.get("lane_plain_32MiB") and "lane_sealed_32MiB" in res:
+        ratios["lane_sealed/plain"] = round(res["lane_sealed_32MiB"] / res["lane_plain_32MiB"], 2)
     if res.get("dask_tcp_args") and "dask_tls_args" in res:
         ratios["dask_tls/tcp"] = round(res["dask_tls_args"] / res["dask_tcp_args"], 2)
     for k, v in ratios.items():

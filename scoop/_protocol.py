@@ -120,6 +120,7 @@ REF = struct.Struct("<BQ16s")               # kind, size, digest (frame) or segm
 REF_SHM = 1    # kind bit: the buffer is a shared-memory segment, not a frame of this message
 REF_BODY = 2   # kind bit: the buffer is the record's pickle stream, not an out-of-band buffer
 REF_SPLIT = 4  # kind bit: the buffer travels as ceil(size / FRAME_CHUNK) frames, joined by the receiver
+REF_SEALED = 8  # kind bit: its frames are sealed end to end (scoop._seal); the key names sender and nonce
 MAC_SIZE = 16
 
 # channels: the MAC binds a message to one socket and direction
@@ -419,10 +420,12 @@ def _pickle(obj, by_value: bool = False):
     return _cloudpickle().dumps(obj, 5, buffer_callback=out_of_band), bufs
 
 
-def pack(obj, what: str = "object", shm=None, by_value: bool = False) -> Packed:
+def pack(obj, what: str = "object", shm=None, by_value: bool = False, seal=None) -> Packed:
     """Pickles ``obj`` with protocol 5: buffers of ``OOB_MIN`` bytes or more leave the pickle
     stream and become payload frames (or, given a shared-memory ``shm`` allocator, segments
-    from ``SHM_MIN`` bytes), so a numpy array is never copied into a pickle."""
+    from ``SHM_MIN`` bytes), so a numpy array is never copied into a pickle.  Given a
+    :class:`scoop._seal.Sealer`, payload frames are sealed for their receiver (one pass, which
+    is also their copy)."""
     try:
         data, bufs = _pickle(obj, by_value)
     except Exception as exc:
@@ -447,6 +450,8 @@ def pack(obj, what: str = "object", shm=None, by_value: bool = False) -> Packed:
         if seg is not None:
             refs.append((kind | REF_SHM, size, seg))
             segments.append(seg)
+        elif seal is not None:
+            refs.append(_sealed_ref(kind, view, frames, seal))
         else:
             if size < COPY_MAX and not kind & REF_BODY:
                 # small buffers are copied: changing an argument after submit cannot race the send;
@@ -468,6 +473,15 @@ def _frame_ref(kind, view, frames):
     return (kind | REF_SPLIT, size, digest(view))
 
 
+def _sealed_ref(kind, view, frames, seal):
+    """The ref of a buffer sealed as frames of ``FRAME_CHUNK`` plaintext bytes (appended to ``frames``)."""
+    view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    kind |= REF_SEALED | (REF_SPLIT if view.nbytes > FRAME_CHUNK else 0)
+    key, sealed = seal.seal(kind, view, FRAME_CHUNK)
+    frames.extend(sealed)
+    return (kind, view.nbytes, key)
+
+
 def _segment(shm, view):
     """A shared-memory copy of ``view``, or None when /dev/shm is full: a frame then."""
     try:
@@ -476,7 +490,7 @@ def _segment(shm, view):
         return None
 
 
-def packed_bytes(data, shm=None) -> Packed:
+def packed_bytes(data, shm=None, seal=None) -> Packed:
     """Bytes that are already a pickle (a callable, an exception): inline when small, else a
     payload frame (or segment), like any large pickle stream."""
     if len(data) <= INLINE_MAX:
@@ -486,10 +500,11 @@ def packed_bytes(data, shm=None) -> Packed:
     if seg is not None:
         return Packed(EMPTY, [(REF_BODY | REF_SHM, len(data), seg)], (), [seg], len(data))
     frames = []
-    return Packed(EMPTY, [_frame_ref(REF_BODY, view, frames)], frames, (), len(data))
+    ref = _frame_ref(REF_BODY, view, frames) if seal is None else _sealed_ref(REF_BODY, view, frames, seal)
+    return Packed(EMPTY, [ref], frames, (), len(data))
 
 
-def body_bytes(rec: Record, shm=None):
+def body_bytes(rec: Record, shm=None, seal=None):
     """The pickle stream of a record whose payload has no out-of-band buffers."""
     if not rec.refs:
         return rec.body
@@ -498,7 +513,17 @@ def body_bytes(rec: Record, shm=None):
         if shm is None:
             raise IntegrityError("a shared-memory payload reached a process on another host")
         return shm.open(key, size, copy=True)  # a pickle stream: what is checked is what is read
-    return _frame_view(iter(rec.frames), kind, size, key)
+    return _buffer(iter(rec.frames), kind, size, key, seal)
+
+
+def _buffer(frames, kind, size, key, seal):
+    """The checked buffer of one frame ref: sealed (opened here) or signed (digest checked)."""
+    if not kind & REF_SEALED:
+        return _frame_view(frames, kind, size, key)
+    if seal is None:
+        raise IntegrityError("a sealed payload reached a process that holds no key to open it")
+    k = -(-size // FRAME_CHUNK) if kind & REF_SPLIT else 1
+    return seal.open(kind, size, key, [next(frames) for _ in range(k)], FRAME_CHUNK)
 
 
 def _frame_view(frames, kind, size, key):
@@ -527,9 +552,10 @@ def _frame_view(frames, kind, size, key):
     return view
 
 
-def unpack(rec: Record, shm=None):
+def unpack(rec: Record, shm=None, seal=None):
     """The object a received record carries.  Every payload frame is checked against the
-    digest in the (already verified) header before the unpickler sees a byte."""
+    digest in the (already verified) header, or opened with ``seal`` (a sealed one), before the
+    unpickler sees a byte."""
     if not rec.refs:
         return pickle.loads(rec.body)
     body = rec.body
@@ -541,7 +567,7 @@ def unpack(rec: Record, shm=None):
                 raise IntegrityError("a shared-memory payload reached a process on another host")
             view = shm.open(key, size, copy=bool(kind & REF_BODY))
         else:
-            view = _frame_view(frames, kind, size, key)
+            view = _buffer(frames, kind, size, key, seal)
         if kind & REF_BODY:
             body = view
         else:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import psutil
 import pytest
 import zmq
@@ -314,3 +315,59 @@ def test_a_peer_with_the_handshake_flooding_huge_headers_is_bounded(cluster):
     assert attacked < 2 * (2 * base) + 1.0
     assert len(cluster.status()["workers"]) == 2
     assert not _quiet(cluster)
+
+
+# ---- payload frames sealed end to end (no processes) ----------------------------------------------
+def _sealed_message(sealer, obj):
+    box = P.Outbox()
+    box.add(P.TID.pack(P.CANCEL, 1), packed=P.pack(obj, seal=sealer))
+    data, frames = box.take()
+    return b"\0" * P.MAC_SIZE + data, [bytes(f) for f in frames]
+
+
+@pytest.mark.parametrize("size", [70_000, P.FRAME_CHUNK, 3 * P.FRAME_CHUNK + 5])
+def test_sealed_payloads_open_for_any_member_and_show_nothing(size):
+    """Sealed by one process, opened by another that holds the secret; the frames carry no
+    plaintext, and the same bytes sealed twice never look the same (nonces do not repeat)."""
+    from scoop._seal import Sealer
+    secret = P.new_secret()
+    mark = b"SEALME-" + os.urandom(4).hex().encode()
+    a = np.frombuffer(bytearray((mark * (size // len(mark) + 1))[:size]), dtype=np.uint8)
+    sender, receiver = Sealer(secret, os.urandom(8)), Sealer(secret, os.urandom(8))
+    header, frames = _sealed_message(sender, [a, mark * 10_000])
+    again = _sealed_message(sender, [a, mark * 10_000])[1]
+    assert all(mark not in f for f in frames + again)
+    assert not set(frames) & set(again)
+    rec = P.parse(header, frames)[0]
+    assert all(kind & P.REF_SEALED for kind, _, _ in rec.refs)
+    b, text = P.unpack(rec, seal=receiver)
+    assert np.array_equal(a, b) and b.flags.writeable and text == mark * 10_000
+
+
+@pytest.mark.parametrize("how", ["flip", "swap", "replay", "cut", "tag", "other secret", "no key"])
+def test_a_tampered_sealed_frame_is_refused_before_unpickling(how, tmp_path):
+    from scoop._seal import Sealer, SealError
+    secret = P.new_secret()
+    trap_file = tmp_path / "pwned"
+    sender, receiver = Sealer(secret, os.urandom(8)), Sealer(secret, os.urandom(8))
+    payload = [np.frombuffer(os.urandom(3 * P.FRAME_CHUNK), dtype=np.uint8), os.urandom(100_000)]
+    earlier = _sealed_message(sender, payload)[1]
+    header, frames = _sealed_message(sender, payload)
+    if how == "flip":
+        frames[1] = frames[1][:7] + bytes([frames[1][7] ^ 1]) + frames[1][8:]
+    elif how == "swap":
+        frames[0], frames[1] = frames[1], frames[0]
+    elif how == "replay":
+        frames[2] = earlier[2]                          # the same position of an earlier message
+    elif how == "cut":
+        frames[1] = frames[1][:-1]
+    elif how == "tag":
+        frames[-1] = frames[-1][:-16] + pickle.dumps(_Trap(str(trap_file)))[:16].ljust(16, b"\0")
+    elif how == "other secret":
+        receiver = Sealer(P.new_secret(), os.urandom(8))
+    else:
+        receiver = None
+    rec = P.parse(header, frames)[0]
+    with pytest.raises(P.IntegrityError if how == "no key" else SealError):
+        P.unpack(rec, seal=receiver)
+    assert not trap_file.exists()
