@@ -16,7 +16,7 @@ carry-less multiplication, faster than the copy, where keyed BLAKE3 (~5 GB/s) ma
 20-45 % slower.  Its key is derived from the secret and its nonce is the segment's id (creator
 pid, and a counter that starts at the creator's start time in ns: no two segments of a host
 share one, even when a pid is reused), so a MAC cannot be moved to another segment, and none
-can be made without the key.  Segments over 1 GiB carry one MAC per GiB (each its own nonce).
+can be made without the key.
 A pickle stream is copied out of its segment before the check, so what is checked is what the
 unpickler reads; an array's buffer is checked in place (a later rewrite changes data, never
 which code runs).  The id travels in the signed header.
@@ -36,7 +36,11 @@ DIR = "/dev/shm"
 _ID = struct.Struct("<IQ4x")  # creator pid, counter (with the pid: the MAC's nonce)
 _NONCE = struct.Struct("<IQ")
 MAC_SIZE = 16                 # a GMAC tag, after the content
-MAC_SPAN = 1 << 30            # bytes under one tag (the cipher takes at most 2**31 - 1 at once)
+_ONE_CALL = 1 << 30
+_PIECE = 1 << 18  # fits in a core's L2 cache
+# the MAC reads every page at once: mapping them in one call costs less than a fault per few pages
+# (read-only mappings only: populating a writable private one would copy every page)
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 class SegmentError(ValueError):
@@ -63,31 +67,40 @@ class Segments:
         pid, n = _ID.unpack(seg)
         return f"{self._prefix}{pid}-{n}"
 
-    def _macs(self, pid: int, n: int, data) -> bytes:
-        """The MACs of ``data`` (one per ``MAC_SPAN`` bytes) as segment ``(pid, n)``."""
-        g = self._gmac
-        if g is None:
-            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-            g = self._gmac = AESGCM(self._key)
-        size = data.nbytes
-        return b"".join(g.encrypt(_NONCE.pack(pid, n + i), b"", data[o:o + MAC_SPAN])
-                        for i, o in enumerate(range(0, size or 1, MAC_SPAN)))
+    def _mac(self, pid: int, n: int, data, fd: int = -1) -> bytes:
+        """The GMAC of ``data`` as segment ``(pid, n)``: AES-GCM's tag over it as associated data
+        (in one call up to ``_ONE_CALL`` bytes, the cipher's limit).  Given ``fd``, ``data`` is
+        also written there, piece by piece, each right after the MAC read it (one pass through
+        memory, the second read from cache)."""
+        nonce = _NONCE.pack(pid, n)
+        if fd < 0 and data.nbytes <= _ONE_CALL:
+            if self._gmac is None:
+                from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+                self._gmac = AESGCM(self._key)
+            return self._gmac.encrypt(nonce, b"", data)
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+        enc = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        for o in range(0, data.nbytes, _PIECE):
+            piece = data[o:o + _PIECE]
+            enc.authenticate_additional_data(piece)
+            done = 0 if fd >= 0 else piece.nbytes
+            while done < piece.nbytes:
+                done += os.pwrite(fd, piece[done:], o + done)
+        enc.finalize()
+        return enc.tag
 
     def put(self, view) -> bytes:
         """Copies ``view`` into a new segment; returns its 16-byte id."""
         data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
         size = view.nbytes
         n = self._next
-        self._next += _spans(size)  # each MAC its own nonce
+        self._next += 1
         path = f"{self._prefix}{self.pid}-{n}"
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         try:
             # written, not copied into a mapping: a full /dev/shm (Docker's default is 64 MB) is
             # an OSError here instead of a SIGBUS that kills the process, and it is ~2x faster
-            done = 0
-            while done < size:
-                done += os.pwrite(fd, data[done:], done)
-            os.pwrite(fd, self._macs(self.pid, n, data), size)
+            os.pwrite(fd, self._mac(self.pid, n, data, fd), size)
         except BaseException:
             os.close(fd)
             _remove(path)
@@ -107,7 +120,7 @@ class Segments:
                                "freed)") from None
         try:
             st = os.fstat(fd)
-            macs = MAC_SIZE * _spans(size)
+            macs = MAC_SIZE
             if st.st_uid != os.getuid() or st.st_size != size + macs:
                 raise SegmentError("shared-memory segment has the wrong owner or size")
             if copy:
@@ -120,13 +133,13 @@ class Segments:
             if copy or not size:
                 view = memoryview(buf if copy else b"")
             elif shared:
-                view = memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ))
+                view = memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ))
             else:
                 view = memoryview(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
                                             prot=mmap.PROT_READ | mmap.PROT_WRITE))
         finally:
             os.close(fd)
-        if not _compare_digest(self._macs(*_ID.unpack(seg), view), bytes(sent)):
+        if not _compare_digest(self._mac(*_ID.unpack(seg), view), bytes(sent)):
             raise SegmentError("a shared-memory segment does not match the digest it was sent with "
                                "(rewritten after the send, or another cluster's); refused before "
                                "unpickling")
@@ -146,10 +159,6 @@ class Segments:
             except OSError:
                 pass
         return n
-
-
-def _spans(size: int) -> int:
-    return max(1, -(-size // MAC_SPAN))
 
 
 def _remove(path: str) -> None:
