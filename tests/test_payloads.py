@@ -77,7 +77,7 @@ def test_a_big_shared_constant_is_held_once_per_host(cluster):
     table = np.arange(4 << 20, dtype="f8")  # 32 MB
     shared.setConst(big_table=table)
     segments = _shm.leftovers(cluster.secret)
-    assert len(segments) == 1 and os.path.getsize(segments[0]) == table.nbytes
+    assert len(segments) == 1 and os.path.getsize(segments[0]) == table.nbytes + _shm.MAC_SIZE
     infos = [f.result(timeout=60) for f in [futures.submit(T.const_info, "big_table") for _ in range(6)]]
     assert all(total == float(table.sum()) and not owns for total, owns in infos)
 
