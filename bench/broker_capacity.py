@@ -78,9 +78,10 @@ def start_broker(secret: bytes, upstream: str | None = None):
 def bare_router(secret: bytes, port_q, stop):
     """libzmq's own cost per connection: a ROUTER with the broker's handshake and options that
     reads and drops every message."""
+    from scoop.broker import IO_THREADS
     from scoop.liveness import configure_socket
     from scoop.security import Authenticator, secure_server
-    ctx = zmq.Context()
+    ctx = zmq.Context(io_threads=IO_THREADS)
     auth = Authenticator(ctx, secret)
     s = ctx.socket(zmq.ROUTER)
     for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 0), (zmq.BACKLOG, 4096)):

@@ -35,8 +35,9 @@ from .census import Census, status_interval
 from .liveness import DEFAULT_TIMEOUT, bound_handshakes, configure_socket
 from .monitor import events
 from .scheduling import Peer, Scheduler
-from .security import Authenticator, secure_server
+from .security import Gate, secure_server
 
+IO_THREADS = 4
 CONTROL_GRACE = 1.0  # seconds a peer whose control connection dropped has to show its task one did too
 
 
@@ -48,11 +49,15 @@ class Broker:
         self.signer = P.Signer(secret)
         self.secret = secret
         self.encryption = encryption
-        self.ctx = context or zmq.Context.instance()
+        # I/O threads: one accepts connections while the others run handshakes (CURVE's key
+        # exchanges cost ~0.2 ms each); with one, 10,000 workers connecting at once overflow the
+        # accept queue, and each dropped connection waits seconds for TCP to retry
+        self.ctx = context or zmq.Context.instance(io_threads=IO_THREADS)
         self.heartbeat_timeout = heartbeat_timeout
         self.status_interval = status_interval
         self.log = log or (lambda msg: sys.stderr.write(f"scoop broker: {msg}\n"))
-        self.auth = Authenticator(self.ctx, secret)
+        # handshakes are answered in serve()'s loop, between messages (see Gate)
+        self.gate = Gate(self.ctx, secret)
         self.main = self.ctx.socket(zmq.ROUTER)
         # BACKLOG: thousands of workers connect at once; a full accept queue drops SYNs, retried only
         # after 1, 3, 7... s
@@ -114,16 +119,19 @@ class Broker:
         extras = list(self._extra_sockets())
         # zmq_poll on a fixed list: pyzmq's Poller rebuilds it and a dict at every call, which
         # costs microseconds on each message's path
-        items = [(main, P.POLLIN), (monitor, P.POLLIN)] + [(sock, P.POLLIN) for sock in extras]
+        gate = self.gate.sock
+        items = [(s, P.POLLIN) for s in (gate, main, monitor, *extras)]
         poll = zmq.zmq_poll
         recv = self._recv
-        next_check = next_status = next_size = time.monotonic()
+        next_check = next_status = next_due = next_size = time.monotonic()
         try:
             while self.running:
                 if stop_event.is_set():
                     self.shutdown(self.reason or "stopped")
                     break
                 ready = [sock for sock, _ in poll(items, 100)]
+                if gate in ready:
+                    self.gate.answer()  # first: a handshake waits on it, and it costs ~10 µs
                 # connection losses first: a reused fd must not be blamed on the peer after it
                 if monitor in ready:
                     self._on_disconnects(monitor)
@@ -137,7 +145,7 @@ class Broker:
                 now = time.monotonic()
                 if self._dropped:
                     self._apply_drops(now, more)
-                if extras and len(ready) > (main in ready) + (monitor in ready):
+                if extras and len(ready) > (main in ready) + (monitor in ready) + (gate in ready):
                     self._on_extra(dict.fromkeys(ready, P.POLLIN))
                 if core.queue or core.pinned:
                     core.dispatch()
@@ -149,14 +157,21 @@ class Broker:
                 if now >= next_check:
                     self._periodic(now)
                     if core.size_due and now >= next_size:
-                        core.send_size()  # a broadcast: at most once a second at 10,000 peers
-                        next_size = now + max(0.1, len(core.peers) / 10000)
+                        # a broadcast, a message to every peer: at most ~5 % of the broker's time
+                        # (while 10,000 join, a broadcast a second would be most of it)
+                        core.send_size()
+                        self._flush()
+                        next_size = now + max(0.1, len(core.peers) / 10000, 20 * (time.monotonic() - now))
                     next_check = now + 0.1
-                interval = status_interval(self.census.total, self.status_interval)
-                if now >= next_status or (self._status_due and now - self._last_status >= interval / 4):
+                if now >= next_status or (self._status_due and now >= next_due):
                     self._status_due = False
                     self._publish_status(now)
-                    next_status = now + interval
+                    # a snapshot walks the workers: at most ~5 % of the broker's time, also
+                    # while thousands join (each join makes one due)
+                    spent = 20 * (time.monotonic() - now)
+                    interval = status_interval(self.census.total, self.status_interval)
+                    next_status = now + max(interval, spent)
+                    next_due = now + max(interval / 4, spent)
         finally:
             self._flush()
             self._publish_status(time.monotonic())
@@ -164,7 +179,7 @@ class Broker:
             monitor.close(0)
             self.main.close(linger=500)
             self.meta.close(linger=0)
-            self.auth.stop()
+            self.gate.close()
 
     def _on_disconnects(self, monitor):
         """Connections that dropped: their peers are lost -- after every message that arrived

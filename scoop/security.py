@@ -17,7 +17,8 @@
 from __future__ import annotations
 
 import functools
-import logging
+import hmac
+import threading
 
 import zmq
 from zmq.utils import z85
@@ -26,6 +27,7 @@ from . import _protocol as P
 
 PLAIN_USER = b"scoop"
 DOMAIN = "scoop"
+_DOMAIN = DOMAIN.encode()
 
 def is_network(address: str) -> bool:
     """True for an address another user or host may reach (TCP, loopback included)."""
@@ -86,38 +88,102 @@ def secure_client(sock, secret: bytes, address: str, encryption: bool = True) ->
         sock.plain_password = k.token
 
 
-class _Members:
-    """ZAP's CURVE check: the one public key of the cluster's members."""
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq sends a context's authentication requests
 
-    def __init__(self, public: bytes):
-        self.public = public
 
-    def callback(self, domain, key) -> bool:
-        return key == self.public
+class Gate:
+    """Answers ZeroMQ's authentication requests (ZAP) for one context: CURVE with the members'
+    key, PLAIN with the token, nothing else.  Whoever polls ``sock`` calls :meth:`answer`: the
+    broker does it in its own loop, between messages.  A thread answering them waits for the GIL
+    behind a busy main loop at each request (up to the 5 ms switch interval), and thousands of
+    workers connecting at once then take minutes to join; in the loop a request costs ~10 µs."""
+
+    def __init__(self, ctx, secret: bytes):
+        curve = zmq.has("curve")
+        k = keys(secret, curve)
+        self.token = k.token
+        self.member = z85.decode(k.client_public) if curve else None
+        self.answered = 0
+        self.refused = 0
+        self.sock = ctx.socket(zmq.ROUTER)  # one pipe per handshake: routing id, empty, request
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.bind(ZAP_ENDPOINT)  # before any listener of the context binds
+
+    def verdict(self, frames: list) -> bool:
+        """A request (RFC 27: version, request id, domain, address, identity, mechanism,
+        credentials) admitted?"""
+        if len(frames) < 6 or frames[0] != b"1.0" or frames[2] != _DOMAIN:
+            return False
+        mechanism, creds = frames[5], frames[6:]
+        if mechanism == b"CURVE":
+            return len(creds) == 1 and creds[0] == self.member
+        if mechanism == b"PLAIN":
+            return len(creds) == 2 and creds[0] == PLAIN_USER and hmac.compare_digest(creds[1], self.token)
+        return False
+
+    def answer(self, most: int = 4096) -> int:
+        """Answers the requests waiting (up to ``most``) without blocking; returns how many."""
+        sock = self.sock
+        n = 0
+        while n < most:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            n += 1
+            if len(frames) < 4 or frames[1] != b"":
+                continue  # not a ZAP request: libzmq sends none such
+            if self.verdict(frames[2:]):
+                self.answered += 1
+                reply = (b"200", b"OK", PLAIN_USER)
+            else:
+                self.refused += 1
+                reply = (b"400", b"not a member of this cluster", b"")
+            sock.send_multipart([frames[0], b"", b"1.0", frames[3], *reply, b""])
+        return n
+
+    def close(self):
+        self.sock.close(0)
 
 
 class Authenticator:
-    """Answers ZeroMQ's authentication requests (ZAP) for one context: CURVE with the members'
-    key, PLAIN with the token (whichever mechanism a socket of the context uses)."""
+    """A :class:`Gate` answered by a thread of its own, for a process whose main loop does not
+    poll it (the origin's direct socket, tests and benchmarks)."""
 
     def __init__(self, ctx, secret: bytes):
-        # only listeners authenticate: workers, which only connect, never pay for this import
-        # (it brings asyncio: ~20 ms and ~6 MiB per process)
-        from zmq.auth.thread import ThreadAuthenticator
-        k = keys(secret, True) if zmq.has("curve") else keys(secret, False)
-        self._auth = ThreadAuthenticator(ctx, log=_quiet_logger())
-        self._auth.start()
-        self._auth.configure_plain(domain=DOMAIN, passwords={PLAIN_USER.decode(): k.token.decode()})
-        if zmq.has("curve"):
-            self._auth.configure_curve_callback(domain=DOMAIN, credentials_provider=_Members(k.client_public))
+        self.gate = Gate(ctx, secret)
+        self._wake = ctx.socket(zmq.PAIR)
+        self._wake.setsockopt(zmq.LINGER, 0)
+        addr = f"inproc://scoop-zap-stop-{id(self):x}"
+        self._wake.bind(addr)
+        stop = ctx.socket(zmq.PAIR)
+        stop.setsockopt(zmq.LINGER, 0)
+        stop.connect(addr)
+        self._thread = threading.Thread(target=self._run, args=(stop,), name="scoop-zap", daemon=True)
+        self._thread.start()
+
+    def _run(self, stop):
+        items = [(self.gate.sock, zmq.POLLIN), (stop, zmq.POLLIN)]
+        try:
+            while True:
+                ready = [s for s, _ in zmq.zmq_poll(items, -1)]
+                if self.gate.sock in ready:
+                    self.gate.answer()
+                if stop in ready:
+                    break
+        except zmq.ZMQError:
+            pass  # the context ended under us
+        finally:
+            stop.close(0)
+            self.gate.close()
 
     def stop(self):
-        self._auth.stop()
-
-
-def _quiet_logger():
-    log = logging.getLogger("scoop.auth")
-    log.propagate = False
-    log.addHandler(logging.NullHandler())
-    return log
-
+        if self._thread.is_alive():
+            try:
+                self._wake.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self._thread.join(5)
+        self._wake.close(0)
