@@ -7,8 +7,8 @@ them and installs nothing itself:
 
 - a cell in a temporary SGE_ROOT with classic (file) spooling, root as the admin user, random
   qmaster/execd ports (``SGE_QMASTER_PORT``, ``SGE_EXECD_PORT``), a queue ``all.q`` with
-  ``cpus`` slots per node and a parallel environment ``smp`` (``$pe_slots``, control_slaves for
-  ``qrsh -inherit``);
+  ``cpus`` slots per node and parallel environments ``smp`` (``$pe_slots``: one node) and ``mpi``
+  (``$round_robin``: across nodes), both with control_slaves for ``qrsh -inherit``;
 - one sge_execd per node, each in a network namespace from :mod:`tests.netns`, its own UTS
   namespace (``hostname`` says ``node1``) and its own mount namespace, where a private
   /etc/hosts names the nodes and this host.  Grid Engine resolves every host by name, and the
@@ -35,6 +35,7 @@ import psutil
 from tests import netns
 
 LIB = "/usr/lib/gridengine"
+DEBIAN_ROOT = "/var/lib/gridengine"  # the packages' SGE_ROOT: per-arch links to LIB
 DAEMONS = {"sge_qmaster": "/usr/sbin/sge_qmaster", "sge_execd": "/usr/sbin/sge_execd"}
 CLIENTS = ("qsub", "qstat", "qdel", "qconf", "qrsh")
 def skip_reason() -> Optional[str]:
@@ -118,7 +119,12 @@ class SgeCluster:
         for d in (common, *spool_dirs,
                   os.path.join(self.root, "log")):
             os.makedirs(d, mode=0o755)
+        # the layout of Debian's SGE_ROOT: the shepherd of a ``qrsh -inherit`` task execs
+        # $SGE_ROOT/utilbin/<arch>/qrsh_starter, and fails silently (the client sees a dropped
+        # connection) when it is missing
         os.symlink("/usr/share/gridengine/util", os.path.join(self.root, "util"))
+        for d in ("bin", "lib", "utilbin"):
+            os.symlink(os.path.join(DEBIAN_ROOT, d), os.path.join(self.root, d))
         # here this host is 127.0.0.1 (clients here connect from it), on the nodes the bridge's address
         nodes = "".join(f"{h.ip} {h.name}\n" for h in self.net.hosts)
         self.hosts_files = {"master": os.path.join(self.root, "hosts.master"),
@@ -219,9 +225,10 @@ class SgeCluster:
             "hostgroup": f"group_name @allhosts\nhostlist {' '.join(self.names)}\n",
             "sconf": None,
         }
-        pe = os.path.join(self.root, "pe.smp")
-        self._write(pe, files["pe"])
-        self.admin(["qconf", "-Ap", pe])
+        for name, rule in (("smp", "$pe_slots"), ("mpi", "$round_robin")):
+            pe = os.path.join(self.root, f"pe.{name}")
+            self._write(pe, files["pe"].replace("smp", name).replace("$pe_slots", rule))
+            self.admin(["qconf", "-Ap", pe])
         hg = os.path.join(self.root, "hostgroup")
         self._write(hg, files["hostgroup"])
         self.admin(["qconf", "-Ahgrp", hg])
@@ -230,7 +237,7 @@ class SgeCluster:
         template = self.admin(["qconf", "-sq", "all.q"], check=False)
         text = template.stdout if template.returncode == 0 else queue
         for key, value in {"qname": "all.q", "hostlist": "@allhosts", "slots": str(self.cpus),
-                           "pe_list": "smp", "shell": "/bin/sh", "load_thresholds": "NONE"}.items():
+                           "pe_list": "smp mpi", "shell": "/bin/sh", "load_thresholds": "NONE"}.items():
             text = re.sub(rf"(?m)^{key}\s+.*$", f"{key}  {value}", text)
         self._write(q, text)
         self.admin(["qconf", "-Aq", q])

@@ -165,24 +165,48 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.xfail(reason="qrsh -inherit in the test cell: the qrsh client's builtin (IJS) connection to "
-                          "the shepherd drops (commlib: got read error, closing shepherd_ijs)",
-                   strict=False)
+LEFT_WORKERS = """
+import os, time, psutil
+def left():
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            mine = p.environ().get("JOB_ID") == os.environ["JOB_ID"]
+            if mine and "scoop.worker" in " ".join(p.info["cmdline"] or []):
+                out.append(p.pid)
+        except psutil.Error:
+            pass
+    return out
+t0 = time.monotonic()
+while left() and time.monotonic() - t0 < 15:
+    time.sleep(0.1)
+print("LEFT", len(left()), "after %.1f s" % (time.monotonic() - t0))
+"""
+
+
 def test_qrsh_inherit_starts_workers_inside_a_job(sge_cluster, tmp_path):
-    """python -m scoop inside a PE job: its workers are qrsh -inherit tasks of that job."""
+    """python -m scoop inside a PE job spanning both nodes: its workers are qrsh -inherit tasks of
+    that job (the job's id in their environment), they join and run the map, and they end when
+    the cluster stops -- before the job ends, not killed by SGE at its end."""
     prog = tmp_path / "steps.py"
     prog.write_text(STEP_PROGRAM)
+    check = tmp_path / "left.py"
+    check.write_text(LEFT_WORKERS)
     script = tmp_path / "job.sh"
-    script.write_text(f"#!/bin/sh\nexport PYTHONPATH={ROOT}\n{sys.executable} -m scoop -v {prog}\n")
+    script.write_text(f"#!/bin/sh\nexport PYTHONPATH={ROOT}\n{sys.executable} -m scoop -v {prog}\n"
+                      f"echo EXIT $?\n{sys.executable} {check}\n")
     out = tmp_path / "job.out"
-    r = sge_cluster.run(["qsub", "-pe", "smp", "2", "-V", "-cwd", "-o", str(out), "-j", "y", str(script)],
+    before = {p.pid for p in scoop_processes()}
+    r = sge_cluster.run(["qsub", "-pe", "mpi", "4", "-V", "-cwd", "-o", str(out), "-j", "y", str(script)],
                         cwd=str(tmp_path))
     jid = r.stdout.split()[2]
     assert sge_cluster.wait_no_jobs(120) == []
     text = out.read_text()
     hosts = {line.split()[1]: int(line.split()[2]) for line in text.splitlines() if line.startswith("HOST ")}
-    assert sum(hosts.values()) == 2 and len(hosts) == 1, text
-    assert f"JOBS ['{jid}'] SIZE 2" in text and "started by qrsh" in text, text
+    assert hosts == {"node1": 2, "node2": 2}, text
+    assert f"JOBS ['{jid}'] SIZE 4" in text and "started by qrsh" in text, text
+    assert "EXIT 0" in text and "LEFT 0 " in text, text
+    wait_no_new_processes(before, 10)
 
 
 def test_walltime_reached_mid_map_runs_every_task_once(sge_cluster, tmp_path):
