@@ -35,7 +35,7 @@ from .addresses import broker_ports, local_address
 from .brokers import Brokers
 from .clusterlaunch import ClusterLaunch
 from .errors import ClusterError
-from .jobqueue import QUEUE_GRACE, QueueView  # noqa: F401 - QUEUE_GRACE: where callers found it
+from .jobqueue import QueueView
 from .launch import local as _local
 from .launch.base import Handle, WorkerSpec, launcher_class
 from .launch.hosts import HostfileError
@@ -425,4 +425,5 @@ class Cluster(ClusterLaunch):
     def __repr__(self):
         state = "running" if self.running else ("stopped" if self._stopping else "new")
         hosts = ", ".join(f"{h}:{k}" for h, k in self.plan) or "?"
-        return f"<scoop.Cluster {state}, {self.size} workers on {hosts}>"
+        pending = f", {self.pending} pending in the queue" if self._queue is not None and self.pending else ""
+        return f"<scoop.Cluster {state}, {self.size} workers on {hosts}{pending}>"

@@ -157,6 +157,8 @@ class ClusterView:
                 if code is not None and not h.retired:
                     if h.name in self._joined and self._supervisor is not None:
                         continue   # lost after joining: the supervisor replaces it
+                    if self._queue is not None and h.name not in self._joined:
+                        raise ClusterError(self._queue.start_failure(h, code))  # its job's id and words
                     self.relay.flush(0.3)
                     tail = self.relay.tail(h.name)
                     where = h.host or "localhost"

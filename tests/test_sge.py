@@ -112,11 +112,34 @@ def test_rejected_and_failing_jobs_are_clear_errors(sge_cluster, tmp_path):
     with pytest.raises(ClusterError, match=r"qsub rejected the job for workers w1, w2: .*no_such_queue"):
         with batch_cluster(sge_cluster, 2, queue="no_such_queue"):
             pass
+    # SGE lists a new job "qw" until its scheduler's next pass: start returns with it queued, and
+    # its failure a moment later is the error of the wait for its workers
     prolog = tmp_path / "prolog.sh"
     prolog.write_text("echo 'module: gcc/99 not found'\nexit 3\n")
     with pytest.raises(ClusterError, match=r"(?s)exited with status 3 before joining.*gcc/99 not found"):
-        with batch_cluster(sge_cluster, 2, prolog=str(prolog)):
-            pass
+        with batch_cluster(sge_cluster, 2, prolog=str(prolog)) as c:
+            c.wait_for_workers(2, 60)
+    said = time.time()
+    (job,) = c.jobs(history=True)
+    assert job["exit_status"] == 3 and said - job["ended"] < 2.5, (said, job)
+
+
+def test_start_returns_once_the_jobs_are_queued_and_says_how_many_wait(sge_cluster):
+    """Three 2-slot jobs on 4 slots: start returns as soon as the scheduler lists every job (a new
+    SGE job is "qw", with no reason given), without waiting for any; the cluster says how many
+    workers wait; the third job waits while the first two run."""
+    from scoop import futures
+    t0 = time.monotonic()
+    with batch_cluster(sge_cluster, 6, cpus_per_job=2) as c:
+        took = time.monotonic() - t0
+        waiting = [j for j in c.jobs() if j["state"] == "pending"]
+        assert waiting and c.pending == sum(len(j["workers"]) for j in waiting), c.jobs()
+        assert f", {c.pending} pending in the queue>" in repr(c), repr(c)
+        assert took < 3, f"start took {took:.1f} s"
+        c.wait_for_workers(4, 90)
+        assert sorted(set(futures.map(where, range(40)))) == ["node1", "node2"]
+        assert [j["state"] for j in c.jobs()].count("pending") == 1 and c.pending == 2, c.jobs()
+        assert ", 2 pending in the queue>" in repr(c)
 
 
 def test_killed_origin_leaves_no_job(sge_cluster, tmp_path):

@@ -508,12 +508,20 @@ def test_walltime_replacements_come_in_whole_jobs(slurm_cluster):
 
 
 def test_failing_prolog_is_the_jobs_own_status_and_words(slurm_cluster, tmp_path):
+    """A job whose prolog fails: its own status (3) and words, as soon as it ended -- from start if
+    the job ran before the scheduler listed it pending, else from the wait for its workers (start
+    returns once the job is queued)."""
     from scoop.errors import ClusterError
     prolog = tmp_path / "prolog.sh"
     prolog.write_text("echo 'module: gcc/99 not found' >&2\nexit 3\n")
+    c = None
     with pytest.raises(ClusterError, match=r"(?s)exited with status 3 before joining.*gcc/99 not found"):
-        with batch_cluster(slurm_cluster, 2, prolog=str(prolog)):
-            pass
+        with batch_cluster(slurm_cluster, 2, prolog=str(prolog)) as c:
+            c.wait_for_workers(2, 60)
+    said = time.time()
+    if c is not None:
+        (job,) = c.jobs(history=True)
+        assert job["exit_status"] == 3 and said - job["ended"] < 2.5, (said, job)
 
 
 def test_job_script_is_what_is_submitted_and_a_site_profile_starts_the_cluster(slurm_cluster, tmp_path,
