@@ -26,15 +26,7 @@ from blake3 import blake3 as _blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-try:  # memory the cipher writes whole need not be zeroed first (bytearray's memset: ~1/3 of the cost)
-    from numpy import empty as _np_empty
-    from numpy import uint8 as _u8
-
-    def _buffer(n: int):
-        return memoryview(_np_empty(n, _u8))
-except ImportError:  # pragma: no cover - numpy is optional
-    def _buffer(n: int):
-        return memoryview(bytearray(n))
+from ._protocol import fresh as _buffer  # memory the cipher writes whole: not zeroed first
 
 TAG = 16                      # bytes a sealed frame carries beyond its plaintext
 KEY = struct.Struct("<8sQ")   # a sealed ref's key: sender uid, counter of its first frame
