@@ -26,7 +26,7 @@ from .profiles import load_profile
 __all__ = ["ClusterOptions", "OptionError", "LAUNCHER_NAMES", "add_arguments", "option_names"]
 
 #: the ways to start workers (``auto`` picks one from the hosts and the batch allocation)
-LAUNCHER_NAMES = ("auto", "local", "ssh", "srun", "pbsdsh", "qrsh", "sbatch", "qsub", "sge", "lsf")
+LAUNCHER_NAMES = ("auto", "local", "ssh", "srun", "pbsdsh", "qrsh", "blaunch", "sbatch", "qsub", "sge", "lsf")
 
 BOTH = ("cli", "magic")
 
@@ -167,9 +167,10 @@ class ClusterOptions:
     hostfile: str | None = _opt(None, flags=("--hostfile",), metavar="FILE", check=text_value,
                                 help="file of `host [count]` lines")
     launcher: str = _opt("auto", flags=("--launcher",), metavar="NAME", check=launcher_name,
-                         help="how workers start: local, ssh, srun (SLURM), pbsdsh (PBS), qrsh (SGE), or as "
-                              "batch jobs: sbatch (SLURM), qsub (PBS), sge, lsf; default auto: the batch "
-                              "system's own launcher inside an allocation, ssh for remote hosts, else local")
+                         help="how workers start: local, ssh, srun (SLURM), pbsdsh (PBS), qrsh (SGE), "
+                              "blaunch (LSF), or as batch jobs: sbatch (SLURM), qsub (PBS), sge, lsf; "
+                              "default auto: the batch system's own launcher inside an allocation, ssh for "
+                              "remote hosts, else local")
     oversubscribe: bool = _opt(False, flags=("--oversubscribe",), action="store_true",
                                help="allow more workers than the allocation's slots")
     brokers: int = _opt(1, flags=("-b", "--brokers"), metavar="B", check=positive_int,

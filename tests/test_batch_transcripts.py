@@ -211,6 +211,74 @@ def test_killed_origin_leaves_no_job(fakebatch, system, tmp_path):
             proc.wait()
 
 
+BLAUNCH_PROGRAM = """
+import os, time
+import scoop
+from scoop import futures
+
+def where(i):
+    time.sleep(0.05)
+    return os.getpid(), os.environ.get("LSB_JOBID")
+
+if __name__ == "__main__":
+    seen = set(futures.map(where, range(12 * scoop.SIZE)))
+    pids, jobs = {pid for pid, _ in seen}, sorted({job for _, job in seen})
+    print("WORKERS", len(pids), "JOBS", jobs, "SIZE", scoop.SIZE)
+"""
+
+LEFT_TASKS = """
+import os, time, psutil
+def left():
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.environ().get("LSB_JOBID") == os.environ["LSB_JOBID"] and \\
+                    "scoop.worker" in " ".join(p.info["cmdline"] or []):
+                out.append(p.pid)
+        except psutil.Error:
+            pass
+    return out
+t0 = time.monotonic()
+while left() and time.monotonic() - t0 < 15:
+    time.sleep(0.1)
+print("LEFT", len(left()))
+"""
+
+
+def test_blaunch_starts_workers_inside_an_lsf_job(fakebatch, tmp_path):
+    """python -m scoop inside an LSF job of 3 slots: the allocation is read from LSB_MCPU_HOSTS,
+    its workers are blaunch tasks of the job (its id in their environment), they join and run the
+    map, and they end when the cluster stops, before the job does."""
+    prog = tmp_path / "tasks.py"
+    prog.write_text(BLAUNCH_PROGRAM)
+    check = tmp_path / "left.py"
+    check.write_text(LEFT_TASKS)
+    out = tmp_path / "job.out"
+    script = (f"#!/bin/sh\n#BSUB -n 3\n#BSUB -o {out}\nexport PYTHONPATH={ROOT}\n"
+              f"{sys.executable} -m scoop -v {prog}\necho EXIT $?\n{sys.executable} {check}\n")
+    before = {p.pid for p in scoop_processes()}
+    r = subprocess.run(["bsub"], input=script, capture_output=True, text=True, cwd=str(tmp_path), timeout=30)
+    jid = r.stdout.split("<")[1].split(">")[0]
+    assert _wait_no_live(fakebatch, 90) == []
+    text = out.read_text()
+    assert f"WORKERS 3 JOBS ['{jid}'] SIZE 3" in text and "started by blaunch" in text, text
+    assert "EXIT 0" in text and "LEFT 0" in text, text
+    wait_no_new_processes(before, 10)
+
+
+def test_blaunch_is_chosen_inside_an_lsf_job_and_reads_its_slots(monkeypatch):
+    from scoop.launch.hosts import lsf_hosts
+    from scoop.launch.plan import make_plan
+    monkeypatch.setenv("PATH", FAKE + os.pathsep + os.environ["PATH"])  # blaunch is here
+    env = {"LSB_JOBID": "1234", "LSB_MCPU_HOSTS": "hostA 2 hostB 4"}
+    assert lsf_hosts(env) == [("hostA", 2), ("hostB", 4)]
+    plan = make_plan(ClusterOptions(n=5), env=env)
+    assert plan.launcher == "blaunch" and plan.allocation == "lsf", plan
+    assert plan.first == [("hostA", 2), ("hostB", 3)], plan
+    with pytest.raises(ValueError, match="not pairs of host and slots"):
+        lsf_hosts({"LSB_MCPU_HOSTS": "hostA 2 hostB"})
+
+
 def test_cli_dry_run_prints_what_would_be_submitted_and_submits_nothing(fakebatch):
     from tests.conftest import run_scoop
     r = run_scoop(["--launcher", "lsf", "-n", "3", "--cpus-per-job", "2", "--job-name", "fit", "--dry-run"])

@@ -160,7 +160,8 @@ LAUNCHERS: dict[str, type[Launcher]] = {}
 #: where each launcher lives, imported on first use (SSH pulls in paramiko, which a local
 #: cluster should not pay for)
 MODULES = {"fork": "local", "spawn": "local", "ssh": "ssh", "srun": "srun", "pbsdsh": "pbs",
-           "qrsh": "sge", "sbatch": "sbatch", "qsub": "qsub", "sge": "gridengine", "lsf": "lsf"}
+           "qrsh": "sge", "blaunch": "blaunch", "sbatch": "sbatch", "qsub": "qsub", "sge": "gridengine",
+           "lsf": "lsf"}
 
 
 def register(cls: type[Launcher]) -> type[Launcher]:
@@ -184,7 +185,7 @@ def launcher_class(name: str) -> type[Launcher]:
 
 class AllocationLauncher(Launcher):
     """Starts workers with the batch system's own launcher inside an allocation (srun, pbsdsh,
-    qrsh): one check that we are in one and that its command is here, and the broker address the
+    qrsh, blaunch): one check that we are in one and that its command is here, and the broker address the
     nodes reach."""
 
     remote = True

@@ -281,7 +281,7 @@ def slurm_hosts(env: Optional[Mapping[str, str]] = None) -> HostList:
 
 
 # --------------------------------------------------------------------------
-# PBS / Torque and SGE
+# PBS / Torque, SGE and LSF
 
 
 def _read_lines(path: str, what: str) -> list[str]:
@@ -332,15 +332,27 @@ def sge_hosts(env: Optional[Mapping[str, str]] = None) -> HostList:
     return _merge(entries)
 
 
+def lsf_hosts(env: Optional[Mapping[str, str]] = None) -> HostList:
+    """Hosts of the current LSF job from ``LSB_MCPU_HOSTS`` (``"hostA 2 hostB 4"``: each host
+    and its slots; LSF sets it in every job, unlike ``LSB_HOSTS``, which long lists omit)."""
+    env = os.environ if env is None else env
+    text = env.get("LSB_MCPU_HOSTS", "").split()
+    if not text:
+        return []
+    if len(text) % 2:
+        raise ValueError(f"LSB_MCPU_HOSTS {' '.join(text)!r} is not pairs of host and slots")
+    return _merge((host, _parse_count(count)) for host, count in zip(text[::2], text[1::2]))
+
+
 def detect_allocation(env: Optional[Mapping[str, str]] = None):
     """Which batch system allocated us, and its hosts.
 
-    Returns ``("slurm" | "pbs" | "sge", hosts)`` or ``None`` outside a job.
+    Returns ``("slurm" | "pbs" | "sge" | "lsf", hosts)`` or ``None`` outside a job.
     SLURM is checked first because SLURM sites often set PBS compatibility
     variables too.
     """
     env = os.environ if env is None else env
-    for kind, reader in (("slurm", slurm_hosts), ("pbs", pbs_hosts), ("sge", sge_hosts)):
+    for kind, reader in (("slurm", slurm_hosts), ("pbs", pbs_hosts), ("sge", sge_hosts), ("lsf", lsf_hosts)):
         hosts = reader(env)
         if hosts:
             return kind, hosts

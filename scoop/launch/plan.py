@@ -19,7 +19,7 @@ from .placement import PlacementError, add_placement, allocation_slots, capaciti
 __all__ = ["ALLOCATION_LAUNCHERS", "Plan", "make_plan", "choose_launcher"]
 
 #: launchers that start workers through a batch system, also on this very node
-ALLOCATION_LAUNCHERS = {"slurm": "srun", "pbs": "pbsdsh", "sge": "qrsh"}
+ALLOCATION_LAUNCHERS = {"slurm": "srun", "pbs": "pbsdsh", "sge": "qrsh", "lsf": "blaunch"}
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Plan:
     launcher: str
     first: list[tuple[str, int]]
     caps: list[tuple[str, int]] = field(default_factory=list)
-    allocation: str | None = None   # "slurm", "pbs" or "sge" inside an allocation
+    allocation: str | None = None   # "slurm", "pbs", "sge" or "lsf" inside an allocation
     oversubscribe: bool = False
 
     @property

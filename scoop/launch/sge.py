@@ -13,15 +13,20 @@ class QrshLauncher(AllocationLauncher):
     program = "qrsh"
     allocation_var = "PE_HOSTFILE"
     allocation = "an SGE parallel environment"
+    job_id_var = "JOB_ID"
+
+    def remote_argv(self, host: str) -> list[str]:
+        """The command starting a task of this job on ``host``; what follows is the worker's."""
+        return [self.program, "-inherit", host]
 
     def start(self, specs):
         handles = []
         for spec in specs:
             host = spec.host or self.env.get("HOSTNAME") or "localhost"
-            argv = [self.program, "-inherit", host, self.python, "-m", "scoop.worker"]
+            argv = [*self.remote_argv(host), self.python, "-m", "scoop.worker"]
             proc = self.run_program(argv, config_line(spec.config))
             self.relay.add(spec.name, proc.stdout, proc.stderr)
-            h = ProcessHandle(spec.name, spec.host, proc, job_id=self.env.get("JOB_ID"))
+            h = ProcessHandle(spec.name, spec.host, proc, job_id=self.env.get(self.job_id_var))
             self.handles.append(h)
             handles.append(h)
         return handles

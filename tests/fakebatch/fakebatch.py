@@ -6,6 +6,11 @@ IBM Spectrum LSF Command Reference: bsub, bjobs -o, bkill): job ids, states, err
 script itself runs as a local process in its own session, with its directives' output file, so a
 SCOOP cluster really starts; qdel/bkill end that session.  State lives in ``$FAKEBATCH_DIR``
 (one JSON file per job).  ``fakebatch.py release ID`` starts a job submitted held (``-h``/``-H``).
+
+An LSF job gets the variables LSF sets in a job (``LSB_JOBID``, ``LSB_MCPU_HOSTS`` "host slots",
+``LSB_HOSTS``), and ``blaunch [-n] HOST COMMAND...`` inside it starts a task of the job as the
+real one does (a drop-in for rsh: stdin forwarded unless ``-n``, nothing printed of its own on
+success): on an allocated host only, tracked by the job and ended with it.
 """
 from __future__ import annotations
 
@@ -99,6 +104,7 @@ def submit(system, argv, script_text, script_path):
         walltime = _seconds(limits[-1]) if limits else None
         hold, name = "-h" in opts, (opts.get("-N") or ["STDIN"])[-1]
         print(jid)
+        slots = 1
     else:
         valued = {"-o", "-J", "-q", "-W", "-n", "-R", "-P", "-M", "-cwd", "-gpu"}
         opts, _ = _opts(_directives(script_text, "#BSUB") + argv, valued)
@@ -111,6 +117,7 @@ def submit(system, argv, script_text, script_path):
         w = (opts.get("-W") or [None])[-1]
         walltime = _seconds(w + ":00") if w else None
         hold, name = "-H" in opts, (opts.get("-J") or ["NONAME"])[-1]
+        slots = int((opts.get("-n") or ["1"])[-1])
         where = "default queue" if "-q" not in opts else "queue"
         print(f"Job <{jid}> is submitted to {where} <{queue}>.")
     script = os.path.join(STATE, "jobs", f"{n}.sh")
@@ -119,7 +126,7 @@ def submit(system, argv, script_text, script_path):
     job = {"id": jid, "system": system, "name": name, "queue": queue, "state": "held" if hold else "queued",
            "script": script, "out": (opts.get("-o") or [os.path.join(os.getcwd(), f"{name}.o{n}")])[-1],
            "cwd": os.getcwd(), "walltime": walltime, "submitted": time.time(), "exit": None,
-           "env": dict(os.environ), "argv": argv, "submitted_script": script_path}
+           "env": dict(os.environ), "argv": argv, "submitted_script": script_path, "slots": slots}
     _save(job)
     if not hold:
         _start(job)
@@ -141,7 +148,9 @@ def run(jid):
     if job["system"] == "pbs":
         env.update(PBS_JOBID=jid, PBS_JOBNAME=job["name"], PBS_O_WORKDIR=job["cwd"], PBS_QUEUE=job["queue"])
     else:
-        env.update(LSB_JOBID=jid, LSB_JOBNAME=job["name"], LSB_QUEUE=job["queue"])
+        host = socket.gethostname()
+        env.update(LSB_JOBID=jid, LSB_JOBNAME=job["name"], LSB_QUEUE=job["queue"],
+                   LSB_MCPU_HOSTS=f"{host} {job['slots']}", LSB_HOSTS=" ".join([host] * job["slots"]))
     with open(job["out"], "ab") as out:
         proc = subprocess.Popen(["/bin/sh", job["script"]], cwd=job["cwd"], env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -168,10 +177,42 @@ def run(jid):
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for pid in _tasks(jid):  # and so do its blaunch tasks, which LSF tracks wherever they run
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     job = _load(jid)
     job.update(state="finished", exit=code if code >= 0 else 256 - code,  # PBS: 256 + signal
                ended=time.time(), killed=killed)
     _save(job)
+
+
+def _tasks(jid):
+    try:
+        with open(_path(jid)[:-5] + ".tasks") as f:
+            return [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def blaunch(argv):
+    """``blaunch [-n] HOST COMMAND...``: COMMAND as a task of the job this runs in."""
+    no_stdin = argv[:1] == ["-n"]
+    argv = argv[1:] if no_stdin else argv
+    jid = os.environ.get("LSB_JOBID")
+    if not jid or _load(jid) is None:
+        sys.stderr.write("blaunch: not running inside an LSF job\n")
+        return 255
+    words = os.environ.get("LSB_MCPU_HOSTS", "").split()
+    if len(argv) < 2 or argv[0] not in words[::2]:
+        sys.stderr.write(f"blaunch: {argv[0] if argv else ''}: host is not allocated to the job\n")
+        return 255
+    with open(_path(jid)[:-5] + ".tasks", "a") as f:
+        f.write(f"{os.getpid()}\n")  # exec keeps the pid: the task is this process
+    if no_stdin:
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.execvp(argv[1], argv[1:])
 
 
 def _all():
@@ -300,6 +341,8 @@ def main():
         return _kill("pbs" if tool == "qdel" else "lsf", argv)
     if tool == "bjobs":
         return bjobs(argv)
+    if tool == "blaunch":
+        return blaunch(argv)
     sys.stderr.write(f"fakebatch: unknown tool {tool}\n")
     return 2
 
