@@ -123,7 +123,11 @@ class Runtime:
         self.submitter.closed_for_submit = value
 
     def submit(self, fn, args, kwargs, flush: bool = True, digest: bytes | None = None):
-        return self.submitter.submit(fn, args, kwargs, flush, digest)
+        fut = self.submitter.submit(fn, args, kwargs, flush, digest)
+        control = self.control
+        if control is not None and control.dozing and self.submitter.held is not None:
+            control.wake()  # the held task goes out after HOLD_SECONDS, not at the next report
+        return fut
 
     def submit_chunk(self, fn, digest, arglist, name, single=False):
         return self.submitter.submit_chunk(fn, digest, arglist, name, single)
@@ -491,11 +495,26 @@ class _Control(threading.Thread):
         # the origin waits on results and wants a held task out within ms; a worker computes,
         # and every wake-up of this thread costs its main thread a GIL hand-off
         self.tick_ms = 5 if rt.role == "origin" else 25
+        # a worker's thread sleeps until its next load report unless a held task waits on it:
+        # 256 idle workers waking at 40 Hz took half of 2 cores.  ``dozing`` says so; a submit
+        # that holds a task, and stop(), wake it through a pipe
+        self.may_doze = rt.role == "worker"
+        self.dozing = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self._proc = None
         self.disconnected_at = None
 
+    def wake(self):
+        self.dozing = False
+        try:
+            os.write(self._wake_w, b"w")
+        except OSError:  # full (it will wake anyway) or closed (it has ended)
+            pass
+
     def stop(self):
         self._halt.set()
+        self.wake()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(2)
 
@@ -534,6 +553,7 @@ class _Control(threading.Thread):
         poller = zmq.Poller()
         poller.register(s, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         signer = rt.signer
         sub = rt.submitter
         grace = reconnect_grace(rt.broker_timeout)
@@ -557,9 +577,17 @@ class _Control(threading.Thread):
                     sub.take_leases(box)  # the main thread sent nothing they could ride on
                     if box:
                         P.send(s, signer, P.CONTROL_TO_BROKER, box)
-                # short polls: stop() joins this thread, and a held task must not wait long
-                wait_ms = min(self.tick_ms, int(max(0.0, next_load - time.monotonic()) * 1000) + 1)
+                # short polls while a held task or leases wait (they must not wait long)
+                wait_ms = int(max(0.0, next_load - time.monotonic()) * 1000) + 1
+                if self.may_doze:
+                    self.dozing = True  # before the look at held: a submit that holds sees it
+                if not self.may_doze or sub.held is not None or sub.leases:
+                    self.dozing = False
+                    wait_ms = min(self.tick_ms, wait_ms)
                 events = dict(poller.poll(wait_ms))
+                self.dozing = False
+                if self._wake_r in events:
+                    os.read(self._wake_r, 4096)
                 if monitor in events:
                     self._on_connection_event(monitor)
                 if s in events:
@@ -579,6 +607,9 @@ class _Control(threading.Thread):
             s.disable_monitor()
             monitor.close(0)
             s.close(0)
+            os.close(self._wake_r)
+            w, self._wake_w = self._wake_w, -1
+            os.close(w)
 
     def _interrupt(self, s, rec):
         if self.rt.executor is not None:
