@@ -57,6 +57,13 @@ def _descendants():
     return [p.pid for p in psutil.Process().children(recursive=True)]
 
 
+def _children(p):
+    try:
+        return p.children(recursive=True)
+    except Exception:
+        return []
+
+
 def _pid(_):
     return os.getpid()
 
@@ -72,8 +79,11 @@ def run_scoop(n: int) -> dict:
         t1 = time.perf_counter()
         pids = set(futures.map(_pid, range(4 * n)))
         mapped = time.perf_counter() - t1
-        mem = _memory([p for p in _descendants() if p in pids])
-        return {"joined_s": joined, "map_s": mapped, "answered": len(pids), **mem, "procs": len(pids)}
+        import psutil
+        procs = [p for p in pids if psutil.pid_exists(p)]
+        procs += [d.pid for p in procs for d in _children(psutil.Process(p))]  # their guards
+        return {"joined_s": joined, "map_s": mapped, "answered": len(pids), **_memory(procs),
+                "procs": len(procs)}
 
 
 def run_ipp(n: int) -> dict:
@@ -156,19 +166,24 @@ def run_cli(n: int, python: str = sys.executable, is_worker=_is_scoop_worker) ->
     p = subprocess.Popen([python, "-m", "scoop", "-n", str(n), prog], env=env, cwd=os.path.dirname(prog),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     joined, mem, procs = None, {}, 0
-    try:
+    connected: set = set()  # workers seen holding a connection: not asked again (each question
+    try:                    # reads the host's whole TCP table, and the looking must not slow the run)
         while joined is None and p.poll() is None and time.perf_counter() - t0 < 600:
-            workers, connected = [], 0
+            workers = []
             for c in psutil.Process(p.pid).children(recursive=True):
                 try:
                     if is_worker(c):
                         workers.append(c)
-                        connected += any(k.status == "ESTABLISHED" for k in c.net_connections("tcp"))
+                        if c.pid not in connected and any(k.status == "ESTABLISHED"
+                                                          for k in c.net_connections("tcp")):
+                            connected.add(c.pid)
                 except psutil.Error:
                     pass
-            if connected >= n:
+            if len(connected) >= n:
                 joined = time.perf_counter() - t0
-                mem, procs = _memory([w.pid for w in workers]), len(workers)
+                # the workers and whatever they started for themselves (scoop's per-worker guard)
+                helpers = [d.pid for w in workers for d in _children(w)]
+                mem, procs = _memory([w.pid for w in workers] + helpers), len(workers) + len(helpers)
                 open(env["GO"], "w").close()
             time.sleep(0.05)
         out, err = p.communicate(timeout=600)
