@@ -13,10 +13,11 @@ and checked by the receiver before anything is unpickled, so a segment rewritten
 (only its user or root can) is refused.  The MAC is GMAC (AES-GCM authenticating the content
 as associated data, OpenSSL through ``cryptography``): ~20 GB/s on one core with AES-NI and
 carry-less multiplication, faster than the copy, where keyed BLAKE3 (~5 GB/s) made the path
-20-45 % slower.  Its key is derived from the secret and its nonce is the segment's id (creator
-pid, and a counter that starts at the creator's start time in ns: no two segments of a host
-share one, even when a pid is reused), so a MAC cannot be moved to another segment, and none
-can be made without the key.
+20-45 % slower.  Its key is derived from the secret and its nonce is the segment's whole id:
+creator pid, a counter that starts at the creator's start time in ns (above any count an earlier
+process with that pid reached) and 4 random bytes per process (pid namespaces sharing a
+/dev/shm, hosts started at the same instant), so no two segments share one, a MAC cannot be
+moved to another segment, and none can be made without the key.
 A pickle stream is copied out of its segment before the check, so what is checked is what the
 unpickler reads; an array's buffer is checked in place (a later rewrite changes data, never
 which code runs).  The id travels in the signed header.
@@ -33,8 +34,7 @@ from hmac import compare_digest as _compare_digest
 from blake3 import blake3 as _blake3
 
 DIR = "/dev/shm"
-_ID = struct.Struct("<IQ4x")  # creator pid, counter (with the pid: the MAC's nonce)
-_NONCE = struct.Struct("<IQ")
+_ID = struct.Struct("<IQ4s")  # creator pid, counter, the creator's random salt: the MAC's nonce
 MAC_SIZE = 16                 # a GMAC tag, after the content
 _ONE_CALL = 1 << 30
 _PIECE = 1 << 18  # fits in a core's L2 cache
@@ -60,19 +60,24 @@ class Segments:
         self._key = _blake3(tag, derive_key_context="scoop 2026 shared memory GMAC").digest()
         self._gmac = None  # the cipher, made on first use: processes that never map pay nothing
         self._prefix = f"{DIR}/scoop-{self.tag.hex()}-"
-        self.pid = os.getpid()
-        self._next = time.time_ns()  # above any counter an earlier process with this pid reached
+        self.pid = -1  # set for this process (again in a forked child) by _own()
 
     def _name(self, seg: bytes) -> str:
-        pid, n = _ID.unpack(seg)
+        pid, n, _salt = _ID.unpack(seg)
         return f"{self._prefix}{pid}-{n}"
 
-    def _mac(self, pid: int, n: int, data, fd: int = -1) -> bytes:
-        """The GMAC of ``data`` as segment ``(pid, n)``: AES-GCM's tag over it as associated data
+    def _own(self):
+        """This process's pid, counter and salt: a forked child never reuses its parent's."""
+        if self.pid != os.getpid():
+            self.pid = os.getpid()
+            self._next = time.time_ns()
+            self._salt = os.urandom(4)
+
+    def _mac(self, nonce: bytes, data, fd: int = -1) -> bytes:
+        """The GMAC of ``data`` under ``nonce`` (a segment's id): AES-GCM's tag over it as associated data
         (in one call up to ``_ONE_CALL`` bytes, the cipher's limit).  Given ``fd``, ``data`` is
         also written there, piece by piece, each right after the MAC read it (one pass through
         memory, the second read from cache)."""
-        nonce = _NONCE.pack(pid, n)
         if fd < 0 and data.nbytes <= _ONE_CALL:
             if self._gmac is None:
                 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -93,20 +98,22 @@ class Segments:
         """Copies ``view`` into a new segment; returns its 16-byte id."""
         data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
         size = view.nbytes
+        self._own()
         n = self._next
         self._next += 1
+        seg = _ID.pack(self.pid, n, self._salt)
         path = f"{self._prefix}{self.pid}-{n}"
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         try:
             # written, not copied into a mapping: a full /dev/shm (Docker's default is 64 MB) is
             # an OSError here instead of a SIGBUS that kills the process, and it is ~2x faster
-            os.pwrite(fd, self._mac(self.pid, n, data, fd), size)
+            os.pwrite(fd, self._mac(seg, data, fd), size)
         except BaseException:
             os.close(fd)
             _remove(path)
             raise
         os.close(fd)
-        return _ID.pack(self.pid, n)
+        return seg
 
     def open(self, seg: bytes, size: int, shared: bool = False, copy: bool = False):
         """Maps a segment as a writable memoryview; copy-on-write unless ``shared`` (read-only,
@@ -139,7 +146,7 @@ class Segments:
                                             prot=mmap.PROT_READ | mmap.PROT_WRITE))
         finally:
             os.close(fd)
-        if not _compare_digest(self._mac(*_ID.unpack(seg), view), bytes(sent)):
+        if not _compare_digest(self._mac(bytes(seg), view), bytes(sent)):
             raise SegmentError("a shared-memory segment does not match the digest it was sent with "
                                "(rewritten after the send, or another cluster's); refused before "
                                "unpickling")
