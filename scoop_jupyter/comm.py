@@ -6,6 +6,9 @@ subshell's thread while the main thread waits on a map; nothing here may block o
 origin's task socket from that thread.  Scaling only asks for workers (they join on their own) and
 the status says "scaling to N" until they have; starting runs on the main thread when it is free;
 stopping interrupts a cell that waits on the cluster's work, then stops on the main thread.
+A kernel without subshells (ipykernel 6, or an older JupyterLab) hands the commands to the
+main thread once the running cell ends: they then run there like any comm message, the cell
+is never interrupted, and the panel says the command waits for the cell.
 
 Protocol (JSON ``data`` of comm messages), frontend-initiated:
 

@@ -165,14 +165,14 @@ class LabServer:
             data = resp.read()
         return json.loads(data) if data else None
 
-    def new_notebook(self, name: str) -> str:
+    def new_notebook(self, name: str, kernel: str = "python3") -> str:
         nb = {
             "type": "notebook",
             "format": "json",
             "content": {
                 "cells": [],
                 "metadata": {
-                    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+                    "kernelspec": {"name": kernel, "display_name": kernel, "language": "python"}
                 },
                 "nbformat": 4,
                 "nbformat_minor": 5,
@@ -287,6 +287,21 @@ def open_scoop_panel(page) -> None:
 def lab(tmp_path):
     if not labextension_installed():
         pytest.fail("scoop-jupyter labextension is not installed: run `pip install -e .`")
+    server = LabServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lab_single_shell(tmp_path, monkeypatch):
+    """A lab that also offers the kernel without subshells of test_notebook_without_subshells."""
+    from test_notebook_without_subshells import single_shell_kernelspec
+
+    if not labextension_installed():
+        pytest.fail("scoop-jupyter labextension is not installed: run `pip install -e .`")
+    single_shell_kernelspec(tmp_path / "single-shell")
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(
+        filter(None, [str(tmp_path / "single-shell"), os.environ.get("JUPYTER_PATH")])))
     server = LabServer(tmp_path)
     yield server
     server.stop()
@@ -988,3 +1003,52 @@ def test_documentation_opens_offline_in_a_tab(tmp_path, page):
         stop_lab_leaving_nothing(lab, known)
     finally:
         lab.stop()
+
+
+def test_panel_on_a_kernel_without_subshells(lab_single_shell, page):
+    """On a kernel without subshells (ipykernel 6's single shell channel) the panel's commands
+    wait behind a running cell: the panel says so (the Workers box keeps the number asked for,
+    the Stop button stays pressed), nothing errs, and each command takes effect when the cell
+    ends; the stop does not interrupt the cell."""
+    from test_notebook_without_subshells import SPEC
+
+    lab = lab_single_shell
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors = console_errors(page)
+    name = lab.new_notebook("single-shell.ipynb", kernel=SPEC)
+    open_notebook(page, lab, name)
+    open_scoop_panel(page)
+    run_cell(page, "%load_ext scoop_jupyter")
+    run_cell(page, "%scoop_cluster start -n 1")
+    expect(page.locator(f"{PANEL} .scoop-worker-row")).to_have_count(1, timeout=30_000)
+    request = page.locator(f"{PANEL} .scoop-request")
+
+    cell = start_cell(page, "import time\nfrom scoop import futures\n"
+                            "def nap(s):\n    time.sleep(s)\n    return s\n"
+                            "_ = list(futures.map(nap, [1.0] * 6))\nprint('first map done')")
+    expect(cell.locator(".widget-label", has_text="nap:")).to_be_visible(timeout=30_000)
+    page.locator(f"{PANEL} .scoop-n-input").fill("3")
+    page.locator("#scoop-scale-button").click()
+    expect(request).to_contain_text("scale to 3 sent… the kernel takes it when the running cell ends")
+    time.sleep(1.5)  # statuses keep coming meanwhile: the box keeps the number asked for
+    expect(page.locator(f"{PANEL} .scoop-n-input")).to_have_value("3")
+    expect(page.locator(f"{PANEL} .scoop-worker-row")).to_have_count(1)
+    page.locator(PANEL).screenshot(path=str(ARTIFACTS / "panel-single-shell-scale-waits.png"))
+    expect(cell.locator(".jp-OutputArea")).to_contain_text("first map done", timeout=30_000)
+    expect(page.locator(f"{PANEL} .scoop-worker-row")).to_have_count(3, timeout=30_000)
+    expect(request).to_be_hidden(timeout=30_000)
+
+    cell = start_cell(page, "_ = list(futures.map(nap, [1.0] * 9))\nprint('second map done')")
+    expect(cell.locator(".widget-label", has_text="nap:")).to_be_visible(timeout=30_000)
+    page.locator("#scoop-stop-button").click()
+    expect(request).to_contain_text("stop sent… the kernel takes it when the running cell ends")
+    time.sleep(1.0)
+    expect(page.locator("#scoop-stop-button")).to_be_disabled()
+    page.screenshot(path=str(ARTIFACTS / "single-shell-stop-waits.png"))
+    expect(cell.locator(".jp-OutputArea")).to_contain_text("second map done", timeout=30_000)
+    expect(page.locator(f"{PANEL} .scoop-state")).to_have_text("stopped", timeout=30_000)
+    expect(cell.locator("[data-mime-type='application/vnd.jupyter.stderr']")).to_have_count(0)
+    expect(page.locator(f"{PANEL} .scoop-error")).to_be_hidden()
+    assert not errors, errors
+    known = lab.descendants()
+    stop_lab_leaving_nothing(lab, known)

@@ -81,6 +81,23 @@ function fmtTime(epoch: number): string {
   return epoch > 0 ? new Date(epoch * 1000).toLocaleTimeString('en-GB') : '';
 }
 
+/** A command the panel sent that the kernel has not taken yet: on a kernel without subshells it
+ * waits behind a running cell, and the panel says so instead of snapping back. */
+interface ISent {
+  action: 'start' | 'scale' | 'stop' | 'adapt';
+  n: number | null; // workers asked for (start, scale)
+  text: string;
+  done: (status: IClusterStatus) => boolean; // a status shows its effect
+}
+
+const WAITS_FOR_CELL =
+  ' the kernel takes it when the running cell ends (panel commands reach a busy kernel at once only ' +
+  'on a kernel subshell: ipykernel 7 with JupyterLab 4.4 or later)';
+
+function liveWorkers(status: IClusterStatus): number {
+  return status.workers.filter(w => w.state === 'busy' || w.state === 'idle').length;
+}
+
 function numberInput(className: string, title: string, min: number): HTMLInputElement {
   const input = document.createElement('input');
   input.type = 'number';
@@ -184,7 +201,8 @@ class ScoopPanel extends Widget {
     });
     this._stop.addEventListener('click', () => {
       if (this._model.send({ action: 'stop' })) {
-        this._stop.disabled = true; // re-enabled by the next status
+        this._sent = { action: 'stop', n: null, text: 'stop sent…', done: s => s.state === 'stopped' };
+        this.update();
       }
     });
     this._adaptBox.addEventListener('change', () => this._sendAdapt());
@@ -217,8 +235,9 @@ class ScoopPanel extends Widget {
       return;
     }
     if (this._model.send({ action: 'start', n })) {
-      this._start.disabled = true;
+      this._sent = { action: 'start', n, text: `start of ${n} sent…`, done: s => s.state === 'running' };
       this._edited = false;
+      this.update();
     }
   }
 
@@ -231,7 +250,7 @@ class ScoopPanel extends Widget {
     if (this._model.send({ action: 'scale', n })) {
       // the kernel answers at once with the request pending ("scaling to n…"); until it does
       // (a kernel without subshells, busy in a cell) the panel says the command waits
-      this._requested = n;
+      this._sent = { action: 'scale', n, text: `scale to ${n} sent…`, done: s => liveWorkers(s) === n };
       this._edited = false;
       this.update();
     }
@@ -241,7 +260,10 @@ class ScoopPanel extends Widget {
     // the switch shows the user's choice until a status agrees (or an error comes back)
     this._adaptWanted = { on: this._adaptBox.checked, since: Date.now() };
     if (!this._adaptBox.checked) {
-      this._model.send({ action: 'adapt', off: true });
+      if (this._model.send({ action: 'adapt', off: true })) {
+        this._sent = { action: 'adapt', n: null, text: 'adapt off sent…', done: s => !s.adapt };
+        this.update();
+      }
       return;
     }
     const minimum = parseInt(this._adaptMin.value, 10);
@@ -252,7 +274,15 @@ class ScoopPanel extends Widget {
       this._adaptMax.focus();
       return;
     }
-    this._model.send({ action: 'adapt', minimum, maximum });
+    if (this._model.send({ action: 'adapt', minimum, maximum })) {
+      this._sent = {
+        action: 'adapt',
+        n: null,
+        text: `adapt ${minimum}–${maximum} sent…`,
+        done: s => s.adapt?.minimum === minimum && s.adapt?.maximum === maximum
+      };
+      this.update();
+    }
   }
 
   private _render(): void {
@@ -263,6 +293,11 @@ class ScoopPanel extends Widget {
     this._badge.className = `scoop-state scoop-state-${state.replace(' ', '-')}`;
     this._source.textContent = model.path ? `Kernel of ${model.path}` : '';
 
+    const request = status?.request ?? null;
+    if (this._sent && (request || model.error || !status || this._sent.done(status))) {
+      this._sent = null; // the kernel has it (or it failed, or it is done)
+    }
+    const sent = this._sent;
     let message = '';
     if (model.phase === 'no-kernel') {
       message = model.hasNotebook
@@ -272,7 +307,7 @@ class ScoopPanel extends Widget {
       message = LOAD_HINT;
     } else if (model.phase === 'connecting') {
       message = 'Connecting to the kernel…';
-    } else if (status?.state === 'stopped' && !status.request) {
+    } else if (status?.state === 'stopped' && !status.request && !sent) {
       message = `${status.started === false ? 'No cluster yet' : 'No cluster running'}. ` +
         'Start one here or run %scoop_cluster start -n N.';
     }
@@ -281,32 +316,25 @@ class ScoopPanel extends Widget {
     this._error.textContent = model.error;
     this._error.hidden = !model.error;
 
-    const request = status?.request ?? null;
-    const live = status ? status.workers.filter(w => w.state === 'busy' || w.state === 'idle').length : 0;
-    if (request || model.error || !status || live === this._requested) {
-      this._requested = null; // the kernel has it (or it failed, or it is done)
-    }
+    const waiting = sent !== null && model.kernelBusy && !model.onSubshell;
     let requestText = request?.text ?? '';
-    if (!request && this._requested !== null) {
-      requestText = `scale to ${this._requested} sent…`;
-      if (model.kernelBusy && !model.onSubshell) {
-        requestText +=
-          ' the kernel takes it when the running cell ends (ipykernel 7 takes panel commands at once)';
-      }
+    if (!request && sent) {
+      requestText = sent.text + (waiting ? WAITS_FOR_CELL : '');
     }
     this._request.replaceChildren();
     this._request.hidden = !requestText;
     if (requestText) {
       this._request.append(el('span', 'scoop-spinner'), el('span', 'scoop-request-text', requestText));
-      this._request.dataset.action = request?.action ?? 'scale';
+      this._request.dataset.action = request?.action ?? sent?.action ?? '';
+      this._request.classList.toggle('scoop-request-waiting', !request && waiting);
     }
 
     const running = status?.state === 'running';
-    this._start.disabled = !status || running || request?.action === 'start';
+    this._start.disabled = !status || running || request?.action === 'start' || sent?.action === 'start';
     this._start.hidden = running;
     this._scale.hidden = !running;
     this._scale.disabled = !running || request?.action === 'stop';
-    this._stop.disabled = !running || request?.action === 'stop';
+    this._stop.disabled = !running || request?.action === 'stop' || sent?.action === 'stop';
     this._nInput.disabled = !status;
     this._nInput.title = running
       ? 'Workers of the running cluster: change and press Scale'
@@ -317,7 +345,7 @@ class ScoopPanel extends Widget {
       const size =
         request?.action === 'scale' && request.n
           ? request.n
-          : this._requested ??
+          : (sent?.action === 'scale' ? sent.n : null) ??
             status.workers.filter(w => w.state !== 'lost').length + status.totals.pending_workers;
       if (size > 0 && this._nInput.value !== String(size)) {
         this._nInput.value = String(size);
@@ -329,7 +357,9 @@ class ScoopPanel extends Widget {
     this._adaptBox.disabled = !running;
     const adapt = status?.adapt ?? null;
     const wanted = this._adaptWanted;
-    if (wanted && (wanted.on === !!adapt || model.error || Date.now() - wanted.since > 5000)) {
+    // (a command waiting behind a cell keeps the switch as the user set it)
+    const expired = wanted !== null && Date.now() - wanted.since > 5000 && sent?.action !== 'adapt';
+    if (wanted && (wanted.on === !!adapt || model.error || expired)) {
       this._adaptWanted = null;
     }
     this._adaptBox.checked = this._adaptWanted ? this._adaptWanted.on : !!adapt;
@@ -442,7 +472,7 @@ class ScoopPanel extends Widget {
   private _adaptMin = numberInput('scoop-adapt-min', 'Fewest workers', 0);
   private _adaptMax = numberInput('scoop-adapt-max', 'Most workers', 1);
   private _edited = false;
-  private _requested: number | null = null;
+  private _sent: ISent | null = null;
   private _adaptWanted: { on: boolean; since: number } | null = null;
   private _renders = 0;
   private _totals = el('div', 'scoop-totals');
