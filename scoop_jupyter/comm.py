@@ -24,7 +24,8 @@ kernel -> frontend
     (workers of jobs waiting in the queue)},
     "request": null or {"action": "start"|"scale"|"stop", "n", "text": "scaling to 4…", "since"}
     (a panel command not done yet),
-    "adapt": null or {"minimum", "maximum"} (adaptive scaling is on)}``
+    "adapt": null or {"minimum", "maximum"} (adaptive scaling is on),
+    "kernel_session": the kernel process's message-session id, as live outputs carry it}``
     once on open, then up to ``MAX_RATE`` times a second while a cluster runs (``LARGE_RATE``
     above ``LARGE`` workers), and once when it stops.
     ``{"type": "error", "message": str}`` when an action failed.
@@ -47,6 +48,7 @@ import threading
 import time
 
 from . import task_timeline
+from .records import kernel_session
 
 TARGET = "scoop_cluster"
 MAX_RATE = 10.0
@@ -196,7 +198,8 @@ class PanelComm:
 
     def _send_status(self, status: dict):
         req, error = _request.check(status)
-        out = dict(status, request=req, adapt=_adapt_state(self.origin.cluster))
+        out = dict(status, request=req, adapt=_adapt_state(self.origin.cluster),
+                   kernel_session=kernel_session(self.origin))
         self._send(out)
         if error:
             self._send({"type": "error", "message": error})

@@ -104,6 +104,12 @@ def render(status: dict, history, maps: list[dict] | None = None, logs: dict | N
     return "".join(parts)
 
 
+def _figures(status: dict) -> tuple:
+    """What a dashboard's static part is kept up to date on."""
+    totals = status.get("totals") or {}
+    return status.get("state"), totals.get("done"), totals.get("workers"), totals.get("pending_workers")
+
+
 class Dashboard(W.VBox):
     """The live dashboard widget; ``close()`` detaches it from the cluster."""
 
@@ -112,6 +118,7 @@ class Dashboard(W.VBox):
         self._logs = logs if logs is not None else {}
         self._origin = origin
         self._record: Record | None = None
+        self._static_key: tuple = ()  # the figures of the static part last sent
         self._lock = threading.Lock()
         self._last_running = feed.latest if feed.latest.get("state") == "running" else None
         self._cost = 0.0  # seconds the last rendering took
@@ -132,8 +139,8 @@ class Dashboard(W.VBox):
             display(self._repr_mimebundle_(), raw=True)
             return
         self._record = Record(origin)
+        self._static_key = _figures(self._feed.latest)
         self._record.show(*self.static(), widget=self)
-        self._cell_open = True
         origin.displays.append(self)
 
     def static(self, stale: str | None = None) -> tuple[str, str]:
@@ -144,13 +151,28 @@ class Dashboard(W.VBox):
         when = time.strftime("%H:%M:%S", time.localtime(snap.get("time") or time.time()))
         text = status_text(snap, stale) + f"\n(SCOOP dashboard as of {when})"
         tl = self._render_timeline(snap) or ""
-        return text, render(snap, self._feed.history, logs=self._logs, stale=stale) + tl
+        # shown only where the widget is not (a saved notebook): say when this was
+        note = (f'<div class="scoop-record-when" style="color:#757575;font-size:11px">'
+                f'SCOOP dashboard as of {when}</div>')
+        return text, note + render(snap, self._feed.history, logs=self._logs, stale=stale) + tl
 
     def cell_finished(self):
-        """The cell that displayed the dashboard ended: the saved static part shows its state."""
-        if getattr(self, "_cell_open", False) and self._record is not None:
-            self._cell_open = False
-            self._record.update(*self.static())
+        """A cell ended: the static part beside the widget shows the dashboard's state as of
+        now, if its figures changed."""
+        self._refresh_static(parent=getattr(self._origin, "_cell_parent", None))
+
+    def _refresh_static(self, status: dict | None = None, parent=None):
+        """Brings the static part beside the widget up to date when the figures it shows
+        changed (done, workers): a notebook saved while the dashboard is live keeps its last
+        state, which is what shows once the kernel is gone.  Once per change: an update makes
+        the front end render the output again."""
+        if self._record is None:
+            return
+        key = _figures(status or self._feed.latest)
+        if key == self._static_key:
+            return
+        self._static_key = key
+        self._record.update(*self.static(), parent=parent)
 
     def stopped(self):
         """The cluster stopped: the display becomes the dashboard's last state, as a record,
@@ -174,7 +196,6 @@ class Dashboard(W.VBox):
         d = cls(feed, logs, origin=origin)
         d._record = record
         if record.revive(*d.static(), widget=d):
-            d._cell_open = False
             origin.displays.append(d)
         else:
             d.close()
@@ -198,6 +219,9 @@ class Dashboard(W.VBox):
                     self._timeline.value = tl
                 self._last_timeline = now
             value = self._render(status)
+            totals = status.get("totals") or {}
+            if not final and not totals.get("running") and not totals.get("queued"):
+                self._refresh_static(status)  # the cluster went quiet: a state worth keeping
             self._cost = time.process_time() - t0
             if value == self._panel.value:
                 return

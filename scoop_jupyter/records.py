@@ -11,10 +11,26 @@ dashboard's last state.  A dashboard's record turns live again, with a new widge
 cluster starts in the kernel (:meth:`Record.revive`), as a dask dashboard comes back with a new
 cluster on its port.  Renderers that cannot show the widget (nbconvert without widget
 state, GitHub) show the static part meanwhile.
+
+A live bundle's output metadata names the kernel process that owns its widget
+(``scoop_record.kernel_session``, the kernel's message-session id, which its panel comm also
+reports): the lab extension turns a live bundle whose kernel is gone (a notebook saved while
+its cluster ran, reopened later) into its static part, where the widget would only say "model
+not found".
 """
 from __future__ import annotations
 
 import contextlib
+
+#: output metadata key of a live bundle: ``{"kernel_session": ...}``
+METADATA_KEY = "scoop_record"
+
+
+def kernel_session(origin) -> str | None:
+    """The id of the kernel process's message session (None outside a kernel)."""
+    session = getattr(getattr(origin, "kernel", None), "session", None)
+    sid = getattr(session, "session", None)
+    return sid if isinstance(sid, str) and sid else None
 
 
 class Record:
@@ -28,15 +44,16 @@ class Record:
         self.frozen = False
 
     @contextlib.contextmanager
-    def _in_its_cell(self, update: bool = False):
+    def _in_its_cell(self, update: bool = False, parent=None):
         """Displays from a background thread (the meta stream's) land in the record's cell.  An
         update goes out under the cell running now, if any: a front end updates every output
         with the display id whatever cell it is in, and nbclient reads only the running cell's
         messages."""
         under = getattr(self.origin, "under", None)
-        parent = self.parent
-        if update and getattr(self.origin, "cell_running", False):
-            parent = self.origin.current_parent() or parent
+        if parent is None:
+            parent = self.parent
+            if update and getattr(self.origin, "cell_running", False):
+                parent = self.origin.current_parent() or parent
         with (under(parent) if under is not None else contextlib.nullcontext()):
             yield
 
@@ -49,18 +66,26 @@ class Record:
                 data["application/vnd.jupyter.widget-view+json"] = view
         return data
 
+    def metadata(self, widget=None) -> dict:
+        """A live bundle's output metadata: the kernel process that owns its widget."""
+        sid = kernel_session(self.origin) if widget is not None else None
+        return {METADATA_KEY: {"kernel_session": sid}} if sid else {}
+
     def show(self, text: str, html: str, widget=None) -> None:
         from IPython.display import display
         self.widget = widget
         with self._in_its_cell():
-            self.handle = display(self.bundle(text, html, widget), raw=True, display_id=True)
+            self.handle = display(self.bundle(text, html, widget), raw=True, display_id=True,
+                                  metadata=self.metadata(widget))
 
-    def update(self, text: str, html: str) -> None:
-        """Refreshes the static part (the widget view stays)."""
+    def update(self, text: str, html: str, parent=None) -> None:
+        """Refreshes the static part (the widget view stays); ``parent``: the header to send
+        it under (a cell ending), else the running cell's or the record's own."""
         if self.handle is None or self.frozen:
             return
-        with self._in_its_cell(update=True):
-            self.handle.update(self.bundle(text, html, self.widget), raw=True)
+        with self._in_its_cell(update=True, parent=parent):
+            self.handle.update(self.bundle(text, html, self.widget), raw=True,
+                               metadata=self.metadata(self.widget))
 
     def revive(self, text: str, html: str, widget) -> bool:
         """Makes a frozen record live again with a new widget (a new cluster started in this
@@ -71,7 +96,7 @@ class Record:
         self.frozen = False
         self.widget = widget
         with self._in_its_cell(update=True):
-            self.handle.update(self.bundle(text, html, widget), raw=True)
+            self.handle.update(self.bundle(text, html, widget), raw=True, metadata=self.metadata(widget))
         return True
 
     def freeze(self, text: str, html: str) -> None:

@@ -1052,3 +1052,66 @@ def test_panel_on_a_kernel_without_subshells(lab_single_shell, page):
     assert not errors, errors
     known = lab.descendants()
     stop_lab_leaving_nothing(lab, known)
+
+
+WIDGET_BROKEN = re.compile(r"model not found|Error displaying widget|Loading widget")
+
+
+def test_a_reopened_notebook_shows_its_records(lab, page):
+    """A notebook run with a dashboard and a map, saved, closed with its kernel shut down while
+    its cluster still ran, then reopened from the file browser: the map's final bar and summary
+    and the dashboard's last state are there as static records, and no widget error shows."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    name = lab.new_notebook("story.ipynb")
+    open_notebook(page, lab, name)
+    open_scoop_panel(page)
+    run_cell(page, "%load_ext scoop_jupyter")
+    run_cell(page, "%scoop_cluster start -n 2")
+    run_cell(page, "%scoop_cluster dashboard")
+    dash = page.locator(".scoop-dashboard").first
+    expect(dash.locator("tr.scoop-worker")).to_have_count(2, timeout=30_000)
+    out = run_cell(page, "import time\nfrom scoop import futures\n"
+                         "def nap(x):\n    time.sleep(0.1)\n    return x\n"
+                         "print('total', sum(futures.map(nap, range(40))))")
+    assert "total 780" in out, out
+    cells = page.locator(f"{ACTIVE_NOTEBOOK} .jp-Notebook .jp-Cell")
+    expect(cells.nth(3).locator(".jp-OutputArea-output", has_text=re.compile(r"nap: 40 done in [\d.]+ s"))
+           ).to_have_count(1, timeout=30_000)
+    expect(dash.locator("tr.scoop-worker[data-state='idle']")).to_have_count(2, timeout=30_000)
+    known = lab.descendants()
+
+    # save, then File > Close and Shut Down Notebook (the cluster was never stopped)
+    page.locator(f"{ACTIVE_NOTEBOOK} .jp-Notebook").click()
+    page.keyboard.press("Control+s")
+    expect(page.locator(".lm-TabBar-tab.jp-mod-dirty", has_text=name)).to_have_count(0, timeout=10_000)
+    menu(page, "File", "Close and Shut Down Notebook")
+    page.locator(".jp-Dialog .jp-mod-accept").click()
+    expect(page.locator(".lm-TabBar-tab", has_text=name)).to_have_count(0, timeout=10_000)
+    deadline = time.monotonic() + 30
+    while lab.api("GET", "/api/sessions") and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert not lab.api("GET", "/api/sessions")
+    _, alive = psutil.wait_procs(known, timeout=20)
+    assert not alive, [p.pid for p in alive]  # kernel and cluster gone
+
+    # reopen from the file browser
+    page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id='filebrowser']").click()
+    page.locator(".jp-DirListing-item", has_text=name).dblclick()
+    nb = page.locator(ACTIVE_NOTEBOOK)
+    expect(nb.locator(".jp-Cell")).to_have_count(5, timeout=30_000)
+    lab.wait_kernel_idle(name)
+    expect(nb.locator(".jp-OutputArea-output", has_text=re.compile(r"nap: 40 done in [\d.]+ s \([\d.]+/s\)"))
+           ).to_have_count(1, timeout=30_000)
+    expect(nb.locator(".scoop-progress")).to_have_count(1)
+    record = nb.locator(".scoop-dashboard")
+    expect(record).to_have_count(1, timeout=30_000)
+    # its state when the notebook was saved, after the map, not when its own cell ended
+    expect(record).to_contain_text(re.compile(r"2 workers .* 40 done"))
+    expect(record.locator("tr.scoop-worker")).to_have_count(2)
+    time.sleep(3.0)  # whatever the widget manager would say has been said by now
+    text = nb.inner_text()
+    assert not WIDGET_BROKEN.search(text), text
+    assert "HBox(" not in text and "VBox(" not in text, text
+    page.screenshot(path=str(ARTIFACTS / "reopened-notebook.png"))
+    known = lab.descendants()
+    stop_lab_leaving_nothing(lab, known)

@@ -94,3 +94,33 @@ def test_a_restart_keeps_the_dashboard_live(kernel):
     time.sleep(0.5)
     assert not [d for d in updates_of(k, display_id, t0) if WIDGET not in d]
     k.run("%scoop_cluster stop")
+
+
+def test_a_live_dashboard_keeps_its_static_part_up_to_date(kernel):
+    """A live dashboard's bundle names the kernel process that owns its widget (as the panel's
+    comm does), and its static part follows the cluster when it goes quiet, so a notebook saved
+    while the dashboard is live keeps its last state."""
+    k = kernel
+    k.run("%scoop_cluster start -n 2")
+    shown = k.run("%scoop_cluster dashboard")
+    (first,) = [m["content"] for m in shown.msgs if m["msg_type"] == "display_data"]
+    display_id = first["transient"]["display_id"]
+    session = first["metadata"]["scoop_record"]["kernel_session"]
+    t0 = time.monotonic()
+    cid = k.comm_open("scoop_cluster")
+    deadline = time.monotonic() + 10
+    while not k.comm_data(cid, t0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert k.comm_data(cid, t0)[0][1]["kernel_session"] == session
+    k.comm_close(cid)
+
+    t1 = time.monotonic()
+    k.run("_ = list(futures.map(abs, range(30)))")
+    data = wait_update(k, display_id, t1, lambda d: WIDGET in d and "30 done" in d["text/plain"])
+    assert "SCOOP dashboard as of" in data["text/html"]
+    ups = [m for m in k.messages(t1, types={"update_display_data"})
+           if m["content"]["transient"]["display_id"] == display_id]
+    assert all(m["content"]["metadata"]["scoop_record"]["kernel_session"] == session for m in ups)
+    time.sleep(1.0)
+    assert len(updates_of(k, display_id, t1)) <= 2  # once per change, not per refresh
+    k.run("%scoop_cluster stop")

@@ -74,6 +74,7 @@ export interface IClusterStatus {
   totals: ITotals;
   request: IRequest | null;
   adapt: IAdapt | null;
+  kernelSession: string | null; // the kernel process's message-session id (live outputs carry it)
 }
 
 /** Finished tasks for the task stream, as the kernel sends them (see scoop_jupyter/comm.py). */
@@ -514,6 +515,7 @@ export function parseStatus(data: unknown): IClusterStatus | null {
     jobs,
     request,
     adapt,
+    kernelSession: typeof d.kernel_session === 'string' ? d.kernel_session : null,
     totals: {
       workers: num(t.workers, workers.length),
       pending_workers: num(t.pending_workers, pendingSum),

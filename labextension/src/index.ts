@@ -11,6 +11,7 @@ import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
 import { IClusterStatus, IJob, ScoopConnection } from './connection';
+import { settleRecords } from './records';
 import { TaskStreamWidget } from './taskstream';
 import {
   busiestAndIdle,
@@ -555,6 +556,50 @@ function watchForStaleDashboards(panel: NotebookPanel): void {
   });
 }
 
+/**
+ * A notebook just opened may hold live SCOOP outputs saved from a kernel that has ended: once
+ * its session is known (no kernel, a kernel without the extension, or the extension's kernel
+ * session), those of any other kernel show their static records (see records.ts).
+ */
+function settleOnOpen(panel: NotebookPanel, tracker: INotebookTracker, model: ScoopConnection): void {
+  void Promise.all([panel.context.ready, panel.sessionContext.ready]).then(() => {
+    if (panel.isDisposed) {
+      return;
+    }
+    if (!panel.sessionContext.session?.kernel) {
+      settleRecords(panel, null);
+      return;
+    }
+    const judge = (): boolean => {
+      if (panel.isDisposed) {
+        return true;
+      }
+      if (tracker.currentWidget !== panel) {
+        return false; // the connection follows another notebook
+      }
+      if (model.phase === 'no-kernel' || model.phase === 'not-loaded') {
+        settleRecords(panel, null);
+        return true;
+      }
+      if (model.phase === 'connected' && model.status) {
+        if (model.status.kernelSession !== null) {
+          settleRecords(panel, model.status.kernelSession);
+        }
+        return true;
+      }
+      return false;
+    };
+    if (!judge()) {
+      const onChange = () => {
+        if (judge()) {
+          model.changed.disconnect(onChange);
+        }
+      };
+      model.changed.connect(onChange);
+    }
+  });
+}
+
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'scoop-jupyter:plugin',
   description: 'Sidebar panel and status bar item for the SCOOP cluster of the active notebook.',
@@ -575,6 +620,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
     follow();
     tracker.forEach(watchForStaleDashboards);
     tracker.widgetAdded.connect((_, panel) => watchForStaleDashboards(panel));
+    const settle = (panel: NotebookPanel) => settleOnOpen(panel, tracker, model);
+    tracker.forEach(settle);
+    tracker.widgetAdded.connect((_, panel) => settle(panel));
 
     // the live task stream: one tab, fed while it is open
     let stream: MainAreaWidget<TaskStreamWidget> | null = null;
