@@ -946,9 +946,12 @@ def test_panel_with_a_thousand_workers(lab, page):
     panel.locator(".scoop-workers").evaluate("n => { n.scrollTop = 0; }")
     page.screenshot(path=str(ARTIFACTS / "panel-1000-workers.png"))
     panel.screenshot(path=str(ARTIFACTS / "panel-1000-workers-panel.png"))
-    link = panel.locator(".scoop-busiest .scoop-worker-link").first
-    name = link.inner_text().split(" ")[0]
-    link.click()
+    # read the link and click it at once: the panel re-renders its busiest list every status
+    name = page.evaluate("""() => {
+        const a = document.querySelector('#scoop-cluster-panel .scoop-busiest .scoop-worker-link');
+        a.click();
+        return a.textContent.split(' ')[0];
+    }""")
     expect(panel.locator(f".scoop-worker-row[data-worker-name='{name}']")).to_be_visible(timeout=5_000)
     run_cell(page, "_stop_fake.set()")
     assert not errors, errors
