@@ -151,13 +151,19 @@ def test_held_job_is_pending_start_does_not_wait_and_release_joins(slurm_cluster
 
 
 def test_worker_failing_to_start_is_an_error_at_once_or_logged_and_shown(slurm_cluster):
-    """Jobs whose worker cannot start: scale raises when the job starts at once; a job that starts
-    later (held, then released) is a logged error naming the job, listed as ended with that error,
-    and not resubmitted over and over."""
+    """Jobs whose worker cannot start: an error at once -- of scale when the job ran before the
+    scheduler listed it pending, else of the wait for its workers; a job that starts later (held,
+    then released) is a logged error naming the job, listed as ended with that error, and not
+    resubmitted over and over."""
     with batch_cluster(slurm_cluster, 1, cpus_per_job=1) as c:
+        c.wait_for_workers(1, 60)
         c.launcher.python = "/nonexistent/python"  # what a broken environment on the nodes looks like
         with pytest.raises(Exception, match=r"(?s)exited with status 127.*/nonexistent/python"):
             c.scale(2, timeout=90)
+            c.wait_for_workers(2, 60)
+        deadline = time.monotonic() + 10
+        while c.requested != 1 and time.monotonic() < deadline:  # the supervisor gives it up
+            time.sleep(0.1)
         assert c.requested == 1
         c.options.sbatch_arg = ["--hold"]
         import logging
@@ -201,8 +207,8 @@ def test_rejected_sbatch_is_a_clear_error(slurm_cluster):
 def test_worker_that_cannot_start_in_its_job_is_a_clear_error(slurm_cluster):
     from scoop.errors import ClusterError
     with pytest.raises(ClusterError, match=r"(?s)exited with status 127.*/nonexistent/python"):
-        with batch_cluster(slurm_cluster, 2, python="/nonexistent/python"):
-            pass
+        with batch_cluster(slurm_cluster, 2, python="/nonexistent/python") as c:
+            c.wait_for_workers(2, 60)  # if start returned: the job was queued before it ran
 
 
 def test_killed_origin_leaves_no_job(slurm_cluster, tmp_path):
@@ -273,6 +279,8 @@ def test_notebook_kernel_on_the_login_node(slurm_cluster, slurm_kernel):
     k = slurm_kernel
     k.run("%scoop_cluster start --slurm -n 4 --cpus-per-job 2", timeout=120)
     assert len(slurm_cluster.jobs()) == 2
+    # as the start line says: workers join as their jobs start
+    k.run("import scoop_jupyter\nscoop_jupyter.cluster().wait_for_workers(4, 90)", timeout=120)
     k.run("import socket, time, scoop\n"
           "def where(x):\n"
           "    time.sleep(0.05)\n"
@@ -285,6 +293,7 @@ def test_notebook_kernel_on_the_login_node(slurm_cluster, slurm_kernel):
     assert len(slurm_cluster.jobs()) == 1
     k.run("%scoop_cluster scale 4", timeout=120)
     assert len(slurm_cluster.jobs()) == 2
+    k.run("scoop_jupyter.cluster().wait_for_workers(4, 90)", timeout=120)
     assert k.value("sorted(set(scoop.futures.map(where, range(40))))", timeout=120) == ["node1", "node2"]
     os.kill(k.pid, signal.SIGKILL)
     assert slurm_cluster.wait_no_jobs(15) == []

@@ -129,6 +129,13 @@ def main(argv=None) -> int:
     try:
         try:
             cluster.start()
+            if cluster.pending:
+                # a program run by scoop expects its workers (scoop.SIZE): batch jobs still in the
+                # queue are waited for here, as a job script waits for its allocation
+                if not args.quiet:
+                    sys.stderr.write(f"scoop: waiting for {cluster.pending} workers pending in the queue "
+                                     f"(jobs {', '.join(cluster.launcher.pending())})\n")
+                cluster.wait_for_workers(cluster.requested, float("inf"))
         except (ClusterError, HostfileError, OSError) as exc:
             sys.stderr.write(f"scoop: error: {exc}\n")
             return 1
