@@ -467,6 +467,7 @@ def test_walltime_reached_mid_map_loses_nothing(slurm_cluster):
         return slurm_cluster.run(argv, check=False).stdout.strip()
 
     with batch_cluster(slurm_cluster, 2, cpus_per_job=2, walltime="1", job_replace=True, inline=False) as c:
+        c.wait_for_workers(2, 90)  # the first job runs (start returned once it was queued)
         first = c.workers[0].job_id
         # ~6 one-second tasks in flight until 20 tasks past the first job's end: the work
         # straddles the moment SLURM ends that job
