@@ -294,12 +294,13 @@ def lab(tmp_path):
 
 @pytest.fixture
 def lab_single_shell(tmp_path, monkeypatch):
-    """A lab that also offers the kernel without subshells of test_notebook_without_subshells."""
-    from test_notebook_without_subshells import single_shell_kernelspec
+    """A lab that also offers the kernel without subshells of test_notebook_without_subshells
+    (a real ipykernel 6 with SCOOP_TEST_IPYKERNEL6_PYTHON)."""
+    from test_notebook_without_subshells import IPYKERNEL6, single_shell_kernelspec
 
     if not labextension_installed():
         pytest.fail("scoop-jupyter labextension is not installed: run `pip install -e .`")
-    single_shell_kernelspec(tmp_path / "single-shell")
+    single_shell_kernelspec(tmp_path / "single-shell", IPYKERNEL6)
     monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(
         filter(None, [str(tmp_path / "single-shell"), os.environ.get("JUPYTER_PATH")])))
     server = LabServer(tmp_path)

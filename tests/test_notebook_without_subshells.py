@@ -6,11 +6,14 @@ subshells" among its features) has one shell channel, served by the main thread:
 wait behind the running cell.  They must still work then, as they did before subshells: no
 error, no hang, the cell left alone (a stop does not interrupt it), the command taken when the
 cell ends.  The kernel here is ipykernel 7 started with the single shell channel of ipykernel 6
-(no shell-channel thread), so it says it has no subshells, as an ipykernel 6 kernel does.
+(no shell-channel thread), so it says it has no subshells, as an ipykernel 6 kernel does;
+with ``SCOOP_TEST_IPYKERNEL6_PYTHON`` naming a Python that has ipykernel 6 (and this
+project's dependencies), the same tests also run on a real ipykernel 6 kernel.
 """
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 import threading
@@ -42,11 +45,16 @@ SingleShellApp.launch_instance()
 SPEC = "python3-single-shell"
 
 
-def single_shell_kernelspec(tmp) -> KernelSpecManager:
+IPYKERNEL6 = os.environ.get("SCOOP_TEST_IPYKERNEL6_PYTHON")
+
+
+def single_shell_kernelspec(tmp, python: str | None = None) -> KernelSpecManager:
+    """The kernel above (or ``python``'s own ipykernel) as kernel spec ``SPEC`` under ``tmp``."""
     spec = tmp / "kernels" / SPEC
     spec.mkdir(parents=True)
+    argv = ([python, "-m", "ipykernel_launcher"] if python else [sys.executable, "-c", NO_SUBSHELLS])
     (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-c", NO_SUBSHELLS, "-f", "{connection_file}"],
+        "argv": argv + ["-f", "{connection_file}"],
         "display_name": "Python 3 (one shell channel)", "language": "python"}))
     return KernelSpecManager(kernel_dirs=[str(tmp / "kernels")])
 
@@ -54,8 +62,8 @@ def single_shell_kernelspec(tmp) -> KernelSpecManager:
 class SingleShellKernel(KernelDriver):
     """A KernelDriver of the kernel above."""
 
-    def __init__(self, tmp):
-        self.km = KernelManager(kernel_name=SPEC, kernel_spec_manager=single_shell_kernelspec(tmp))
+    def __init__(self, tmp, python: str | None = None):
+        self.km = KernelManager(kernel_name=SPEC, kernel_spec_manager=single_shell_kernelspec(tmp, python))
         self.km.start_kernel(env=kernel_env(), cwd=PROGRAMS)
         self.kc = self.km.client()
         self.kc.start_channels()
@@ -67,9 +75,14 @@ class SingleShellKernel(KernelDriver):
         self._thread.start()
 
 
-@pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
-    k = SingleShellKernel(tmp_path_factory.mktemp("single-shell"))
+@pytest.fixture(scope="module", params=["single-shell", "ipykernel6"])
+def kernel(request, tmp_path_factory):
+    python = None
+    if request.param == "ipykernel6":
+        if not IPYKERNEL6:
+            pytest.skip("SCOOP_TEST_IPYKERNEL6_PYTHON names no Python with ipykernel 6")
+        python = IPYKERNEL6
+    k = SingleShellKernel(tmp_path_factory.mktemp("single-shell"), python)
     try:
         k.run("%load_ext scoop_jupyter\nimport time\nfrom scoop import futures\n"
               "def nap(s):\n    time.sleep(s)\n    return s")
@@ -126,6 +139,8 @@ def live(d) -> int:
 def test_the_kernel_says_it_has_no_subshells(kernel):
     info = kernel_info(kernel)
     assert "kernel subshells" not in info.get("supported_features", []), info
+    version = kernel.value("__import__('ipykernel').__version__")
+    print(f"kernel: ipykernel {version}, protocol {info['protocol_version']}")
 
 
 def test_panel_commands_during_a_cell_take_effect_when_it_ends(kernel):
