@@ -38,6 +38,7 @@ class ClusterView:
     launcher: Launcher | None
     relay: OutputRelay | None
     runtime: Runtime | None        # this process's connection, when it is the origin
+    main_port: int | None
     meta_port: int | None
     _spec: Spec                    # requested
     _live: dict[str, Handle]       # launched and not yet seen to end
@@ -51,7 +52,6 @@ class ClusterView:
     _stopping: bool
 
     # ---- the processes -------------------------------------------------------------------------
-
     @property
     def broker_procs(self) -> list:
         """The broker processes: the root first, then the sub-brokers."""
@@ -75,27 +75,19 @@ class ClusterView:
 
     # ---- counts -------------------------------------------------------------------------------
     @property
-    def pending(self) -> int:
-        """Workers whose batch jobs still wait in the queue (0 for other launchers)."""
-        return self._queue.pending_workers() if self._queue is not None else 0
-
-    def subscribe(self, callback):
-        """``callback(kind, data)`` for every snapshot and event; returns an unsubscribe function."""
-        if self._meta is None and not self.running:
-            raise ClusterError("the cluster is not running")
-        return self.meta.subscribe(callback)
-
-    @property
     def running(self) -> bool:
+        """Started, not stopped, and its broker alive."""
         return self._started and not self._stopping and self.broker_proc is not None \
             and self.broker_proc.poll() is None
 
     @property
     def requested(self) -> int:
+        """Workers the spec wants."""
         return len(self._spec)
 
     @property
     def launched(self) -> int:
+        """Workers started and not ended (nor retired)."""
         return len([h for h in list(self._live.values()) if not h.retired and h.poll() is None])
 
     @property
@@ -119,6 +111,12 @@ class ClusterView:
         snap = self.meta.wait_for(lambda s: True, 0.5)
         return len(snap["workers"]) if snap else 0
 
+    @property
+    def pending(self) -> int:
+        """Workers whose batch jobs still wait in the queue (0 for other launchers)."""
+        return self._queue.pending_workers() if self._queue is not None else 0
+
+    # ---- waiting for workers ---------------------------------------------------------------------
     def _pump(self, seconds: float) -> None:
         if self.runtime is not None:
             self.runtime.pump(seconds)
@@ -190,6 +188,12 @@ class ClusterView:
                     self._meta.subscribe(self._joined.note)
                     self._meta.start()
         return self._meta
+
+    def subscribe(self, callback):
+        """``callback(kind, data)`` for every snapshot and event; returns an unsubscribe function."""
+        if self._meta is None and not self.running:
+            raise ClusterError("the cluster is not running")
+        return self.meta.subscribe(callback)
 
     def status(self, timeout: float = 2.0) -> dict:
         """The latest load snapshot from the meta stream (workers, totals)."""
