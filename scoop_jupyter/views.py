@@ -310,7 +310,7 @@ def sparkline(points, width: int = 300, height: int = 60) -> str:
         for frac in (0.0, 0.5, 1.0):
             x = left + frac * pw
             ago = span * (1 - frac)
-            label = "now" if ago < 0.05 else f"-{ago:.0f} s"
+            label = "now" if ago < 0.05 else f"-{ago:.1f} s" if ago < 9.95 else f"-{ago:.0f} s"
             anchor = "start" if frac == 0 else "end" if frac == 1 else "middle"
             parts.append(f'<text x="{x:.1f}" y="{height - 3}" text-anchor="{anchor}" '
                          f'fill="currentColor">{label}</text>')
