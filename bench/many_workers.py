@@ -1,6 +1,6 @@
 """Many real worker processes on this box: time until all joined, a map across all, memory per worker.
 
-    python bench/many_workers.py --workers 256 --peers scoop,scoop07,ipp,dask
+    python bench/many_workers.py --workers 256 --peers scoop,scoop07,dask,ipyparallel@64
 
 Each system is started the way its users start it, from the program that uses it:
 
@@ -9,7 +9,7 @@ Each system is started the way its users start it, from the program that uses it
   scoop07  SCOOP 0.7.2.0 (bench/.venv-scoop07, made by bench/setup_peers.sh), the same way (its
            -n counts the origin among the workers)
   scoop-cluster  Cluster(n) from Python (workers spawned, as from a notebook), wait_for_workers(n)
-  ipp      ipyparallel: ipp.Cluster(n).start_and_connect_sync(), rc.wait_for_engines(n)
+  ipyparallel  ipyparallel: ipp.Cluster(n).start_and_connect_sync(), rc.wait_for_engines(n)
   dask     LocalCluster(n_workers=n, threads_per_worker=1) (nannies, its default), wait_for_workers(n)
 
 The map is one tiny task per worker (`os.getpid`) times 4, so every worker must answer.  Memory is
@@ -65,6 +65,7 @@ def _children(p):
 
 
 def _pid(_):
+    import os  # ipyparallel ships this function by value, without the module's globals
     return os.getpid()
 
 
@@ -201,47 +202,66 @@ def run_scoop07(n: int) -> dict:
 
 
 RUNNERS = {"scoop": run_cli, "scoop-cluster": run_scoop, "scoop07": run_scoop07,
-           "ipp": run_ipp, "dask": run_dask}
+           "ipp": run_ipp, "ipyparallel": run_ipp, "dask": run_dask}
+
+
+def _plan(peers: str, workers: int) -> list[tuple[str, int]]:
+    """``dask,ipyparallel@64``: each system at --workers, or at its own count after @; scoop also
+    runs at every count another system runs at, so each ratio compares equal counts."""
+    plan = []
+    for item in peers.split(","):
+        name, _, count = item.strip().partition("@")
+        if name not in RUNNERS:
+            raise SystemExit(f"many_workers.py: unknown system {name!r}; choose from {', '.join(RUNNERS)}")
+        plan.append((name, int(count) if count else workers))
+    if any(name == "scoop" for name, _ in plan):
+        for n in dict.fromkeys(n for _, n in plan):
+            if ("scoop", n) not in plan:
+                plan.insert(next(i for i, (_, k) in enumerate(plan) if k == n), ("scoop", n))
+    return plan
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=256)
-    ap.add_argument("--peers", default="scoop,scoop-cluster,scoop07,ipp,dask")
+    ap.add_argument("--peers", default="scoop,scoop-cluster,scoop07,ipyparallel,dask",
+                    help="systems, comma-separated; NAME@N runs that one at N workers")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     _raise_nofile()
     if a.one:
         print(json.dumps(RUNNERS[a.one](a.workers)), flush=True)
         return
-    print(f"# {a.workers} workers per system on {os.cpu_count()} cores; RLIMIT_NOFILE raised to "
+    plan = _plan(a.peers, a.workers)
+    print(f"# {', '.join(f'{p}@{n}' for p, n in plan)} on {os.cpu_count()} cores; load average "
+          f"{os.getloadavg()[0]:.1f}; RLIMIT_NOFILE raised to "
           f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}", flush=True)
     rows = {}
-    for peer in a.peers.split(","):
+    for peer, n in plan:
         if peer == "scoop07" and not os.path.exists(SCOOP07):
             print("# scoop07: run bench/setup_peers.sh first", flush=True)
             continue
-        r = subprocess.run([sys.executable, __file__, "--workers", str(a.workers), "--one", peer],
+        r = subprocess.run([sys.executable, __file__, "--workers", str(n), "--one", peer],
                            capture_output=True, text=True, timeout=1800)
         try:
-            rows[peer] = json.loads(r.stdout.strip().splitlines()[-1])
+            rows[peer, n] = json.loads(r.stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
-            print(f"# {peer} failed: {r.stderr.strip()[-800:]}", flush=True)
+            print(f"# {peer}@{n} failed: {r.stderr.strip()[-800:]}", flush=True)
             continue
-        print(f"# {peer}: {rows[peer]}", flush=True)
+        print(f"# {peer}@{n}: {rows[peer, n]} (load average {os.getloadavg()[0]:.1f})", flush=True)
     mib = 1 << 20
-    print(f"\n| system | workers answering | all joined (s) | map of {4 * a.workers} (s) | "
-          "PSS per worker (MiB) | USS per worker (MiB) | vs scoop: joined, PSS |")
-    print("|---|---|---|---|---|---|---|")
-    base = rows.get("scoop")
-    for peer, r in rows.items():
-        per = a.workers or 1
+    print("\n| system | workers | answering | all joined (s) | map of 4N (s) | PSS per worker (MiB) | "
+          "USS per worker (MiB) | vs scoop at N: joined, map, PSS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (peer, n), r in rows.items():
+        base = rows.get(("scoop", n))
         ratio = ""
-        if base and r.get("joined_s") and r.get("pss"):
-            ratio = f"{r['joined_s'] / base['joined_s']:.2f}x, {r['pss'] / base['pss']:.2f}x"
+        if base and r.get("joined_s") and r.get("pss") and base.get("joined_s"):
+            ratio = (f"{r['joined_s'] / base['joined_s']:.2f}x, {r.get('map_s', 0) / base['map_s']:.2f}x, "
+                     f"{r['pss'] / base['pss']:.2f}x")
         joined = f"{r['joined_s']:.2f}" if r.get("joined_s") else "?"
-        print(f"| {peer} | {r.get('answered')} | {joined} | {r.get('map_s', 0):.2f} | "
-              f"{r.get('pss', 0) / per / mib:.1f} | {r.get('uss', 0) / per / mib:.1f} | {ratio} |")
+        print(f"| {peer} | {n} | {r.get('answered')} | {joined} | {r.get('map_s', 0):.2f} | "
+              f"{r.get('pss', 0) / n / mib:.1f} | {r.get('uss', 0) / n / mib:.1f} | {ratio} |")
 
 
 if __name__ == "__main__":
