@@ -8,13 +8,14 @@ The parts, one concern each: the connection (config, agent, ProxyJump, host keys
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from ..errors import ClusterError
 from . import ssh_process
-from .base import Launcher, ProcessHandle, config_line, register
+from .base import Launcher, ProcessHandle, register
 from .local import SpawnLauncher
 from .ssh_connection import SSHConnection, SSHError
 from .ssh_process import REMOTE_KILL_GRACE, REMOTE_TERM_GRACE, OutputCallback, RemoteProcess, remote_command
@@ -153,34 +154,96 @@ class SSHLauncher(Launcher):
         return f"tcp://{self.options.external_hostname or rh.local_address}:{port}"
 
     def start(self, specs):
+        """The workers of one host start from one process there (:mod:`.ssh_agent`), on one SSH
+        session of the host's one connection, however many they are."""
         handles = []
         # the hosts import the scoop this process runs when its directory exists there too (a
         # shared file system, a source checkout); a missing directory on PYTHONPATH is ignored
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = {"PYTHONUNBUFFERED": "1", **(self.options.env or {}),
                "PYTHONPATH": os.pathsep.join(dict.fromkeys(self.options.pythonpath + [here]))}
+        by_host: dict[str, list] = {}
         for spec in specs:
             if spec.host is None:
                 handles += self._local.start([spec])
-                continue
+            else:
+                by_host.setdefault(spec.host, []).append(spec)
+        for host, group in by_host.items():
+            workers = [HostWorker(spec.name) for spec in group]
+            line = json.dumps({"workers": [spec.config for spec in group]}).encode() + b"\n"
             try:
-                proc = self.hosts[spec.host].start(
-                    self.worker_argv(), stdin_data=config_line(spec.config), cwd=self.cwd, env=env,
-                    prolog=self.options.prolog,
-                    on_output=lambda stream, line, _n=spec.name: self.relay.emit(_n, stream, line + "\n"))
+                agent = self.hosts[host].start(
+                    [self.python, "-m", "scoop.launch.ssh_agent"], stdin_data=line, cwd=self.cwd,
+                    env=dict(env, SCOOP_ROLE="agent"),  # ps finds it and its forks by their environment
+                    prolog=self.options.prolog, on_output=_AgentOutput(workers, self.relay))
             except SSHError as exc:
                 raise ClusterError(str(exc)) from None
-            h = ProcessHandle(spec.name, spec.host, proc)
-            self.handles.append(h)
-            handles.append(h)
+            for i, (spec, w) in enumerate(zip(group, workers)):
+                w.agent, w.index = agent, i
+                h = ProcessHandle(spec.name, host, w)
+                self.handles.append(h)
+                handles.append(h)
         return handles
 
     def stop(self, timeout: float = 5.0):
         self._local.stop(timeout)
         for h in self.handles:
-            h.kill()
+            agent = getattr(h.proc, "agent", None)
+            if agent is not None:
+                agent.kill()  # the agent's end: its workers leave
         for rh in self.hosts.values():
             try:
                 rh.close()
             except Exception:
                 pass
+
+
+class HostWorker:
+    """One worker that an agent (:mod:`.ssh_agent`) forked on its host: what a Popen would say
+    of it comes from the agent's output; the agent's end is its end too (it dies with it)."""
+
+    pid = None
+
+    def __init__(self, name: str):
+        self.name = name
+        self.agent: RemoteProcess | None = None
+        self.index = -1
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self.agent is not None:
+            code = self.agent.poll()
+            if code is not None and self.returncode is None:
+                self.returncode = code if code else -1  # gone without word: killed with the agent
+        return self.returncode
+
+    def wait(self, timeout=None):
+        self.agent.wait(timeout)
+        return self.poll()
+
+    def kill(self) -> None:
+        try:
+            self.agent.write_stdin(f"k {self.index}\n".encode())
+        except SSHError:
+            pass
+
+
+class _AgentOutput:
+    """Sorts an agent's output lines by worker, for the relay; its exit lines end a worker."""
+
+    def __init__(self, workers: list[HostWorker], relay):
+        self.workers = workers
+        self.relay = relay
+
+    def __call__(self, stream: str, line: str) -> None:
+        if stream == "stdout":
+            i, kind, text = (line.split(" ", 2) + ["", ""])[:3]
+            if i.isdigit() and int(i) < len(self.workers) and kind in ("o", "e", "x"):
+                w = self.workers[int(i)]
+                if kind == "x":
+                    w.returncode = int(text) if text.lstrip("-").isdigit() else -1
+                else:
+                    self.relay.emit(w.name, "stdout" if kind == "o" else "stderr", text + "\n")
+                return
+        for w in self.workers:  # the agent's own words (it could not start): every worker's reason
+            self.relay.emit(w.name, "stderr", line + "\n")
