@@ -60,6 +60,7 @@ def raise_fd_limit(need: int):
 
 
 ENCRYPTION = True  # --encryption off: PLAIN handshakes, no CURVE (a trusted fabric)
+SIM_NICE = 10      # --sim-nice: the simulators' niceness (the broker is never kept waiting for a core)
 
 
 def start_broker(secret: bytes, upstream: str | None = None):
@@ -67,7 +68,8 @@ def start_broker(secret: bytes, upstream: str | None = None):
            "heartbeat_timeout": 600, "encryption": ENCRYPTION}
     if upstream:
         cfg["upstream"] = upstream
-    proc = subprocess.Popen([sys.executable, "-m", "scoop.broker"], stdin=subprocess.PIPE,
+    module = "scoop.federation" if upstream else "scoop.broker"  # a sub-broker, or the root
+    proc = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE)
     proc.stdin.write((json.dumps(cfg) + "\n").encode())
     proc.stdin.flush()
@@ -141,6 +143,8 @@ def simulated_workers(ports, secret, count, credit, stop, ready, close_fds=()):
             os.close(fd)
         except OSError:
             pass
+    if SIM_NICE:
+        os.nice(SIM_NICE)  # the broker first: it is what is measured, they only answer
     signer = P.Signer(secret)
     ctx = zmq.Context()
     ctx.max_sockets = count + 16
@@ -301,11 +305,17 @@ def measure(a, workers: int) -> dict:
         t_connect = time.monotonic()
         sims.start()
         # a federation's root hears of workers behind sub-brokers from their load reports
-        t_joined = _joined(origin, signer, workers, 120)
+        t_joined = _joined(origin, signer, workers, max(120, workers / 200))
         out["join_s"] = round(t_joined - t_connect, 2) if t_joined else None
         sims.wait_connected()
         time.sleep(1.0)
         out["broker_kib_per_worker"] = round((_rss(broker.pid) - rss0) / workers / 1024, 1)
+        bp = psutil.Process(broker.pid)
+        c0, t0 = bp.cpu_times(), time.monotonic()
+        time.sleep(2.0)
+        c1, t1 = bp.cpu_times(), time.monotonic()
+        # what the connected workers cost with nothing to route: snapshots, heartbeats
+        out["broker_idle_cpu"] = round((c1.user + c1.system - c0.user - c0.system) / (t1 - t0), 3)
         if subs:
             out["sub_broker_kib_per_worker"] = round(
                 sum(_rss(s.pid) for s in subs) / workers / 1024, 1)
@@ -343,20 +353,24 @@ def _load(a, window, origin, signer, index, digest, broker, subs, meta) -> dict:
     pack = P.TASK_HEADER.pack
     task_prefix = P.REC.pack(P.TASK_HEADER.size, len(BODY), 0)
     result_byte = P.RESULT[0]
+    next_send = time.monotonic()
+    routed = []  # (time, messages the broker routed so far), from its snapshots
     while True:
         now = time.monotonic()
         if not marks and now >= t_measure:
-            marks.append((now, done, bp.cpu_times(), [s.cpu_times() for s in sps]))
+            marks.append((now, done, bp.cpu_times(), [s.cpu_times() for s in sps], _threads(bp)))
             while meta.poll(0):
                 meta.recv_multipart()
             meta_bytes = 0
+            routed.clear()
         if kill_at is not None and now >= kill_at:
             subs[0].kill()  # mid-stream: its workers' tasks must run elsewhere, once
             kill_at = None
         if now >= t_end:
             if seen is None or not in_flight or now >= t_end + 60:
                 break
-        while in_flight < window and now < t_end:
+        while in_flight < window and now < t_end and (not a.rate or now >= next_send):
+            next_send = max(next_send, now - 0.1) + a.batch / a.rate if a.rate else 0
             pieces = []
             for _ in range(a.batch):
                 seq += 1
@@ -364,8 +378,14 @@ def _load(a, window, origin, signer, index, digest, broker, subs, meta) -> dict:
             _send(origin, signer, b"".join(pieces))
             in_flight += a.batch
         while meta.poll(0):
-            meta_bytes += sum(len(f) for f in meta.recv_multipart())
-        if origin.poll(50):
+            frames = meta.recv_multipart()
+            meta_bytes += sum(len(f) for f in frames)
+            if frames[0] == P.STATUS and marks:
+                for rec in P.parse(frames[1], frames[2:]) or ():
+                    totals = json.loads(bytes(rec.body))["totals"]
+                    routed.append((time.monotonic(), totals["routed_messages"]))
+        wait = 50 if not a.rate else max(0, min(50, int((next_send - time.monotonic()) * 1000)))
+        if origin.poll(wait):
             while origin.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 parts = [origin.recv()]
                 while origin.getsockopt(zmq.RCVMORE):
@@ -383,19 +403,30 @@ def _load(a, window, origin, signer, index, digest, broker, subs, meta) -> dict:
     if seen is not None:
         return {"killed_sub_broker": True, "tasks_submitted": seq, "results": len(seen),
                 "lost": seq - len(seen), "duplicates": dups}
-    t1, d1, c1, s1 = time.monotonic(), done, bp.cpu_times(), [s.cpu_times() for s in sps]
-    t0, d0, c0, s0 = marks[0]
+    t1, d1, c1, s1, th1 = time.monotonic(), done, bp.cpu_times(), [s.cpu_times() for s in sps], _threads(bp)
+    t0, d0, c0, s0, th0 = marks[0]
     tasks_per_s = (d1 - d0) / (t1 - t0)
     cpu = ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0)
+    main_cpu = (th1.get(bp.pid, 0) - th0.get(bp.pid, 0)) / (t1 - t0)
     out = {"tasks_per_s": round(tasks_per_s), "records_per_s": round(2 * tasks_per_s),
-           "broker_cpu": round(cpu, 2), "tasks_done": done,
+           "broker_cpu": round(cpu, 2), "broker_cpu_main": round(main_cpu, 2),
+           "broker_cpu_io": round(cpu - main_cpu, 2), "tasks_done": done,
            # what one core of broker routes: independent of the simulators' own CPU needs
            "records_per_broker_cpu_s": round(2 * tasks_per_s / cpu) if cpu > 0 else None,
            "meta_bytes_per_s": round(meta_bytes / (t1 - t0))}
+    if len(routed) >= 2:
+        msgs = (routed[-1][1] - routed[0][1]) / (routed[-1][0] - routed[0][0])
+        out["messages_per_s"] = round(msgs)
+        out["records_per_message"] = round(2 * tasks_per_s / msgs, 2) if msgs else None
     if subs:
         out["sub_broker_cpu"] = [round(((b.user + b.system) - (a_.user + a_.system)) / (t1 - t0), 2)
                                  for a_, b in zip(s0, s1)]
     return out
+
+
+def _threads(proc) -> dict:
+    """CPU seconds per thread id (the main thread's id is the pid; the rest is libzmq's I/O)."""
+    return {t.id: t.user_time + t.system_time for t in proc.threads()}
 
 
 def table(rows):
@@ -425,6 +456,11 @@ def main(argv=None):
     ap.add_argument("--window-per-worker", type=int, default=0, metavar="N",
                     help="N tasks in flight per worker instead (the same load on each worker at every size)")
     ap.add_argument("--batch", type=int, default=500, help="tasks per submit message")
+    ap.add_argument("--rate", type=float, default=0, metavar="TASKS_PER_S",
+                    help="submit at this pace (the same load at every size) instead of keeping the "
+                         "window full; the window stays a cap")
+    ap.add_argument("--sim-nice", type=int, default=10,
+                    help="niceness of the simulating processes (0: compete with the broker for cores)")
     ap.add_argument("--credit", type=int, default=64, help="credit per simulated worker")
     ap.add_argument("--per-proc", type=int, default=500,
                     help="simulated workers per process (each process has its own ZeroMQ context)")
@@ -438,12 +474,14 @@ def main(argv=None):
     ap.add_argument("--baseline", action="store_true",
                     help="also measure a bare ROUTER's memory per connection (libzmq's own)")
     a = ap.parse_args(argv)
-    global ENCRYPTION
+    global ENCRYPTION, SIM_NICE
     ENCRYPTION = a.encryption == "on"
+    SIM_NICE = a.sim_nice
     sizes = a.table or [a.workers]
     if min(sizes) < 1 or a.per_proc < 1 or a.per_proc > 1000:
         raise SystemExit("broker_capacity: workers must be positive and --per-proc between 1 and 1000")
-    ports = raise_fd_limit(max(sizes) + 1000)
+    # the busiest process: the broker (or each sub-broker) holds a descriptor per worker it serves
+    ports = raise_fd_limit(-(-max(sizes) // max(1, a.federation)) + a.per_proc + 1000)
     if max(sizes) > ports * max(1, a.federation or 1):
         sys.stderr.write(f"broker_capacity: {max(sizes)} connections, {ports} local ports per destination\n")
     rows = []

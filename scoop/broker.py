@@ -159,16 +159,18 @@ class Broker:
                     if core.size_due and now >= next_size:
                         # a broadcast, a message to every peer: at most ~5 % of the broker's time
                         # (while 10,000 join, a broadcast a second would be most of it)
+                        t0 = time.monotonic()
                         core.send_size()
                         self._flush()
-                        next_size = now + max(0.1, len(core.peers) / 10000, 20 * (time.monotonic() - now))
+                        next_size = now + max(0.1, len(core.peers) / 10000, 20 * (time.monotonic() - t0))
                     next_check = now + 0.1
                 if now >= next_status or (self._status_due and now >= next_due):
                     self._status_due = False
+                    t0 = time.monotonic()
                     self._publish_status(now)
                     # a snapshot walks the workers: at most ~5 % of the broker's time, also
                     # while thousands join (each join makes one due)
-                    spent = 20 * (time.monotonic() - now)
+                    spent = 20 * (time.monotonic() - t0)
                     interval = status_interval(self.census.total, self.status_interval)
                     next_status = now + max(interval, spent)
                     next_due = now + max(interval / 4, spent)

@@ -15,6 +15,7 @@ sub-broker, so its work per report grows with the snapshot, not with the workers
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 
 FULL = 256    # up to this many workers, each snapshot lists them all
 PAGE = 64     # beyond: records of a page that rotates over all workers, per snapshot
@@ -51,10 +52,10 @@ def _check_summary(load: dict):
 
 
 def _bin(edges, x) -> int:
-    i = len(edges) - 1
-    while i > 0 and x < edges[i]:
-        i -= 1
-    return i
+    return max(0, bisect_right(edges, x) - 1)
+
+
+_HELD_BIN = [_bin(HELD_EDGES, k) for k in range(HELD_EDGES[-1] + 1)]  # a lookup per worker, not a search
 
 
 class Census:
@@ -68,12 +69,13 @@ class Census:
         self.changed: dict[str, None] = {}   # ids whose state changed lately, oldest first
         self.left: list[str] = []            # ids gone since the last snapshot
         self.total = 0
-        self.books: dict[bytes, Book] = {}   # sub-broker uid -> the records of its workers
+        self.books: dict[bytes, Ledger] = {}  # sub-broker uid -> the records of its workers
+        self.turn = 0                        # whose page the next snapshot carries (see _page)
         self.summaries: dict[bytes, dict] = {}  # sub-broker uid -> its last report, checked
 
     def note_load(self, peer):
-        """A sub-broker's report (its snapshot): checked, its records go to its book; a bad one
-        is a ValueError and changes nothing."""
+        """A sub-broker's report (its snapshot): checked, its records go to its ledger; a bad
+        one is a ValueError and changes nothing.  The work is the report's size."""
         load = peer.load
         if "count" not in load:
             return  # every record, as the report itself: read at each snapshot
@@ -81,13 +83,8 @@ class Census:
         self.summaries[peer.uid] = load
         book = self.books.get(peer.uid)
         if book is None:
-            book = self.books[peer.uid] = Book()
-        before = set(book.records) if load.get("complete", True) else None
-        book.apply(load)
-        gone = [str(w) for w in load.get("left", ())]
-        if before is not None:
-            gone += [w for w in before if w not in book.records]
-        for wid in gone:
+            book = self.books[peer.uid] = Ledger()
+        for wid in book.apply(load):
             self.note_left(wid)
 
     def note_gone(self, peer):
@@ -103,15 +100,20 @@ class Census:
         self.state.pop(wid, None)
         self.changed.pop(wid, None)
 
-    def _sources(self):
-        """(id, the record or its peer) of every worker: direct ones and those behind sub-brokers."""
+    def _sources(self, ledgers: bool):
+        """(id, the record or its peer) of the workers looked at one by one: direct ones, those
+        of sub-brokers that send every record, and (``ledgers``: few of them) those in ledgers."""
         for p in self.core.peers.values():
             if p.role == "worker":
                 yield str(p.index), p
             elif p.role == "broker":
                 book = self.books.get(p.uid)
-                for w in book.records.values() if book is not None else p.load.get("workers", ()):
-                    yield str(w.get("id")), (p, w)
+                if book is None:
+                    for w in p.load.get("workers", ()):
+                        yield str(w.get("id")), (p, w)
+                elif ledgers:
+                    for wid, w in book.records.items():
+                        yield wid, (p, w)
 
     def _add_summaries(self, held_hist, cpu_hist) -> dict:
         """Sub-brokers whose report is a snapshot: their histograms are added here (their
@@ -149,7 +151,10 @@ class Census:
         state, changed = self.state, self.changed
         n = 0
         summed = self._add_summaries(held_hist, cpu_hist)
-        for wid, src in self._sources():
+        # the root of a federation: the workers behind sub-brokers are counted in their reports;
+        # their records are listed one by one only while there are few
+        few = sum(len(b.records) for b in self.books.values()) <= FULL
+        for wid, src in self._sources(few):
             n += 1
             if type(src) is tuple and src[0].uid in summed:
                 items.append((wid, src))  # counted in its sub-broker's totals and histograms
@@ -166,10 +171,10 @@ class Census:
                 is_busy = bool(held or load.get("running", 0))
                 cpu = load.get("cpu", 0.0) or 0.0
                 ret = src.retiring
-            if not isinstance(held, int) or not isinstance(cpu, (int, float)):
+            if type(held) is not int or held < 0 or not isinstance(cpu, (int, float)):
                 held, cpu = 0, 0.0
             items.append((wid, src))
-            held_hist[_bin(HELD_EDGES, held)] += 1
+            held_hist[_HELD_BIN[held] if held < len(_HELD_BIN) else -1] += 1
             cpu_hist[_bin(CPU_EDGES, cpu)] += 1
             s = "retiring" if ret else "busy" if is_busy else "idle"
             if state.get(wid) != s:
@@ -190,9 +195,9 @@ class Census:
             busy += max(0, p.behind - t.get("idle", p.behind))
             retiring += t.get("retiring", 0)
             top = load.get("top", {})
-            book = self.books.get(p.uid)
+            records = self.books[p.uid].records
             for wid in top.get("busiest", ()):
-                w = book.records.get(str(wid))
+                w = records.get(str(wid))
                 if w is not None:
                     held = w.get("assigned", 0)
                     held = held if isinstance(held, int) else 0
@@ -201,7 +206,7 @@ class Census:
                     elif held > busiest[0][0]:
                         heapq.heapreplace(busiest, (held, n, str(wid), (p, w)))
             for wid in top.get("idle", ())[:TOP - len(idle)]:
-                w = book.records.get(str(wid))
+                w = records.get(str(wid))
                 if w is not None:
                     idle.append((str(wid), (p, w)))
             for wid in top.get("changed", ()):
@@ -219,7 +224,6 @@ class Census:
             records = [self._record(src) for _wid, src in items]
             page = {"start": 0, "size": n, "of": n}
         else:
-            start = self.cursor % max(1, listed)
             chosen = dict(busiest)
             chosen.update(idle)
             by_id = None
@@ -229,11 +233,8 @@ class Census:
                         by_id = dict(items)
                     if wid in by_id:
                         chosen[wid] = by_id[wid]
-            paged = items[start:start + PAGE]
-            if len(paged) < PAGE:
-                paged += items[:PAGE - len(paged)]
+            paged, start = self._page(items, [] if few else list(summed.values()))
             chosen.update(paged)
-            self.cursor = start + PAGE
             records = [self._record(src) for src in chosen.values()]
             page = {"start": start, "size": len(paged), "of": n}
         left, self.left = self.left, []
@@ -252,6 +253,32 @@ class Census:
             "top": {"busiest": [wid for wid, _ in busiest], "idle": [wid for wid, _ in idle],
                     "changed": recent},
         }
+
+
+    def _page(self, items: list, subs: list) -> tuple[list, int]:
+        """The next page: in turn, of the workers listed here and of each sub-broker's ledger
+        (one source per snapshot), so a rotation over every worker costs what it would on one
+        broker and no snapshot walks the records sub-brokers sent."""
+        sources = len(subs) + 1
+        for _ in range(sources):
+            turn = self.turn % sources
+            self.turn += 1
+            if turn == 0:
+                if not items:
+                    continue
+                start = self.cursor % len(items)
+                paged = items[start:start + PAGE]
+                if len(paged) < PAGE:
+                    paged += items[:PAGE - len(paged)]
+                self.cursor = start + PAGE
+                return paged, start
+            p, _load = subs[turn - 1]
+            book = self.books[p.uid]
+            start = book.cursor
+            paged = [(wid, (p, w)) for wid, w in book.page(PAGE)]
+            if paged:
+                return paged, start
+        return [], 0
 
 
 class Book:
@@ -288,4 +315,49 @@ class Book:
                 seen.pop(wid, None)
         out = dict(snap, workers=list(records.values()))
         out["complete"] = isinstance(total, int) and len(records) == total
+        return out
+
+
+class Ledger(Book):
+    """The root's book of one sub-broker's workers: the records its reports carried, paged in
+    the order they first came.  Applying a report costs its size; a page costs its size."""
+
+    def __init__(self):
+        super().__init__()
+        self.order: list[str] = []  # ids in the order they came (some may be gone: skipped)
+        self.cursor = 0
+
+    def apply(self, snap: dict) -> list:
+        """Takes a report's records; returns the ids of workers gone."""
+        records = self.records
+        fresh = {str(w.get("id")): w for w in snap.get("workers", ()) if isinstance(w, dict)}
+        gone = [str(w) for w in snap.get("left", ())]
+        if snap.get("complete", True):
+            gone += [wid for wid in records if wid not in fresh]  # a complete report lists everyone
+        for wid in gone:
+            records.pop(wid, None)
+        order = self.order
+        for wid, w in fresh.items():
+            if wid not in records:
+                order.append(wid)
+            records[wid] = w
+        if len(order) > 2 * len(records) + PAGE:
+            self.order = [wid for wid in dict.fromkeys(order) if wid in records]
+            self.cursor = 0
+        return gone
+
+    def page(self, k: int) -> list:
+        """Up to ``k`` records, from where the last page ended (each at most once)."""
+        order, records = self.order, self.records
+        out = []
+        for _ in range(len(order)):
+            if len(out) >= k:
+                break
+            if self.cursor >= len(order):
+                self.cursor = 0
+            wid = order[self.cursor]
+            self.cursor += 1
+            w = records.get(wid)
+            if w is not None:
+                out.append((wid, w))
         return out
