@@ -162,6 +162,8 @@ class ClusterView:
                     where = h.host or "localhost"
                     joined = h.name in self._joined
                     when = "while waiting for workers" if joined else "before joining the cluster"
+                    if not joined and self.options.prolog:
+                        when += f" (its prolog {self.options.prolog!r} was sourced first: --prolog)"
                     raise ClusterError(f"worker {h.name} on {where} exited with status {code} {when}"
                                        + (f":\n{tail}" if tail else ""))
             why = self._broker_exited()
