@@ -340,7 +340,14 @@ class BatchLauncher(Launcher):
             except subprocess.TimeoutExpired:
                 self._watchdog.kill()
         if self.dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            # a job that just ended may still have its output written by the scheduler's daemon
+            # while the tree is removed: try again until it stays gone
+            deadline = time.monotonic() + 3.0
+            while True:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                if not os.path.exists(self.dir) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
 
     # ---- jobs ------------------------------------------------------------------------------------
     def _started(self, job: BatchJob) -> bool:
