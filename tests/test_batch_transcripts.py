@@ -226,33 +226,13 @@ if __name__ == "__main__":
     print("WORKERS", len(pids), "JOBS", jobs, "SIZE", scoop.SIZE)
 """
 
-LEFT_TASKS = """
-import os, time, psutil
-def left():
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if p.environ().get("LSB_JOBID") == os.environ["LSB_JOBID"] and \\
-                    "scoop.worker" in " ".join(p.info["cmdline"] or []):
-                out.append(p.pid)
-        except psutil.Error:
-            pass
-    return out
-t0 = time.monotonic()
-while left() and time.monotonic() - t0 < 15:
-    time.sleep(0.1)
-print("LEFT", len(left()))
-"""
-
-
 def test_blaunch_starts_workers_inside_an_lsf_job(fakebatch, tmp_path):
     """python -m scoop inside an LSF job of 3 slots: the allocation is read from LSB_MCPU_HOSTS,
     its workers are blaunch tasks of the job (its id in their environment), they join and run the
     map, and they end when the cluster stops, before the job does."""
     prog = tmp_path / "tasks.py"
     prog.write_text(BLAUNCH_PROGRAM)
-    check = tmp_path / "left.py"
-    check.write_text(LEFT_TASKS)
+    check = f"{PROGRAMS}/workers_left.py LSB_JOBID"
     out = tmp_path / "job.out"
     script = (f"#!/bin/sh\n#BSUB -n 3\n#BSUB -o {out}\nexport PYTHONPATH={ROOT}\n"
               f"{sys.executable} -m scoop -v {prog}\necho EXIT $?\n{sys.executable} {check}\n")

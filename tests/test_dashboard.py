@@ -5,7 +5,7 @@ import re
 import time
 
 import pytest
-from test_jupyter_kernel import wait_gone
+from test_jupyter_kernel import serve_kernel
 
 from kernel_driver import KernelDriver
 
@@ -17,14 +17,8 @@ CELLS = re.compile(r"<td[^>]*>(.*?)</td>")
 
 @pytest.fixture(scope="module")
 def kernel():
-    k = KernelDriver()
-    k.run("%load_ext scoop_jupyter\nimport time\nfrom scoop import futures\nimport scoop_jupyter as _sj")
-    try:
-        yield k
-    finally:
-        pid = k.pid
-        k.shutdown()
-        assert not wait_gone(pid, 5.0)
+    yield from serve_kernel(KernelDriver(), "%load_ext scoop_jupyter\nimport time\n"
+                                            "from scoop import futures\nimport scoop_jupyter as _sj")
 
 
 def rows(html: str) -> list[dict]:

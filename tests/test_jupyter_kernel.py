@@ -42,6 +42,18 @@ def wait_gone(kernel_pid: int, timeout: float) -> list:
         time.sleep(0.05)
 
 
+def serve_kernel(k, setup: str):
+    """For a fixture: yields kernel ``k`` once ``setup`` ran in it, then shuts it down and checks
+    that no process of its clusters is left -- also when a test or the setup failed."""
+    try:
+        k.run(setup)
+        yield k
+    finally:
+        pid = k.pid
+        k.shutdown()
+        assert not wait_gone(pid, 5.0)
+
+
 def start_kernel_with_cluster(n=2, options=""):
     k = KernelDriver()
     k.run("%load_ext scoop_jupyter")
@@ -267,13 +279,8 @@ def test_python_api(kernel):
 def own_kernel():
     """A kernel of its own, so a failure here cannot leave the shared one in a bad state."""
     k, _ = start_kernel_with_cluster(2)
-    k.run("import time\nimport scoop.origin\nimport scoop_jupyter as _sj\nfrom scoop import futures")
-    try:
-        yield k
-    finally:
-        pid = k.pid
-        k.shutdown()
-        assert not wait_gone(pid, 5.0)
+    yield from serve_kernel(k, "import time\nimport scoop.origin\nimport scoop_jupyter as _sj\n"
+                               "from scoop import futures")
 
 
 def bar_labels(k, since=0.0) -> list[str]:

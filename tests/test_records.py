@@ -6,7 +6,7 @@ import time
 
 import pytest
 from test_dashboard import panel_comm_id, rows, wait_for_update
-from test_jupyter_kernel import wait_gone
+from test_jupyter_kernel import serve_kernel
 
 from kernel_driver import KernelDriver
 
@@ -17,14 +17,7 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 
 @pytest.fixture(scope="module")
 def kernel():
-    k = KernelDriver()
-    k.run("%load_ext scoop_jupyter\nimport time\nfrom scoop import futures")
-    try:
-        yield k
-    finally:
-        pid = k.pid
-        k.shutdown()
-        assert not wait_gone(pid, 5.0)
+    yield from serve_kernel(KernelDriver(), "%load_ext scoop_jupyter\nimport time\nfrom scoop import futures")
 
 
 def updates_of(k, display_id: str, since: float) -> list[dict]:

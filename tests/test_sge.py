@@ -191,33 +191,13 @@ if __name__ == "__main__":
 """
 
 
-LEFT_WORKERS = """
-import os, time, psutil
-def left():
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            mine = p.environ().get("JOB_ID") == os.environ["JOB_ID"]
-            if mine and "scoop.worker" in " ".join(p.info["cmdline"] or []):
-                out.append(p.pid)
-        except psutil.Error:
-            pass
-    return out
-t0 = time.monotonic()
-while left() and time.monotonic() - t0 < 15:
-    time.sleep(0.1)
-print("LEFT", len(left()), "after %.1f s" % (time.monotonic() - t0))
-"""
-
-
 def test_qrsh_inherit_starts_workers_inside_a_job(sge_cluster, tmp_path):
     """python -m scoop inside a PE job spanning both nodes: its workers are qrsh -inherit tasks of
     that job (the job's id in their environment), they join and run the map, and they end when
     the cluster stops -- before the job ends, not killed by SGE at its end."""
     prog = tmp_path / "steps.py"
     prog.write_text(STEP_PROGRAM)
-    check = tmp_path / "left.py"
-    check.write_text(LEFT_WORKERS)
+    check = f"{PROGRAMS}/workers_left.py JOB_ID"
     script = tmp_path / "job.sh"
     script.write_text(f"#!/bin/sh\nexport PYTHONPATH={ROOT}\n{sys.executable} -m scoop -v {prog}\n"
                       f"echo EXIT $?\n{sys.executable} {check}\n")
