@@ -38,6 +38,9 @@ from .submitter import Submitter
 
 #: seconds a process waits for its welcome once the broker accepted its handshake
 JOIN_PATIENCE = 120.0
+#: seconds it waits for the broker to accept it again when the connection dropped after that:
+#: a broker that is gone (its origin was killed) must not keep a starting worker for 2 minutes
+REJOIN_PATIENCE = 8.0
 INLINE_DEPTH = 50      # inline runs nest in one greenlet's stack: keep far from the recursion limit
 
 
@@ -186,7 +189,8 @@ class Runtime:
         raise_fd_limit()  # an origin's own: a worker's and a broker's are raised at their start
         s = self._socket(b"t" + self.uid.encode())
         s.setsockopt(zmq.LINGER, 2000)
-        admitted = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        admitted = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        accepted = dropped = False
         s.connect(self.broker)
         self.sock = s
         self._poll_items = [(s, zmq.POLLIN)]
@@ -205,12 +209,20 @@ class Runtime:
         deadline = time.monotonic() + timeout
         try:
             while self.index < 0:
-                if admitted is not None and any(True for _ in events(admitted)):
-                    # the broker is alive and took our credentials; it may be busy welcoming
-                    # hundreds of workers started at once on a few cores: be patient with it
-                    deadline = max(deadline, time.monotonic() + JOIN_PATIENCE)
-                    admitted = self._stop_monitor(s, admitted)
+                for event, _ in events(admitted):
+                    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                        # the broker is alive and took our credentials; it may be busy welcoming
+                        # hundreds of workers started at once on a few cores: be patient with it
+                        accepted = True
+                        deadline = max(deadline, time.monotonic() + JOIN_PATIENCE)
+                    elif event == zmq.EVENT_DISCONNECTED and accepted:
+                        # dropped after that: patient again only once a reconnect is accepted
+                        accepted, dropped = False, True
+                        deadline = min(deadline, time.monotonic() + REJOIN_PATIENCE)
                 left = deadline - time.monotonic()
+                if left <= 0 and dropped:
+                    raise ClusterError(f"the broker at {self.broker} dropped this process's connection "
+                                       f"before welcoming it and did not take it back (it has stopped)")
                 if left <= 0:
                     raise ClusterError(f"no answer from the broker at {self.broker} within {timeout:.0f} s "
                                        f"(is it running, and is this the cluster's secret?)")
