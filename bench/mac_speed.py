@@ -11,8 +11,10 @@ buffer) as the memory-speed yardstick.  Every figure is the best of a few runs. 
 Prints a table and one JSON line (key "bench").
 
 --segments: one shared-memory segment's whole trip in one process (written by the sender,
-mapped by the receiver, every page read), as scoop._shm does it, against the same trip with no
-MAC (the path before segments were checked) and with keyed BLAKE3 on both ends (the first check).
+mapped by the receiver, a byte of every page read), as scoop._shm does it for results (a named
+file ending with a GMAC the receiver checks) and for arguments (a sealed memfd the receiver opens
+through /proc and maps, no pass over it), against the same trip with no MAC (the path before
+segments were checked) and with keyed BLAKE3 on both ends (the first check).
 """
 import argparse
 import hashlib
@@ -95,14 +97,15 @@ def segments(sizes):
         np.frombuffer(got, np.uint8)[::4096].sum()
         os.unlink(path)
 
-    def checked(view):
-        seg = segs.put(view)
+    def checked(view, put):
+        seg = put(view)
         np.frombuffer(segs.open(seg, view.nbytes), np.uint8)[::4096].sum()
         segs.unlink(seg)
 
     variants = {"no MAC": bare,
                 "BLAKE3 keyed": lambda v: bare(v, lambda b: blake3.blake3(b, key=KEY).digest(8)),
-                "scoop._shm (GMAC)": checked}
+                "named + GMAC (results)": lambda v: checked(v, segs.put_named),
+                "sealed memfd (arguments)": lambda v: checked(v, segs.put)}
     table = {k: {} for k in variants}
     try:
         for mib in sizes:

@@ -45,13 +45,18 @@ INLINE_DEPTH = 50      # inline runs nest in one greenlet's stack: keep far from
 
 
 def host_key() -> int:
-    """Which processes share this host's memory: hostname and boot id, hashed."""
+    """Which processes share this host's memory: hostname, boot id and pid namespace (a sealed
+    segment is opened through its sender's pid), hashed."""
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as f:
             boot = f.read().strip()
     except OSError:
         boot = b""
-    h = hashlib.blake2b(_socket.gethostname().encode() + b"/" + boot, digest_size=8).digest()
+    try:
+        pid_ns = os.readlink("/proc/self/ns/pid").encode()
+    except OSError:
+        pid_ns = b""
+    h = hashlib.blake2b(_socket.gethostname().encode() + b"/" + boot + b"/" + pid_ns, digest_size=8).digest()
     return int.from_bytes(h, "little") or 1
 
 

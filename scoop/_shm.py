@@ -1,14 +1,26 @@
 """Shared-memory segments for payload buffers between processes of one host.
 
 A buffer of ``SHM_MIN`` bytes or more sent to a process on the same host is copied once into a
-segment under /dev/shm; only its id crosses the broker, and the receiver maps it (copy-on-write,
-so the received array is writable and the sender's copy unaffected).  Ownership keeps /dev/shm
-clean: the sender of a task's arguments unlinks them when the task is done, the receiver of a
-result unlinks it once mapped, the broker unlinks what it drops, and every segment's name starts
-with the cluster's tag and its creator's pid, so whoever outlives a crash (a process's own exit,
-the broker, the Cluster's stop) removes what is left by prefix.
+segment; only its id crosses the broker, and the receiver maps it (copy-on-write, so the
+received array is writable and the sender's copy unaffected).  Two kinds, by who frees them:
 
-Checked as payload frames are: each segment ends with a MAC of its content, made by the sender
+**Sealed** (:meth:`Segments.put`: task arguments, shared constants), for segments their sender
+frees anyway (arguments when the task is done, constants when the process ends).  The sender
+writes an anonymous ``memfd`` and seals it (``F_SEAL_WRITE | SHRINK | GROW | SEAL``): from then
+on nobody, not its user and not root, can change its bytes or its size, so the receiver needs no
+pass over them.  The receiver opens it as ``/proc/<sender pid>/fd/<n>`` (the same user; Yama's
+``ptrace_scope`` restricts attaching, not this), checks the seals, its owner, its size and its
+name (the cluster's tag, the creator's pid and counter: a reused pid or descriptor number, or
+another cluster's, is refused), and maps it: the bytes unpickled are the bytes written, at the
+speed of an unchecked mapping.  The memory lives while the sender holds the descriptor or a
+receiver maps it, and dies with them: nothing is left in /dev/shm when a process is killed.
+Needs one pid namespace for sender and receiver (one host key: see ``scoop._runtime``).
+
+**Named** (``Segments.results``: task results, which their receiver frees once mapped, so the
+sender cannot keep them): files under /dev/shm.  The broker unlinks what it drops, and every
+name starts with the cluster's tag and its creator's pid, so whoever outlives a crash (a
+process's own exit, the broker, the Cluster's stop) removes what is left by prefix.
+Checked as payload frames are: each ends with a MAC of its content, made by the sender
 and checked by the receiver before anything is unpickled, so a segment rewritten after the send
 (only its user or root can) is refused.  The MAC is GMAC (AES-GCM authenticating the content
 as associated data, OpenSSL through ``cryptography``): ~20 GB/s on one core with AES-NI and
@@ -24,23 +36,34 @@ which code runs).  The id travels in the signed header.
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import mmap
 import os
 import struct
 import time
+import weakref
 from hmac import compare_digest as _compare_digest
 
 from blake3 import blake3 as _blake3
 
 DIR = "/dev/shm"
-_ID = struct.Struct("<IQ4s")  # creator pid, counter, the creator's random salt: the MAC's nonce
-MAC_SIZE = 16                 # a GMAC tag, after the content
+_ID = struct.Struct("<IQ4s")  # named: creator pid, counter, the creator's random salt: the MAC's nonce
+_SEALED_ID = struct.Struct("<IQI")  # sealed: creator pid, counter | SEALED, its descriptor there
+SEALED = 1 << 63  # the counter's top bit (a named one starts at time_ns, far below it)
+MAC_SIZE = 16                 # a GMAC tag, after a named segment's content
 _ONE_CALL = 1 << 30
 _PIECE = 1 << 18  # fits in a core's L2 cache
 # the MAC reads every page at once: mapping them in one call costs less than a fault per few pages
 # (read-only mappings only: populating a writable private one would copy every page)
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+# every seal that matters (F_SEAL_SEAL: none can be added or tested away later); numeric values
+# of <linux/fcntl.h> where this Python's fcntl lacks the names
+_F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
+_F_GET_SEALS = getattr(fcntl, "F_GET_SEALS", 1034)
+_SEALS = (getattr(fcntl, "F_SEAL_SEAL", 1) | getattr(fcntl, "F_SEAL_SHRINK", 2)
+          | getattr(fcntl, "F_SEAL_GROW", 4) | getattr(fcntl, "F_SEAL_WRITE", 8))
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # every Segments of this process, for its forked children
 
 
 class SegmentError(ValueError):
@@ -49,6 +72,11 @@ class SegmentError(ValueError):
 
 def available() -> bool:
     return os.path.isdir(DIR) and os.access(DIR, os.W_OK)
+
+
+def sealing() -> bool:
+    """Whether this kernel seals memfds (Linux 3.17+) and shows other processes' descriptors."""
+    return hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 
 
 class Segments:
@@ -60,7 +88,12 @@ class Segments:
         self._key = _blake3(tag, derive_key_context="scoop 2026 shared memory GMAC").digest()
         self._gmac = None  # the cipher, made on first use: processes that never map pay nothing
         self._prefix = f"{DIR}/scoop-{self.tag.hex()}-"
+        self._memfd = f"scoop-{self.tag.hex()}-"  # a sealed segment's name: this, pid-counter
+        self._held: dict[int, int] = {}  # counter -> descriptor of each sealed segment we hold
+        self.sealed = sealing()
+        self.results = _Named(self)
         self.pid = -1  # set for this process (again in a forked child) by _own()
+        _LIVE.add(self)
 
     def _name(self, seg: bytes) -> str:
         pid, n, _salt = _ID.unpack(seg)
@@ -95,7 +128,28 @@ class Segments:
         return enc.tag
 
     def put(self, view) -> bytes:
-        """Copies ``view`` into a new segment; returns its 16-byte id."""
+        """Copies ``view`` into a new sealed segment (a named one where memfds cannot be
+        sealed); returns its 16-byte id.  We hold it until :meth:`unlink` or our end."""
+        if not self.sealed:
+            return self.put_named(view)
+        data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        self._own()
+        n = self._next
+        self._next += 1
+        fd = os.memfd_create(f"{self._memfd}{self.pid}-{n}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            done = 0
+            while done < data.nbytes:  # written, not mapped: no memory is an error, not a SIGBUS
+                done += os.pwrite(fd, data[done:], done)
+            fcntl.fcntl(fd, _F_ADD_SEALS, _SEALS)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held[n] = fd
+        return _SEALED_ID.pack(self.pid, n | SEALED, fd)
+
+    def put_named(self, view) -> bytes:
+        """Copies ``view`` into a new named segment, its MAC at the end; returns its 16-byte id."""
         data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
         size = view.nbytes
         self._own()
@@ -117,9 +171,11 @@ class Segments:
 
     def open(self, seg: bytes, size: int, shared: bool = False, copy: bool = False):
         """Maps a segment as a writable memoryview; copy-on-write unless ``shared`` (read-only,
-        one copy per host: shared constants); read into private memory with ``copy`` (a pickle
-        stream: checked bytes cannot change).  Only this cluster's segments, owned by us, with
-        the content they were sent with."""
+        one copy per host: shared constants); with ``copy`` (a pickle stream), a named segment is
+        read into private memory (checked bytes cannot change) and a sealed one mapped read-only.
+        Only this cluster's segments, owned by us, with the content they were sent with."""
+        if _ID.unpack(seg)[1] & SEALED:
+            return self._open_sealed(seg, size, shared or copy)
         try:
             fd = os.open(self._name(seg), os.O_RDONLY if shared or copy else os.O_RDWR | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -152,13 +208,57 @@ class Segments:
                                "unpickling")
         return view
 
+    def _open_sealed(self, seg: bytes, size: int, read_only: bool):
+        pid, n, fd = _SEALED_ID.unpack(seg)
+        name = f"/memfd:{self._memfd}{pid}-{n & ~SEALED} (deleted)"
+        try:
+            fd = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # its process is gone, the descriptor closed, or not ours to open
+            raise SegmentError("shared-memory segment not found (another cluster's, or already "
+                               "freed)") from None
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != name:
+                raise SegmentError("shared-memory segment not found (another cluster's, or already "
+                                   "freed: its descriptor now holds another file)")
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or st.st_size != size:
+                raise SegmentError("shared-memory segment has the wrong owner or size")
+            if fcntl.fcntl(fd, _F_GET_SEALS) & _SEALS != _SEALS:
+                raise SegmentError("shared-memory segment is not sealed: refused before unpickling")
+            if not size:
+                return memoryview(b"")
+            if read_only:  # a pickle stream or a constant: sealed, so read in place
+                return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ))
+            return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+                                        prot=mmap.PROT_READ | mmap.PROT_WRITE))
+        finally:
+            os.close(fd)
+
     def unlink(self, seg: bytes) -> None:
-        _remove(self._name(seg))
+        """Frees a segment: a named one for everybody; a sealed one only if we made it (its
+        receivers keep what they mapped; the broker and others have nothing to free)."""
+        pid, n, _ = _ID.unpack(seg)
+        if not n & SEALED:
+            _remove(self._name(seg))
+        elif pid == self.pid:
+            fd = self._held.pop(n & ~SEALED, None)
+            if fd is not None:
+                os.close(fd)
+
+    def held(self) -> int:
+        """How many sealed segments this process holds."""
+        return len(self._held) if self.pid == os.getpid() else 0
 
     def cleanup(self, pid: int | None = None) -> int:
-        """Removes this cluster's segments (only those ``pid`` created, if given)."""
-        pattern = f"{self._prefix}{pid if pid is not None else '*'}-*"
+        """Removes this cluster's named segments (only those ``pid`` created, if given) and, for
+        our own pid or none, frees the sealed segments we hold."""
         n = 0
+        if pid is None or pid == self.pid == os.getpid():
+            held, self._held = self._held, {}
+            for fd in held.values():
+                os.close(fd)
+            n += len(held)
+        pattern = f"{self._prefix}{pid if pid is not None else '*'}-*"
         for path in glob.glob(pattern):
             try:
                 os.unlink(path)
@@ -166,6 +266,22 @@ class Segments:
             except OSError:
                 pass
         return n
+
+    def _forked(self):
+        """In a forked child: the parent's sealed segments are the parent's to free."""
+        for fd in self._held.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._held = {}
+
+
+class _Named:
+    """The allocator for results: named segments, which their receiver frees."""
+
+    def __init__(self, segments: Segments):
+        self.put = segments.put_named
 
 
 def _remove(path: str) -> None:
@@ -182,5 +298,25 @@ def cleanup_cluster(secret: bytes) -> int:
 
 
 def leftovers(secret: bytes) -> list[str]:
+    """The cluster's named segments in /dev/shm and, as /proc/<pid>/fd/<n>, the sealed ones
+    any process still holds: nothing once the cluster ended."""
     from ._protocol import derive
-    return glob.glob(f"{DIR}/scoop-{derive(secret, 'shared memory')[:8].hex()}-*")
+    tag = derive(secret, "shared memory")[:8].hex()
+    found = glob.glob(f"{DIR}/scoop-{tag}-*")
+    want = f"/memfd:scoop-{tag}-"
+    for fd_dir in glob.glob("/proc/[0-9]*/fd"):
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                if os.readlink(f"{fd_dir}/{name}").startswith(want):
+                    found.append(f"{fd_dir}/{name}")
+            except OSError:
+                pass
+    return found
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: [s._forked() for s in list(_LIVE)])

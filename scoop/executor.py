@@ -229,8 +229,9 @@ class Executor:
         writes = TaskOutput.writes
         name = "task"
         inputs = 1
-        # a result for a submitter on this host goes through shared memory
-        shm = rt.shm if host == rt.host_key else None
+        # a result for a submitter on this host goes through shared memory (a named segment:
+        # its receiver frees it)
+        shm = rt.shm.results if host == rt.host_key and rt.shm is not None else None
         try:
             fn, name, what = self._get_fn(d)
             if kind == P.CHUNK:

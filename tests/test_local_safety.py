@@ -152,37 +152,69 @@ def segments():
         yield segs
     finally:
         segs.cleanup()
-    assert not glob.glob(f"{_shm.DIR}/scoop-{segs.tag.hex()}-*")
+    assert not glob.glob(f"{_shm.DIR}/scoop-{segs.tag.hex()}-*") and not segs.held()
 
 
 def _rewrite(segs, data_at):
-    (path,) = glob.glob(f"{_shm.DIR}/scoop-{segs.tag.hex()}-{os.getpid()}-*")
+    """Rewrites the segment as its user (or root) would: a named one in /dev/shm; a sealed one
+    through /proc, which its seals refuse (PermissionError), also to root."""
+    paths = glob.glob(f"{_shm.DIR}/scoop-{segs.tag.hex()}-{os.getpid()}-*")
+    (path,) = paths or [f"/proc/self/fd/{fd}" for fd in segs._held.values()]
     with open(path, "r+b") as f:
         for offset, data in data_at:
             f.seek(offset)
             f.write(data)
+            f.flush()
 
 
-def test_an_array_segment_rewritten_after_the_send_is_refused(segments):
+def _sealed_cannot_change(segs):
+    """Every other way to change a sealed segment fails too: shrink, grow, a shared writable map."""
+    import mmap
+    (fd,) = segs._held.values()
+    fd = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        for change in (lambda: os.ftruncate(fd, size - 1), lambda: os.ftruncate(fd, size + 1),
+                       lambda: mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_WRITE)):
+            with pytest.raises(PermissionError):
+                change()
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("kind", ["sealed", "named"])
+def test_an_array_segment_rewritten_after_the_send_is_refused(segments, kind):
     a = np.arange(P.SHM_MIN // 8 + 100, dtype=np.float64)
-    rec = _received(P.pack(a, shm=segments))
+    rec = _received(P.pack(a, shm=segments if kind == "sealed" else segments.results))
     assert rec.refs[0][0] & P.REF_SHM
     np.testing.assert_array_equal(P.unpack(rec, segments), a)  # as sent: accepted
+    if kind == "sealed":  # arguments, constants: nobody can change them
+        with pytest.raises(PermissionError):
+            _rewrite(segments, [(P.SHM_MIN // 2, b"\1")])
+        _sealed_cannot_change(segments)
+        np.testing.assert_array_equal(P.unpack(rec, segments), a)
+        return
     _rewrite(segments, [(P.SHM_MIN // 2, b"\1")])
     with pytest.raises(_shm.SegmentError, match="rewritten after the send"):
         P.unpack(rec, segments)
 
 
-def test_a_pickle_segment_rewritten_after_the_send_is_refused_before_unpickling(segments, tmp_path):
+@pytest.mark.parametrize("kind", ["sealed", "named"])
+def test_a_pickle_segment_rewritten_after_the_send_is_refused_before_unpickling(segments, tmp_path, kind):
     trap_file = tmp_path / "pwned"
     data = pickle.dumps(list(range(300_000)))
     assert len(data) >= P.SHM_MIN
-    rec = _received(P.packed_bytes(data, segments))
+    rec = _received(P.packed_bytes(data, segments if kind == "sealed" else segments.results))
     assert rec.refs[0][0] == P.REF_BODY | P.REF_SHM
     hostile = pickle.dumps(_Trap(str(trap_file)))
-    _rewrite(segments, [(0, hostile + b"\0" * (len(data) - len(hostile)))])
-    with pytest.raises(_shm.SegmentError, match="before unpickling"):
-        P.unpack(rec, segments)
+    if kind == "sealed":
+        with pytest.raises(PermissionError):
+            _rewrite(segments, [(0, hostile + b"\0" * (len(data) - len(hostile)))])
+        assert P.unpack(rec, segments) == list(range(300_000))
+    else:
+        _rewrite(segments, [(0, hostile + b"\0" * (len(data) - len(hostile)))])
+        with pytest.raises(_shm.SegmentError, match="before unpickling"):
+            P.unpack(rec, segments)
     assert not trap_file.exists(), "a rewritten segment was unpickled"
 
 

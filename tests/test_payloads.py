@@ -2,6 +2,7 @@
 host, big shared constants, and a clean /dev/shm whatever ends (issue: data path)."""
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import subprocess
@@ -76,16 +77,68 @@ def test_shared_memory_is_freed_as_results_are_taken(cluster):
 def test_a_big_shared_constant_is_held_once_per_host(cluster):
     table = np.arange(4 << 20, dtype="f8")  # 32 MB
     shared.setConst(big_table=table)
-    segments = _shm.leftovers(cluster.secret)
-    assert len(segments) == 1 and os.path.getsize(segments[0]) == table.nbytes + _shm.MAC_SIZE
+    (fd,) = cluster_segments()._held.values()  # a sealed segment, held by the origin
+    held = f"/proc/{os.getpid()}/fd/{fd}"
+    assert held in _shm.leftovers(cluster.secret) and os.path.getsize(held) == table.nbytes
     infos = [f.result(timeout=60) for f in [futures.submit(T.const_info, "big_table") for _ in range(6)]]
     assert all(total == float(table.sum()) and not owns for total, owns in infos)
+    # the workers map that one file (a mapping holds a descriptor of it): no other copy
+    files = {(st.st_dev, st.st_ino) for st in map(os.stat, _shm.leftovers(cluster.secret))}
+    assert files == {(os.stat(held).st_dev, os.stat(held).st_ino)}
+
+
+def cluster_segments():
+    """This process's (the origin's) shared-memory segments."""
+    return futures._rt().shm
+
+
+def rewrite_argument(a):
+    """Run as a task: tries to change the sealed segment its argument came in, as its user can
+    (every segment of the cluster the worker can find), and reads the argument after."""
+    tried = []
+    for fd_dir in glob.glob("/proc/[0-9]*/fd"):
+        for name in os.listdir(fd_dir):
+            try:
+                if not os.readlink(f"{fd_dir}/{name}").startswith("/memfd:scoop-"):
+                    continue
+                with open(f"{fd_dir}/{name}", "r+b") as f:
+                    f.write(b"\xff" * 8)
+                    f.flush()
+                tried.append("written")
+            except PermissionError:
+                tried.append("refused")
+            except OSError:
+                pass
+    return tried, float(a.sum())
+
+
+def sealed_held() -> set[str]:
+    """Sealed segments (of any cluster) that any process holds, as 'pid/fd name'."""
+    found = set()
+    for fd_dir in glob.glob("/proc/[0-9]*/fd"):
+        try:
+            for name in os.listdir(fd_dir):
+                target = os.readlink(f"{fd_dir}/{name}")
+                if target.startswith("/memfd:scoop-"):
+                    found.add(f"{fd_dir} {target}")
+        except OSError:
+            continue
+    return found
+
+
+def test_a_sent_argument_cannot_be_changed(cluster):
+    """Arguments travel in sealed segments: even their user cannot write them after the send."""
+    a = np.arange(1 << 18, dtype="f8")  # 2 MB: shared memory
+    tried, total = futures.submit(rewrite_argument, a).result(timeout=60)
+    assert tried and set(tried) == {"refused"} and total == float(a.sum())
 
 
 def _cli_leaves_no_segment(kill, tmp_path):
-    """Runs a program moving big arrays, kills one of its processes, checks /dev/shm."""
+    """Runs a program moving big arrays, kills one of its processes, checks /dev/shm and that
+    no process holds a sealed segment."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, PROGRAMS]))
     before = set(os.listdir(_shm.DIR))
+    held_before = sealed_held()
     err = open(tmp_path / "stderr", "w+")
     p = subprocess.Popen([sys.executable, "-m", "scoop", "-n", "2", "big_payloads.py"], cwd=PROGRAMS,
                          env=env, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -105,11 +158,12 @@ def _cli_leaves_no_segment(kill, tmp_path):
     left = []
     while time.monotonic() < deadline:
         left = [n for n in set(os.listdir(_shm.DIR)) - before if n.startswith("scoop-")]
+        left += sorted(sealed_held() - held_before)
         alive = [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
         if not left and not alive:
             break
         time.sleep(0.2)
-    assert not left, f"left in /dev/shm: {left}"
+    assert not left, f"left in /dev/shm or held: {left}"
 
 
 def _role(kids, role):
@@ -142,6 +196,7 @@ def test_a_kernel_restart_leaves_no_segment(now):
     pytest.importorskip("jupyter_client")
     from kernel_driver import KernelDriver
     before = set(os.listdir(_shm.DIR))
+    held_before = sealed_held()
     k = KernelDriver()
     try:
         k.run("%load_ext scoop_jupyter")
@@ -150,13 +205,15 @@ def test_a_kernel_restart_leaves_no_segment(now):
               "fs = [futures.submit(T.sleep_return, 30, np.ones(1 << 18)) for _ in range(6)]\n"
               "futures.wait(fs, timeout=0.5)")
         made = [n for n in set(os.listdir(_shm.DIR)) - before if n.startswith("scoop-")]
-        assert made, "the arguments did not go through shared memory"
+        held = sealed_held() - held_before
+        assert made or held, "the arguments did not go through shared memory"
         k.km.restart_kernel(now=now)
         deadline = time.monotonic() + 15
-        left = made
+        left = made + sorted(held)
         while left and time.monotonic() < deadline:
             time.sleep(0.2)
             left = [n for n in made if os.path.exists(os.path.join(_shm.DIR, n))]
-        assert not left, f"left in /dev/shm after a kernel restart: {left}"
+            left += sorted(held & sealed_held())
+        assert not left, f"left in /dev/shm or held after a kernel restart: {left}"
     finally:
         k.shutdown(now=True)

@@ -97,7 +97,7 @@ def segments():
         yield segs
     finally:
         segs.cleanup()
-    assert glob.glob(pattern) == []
+    assert glob.glob(pattern) == [] and segs.held() == 0
 
 
 # ---- numpy round trips ---------------------------------------------------------------------------
@@ -304,7 +304,8 @@ def test_unpicklable_argument_named():
 
 # ---- shared memory -------------------------------------------------------------------------------
 def shm_count(segs):
-    return len(glob.glob(f"{_shm.DIR}/scoop-{segs.tag.hex()}-*"))
+    """Named segments in /dev/shm and the sealed ones this process holds."""
+    return len(glob.glob(f"{_shm.DIR}/scoop-{segs.tag.hex()}-*")) + segs.held()
 
 
 def test_shared_memory_round_trip(segments):
