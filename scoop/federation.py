@@ -135,8 +135,12 @@ class SubBroker(Broker):
         self.core.const(self.upstream, rec)
 
     def _u_size(self, rec):
-        self.core.global_size = P.SIZE_HEADER.unpack(rec.hdr)[1]
-        self.core.send_size()
+        # passed on as the root's own broadcast is: paced by the broker's loop (while thousands
+        # join, the root's size changes at every report, and a broadcast is a message per worker)
+        size = P.SIZE_HEADER.unpack(rec.hdr)[1]
+        if size != self.core.global_size:
+            self.core.global_size = size
+            self.core.size_due = True
 
     def _u_shutdown(self, rec):
         self.shutdown(bytes(rec.body).decode("utf-8", "replace") or "the root broker ended")

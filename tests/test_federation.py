@@ -4,10 +4,14 @@ from __future__ import annotations
 import os
 import signal
 import time
+from types import SimpleNamespace
 
 import pytest
 
+from scoop import _protocol as P
 from scoop import futures, shared
+from scoop.federation import SubBroker
+from scoop.scheduling import Peer, Scheduler
 
 import tasklib as T
 from conftest import origin_cluster, run_scoop, wait_idle
@@ -63,3 +67,45 @@ def test_killing_a_sub_broker_mid_map_loses_nothing(fed):
     snap = fed.meta.wait_for(lambda s: len(s["workers"]) == 4, 30)
     assert len(snap["workers"]) == 4
     assert list(futures.map(T.square, range(100))) == [x * x for x in range(100)]
+
+
+# ---- pure: no sockets, no processes -------------------------------------------------------------
+def _sub_core(workers):
+    """A sub-broker's scheduling core with ``workers`` workers joined, their outboxes emptied."""
+    core = Scheduler(Peer(b"^", 0, {"role": "upstream"}, set()))
+    peers = [core.join(f"w{k}".encode(), {"role": "worker", "host_key": 1}) for k in range(workers)]
+    for p in peers:
+        p.out.take()
+    core.dirty.clear()
+    core.size_due = False
+    return core, peers
+
+
+@pytest.mark.parametrize("workers", [10, 10000])
+def test_sizes_from_the_root_are_passed_on_at_the_broker_pace(workers):
+    """While thousands join, the root's size changes at every report: each change must not be a
+    message to every worker behind the sub-broker (10,000 changes were 10**8 messages); the
+    broker's loop sends one broadcast per pacing interval, carrying the latest size."""
+    core, peers = _sub_core(workers)
+    sub = SimpleNamespace(core=core)  # what _u_size reads of a sub-broker
+    for size in range(1, 1001):
+        SubBroker._u_size(sub, P.parse(*_one(P.SIZE_HEADER.pack(P.SIZE, size, 1)))[0])
+    assert not core.dirty and not any(p.out for p in peers)  # nothing sent yet, at any size
+    assert core.size_due and core.global_size == 1000
+    core.send_size()  # the loop's paced broadcast: one record per worker, the latest size
+    for p in peers:
+        (rec,) = P.parse(*_one_box(p.out))
+        assert P.SIZE_HEADER.unpack(rec.hdr)[1] == 1000
+    SubBroker._u_size(sub, P.parse(*_one(P.SIZE_HEADER.pack(P.SIZE, 1000, 1)))[0])
+    assert not core.size_due  # an unchanged size is no news
+
+
+def _one(hdr):
+    box = P.Outbox()
+    box.add(hdr)
+    return _one_box(box)
+
+
+def _one_box(box):
+    data, frames = box.take()
+    return data, frames, 0
