@@ -176,19 +176,23 @@ def simulated_workers(ports, secret, count, credit, stop, ready, close_fds=()):
     waiting = list(socks)  # what came before the first wait has signalled already
     while not stop.is_set():
         for s in waiting:
-            # drained until empty, also after each send (a send can take the signal of a message)
+            # drained until empty, also after each send (a send can take the signal of a message);
+            # what waits on one connection is answered in one message, as a worker's outbox does
             while s.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                parts = [s.recv()]
-                while s.getsockopt(zmq.RCVMORE):
-                    parts.append(s.recv())
                 pieces = []
                 n = 0
                 now = time.time()
-                for t, off in _records(parts[0]):
-                    if t in task_bytes:
-                        tid = id_unpack(parts[0], off + 1)[0]
-                        pieces += (prefix, res_pack(P.RESULT, tid, P.OK, 1, now, now, name), body)
-                        n += 1
+                while True:
+                    parts = [s.recv()]
+                    while s.getsockopt(zmq.RCVMORE):
+                        parts.append(s.recv())
+                    for t, off in _records(parts[0]):
+                        if t in task_bytes:
+                            tid = id_unpack(parts[0], off + 1)[0]
+                            pieces += (prefix, res_pack(P.RESULT, tid, P.OK, 1, now, now, name), body)
+                            n += 1
+                    if not s.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        break
                 if n:
                     pieces += (credit_rec, count_pack(P.CREDIT, n))
                     _send(s, signer, b"".join(pieces))
@@ -280,10 +284,12 @@ def measure(a, workers: int) -> dict:
     broker, port, meta_port = start_broker(secret)
     subs = []
     ports = [port]
+    sub_metas = []
     for _ in range(a.federation):
-        sub, sport, _m = start_broker(secret, upstream=f"tcp://127.0.0.1:{port}")
+        sub, sport, smeta = start_broker(secret, upstream=f"tcp://127.0.0.1:{port}")
         subs.append(sub)
         ports.append(sport)
+        sub_metas.append(smeta)
     if a.federation:
         ports = ports[1:]  # workers behind the sub-brokers only
     ctx = zmq.Context()
@@ -294,6 +300,13 @@ def measure(a, workers: int) -> dict:
     secure_client(meta, secret, f"tcp://127.0.0.1:{meta_port}", ENCRYPTION)
     meta.setsockopt(zmq.SUBSCRIBE, b"")
     meta.connect(f"tcp://127.0.0.1:{meta_port}")
+    smetas = []
+    for mp_ in sub_metas:  # where tasks wait: each sub-broker's queue and what its workers hold
+        m = ctx.socket(zmq.SUB)
+        secure_client(m, secret, f"tcp://127.0.0.1:{mp_}", ENCRYPTION)
+        m.setsockopt(zmq.SUBSCRIBE, P.STATUS)
+        m.connect(f"tcp://127.0.0.1:{mp_}")
+        smetas.append(m)
     window = a.window_per_worker * workers if a.window_per_worker else a.window
     out = {"bench": "broker_capacity", "workers": workers, "sub_brokers": a.federation,
            "sim_processes": len(sims.procs), "window": window, "batch": a.batch}
@@ -329,11 +342,13 @@ def measure(a, workers: int) -> dict:
         if subs:
             out["sub_broker_kib_per_worker"] = round(
                 sum(_rss(s.pid) for s in subs) / workers / 1024, 1)
-        out.update(_load(a, window, origin, signer, index, digest, broker, subs, meta))
+        out.update(_load(a, window, origin, signer, index, digest, broker, subs, meta, sims, smetas))
     finally:
         # the brokers first: simulators dropping their connections would be reported as losses
         origin.close(0)
         meta.close(0)
+        for m in smetas:
+            m.close(0)
         for b in [broker] + subs:
             b.stdin.close()
         for b in [broker] + subs:
@@ -349,10 +364,12 @@ def measure(a, workers: int) -> dict:
     return out
 
 
-def _load(a, window, origin, signer, index, digest, broker, subs, meta) -> dict:
+def _load(a, window, origin, signer, index, digest, broker, subs, meta, sims, smetas=()) -> dict:
     seq = in_flight = done = 0
     bp = psutil.Process(broker.pid)
     sps = [psutil.Process(s.pid) for s in subs]
+    simps = [psutil.Process(p.pid) for p in sims.procs]
+    me = psutil.Process()
     marks = []
     meta_bytes = 0
     kill_at = time.monotonic() + a.seconds / 2 if a.kill_sub and subs else None
@@ -365,10 +382,13 @@ def _load(a, window, origin, signer, index, digest, broker, subs, meta) -> dict:
     result_byte = P.RESULT[0]
     next_send = time.monotonic()
     routed = []  # (time, messages the broker routed so far), from its snapshots
+    sub_seen = [[] for _ in smetas]  # each sub-broker's snapshots: (time, totals)
+    root_seen = []
     while True:
         now = time.monotonic()
         if not marks and now >= t_measure:
-            marks.append((now, done, bp.cpu_times(), [s.cpu_times() for s in sps], _threads(bp)))
+            marks.append((now, done, bp.cpu_times(), [s.cpu_times() for s in sps], _threads(bp),
+                          _cpu(simps), _cpu([me]), psutil.cpu_times()))
             while meta.poll(0):
                 meta.recv_multipart()
             meta_bytes = 0
@@ -394,6 +414,13 @@ def _load(a, window, origin, signer, index, digest, broker, subs, meta) -> dict:
                 for rec in P.parse(frames[1], frames[2:]) or ():
                     totals = json.loads(bytes(rec.body))["totals"]
                     routed.append((time.monotonic(), totals["routed_messages"]))
+                    root_seen.append(totals)
+        for m, seen_ in zip(smetas, sub_seen):
+            while m.poll(0):
+                frames = m.recv_multipart()
+                if frames[0] == P.STATUS and marks:
+                    for rec in P.parse(frames[1], frames[2:]) or ():
+                        seen_.append((time.monotonic(), json.loads(bytes(rec.body))["totals"]))
         wait = 50 if not a.rate else max(0, min(50, int((next_send - time.monotonic()) * 1000)))
         if origin.poll(wait):
             while origin.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -414,7 +441,8 @@ def _load(a, window, origin, signer, index, digest, broker, subs, meta) -> dict:
         return {"killed_sub_broker": True, "tasks_submitted": seq, "results": len(seen),
                 "lost": seq - len(seen), "duplicates": dups}
     t1, d1, c1, s1, th1 = time.monotonic(), done, bp.cpu_times(), [s.cpu_times() for s in sps], _threads(bp)
-    t0, d0, c0, s0, th0 = marks[0]
+    sim1, me1, m1 = _cpu(simps), _cpu([me]), psutil.cpu_times()
+    t0, d0, c0, s0, th0, sim0, me0, m0 = marks[0]
     tasks_per_s = (d1 - d0) / (t1 - t0)
     cpu = ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0)
     main_cpu = (th1.get(bp.pid, 0) - th0.get(bp.pid, 0)) / (t1 - t0)
@@ -423,15 +451,46 @@ def _load(a, window, origin, signer, index, digest, broker, subs, meta) -> dict:
            "broker_cpu_io": round(cpu - main_cpu, 2), "tasks_done": done,
            # what one core of broker routes: independent of the simulators' own CPU needs
            "records_per_broker_cpu_s": round(2 * tasks_per_s / cpu) if cpu > 0 else None,
-           "meta_bytes_per_s": round(meta_bytes / (t1 - t0))}
+           "meta_bytes_per_s": round(meta_bytes / (t1 - t0)),
+           # where the machine's cores went: the simulators (all processes), the submitter, idle
+           "sims_cpu": round((sim1 - sim0) / (t1 - t0), 2), "origin_cpu": round((me1 - me0) / (t1 - t0), 2),
+           "machine_idle": round((m1.idle - m0.idle) / (t1 - t0), 2),
+           "load_avg": round(os.getloadavg()[0], 1)}
     if len(routed) >= 2:
         msgs = (routed[-1][1] - routed[0][1]) / (routed[-1][0] - routed[0][0])
         out["messages_per_s"] = round(msgs)
         out["records_per_message"] = round(2 * tasks_per_s / msgs, 2) if msgs else None
+    if root_seen:  # where the tasks in flight wait, on average over the run
+        out["root_queued"] = round(sum(t["queued"] for t in root_seen) / len(root_seen))
+        out["root_held_by_subs"] = round(sum(t["running"] for t in root_seen) / len(root_seen))
+    if any(sub_seen):
+        out["sub_queued"] = [round(sum(t["queued"] for _, t in s_) / len(s_)) if s_ else None
+                             for s_ in sub_seen]
+        out["sub_held_by_workers"] = [round(sum(t["running"] for _, t in s_) / len(s_)) if s_ else None
+                                      for s_ in sub_seen]
+        rpm = []
+        for s_ in sub_seen:  # records (task + result) per message between a sub-broker and its workers
+            if len(s_) >= 2:
+                a0, b0 = s_[0][1], s_[-1][1]
+                msgs = b0["routed_messages"] - a0["routed_messages"]
+                rpm.append(round(2 * (b0["done"] - a0["done"]) / msgs, 2) if msgs else None)
+        out["sub_records_per_message"] = rpm
     if subs:
         out["sub_broker_cpu"] = [round(((b.user + b.system) - (a_.user + a_.system)) / (t1 - t0), 2)
                                  for a_, b in zip(s0, s1)]
     return out
+
+
+def _cpu(procs) -> float:
+    """CPU seconds of these processes (user + system), those gone counted as 0."""
+    total = 0.0
+    for p in procs:
+        try:
+            c = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += c.user + c.system
+    return total
 
 
 def _threads(proc) -> dict:
@@ -454,6 +513,20 @@ def table(rows):
                      f'| {r["broker_cpu"]} | {r["broker_kib_per_worker"]} | {z if z is not None else "–"} '
                      f'| {above} | {r["meta_bytes_per_s"]:,} |')
     return "\n".join(lines)
+
+
+def federation_table(one, fed):
+    """The federation's goals next to its figures, one broker measured in the same run."""
+    subs = fed.get("sub_broker_cpu") or []
+    return "\n".join([
+        "| run | join s | tasks/s | × one broker (goal ≥ 0.7) | root CPU | sub-brokers' CPU "
+        "| simulators' CPU |",
+        "|---|---|---|---|---|---|---|",
+        f'| one broker, {one["workers"]:,} workers | {one.get("join_s")} | {one["tasks_per_s"]:,} | 1.00 '
+        f'| {one["broker_cpu"]} | – | {one.get("sims_cpu")} |',
+        f'| {fed["sub_brokers"]} sub-brokers, {fed["workers"]:,} workers | {fed.get("join_s")} '
+        f'| {fed["tasks_per_s"]:,} | **{fed["x_one_broker"]:.2f}** | {fed["broker_cpu"]} '
+        f'| {min(subs, default=0)}-{max(subs, default=0)} each | {fed.get("sims_cpu")} |'])
 
 
 def main(argv=None):
@@ -479,6 +552,10 @@ def main(argv=None):
     ap.add_argument("--kill-sub", action="store_true",
                     help="with --federation: SIGKILL one sub-broker mid-stream, then count lost and "
                          "duplicate results")
+    ap.add_argument("--reference", type=int, default=10000, metavar="WORKERS",
+                    help="with --federation: first measure one broker with this many workers, under the "
+                         "same conditions (simulators, window per worker), and print the federation's "
+                         "rate as a ratio of it (0: skip)")
     ap.add_argument("--encryption", choices=("on", "off"), default="on",
                     help="off: PLAIN handshakes and no CURVE, as --encryption off gives a cluster")
     ap.add_argument("--baseline", action="store_true",
@@ -488,12 +565,24 @@ def main(argv=None):
     ENCRYPTION = a.encryption == "on"
     SIM_NICE = a.sim_nice
     sizes = a.table or [a.workers]
-    if min(sizes) < 1 or a.per_proc < 1 or a.per_proc > 1000:
-        raise SystemExit("broker_capacity: workers must be positive and --per-proc between 1 and 1000")
+    if min(sizes) < 1 or a.per_proc < 1 or a.per_proc > 10000:
+        raise SystemExit("broker_capacity: workers must be positive and --per-proc between 1 and 10000")
     # the busiest process: the broker (or each sub-broker) holds a descriptor per worker it serves
-    ports = raise_fd_limit(-(-max(sizes) // max(1, a.federation)) + a.per_proc + 1000)
+    # and each simulating process two per connection (its TCP socket, its ZeroMQ socket's mailbox)
+    reference = a.reference if a.federation and not a.kill_sub else 0
+    per_broker = max(-(-max(sizes) // max(1, a.federation)), reference)
+    ports = raise_fd_limit(max(per_broker + 1000, 2 * a.per_proc + 100))
     if max(sizes) > ports * max(1, a.federation or 1):
         sys.stderr.write(f"broker_capacity: {max(sizes)} connections, {ports} local ports per destination\n")
+    if reference:
+        one = measure(argparse.Namespace(**dict(vars(a), federation=0)), reference)
+        print(json.dumps(one), flush=True)
+        for n in sizes:
+            row = measure(a, n)
+            row["x_one_broker"] = round(row["tasks_per_s"] / one["tasks_per_s"], 2)
+            print(json.dumps(row), flush=True)
+            print(federation_table(one, row))
+        return
     rows = []
     for n in sizes:
         row = measure(a, n)
