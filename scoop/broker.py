@@ -27,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 
 import zmq
 
@@ -35,10 +36,16 @@ from . import _shm
 from .census import Census, status_interval
 from .liveness import DEFAULT_TIMEOUT, bound_handshakes, configure_socket
 from .monitor import events
+from .peers import OUT_MAX, SEND_QUEUE
+from .peers import stalled as stalled_bytes
 from .scheduling import Peer, Scheduler
 from .security import Gate, secure_server
 
 IO_THREADS = 4
+RECV_QUEUE = 64  # messages libzmq reads ahead from one connection (the ROUTER's RCVHWM)
+META_QUEUE = 64  # meta messages queued for one subscriber; PUB drops the newest beyond them
+LOAD_MAX = 64 << 10          # bytes of a worker's load figures (a few hundred in practice)
+LOAD_MAX_BROKER = 4 << 20    # a sub-broker's: its summary, hosts and a page of its workers
 CONTROL_GRACE = 1.0  # seconds a peer whose control connection dropped has to show its task one did too
 
 
@@ -62,14 +69,19 @@ class Broker:
         self.main = self.ctx.socket(zmq.ROUTER)
         # BACKLOG: thousands of workers connect at once; a full accept queue drops SYNs, retried only
         # after 1, 3, 7... s
-        for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 1000), (zmq.ROUTER_MANDATORY, 1),
-                         (zmq.MAXMSGSIZE, P.FRAME_MAX_IN), (zmq.BACKLOG, 4096)):
+        # SNDHWM, RCVHWM: what libzmq queues per connection is bounded both ways (see scoop.peers:
+        # a full send queue refuses a message whole, with ROUTER_MANDATORY, and it waits in the
+        # peer's outbox; a full receive queue stops reading that connection until the loop
+        # catches up, so a peer sending faster than the broker reads is slowed, not stored)
+        for opt, val in ((zmq.SNDHWM, SEND_QUEUE), (zmq.RCVHWM, RECV_QUEUE), (zmq.LINGER, 1000),
+                         (zmq.ROUTER_MANDATORY, 1), (zmq.MAXMSGSIZE, P.FRAME_MAX_IN), (zmq.BACKLOG, 4096)):
             self.main.setsockopt(opt, val)
         configure_socket(self.main, heartbeat_timeout)
         secure_server(self.main, secret, main_addr, encryption)
         self.meta = self.ctx.socket(zmq.PUB)
         self.meta.setsockopt(zmq.LINGER, 0)
         self.meta.setsockopt(zmq.MAXMSGSIZE, 1024)  # what comes in is subscriptions only
+        self.meta.setsockopt(zmq.SNDHWM, META_QUEUE)  # a subscriber that stops reading misses snapshots
         bound_handshakes(self.meta, heartbeat_timeout)
         secure_server(self.meta, secret, meta_addr, encryption)
         self.main_port = _bind(self.main, main_addr)
@@ -91,6 +103,8 @@ class Broker:
         self.rate = 0.0
         self.dropped = 0
         self.cut = 0          # connections ended for a message that failed the check
+        self.stalled = 0      # peers cut because they stopped reading (scoop.peers.stalled)
+        self.blocked: dict = {}  # (uid, 0 or 1) of outboxes whose connection's queue was full
         self.stop_event = threading.Event()
         self._last_steal_check = 0.0
         self._status_due = False  # a join or leave: publish a snapshot now, not at the next tick
@@ -130,7 +144,8 @@ class Broker:
                 if stop_event.is_set():
                     self.shutdown(self.reason or "stopped")
                     break
-                ready = [sock for sock, _ in poll(items, 100)]
+                # a peer whose queue was full is offered its backlog again soon
+                ready = [sock for sock, _ in poll(items, 10 if self.blocked else 100)]
                 if gate in ready:
                     self.gate.answer()  # first: a handshake waits on it, and it costs ~10 µs
                 # connection losses first: a reused fd must not be blamed on the peer after it
@@ -153,7 +168,7 @@ class Broker:
                 if not core.queue and core.tasks and now - self._last_steal_check > 0.005:
                     self._last_steal_check = now
                     core.steal(now)
-                if core.dirty:
+                if core.dirty or self.blocked:
                     self._flush()
                 if now >= next_check:
                     self._periodic(now)
@@ -248,12 +263,18 @@ class Broker:
             self.dropped += 1  # dropped before any byte of it is interpreted
             self._cut(ident, fd)
             return
+        uid = ident[1:]
+        peer = self.core.peers.get(uid)
+        if peer is None and (kind != b"t" or parts[0][_FIRST_TYPE:_FIRST_TYPE + 1] != P.HELLO):
+            # lost, cut or never welcomed, and not saying HELLO first: answered before the rest
+            # is parsed, so a fenced peer that floods costs a MAC check per message
+            self._send_now(ident, P.FROM_BROKER if kind == b"t" else P.CONTROL_FROM_BROKER, P.SHUTDOWN,
+                           b"declared lost by the broker")
+            return
         recs = P.parse(parts[0], parts[1:])
         if recs is None:
             self.dropped += 1
             return
-        uid = ident[1:]
-        peer = self.core.peers.get(uid)
         try:
             if kind == b"t":
                 for rec in recs:
@@ -285,28 +306,20 @@ class Broker:
                         handler(peer, rec)
         except Exception as exc:  # malformed but signed input must not kill the broker
             self.log(f"dropped a malformed message from {uid!r}: {type(exc).__name__}: {exc}")
+        if peer is not None and (peer.out.held > OUT_MAX or peer.cout.held > OUT_MAX):
+            self._flush()  # what waits for a peer is bounded as it grows, not only between reads
 
     def _cut(self, ident, fd):
         """Ends the connection a message that failed the check came on: its peer passed the
         handshake without the secret, and gets one message per handshake (a valid one cannot
-        fail).  shutdown() on a duplicate of ZeroMQ's descriptor: ZeroMQ sees the connection end
-        and closes it as any other."""
+        fail)."""
         if fd is None:
             mine = self.fds_of.get(ident[1:], ())
             fd = next((f for f in mine if self.fds.get(f, (None,))[0] == ident), None)
             if fd is None:
                 return
-        try:
-            s = socket.socket(fileno=os.dup(fd))
-        except OSError:
-            return
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        finally:
-            s.close()
-        self.cut += 1
+        if _end_connection(fd):
+            self.cut += 1
 
     def _watch(self, ident, fd, peer):
         self.fds[fd] = (ident, peer)
@@ -384,6 +397,9 @@ class Broker:
         self.core.output(rec)
 
     def _c_load(self, peer, rec):
+        if len(rec.body) > (LOAD_MAX_BROKER if peer.role == "broker" else LOAD_MAX):
+            self.dropped += 1  # checked before it is parsed or kept: figures are small
+            return
         try:
             self.core.set_load(peer, json.loads(bytes(rec.body)))
             if peer.role == "broker":
@@ -406,25 +422,70 @@ class Broker:
 
     # ---- output --------------------------------------------------------------------------------
     def _flush(self):
-        send, main, signer = P.send, self.main, self.signer
+        """Each outbox with something to send, as messages of at most ``SEND_SPLIT`` header
+        bytes.  libzmq queues at most ``SEND_QUEUE`` of them per connection; what it refuses
+        waits in the outbox (nothing is dropped) and is offered again at every flush, and a peer
+        for which more than ``OUT_MAX`` bytes wait is cut (:meth:`_cut_stalled`)."""
+        mac, main = self.signer.mac, self.main
         peers = self.core.peers
         dirty = self.core.dirty
+        blocked = self.blocked
+        if blocked:
+            dirty.update(blocked)
+        stalled = None
         while dirty:
-            uid, which = dirty.pop()
+            key = dirty.pop()
+            uid, which = key
             p = peers.get(uid)
             if p is None:
+                blocked.pop(key, None)
                 continue
             box = p.cout if which else p.out
-            if not box:
+            channel = P.CONTROL_FROM_BROKER if which else P.FROM_BROKER
+            if box.backlog is None:
+                if not box:
+                    continue
+                msgs = [(mac(channel, data) + data, frames) for data, frames in box.take_messages()]
+            else:
+                msgs = box.pending(lambda data, channel=channel: mac(channel, data) + data)
+            sent = _send_all(main, (b"c" if which else b"t") + uid, msgs)
+            self.routed += sent
+            if sent == len(msgs):
+                if key in blocked:
+                    del blocked[key]
+                    box.keep(None)
                 continue
-            try:
-                if which:
-                    send(main, signer, P.CONTROL_FROM_BROKER, box, b"c" + uid, P.NOBLOCK)
-                else:
-                    send(main, signer, P.FROM_BROKER, box, b"t" + uid, P.NOBLOCK)
-                self.routed += 1
-            except zmq.ZMQError:
-                pass  # peer not connected (yet/any more); its connection's loss handles it
+            if isinstance(msgs, list):
+                msgs = deque(msgs[sent:])
+            else:
+                for _ in range(sent):
+                    msgs.popleft()
+            box.keep(msgs)
+            blocked[key] = None
+            if stalled_bytes(p):
+                stalled = stalled or []
+                stalled.append(p)
+        if stalled:
+            for p in stalled:
+                self._cut_stalled(p)
+
+    def _cut_stalled(self, p):
+        """A peer that stopped reading: more than ``OUT_MAX`` bytes wait for it while its
+        connection takes nothing more.  It is lost as if its connection had dropped (its tasks
+        run elsewhere, and it is fenced: its next message is answered "declared lost"), and its
+        connections are ended, which frees what libzmq queued for them."""
+        held = stalled_bytes(p)
+        if not held or p.uid not in self.core.peers:
+            return
+        fds = list(self.fds_of.get(p.uid, ()))
+        for which in (0, 1):
+            self.blocked.pop((p.uid, which), None)
+        self.stalled += 1
+        self.log(f"cut {p.role} {p.name} ({p.host}, pid {p.pid}): it stopped reading its connection "
+                 f"({held / 1e6:.1f} MB waited for it)")
+        self._lose(p, "cut (it stopped reading its connection)")
+        for fd in fds:
+            _end_connection(fd)
 
     def shutdown(self, reason: str):
         if not self.running:
@@ -474,8 +535,54 @@ class Broker:
                     origin=core.peer_info(origin) if origin and origin.uid in core.peers else None,
                     broker={"main_port": self.main_port, "meta_port": self.meta_port})
         snap["totals"].update(rate=round(self.rate, 1), dropped_messages=self.dropped,
-                              routed_messages=self.routed, cut_connections=self.cut)
+                              routed_messages=self.routed, cut_connections=self.cut,
+                              stalled_peers=self.stalled)
         self._publish(P.STATUS, snap)
+
+
+def _send_all(sock, ident, msgs) -> int:
+    """Sends ``msgs`` ((signed header, frames), in order) to ``ident`` until its queue is full;
+    returns how many went.  With ROUTER_MANDATORY a full queue refuses the identity frame, so a
+    message goes whole or not at all; one for a peer not connected is dropped, as ZeroMQ would
+    (its connection's loss handles the peer)."""
+    n = 0
+    for header, frames in msgs:
+        try:
+            sock.send(ident, _MORE)
+        except zmq.Again:
+            return n
+        except zmq.ZMQError:
+            n += 1
+            continue
+        if not frames:
+            sock.send(header, P.NOBLOCK)
+        else:
+            sock.send(header, _MORE)
+            last = len(frames) - 1
+            for k, fr in enumerate(frames):
+                sock.send(fr, _MORE if k < last else P.NOBLOCK, copy=False)
+        n += 1
+    return n
+
+
+_MORE = P.NOBLOCK | P.SNDMORE
+_FIRST_TYPE = P.MAC_SIZE + P.REC.size  # where a header's first record's type byte is
+
+
+def _end_connection(fd) -> bool:
+    """shutdown() on a duplicate of ZeroMQ's descriptor: ZeroMQ sees the connection end and
+    closes it as any other."""
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        s.close()
+    return True
 
 
 def _bind(sock, addr: str) -> int:

@@ -6,26 +6,47 @@ buckets, least loaded first), by host (for tasks pinned to a host's shared memor
 steal victim when it holds more than it runs; and it keeps the counts the size broadcast and
 the meta stream read (workers, hosts, tasks held).  Every change re-files one peer at a fixed
 cost, so no operation of the scheduling core (:mod:`scoop.scheduling`) walks the peer list.
+
+What the broker holds for one peer is bounded.  libzmq queues at most ``SEND_QUEUE`` messages
+of at most ``SEND_SPLIT`` header bytes for it (the ROUTER's SNDHWM); what that queue does not
+take waits in the peer's outboxes, and a peer for which more than ``OUT_MAX`` bytes wait has
+stopped reading: the broker cuts it and its tasks run elsewhere (:func:`stalled`).  A process
+of the cluster reads its connection in libzmq's I/O thread whatever its own threads do, so a
+busy one never gets there; only a frozen process, a saturated link or a peer that refuses to
+read does.
 """
 from __future__ import annotations
 
+from collections import deque
+
 from . import _protocol as P
 
-__all__ = ["TARGETS", "Outbox", "Peer", "PeerBook"]
+__all__ = ["OUT_MAX", "SEND_QUEUE", "SEND_SPLIT", "TARGETS", "Outbox", "Peer", "PeerBook", "stalled"]
 
 TARGETS = ("worker", "broker")  # peers that take tasks: workers and sub-brokers
+SEND_QUEUE = 64         # messages libzmq queues for one connection of a peer (the ROUTER's SNDHWM)
+SEND_SPLIT = 64 << 10   # header bytes per message to a peer: that queue holds 4 MiB of them at most
+OUT_MAX = 8 << 20       # bytes waiting for a peer whose queue is full, past which it is cut
+RECORD_COST = 64        # what a record waiting as its own bytes object costs besides its bytes
 
 
 class Outbox(P.Outbox):
     """A peer's outbox that marks the peer for the next flush, so flushing costs O(peers with
-    output), not O(peers): 1,000 idle workers are free."""
+    output), not O(peers): 1,000 idle workers are free.
 
-    __slots__ = ("key", "dirty")
+    It keeps what the peer's connection did not take (``backlog``: signed messages, oldest
+    first) and counts in ``held`` the bytes waiting here, backlog included; payload frames are
+    not counted: they are other peers' data the broker holds anyway, as the same frame objects,
+    bounded by the tasks in flight."""
+
+    __slots__ = ("key", "dirty", "held", "backlog")
 
     def __init__(self, key, dirty: set):
         super().__init__()
         self.key = key
         self.dirty = dirty
+        self.held = 0
+        self.backlog: deque | None = None  # (header, frames) the connection's queue had no room for
 
     def add(self, hdr, body=P.EMPTY, packed=None):
         if not self.parts:
@@ -36,6 +57,66 @@ class Outbox(P.Outbox):
         if not self.parts:
             self.dirty.add(self.key)
         super().add_record(rec)
+
+    def _grow(self, n):
+        # messages of at most SEND_SPLIT header bytes (one larger record goes alone), so the
+        # messages libzmq queues for the peer are bounded in bytes, not only in number; each is
+        # joined as soon as it is complete, so what waits costs its bytes, not an object per record
+        self.held += n + RECORD_COST
+        self.nbytes += n
+        if self.nbytes > SEND_SPLIT:
+            marks = self.marks
+            if marks is None:
+                marks = self.marks = []
+            parts = self.parts
+            p0 = marks[-1][0] if marks else 0
+            k = len(parts) - p0
+            if k > 1:
+                parts[p0:] = [b"".join(parts[p0:])]
+                self.held -= RECORD_COST * (k - 1)
+            marks.append((len(parts), len(self.frames)))
+            self.nbytes = 0
+
+    def take(self):
+        """Everything as one message (the scheduling core's tests read an outbox this way)."""
+        msgs = self.take_messages()
+        if len(msgs) == 1:
+            return msgs[0]
+        return b"".join(d for d, _ in msgs), [f for _, fs in msgs for f in fs]
+
+    def take_messages(self):
+        self.held = self.queued()
+        return super().take_messages()
+
+    def queued(self) -> int:
+        """Bytes of the messages in the backlog."""
+        return sum(len(h) for h, _ in self.backlog) if self.backlog else 0
+
+    def pending(self, sign) -> deque:
+        """What to send now, oldest first: the backlog, then the records added since, as
+        messages signed by ``sign(data)``.  Hand them to the connection in order, and give back
+        what it did not take with :meth:`keep`."""
+        msgs = self.backlog if self.backlog is not None else deque()
+        self.backlog = None
+        if self.parts:
+            for data, frames in self.take_messages():
+                msgs.append((sign(data), frames))
+        return msgs
+
+    def keep(self, msgs: deque):
+        """Messages the peer's connection had no room for (none: it took everything): they go
+        first next time."""
+        self.backlog = msgs or None
+        self.held = self.queued()
+
+
+def stalled(peer) -> int:
+    """Bytes waiting for ``peer`` if its connection refuses more than ``OUT_MAX`` of them (it
+    stopped reading), else 0.  O(1)."""
+    held = peer.out.held + peer.cout.held
+    if held > OUT_MAX and (peer.out.backlog or peer.cout.backlog):
+        return held
+    return 0
 
 
 class Peer:

@@ -1,0 +1,147 @@
+"""What the broker holds for one peer, without sockets: its outboxes split what they send into
+bounded messages, keep in order what the connection refused, count what waits, and say when a
+peer stopped reading (scoop.peers).  The real-process side is tests/test_security.py."""
+from __future__ import annotations
+
+from collections import deque
+
+import zmq
+
+from scoop import _protocol as P
+from scoop.broker import _send_all
+from scoop.peers import OUT_MAX, RECORD_COST, SEND_SPLIT, Outbox, stalled
+from scoop.scheduling import Scheduler
+
+
+def _records(data) -> list[bytes]:
+    recs = P.parse(data, [], start=0)
+    assert recs is not None
+    return [bytes(r.hdr) for r in recs]
+
+
+def _sign(data):
+    return b"\0" * P.MAC_SIZE + data
+
+
+def _asks(box, first, n):
+    for i in range(first, first + n):
+        box.add(P.TID.pack(P.ASK, i))
+
+
+def _ids(msgs) -> list[int]:
+    return [P.ID.unpack_from(h, 1)[0] for header, _ in msgs for h in _records(header[P.MAC_SIZE:])]
+
+
+class _Connection:
+    """A ROUTER's queue for one peer: takes ``room`` messages, then refuses (zmq.Again) at the
+    identity frame, as libzmq does with ROUTER_MANDATORY and a full pipe."""
+
+    def __init__(self, room):
+        self.room = room
+        self.messages: list[list] = []
+        self.parts: list = []
+
+    def send(self, data, flags=0, copy=True):
+        if not self.parts and self.room <= 0:
+            raise zmq.Again()
+        self.parts.append(data)
+        if not flags & zmq.SNDMORE:
+            self.messages.append(self.parts)
+            self.parts = []
+            self.room -= 1
+
+
+def test_messages_stay_under_the_split_and_take_gives_everything():
+    box = Outbox(("u", 0), set())
+    _asks(box, 0, 20_000)
+    # complete messages are joined as they fill: what waits costs its bytes, not a record each
+    assert len(box.parts) < 20_000 * 17 // SEND_SPLIT + 4000
+    assert box.held == sum(len(p) for p in box.parts) + RECORD_COST * len(box.parts)
+    msgs = box.take_messages()
+    assert len(msgs) > 1
+    assert all(len(d) <= SEND_SPLIT + 64 for d, _ in msgs)
+    assert [P.ID.unpack_from(h, 1)[0] for d, _ in msgs for h in _records(d)] == list(range(20_000))
+    _asks(box, 0, 20_000)
+    data, frames = box.take()
+    assert len(_records(data)) == 20_000 and frames == []
+
+
+def test_what_the_connection_refused_goes_first_next_time_and_nothing_is_lost():
+    dirty: set = set()
+    box = Outbox(("u", 0), dirty)
+    _asks(box, 0, 20_000)
+    assert dirty == {("u", 0)} and box.held >= 20_000 * 10
+    conn = _Connection(room=2)
+    msgs = box.pending(_sign)
+    sent = _send_all(conn, b"tu", msgs)
+    assert sent == 2 and len(conn.messages) == 2 and not conn.parts  # whole messages only
+    for _ in range(sent):
+        msgs.popleft()
+    box.keep(msgs)
+    assert box.backlog and box.held == sum(len(h) for h, _ in box.backlog)
+    _asks(box, 20_000, 5)  # added while refused: after the backlog
+    conn.room = 10 ** 6
+    msgs = box.pending(_sign)
+    assert _send_all(conn, b"tu", msgs) == len(msgs)
+    box.keep(deque())
+    assert box.backlog is None and box.held == 0 and not box
+    got = [[_records(m[1][P.MAC_SIZE:])] for m in conn.messages]
+    ids = [P.ID.unpack_from(h, 1)[0] for (recs,) in got for h in recs]
+    assert ids == list(range(20_005))
+    assert all(m[0] == b"tu" for m in conn.messages)
+
+
+def test_payload_frames_go_with_their_message_and_are_not_counted():
+    box = Outbox(("u", 0), set())
+    frame = b"x" * (1 << 20)
+    box.add(P.TID.pack(P.CANCEL, 1), packed=P.Packed(P.EMPTY, [(0, len(frame), P.digest(frame))], [frame]))
+    assert box.held < 1000
+    conn = _Connection(room=1)
+    msgs = box.pending(_sign)
+    assert _send_all(conn, b"tu", msgs) == 1
+    assert conn.messages[0][2] is frame
+
+
+def test_a_peer_is_stalled_only_when_refused_and_past_the_bound():
+    core = Scheduler()
+    p = core.join(b"flood", {"role": "client", "name": "flood"})
+    p.out.take_messages()
+    # a peer that takes everything is never stalled, however much was queued at once
+    for i in range(OUT_MAX // 4096 + 10):
+        p.out.add(P.TID.pack(P.ASK, 1 << 40 | i), b"x" * 4096)
+    assert p.out.held > OUT_MAX and stalled(p) == 0
+    conn = _Connection(room=0)
+    msgs = p.out.pending(_sign)
+    assert _send_all(conn, b"tflood", msgs) == 0
+    p.out.keep(msgs)
+    assert stalled(p) > OUT_MAX
+    # refused, but little waits: a slow reader, not a stalled one
+    q = core.join(b"slow", {"role": "worker", "name": "slow"})
+    q.out.take_messages()
+    core.ask(q, P.TID.pack(P.ASK, 1 << 40 | 1))
+    msgs = q.out.pending(_sign)
+    assert _send_all(_Connection(room=0), b"tslow", msgs) == 0
+    q.out.keep(msgs)
+    assert q.out.backlog and stalled(q) == 0
+
+
+def test_a_cut_worker_s_tasks_run_elsewhere():
+    """Cutting a stalled worker is a loss: the core re-queues what it held (tests of the loss
+    itself are in tests/test_scheduling.py)."""
+    core = Scheduler()
+    origin = core.join(b"o", {"role": "origin", "name": "origin"})
+    w = core.join(b"w", {"role": "worker", "name": "w1"})
+    core.credit(w, 3)
+    box = P.Outbox()
+    box.add(P.BLOB_HEADER.pack(P.BLOB, b"f" * 16), b"fn")
+    for i in range(3):
+        box.add(P.TASK_HEADER.pack(P.TASK, 1 << 40 | i, 0, b"f" * 16, 0, 0), b"args")
+    data, frames = box.take()
+    recs = P.parse(data, frames, start=0)
+    core.blob(origin, recs[0])
+    for rec in recs[1:]:
+        core.submit(origin, rec)
+    core.dispatch()
+    assert len(w.assigned) == 3
+    core.leave(w, "cut (it stopped reading its connection)")
+    assert [t.id & 0xFF for t in core.queue] == [0, 1, 2] and core.lost_workers == 1
