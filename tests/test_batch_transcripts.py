@@ -19,6 +19,8 @@ import pytest
 
 from scoop.errors import ClusterError
 from scoop.options import ClusterOptions, OptionError, memory_mb
+from tests import batch_clusters
+from tests.batch_clusters import origin_process
 from tests.conftest import PROGRAMS, ROOT, TESTS, scoop_processes, wait_no_new_processes
 
 FAKE = os.path.join(TESTS, "fakebatch")
@@ -80,21 +82,11 @@ def _wait_no_live(state, timeout=15.0) -> list[dict]:
     return _live(state)
 
 
-@contextlib.contextmanager
 def batch_cluster(state, system, n, wait=True, **opts):
-    from scoop.cluster import Cluster
-    before = {p.pid for p in scoop_processes()}
-    opts.setdefault("cpus_per_job", 2)
-    c = Cluster(n, launcher=SYSTEMS[system], pythonpath=[TESTS, PROGRAMS], **opts)
-    try:
-        c.start(wait=wait, timeout=60)
-        yield c
-    finally:
-        c.stop()
-        assert _wait_no_live(state) == []
-        wait_no_new_processes(before, 15)
-        if c.launcher is not None and c.launcher.dir:
-            assert not os.path.exists(c.launcher.dir)
+    """An origin here whose ``n`` workers are jobs of the fake ``system``
+    (:func:`tests.batch_clusters.batch_cluster`)."""
+    return batch_clusters.batch_cluster(n, lambda: _wait_no_live(state), wait, timeout=60,
+                                        launcher=SYSTEMS[system], **opts)
 
 
 def square(x):
@@ -188,27 +180,14 @@ def test_scale_submits_whole_jobs_and_scaling_down_ends_them(fakebatch, system):
 
 @pytest.mark.parametrize("system", sorted(SYSTEMS))
 def test_killed_origin_leaves_no_job(fakebatch, system, tmp_path):
-    prog = tmp_path / "origin.py"
-    prog.write_text(textwrap.dedent(f"""
-        import time
-        from scoop.cluster import Cluster
+    with origin_process(tmp_path, f"""
         c = Cluster(4, launcher={SYSTEMS[system]!r}, cpus_per_job=2)
         c.start()
-        print("ready", flush=True)
-        time.sleep(600)
-    """))
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, str(prog)], stdout=subprocess.PIPE, env=env, cwd=ROOT)
-    try:
-        assert proc.stdout.readline().strip() == b"ready"
+    """) as proc:
         assert len(_live(fakebatch)) == 2
-        proc.send_signal(signal.SIGKILL)
+        proc.kill()
         proc.wait(10)
         assert _wait_no_live(fakebatch, 15) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 BLAUNCH_PROGRAM = """

@@ -3,47 +3,25 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
-import signal
-import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
+from tests import batch_clusters
+from tests.batch_clusters import origin_process, where
 from tests.conftest import PROGRAMS, ROOT, TESTS, scoop_processes, wait_no_new_processes
 from tests.sge_cluster import sge_cluster_fixture
 
 sge_cluster = sge_cluster_fixture(nodes=2, cpus=2, scope="module")
 
 
-@contextlib.contextmanager
 def batch_cluster(sge, n, wait=True, **opts):
-    """An origin here whose ``n`` workers are SGE jobs; afterwards no job, process or secret file
-    may be left."""
-    from scoop.cluster import Cluster
-    before = {p.pid for p in scoop_processes()}
-    opts.setdefault("cpus_per_job", 2)
-    # the node names resolve only on the nodes: the address they reach this host at is given
-    c = Cluster(n, launcher="sge", pythonpath=[TESTS, PROGRAMS], external_hostname=sge.net.gateway_ip, **opts)
-    try:
-        c.start(wait=wait, timeout=90)
-        yield c
-    finally:
-        c.stop()
-        assert sge.wait_no_jobs(20) == []
-        wait_no_new_processes(before, 15)
-        if c.launcher is not None and c.launcher.dir:
-            assert not os.path.exists(c.launcher.dir)
-
-
-def where(x):
-    import socket
-    import time
-    time.sleep(0.05)
-    return socket.gethostname()
+    """An origin here whose ``n`` workers are SGE jobs (:func:`tests.batch_clusters.batch_cluster`);
+    the node names resolve only on the nodes: the address they reach this host at is given."""
+    return batch_clusters.batch_cluster(n, lambda: sge.wait_no_jobs(20), wait, launcher="sge",
+                                        external_hostname=sge.net.gateway_ip, **opts)
 
 
 def test_cluster_runs_a_pe_job_on_a_node(sge_cluster, tmp_path):
@@ -146,28 +124,15 @@ def test_start_returns_once_the_jobs_are_queued_and_says_how_many_wait(sge_clust
 
 
 def test_killed_origin_leaves_no_job(sge_cluster, tmp_path):
-    prog = tmp_path / "origin.py"
-    prog.write_text(textwrap.dedent(f"""
-        import time
-        from scoop.cluster import Cluster
+    with origin_process(tmp_path, f"""
         c = Cluster(4, launcher="sge", cpus_per_job=2, external_hostname={sge_cluster.net.gateway_ip!r})
         c.start()
         c.wait_for_workers(4, 90)
-        print("ready", flush=True)
-        time.sleep(600)
-    """))
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, str(prog)], stdout=subprocess.PIPE, env=env, cwd=ROOT)
-    try:
-        assert proc.stdout.readline().strip() == b"ready"
+    """) as proc:
         assert len(sge_cluster.jobs()) == 2
-        proc.send_signal(signal.SIGKILL)
+        proc.kill()
         proc.wait(10)
         assert sge_cluster.wait_no_jobs(20) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 STEP_PROGRAM = """

@@ -3,7 +3,6 @@ allocations, and batch-job clusters started from the login node."""
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import signal
 import stat
@@ -14,6 +13,8 @@ import time
 
 import pytest
 
+from tests import batch_clusters
+from tests.batch_clusters import origin_process, where
 from tests.conftest import PROGRAMS, ROOT, TESTS, scoop_processes, wait_no_new_processes
 
 
@@ -34,31 +35,9 @@ def test_cluster_runs_jobs_on_both_nodes(slurm_cluster, tmp_path):
 # ---- batch-job clusters from the login node ---------------------------------------------------
 
 
-
-@contextlib.contextmanager
 def batch_cluster(slurm, n, wait=True, **opts):
-    """An origin here whose ``n`` workers are sbatch jobs; afterwards no job, process or secret
-    file may be left."""
-    from scoop.cluster import Cluster
-    before = {p.pid for p in scoop_processes()}
-    opts.setdefault("cpus_per_job", 2)
-    c = Cluster(n, slurm=True, pythonpath=[TESTS, PROGRAMS], **opts)
-    try:
-        c.start(wait=wait, timeout=90)
-        yield c
-    finally:
-        c.stop()
-        assert slurm.wait_no_jobs(15) == []
-        wait_no_new_processes(before, 15)
-        if c.launcher is not None and c.launcher.dir:
-            assert not os.path.exists(c.launcher.dir)
-
-
-def where(x):
-    import socket
-    import time
-    time.sleep(0.05)
-    return socket.gethostname()
+    """An origin here whose ``n`` workers are sbatch jobs (:func:`tests.batch_clusters.batch_cluster`)."""
+    return batch_clusters.batch_cluster(n, lambda: slurm.wait_no_jobs(15), wait, slurm=True, **opts)
 
 
 def env_var(name):
@@ -213,28 +192,15 @@ def test_worker_that_cannot_start_in_its_job_is_a_clear_error(slurm_cluster):
 
 def test_killed_origin_leaves_no_job(slurm_cluster, tmp_path):
     """SIGKILL of the origin: its watchdog cancels running and queued jobs."""
-    prog = tmp_path / "origin.py"
-    prog.write_text(textwrap.dedent("""
-        import sys, time
-        from scoop.cluster import Cluster
+    with origin_process(tmp_path, """
         c = Cluster(6, slurm=True, cpus_per_job=2)
         c.start(wait=False)
         c.wait_for_workers(4, 90)
-        print("ready", flush=True)
-        time.sleep(600)
-    """))
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, str(prog)], stdout=subprocess.PIPE, env=env, cwd=ROOT)
-    try:
-        assert proc.stdout.readline().strip() == b"ready"
+    """) as proc:
         assert len(slurm_cluster.jobs()) == 3
-        proc.send_signal(signal.SIGKILL)
+        proc.kill()
         proc.wait(10)
         assert slurm_cluster.wait_no_jobs(15) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_scale_up_and_down_submits_and_ends_jobs(slurm_cluster):
