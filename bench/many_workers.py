@@ -9,7 +9,8 @@ Each system is started the way its users start it, from the program that uses it
   scoop07  SCOOP 0.7.2.0 (--scoop07-python, else $SCOOP07_PYTHON, else bench/.venv-scoop07 made by
            bench/setup_peers.sh), the same way (its -n counts the origin among the workers)
   scoop-cluster  Cluster(n) from Python (workers spawned, as from a notebook), wait_for_workers(n)
-  ipyparallel  ipyparallel: ipp.Cluster(n).start_and_connect_sync(), rc.wait_for_engines(n)
+  ipyparallel  ipyparallel: ipp.Cluster(n) started and connected (start_and_connect_sync()'s steps),
+           rc.wait_for_engines(n)
   dask     LocalCluster(n_workers=n, threads_per_worker=1), wait_for_workers(n) (its nannies, the
            default, run in the program's process and each spawns one worker process)
 
@@ -156,8 +157,11 @@ def run_ipp(n: int) -> dict:
     import ipyparallel as ipp
     client: list = []
     watch = Joining(n, lambda: len(client[0].ids) if client else 0, lambda: len(_descendants()))
-    cluster = ipp.Cluster(n=n, log_level=40)
-    rc = cluster.start_and_connect_sync(activate=False)
+    # start_and_connect_sync() in its documented steps, to count engines while they join; its
+    # engine_timeout (60 s by default: too short for 256 engines here) is the bench's bound
+    cluster = ipp.Cluster(n=n, log_level=40, engine_timeout=TIMEOUT + 60)
+    cluster.start_cluster_sync()
+    rc = cluster.connect_client_sync()
     client.append(rc)
     try:
         rc.wait_for_engines(n, timeout=TIMEOUT + 60)     # the watch stops it at TIMEOUT
