@@ -11,10 +11,11 @@ buffer) as the memory-speed yardstick.  Every figure is the best of a few runs. 
 Prints a table and one JSON line (key "bench").
 
 --segments: one shared-memory segment's whole trip in one process (written by the sender,
-mapped by the receiver, a byte of every page read), as scoop._shm does it for results (a named
-file ending with a GMAC the receiver checks) and for arguments (a sealed memfd the receiver opens
-through /proc and maps, no pass over it), against the same trip with no MAC (the path before
-segments were checked) and with keyed BLAKE3 on both ends (the first check).
+mapped by the receiver, a byte of every page read), as scoop._shm does it: a named file ending
+with a GMAC the receiver checks (results for another worker), a sealed memfd the receiver opens
+through /proc and maps with no pass over it (arguments), the same handed over a Unix socket
+(results for the origin); against the same trip with no MAC (the path before segments were
+checked) and with keyed BLAKE3 on both ends (the first check).
 """
 import argparse
 import hashlib
@@ -102,10 +103,15 @@ def segments(sizes):
         np.frombuffer(segs.open(seg, view.nbytes), np.uint8)[::4096].sum()
         segs.unlink(seg)
 
+    import tempfile
+    inbox = tempfile.mkdtemp()
+    segs.listen(os.path.join(inbox, _shm.INBOX))
+    segs.hand_to(os.path.join(inbox, _shm.INBOX))
     variants = {"no MAC": bare,
                 "BLAKE3 keyed": lambda v: bare(v, lambda b: blake3.blake3(b, key=KEY).digest(8)),
-                "named + GMAC (results)": lambda v: checked(v, segs.put_named),
-                "sealed memfd (arguments)": lambda v: checked(v, segs.put)}
+                "named + GMAC (other results)": lambda v: checked(v, segs.put_named),
+                "sealed memfd (arguments)": lambda v: checked(v, segs.put),
+                "sealed, handed over (results)": lambda v: checked(v, segs.put_handed)}
     table = {k: {} for k in variants}
     try:
         for mib in sizes:
@@ -116,9 +122,11 @@ def segments(sizes):
                     t = best_of(lambda f=fn, v=view: f(v), 0.5, 3, 10)
                     table[name][mib] = max(table[name].get(mib, 0), view.nbytes / t / 1e9)
     finally:
-        segs.cleanup()
+        segs.cleanup(os.getpid())
         if os.path.exists(path):
             os.unlink(path)
+        os.unlink(os.path.join(inbox, _shm.INBOX))
+        os.rmdir(inbox)
     return table
 
 

@@ -28,7 +28,7 @@ from . import _protocol as P
 from . import _shm
 from ._procutil import SelfLoad, end_children, raise_fd_limit
 from .census import report_interval
-from .direct import DONE_DELAY, OriginEnd, WorkerEnd
+from .direct import DONE_DELAY, OriginEnd, WorkerEnd, socket_dir
 from .direct import available as direct_available
 from .errors import ClusterError
 from .liveness import DEFAULT_TIMEOUT, LOAD_INTERVAL, configure_socket, reconnect_grace
@@ -203,8 +203,12 @@ class Runtime:
             end = OriginEnd(self.secret, self.signer)
             if end.sock is not None:
                 self.direct = self.direct_in = end
+                if self.shm is not None:  # where workers hand it their results' sealed segments
+                    self.shm.listen(os.path.join(socket_dir(self.secret), _shm.INBOX))
         elif self.role == "worker" and direct_available():
             self.direct = self.direct_out = WorkerEnd(self.ctx, self.secret, self.signer, self.uid)
+            if self.shm is not None:
+                self.shm.hand_to(os.path.join(socket_dir(self.secret), _shm.INBOX))
         if self.direct is not None:
             self._poll_items.append((self.direct.sock, zmq.POLLIN))
         hello = dict(self.info, uid=self.uid, role=self.role, pid=os.getpid(), name=self.name,

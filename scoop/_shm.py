@@ -36,10 +36,12 @@ which code runs).  The id travels in the signed header.
 """
 from __future__ import annotations
 
+import array
 import fcntl
 import glob
 import mmap
 import os
+import socket
 import struct
 import time
 import weakref
@@ -51,6 +53,8 @@ DIR = "/dev/shm"
 _ID = struct.Struct("<IQ4s")  # named: creator pid, counter, the creator's random salt: the MAC's nonce
 _SEALED_ID = struct.Struct("<IQI")  # sealed: creator pid, counter | SEALED, its descriptor there
 SEALED = 1 << 63  # the counter's top bit (a named one starts at time_ns, far below it)
+HANDED = 1 << 62  # the next: its descriptor went to the receiver's inbox (SCM_RIGHTS), not kept
+INBOX = "segments"  # the origin's inbox socket, in its private directory (scoop.direct)
 MAC_SIZE = 16                 # a GMAC tag, after a named segment's content
 _ONE_CALL = 1 << 30
 _PIECE = 1 << 18  # fits in a core's L2 cache
@@ -92,6 +96,11 @@ class Segments:
         self._held: dict[int, int] = {}  # counter -> descriptor of each sealed segment we hold
         self.sealed = sealing()
         self.results = _Named(self)
+        self.to_origin = _Handed(self)
+        self._inbox = None  # the origin: the socket where workers hand it their results' segments
+        self._got: dict[tuple[int, int], int] = {}  # (pid, counter) -> a segment handed to us
+        self._to = None     # a worker: the origin's inbox
+        self._out = None    # and our socket to it
         self.pid = -1  # set for this process (again in a forked child) by _own()
         _LIVE.add(self)
 
@@ -132,6 +141,12 @@ class Segments:
         sealed); returns its 16-byte id.  We hold it until :meth:`unlink` or our end."""
         if not self.sealed:
             return self.put_named(view)
+        n, fd = self._seal(view)
+        self._held[n] = fd
+        return _SEALED_ID.pack(self.pid, n | SEALED, fd)
+
+    def _seal(self, view) -> tuple[int, int]:
+        """A new sealed memfd holding ``view``: its counter and descriptor."""
         data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
         self._own()
         n = self._next
@@ -145,8 +160,68 @@ class Segments:
         except BaseException:
             os.close(fd)
             raise
-        self._held[n] = fd
-        return _SEALED_ID.pack(self.pid, n | SEALED, fd)
+        return n, fd
+
+    def listen(self, path: str) -> None:
+        """The origin: takes the segments workers hand it at ``path`` (a socket in a directory
+        only our user can enter).  Without it, they send named segments."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        try:
+            _remove(path)  # the directory is ours: anything there is a dead origin's
+            s.bind(path)
+        except OSError:
+            s.close()
+            return
+        self._inbox = s
+
+    def hand_to(self, path: str) -> None:
+        """A worker: segments for the origin are handed to its inbox at ``path``."""
+        self._to = path
+
+    def put_handed(self, view) -> bytes:
+        """Copies ``view`` into a sealed segment and hands its descriptor to the origin's inbox,
+        keeping none (the origin frees it once mapped, as a result's receiver does); a named
+        segment when that cannot be (no inbox here, its queue full)."""
+        if self._to is None or not self.sealed:
+            return self.put_named(view)
+        n, fd = self._seal(view)
+        seg = _SEALED_ID.pack(self.pid, n | SEALED | HANDED, 0)
+        try:
+            if self._out is None:
+                self._out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._out.sendmsg([seg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))],
+                              socket.MSG_DONTWAIT, self._to)
+        except OSError as exc:
+            if not isinstance(exc, BlockingIOError):
+                self._to = None  # no inbox there (another mount namespace, no origin's directory)
+            return self.put_named(view)
+        finally:
+            os.close(fd)
+        return seg
+
+    def _handed(self, key: tuple[int, int]) -> int | None:
+        """The descriptor handed to us as ``key``, reading our inbox as far as it (its sender
+        queued it before sending the record that names it)."""
+        got, inbox = self._got, self._inbox
+        while key not in got and inbox is not None:
+            try:
+                msg, anc, _flags, _addr = inbox.recvmsg(_SEALED_ID.size, socket.CMSG_SPACE(16))
+            except (BlockingIOError, InterruptedError):
+                break
+            fds = array.array("i")
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+            if len(msg) == _SEALED_ID.size and len(fds) == 1:
+                pid, n, _ = _SEALED_ID.unpack(msg)
+                old = got.pop((pid, n), None)
+                if old is not None:
+                    os.close(old)
+                got[(pid, n)] = fds[0]
+            else:
+                for fd in fds:
+                    os.close(fd)
+        return got.get(key)
 
     def put_named(self, view) -> bytes:
         """Copies ``view`` into a new named segment, its MAC at the end; returns its 16-byte id."""
@@ -210,29 +285,39 @@ class Segments:
 
     def _open_sealed(self, seg: bytes, size: int, read_only: bool):
         pid, n, fd = _SEALED_ID.unpack(seg)
-        name = f"/memfd:{self._memfd}{pid}-{n & ~SEALED} (deleted)"
+        name = f"/memfd:{self._memfd}{pid}-{n & ~(SEALED | HANDED)} (deleted)"
+        if n & HANDED:
+            fd = self._handed((pid, n))
+            if fd is None:
+                raise SegmentError("shared-memory segment not found (another cluster's, or not "
+                                   "handed to this process)")
+            return self._map_sealed(fd, name, size, read_only)
         try:
             fd = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:  # its process is gone, the descriptor closed, or not ours to open
             raise SegmentError("shared-memory segment not found (another cluster's, or already "
                                "freed)") from None
         try:
-            if os.readlink(f"/proc/self/fd/{fd}") != name:
-                raise SegmentError("shared-memory segment not found (another cluster's, or already "
-                                   "freed: its descriptor now holds another file)")
-            st = os.fstat(fd)
-            if st.st_uid != os.getuid() or st.st_size != size:
-                raise SegmentError("shared-memory segment has the wrong owner or size")
-            if fcntl.fcntl(fd, _F_GET_SEALS) & _SEALS != _SEALS:
-                raise SegmentError("shared-memory segment is not sealed: refused before unpickling")
-            if not size:
-                return memoryview(b"")
-            if read_only:  # a pickle stream or a constant: sealed, so read in place
-                return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ))
-            return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
-                                        prot=mmap.PROT_READ | mmap.PROT_WRITE))
+            return self._map_sealed(fd, name, size, read_only)
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _map_sealed(fd: int, name: str, size: int, read_only: bool):
+        """Checks a sealed segment's name, owner, size and seals, then maps it."""
+        if os.readlink(f"/proc/self/fd/{fd}") != name:
+            raise SegmentError("shared-memory segment not found (another cluster's, or already "
+                               "freed: its descriptor now holds another file)")
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or st.st_size != size:
+            raise SegmentError("shared-memory segment has the wrong owner or size")
+        if fcntl.fcntl(fd, _F_GET_SEALS) & _SEALS != _SEALS:
+            raise SegmentError("shared-memory segment is not sealed: refused before unpickling")
+        if not size:
+            return memoryview(b"")
+        if read_only:  # a pickle stream or a constant: sealed, so read in place
+            return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ))
+        return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE))
 
     def unlink(self, seg: bytes) -> None:
         """Frees a segment: a named one for everybody; a sealed one only if we made it (its
@@ -240,24 +325,31 @@ class Segments:
         pid, n, _ = _ID.unpack(seg)
         if not n & SEALED:
             _remove(self._name(seg))
+        elif n & HANDED:
+            if self._handed((pid, n)) is not None:
+                os.close(self._got.pop((pid, n)))
         elif pid == self.pid:
             fd = self._held.pop(n & ~SEALED, None)
             if fd is not None:
                 os.close(fd)
 
     def held(self) -> int:
-        """How many sealed segments this process holds."""
-        return len(self._held) if self.pid == os.getpid() else 0
+        """How many sealed segments this process holds (made, or handed to it)."""
+        return (len(self._held) if self.pid == os.getpid() else 0) + len(self._got)
 
     def cleanup(self, pid: int | None = None) -> int:
         """Removes this cluster's named segments (only those ``pid`` created, if given) and, for
         our own pid or none, frees the sealed segments we hold."""
         n = 0
-        if pid is None or pid == self.pid == os.getpid():
+        if pid is None or pid == os.getpid():
             held, self._held = self._held, {}
-            for fd in held.values():
+            got, self._got = self._got, {}
+            for fd in [*held.values(), *got.values()]:
                 os.close(fd)
-            n += len(held)
+            n += len(held) + len(got)
+            if self._inbox is not None and pid is not None:  # our end: nothing more is taken
+                self._inbox.close()
+                self._inbox = None
         pattern = f"{self._prefix}{pid if pid is not None else '*'}-*"
         for path in glob.glob(pattern):
             try:
@@ -268,20 +360,31 @@ class Segments:
         return n
 
     def _forked(self):
-        """In a forked child: the parent's sealed segments are the parent's to free."""
-        for fd in self._held.values():
+        """In a forked child: the parent's sealed segments and inbox are the parent's."""
+        for fd in [*self._held.values(), *self._got.values()]:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self._held = {}
+        self._held, self._got = {}, {}
+        for s in (self._inbox, self._out):
+            if s is not None:
+                s.close()
+        self._inbox = self._out = None
 
 
 class _Named:
-    """The allocator for results: named segments, which their receiver frees."""
+    """The allocator for results to anyone but the origin: named segments their receiver frees."""
 
     def __init__(self, segments: Segments):
         self.put = segments.put_named
+
+
+class _Handed:
+    """The allocator for results to the origin: sealed segments handed to its inbox."""
+
+    def __init__(self, segments: Segments):
+        self.put = segments.put_handed
 
 
 def _remove(path: str) -> None:

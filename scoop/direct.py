@@ -105,10 +105,11 @@ def remove(secret: bytes) -> None:
     d = socket_dir(secret)
     if not _private(d):
         return
-    try:
-        os.unlink(os.path.join(d, "origin"))
-    except OSError:
-        pass
+    for name in ("origin", "segments"):  # the origin's sockets: results, and their segments (scoop._shm)
+        try:
+            os.unlink(os.path.join(d, name))
+        except OSError:
+            pass
     try:
         os.rmdir(d)
     except OSError:

@@ -229,9 +229,11 @@ class Executor:
         writes = TaskOutput.writes
         name = "task"
         inputs = 1
-        # a result for a submitter on this host goes through shared memory (a named segment:
-        # its receiver frees it)
-        shm = rt.shm.results if host == rt.host_key and rt.shm is not None else None
+        # a result for a submitter on this host goes through shared memory: sealed and handed
+        # to the origin if it is the origin's, else a named segment (its receiver frees it)
+        shm = None
+        if host == rt.host_key and rt.shm is not None:
+            shm = rt.shm.to_origin if flags & P.DIRECT else rt.shm.results
         try:
             fn, name, what = self._get_fn(d)
             if kind == P.CHUNK:

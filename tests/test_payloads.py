@@ -133,6 +133,53 @@ def test_a_sent_argument_cannot_be_changed(cluster):
     assert tried and set(tried) == {"refused"} and total == float(a.sum())
 
 
+def test_a_result_for_the_origin_is_a_sealed_segment_handed_over(cluster):
+    """A result reaches the origin as a sealed memfd whose descriptor the worker handed over
+    (it keeps none); the origin frees it once mapped."""
+    wait_idle(cluster)
+    r = futures.submit(T.make_array, 1 << 18).result(timeout=60)  # 2 MB
+    assert r[-1] == (1 << 18) - 1 and not r.flags.owndata and r.flags.writeable
+    tag = cluster_segments().tag.hex()
+    with open("/proc/self/maps") as f:
+        mapped = [line.split()[-2] for line in f if f"/memfd:scoop-{tag}-" in line]
+    assert mapped and all(f"-{os.getpid()}-" not in m for m in mapped), mapped
+    assert not cluster_segments()._got, "the origin still holds the result's segment"
+
+
+def test_handed_segments_without_a_cluster(tmp_path):
+    """The origin's inbox: a worker's segment arrives sealed and owned by the origin alone; with
+    no inbox where the worker looks, it sends a named segment instead."""
+    from scoop import _protocol as P
+    tag = P.derive(os.urandom(32), "shared memory")
+    origin, worker = _shm.Segments(tag), _shm.Segments(tag)
+    try:
+        origin.listen(str(tmp_path / _shm.INBOX))
+        worker.hand_to(str(tmp_path / _shm.INBOX))
+        data = np.arange(P.SHM_MIN, dtype="u1")
+        seg = worker.to_origin.put(memoryview(data))
+        assert worker.held() == 0 and not glob.glob(f"{_shm.DIR}/scoop-{tag[:8].hex()}-*")
+        got = origin.open(seg, data.nbytes)
+        assert bytes(got) == data.tobytes() and origin.held() == 1
+        (fd,) = origin._got.values()
+        with pytest.raises(PermissionError):
+            with open(f"/proc/self/fd/{fd}", "r+b") as f:
+                f.write(b"\xff")
+                f.flush()
+        origin.unlink(seg)
+        assert origin.held() == 0
+        with pytest.raises(_shm.SegmentError, match="not found"):
+            origin.open(seg, data.nbytes)
+        lost = _shm.Segments(tag)
+        lost.hand_to(str(tmp_path / "no-inbox"))
+        named = lost.to_origin.put(memoryview(data))
+        assert bytes(origin.open(named, data.nbytes)) == data.tobytes()
+        origin.unlink(named)
+    finally:
+        for segs in (origin, worker):
+            segs.cleanup(os.getpid())
+    assert not glob.glob(f"{_shm.DIR}/scoop-{tag[:8].hex()}-*")
+
+
 def _cli_leaves_no_segment(kill, tmp_path):
     """Runs a program moving big arrays, kills one of its processes, checks /dev/shm and that
     no process holds a sealed segment."""
