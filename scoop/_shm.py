@@ -16,8 +16,14 @@ speed of an unchecked mapping.  The memory lives while the sender holds the desc
 receiver maps it, and dies with them: nothing is left in /dev/shm when a process is killed.
 Needs one pid namespace for sender and receiver (one host key: see ``scoop._runtime``).
 
-**Named** (``Segments.results``: task results, which their receiver frees once mapped, so the
-sender cannot keep them): files under /dev/shm.  The broker unlinks what it drops, and every
+**Handed** (``Segments.to_origin``: results for the origin, which their receiver frees once
+mapped, so the sender cannot keep them): sealed the same way, and the descriptor itself goes to
+the origin's inbox, a Unix datagram socket in its private directory (``SCM_RIGHTS``), before the
+record naming it leaves; the worker keeps none, and the origin holds it until it took the result.
+
+**Named** (``Segments.results``: results for other workers, nested tasks' submitters with no
+inbox; and the fallback when the origin's inbox cannot be reached or is full): files under
+/dev/shm.  The broker unlinks what it drops, and every
 name starts with the cluster's tag and its creator's pid, so whoever outlives a crash (a
 process's own exit, the broker, the Cluster's stop) removes what is left by prefix.
 Checked as payload frames are: each ends with a MAC of its content, made by the sender
