@@ -49,6 +49,7 @@ import mmap
 import os
 import socket
 import struct
+import threading
 import time
 import weakref
 from hmac import compare_digest as _compare_digest
@@ -105,6 +106,7 @@ class Segments:
         self.to_origin = _Handed(self)
         self._inbox = None  # the origin: the socket where workers hand it their results' segments
         self._got: dict[tuple[int, int], int] = {}  # (pid, counter) -> a segment handed to us
+        self._reading = threading.Lock()  # one reader of the inbox (a kernel pumps from two threads)
         self._to = None     # a worker: the origin's inbox
         self._out = None    # and our socket to it
         self.pid = -1  # set for this process (again in a forked child) by _own()
@@ -208,6 +210,10 @@ class Segments:
     def _handed(self, key: tuple[int, int]) -> int | None:
         """The descriptor handed to us as ``key``, reading our inbox as far as it (its sender
         queued it before sending the record that names it)."""
+        with self._reading:
+            return self._read_inbox(key)
+
+    def _read_inbox(self, key: tuple[int, int]) -> int | None:
         got, inbox = self._got, self._inbox
         while key not in got and inbox is not None:
             try:
@@ -332,8 +338,10 @@ class Segments:
         if not n & SEALED:
             _remove(self._name(seg))
         elif n & HANDED:
-            if self._handed((pid, n)) is not None:
-                os.close(self._got.pop((pid, n)))
+            self._handed((pid, n))
+            fd = self._got.pop((pid, n), None)
+            if fd is not None:
+                os.close(fd)
         elif pid == self.pid:
             fd = self._held.pop(n & ~SEALED, None)
             if fd is not None:
@@ -377,6 +385,7 @@ class Segments:
             if s is not None:
                 s.close()
         self._inbox = self._out = None
+        self._reading = threading.Lock()  # a fork may have caught another thread holding it
 
 
 class _Named:
