@@ -12,6 +12,7 @@ import sys
 import threading
 
 from . import _procutil
+from ._launchtrace import mark
 
 
 def _watch_stdin():
@@ -58,6 +59,7 @@ def _profile(directory: str, name: str):
 
 
 def main():
+    mark("worker runs")
     _procutil.name_process("scoop-worker")
     _procutil.raise_fd_limit()
     _procutil.ignore_interrupts()
@@ -97,6 +99,7 @@ def main():
         finally:  # even when nobody reads our output any more
             _procutil.end_children()
             os._exit(3)
+    mark("worker joined", name)
     _globals.activate(rt, is_origin=False, broker=cfg.get("broker_info"))
     capture_output(rt)
     if os.environ.get("SCOOP_PROFILE"):

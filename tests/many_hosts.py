@@ -23,12 +23,14 @@ PROGRAM = os.path.join(ROOT, "tests", "programs", "many_hosts.py")
 @dataclass
 class Run:
     joined_s: float | None = None       # launcher start -> its program runs (all workers joined)
+    started_at: float = 0.0             # time.time() of the launcher's start (for a launch trace)
     map_s: float | None = None          # a map of 4 tiny tasks per worker
     answered: int = 0                   # distinct workers that ran a task of that map
     workers: dict = field(default_factory=dict)      # host -> its scoop-worker processes
     connections: dict = field(default_factory=dict)  # host -> the launcher's TCP connections to its sshd
     sessions: dict = field(default_factory=dict)     # host -> its sshd's connection processes
     left: dict = field(default_factory=dict)         # host -> what still ran there after the stop
+    cpu: dict = field(default_factory=dict)          # process name -> (count, CPU seconds) when all joined
     returncode: int | None = None
     stdout: str = ""
     stderr: str = ""
@@ -70,6 +72,28 @@ def leftovers(cluster) -> dict:
     return left
 
 
+def cpu_by_name(cluster, launcher: int) -> dict:
+    """CPU seconds (user + system) spent so far by the launcher's processes and by every process on
+    the hosts, by process name: where a launch's work went."""
+    nets = {_ns(h.sshd.pid) for h in cluster.hosts}
+    procs = [psutil.Process(launcher)]
+    try:
+        procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        pass
+    seen = {p.pid for p in procs}
+    procs += [p for p in psutil.process_iter() if p.pid not in seen and _ns(p.pid) in nets]
+    out: dict = {}
+    for p in procs:
+        try:
+            name, t = p.name(), p.cpu_times()
+        except psutil.Error:
+            continue
+        count, cpu = out.get(name, (0, 0.0))
+        out[name] = (count + 1, cpu + t.user + t.system)
+    return out
+
+
 def run(cluster, per_host: int, *, python: str = sys.executable, timeout: float = 300.0,
         extra_args=()) -> Run:
     """Runs the program on every host of ``cluster`` with ``per_host`` workers each; always ends
@@ -84,6 +108,7 @@ def run(cluster, per_host: int, *, python: str = sys.executable, timeout: float 
                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     env.pop("SSH_AUTH_SOCK", None)
     r = Run()
+    r.started_at = time.time()
     t0 = time.perf_counter()
     p = subprocess.Popen([python, "-m", "scoop", "--hostfile", hostfile, *extra_args, PROGRAM],
                          cwd=cluster.tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -119,6 +144,7 @@ def run(cluster, per_host: int, *, python: str = sys.executable, timeout: float 
                 if w.info["name"] == "scoop-worker" and _ns(w.pid) in by_ns:
                     workers[by_ns[_ns(w.pid)]] += 1
             r.workers = dict(workers)
+            r.cpu = cpu_by_name(cluster, p.pid)
             ips = {h.ip: h.name for h in cluster.hosts}
             conns = Counter(ips[c.raddr.ip] for c in psutil.Process(p.pid).net_connections("tcp")
                             if c.raddr and c.raddr.ip in ips and c.raddr.port == 22

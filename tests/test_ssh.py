@@ -1,5 +1,6 @@
 """RemoteHost against real sshd servers in network namespaces (tests/netns.py)."""
 
+import os
 import secrets
 import socketserver
 import sys
@@ -17,6 +18,7 @@ except ImportError:  # tests/ itself on sys.path (no tests/__init__.py)
 from scoop.launch.ssh import REMOTE_KILL_GRACE, REMOTE_TERM_GRACE, RemoteHost, SSHError, connect_hosts
 
 PY = sys.executable
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 cluster = netns_hosts_fixture(3)
 
 # Time for a remote process to die after its channel closes, with margin.
@@ -375,6 +377,41 @@ def test_check_python(cluster, home, hosts_to_close):
     assert str(err.value).startswith("host 'h2': python interpreter '/nonexistent/python3.99' not found")
     with pytest.raises(SSHError, match="^host 'h2': python interpreter '/bin/false' failed"):
         host.check_python("/bin/false")
+
+
+def test_agent_says_ready_then_leaves_quietly_without_workers(cluster, home, hosts_to_close, marker):
+    """A host's agent starts before the broker: it says ``ready`` once it imported what a worker
+    needs, and a launcher that stops before giving it workers ends it without a word."""
+    host = connect("h1", hosts_to_close)
+    lines, on_output = collector()
+    proc = host.start([PY, "-m", "scoop.launch.ssh_agent", marker], on_output=on_output,
+                      env={"PYTHONPATH": ROOT})
+    deadline = time.monotonic() + 30
+    while not lines["stdout"] and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert lines["stdout"] == ["ready %d.%d" % sys.version_info[:2]], lines
+    proc.channel.shutdown_write()  # the end of its stdin, before any configuration
+    assert proc.wait(10) == 0
+    assert lines["stderr"] == []
+
+
+def test_launch_names_every_host_whose_agent_cannot_start(cluster, home, marker, tmp_path):
+    """The agent's start is the check of each host's Python and prolog: every host that fails
+    is named with its reason, and nothing is left on any host."""
+    from scoop.cluster import Cluster
+    from scoop.errors import ClusterError
+
+    bad = f"/nonexistent/{marker}/python3"
+    with pytest.raises(ClusterError) as err:
+        Cluster(hosts=["h1", "h2"], python=bad).start(timeout=60)
+    for name in ("h1", "h2"):
+        assert f"host '{name}': python interpreter '{bad}' not found" in str(err.value)
+    prolog = tmp_path / f"{marker}.sh"  # there is none
+    with pytest.raises(ClusterError) as err:
+        Cluster(hosts=["h3"], prolog=str(prolog)).start(timeout=60)
+    assert str(err.value).startswith("host 'h3': cannot start in ")
+    assert f"--prolog {str(prolog)!r} was sourced first" in str(err.value)
+    assert "cannot read prolog" in str(err.value)
 
 
 # ------------------------------------------------------ reverse tunnels

@@ -3,16 +3,27 @@ starts programs and opens tunnels).
 
 The parts, one concern each: the connection (config, agent, ProxyJump, host keys:
 :mod:`.ssh_connection`), a program running on a host (:mod:`.ssh_process`) and the tunnels
-(:mod:`.ssh_tunnel`).  One connection per host carries every worker started there.
+(:mod:`.ssh_tunnel`).  One connection per host carries every worker started there, and one
+agent on it (:mod:`.ssh_agent`) forks them.
+
+Why the agent starts as soon as its host is connected, before the broker: its interpreter start
+and imports (~0.1 s of CPU on each host, all hosts at once) then overlap the other connects and
+the broker's start, and its ``ready`` line is the check of the host's Python, instead of a
+session of its own per host.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import Callable, Optional
 
+from .._launchtrace import VARIABLE as TRACE_VARIABLE
+from .._launchtrace import mark
 from ..errors import ClusterError
 from . import ssh_process
 from .base import Launcher, ProcessHandle, register
@@ -73,20 +84,35 @@ class RemoteHost(SSHConnection):
         super().close()
 
 
-def connect_hosts(names: list[str], **kw) -> dict[str, RemoteHost]:
+#: hosts connected to at once (each connect is mostly waiting on the network and the host)
+CONNECT_PARALLEL = 64
+
+
+def connect_hosts(names: list[str], then: Optional[Callable[[RemoteHost], None]] = None,
+                  **kw) -> dict[str, RemoteHost]:
     """Connect to every host at once; all or nothing.
 
     Parallel because a cluster launch should cost one connect timeout, not
-    one per dead host.  On any failure the good connections are closed and
-    one :class:`SSHError` lists every failing host with its reason.
+    one per dead host.  ``then(host)`` runs right after each connect, in
+    the same thread (starting a host's agent while others still connect); an
+    :class:`SSHError` it raises is that host's failure.  On any failure the
+    good connections are closed and one :class:`SSHError` lists every
+    failing host with its reason.
     """
     unique = list(dict.fromkeys(names))
     hosts = {name: RemoteHost(name, **kw) for name in unique}
     if not hosts:
         return {}
+
+    def one(host: RemoteHost) -> None:
+        host.connect()
+        mark("ssh connected", host.name)
+        if then is not None:
+            then(host)
+
     errors: list[SSHError] = []
-    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
-        futures = {name: pool.submit(host.connect) for name, host in hosts.items()}
+    with ThreadPoolExecutor(max_workers=min(CONNECT_PARALLEL, len(hosts))) as pool:
+        futures = {name: pool.submit(one, host) for name, host in hosts.items()}
         for name, fut in futures.items():
             try:
                 fut.result()
@@ -99,6 +125,11 @@ def connect_hosts(names: list[str], **kw) -> dict[str, RemoteHost]:
             host.close()
         raise SSHError.combine(errors)
     return hosts
+
+
+#: seconds a host's agent may take to start and import (32 at once on a loaded machine take a
+#: few); a missing interpreter or a failing prolog is reported as soon as the agent exits
+AGENT_READY_TIMEOUT = 60.0
 
 
 @register
@@ -114,26 +145,76 @@ class SSHLauncher(Launcher):
         self.hosts: dict[str, RemoteHost] = {}
         self._tunnel_ports: dict = {}
         self._local = SpawnLauncher(*args, **kw)
+        self._agents: dict[str, tuple] = {}  # host -> (agent, its output) ready, given no workers yet
 
     def prepare(self, hosts):
-        """Connects to the hosts not connected yet (a scale-up may add some) and checks their Python."""
+        """Connects to the hosts not connected yet (a scale-up may add some), each starting its
+        agent as soon as it is connected (:meth:`start` waits for them)."""
         names = [h for h in dict.fromkeys(hosts) if h is not None and h not in self.hosts]
         if not names:
             return
         try:
-            new = connect_hosts(names, config_path=self.options.ssh_config,
+            new = connect_hosts(names, then=self._begin_agent, config_path=self.options.ssh_config,
                                 connect_timeout=self.options.connect_timeout)
         except SSHError as exc:
+            for name in names:
+                self._agents.pop(name, None)
             raise ClusterError(str(exc)) from None
         self.hosts.update(new)
-        errors = []
-        for rh in new.values():
-            try:
-                rh.check_python(self.python)
-            except SSHError as exc:
-                errors.append(str(exc))
+
+    def _env(self) -> dict:
+        """The environment of a host's agent and of the workers it forks."""
+        # the hosts import the scoop this process runs when its directory exists there too (a
+        # shared file system, a source checkout); a missing directory on PYTHONPATH is ignored
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = {"PYTHONUNBUFFERED": "1", **(self.options.env or {}),
+               "PYTHONPATH": os.pathsep.join(dict.fromkeys(self.options.pythonpath + [here])),
+               "SCOOP_ROLE": "agent"}  # ps finds it and its forks by their environment
+        if os.environ.get(TRACE_VARIABLE):
+            env[TRACE_VARIABLE] = os.environ[TRACE_VARIABLE]
+        return env
+
+    def _agent(self, rh: RemoteHost) -> tuple:
+        out = _AgentOutput(self.relay, rh.name)
+        agent = rh.start([self.python, "-m", "scoop.launch.ssh_agent"], cwd=self.cwd, env=self._env(),
+                         prolog=self.options.prolog, on_output=out)
+        return agent, out
+
+    def _begin_agent(self, rh: RemoteHost) -> None:
+        self._agents[rh.name] = self._agent(rh)
+
+    def _await_agents(self, started: list[tuple]) -> None:
+        """Returns once each ``(host, agent, output)`` said ``ready``; else one ClusterError
+        naming every host whose interpreter, directory or prolog failed, and why."""
+        deadline = time.monotonic() + AGENT_READY_TIMEOUT
+        waiting, errors = list(started), []
+        while waiting:
+            host, agent, out = waiting[0]
+            if out.ready.wait(0.02):
+                waiting.pop(0)
+                continue
+            for item in list(waiting):
+                code = item[1].poll()
+                if code is not None and not item[2].ready.is_set():
+                    errors.append(SSHError(item[0], self._agent_failure(code, item[2])))
+                    waiting.remove(item)
+            if waiting and time.monotonic() > deadline:
+                errors += [SSHError(h, f"python interpreter {self.python!r} did not start the SCOOP agent "
+                                       f"within {AGENT_READY_TIMEOUT:g} s") for h, _, _ in waiting]
+                break
         if errors:
-            raise ClusterError("; ".join(errors))
+            raise ClusterError(str(SSHError.combine(errors)))
+
+    def _agent_failure(self, code: int, out: "_AgentOutput") -> str:
+        detail = out.said[-1] if out.said else "no message"
+        if code in (126, 127):
+            what = "not found" if code == 127 else "not executable"
+            return f"python interpreter {self.python!r} {what}: {detail}"
+        prolog = f" (--prolog {self.options.prolog!r} was sourced first)" if self.options.prolog else ""
+        if code == 125:  # remote_command: the directory or the prolog
+            return f"cannot start in {self.cwd!r}{prolog}: {detail}"
+        return (f"python interpreter {self.python!r} failed to start the SCOOP agent "
+                f"(exit {code}){prolog}: {detail}")
 
     def bind_host(self) -> str:
         """Through tunnels the broker is reached on loopback only."""
@@ -157,32 +238,33 @@ class SSHLauncher(Launcher):
         """The workers of one host start from one process there (:mod:`.ssh_agent`), on one SSH
         session of the host's one connection, however many they are."""
         handles = []
-        # the hosts import the scoop this process runs when its directory exists there too (a
-        # shared file system, a source checkout); a missing directory on PYTHONPATH is ignored
-        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = {"PYTHONUNBUFFERED": "1", **(self.options.env or {}),
-               "PYTHONPATH": os.pathsep.join(dict.fromkeys(self.options.pythonpath + [here]))}
         by_host: dict[str, list] = {}
         for spec in specs:
             if spec.host is None:
                 handles += self._local.start([spec])
             else:
                 by_host.setdefault(spec.host, []).append(spec)
+        started = []
         for host, group in by_host.items():
             workers = [HostWorker(spec.name) for spec in group]
             line = json.dumps({"workers": [spec.config for spec in group]}).encode() + b"\n"
             try:
-                agent = self.hosts[host].start(
-                    [self.python, "-m", "scoop.launch.ssh_agent"], stdin_data=line, cwd=self.cwd,
-                    env=dict(env, SCOOP_ROLE="agent"),  # ps finds it and its forks by their environment
-                    prolog=self.options.prolog, on_output=_AgentOutput(workers, self.relay))
+                agent, out = self._agents.pop(host, None) or self._agent(self.hosts[host])
             except SSHError as exc:
                 raise ClusterError(str(exc)) from None
+            out.workers = workers  # before the agent can name one
+            started.append((host, agent, out))
+            try:
+                agent.write_stdin(line)  # read once it is ready: it forks at once then
+            except SSHError:
+                pass  # it ended: why is told below
+            mark("workers sent", host)
             for i, (spec, w) in enumerate(zip(group, workers)):
                 w.agent, w.index = agent, i
                 h = ProcessHandle(spec.name, host, w)
                 self.handles.append(h)
                 handles.append(h)
+        self._await_agents(started)
         return handles
 
     def stop(self, timeout: float = 5.0):
@@ -191,6 +273,9 @@ class SSHLauncher(Launcher):
             agent = getattr(h.proc, "agent", None)
             if agent is not None:
                 agent.kill()  # the agent's end: its workers leave
+        for agent, _ in self._agents.values():
+            agent.kill()  # ready, never given workers
+        self._agents.clear()
         for rh in self.hosts.values():
             try:
                 rh.close()
@@ -229,14 +314,23 @@ class HostWorker:
 
 
 class _AgentOutput:
-    """Sorts an agent's output lines by worker, for the relay; its exit lines end a worker."""
+    """Sorts an agent's output lines by worker, for the relay; its exit lines end a worker.
+    Before it has workers, its ``ready`` sets :attr:`ready` and its other words are kept (the
+    reason it could not start)."""
 
-    def __init__(self, workers: list[HostWorker], relay):
-        self.workers = workers
+    def __init__(self, relay, host: str):
+        self.workers: list[HostWorker] = []
         self.relay = relay
+        self.host = host
+        self.ready = threading.Event()
+        self.said: deque = deque(maxlen=20)
 
     def __call__(self, stream: str, line: str) -> None:
         if stream == "stdout":
+            if not self.ready.is_set() and line.startswith("ready "):
+                mark("agent ready", self.host)
+                self.ready.set()
+                return
             i, kind, text = (line.split(" ", 2) + ["", ""])[:3]
             if i.isdigit() and int(i) < len(self.workers) and kind in ("o", "e", "x"):
                 w = self.workers[int(i)]
@@ -245,5 +339,7 @@ class _AgentOutput:
                 else:
                     self.relay.emit(w.name, "stdout" if kind == "o" else "stderr", text + "\n")
                 return
+        if line.strip():
+            self.said.append(line.strip())
         for w in self.workers:  # the agent's own words (it could not start): every worker's reason
             self.relay.emit(w.name, "stderr", line + "\n")

@@ -6,8 +6,12 @@ cores took longer than the whole cluster should take to join, and sshd limits th
 connection (``MaxSessions``, 10 by default).  A fork costs no imports (they are done once here,
 before the first fork).  The agent is single-threaded, so forking is safe.
 
-Its stdin carries one JSON line, ``{"workers": [config, ...]}`` (each config holds the secret),
-then commands: ``k I`` ends worker I.  Its end (the launcher or its connection is gone) closes
+It starts while the launcher still prepares the cluster (right after the SSH connection is up),
+imports what a worker needs, then says ``ready X.Y`` (its Python version) on stdout: the
+launcher's check of the interpreter, and its sign that forks will cost no imports.  Its stdin
+then carries one JSON line, ``{"workers": [config, ...]}`` (each config holds the secret), and
+commands: ``k I`` ends worker I.  Its stdin ending before any configuration came (the cluster
+stopped first) ends it quietly.  Its end (the launcher or its connection is gone) closes
 every worker's stdin, their cue to leave, and whatever still runs 2 s later is killed; a worker
 also dies with the agent (``PR_SET_PDEATHSIG``).  On stdout, one line per line a worker
 printed, ``I o TEXT`` or ``I e TEXT`` (its stdout, its stderr), and ``I x CODE`` when worker I
@@ -33,21 +37,26 @@ def _write(text: str) -> None:
 
 
 def main() -> None:
+    from .._launchtrace import mark
     from .._procutil import name_process
-    from .local import fork_spawn
+    from .local import _import_once, fork_spawn
+    mark("agent runs")
     name_process("scoop-agent")
+    _import_once("scoop.worker")  # before the first fork, and before the launcher waits on us
+    mark("agent imported")
+    _write("ready %d.%d\n" % sys.version_info[:2])
     data = b""
     while b"\n" not in data:  # unbuffered: what follows the line is commands, read below
         more = os.read(0, 65536)
         if not more:
-            sys.stderr.write("scoop agent: expected the workers' configurations on stdin\n")
-            sys.exit(2)
+            sys.exit(0)  # the cluster stopped before it started workers here
         data += more
     line, command = data.split(b"\n", 1)
     configs = json.loads(line)["workers"]
     env = dict(os.environ)
     procs = [fork_spawn("scoop.worker", (json.dumps(c) + "\n").encode(), env=env, cwd=os.getcwd())
              for c in configs]
+    mark("agent forked", str(len(procs)))
     signal.signal(signal.SIGTERM, lambda *_: _end(procs, 0.0))
     sel = selectors.DefaultSelector()
     partial: dict = {}
