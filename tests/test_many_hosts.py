@@ -1,7 +1,7 @@
 """Many SSH hosts at once: 16 sshd test hosts in network namespaces (tests/netns.py) x 8 workers.
 
-CI runs this size (128 spawned interpreters take ~20 s of CPU on 2 cores); bench/many_hosts.py
-runs the full 32 hosts x 8 workers and prints the time until all joined.  The namespaces, sshd
+CI runs this size (16 agent interpreters, 128 forked workers); bench/many_hosts.py runs the full
+32 hosts x 8 workers and prints the time until all joined, with the launch's timeline.  The namespaces, sshd
 and every process are removed by the fixture and the run helper, also when a check fails.
 """
 from __future__ import annotations
