@@ -1,8 +1,9 @@
 """Many SSH hosts at once: 16 sshd test hosts in network namespaces (tests/netns.py) x 8 workers.
 
 CI runs this size (16 agent interpreters, 128 forked workers); bench/many_hosts.py runs the full
-32 hosts x 8 workers and prints the time until all joined, with the launch's timeline.  The namespaces, sshd
-and every process are removed by the fixture and the run helper, also when a check fails.
+32 hosts x 8 workers and prints the time until all joined, with the launch's timeline.  The
+namespaces, sshd and every process are removed by the fixture and the run helper, also when a
+check fails.
 """
 from __future__ import annotations
 
