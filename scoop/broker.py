@@ -420,6 +420,9 @@ class Broker:
     def _periodic(self, now):
         pass
 
+    def _snapshot(self) -> dict:
+        return self.census.snapshot()
+
     # ---- output --------------------------------------------------------------------------------
     def _flush(self):
         """Each outbox with something to send, as messages of at most ``SEND_SPLIT`` header
@@ -529,7 +532,7 @@ class Broker:
         if now - t0 >= 1.0:
             self.rate = (core.done_total - d0) / (now - t0)
             self._rate_mark = (now, core.done_total)
-        snap = self.census.snapshot()
+        snap = self._snapshot()
         origin = core.origin
         snap.update(state="running" if self.running else "stopped", time=time.time(),
                     origin=core.peer_info(origin) if origin and origin.uid in core.peers else None,

@@ -19,12 +19,21 @@ import zmq
 from . import _protocol as P
 from .broker import Broker
 from .broker import main as serve
-from .census import Census, status_interval
+from .census import status_interval
 from .liveness import LOAD_INTERVAL, configure_socket
 from .scheduling import Peer
 from .security import secure_client
 
 SUB_STATUS_INTERVAL = 2.0  # seconds between two snapshots on a sub-broker's own meta stream
+REPORT_MAX = 2.0  # seconds a load report to the root waits at most (the root's own snapshot comes
+                  # as seldom from 40,000 workers on)
+
+
+def report_interval(workers: int, cluster: int) -> float:
+    """Seconds between two load reports to the root: a report feeds the root's snapshot, so it
+    comes as often as the root publishes one (up to ``REPORT_MAX``), and never so often that
+    the walk over this broker's workers behind it costs more than a small share (census)."""
+    return max(status_interval(workers, LOAD_INTERVAL), min(status_interval(cluster), REPORT_MAX))
 
 
 class SubBroker(Broker):
@@ -37,7 +46,10 @@ class SubBroker(Broker):
         # (each snapshot walks our workers: twice the walk at the same pace was ~6 % of a core)
         kw.setdefault("status_interval", SUB_STATUS_INTERVAL)
         super().__init__(secret, main_addr, meta_addr, upstream=self.upstream, **kw)
-        self.report = Census(self.core)  # what the root hears of our workers
+        # one walk over our workers per report: our own meta stream shows the last report
+        self.last_report = None
+        self.reported_at = 0.0
+        self.reported_count = 0
         self.upstream.out.dirty = self.upstream.cout.dirty = self.core.dirty
         uid = os.urandom(8).hex().encode()
         self.up = self._dealer(b"t" + uid, upstream)
@@ -174,19 +186,24 @@ class SubBroker(Broker):
     def _periodic(self, now):
         """The load report to the root: a snapshot of this broker's workers (scoop.census), of a
         size that does not grow with them, with their count and hosts."""
-        if now >= self.next_beat:
-            core = self.core
-            self.next_beat = now + status_interval(core.n_workers, LOAD_INTERVAL)
-            load = self.report.snapshot()
-            load.update(count=core.n_workers, hosts={str(k): v for k, v in core.host_refs.items()},
+        core = self.core
+        # workers joined or left: the root counts them at once (a cluster's start waits for them)
+        moved = core.n_workers != self.reported_count
+        if now >= self.next_beat or (moved and now - self.reported_at >= status_interval(core.n_workers,
+                                                                                        LOAD_INTERVAL)):
+            self.next_beat = now + report_interval(core.n_workers, core.global_size)
+            self.reported_at, self.reported_count = now, core.n_workers
+            snap = self.last_report = self.census.snapshot()
+            load = dict(snap, count=core.n_workers, hosts={str(k): v for k, v in core.host_refs.items()},
                         queued=core.queued(), running=core.n_assigned, done=core.done_total)
             self.upstream.cout.add(P.LOAD, json.dumps(load).encode())
 
-    def _event(self, kind, **data):
-        peer = data.get("worker")
-        if kind == "left" and peer is not None:
-            self.report.note_left(str(peer.index))
-        super()._event(kind, **data)
+    def _snapshot(self):
+        """Our own meta stream shows the last report (views read the root's): no walk of its own."""
+        snap = self.last_report
+        if snap is None:
+            return super()._snapshot()
+        return dict(snap, totals=dict(snap["totals"]))
 
     def _flush(self):
         core = self.core

@@ -1,6 +1,7 @@
 """Broker federation (-b): a root broker with sub-brokers, each serving part of the workers."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -109,3 +110,41 @@ def _one(hdr):
 def _one_box(box):
     data, frames = box.take()
     return data, frames, 0
+
+
+class _Walks:
+    """A census that counts its walks over the workers."""
+
+    def __init__(self):
+        self.walks = 0
+
+    def snapshot(self):
+        self.walks += 1
+        return {"totals": {}, "workers": [], "left": []}
+
+
+def test_a_sub_broker_walks_its_workers_once_per_report_as_seldom_as_the_root_publishes():
+    """10,000 workers behind a sub-broker of a 50,000-worker cluster: a report (a walk over the
+    workers) every 2 s, as the root publishes, not every 0.5 s; the sub-broker's own meta
+    stream shows the last report (no walk of its own); a join is reported within 0.5 s."""
+    core, _ = _sub_core(10000)
+    core.global_size = 50000
+    census = _Walks()
+    sub = SimpleNamespace(core=core, census=census, upstream=core.upstream, next_beat=0.0,
+                          last_report=None, reported_at=0.0, reported_count=0)
+    for tick in range(600):  # 60 s of the broker's 0.1 s ticks
+        SubBroker._periodic(sub, 1000.0 + tick / 10)
+    assert census.walks <= 31
+    assert len(sent_loads(core.upstream)) == census.walks
+    assert SubBroker._snapshot(sub)["totals"] == {} and census.walks <= 31  # no walk of its own
+    before = census.walks
+    core.join(b"late", {"role": "worker", "host_key": 1})
+    for tick in range(1, 6):  # the next 0.5 s
+        SubBroker._periodic(sub, 1060.0 + tick / 10)
+    assert census.walks == before + 1
+    assert json.loads(bytes(sent_loads(core.upstream)[-1].body))["count"] == 10001
+
+
+def sent_loads(peer):
+    data, frames = peer.cout.take()
+    return [r for r in (P.parse(data, frames, 0) or []) if r.hdr[:1] == P.LOAD]
