@@ -293,7 +293,7 @@ def measure(a, workers: int) -> dict:
     if a.federation:
         ports = ports[1:]  # workers behind the sub-brokers only
     ctx = zmq.Context()
-    sims = Sims(ports, secret, workers, a.per_proc, a.credit,
+    sims = Sims(ports, secret, workers, _per_proc(a, workers), a.credit,
                 close_fds=[b.stdin.fileno() for b in [broker] + subs])
     origin, hello = _connect(ctx, port, secret, "origin", "origin")
     meta = ctx.socket(zmq.SUB)
@@ -360,8 +360,13 @@ def measure(a, workers: int) -> dict:
         sims.end()
         ctx.term()
     if a.baseline:
-        out["zmq_kib_per_connection"] = round(baseline_kib(secret, workers, a.per_proc), 1)
+        out["zmq_kib_per_connection"] = round(baseline_kib(secret, workers, _per_proc(a, workers)), 1)
     return out
+
+
+def _per_proc(a, workers: int) -> int:
+    """Connections per simulating process: ``--per-proc``, or a share of ``--sim-procs``."""
+    return -(-workers // a.sim_procs) if a.sim_procs else a.per_proc
 
 
 def _load(a, window, origin, signer, index, digest, broker, subs, meta, sims, smetas=()) -> dict:
@@ -547,6 +552,9 @@ def main(argv=None):
     ap.add_argument("--credit", type=int, default=64, help="credit per simulated worker")
     ap.add_argument("--per-proc", type=int, default=500,
                     help="simulated workers per process (each process has its own ZeroMQ context)")
+    ap.add_argument("--sim-procs", type=int, default=0, metavar="N",
+                    help="N simulating processes whatever the size (instead of --per-proc): the same "
+                         "competition for the cores at every size, each process holding its share")
     ap.add_argument("--federation", type=int, default=0, metavar="K",
                     help="K sub-brokers under the root; the simulated workers connect to them")
     ap.add_argument("--kill-sub", action="store_true",
@@ -565,13 +573,15 @@ def main(argv=None):
     ENCRYPTION = a.encryption == "on"
     SIM_NICE = a.sim_nice
     sizes = a.table or [a.workers]
-    if min(sizes) < 1 or a.per_proc < 1 or a.per_proc > 10000:
-        raise SystemExit("broker_capacity: workers must be positive and --per-proc between 1 and 10000")
+    reference = a.reference if a.federation and not a.kill_sub else 0
+    per_proc = max(_per_proc(a, n) for n in sizes + ([reference] if reference else []))
+    if min(sizes) < 1 or a.sim_procs < 0 or per_proc < 1 or per_proc > 10000:
+        raise SystemExit("broker_capacity: workers must be positive and connections per simulating "
+                         "process (--per-proc, or workers / --sim-procs) between 1 and 10000")
     # the busiest process: the broker (or each sub-broker) holds a descriptor per worker it serves
     # and each simulating process two per connection (its TCP socket, its ZeroMQ socket's mailbox)
-    reference = a.reference if a.federation and not a.kill_sub else 0
     per_broker = max(-(-max(sizes) // max(1, a.federation)), reference)
-    ports = raise_fd_limit(max(per_broker + 1000, 2 * a.per_proc + 100))
+    ports = raise_fd_limit(max(per_broker + 1000, 2 * per_proc + 100))
     if max(sizes) > ports * max(1, a.federation or 1):
         sys.stderr.write(f"broker_capacity: {max(sizes)} connections, {ports} local ports per destination\n")
     if reference:
