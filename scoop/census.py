@@ -212,8 +212,10 @@ class Census:
             for wid in top.get("changed", ()):
                 changed.pop(str(wid), None)
                 changed[str(wid)] = None
-        while len(changed) > 4 * CHANGED:
-            del changed[next(iter(changed))]
+        if len(changed) > 4 * CHANGED:
+            # the newest kept, in one pass: deleting the oldest one at a time skips every entry
+            # deleted before at each step (quadratic in the workers that changed: 8 ms for 5,000)
+            self.changed = changed = dict.fromkeys(list(changed)[-4 * CHANGED:])
         listed = n  # workers whose record is here
         if core.upstream is None:
             n = core.size()  # with those behind sub-brokers whose records have not all come yet
