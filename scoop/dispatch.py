@@ -159,9 +159,10 @@ class Dispatcher(PeerBook):
     def steal(self, now: float):
         """An idle peer while another holds unstarted tasks: ask for them back (all but the one
         it runs, up to what the idle peers can take), so a burst prefetched by one worker does
-        not run serially and short tasks do not wait behind a long one.  It looks at a constant
-        number of peers: the victims at the front of ``heavy`` (a peer asked moves to its back),
-        the busiest of them first."""
+        not run serially and short tasks do not wait behind a long one.  A victim that finished
+        as many tasks since the last look as it holds waiting is left alone.  It looks at a
+        constant number of peers: the victims at the front of ``heavy`` (a peer asked moves to
+        its back), the busiest of them first."""
         idle = self.ready.get(0)
         if not idle or not self.heavy:
             return
@@ -179,6 +180,12 @@ class Dispatcher(PeerBook):
             n = min(room, len(victim.assigned) - victim.runs)
             del heavy[victim]  # to the back, whether asked or not: the next steal looks at others
             heavy[victim] = None
+            ran, victim.seen = victim.finished - victim.seen, victim.finished
+            if ran >= n:
+                # it finished as many since the last look as it holds waiting: they will be done
+                # before a steal could help (a stream of tiny tasks: otherwise a request to
+                # thousands of workers a second, each holding one or two that are on their way)
+                continue
             if victim.host_key not in self.idle_hosts:
                 # its pinned tasks run on its host only: no idle worker here could take them
                 n = sum(1 for _ in islice((t for t in victim.assigned.values() if not t.host), n))

@@ -203,7 +203,9 @@ class SubBroker(Broker):
         snap = self.last_report
         if snap is None:
             return super()._snapshot()
-        return dict(snap, totals=dict(snap["totals"]))
+        core = self.core  # its counts kept fresh (they cost nothing)
+        return dict(snap, totals=dict(snap["totals"], done=core.done_total, queued=core.queued(),
+                                      in_flight=len(core.tasks), running=core.n_assigned))
 
     def _flush(self):
         core = self.core

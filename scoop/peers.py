@@ -124,7 +124,7 @@ class Peer:
 
     __slots__ = ("uid", "index", "name", "host", "host_key", "pid", "role", "credit", "assigned",
                  "have", "load", "out", "cout", "retiring", "last_steal", "takes", "runs",
-                 "bucket", "heavy", "held", "submitted", "behind", "behind_hosts")
+                 "bucket", "heavy", "held", "submitted", "behind", "behind_hosts", "finished", "seen")
 
     def __init__(self, uid, index, info: dict, dirty: set):
         self.uid = uid
@@ -153,6 +153,8 @@ class Peer:
         self.submitted: set[int] = set()  # ids of tasks it submitted that are in flight
         self.behind = 0      # a sub-broker: workers behind it
         self.behind_hosts: dict[int, int] = {}  # a sub-broker: host key -> its workers there
+        self.finished = 0    # tasks it finished here (results and DONEs)
+        self.seen = 0        # ``finished`` when a steal last looked at it
 
     @property
     def takes_tasks(self) -> bool:

@@ -246,6 +246,7 @@ class Scheduler(Dispatcher):
             w = task.worker
             if w is not None:
                 w.assigned.pop(tid, None)
+                w.finished += 1
                 self._file(w)
             self.done_total += inputs
             self.free(task)

@@ -13,7 +13,7 @@ import struct
 import pytest
 
 from scoop import _protocol as P
-from scoop.scheduling import MAX_ATTEMPTS, STEAL_EVERY, Peer, Scheduler
+from scoop.scheduling import MAX_ATTEMPTS, STEAL_EVERY, STEAL_SCAN, Peer, Scheduler
 
 FN = P.digest(b"the function")
 FN2 = P.digest(b"another function")
@@ -610,6 +610,43 @@ def test_no_steal_without_an_idle_worker_or_a_victim():
     w3 = c.worker()  # idle, but no credit: it cannot take anything
     c.core.steal(100.0)
     assert steals(w1) == steals(w2) == steals(w3) == []
+
+
+@pytest.mark.parametrize("workers", [10, 1000])
+def test_a_stream_of_tiny_tasks_asks_nobody_to_give_back(workers):
+    """Every worker holds three tasks and finishes two between two looks of the steal (a
+    stream), while one worker idles: no steal request at all (before: up to 32 every 5 ms, each
+    for tasks about to be done); workers that finish nothing are asked at once."""
+    c = Cluster()
+    ws = [c.worker(credit=3) for _ in range(workers)]
+    tid = 0
+    for _ in range(3 * workers):
+        tid += 1
+        c.submit(tid, blob=tid == 1)
+    c.core.dispatch()
+    assert all(len(w.assigned) == 3 for w in ws)
+    idle = c.worker()  # asks for tasks at each look: it would take what the others hold
+    asked = 0
+    for k in range(20):
+        for w in ws:  # each worker finishes two tasks (as many as wait behind the one it runs)
+            for _ in range(2):
+                c.core.result(result_rec(next(iter(w.assigned))))
+                tid += 1
+                c.submit(tid, blob=False)
+            c.core.credit(w, 2)
+        c.core.dispatch()
+        c.core.credit(idle, 64)
+        assert list(c.core.ready[0]) == [idle] and len(c.core.heavy) == workers
+        c.core.steal(100.0 + k * STEAL_EVERY * 2)
+        c.core.credit(idle, -64)
+        asked += sum(len(steals(w)) for w in ws)
+    assert asked == 0
+    # long tasks: nothing finished since the last look, so the idle worker asks for the waiting ones
+    c.core.credit(idle, 64)
+    for k in range(workers // STEAL_SCAN + 2):  # each victim is looked at again
+        c.core.steal(100.0 + (21 + k) * STEAL_EVERY * 2)
+    asked = [n for w in ws for n in steals(w)]
+    assert asked and set(asked) == {2}  # all but the one each runs
 
 
 def test_busiest_victim_first():
