@@ -30,7 +30,7 @@ class Run:
     connections: dict = field(default_factory=dict)  # host -> the launcher's TCP connections to its sshd
     sessions: dict = field(default_factory=dict)     # host -> its sshd's connection processes
     left: dict = field(default_factory=dict)         # host -> what still ran there after the stop
-    cpu: dict = field(default_factory=dict)          # process name -> (count, CPU seconds) when all joined
+    cpu: dict = field(default_factory=dict)          # name -> (count, CPU s, ended children's CPU s)
     returncode: int | None = None
     stdout: str = ""
     stderr: str = ""
@@ -74,7 +74,8 @@ def leftovers(cluster) -> dict:
 
 def cpu_by_name(cluster, launcher: int) -> dict:
     """CPU seconds (user + system) spent so far by the launcher's processes and by every process on
-    the hosts, by process name: where a launch's work went."""
+    the hosts, by process name, with what their children that ended spent (a login shell's rc
+    files, run by each SSH session): where a launch's work went."""
     nets = {_ns(h.sshd.pid) for h in cluster.hosts}
     procs = [psutil.Process(launcher)]
     try:
@@ -89,8 +90,8 @@ def cpu_by_name(cluster, launcher: int) -> dict:
             name, t = p.name(), p.cpu_times()
         except psutil.Error:
             continue
-        count, cpu = out.get(name, (0, 0.0))
-        out[name] = (count + 1, cpu + t.user + t.system)
+        count, cpu, ended = out.get(name, (0, 0.0, 0.0))
+        out[name] = (count + 1, cpu + t.user + t.system, ended + t.children_user + t.children_system)
     return out
 
 
