@@ -429,7 +429,7 @@ class Broker:
         bytes.  libzmq queues at most ``SEND_QUEUE`` of them per connection; what it refuses
         waits in the outbox (nothing is dropped) and is offered again at every flush, and a peer
         for which more than ``OUT_MAX`` bytes wait is cut (:meth:`_cut_stalled`)."""
-        mac, main = self.signer.mac, self.main
+        mac, main, take = self.signer.mac, self.main, P.Outbox.take_messages
         peers = self.core.peers
         dirty = self.core.dirty
         blocked = self.blocked
@@ -445,13 +445,29 @@ class Broker:
                 continue
             box = p.cout if which else p.out
             channel = P.CONTROL_FROM_BROKER if which else P.FROM_BROKER
+            ident = (b"c" if which else b"t") + uid
             if box.backlog is None:
-                if not box:
+                if not box.parts:
                     continue
-                msgs = [(mac(channel, data) + data, frames) for data, frames in box.take_messages()]
+                msgs = take(box)
+                box.held = 0
+                if len(msgs) == 1:  # the common case, kept short: one message, queue not full
+                    data, frames = msgs[0]
+                    try:
+                        main.send(ident, _MORE)
+                    except zmq.Again:
+                        msgs = [(mac(channel, data) + data, frames)]
+                    except zmq.ZMQError:
+                        continue  # peer not connected (yet/any more); its connection's loss handles it
+                    else:
+                        _send_rest(main, mac(channel, data) + data, frames)
+                        self.routed += 1
+                        continue
+                else:
+                    msgs = [(mac(channel, data) + data, frames) for data, frames in msgs]
             else:
                 msgs = box.pending(lambda data, channel=channel: mac(channel, data) + data)
-            sent = _send_all(main, (b"c" if which else b"t") + uid, msgs)
+            sent = _send_all(main, ident, msgs)
             self.routed += sent
             if sent == len(msgs):
                 if key in blocked:
@@ -557,15 +573,20 @@ def _send_all(sock, ident, msgs) -> int:
         except zmq.ZMQError:
             n += 1
             continue
-        if not frames:
-            sock.send(header, P.NOBLOCK)
-        else:
-            sock.send(header, _MORE)
-            last = len(frames) - 1
-            for k, fr in enumerate(frames):
-                sock.send(fr, _MORE if k < last else P.NOBLOCK, copy=False)
+        _send_rest(sock, header, frames)
         n += 1
     return n
+
+
+def _send_rest(sock, header, frames):
+    """A message after its identity frame went: nothing refuses the rest."""
+    if not frames:
+        sock.send(header, P.NOBLOCK)
+        return
+    sock.send(header, _MORE)
+    last = len(frames) - 1
+    for k, fr in enumerate(frames):
+        sock.send(fr, _MORE if k < last else P.NOBLOCK, copy=False)
 
 
 _MORE = P.NOBLOCK | P.SNDMORE
