@@ -19,7 +19,10 @@ Parts (GB/s are 10^9 bytes per second; each figure is the median of --repeat run
            that does not encrypt again (PLAIN handshake), opened by the receiver.
   cluster  a real 2-worker cluster whose origin poses as another host (no shared memory, no
            same-host socket: every byte goes origin -> broker -> worker over TCP and back, two
-           hops each way): 32 MiB float64 arrays as map arguments and as map results.
+           hops each way): 32 MiB float64 arrays as map arguments and as map results.  plain:
+           --encryption off; sealed: encryption on (the default: headers on CURVE, payload
+           frames sealed on the bulk lane, scoop.bulk); curve: encryption on with the lane off
+           (SCOOP_BULK_LANE=off: payloads on CURVE, the path before the lane).
   aead     AES-256-GCM (the `cryptography` package, if installed) and keyed BLAKE3 on one core:
            what a payload lane sealed outside CURVE would cost per byte.
   dask     dask.distributed LocalCluster(2 workers) over tcp:// and over tls:// with
@@ -196,10 +199,11 @@ def produce(i, nbytes):
     return a
 
 
-def _cluster_child(q, encryption, count, size):
+def _cluster_child(q, encryption, count, size, lane=True):
     """In a fresh process: the origin takes another host key and neither shared memory nor the
     same-host socket, so the workers (on this host) treat it as remote."""
-    from scoop import _runtime, _shm
+    from scoop import _runtime, _shm, bulk
+    os.environ[bulk.SWITCH] = "on" if lane else "off"  # read by the broker it starts
     from scoop.cluster import Cluster
     _runtime.host_key = lambda: 0x5C00B
     _shm.available = lambda: False
@@ -220,9 +224,9 @@ def _cluster_child(q, encryption, count, size):
     q.put(out)
 
 
-def cluster(encryption: bool, count: int, size: int = 32 * MiB) -> dict:
+def cluster(encryption: bool, count: int, size: int = 32 * MiB, lane: bool = True) -> dict:
     q = mp.Queue()
-    p = mp.Process(target=_cluster_child, args=(q, encryption, count, size))
+    p = mp.Process(target=_cluster_child, args=(q, encryption, count, size, lane))
     p.start()
     try:
         return q.get(timeout=300)
@@ -321,10 +325,10 @@ def main():
             res[key] = _median(lambda m=mode: lane(m, total), repeat)
             print(f"{key:32s} {res[key]:6.2f} GB/s", flush=True)
     if "cluster" in parts:
-        for enc in (False, True):
-            r = _median(lambda e=enc: cluster(e, count), repeat)
+        for mode, enc, lane_on in (("plain", False, False), ("sealed", True, True), ("curve", True, False)):
+            r = _median(lambda e=enc, ln=lane_on: cluster(e, count, lane=ln), repeat)
             for k, v in r.items():
-                key = f"cluster_{'curve' if enc else 'plain'}_{k}"
+                key = f"cluster_{mode}_{k}"
                 res[key] = v
                 print(f"{key:32s} {v:6.2f} GB/s", flush=True)
     if "aead" in parts:
@@ -347,6 +351,10 @@ def main():
             ratios[enc_key + "/plain"] = round(res[enc_key] / res[plain_key], 2)
     if res.get("hop_plain_1MiB_frames") and "hop_sealed_1MiB_frames" in res:
         ratios["hop_sealed/plain"] = round(res["hop_sealed_1MiB_frames"] / res["hop_plain_1MiB_frames"], 2)
+    for k in ("args", "results"):
+        plain, sealed = res.get(f"cluster_plain_{k}"), res.get(f"cluster_sealed_{k}")
+        if plain and sealed is not None:
+            ratios[f"cluster_sealed_{k}/plain"] = round(sealed / plain, 2)
     if res.get("lane_plain_32MiB") and "lane_sealed_32MiB" in res:
         ratios["lane_sealed/plain"] = round(res["lane_sealed_32MiB"] / res["lane_plain_32MiB"], 2)
     if res.get("dask_tcp_args") and "dask_tls_args" in res:

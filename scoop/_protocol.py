@@ -65,6 +65,7 @@ LEASE = b"L"       # origin -> broker: L + worker uid + a TASK header; body = th
                    # went straight to that worker (scoop.direct), which the broker now holds it at
 IDLE = b"G"        # worker -> origin, last record of a direct message: nothing else to run here
 BUSY = b"N"        # worker -> origin: running something else now (its last word was IDLE)
+BULK = b"B"        # broker -> peer: BULK_HEADER; the port of its bulk lane (scoop.bulk)
 STATUS = b"s"      # meta socket: body = JSON cluster snapshot
 EVENT = b"e"       # meta socket: body = JSON event (joined / left / const)
 
@@ -89,6 +90,7 @@ GROUP = struct.Struct("<cI")                # type, group
 COUNT = struct.Struct("<ci")                # type, count
 INDEX = struct.Struct("<cI")                # type, peer index
 ID = struct.Struct("<Q")
+BULK_HEADER = struct.Struct("<cH")          # type, port
 EMPTY = b""
 
 
@@ -122,6 +124,8 @@ REF_SHM = 1    # kind bit: the buffer is a shared-memory segment, not a frame of
 REF_BODY = 2   # kind bit: the buffer is the record's pickle stream, not an out-of-band buffer
 REF_SPLIT = 4  # kind bit: the buffer travels as ceil(size / FRAME_CHUNK) frames, joined by the receiver
 REF_SEALED = 8  # kind bit: its frames are sealed end to end (scoop._seal); the key names sender and nonce
+REF_LANE = 16   # kind bit: its sealed frames travel on the bulk lane (scoop.bulk), not in this message
+LANE_MIN = 64 * 1024   # smaller buffers stay in the message (CURVE) even when a bulk lane is open
 MAC_SIZE = 16
 
 # channels: the MAC binds a message to one socket and direction
@@ -193,17 +197,19 @@ def digest(data) -> bytes:
 # ---- records -------------------------------------------------------------------------------
 class Record:
     """One received record: ``hdr`` (type byte and fixed fields), ``body`` (inline bytes),
-    ``refs`` ((kind, size, key) per payload buffer), ``frames`` (this record's payload frames,
-    in ref order) and ``raw`` (its bytes in the header, for forwarding as is)."""
+    ``refs`` ((kind, size, key) per payload buffer), ``frames`` (this record's payload frames
+    that came in its message, in ref order), ``lane`` (those of its ``REF_LANE`` refs, which came
+    on the bulk lane, in ref order) and ``raw`` (its bytes in the header, for forwarding as is)."""
 
-    __slots__ = ("hdr", "body", "refs", "frames", "raw")
+    __slots__ = ("hdr", "body", "refs", "frames", "raw", "lane")
 
-    def __init__(self, hdr, body, refs=(), frames=(), raw=None):
+    def __init__(self, hdr, body, refs=(), frames=(), raw=None, lane=()):
         self.hdr = hdr
         self.body = body
         self.refs = refs
         self.frames = frames
         self.raw = raw
+        self.lane = lane
 
     @property
     def type(self) -> bytes:
@@ -216,12 +222,25 @@ def record(hdr: bytes, body: bytes = EMPTY) -> Record:
     return Record(hdr, body, (), (), REC.pack(len(hdr), len(body), 0) + hdr + body)
 
 
-def parse(header, frames, start: int = MAC_SIZE):
+class _Missing:
+    """What :func:`parse` returns when bulk-lane frames of the message have not arrived yet."""
+
+    def __repr__(self):
+        return "MISSING"
+
+
+MISSING = _Missing()
+
+
+def parse(header, frames, start: int = MAC_SIZE, lane=None):
     """A verified header and its payload frames -> records; None if malformed (a signed but
-    malformed message is dropped, never half-applied)."""
+    malformed message is dropped, never half-applied).  ``lane``: where the frames of
+    ``REF_LANE`` refs are, an object whose ``frames(key, count)`` gives them or None (then, once
+    every ref was asked for, :data:`MISSING`); without it, a message with such refs is malformed."""
     out = []
     i, n = start, len(header)
     f = 0
+    missing = False
     unpack, ref_unpack, rsz = REC.unpack_from, REF.unpack_from, REF.size
     try:
         while i < n:
@@ -237,10 +256,21 @@ def parse(header, frames, start: int = MAC_SIZE):
             if nr:
                 refs = []
                 mine = []
+                bulk = ()
                 for j in range(nr):
                     kind, size, key = ref_unpack(header, r + j * rsz)
                     refs.append((kind, size, key))
-                    if not kind & REF_SHM:
+                    if kind & REF_LANE:
+                        if lane is None or kind & REF_SHM or not kind & REF_SEALED:
+                            return None
+                        got = lane.frames(key, -(-size // FRAME_CHUNK) if kind & REF_SPLIT else 1)
+                        if got is None:
+                            missing = True
+                        elif bulk:
+                            bulk.extend(got)
+                        else:
+                            bulk = list(got)
+                    elif not kind & REF_SHM:
                         if kind & REF_SPLIT:
                             k = -(-size // FRAME_CHUNK)
                             mine.extend(frames[f:f + k])
@@ -248,7 +278,7 @@ def parse(header, frames, start: int = MAC_SIZE):
                         else:
                             mine.append(frames[f])
                             f += 1
-                out.append(Record(hdr, body, refs, mine, header[i:end]))
+                out.append(Record(hdr, body, refs, mine, header[i:end], bulk))
             else:
                 out.append(Record(hdr, body, (), (), header[i:end]))
             i = end
@@ -256,20 +286,49 @@ def parse(header, frames, start: int = MAC_SIZE):
         return None
     if f != len(frames) or not out:
         return None
-    return out
+    return MISSING if missing else out
+
+
+def lane_keys(rec: Record):
+    """(key, frames) of each of a record's refs whose frames travel on the bulk lane."""
+    return [(key, -(-size // FRAME_CHUNK) if kind & REF_SPLIT else 1)
+            for kind, size, key in rec.refs if kind & REF_LANE]
+
+
+def _inline(raw, refs, frames, lane):
+    """A record's bytes and frames with its bulk-lane refs turned into refs of frames that travel
+    in the message (a receiver without a bulk lane): the same frame objects, in ref order."""
+    hl, bl, nr = REC.unpack_from(raw, 0)
+    at = REC.size + hl + bl
+    data = bytearray(raw)
+    out = []
+    fi, li = iter(frames), iter(lane)
+    for j, (kind, size, _key) in enumerate(refs):
+        if kind & REF_SHM:
+            continue
+        k = -(-size // FRAME_CHUNK) if kind & REF_SPLIT else 1
+        src = li if kind & REF_LANE else fi
+        out.extend(next(src) for _ in range(k))
+        data[at + j * REF.size] = kind & ~REF_LANE
+    return bytes(data), out
 
 
 class Outbox:
     """Records waiting to go out on one socket: encoded once (forwarded records are never
-    decoded and encoded again) with their payload frames kept as objects, never joined."""
+    decoded and encoded again) with their payload frames kept as objects, never joined.
 
-    __slots__ = ("parts", "frames", "nbytes", "marks")
+    ``lane_ok``: its receiver has a bulk lane (scoop.bulk), and sealed frames of ``REF_LANE``
+    refs go there (``lane``); otherwise they go in the message, as frames of plain sealed refs."""
+
+    __slots__ = ("parts", "frames", "nbytes", "marks", "lane", "lane_ok")
 
     def __init__(self):
         self.parts = []
         self.frames = []
+        self.lane = []
+        self.lane_ok = False
         self.nbytes = 0
-        self.marks = None  # (parts, frames) counts where a message must end: headers stay small
+        self.marks = None  # (parts, frames, lane) counts where a message must end: headers stay small
 
     def __bool__(self):
         return bool(self.parts)
@@ -282,7 +341,7 @@ class Outbox:
         if self.nbytes > HEADER_SPLIT:
             if self.marks is None:
                 self.marks = []
-            self.marks.append((len(self.parts), len(self.frames)))
+            self.marks.append((len(self.parts), len(self.frames), len(self.lane)))
             self.nbytes = 0
 
     def add(self, hdr, body=EMPTY, packed=None):
@@ -293,6 +352,15 @@ class Outbox:
             refs = packed.refs
             part = (REC.pack(len(hdr), len(packed.body), len(refs)) + hdr + packed.body
                     + b"".join(REF.pack(*r) for r in refs))
+            if packed.lane:
+                if self.lane_ok:
+                    self.lane.extend(packed.lane)
+                else:
+                    part, frames = _inline(part, refs, packed.frames, packed.lane)
+                    self.frames.extend(frames)
+                    self.parts.append(part)
+                    self._grow(len(part))
+                    return
             if packed.frames:
                 self.frames.extend(packed.frames)
         self.parts.append(part)
@@ -300,34 +368,52 @@ class Outbox:
 
     def add_record(self, rec: Record):
         """A received record, forwarded as it came (the same payload frame objects)."""
+        if rec.lane:
+            if not self.lane_ok:
+                raw, frames = _inline(rec.raw, rec.refs, rec.frames, rec.lane)
+                self.parts.append(raw)
+                self.frames.extend(frames)
+                self._grow(len(raw))
+                return
+            self.lane.extend(rec.lane)
         self.parts.append(rec.raw)
         if rec.frames:
             self.frames.extend(rec.frames)
         self._grow(len(rec.raw))
 
     def take(self):
-        """Everything as one message: (header data, frames)."""
-        return next(iter(self.take_messages()))
+        """Everything as one message: (header data, frames) -- of a box with no bulk lane."""
+        return next(iter(self.take_messages()))[:2]
 
     def take_messages(self):
         """Everything, as messages whose headers stay under ``HEADER_SPLIT`` bytes (one record
-        larger than that goes alone)."""
-        parts, frames, marks = self.parts, self.frames, self.marks
+        larger than that goes alone): (header data, frames, bulk-lane frames) each."""
+        parts, frames, lane, marks = self.parts, self.frames, self.lane, self.marks
         self.parts, self.frames, self.nbytes, self.marks = [], [], 0, None
+        if lane:
+            self.lane = []
         if not marks:
-            return [(b"".join(parts), frames)]
-        out, p0, f0 = [], 0, 0
-        for p1, f1 in marks + [(len(parts), len(frames))]:
+            return [(b"".join(parts), frames, lane)]
+        out, p0, f0, l0 = [], 0, 0, 0
+        for p1, f1, l1 in marks + [(len(parts), len(frames), len(lane))]:
             if p1 > p0:
-                out.append((b"".join(parts[p0:p1]), frames[f0:f1]))
-            p0, f0 = p1, f1
+                out.append((b"".join(parts[p0:p1]), frames[f0:f1], lane[l0:l1]))
+            p0, f0, l0 = p1, f1, l1
         return out
 
 
-def send(sock, signer: Signer, channel: bytes, box: Outbox, ident=None, flags: int = 0) -> None:
-    """Sends what ``box`` holds; payload frames go without copies."""
-    for data, frames in box.take_messages():
+def send(sock, signer: Signer, channel: bytes, box: Outbox, ident=None, flags: int = 0, lane=None) -> None:
+    """Sends what ``box`` holds; payload frames go without copies.  ``lane``: (socket, identity
+    or None) of the receiver's bulk lane, where the box's bulk-lane frames go, each a message of
+    its own, ahead of their header."""
+    for data, frames, bulk in box.take_messages():
         header = signer.mac(channel, data) + data
+        if bulk:
+            lsock, lident = lane
+            for fr in bulk:
+                if lident is not None:
+                    lsock.send(lident, flags | SNDMORE)
+                lsock.send(fr, flags, copy=False)
         if ident is not None:
             sock.send(ident, flags | SNDMORE)
         if not frames:
@@ -359,13 +445,17 @@ def recv_parts(sock, flags: int = 0):
     return parts
 
 
-def recv_verified(sock, signer: Signer, channel: bytes, flags: int = 0):
-    """The records of the next message on a DEALER/SUB socket, or None if it does not verify."""
+def recv_verified(sock, signer: Signer, channel: bytes, flags: int = 0, lane=None):
+    """The records of the next message on a DEALER/SUB socket, or None if it does not verify
+    (or its bulk-lane frames never came: ``lane`` waits for them, bounded)."""
     parts = recv_parts(sock, flags)
     header = parts[0]
     if not signer.check(channel, header):
         return None
-    return parse(header, parts[1:])
+    recs = parse(header, parts[1:], lane=lane)
+    if lane is not None:
+        lane.claim(recs)  # what it took from the lane leaves it, whether the message is kept or not
+    return recs if recs is not MISSING else None
 
 
 # ---- serialization ---------------------------------------------------------------------------
@@ -381,14 +471,15 @@ class Packed:
     """A pickled object ready to send: inline ``body`` (or empty), ``refs`` and the
     ``frames`` to send after the header, in ref order."""
 
-    __slots__ = ("body", "refs", "frames", "segments", "nbytes")
+    __slots__ = ("body", "refs", "frames", "segments", "nbytes", "lane")
 
-    def __init__(self, body, refs=(), frames=(), segments=(), nbytes=0):
+    def __init__(self, body, refs=(), frames=(), segments=(), nbytes=0, lane=()):
         self.body = body
         self.refs = refs
         self.frames = frames
         self.segments = segments  # shared-memory segment ids this payload owns
         self.nbytes = nbytes
+        self.lane = lane          # frames of sealed refs, for the bulk lane (``REF_LANE``)
 
 
 _MAIN_MARK = b"__main__"
@@ -425,8 +516,8 @@ def pack(obj, what: str = "object", shm=None, by_value: bool = False, seal=None)
     """Pickles ``obj`` with protocol 5: buffers of ``OOB_MIN`` bytes or more leave the pickle
     stream and become payload frames (or, given a shared-memory ``shm`` allocator, segments
     from ``SHM_MIN`` bytes), so a numpy array is never copied into a pickle.  Given a
-    :class:`scoop._seal.Sealer`, payload frames are sealed for their receiver (one pass, which
-    is also their copy)."""
+    :class:`scoop._seal.Sealer`, payload frames of ``LANE_MIN`` bytes or more are sealed for
+    their receiver (one pass, which is also their copy) and go on the bulk lane (scoop.bulk)."""
     try:
         data, bufs = _pickle(obj, by_value)
     except Exception as exc:
@@ -434,7 +525,7 @@ def pack(obj, what: str = "object", shm=None, by_value: bool = False, seal=None)
                                  f"{type(exc).__name__}: {exc}") from exc
     if not bufs and len(data) <= INLINE_MAX:
         return Packed(data, nbytes=len(data))
-    refs, frames, segments = [], [], []
+    refs, frames, segments, lane = [], [], [], []
     nbytes = 0
     body = data
     pieces = []
@@ -451,15 +542,15 @@ def pack(obj, what: str = "object", shm=None, by_value: bool = False, seal=None)
         if seg is not None:
             refs.append((kind | REF_SHM, size, seg))
             segments.append(seg)
-        elif seal is not None:
-            refs.append(_sealed_ref(kind, view, frames, seal))
+        elif seal is not None and size >= LANE_MIN:
+            refs.append(_sealed_ref(kind, view, lane, seal))
         else:
             if size < COPY_MAX and not kind & REF_BODY:
                 # small buffers are copied: changing an argument after submit cannot race the send;
                 # larger ones go zero-copy (do not change them while their task is in flight)
                 view = memoryview(bytes(view))
             refs.append(_frame_ref(kind, view, frames))
-    return Packed(body, refs, frames, segments, nbytes + len(body))
+    return Packed(body, refs, frames, segments, nbytes + len(body), lane)
 
 
 def _frame_ref(kind, view, frames):
@@ -475,12 +566,13 @@ def _frame_ref(kind, view, frames):
 
 
 def _sealed_ref(kind, view, frames, seal):
-    """The ref of a buffer sealed as frames of ``FRAME_CHUNK`` plaintext bytes (appended to ``frames``)."""
+    """The ref of a buffer sealed as frames of ``FRAME_CHUNK`` plaintext bytes (appended to
+    ``frames``), for the bulk lane (``REF_LANE``, which the sealed data does not depend on)."""
     view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
     kind |= REF_SEALED | (REF_SPLIT if view.nbytes > FRAME_CHUNK else 0)
     key, sealed = seal.seal(kind, view, FRAME_CHUNK)
     frames.extend(sealed)
-    return (kind, view.nbytes, key)
+    return (kind | REF_LANE, view.nbytes, key)
 
 
 def _segment(shm, view):
@@ -501,8 +593,10 @@ def packed_bytes(data, shm=None, seal=None) -> Packed:
     if seg is not None:
         return Packed(EMPTY, [(REF_BODY | REF_SHM, len(data), seg)], (), [seg], len(data))
     frames = []
-    ref = _frame_ref(REF_BODY, view, frames) if seal is None else _sealed_ref(REF_BODY, view, frames, seal)
-    return Packed(EMPTY, [ref], frames, (), len(data))
+    if seal is None or len(data) < LANE_MIN:
+        return Packed(EMPTY, [_frame_ref(REF_BODY, view, frames)], frames, (), len(data))
+    ref = _sealed_ref(REF_BODY, view, frames, seal)
+    return Packed(EMPTY, [ref], (), (), len(data), frames)
 
 
 def body_bytes(rec: Record, shm=None, seal=None):
@@ -514,7 +608,7 @@ def body_bytes(rec: Record, shm=None, seal=None):
         if shm is None:
             raise IntegrityError("a shared-memory payload reached a process on another host")
         return shm.open(key, size, copy=True)  # a pickle stream: what is checked is what is read
-    return _buffer(iter(rec.frames), kind, size, key, seal)
+    return _buffer(iter(rec.lane if kind & REF_LANE else rec.frames), kind, size, key, seal)
 
 
 def _buffer(frames, kind, size, key, seal):
@@ -524,7 +618,7 @@ def _buffer(frames, kind, size, key, seal):
     if seal is None:
         raise IntegrityError("a sealed payload reached a process that holds no key to open it")
     k = -(-size // FRAME_CHUNK) if kind & REF_SPLIT else 1
-    return seal.open(kind, size, key, [next(frames) for _ in range(k)], FRAME_CHUNK)
+    return seal.open(kind & ~REF_LANE, size, key, [next(frames) for _ in range(k)], FRAME_CHUNK)
 
 
 def fresh(n: int) -> memoryview:
@@ -571,13 +665,14 @@ def unpack(rec: Record, shm=None, seal=None):
     body = rec.body
     buffers = []
     frames = iter(rec.frames)
+    lane = iter(rec.lane)
     for kind, size, key in rec.refs:
         if kind & REF_SHM:
             if shm is None:
                 raise IntegrityError("a shared-memory payload reached a process on another host")
             view = shm.open(key, size, copy=bool(kind & REF_BODY))
         else:
-            view = _buffer(frames, kind, size, key, seal)
+            view = _buffer(lane if kind & REF_LANE else frames, kind, size, key, seal)
         if kind & REF_BODY:
             body = view
         else:

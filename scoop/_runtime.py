@@ -27,13 +27,15 @@ import zmq
 from . import _protocol as P
 from . import _shm
 from ._procutil import SelfLoad, end_children, raise_fd_limit
+from ._seal import Sealer
+from .bulk import Inbox
 from .census import report_interval
 from .direct import DONE_DELAY, OriginEnd, WorkerEnd, socket_dir
 from .direct import available as direct_available
 from .errors import ClusterError
 from .liveness import DEFAULT_TIMEOUT, LOAD_INTERVAL, configure_socket, reconnect_grace
 from .monitor import events
-from .security import secure_client
+from .security import bulk_client, secure_client
 from .submitter import Submitter
 
 #: seconds a process waits for its welcome once the broker accepted its handshake
@@ -41,6 +43,8 @@ JOIN_PATIENCE = 120.0
 #: seconds it waits for the broker to accept it again when the connection dropped after that:
 #: a broker that is gone (its origin was killed) must not keep a starting worker for 2 minutes
 REJOIN_PATIENCE = 8.0
+#: seconds a process waits for its bulk lane's handshake (scoop.bulk) before it does without
+LANE_PATIENCE = 2.0
 INLINE_DEPTH = 50      # inline runs nest in one greenlet's stack: keep far from the recursion limit
 
 
@@ -84,6 +88,12 @@ class Runtime:
         self.hosts = 1
         self.host_key = host_key()
         self.shm = _shm.Segments(P.derive(secret, "shared memory")) if _shm.available() else None
+        # payload frames sealed end to end: opened from any sender; sealed here once a bulk lane
+        # to the broker is open (``lane_seal``; scoop.bulk)
+        self.sealer = Sealer(secret, bytes.fromhex(self.uid))
+        self.lane_seal = None
+        self.lane_sock = None
+        self.inbox = None
         self.welcome: dict = {}
         self.out = P.Outbox()
         self.lock = threading.Lock()  # the task socket, when the control thread drains it
@@ -106,7 +116,7 @@ class Runtime:
             P.RESULT: self.submitter.on_result, P.FAIL: self.submitter.on_fail,
             P.CANCEL: self.submitter.on_cancel_answer, P.ASK: self.submitter.on_ask_answer,
             P.CONST: self._on_const, P.SIZE: self._on_size, P.WELCOME: self._on_welcome,
-            P.SHUTDOWN: self._on_shutdown, P.OUTPUT: self._on_output,
+            P.SHUTDOWN: self._on_shutdown, P.OUTPUT: self._on_output, P.BULK: self._on_bulk,
         }
 
     # ---- the submitter's API, used by scoop.futures, scoop.shared and scoop.origin --------------
@@ -267,6 +277,9 @@ class Runtime:
                 pass
             self.sock.close(linger=500 if notify else 0)
             self.sock = None
+        if self.lane_sock is not None:
+            self.lane_sock.close(linger=500 if notify else 0)
+            self.lane_sock = None
         if self.direct is not None:
             self.direct.close()
         self.direct = self.direct_in = self.direct_out = None
@@ -310,7 +323,10 @@ class Runtime:
             self.submitter.take_leases(self.out)  # they ride along (else the control thread sends them)
         if self.out and self.sock is not None:
             with self.lock:
-                P.send(self.sock, self.signer, P.TO_BROKER, self.out)
+                if self.out.lane:
+                    P.send(self.sock, self.signer, P.TO_BROKER, self.out, lane=(self.lane_sock, None))
+                else:
+                    P.send(self.sock, self.signer, P.TO_BROKER, self.out)
 
     # ---- receiving ---------------------------------------------------------------------------
     def poll(self):
@@ -348,7 +364,7 @@ class Runtime:
                     break
                 ready = False
                 try:
-                    recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, P.NOBLOCK)
+                    recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, P.NOBLOCK, self.inbox)
                 except zmq.Again:
                     break
             n += 1
@@ -371,7 +387,7 @@ class Runtime:
         with self.lock:
             sock = self.sock
             while sock is not None and sock.getsockopt(P.EVENTS) & P.POLLIN:
-                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, P.NOBLOCK)
+                recs = P.recv_verified(sock, self.signer, P.FROM_BROKER, P.NOBLOCK, self.inbox)
                 if recs is None:
                     continue
                 rest = []
@@ -407,11 +423,56 @@ class Runtime:
         name = P.const_name(rec.hdr)
         if name not in self.consts:
             try:
-                self.consts[name] = P.unpack(rec, self.shm)
+                self.consts[name] = P.unpack(rec, self.shm, self.sealer)
             except Exception as exc:
                 from . import logger
                 logger.error("shared constant %r could not be unpickled: %s", name, exc)
         self.submitter.const_arrived()
+
+    def _on_bulk(self, rec):
+        """The broker offers a bulk lane (scoop.bulk): sealed payload frames go on a connection of
+        their own, beside this CURVE one, and come back on it."""
+        if self.lane_sock is not None or self.closed or not self.broker.startswith("tcp://"):
+            return
+        port = P.BULK_HEADER.unpack(rec.hdr)[1]
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.IDENTITY, b"b" + self.uid.encode())
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.LINGER, 2000)
+        s.setsockopt(zmq.RECONNECT_IVL, -1)  # its ticket is good once: a lost lane is not reopened
+        configure_socket(s, self.broker_timeout)
+        bulk_client(s, self.secret, self.sealer.uid)
+        monitor = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                       | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_CLOSED)
+        s.connect(f"{self.broker.rsplit(':', 1)[0]}:{port}")
+        up = None
+        deadline = time.monotonic() + LANE_PATIENCE
+        try:
+            while up is None and monitor.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+                for event, _ in events(monitor):
+                    up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED if up is None else up
+        finally:
+            self._stop_monitor(s, monitor)
+        if not up:  # not reachable here (an SSH tunnel forwards the task port only): payloads stay on CURVE
+            s.close(0)
+            return
+        s.send(self.sealer.hello())  # names this member to the broker: frames for it come here now
+
+        def recv(timeout):
+            if s.poll(int(timeout * 1000) + 1):
+                return s.recv(copy=False)
+            return None
+
+        with self.lock:
+            self.lane_sock = s
+            self.inbox = Inbox(recv)
+            self.out.lane_ok = True
+        self.lane_seal = self.sealer
+
+    def seal_for(self, shm):
+        """The sealer to pack a payload with: none on one host (shared memory) or without a lane."""
+        return self.lane_seal if shm is None else None
 
     def _on_size(self, rec):
         _, self.size, self.hosts = P.SIZE_HEADER.unpack(rec.hdr)

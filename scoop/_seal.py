@@ -17,10 +17,17 @@ beside the CURVE connection that carries the signed headers) at the speed of the
   nonce ``counter + i`` and associated data (ref kind, buffer size, ``i``).  A frame from
   another message, another position or another sender, replayed, reordered, cut or swapped,
   does not open, and the receiver refuses the buffer before anything is unpickled.
+* **A prefix the broker checks**: every sealed frame starts with ``PREFIX`` bytes, the sender's
+  uid and the frame's counter under a MAC keyed from the secret (see :class:`Prefix`).  A broker
+  taking frames on a connection that has no handshake of its own (scoop.bulk) checks those few
+  bytes before it keeps anything, and pairs the frame with its signed header by (uid, counter);
+  it never reads the sealed part.
 """
 from __future__ import annotations
 
 import struct
+import threading
+from hmac import compare_digest as _compare_digest
 
 from blake3 import blake3 as _blake3
 from cryptography.exceptions import InvalidTag
@@ -33,6 +40,9 @@ KEY = struct.Struct("<8sQ")   # a sealed ref's key: sender uid, counter of its f
 _AAD = struct.Struct("<BQI")  # ref kind, buffer size, frame index
 _NONCE = struct.Struct("<Q4x")
 _INTO = hasattr(AESGCM, "encrypt_into")
+_PREFIX = struct.Struct("<16s8sQ")  # MAC, sender uid, counter
+_SIGNED = struct.Struct("<8sQQ")    # what the MAC covers: uid, counter, the frame's length
+PREFIX = _PREFIX.size               # bytes before the sealed part of every sealed frame
 
 
 class SealError(ValueError):
@@ -43,12 +53,43 @@ def _key(secret: bytes, uid: bytes) -> bytes:
     return _blake3(secret + uid, derive_key_context="scoop 2026 payload seal").digest()
 
 
+class Prefix:
+    """The MAC'd prefix of sealed frames: made by their sender, checked by a broker (which needs
+    nothing else of the secret).  It covers the sender's uid, the frame's counter and its
+    length, so a frame cut, grown or sent under another counter or uid is refused unread."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, secret: bytes):
+        self._key = _blake3(secret, derive_key_context="scoop 2026 bulk frame prefix").digest()
+
+    def mac(self, uid: bytes, counter: int, length: int) -> bytes:
+        return _blake3(_SIGNED.pack(uid, counter, length), key=self._key).digest(16)
+
+    def check(self, frame) -> tuple[bytes, int] | None:
+        """(uid, counter) of a frame whose prefix is genuine, else None."""
+        buf = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
+        n = buf.nbytes
+        if n < PREFIX:
+            return None
+        mac, uid, counter = _PREFIX.unpack_from(buf)
+        if not _compare_digest(mac, self.mac(uid, counter, n)):
+            return None
+        return uid, counter
+
+
+def frame_key(frame) -> tuple[bytes, int]:
+    """(uid, counter) a sealed frame's prefix names (not checked: opening checks everything)."""
+    buf = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
+    return _PREFIX.unpack_from(buf)[1:]
+
+
 class Sealer:
     """This process's sealing key and counter, and the keys of the senders it opened frames of.
 
     ``uid``: this process's 8 random bytes (``Runtime.uid``)."""
 
-    __slots__ = ("uid", "_secret", "_aead", "_next", "_peers")
+    __slots__ = ("uid", "_secret", "_aead", "_next", "_peers", "_prefix", "_lock")
 
     def __init__(self, secret: bytes, uid: bytes):
         if len(uid) != 8:
@@ -58,25 +99,40 @@ class Sealer:
         self._aead = AESGCM(_key(secret, self.uid))
         self._next = 0
         self._peers: dict[bytes, AESGCM] = {}
+        self._prefix = Prefix(secret)
+        self._lock = threading.Lock()  # any thread may pack: a counter (a nonce) is never given twice
+
+    def _take(self, count: int) -> int:
+        with self._lock:
+            n = self._next
+            self._next = n + count
+        return n
+
+    def hello(self) -> bytes:
+        """A frame with a prefix and nothing sealed: a bulk connection's first, naming its sender."""
+        n = self._take(1)
+        return _PREFIX.pack(self._prefix.mac(self.uid, n, PREFIX), self.uid, n)
 
     def seal(self, kind: int, view, chunk: int) -> tuple[bytes, list]:
-        """``view`` (1-D bytes) sealed as frames of ``chunk`` plaintext bytes each: (ref key, frames)."""
+        """``view`` (1-D bytes) sealed as frames of ``chunk`` plaintext bytes each, each behind its
+        prefix: (ref key, frames)."""
         size = view.nbytes
-        n = self._next
         count = max(1, -(-size // chunk))
-        self._next = n + count
-        aead = self._aead
+        n = self._take(count)
+        aead, prefix, uid = self._aead, self._prefix, self.uid
         frames = []
         for i in range(count):
             part = view[i * chunk:(i + 1) * chunk]
             nonce, aad = _NONCE.pack(n + i), _AAD.pack(kind, size, i)
+            length = PREFIX + part.nbytes + TAG
             if _INTO:
-                out = _buffer(part.nbytes + TAG)
-                aead.encrypt_into(nonce, part, aad, out)
+                out = _buffer(length)
+                aead.encrypt_into(nonce, part, aad, out[PREFIX:])
             else:
-                out = aead.encrypt(nonce, part, aad)
+                out = memoryview(bytearray(PREFIX) + aead.encrypt(nonce, part, aad))
+            _PREFIX.pack_into(out, 0, prefix.mac(uid, n + i, length), uid, n + i)
             frames.append(out)
-        return KEY.pack(self.uid, n), frames
+        return KEY.pack(uid, n), frames
 
     def open(self, kind: int, size: int, key: bytes, frames, chunk: int) -> memoryview:
         """The plaintext of a sealed buffer, written once into fresh memory (a writable view)."""
@@ -91,7 +147,7 @@ class Sealer:
         o = 0
         try:
             for i, fr in enumerate(frames):
-                part = fr.buffer if hasattr(fr, "buffer") else memoryview(fr)
+                part = (fr.buffer if hasattr(fr, "buffer") else memoryview(fr))[PREFIX:]
                 m = part.nbytes - TAG
                 if m != min(chunk, size - o) or (m == 0 and size):
                     raise SealError("a sealed payload frame does not match its signed size")

@@ -33,13 +33,15 @@ import zmq
 
 from . import _protocol as P
 from . import _shm
+from . import bulk as _bulk
+from ._seal import PREFIX, TAG
 from .census import Census, status_interval
 from .liveness import DEFAULT_TIMEOUT, bound_handshakes, configure_socket
 from .monitor import events
 from .peers import OUT_MAX, SEND_QUEUE
 from .peers import stalled as stalled_bytes
 from .scheduling import Peer, Scheduler
-from .security import Gate, secure_server
+from .security import Gate, bulk_server, is_network, secure_server
 
 IO_THREADS = 4
 RECV_QUEUE = 64  # messages libzmq reads ahead from one connection (the ROUTER's RCVHWM)
@@ -86,6 +88,10 @@ class Broker:
         secure_server(self.meta, secret, meta_addr, encryption)
         self.main_port = _bind(self.main, main_addr)
         self.meta_port = _bind(self.meta, meta_addr)
+        self.bulk = self.pairing = None
+        self.bulk_port = 0
+        if encryption and is_network(main_addr) and _bulk.enabled():
+            self._open_bulk(main_addr, heartbeat_timeout)
         self.shm = _shm.Segments(P.derive(secret, "shared memory")) if _shm.available() else None
         self.core = Scheduler(upstream, log=self.log,
                               unlink=self.shm.unlink if self.shm is not None else (lambda seg: None))
@@ -125,6 +131,69 @@ class Broker:
     def peers(self):
         return self.core.peers
 
+    # ---- the bulk lane (scoop.bulk) -------------------------------------------------------------
+    def _open_bulk(self, main_addr, heartbeat_timeout):
+        """A socket beside the task port for sealed payload frames: members only (a ticket per
+        connection), one frame per message (a ZeroMQ message of several parts is held whole
+        before it is read: it could be any size), at most ``RCVHWM`` frames read ahead per
+        connection."""
+        b = self.bulk = self.ctx.socket(zmq.ROUTER)
+        for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 16), (zmq.LINGER, 1000), (zmq.ROUTER_MANDATORY, 1),
+                         (zmq.MAXMSGSIZE, PREFIX + P.FRAME_CHUNK + TAG), (zmq.BACKLOG, 4096)):
+            b.setsockopt(opt, val)
+        configure_socket(b, heartbeat_timeout)
+        bulk_server(b)
+        self.bulk_port = b.bind_to_random_port(main_addr.rsplit(":", 1)[0])
+        self.pairing = _bulk.Pairing(self.secret)
+        self.bulk_fds: dict[bytes, int] = {}  # bulk identity -> its connection
+        self._bulk_sweep = 0.0
+
+    def _recv_bulk(self, now):
+        """Frames from the bulk lane, each checked by its prefix before anything is kept."""
+        bulk, pairing, peers = self.bulk, self.pairing, self.core.peers
+        for _ in range(256):
+            try:
+                ident = bulk.recv(P.NOBLOCK)
+            except zmq.Again:
+                return
+            frame = bulk.recv(copy=False) if bulk.getsockopt(P.RCVMORE) else None
+            fd = self.bulk_fds.get(ident)
+            if fd is None and frame is not None:
+                fd = frame.get(zmq.SRCFD)
+            many = False
+            while bulk.getsockopt(P.RCVMORE):
+                bulk.recv(copy=False)
+                many = True
+            uid = _uid8(ident[1:])
+            if frame is None or many or uid is None or ident[:1] != b"b":
+                verdict, ready = _bulk.BAD, ()
+            else:
+                verdict, ready = pairing.frame(uid, frame, now)
+            if verdict is _bulk.BAD:
+                self.dropped += 1
+                self.bulk_fds.pop(ident, None)
+                self._cut_fd(fd)
+                continue
+            self.bulk_fds[ident] = fd
+            if verdict is _bulk.HELLO:
+                peer = peers.get(ident[1:])
+                if peer is not None:
+                    peer.out.lane_ok = True  # sealed frames for it go on its lane from now on
+            for (tident, tfd), recs in ready:
+                self._apply(tident, tfd, recs)
+
+    def _bulk_tick(self, now):
+        """Half-pairs nobody completes in time, and those of members gone, are dropped."""
+        pairing = self.pairing
+        for uid in pairing.expire(now):
+            self.log(f"dropped payload frames or messages of {uid.hex()} that waited over "
+                     f"{pairing.max_wait:.0f} s for their other half")
+        if now - self._bulk_sweep > 1.0:
+            self._bulk_sweep = now
+            peers = self.core.peers
+            for uid in [u for u in pairing.senders if u.hex().encode() not in peers]:
+                pairing.forget(uid)
+
     # ---- main loop ---------------------------------------------------------------------------
     def serve(self):
         main = self.main
@@ -135,7 +204,8 @@ class Broker:
         # zmq_poll on a fixed list: pyzmq's Poller rebuilds it and a dict at every call, which
         # costs microseconds on each message's path
         gate = self.gate.sock
-        items = [(s, P.POLLIN) for s in (gate, main, monitor, *extras)]
+        bulk = self.bulk
+        items = [(s, P.POLLIN) for s in (gate, main, monitor, *extras)] + ([(bulk, P.POLLIN)] if bulk else [])
         poll = zmq.zmq_poll
         recv = self._recv
         next_check = next_status = next_due = next_size = time.monotonic()
@@ -159,9 +229,12 @@ class Broker:
                             break
                         recv()
                 now = time.monotonic()
+                if bulk is not None and (bulk in ready or bulk.getsockopt(P.EVENTS) & P.POLLIN):
+                    self._recv_bulk(now)
                 if self._dropped:
                     self._apply_drops(now, more)
-                if extras and len(ready) > (main in ready) + (monitor in ready) + (gate in ready):
+                if extras and len(ready) > ((main in ready) + (monitor in ready) + (gate in ready)
+                                            + (bulk in ready)):
                     self._on_extra(dict.fromkeys(ready, P.POLLIN))
                 if core.queue or core.pinned:
                     core.dispatch()
@@ -172,6 +245,8 @@ class Broker:
                     self._flush()
                 if now >= next_check:
                     self._periodic(now)
+                    if bulk is not None:
+                        self._bulk_tick(now)
                     if core.size_due and now >= next_size:
                         # a broadcast, a message to every peer: at most ~5 % of the broker's time
                         # (while 10,000 join, a broadcast a second would be most of it)
@@ -197,6 +272,8 @@ class Broker:
             monitor.close(0)
             self.main.close(linger=500)
             self.meta.close(linger=0)
+            if bulk is not None:
+                bulk.close(linger=500)
             self.gate.close()
 
     def _on_disconnects(self, monitor):
@@ -229,9 +306,19 @@ class Broker:
 
     def _lose(self, peer: Peer, why: str):
         self._forget_fds(peer)
+        self._forget_lane(peer)
         self.core.leave(peer, "retired" if peer.retiring else why)
         if peer is self.core.origin:
             self.shutdown(f"the origin {why}")
+
+    def _forget_lane(self, peer):
+        if self.pairing is not None:
+            uid = _uid8(peer.uid)
+            if uid is not None:
+                self.pairing.forget(uid)
+            fd = self.bulk_fds.pop(b"b" + peer.uid, None)
+            if fd is not None:
+                self._cut_fd(fd)  # a lost member's lane ends with it
 
     def _forget_fds(self, peer):
         for fd in self.fds_of.pop(peer.uid, ()):
@@ -271,10 +358,25 @@ class Broker:
             self._send_now(ident, P.FROM_BROKER if kind == b"t" else P.CONTROL_FROM_BROKER, P.SHUTDOWN,
                            b"declared lost by the broker")
             return
-        recs = P.parse(parts[0], parts[1:])
+        if self.pairing is not None and kind == b"t":
+            # its sealed frames may be on the bulk lane: it waits for them (and so do the
+            # messages after it), and comes back through _recv_bulk
+            uid8 = _uid8(uid)
+            recs = self.pairing.message(uid8, (ident, fd), parts[0], parts[1:]) if uid8 else None
+            if recs is None:
+                return
+        else:
+            recs = P.parse(parts[0], parts[1:])
         if recs is None:
             self.dropped += 1
             return
+        self._apply(ident, fd, recs)
+
+    def _apply(self, ident, fd, recs):
+        """The records of a verified message from ``ident``."""
+        kind = ident[:1]
+        uid = ident[1:]
+        peer = self.core.peers.get(uid)
         try:
             if kind == b"t":
                 for rec in recs:
@@ -316,9 +418,10 @@ class Broker:
         if fd is None:
             mine = self.fds_of.get(ident[1:], ())
             fd = next((f for f in mine if self.fds.get(f, (None,))[0] == ident), None)
-            if fd is None:
-                return
-        if _end_connection(fd):
+        self._cut_fd(fd)
+
+    def _cut_fd(self, fd):
+        if fd is not None and fd >= 0 and _end_connection(fd):
             self.cut += 1
 
     def _watch(self, ident, fd, peer):
@@ -337,7 +440,11 @@ class Broker:
     # ---- records ------------------------------------------------------------------------------
     def _hello(self, uid, rec):
         info = json.loads(bytes(rec.body))
-        return self.core.join(uid, info) or self.core.peers.get(uid)
+        peer = self.core.join(uid, info)
+        if peer is not None and self.pairing is not None and _uid8(uid) is not None:
+            self.pairing.join(_uid8(uid))
+            peer.out.add(P.BULK_HEADER.pack(P.BULK, self.bulk_port))  # where its bulk lane goes
+        return peer or self.core.peers.get(uid)
 
     def _r_task(self, peer, rec):
         self.core.submit(peer, rec)
@@ -385,6 +492,7 @@ class Broker:
         """A goodbye: everything the peer sent before is read, so nothing it finished runs again.
         A worker waits for this answer before it exits (what it sent might be lost otherwise)."""
         self._forget_fds(peer)
+        self._forget_lane(peer)
         self.core.leave(peer, "retired" if peer.retiring else "left")
         if peer.role == "worker":
             self._send_now(b"t" + peer.uid, P.FROM_BROKER, P.SHUTDOWN, b"goodbye")
@@ -607,6 +715,15 @@ def _end_connection(fd) -> bool:
     finally:
         s.close()
     return True
+
+
+def _uid8(hexuid) -> bytes | None:
+    """A member's uid as the 8 bytes its sealed frames name (identities carry it in hex)."""
+    try:
+        uid = bytes.fromhex(hexuid.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return uid if len(uid) == 8 else None
 
 
 def _bind(sock, addr: str) -> int:

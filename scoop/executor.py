@@ -237,15 +237,15 @@ class Executor:
         try:
             fn, name, what = self._get_fn(d)
             if kind == P.CHUNK:
-                arglist = P.unpack(rec, rt.shm)
+                arglist = P.unpack(rec, rt.shm, rt.sealer)
                 inputs = len(arglist)
                 value = self._run_chunk(fn, name, arglist, flags & P.SINGLE)
             else:
-                args, kwargs = P.unpack(rec, rt.shm)
+                args, kwargs = P.unpack(rec, rt.shm, rt.sealer)
                 value = fn(*args, **kwargs)
             del rec
             try:
-                packed = P.pack(value, what, shm)
+                packed = P.pack(value, what, shm, seal=rt.seal_for(shm))
                 status = P.OK
             except P.SerializationError as exc:
                 if kind == P.CHUNK:

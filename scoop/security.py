@@ -9,6 +9,10 @@
   exists.  Loopback is treated as the network: every local user can connect to it.
 * **Unix sockets** (same-host links): ZeroMQ's PLAIN mechanism with a token derived from the
   secret.  The token never crosses a network, and only root can read a Unix socket's traffic.
+* **The bulk lane** (scoop.bulk: sealed payload frames beside a CURVE connection): ZeroMQ's
+  PLAIN mechanism with a one-time ticket per connection (:func:`bulk_ticket`: the member's uid
+  and the time, MAC'd with a key from the secret), in the ZAP domain ``scoop-bulk`` only.  A
+  stranger cannot open one; a ticket seen on the wire is refused if used again or late.
 * ``encryption=False`` (``--encryption off``, for a fabric the site trusts): TCP uses PLAIN too.
   Messages stay authenticated (headers MAC'd with the secret, payloads checked against signed
   digests, see scoop._protocol) but travel in the clear, the token included, so anyone who sees
@@ -18,9 +22,12 @@ from __future__ import annotations
 
 import functools
 import hmac
+import struct
 import threading
+import time
 
 import zmq
+from blake3 import blake3 as _blake3
 from zmq.utils import z85
 
 from . import _protocol as P
@@ -28,6 +35,24 @@ from . import _protocol as P
 PLAIN_USER = b"scoop"
 DOMAIN = "scoop"
 _DOMAIN = DOMAIN.encode()
+BULK_USER = b"scoop-bulk"
+BULK_DOMAIN = "scoop-bulk"
+_BULK_DOMAIN = BULK_DOMAIN.encode()
+_TICKET = struct.Struct("<8sQ16s")  # member uid, time (ns), MAC
+TICKET_SECONDS = 600.0              # how far a ticket's time may be from the broker's (clocks differ)
+
+
+_TICKET_SIGNED = struct.Struct("<8sQ")
+
+
+def _ticket_mac(secret: bytes, uid: bytes, t: int) -> bytes:
+    return _blake3(_TICKET_SIGNED.pack(uid, t), key=P.derive(secret, "bulk ticket")).digest(16)
+
+
+def bulk_ticket(secret: bytes, uid: bytes) -> bytes:
+    """A PLAIN password for one bulk-lane connection of member ``uid`` (8 bytes), good once."""
+    t = time.time_ns()
+    return _TICKET.pack(uid, t, _ticket_mac(secret, uid, t)).hex().encode()
 
 def is_network(address: str) -> bool:
     """True for an address another user or host may reach (TCP, loopback included)."""
@@ -76,6 +101,18 @@ def secure_server(sock, secret: bytes, address: str, encryption: bool = True) ->
     sock.zap_domain = DOMAIN.encode()
 
 
+def bulk_server(sock) -> None:
+    """Before ``bind``: a bulk-lane socket admits members with a fresh ticket only."""
+    sock.plain_server = True
+    sock.zap_domain = _BULK_DOMAIN
+
+
+def bulk_client(sock, secret: bytes, uid: bytes) -> None:
+    """Before ``connect``: a member's bulk-lane socket presents a ticket good for one connection."""
+    sock.plain_username = BULK_USER
+    sock.plain_password = bulk_ticket(secret, uid)
+
+
 def secure_client(sock, secret: bytes, address: str, encryption: bool = True) -> None:
     """Before ``connect``: the credentials this socket presents to ``address``."""
     k = keys(secret, encryption)
@@ -102,6 +139,8 @@ class Gate:
         curve = zmq.has("curve")
         k = keys(secret, curve)
         self.token = k.token
+        self._secret = secret
+        self._tickets: dict[bytes, float] = {}  # tickets taken (one use each), until they are too old
         self.member = z85.decode(k.client_public) if curve else None
         self.answered = 0
         self.refused = 0
@@ -114,14 +153,38 @@ class Gate:
     def verdict(self, frames: list) -> bool:
         """A request (RFC 27: version, request id, domain, address, identity, mechanism,
         credentials) admitted?"""
-        if len(frames) < 6 or frames[0] != b"1.0" or frames[2] != _DOMAIN:
+        if len(frames) < 6 or frames[0] != b"1.0":
             return False
         mechanism, creds = frames[5], frames[6:]
+        if frames[2] == _BULK_DOMAIN:
+            return (mechanism == b"PLAIN" and len(creds) == 2 and creds[0] == BULK_USER
+                    and self._ticket(creds[1]))
+        if frames[2] != _DOMAIN:
+            return False
         if mechanism == b"CURVE":
             return len(creds) == 1 and creds[0] == self.member
         if mechanism == b"PLAIN":
             return len(creds) == 2 and creds[0] == PLAIN_USER and hmac.compare_digest(creds[1], self.token)
         return False
+
+    def _ticket(self, text: bytes) -> bool:
+        """A bulk-lane ticket that is genuine, fresh and not used before (taken now)."""
+        try:
+            uid, t, mac = _TICKET.unpack(bytes.fromhex(text.decode("ascii")))
+        except (ValueError, struct.error):
+            return False
+        now = time.time()
+        if abs(now - t / 1e9) > TICKET_SECONDS \
+                or not hmac.compare_digest(mac, _ticket_mac(self._secret, uid, t)):
+            return False
+        tickets = self._tickets
+        if text in tickets:
+            return False
+        if len(tickets) > 1024:  # only members make genuine tickets: few, and each forgotten once too old
+            for old in [k for k, when in tickets.items() if now - when > 2 * TICKET_SECONDS]:
+                del tickets[old]
+        tickets[text] = now
+        return True
 
     def answer(self, most: int = 4096) -> int:
         """Answers the requests waiting (up to ``most``) without blocking; returns how many."""

@@ -134,7 +134,8 @@ class Submitter:
         """Packs a task's inputs (an error names what does not pickle) and registers its future;
         returns the future and its record (header, packed payload)."""
         try:
-            packed = P.pack(payload, "arguments", self._shm())  # an error is reworded below
+            shm = self._shm()
+            packed = P.pack(payload, "arguments", shm, seal=self.rt.seal_for(shm))  # errors reworded below
         except P.SerializationError as exc:
             if args is None:
                 args = [a for chunk in payload for a in chunk] if kind == P.CHUNK else payload
@@ -302,7 +303,7 @@ class Submitter:
         fut.worker = worker.rstrip(b"\0").decode("ascii", "replace")
         try:
             if status == P.OK:
-                value = P.unpack(rec, rt.shm)
+                value = P.unpack(rec, rt.shm, rt.sealer)
                 fut.set_result(value)
             else:
                 fut.set_exception(load_exception(P.body_bytes(rec, rt.shm)))
@@ -399,7 +400,8 @@ class Submitter:
         if name in rt.consts:
             raise TypeError(f"shared constant {name!r} is already defined; constants are set once")
         # on one host a large constant lives once in shared memory, mapped by every worker
-        packed = P.pack(value, f"shared constant {name!r}", self._shm())
+        shm = self._shm()
+        packed = P.pack(value, f"shared constant {name!r}", shm, seal=rt.seal_for(shm))
         rt.consts[name] = value
         rt.out.add(P.CONST + name.encode(), packed=packed)
         rt.flush()

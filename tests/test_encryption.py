@@ -249,3 +249,157 @@ def test_a_sniffer_on_the_link_sees_no_payload_token_or_secret(hosts, monkeypatc
           f"{sniffed.bytes / 1e6:.1f} MB encrypted (found {sorted(sniffed.found)})")
     assert sniffed.bytes > 1e6
     assert not sniffed.found, f"seen on the wire with encryption on: {sorted(sniffed.found)}"
+
+
+# ---- the bulk lane's pairing (no sockets) ------------------------------------------------------------
+
+
+def _lane_message(sealer, obj, tid=1):
+    """A signed-looking header and the bulk frames of one task whose payload is sealed for the lane."""
+    box = P.Outbox()
+    box.lane_ok = True
+    box.add(P.TID.pack(P.CANCEL, tid), packed=P.pack(obj, seal=sealer))
+    ((data, frames, lane),) = box.take_messages()
+    return b"\0" * P.MAC_SIZE + data, frames, lane
+
+
+def _lane_setup(**bounds):
+    from scoop._seal import Sealer
+    from scoop.bulk import Pairing
+    secret = P.new_secret()
+    uid = os.urandom(8)
+    pairing = Pairing(secret, **bounds)
+    pairing.join(uid, 0.0)
+    return secret, uid, Sealer(secret, uid), pairing
+
+
+@pytest.mark.parametrize("order", ["header first", "frames first", "interleaved"])
+def test_bulk_frames_pair_with_their_header_in_any_order(order):
+    from scoop import bulk
+    from scoop._seal import Sealer
+    secret, uid, sealer, pairing = _lane_setup()
+    a = np.frombuffer(os.urandom(3 * P.FRAME_CHUNK + 7), dtype=np.uint8)
+    header, frames, lane = _lane_message(sealer, a)
+    assert not frames and len(lane) == 4
+    later, _, later_lane = _lane_message(sealer, "a small one after it")
+    assert not later_lane
+    out = []
+    if order == "frames first":
+        for fr in lane:
+            assert pairing.frame(uid, fr, 1.0) == (bulk.OK, ())
+        out.append(pairing.message(uid, "first", header, []))
+        out.append(pairing.message(uid, "second", later, []))
+    else:
+        split = 0 if order == "header first" else 2
+        for fr in lane[:split]:
+            assert pairing.frame(uid, fr, 1.0)[0] is bulk.OK
+        assert pairing.message(uid, "first", header, []) is None       # waits for its frames
+        assert pairing.message(uid, "second", later, []) is None       # and what came after it waits too
+        for fr in lane[split:-1]:
+            assert pairing.frame(uid, fr, 1.0) == (bulk.OK, ())
+        verdict, ready = pairing.frame(uid, lane[-1], 1.0)
+        assert verdict is bulk.OK and [item for item, _ in ready] == ["first", "second"]
+        out = [recs for _, recs in ready]
+    rec = out[0][0]
+    assert rec.lane and not rec.frames and rec.refs[0][0] & P.REF_LANE
+    b = P.unpack(rec, seal=Sealer(secret, os.urandom(8)))
+    assert np.array_equal(a, b)
+    assert P.unpack(out[1][0]) == "a small one after it"
+    assert pairing.held_bytes() == 0 and not pairing.senders[uid].frames
+
+
+def test_a_record_from_the_lane_is_forwarded_in_the_message_to_a_receiver_without_one():
+    from scoop._seal import Sealer
+    secret, uid, sealer, pairing = _lane_setup()
+    a = np.frombuffer(os.urandom(2 * P.FRAME_CHUNK), dtype=np.uint8)
+    small = np.frombuffer(os.urandom(1000), dtype=np.uint8)  # stays in the pickle stream
+    header, _, lane = _lane_message(sealer, (small, a, b"x" * 100_000))
+    for fr in lane:
+        pairing.frame(uid, fr, 1.0)
+    (rec,) = pairing.message(uid, None, header, [])
+    same_host, remote = P.Outbox(), P.Outbox()
+    remote.lane_ok = True
+    same_host.add_record(rec)
+    remote.add_record(rec)
+    (data, frames, none), = same_host.take_messages()
+    assert not none and [id(f) for f in frames] == [id(f) for f in lane]  # the same frame objects
+    (fwd,) = P.parse(b"\0" * P.MAC_SIZE + data, frames)
+    assert not any(kind & P.REF_LANE for kind, _, _ in fwd.refs)
+    got = P.unpack(fwd, seal=Sealer(secret, os.urandom(8)))
+    assert np.array_equal(got[0], small) and np.array_equal(got[1], a) and got[2] == b"x" * 100_000
+    (data, frames, onlane), = remote.take_messages()
+    assert not frames and [id(f) for f in onlane] == [id(f) for f in lane]
+
+
+def test_forged_replayed_or_foreign_bulk_frames_are_refused_unkept():
+    from scoop import bulk
+    from scoop._seal import PREFIX, Sealer
+    secret, uid, sealer, pairing = _lane_setup()
+    _, _, lane = _lane_message(sealer, np.zeros(P.FRAME_CHUNK // 4))
+    stranger = Sealer(P.new_secret(), uid)                          # the right uid, not the secret
+    _, _, forged = _lane_message(stranger, np.zeros(P.FRAME_CHUNK // 4))
+    other = os.urandom(8)
+    _, _, not_member = _lane_message(Sealer(secret, other), np.zeros(1000 * 100))
+    tampered = bytearray(lane[0])
+    tampered[20] ^= 1                                               # the counter, under the MAC
+    grown = bytes(lane[0]) + b"x"
+    for fr in (forged[0], tampered, grown, not_member[0], b"short", b"\0" * PREFIX):
+        assert pairing.frame(uid, fr, 1.0) == (bulk.BAD, ())
+    assert pairing.frame(other, not_member[0], 1.0) == (bulk.BAD, ())  # not a member here
+    assert pairing.frame(uid, lane[0], 1.0)[0] is bulk.OK
+    assert pairing.frame(uid, lane[0], 1.0) == (bulk.BAD, ())       # replayed
+    assert pairing.held_bytes() == len(lane[0])
+    assert pairing.frame(uid, sealer.hello(), 1.0)[0] is bulk.HELLO
+
+
+def test_what_waits_in_the_pairing_is_bounded_and_a_lost_member_leaves_nothing():
+    from scoop import bulk
+    secret, uid, sealer, pairing = _lane_setup(max_unpaired=3 * P.FRAME_CHUNK, max_waiting=4096, max_wait=5.0)
+    a = np.zeros(8 * P.FRAME_CHUNK // 8)
+    header, _, lane = _lane_message(sealer, a)
+    # frames nobody asked for: bounded in bytes (the sender's are all dropped, its connection cut)
+    verdicts = [pairing.frame(uid, fr, 1.0)[0] for fr in lane[:4]]
+    assert verdicts == [bulk.OK, bulk.OK, bulk.BAD, bulk.OK] and pairing.held_bytes() == len(lane[3])
+    # frames a waiting header names are bounded by that header's signed sizes, not counted as unpaired
+    header, _, lane = _lane_message(sealer, a)
+    assert pairing.message(uid, "big", header, []) is None
+    for fr in lane[:-1]:
+        assert pairing.frame(uid, fr, 2.0)[0] is bulk.OK
+    # messages waiting behind it: bounded in header bytes
+    small, _, _ = _lane_message(sealer, "x" * 3000)
+    assert pairing.message(uid, "small", small, []) is None
+    assert pairing.message(uid, "small", small, []) is None         # over max_waiting: all dropped
+    assert pairing.held_bytes() == 0
+    # and in time: no frame for max_wait seconds
+    header, _, lane = _lane_message(sealer, a)
+    assert pairing.message(uid, "late", header, []) is None
+    pairing.frame(uid, lane[0], 10.0)
+    assert pairing.expire(14.0) == [] and pairing.expire(16.0) == [uid]
+    assert pairing.held_bytes() == 0
+    # a member lost mid-transfer: everything of it goes
+    header, _, lane = _lane_message(sealer, a)
+    assert pairing.message(uid, "cut short", header, []) is None
+    pairing.frame(uid, lane[0], 20.0)
+    pairing.forget(uid)
+    assert pairing.held_bytes() == 0 and uid not in pairing.senders
+    assert pairing.frame(uid, lane[1], 20.0) == (bulk.BAD, ())
+
+
+def test_the_receiver_takes_bulk_frames_in_any_order_and_gives_up_in_time():
+    from scoop._seal import Sealer
+    from scoop.bulk import Inbox
+    secret, uid, sealer, _ = _lane_setup()
+    a = np.frombuffer(os.urandom(2 * P.FRAME_CHUNK), dtype=np.uint8)
+    h1, _, l1 = _lane_message(sealer, a)
+    h2, _, l2 = _lane_message(sealer, a[::-1].copy())
+    arriving = list(l2) + list(l1)                                   # the second message's frames first
+    inbox = Inbox(lambda timeout: arriving.pop(0) if arriving else None, wait=0.0)
+    opener = Sealer(secret, os.urandom(8))
+    (r1,) = P.parse(h1, [], lane=inbox)
+    inbox.claim([r1])
+    assert np.array_equal(P.unpack(r1, seal=opener), a) and len(inbox.store) == 2
+    (r2,) = P.parse(h2, [], lane=inbox)
+    inbox.claim([r2])
+    assert np.array_equal(P.unpack(r2, seal=opener), a[::-1]) and not inbox.store
+    assert P.parse(h1, [], lane=inbox) is P.MISSING                  # never comes: given up
+    assert P.parse(h1, []) is None                                   # no lane at all: malformed

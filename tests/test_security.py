@@ -640,7 +640,7 @@ def test_sealed_payloads_open_for_any_member_and_show_nothing(size):
 
 @pytest.mark.parametrize("how", ["flip", "swap", "replay", "cut", "tag", "other secret", "no key"])
 def test_a_tampered_sealed_frame_is_refused_before_unpickling(how, tmp_path):
-    from scoop._seal import Sealer, SealError
+    from scoop._seal import PREFIX, Sealer, SealError
     secret = P.new_secret()
     trap_file = tmp_path / "pwned"
     sender, receiver = Sealer(secret, os.urandom(8)), Sealer(secret, os.urandom(8))
@@ -648,7 +648,8 @@ def test_a_tampered_sealed_frame_is_refused_before_unpickling(how, tmp_path):
     earlier = _sealed_message(sender, payload)[1]
     header, frames = _sealed_message(sender, payload)
     if how == "flip":
-        frames[1] = frames[1][:7] + bytes([frames[1][7] ^ 1]) + frames[1][8:]
+        at = 7 + PREFIX                                 # in the sealed part, past the prefix
+        frames[1] = frames[1][:at] + bytes([frames[1][at] ^ 1]) + frames[1][at + 1:]
     elif how == "swap":
         frames[0], frames[1] = frames[1], frames[0]
     elif how == "replay":
