@@ -90,6 +90,7 @@ class Broker:
         self.meta_port = _bind(self.meta, meta_addr)
         self.bulk = self.pairing = None
         self.bulk_port = 0
+        self.bulk_frames = 0  # taken from the bulk lane (scoop.bulk)
         if encryption and is_network(main_addr) and _bulk.enabled():
             self._open_bulk(main_addr, heartbeat_timeout)
         self.shm = _shm.Segments(P.derive(secret, "shared memory")) if _shm.available() else None
@@ -175,6 +176,7 @@ class Broker:
                 self._cut_fd(fd)
                 continue
             self.bulk_fds[ident] = fd
+            self.bulk_frames += 1
             if verdict is _bulk.HELLO:
                 peer = peers.get(ident[1:])
                 if peer is not None:
@@ -660,10 +662,12 @@ class Broker:
         origin = core.origin
         snap.update(state="running" if self.running else "stopped", time=time.time(),
                     origin=core.peer_info(origin) if origin and origin.uid in core.peers else None,
-                    broker={"main_port": self.main_port, "meta_port": self.meta_port})
+                    broker={"main_port": self.main_port, "meta_port": self.meta_port,
+                            "bulk_port": self.bulk_port})
         snap["totals"].update(rate=round(self.rate, 1), dropped_messages=self.dropped,
                               routed_messages=self.routed, cut_connections=self.cut,
-                              stalled_peers=self.stalled)
+                              stalled_peers=self.stalled, bulk_frames=self.bulk_frames,
+                              bulk_held=self.pairing.held_bytes() if self.pairing is not None else 0)
         self._publish(P.STATUS, snap)
 
 

@@ -105,7 +105,9 @@ class Pairing:
         self.senders.pop(uid, None)
 
     def held_bytes(self) -> int:
-        return sum(s.nbytes + s.waiting_bytes for s in self.senders.values())
+        """Bytes held here: frames (paired or not) and waiting headers."""
+        return sum(sum(len(fr) for fr, _ in s.frames.values()) + s.waiting_bytes
+                   for s in self.senders.values())
 
     # ---- frames -----------------------------------------------------------------------------------
     def frame(self, uid: bytes, frame, now: float):
