@@ -470,9 +470,10 @@ class Runtime:
             self.out.lane_ok = True
         self.lane_seal = self.sealer
 
-    def seal_for(self, shm):
-        """The sealer to pack a payload with: none on one host (shared memory) or without a lane."""
-        return self.lane_seal if shm is None else None
+    def seal_for(self, direct: bool = False):
+        """The sealer to pack a payload with: none without a bulk lane, nor for a result that goes
+        straight to the origin on this host (scoop.direct: a same-host socket, as it was)."""
+        return None if direct else self.lane_seal
 
     def _on_size(self, rec):
         _, self.size, self.hosts = P.SIZE_HEADER.unpack(rec.hdr)

@@ -245,7 +245,8 @@ class Executor:
                 value = fn(*args, **kwargs)
             del rec
             try:
-                packed = P.pack(value, what, shm, seal=rt.seal_for(shm))
+                direct = flags & P.DIRECT and rt.direct_out is not None
+                packed = P.pack(value, what, shm, seal=rt.seal_for(direct))
                 status = P.OK
             except P.SerializationError as exc:
                 if kind == P.CHUNK:

@@ -134,8 +134,8 @@ class Submitter:
         """Packs a task's inputs (an error names what does not pickle) and registers its future;
         returns the future and its record (header, packed payload)."""
         try:
-            shm = self._shm()
-            packed = P.pack(payload, "arguments", shm, seal=self.rt.seal_for(shm))  # errors reworded below
+            # an error is reworded below
+            packed = P.pack(payload, "arguments", self._shm(), seal=self.rt.seal_for())
         except P.SerializationError as exc:
             if args is None:
                 args = [a for chunk in payload for a in chunk] if kind == P.CHUNK else payload
@@ -400,8 +400,7 @@ class Submitter:
         if name in rt.consts:
             raise TypeError(f"shared constant {name!r} is already defined; constants are set once")
         # on one host a large constant lives once in shared memory, mapped by every worker
-        shm = self._shm()
-        packed = P.pack(value, f"shared constant {name!r}", shm, seal=rt.seal_for(shm))
+        packed = P.pack(value, f"shared constant {name!r}", self._shm(), seal=rt.seal_for())
         rt.consts[name] = value
         rt.out.add(P.CONST + name.encode(), packed=packed)
         rt.flush()
