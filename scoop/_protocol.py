@@ -313,22 +313,43 @@ def _inline(raw, refs, frames, lane):
     return bytes(data), out
 
 
+class LaneFrame:
+    """A frame an outbox holds for the receiver's bulk lane, among the message's own frames:
+    whoever sends the message sends it there (:func:`send`, :func:`split_lane`)."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame):
+        self.frame = frame
+
+
+def split_lane(frames):
+    """A message's frames -> (its own frames, those for the bulk lane)."""
+    own, lane = [], []
+    for fr in frames:
+        if type(fr) is LaneFrame:
+            lane.append(fr.frame)
+        else:
+            own.append(fr)
+    return own, lane
+
+
 class Outbox:
     """Records waiting to go out on one socket: encoded once (forwarded records are never
     decoded and encoded again) with their payload frames kept as objects, never joined.
 
     ``lane_ok``: its receiver has a bulk lane (scoop.bulk), and sealed frames of ``REF_LANE``
-    refs go there (``lane``); otherwise they go in the message, as frames of plain sealed refs."""
+    refs go there (held as :class:`LaneFrame`); otherwise they go in the message, as frames of
+    plain sealed refs."""
 
-    __slots__ = ("parts", "frames", "nbytes", "marks", "lane", "lane_ok")
+    __slots__ = ("parts", "frames", "nbytes", "marks", "lane_ok")
 
     def __init__(self):
         self.parts = []
         self.frames = []
-        self.lane = []
         self.lane_ok = False
         self.nbytes = 0
-        self.marks = None  # (parts, frames, lane) counts where a message must end: headers stay small
+        self.marks = None  # (parts, frames) counts where a message must end: headers stay small
 
     def __bool__(self):
         return bool(self.parts)
@@ -341,7 +362,7 @@ class Outbox:
         if self.nbytes > HEADER_SPLIT:
             if self.marks is None:
                 self.marks = []
-            self.marks.append((len(self.parts), len(self.frames), len(self.lane)))
+            self.marks.append((len(self.parts), len(self.frames)))
             self.nbytes = 0
 
     def add(self, hdr, body=EMPTY, packed=None):
@@ -354,7 +375,7 @@ class Outbox:
                     + b"".join(REF.pack(*r) for r in refs))
             if packed.lane:
                 if self.lane_ok:
-                    self.lane.extend(packed.lane)
+                    self.frames.extend(map(LaneFrame, packed.lane))
                 else:
                     part, frames = _inline(part, refs, packed.frames, packed.lane)
                     self.frames.extend(frames)
@@ -375,45 +396,50 @@ class Outbox:
                 self.frames.extend(frames)
                 self._grow(len(raw))
                 return
-            self.lane.extend(rec.lane)
+            self.frames.extend(map(LaneFrame, rec.lane))
         self.parts.append(rec.raw)
         if rec.frames:
             self.frames.extend(rec.frames)
         self._grow(len(rec.raw))
 
     def take(self):
-        """Everything as one message: (header data, frames) -- of a box with no bulk lane."""
-        return next(iter(self.take_messages()))[:2]
+        """Everything as one message: (header data, frames)."""
+        return next(iter(self.take_messages()))
 
     def take_messages(self):
         """Everything, as messages whose headers stay under ``HEADER_SPLIT`` bytes (one record
-        larger than that goes alone): (header data, frames, bulk-lane frames) each."""
-        parts, frames, lane, marks = self.parts, self.frames, self.lane, self.marks
+        larger than that goes alone)."""
+        parts, frames, marks = self.parts, self.frames, self.marks
         self.parts, self.frames, self.nbytes, self.marks = [], [], 0, None
-        if lane:
-            self.lane = []
         if not marks:
-            return [(b"".join(parts), frames, lane)]
-        out, p0, f0, l0 = [], 0, 0, 0
-        for p1, f1, l1 in marks + [(len(parts), len(frames), len(lane))]:
+            return [(b"".join(parts), frames)]
+        out, p0, f0 = [], 0, 0
+        for p1, f1 in marks + [(len(parts), len(frames))]:
             if p1 > p0:
-                out.append((b"".join(parts[p0:p1]), frames[f0:f1], lane[l0:l1]))
-            p0, f0, l0 = p1, f1, l1
+                out.append((b"".join(parts[p0:p1]), frames[f0:f1]))
+            p0, f0 = p1, f1
         return out
+
+
+def send_lane(lane, frames, flags: int = 0) -> None:
+    """Bulk-lane frames to (socket, identity or None), each a message of its own."""
+    lsock, lident = lane
+    for fr in frames:
+        if lident is not None:
+            lsock.send(lident, flags | SNDMORE)
+        lsock.send(fr, flags, copy=False)
 
 
 def send(sock, signer: Signer, channel: bytes, box: Outbox, ident=None, flags: int = 0, lane=None) -> None:
     """Sends what ``box`` holds; payload frames go without copies.  ``lane``: (socket, identity
-    or None) of the receiver's bulk lane, where the box's bulk-lane frames go, each a message of
-    its own, ahead of their header."""
-    for data, frames, bulk in box.take_messages():
+    or None) of the receiver's bulk lane, where the box's bulk-lane frames go, ahead of their
+    header (a box with ``lane_ok`` needs it)."""
+    for data, frames in box.take_messages():
         header = signer.mac(channel, data) + data
-        if bulk:
-            lsock, lident = lane
-            for fr in bulk:
-                if lident is not None:
-                    lsock.send(lident, flags | SNDMORE)
-                lsock.send(fr, flags, copy=False)
+        if lane is not None:
+            frames, bulk = split_lane(frames)
+            if bulk:
+                send_lane(lane, bulk, flags)
         if ident is not None:
             sock.send(ident, flags | SNDMORE)
         if not frames:

@@ -323,10 +323,8 @@ class Runtime:
             self.submitter.take_leases(self.out)  # they ride along (else the control thread sends them)
         if self.out and self.sock is not None:
             with self.lock:
-                if self.out.lane:
-                    P.send(self.sock, self.signer, P.TO_BROKER, self.out, lane=(self.lane_sock, None))
-                else:
-                    P.send(self.sock, self.signer, P.TO_BROKER, self.out)
+                lane = (self.lane_sock, None) if self.out.lane_ok else None
+                P.send(self.sock, self.signer, P.TO_BROKER, self.out, lane=lane)
 
     # ---- receiving ---------------------------------------------------------------------------
     def poll(self):

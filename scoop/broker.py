@@ -570,14 +570,15 @@ class Broker:
                     except zmq.ZMQError:
                         continue  # peer not connected (yet/any more); its connection's loss handles it
                     else:
-                        _send_rest(main, mac(channel, data) + data, frames)
+                        _send_rest(main, mac(channel, data) + data, frames,
+                                   (self.bulk, b"b" + uid) if box.lane_ok else None)
                         self.routed += 1
                         continue
                 else:
                     msgs = [(mac(channel, data) + data, frames) for data, frames in msgs]
             else:
                 msgs = box.pending(lambda data, channel=channel: mac(channel, data) + data)
-            sent = _send_all(main, ident, msgs)
+            sent = _send_all(main, ident, msgs, (self.bulk, b"b" + uid) if box.lane_ok else None)
             self.routed += sent
             if sent == len(msgs):
                 if key in blocked:
@@ -671,11 +672,12 @@ class Broker:
         self._publish(P.STATUS, snap)
 
 
-def _send_all(sock, ident, msgs) -> int:
+def _send_all(sock, ident, msgs, lane=None) -> int:
     """Sends ``msgs`` ((signed header, frames), in order) to ``ident`` until its queue is full;
     returns how many went.  With ROUTER_MANDATORY a full queue refuses the identity frame, so a
     message goes whole or not at all; one for a peer not connected is dropped, as ZeroMQ would
-    (its connection's loss handles the peer)."""
+    (its connection's loss handles the peer).  ``lane``: (bulk socket, identity) where the
+    message's bulk-lane frames go once its queue took it (scoop.bulk)."""
     n = 0
     for header, frames in msgs:
         try:
@@ -685,13 +687,21 @@ def _send_all(sock, ident, msgs) -> int:
         except zmq.ZMQError:
             n += 1
             continue
-        _send_rest(sock, header, frames)
+        _send_rest(sock, header, frames, lane)
         n += 1
     return n
 
 
-def _send_rest(sock, header, frames):
-    """A message after its identity frame went: nothing refuses the rest."""
+def _send_rest(sock, header, frames, lane=None):
+    """A message after its identity frame went: nothing refuses the rest.  ``lane``: (bulk
+    socket, identity) where its bulk-lane frames go, first (scoop.bulk)."""
+    if lane is not None:
+        frames, bulk = P.split_lane(frames)
+        if bulk:
+            try:
+                P.send_lane(lane, bulk, P.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # its lane is gone: the receiver drops the header it cannot complete
     if not frames:
         sock.send(header, P.NOBLOCK)
         return
