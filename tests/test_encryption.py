@@ -10,14 +10,16 @@ import threading
 import time
 
 import numpy as np
+import psutil
 import pytest
 import zmq
 
 from scoop import _protocol as P
-from scoop import security
+from scoop import futures, security
 from scoop.options import ClusterOptions, OptionError
 
-from conftest import PROGRAMS
+import tasklib as T
+from conftest import PROGRAMS, origin_cluster, wait_idle
 from netns import netns_hosts_fixture
 
 # ---- keys and handshakes (no processes) --------------------------------------------------------
@@ -248,7 +250,9 @@ def _run_sniffed(hosts, encryption: bool):
 
 
 def test_a_sniffer_on_the_link_sees_no_payload_token_or_secret(hosts, monkeypatch, no_leak):
+    from scoop import bulk
     monkeypatch.setenv("HOME", hosts.home)
+    monkeypatch.setenv(bulk.SWITCH, "on")
     plain = _run_sniffed(hosts, encryption=False)
     # the sniffer works: unencrypted, the payloads, the token and the meta stream are in plain view
     assert {"payload", "token", "meta stream"} <= set(plain.found), plain.found
@@ -455,7 +459,8 @@ def test_a_member_on_another_host_sends_and_receives_large_arrays_on_the_bulk_la
     import json
     import subprocess
     import sys
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([PROGRAMS, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([PROGRAMS, os.environ.get("PYTHONPATH", "")]),
+               SCOOP_BULK_LANE="on")
     r = subprocess.run([sys.executable, "-c", _REMOTE_ORIGIN, PROGRAMS, encryption], env=env,
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -464,3 +469,172 @@ def test_a_member_on_another_host_sends_and_receives_large_arrays_on_the_bulk_la
     # 2 maps x (1 + 1 + 6 + 3 frames) each way, and the constant, through the lanes
     assert frames >= 2 * 11 * 2 if encryption == "on" else frames == 0, totals
     assert totals.get("bulk_held", 0) == 0
+
+
+# ---- the bulk lane (scoop.bulk) on a cluster of its own: members only, checked before kept, bounded ----
+@pytest.fixture(scope="module", params=[True, False], ids=["encrypted", "plain"])
+def lane_cluster(request):
+    """A 2-worker cluster whose origin is this process, its broker offering the bulk lane."""
+    from scoop import bulk
+    old = os.environ.get(bulk.SWITCH)
+    os.environ[bulk.SWITCH] = "on"  # read by the broker the cluster starts
+    try:
+        gen = origin_cluster(2, encryption=request.param)
+        c = next(gen)
+    finally:
+        if old is None:
+            del os.environ[bulk.SWITCH]
+        else:
+            os.environ[bulk.SWITCH] = old
+    yield c
+    next(gen, None)
+
+
+def _main_addr(cluster):
+    return f"tcp://127.0.0.1:{cluster.main_port}"
+
+
+def _quiet(cluster):
+    cluster.relay.flush(0.3)
+    return {label: tail for label, tail in cluster.relay.tails.items() if tail}
+
+def _bulk_addr(cluster):
+    port = cluster.status()["broker"].get("bulk_port", 0)
+    return f"tcp://127.0.0.1:{port}" if port else None
+
+
+def _wait_totals(cluster, pred, timeout=10.0):
+    snap = cluster.meta.wait_for(lambda s: pred(s["totals"]), timeout)
+    return snap["totals"]
+
+
+def _bulk_socket(ctx, addr, setup):
+    """A DEALER to the bulk port set up by ``setup``; (socket, monitor) with its handshake's fate."""
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDHWM, 4)
+    s.setsockopt(zmq.RECONNECT_IVL, 20)
+    s.setsockopt(zmq.IDENTITY, b"b" + os.urandom(8).hex().encode())
+    setup(s)
+    mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                               | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    s.connect(addr)
+    return s, mon
+
+
+def _admitted(mon, timeout=3.0) -> bool:
+    from scoop.monitor import events
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if mon.poll(100):
+            for event, _ in events(mon):
+                return event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+    return False
+
+
+def test_the_bulk_lane_admits_members_only_and_drops_what_it_cannot_check(lane_cluster):
+    """The bulk port has no CURVE (its frames are sealed end to end), so it is guarded otherwise:
+    a connection with no credentials, with the PLAIN token, or with a member's ticket used a
+    second time (one seen on the wire) fails its handshake; a ticketed connection whose frames'
+    prefixes do not check is cut at its first frame.  Meanwhile 1 MiB frames and multi-part
+    messages pour in: the broker grows by less than 64 MB and maps stay correct."""
+    from scoop.security import PLAIN_USER, bulk_ticket, keys
+    cluster = lane_cluster
+    wait_idle(cluster)
+    addr = _bulk_addr(cluster)
+    if not cluster.options.encryption:
+        assert addr is None  # --encryption off: today's path, no lane
+        return
+    broker = psutil.Process(cluster.broker_proc.pid)
+    rss0 = broker.memory_info().rss
+    before = cluster.status()["totals"]
+    ctx = zmq.Context()
+    secret = cluster.secret
+    ticket = bulk_ticket(secret, os.urandom(8))
+
+    def token(s):
+        s.plain_username, s.plain_password = PLAIN_USER, keys(secret).token
+
+    def with_ticket(s):
+        s.plain_username, s.plain_password = b"scoop-bulk", ticket
+
+    try:
+        tries = {"no credentials": _bulk_socket(ctx, addr, lambda s: None),
+                 "the handshake token": _bulk_socket(ctx, addr, token),
+                 "a fresh ticket": _bulk_socket(ctx, addr, with_ticket)}
+        assert _admitted(tries["a fresh ticket"][1])
+        tries["the same ticket again"] = _bulk_socket(ctx, addr, with_ticket)
+        fates = {label: _admitted(mon) for label, (_, mon) in tries.items() if label != "a fresh ticket"}
+        assert not any(fates.values()), fates
+        junk = [os.urandom(1 << 20)]
+        running = futures.map(T.work_ms, [2] * 300, range(300))
+        peak = rss0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            for label, (s, _) in tries.items():
+                try:
+                    if label == "a fresh ticket":
+                        s.send(junk[0], zmq.NOBLOCK)         # a frame whose prefix is no member's
+                    else:
+                        s.send_multipart(junk * 8, zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+            peak = max(peak, broker.memory_info().rss)
+            time.sleep(0.002)
+        assert list(running) == list(range(300))
+        totals = cluster.status()["totals"]
+    finally:
+        ctx.destroy(0)
+    growth = (peak - rss0) / 1e6
+    print(f"bulk lane: handshakes {fates}; broker growth {growth:.1f} MB; "
+          f"{totals['cut_connections'] - before['cut_connections']} connections cut")
+    assert growth < 64, f"the broker grew by {growth:.0f} MB"
+    assert totals["cut_connections"] > before["cut_connections"]
+    assert totals["bulk_held"] == 0
+    assert totals["lost_workers"] == before["lost_workers"] and len(cluster.status()["workers"]) == 2
+    assert not _quiet(cluster)
+
+
+def test_a_member_lost_mid_transfer_leaves_nothing_in_the_broker(lane_cluster):
+    """A member (a real connection with the secret, over TCP) sends the header of an 8 MiB payload
+    and half its sealed frames, then dies: the broker held the half (bounded by the header's
+    signed size) and holds nothing once the member is lost.  Frames sent before their header
+    wait too, and go the same way."""
+    from scoop._runtime import Runtime
+    cluster = lane_cluster
+    if not cluster.options.encryption:
+        pytest.skip("no bulk lane with --encryption off")
+    wait_idle(cluster)
+    ctx = zmq.Context()
+    rt = Runtime(_main_addr(cluster), cluster.secret, "observer", context=ctx)
+    try:
+        rt.connect(10)
+        assert rt.lane_sock is not None, "the member opened no bulk lane"
+        a = np.zeros(1 << 20)  # 8 MiB: 8 sealed frames
+        box = P.Outbox()
+        box.lane_ok = True
+        box.add(P.TID.pack(P.ASK, 0), packed=P.pack(a, seal=rt.sealer))
+        ((data, frames),) = box.take_messages()
+        frames, lane = P.split_lane(frames)
+        assert not frames and len(lane) == 8
+        with rt.lock:
+            rt.sock.send(rt.signer.mac(P.TO_BROKER, data) + data)
+            for fr in lane[:4]:
+                rt.lane_sock.send(fr, copy=False)
+            box.add(P.TID.pack(P.ASK, 0), packed=P.pack(a, seal=rt.sealer))  # only frames, no header
+            for fr in P.split_lane(box.take_messages()[0][1])[1][:2]:
+                rt.lane_sock.send(fr, copy=False)
+        held = _wait_totals(cluster, lambda t: t.get("bulk_held", 0) >= 2 << 20)["bulk_held"]
+        assert held >= 2 << 20
+    finally:
+        if rt.control is not None:
+            rt.control.stop()
+        for s in (rt.sock, rt.lane_sock):
+            if s is not None:
+                s.close(0)
+        ctx.destroy(0)
+    totals = _wait_totals(cluster, lambda t: t.get("bulk_held", 1) == 0)
+    print(f"held {held / 2**20:.1f} MiB of a member's half-sent payloads; after its loss "
+          f"{totals['bulk_held']}")
+    assert totals["bulk_held"] == 0
+    assert list(futures.map(T.square, range(10))) == [x * x for x in range(10)]

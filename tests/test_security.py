@@ -536,11 +536,13 @@ _SLOW_READER = """
 import json, os, sys, time
 import zmq
 from scoop import _protocol as P
+from scoop._seal import Sealer
 from scoop.security import secure_client
 import tasklib
 cfg = json.loads(sys.stdin.readline())
 secret = bytes.fromhex(cfg["secret"])
 signer = P.Signer(secret)
+opener = Sealer(secret, os.urandom(8))  # results from workers with a bulk lane come sealed
 ctx = zmq.Context()
 s = ctx.socket(zmq.DEALER)
 s.setsockopt(zmq.LINGER, 0)
@@ -573,7 +575,7 @@ while len(got) < n and time.monotonic() < deadline:
         for r in P.recv_verified(s, signer, P.FROM_BROKER) or []:
             if r.type == P.RESULT:
                 tid, status = P.RESULT_HEADER.unpack(r.hdr)[1:3]
-                a = P.unpack(r)
+                a = P.unpack(r, seal=opener)
                 got[tid & 0xFFFFFFFF] = status == P.OK and len(a) == size and int(a[-1]) == (size - 1) % 256
             elif r.type == P.SHUTDOWN:
                 print(json.dumps({"results": len(got), "shutdown": bytes(r.body).decode()}), flush=True)
@@ -667,143 +669,3 @@ def test_a_tampered_sealed_frame_is_refused_before_unpickling(how, tmp_path):
         P.unpack(rec, seal=receiver)
     assert not trap_file.exists()
 
-
-# ---- the bulk lane (scoop.bulk): members only, checked before kept, bounded ----------------------------
-def _bulk_addr(cluster):
-    port = cluster.status()["broker"].get("bulk_port", 0)
-    return f"tcp://127.0.0.1:{port}" if port else None
-
-
-def _wait_totals(cluster, pred, timeout=10.0):
-    snap = cluster.meta.wait_for(lambda s: pred(s["totals"]), timeout)
-    return snap["totals"]
-
-
-def _bulk_socket(ctx, addr, setup):
-    """A DEALER to the bulk port set up by ``setup``; (socket, monitor) with its handshake's fate."""
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.SNDHWM, 4)
-    s.setsockopt(zmq.RECONNECT_IVL, 20)
-    s.setsockopt(zmq.IDENTITY, b"b" + os.urandom(8).hex().encode())
-    setup(s)
-    mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                               | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-    s.connect(addr)
-    return s, mon
-
-
-def _admitted(mon, timeout=3.0) -> bool:
-    from scoop.monitor import events
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if mon.poll(100):
-            for event, _ in events(mon):
-                return event == zmq.EVENT_HANDSHAKE_SUCCEEDED
-    return False
-
-
-def test_the_bulk_lane_admits_members_only_and_drops_what_it_cannot_check(cluster):
-    """The bulk port has no CURVE (its frames are sealed end to end), so it is guarded otherwise:
-    a connection with no credentials, with the PLAIN token, or with a member's ticket used a
-    second time (one seen on the wire) fails its handshake; a ticketed connection whose frames'
-    prefixes do not check is cut at its first frame.  Meanwhile 1 MiB frames and multi-part
-    messages pour in: the broker grows by less than 64 MB and maps stay correct."""
-    from scoop.security import PLAIN_USER, bulk_ticket, keys
-    wait_idle(cluster)
-    addr = _bulk_addr(cluster)
-    if not cluster.options.encryption:
-        assert addr is None  # --encryption off: today's path, no lane
-        return
-    broker = psutil.Process(cluster.broker_proc.pid)
-    rss0 = broker.memory_info().rss
-    before = cluster.status()["totals"]
-    ctx = zmq.Context()
-    secret = cluster.secret
-    ticket = bulk_ticket(secret, os.urandom(8))
-
-    def token(s):
-        s.plain_username, s.plain_password = PLAIN_USER, keys(secret).token
-
-    def with_ticket(s):
-        s.plain_username, s.plain_password = b"scoop-bulk", ticket
-
-    try:
-        tries = {"no credentials": _bulk_socket(ctx, addr, lambda s: None),
-                 "the handshake token": _bulk_socket(ctx, addr, token),
-                 "a fresh ticket": _bulk_socket(ctx, addr, with_ticket)}
-        assert _admitted(tries["a fresh ticket"][1])
-        tries["the same ticket again"] = _bulk_socket(ctx, addr, with_ticket)
-        fates = {label: _admitted(mon) for label, (_, mon) in tries.items() if label != "a fresh ticket"}
-        assert not any(fates.values()), fates
-        junk = [os.urandom(1 << 20)]
-        running = futures.map(T.work_ms, [2] * 300, range(300))
-        peak = rss0
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            for label, (s, _) in tries.items():
-                try:
-                    if label == "a fresh ticket":
-                        s.send(junk[0], zmq.NOBLOCK)         # a frame whose prefix is no member's
-                    else:
-                        s.send_multipart(junk * 8, zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
-            peak = max(peak, broker.memory_info().rss)
-            time.sleep(0.002)
-        assert list(running) == list(range(300))
-        totals = cluster.status()["totals"]
-    finally:
-        ctx.destroy(0)
-    growth = (peak - rss0) / 1e6
-    print(f"bulk lane: handshakes {fates}; broker growth {growth:.1f} MB; "
-          f"{totals['cut_connections'] - before['cut_connections']} connections cut")
-    assert growth < 64, f"the broker grew by {growth:.0f} MB"
-    assert totals["cut_connections"] > before["cut_connections"]
-    assert totals["bulk_held"] == 0
-    assert totals["lost_workers"] == before["lost_workers"] and len(cluster.status()["workers"]) == 2
-    assert not _quiet(cluster)
-
-
-def test_a_member_lost_mid_transfer_leaves_nothing_in_the_broker(cluster):
-    """A member (a real connection with the secret, over TCP) sends the header of an 8 MiB payload
-    and half its sealed frames, then dies: the broker held the half (bounded by the header's
-    signed size) and holds nothing once the member is lost.  Frames sent before their header
-    wait too, and go the same way."""
-    from scoop._runtime import Runtime
-    if not cluster.options.encryption:
-        pytest.skip("no bulk lane with --encryption off")
-    wait_idle(cluster)
-    ctx = zmq.Context()
-    rt = Runtime(_main_addr(cluster), cluster.secret, "observer", context=ctx)
-    try:
-        rt.connect(10)
-        assert rt.lane_sock is not None, "the member opened no bulk lane"
-        a = np.zeros(1 << 20)  # 8 MiB: 8 sealed frames
-        box = P.Outbox()
-        box.lane_ok = True
-        box.add(P.TID.pack(P.ASK, 0), packed=P.pack(a, seal=rt.sealer))
-        ((data, frames),) = box.take_messages()
-        frames, lane = P.split_lane(frames)
-        assert not frames and len(lane) == 8
-        with rt.lock:
-            rt.sock.send(rt.signer.mac(P.TO_BROKER, data) + data)
-            for fr in lane[:4]:
-                rt.lane_sock.send(fr, copy=False)
-            box.add(P.TID.pack(P.ASK, 0), packed=P.pack(a, seal=rt.sealer))  # only frames, no header
-            for fr in P.split_lane(box.take_messages()[0][1])[1][:2]:
-                rt.lane_sock.send(fr, copy=False)
-        held = _wait_totals(cluster, lambda t: t.get("bulk_held", 0) >= 2 << 20)["bulk_held"]
-        assert held >= 2 << 20
-    finally:
-        if rt.control is not None:
-            rt.control.stop()
-        for s in (rt.sock, rt.lane_sock):
-            if s is not None:
-                s.close(0)
-        ctx.destroy(0)
-    totals = _wait_totals(cluster, lambda t: t.get("bulk_held", 1) == 0)
-    print(f"held {held / 2**20:.1f} MiB of a member's half-sent payloads; after its loss "
-          f"{totals['bulk_held']}")
-    assert totals["bulk_held"] == 0
-    assert list(futures.map(T.square, range(10))) == [x * x for x in range(10)]
