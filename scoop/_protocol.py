@@ -439,7 +439,10 @@ def send(sock, signer: Signer, channel: bytes, box: Outbox, ident=None, flags: i
         if lane is not None:
             frames, bulk = split_lane(frames)
             if bulk:
-                send_lane(lane, bulk, flags)
+                try:  # a lane never refuses (no bound) unless its connection is gone, for good
+                    send_lane(lane, bulk, flags | NOBLOCK)
+                except zmq.Again:
+                    pass  # the broker saw it drop and declares this member lost: it never waits
         if ident is not None:
             sock.send(ident, flags | SNDMORE)
         if not frames:

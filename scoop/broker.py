@@ -91,6 +91,7 @@ class Broker:
         self.bulk = self.pairing = None
         self.bulk_port = 0
         self.bulk_frames = 0  # taken from the bulk lane (scoop.bulk)
+        self._lane_gone: list = []  # uids of receivers whose lane refused frames in a flush
         if encryption and is_network(main_addr) and _bulk.enabled():
             self._open_bulk(main_addr, heartbeat_timeout)
         self.shm = _shm.Segments(P.derive(secret, "shared memory")) if _shm.available() else None
@@ -148,6 +149,33 @@ class Broker:
         self.pairing = _bulk.Pairing(self.secret)
         self.bulk_fds: dict[bytes, int] = {}  # bulk identity -> its connection
         self._bulk_sweep = 0.0
+        # a member's lane that drops takes with it frames the member sent or was sent: the member
+        # is lost (its tasks run elsewhere; fenced, it rejoins), never left with headers that wait
+        self.bulk_monitor = b.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    def _on_lane_drops(self):
+        """Lanes that dropped (read before the lane's frames, so a reused fd is never blamed):
+        their members are lost through the normal path."""
+        gone = [fd for _, fd in events(self.bulk_monitor)]
+        if not gone:
+            return
+        owners = {fd: ident for ident, fd in self.bulk_fds.items() if fd in gone}
+        for fd in gone:
+            ident = owners.get(fd)
+            if ident is None:
+                continue
+            del self.bulk_fds[ident]
+            peer = self.core.peers.get(ident[1:])
+            if peer is not None and self.running:
+                self._lose(peer, "lost (its bulk lane dropped)")
+
+    def _lose_laneless(self):
+        """Receivers whose lane refused frames (gone): the headers sent them cannot complete."""
+        gone, self._lane_gone = self._lane_gone, []
+        for uid in gone:
+            peer = self.core.peers.get(uid)
+            if peer is not None and self.running:
+                self._lose(peer, "lost (its bulk lane is gone)")
 
     def _recv_bulk(self, now):
         """Frames from the bulk lane, each checked by its prefix before anything is kept."""
@@ -188,8 +216,13 @@ class Broker:
         """Half-pairs nobody completes in time, and those of members gone, are dropped."""
         pairing = self.pairing
         for uid in pairing.expire(now):
+            # its lane lost what it sent: the member is lost, so what it held runs elsewhere
+            peer = self.core.peers.get(uid.hex().encode())
             self.log(f"dropped payload frames or messages of {uid.hex()} that waited over "
-                     f"{pairing.max_wait:.0f} s for their other half")
+                     f"{pairing.max_wait:.0f} s for their other half"
+                     + ("; the member is declared lost" if peer is not None else ""))
+            if peer is not None and self.running:
+                self._lose(peer, "lost (its payload frames never came)")
         if now - self._bulk_sweep > 1.0:
             self._bulk_sweep = now
             peers = self.core.peers
@@ -231,8 +264,10 @@ class Broker:
                             break
                         recv()
                 now = time.monotonic()
-                if bulk is not None and (bulk in ready or bulk.getsockopt(P.EVENTS) & P.POLLIN):
-                    self._recv_bulk(now)
+                if bulk is not None:
+                    self._on_lane_drops()
+                    if bulk in ready or bulk.getsockopt(P.EVENTS) & P.POLLIN:
+                        self._recv_bulk(now)
                 if self._dropped:
                     self._apply_drops(now, more)
                 if extras and len(ready) > ((main in ready) + (monitor in ready) + (gate in ready)
@@ -275,6 +310,8 @@ class Broker:
             self.main.close(linger=500)
             self.meta.close(linger=0)
             if bulk is not None:
+                bulk.disable_monitor()
+                self.bulk_monitor.close(0)
                 bulk.close(linger=500)
             self.gate.close()
 
@@ -571,14 +608,15 @@ class Broker:
                         continue  # peer not connected (yet/any more); its connection's loss handles it
                     else:
                         _send_rest(main, mac(channel, data) + data, frames,
-                                   (self.bulk, b"b" + uid) if box.lane_ok else None)
+                                   (self.bulk, b"b" + uid, self._lane_gone) if box.lane_ok else None)
                         self.routed += 1
                         continue
                 else:
                     msgs = [(mac(channel, data) + data, frames) for data, frames in msgs]
             else:
                 msgs = box.pending(lambda data, channel=channel: mac(channel, data) + data)
-            sent = _send_all(main, ident, msgs, (self.bulk, b"b" + uid) if box.lane_ok else None)
+            lane = (self.bulk, b"b" + uid, self._lane_gone) if box.lane_ok else None
+            sent = _send_all(main, ident, msgs, lane)
             self.routed += sent
             if sent == len(msgs):
                 if key in blocked:
@@ -598,6 +636,8 @@ class Broker:
         if stalled:
             for p in stalled:
                 self._cut_stalled(p)
+        if self._lane_gone:
+            self._lose_laneless()
 
     def _cut_stalled(self, p):
         """A peer that stopped reading: more than ``OUT_MAX`` bytes wait for it while its
@@ -699,9 +739,12 @@ def _send_rest(sock, header, frames, lane=None):
         frames, bulk = P.split_lane(frames)
         if bulk:
             try:
-                P.send_lane(lane, bulk, P.NOBLOCK)
+                P.send_lane(lane[:2], bulk, P.NOBLOCK)
             except zmq.ZMQError:
-                pass  # its lane is gone: the receiver drops the header it cannot complete
+                # its lane is gone: the header cannot complete there, so the receiver is lost
+                # (after this flush) and what it held runs elsewhere
+                if not lane[2] or lane[2][-1] != lane[1][1:]:
+                    lane[2].append(lane[1][1:])
     if not frames:
         sock.send(header, P.NOBLOCK)
         return

@@ -638,3 +638,60 @@ def test_a_member_lost_mid_transfer_leaves_nothing_in_the_broker(lane_cluster):
           f"{totals['bulk_held']}")
     assert totals["bulk_held"] == 0
     assert list(futures.map(T.square, range(10))) == [x * x for x in range(10)]
+
+
+def cut_own_lane(mark):
+    """In a worker: ends its own bulk-lane connection, as a drop on the network would (its
+    CURVE connection stays up, and its lane is not reopened).  Once: the task runs again
+    elsewhere when its worker is lost before the broker heard it was done."""
+    import socket
+
+    from scoop import _globals
+    rt = _globals.current()
+    if rt is None or rt.lane_sock is None:
+        return None
+    try:
+        os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return -1
+    port = int(rt.lane_sock.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
+    cut = 0
+    for c in psutil.Process().net_connections(kind="tcp"):
+        if c.raddr and c.raddr.port == port and c.fd >= 0:
+            s = socket.socket(fileno=os.dup(c.fd))
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            finally:
+                s.close()
+            cut += 1
+    return os.getpid() if cut else None
+
+
+def array_total(a):
+    return float(a.sum())
+
+
+def nested_total(i):
+    """In a worker: sub-tasks whose 1.6 MB arguments go through the broker, on the lanes."""
+    return sum(futures.map(array_total, [np.full(200_000, i, dtype=np.float64) for _ in range(4)]))
+
+
+def test_a_member_whose_lane_drops_is_lost_and_nothing_it_held_is_lost(lane_cluster, tmp_path):
+    """A worker's bulk lane drops while its CURVE connection stays up: frames sent to or by it on
+    the lane are gone, so their headers can never complete.  The broker declares the worker lost
+    through the normal path (its tasks run elsewhere, it is fenced), so every task with sealed
+    arguments on the lane still gives its result, once; nothing waits 20 s to be dropped."""
+    cluster = lane_cluster
+    if not cluster.options.encryption:
+        pytest.skip("no bulk lane with --encryption off")
+    wait_idle(cluster)
+    before = cluster.status()["totals"]
+    cutter = futures.submit(cut_own_lane, str(tmp_path / "cut")).result(timeout=30)
+    assert cutter is not None, "the worker had no bulk lane to cut"
+    fs = [futures.submit(nested_total, i) for i in range(20)]
+    done, not_done = futures.wait(fs, timeout=60)
+    assert not not_done, f"{len(not_done)} of {len(fs)} tasks never gave a result"
+    assert [f.result() for f in fs] == [800_000.0 * i for i in range(20)]
+    after = _wait_totals(cluster, lambda t: t["lost_workers"] > before["lost_workers"])
+    assert after["lost_workers"] == before["lost_workers"] + 1
+    assert after.get("bulk_held", 0) == 0 or _wait_totals(cluster, lambda t: t.get("bulk_held", 1) == 0)
