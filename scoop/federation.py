@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
+from itertools import islice
 
 import zmq
 
@@ -21,10 +23,11 @@ from .broker import Broker
 from .broker import main as serve
 from .census import status_interval
 from .liveness import LOAD_INTERVAL, configure_socket
-from .scheduling import Peer
+from .scheduling import STEAL_SCAN, Peer
 from .security import secure_client
 
 SUB_STATUS_INTERVAL = 2.0  # seconds between two snapshots on a sub-broker's own meta stream
+OWED_FOR = 1.0  # seconds tasks our workers give back still go up to the root that asked for them
 REPORT_MAX = 2.0  # seconds a load report to the root waits at most (the root's own snapshot comes
                   # as seldom from 40,000 workers on)
 
@@ -56,6 +59,7 @@ class SubBroker(Broker):
         self.upc = self._dealer(b"c" + uid, upstream)
         self.up_monitor = self.up.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.next_beat = 0.0
+        self.owed = None  # (tasks the root asked back that our workers hold, since when)
         self._from_root = {
             P.TASK: self._u_task, P.CHUNK: self._u_task, P.BLOB: self._u_blob, P.RESULT: self._u_result,
             P.FAIL: self._u_result, P.CANCEL: self._u_answer, P.ASK: self._u_answer, P.CONST: self._u_const,
@@ -158,7 +162,23 @@ class SubBroker(Broker):
         self.shutdown(bytes(rec.body).decode("utf-8", "replace") or "the root broker ended")
 
     def _give_back(self, n):
-        """The root steals: hand back tasks still queued here (not yet given to a worker)."""
+        """The root steals: hand back tasks still queued here (not yet given to a worker); for
+        the rest, ask our own workers for their unstarted ones, which go up as they come back
+        (:meth:`_r_release`) -- or a short task would wait here behind a long one while a
+        worker elsewhere in the tree sits idle."""
+        rest = self._hand_back(n)
+        self.owed = (rest, time.monotonic()) if rest else None
+        core = self.core
+        for victim in list(islice(core.heavy, STEAL_SCAN)):
+            if rest <= 0:
+                break
+            k = min(rest, len(victim.assigned) - victim.runs)
+            if k > 0:
+                victim.cout.add(P.COUNT.pack(P.STEAL, k))
+                rest -= k
+
+    def _hand_back(self, n) -> int:
+        """Up to ``n`` queued tasks of the root's back to it; how many it still wants."""
         core = self.core
         kept = []
         while core.queue and n > 0:
@@ -170,6 +190,14 @@ class SubBroker(Broker):
             elif core.tasks.get(task.id) is task:
                 kept.append(task)
         core.queue.extend(reversed(kept))
+        return n
+
+    def _r_release(self, peer, rec):
+        super()._r_release(peer, rec)
+        if self.owed is not None:
+            n, since = self.owed
+            n = self._hand_back(n) if time.monotonic() - since < OWED_FOR else 0
+            self.owed = (n, since) if n else None
 
     def _cancel_for_root(self, rec):
         tid = P.task_id(rec.hdr)

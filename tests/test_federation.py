@@ -24,6 +24,14 @@ def test_acceptance_program_on_two_brokers(no_leak):
     assert "ACCEPTANCE OK" in r.stdout
 
 
+def test_a_short_task_does_not_wait_behind_a_long_one_across_brokers(no_leak):
+    # the root steals from a sub-broker whose worker holds both tasks: the sub-broker asks its
+    # worker for the unstarted one and hands it up (before, it gave back only what it had queued)
+    r = run_scoop(["-n", "2", "-b", "2", "short_behind_long.py"])
+    assert r.returncode == 0, r.stderr
+    assert "LATE []" in r.stdout, r.stdout
+
+
 @pytest.fixture(scope="module")
 def fed():
     yield from origin_cluster(4, brokers=3)
