@@ -23,7 +23,6 @@ import gc
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -36,6 +35,7 @@ from . import _shm
 from . import bulk as _bulk
 from ._seal import PREFIX, TAG
 from .census import Census, status_interval
+from .hangup import end_connection, ignore_resets
 from .liveness import DEFAULT_TIMEOUT, bound_handshakes, configure_socket
 from .monitor import events
 from .peers import OUT_MAX, SEND_QUEUE
@@ -88,6 +88,8 @@ class Broker:
         secure_server(self.meta, secret, meta_addr, encryption)
         self.main_port = _bind(self.main, main_addr)
         self.meta_port = _bind(self.meta, meta_addr)
+        if is_network(main_addr):
+            ignore_resets(self.main_port)  # a peer's reset must not abort libzmq (scoop.hangup)
         self.bulk = self.pairing = None
         self.bulk_port = 0
         self.bulk_frames = 0  # taken from the bulk lane (scoop.bulk)
@@ -146,6 +148,7 @@ class Broker:
         configure_socket(b, heartbeat_timeout)
         bulk_server(b)
         self.bulk_port = b.bind_to_random_port(main_addr.rsplit(":", 1)[0])
+        ignore_resets(self.bulk_port)
         self.pairing = _bulk.Pairing(self.secret)
         self.bulk_fds: dict[bytes, int] = {}  # bulk identity -> its connection
         self._bulk_sweep = 0.0
@@ -460,7 +463,7 @@ class Broker:
         self._cut_fd(fd)
 
     def _cut_fd(self, fd):
-        if fd is not None and fd >= 0 and _end_connection(fd):
+        if fd is not None and fd >= 0 and end_connection(fd):
             self.cut += 1
 
     def _watch(self, ident, fd, peer):
@@ -655,7 +658,7 @@ class Broker:
                  f"({held / 1e6:.1f} MB waited for it)")
         self._lose(p, "cut (it stopped reading its connection)")
         for fd in fds:
-            _end_connection(fd)
+            end_connection(fd)
 
     def shutdown(self, reason: str):
         if not self.running:
@@ -756,22 +759,6 @@ def _send_rest(sock, header, frames, lane=None):
 
 _MORE = P.NOBLOCK | P.SNDMORE
 _FIRST_TYPE = P.MAC_SIZE + P.REC.size  # where a header's first record's type byte is
-
-
-def _end_connection(fd) -> bool:
-    """shutdown() on a duplicate of ZeroMQ's descriptor: ZeroMQ sees the connection end and
-    closes it as any other."""
-    try:
-        s = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return False
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        s.close()
-    return True
 
 
 def _uid8(hexuid) -> bytes | None:

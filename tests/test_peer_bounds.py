@@ -1,10 +1,14 @@
 """What the broker holds for one peer, without sockets: its outboxes split what they send into
 bounded messages, keep in order what the connection refused, count what waits, and say when a
-peer stopped reading (scoop.peers).  The real-process side is tests/test_security.py."""
+peer stopped reading (scoop.peers).  One real-process test: how the broker ends a connection
+libzmq owns.  The rest of the real-process side is tests/test_security.py."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import deque
 
+import pytest
 import zmq
 
 from scoop import _protocol as P
@@ -145,3 +149,86 @@ def test_a_cut_worker_s_tasks_run_elsewhere():
     assert len(w.assigned) == 3
     core.leave(w, "cut (it stopped reading its connection)")
     assert [t.id & 0xFF for t in core.queue] == [0, 1, 2] and core.lost_workers == 1
+
+
+_FLOODER = """
+import os, sys, time, zmq
+parent = os.getppid()
+c = zmq.Context().socket(zmq.DEALER)
+c.setsockopt(zmq.IDENTITY, b"x")
+c.setsockopt(zmq.RCVHWM, 1)
+c.setsockopt(zmq.SNDHWM, 100000)
+c.setsockopt(zmq.LINGER, 0)
+c.connect(sys.argv[1])
+for i in range(5000):
+    c.send(b"m" * 100)
+deadline = time.monotonic() + 30
+while os.getppid() == parent and time.monotonic() < deadline:  # it ends with the process on trial
+    time.sleep(0.05)
+"""
+
+_CUT = """
+import os, socket, subprocess, sys, time
+import zmq
+from scoop.hangup import end_connection, ignore_resets
+from scoop.liveness import configure_socket
+how, flooder = sys.argv[1:3]
+ctx = zmq.Context()
+r = ctx.socket(zmq.ROUTER)
+for o, v in ((zmq.RCVHWM, 64), (zmq.SNDHWM, 64), (zmq.ROUTER_MANDATORY, 1), (zmq.LINGER, 0)):
+    r.setsockopt(o, v)
+configure_socket(r, 1.0)  # a heartbeat every 0.25 s, as the broker's (every timeout / 4)
+port = r.bind_to_random_port("tcp://127.0.0.1")
+if how != "reset-unfiltered":
+    assert ignore_resets(port) == 1
+mon = r.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+peer = subprocess.Popen([sys.executable, "-c", flooder, f"tcp://127.0.0.1:{port}"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    ident = r.recv()
+    fd = r.recv(copy=False).get(zmq.SRCFD)
+    for i in range(100):  # it reads none of this: its end will be a reset, not a FIN
+        r.send_multipart([ident, b"y" * 10000])
+    time.sleep(0.5)  # its 5,000 messages fill the connection's receive queue: libzmq stops reading it
+    if how == "cut":
+        assert end_connection(fd)
+    elif how == "shutdown-rdwr":
+        s = socket.socket(fileno=os.dup(fd))
+        s.shutdown(socket.SHUT_RDWR)
+        s.close()
+    else:
+        peer.kill()
+    time.sleep(1.5)  # the application reads nothing meanwhile: six heartbeats are due
+    t0 = time.monotonic()
+    n = 0
+    while not mon.poll(0) and time.monotonic() - t0 < 10:
+        if r.poll(50):
+            r.recv_multipart()
+            n += 1
+    print("closed" if mon.poll(0) else "open", n, flush=True)
+finally:
+    peer.kill()
+    peer.wait()
+"""
+
+
+def _cut(how):
+    return subprocess.run([sys.executable, "-c", _CUT, how, _FLOODER], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("how", ["cut", "reset"])
+def test_a_connection_whose_receive_queue_is_full_ends_without_aborting_the_broker(how):
+    """libzmq has stopped reading a peer's connection (its receive queue is full) when the
+    broker cuts it (a stalled peer, a message that failed the check), or when the peer resets
+    it (it exited with data unread).  The process lives through the heartbeats that follow, and
+    the connection closes.  On libzmq 4.3.5 the same states reached without scoop.hangup's
+    rules -- a cut with SHUT_RDWR, a reset seen by the socket -- abort the process at the next
+    heartbeat: run too, as proof that this test reaches them."""
+    ok = _cut(how)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.split()[0] == "closed", ok.stdout
+    if zmq.zmq_version() != "4.3.5":
+        pytest.skip("the hazard is shown on libzmq 4.3.5 only")
+    bad = _cut("shutdown-rdwr" if how == "cut" else "reset-unfiltered")
+    assert bad.returncode < 0 and "!_io_error" in bad.stderr, (bad.returncode, bad.stderr)

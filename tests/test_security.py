@@ -317,6 +317,60 @@ def test_a_peer_with_the_handshake_flooding_huge_headers_is_bounded(cluster):
     assert not _quiet(cluster)
 
 
+_RESETTERS = """
+import json, os, sys, time
+import zmq
+from scoop.security import secure_client
+cfg = json.loads(sys.stdin.readline())
+os.nice(19)
+ctx = zmq.Context(io_threads=2)
+socks = []
+for i in range(cfg["n"]):
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDHWM, 1000)
+    s.setsockopt(zmq.RECONNECT_IVL, 10)
+    s.setsockopt(zmq.IDENTITY, b"t" + os.urandom(8).hex().encode())
+    secure_client(s, bytes.fromhex(cfg["secret"]), cfg["addr"], cfg["encryption"])
+    s.connect(cfg["addr"])
+    socks.append(s)
+junk = b"\\0" * 2000
+deadline = time.monotonic() + cfg["seconds"]
+while time.monotonic() < deadline:
+    for s in socks:
+        try:
+            for _ in range(50):
+                s.send(junk, zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+os._exit(0)  # every connection ends at once, its broker-side queue full
+"""
+
+
+def test_peers_that_fill_their_queues_then_vanish_cannot_abort_the_broker(cluster):
+    """300 connections past the handshake (the token, read off an unencrypted network) flood
+    junk until the broker stops reading them, then their process exits, in rounds.  libzmq
+    4.3.5 aborts on a hang-up or reset of a connection it stopped reading (scoop.hangup): the
+    broker must live through every round, and serve."""
+    if cluster.options.encryption:
+        pytest.skip("without the members' key no connection passes the handshake")
+    wait_idle(cluster)
+    cfg = {"secret": cluster.secret.hex(), "addr": _main_addr(cluster), "encryption": False, "n": 300,
+           "seconds": 1.5}
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", _RESETTERS], stdin=subprocess.PIPE, text=True)
+        try:
+            proc.communicate(json.dumps(cfg) + "\n", timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        time.sleep(1.0)  # the heartbeats that would abort libzmq are due meanwhile
+        assert cluster.broker_proc.poll() is None, "the broker died"
+    assert list(futures.map(T.square, range(10))) == [x * x for x in range(10)]
+    assert len(cluster.status()["workers"]) == 2
+
+
 _MEMBER = """
 import json, os, sys, time
 import zmq
