@@ -54,6 +54,8 @@ class Dispatcher(PeerBook):
         self.blobs: dict[bytes, P.Record] = {}
         self.waiting_blob: dict[bytes, list] = {}  # tasks that arrived before their function
         self.visits = 0       # peers looked at by dispatch and steal: constant per task, tested
+        self.pack = 1         # tasks a peer whose credit is at least twice this gets at least in
+                              # one dispatch (a sub-broker packs: scoop.federation)
 
     # ---- tasks in flight -------------------------------------------------------------------
     def _pop_task(self, tid: int) -> Task | None:
@@ -77,16 +79,20 @@ class Dispatcher(PeerBook):
     # ---- dispatch ----------------------------------------------------------------------------
     def dispatch(self):
         """Queued tasks to the peers with credit, least loaded first, a fair share each (a burst
-        spreads evenly): the cost is the tasks sent plus the peers that got some, never the peers
+        spreads evenly), at least ``pack`` each to a peer with twice that credit (it says it starts
+        that many soon): the cost is the tasks sent plus the peers that got some, never the peers
         that did not."""
-        queue, ready = self.queue, self.ready
+        queue, ready, pack = self.queue, self.ready, self.pack
         while queue and self.n_ready:
             served = []
             left = self.n_ready
             for held in sorted(ready):  # distinct loads: as many as the deepest prefetch, at most
                 for w in ready[held]:
                     self.visits += 1
-                    self._serve(w, min(w.credit, -(-len(queue) // left)))  # a share of what is left
+                    share = -(-len(queue) // left)  # a share of what is left
+                    if share < pack and w.credit >= 2 * pack:
+                        share = pack
+                    self._serve(w, min(w.credit, share))
                     served.append(w)
                     left -= 1
                     if not queue:
