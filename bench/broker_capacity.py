@@ -42,6 +42,7 @@ import psutil
 import zmq
 
 from scoop import _protocol as P
+from scoop.meta import open_view
 from scoop.security import secure_client
 
 BODY = b"\x80\x05" + b"x" * 62  # a small task body; never unpickled by anyone here
@@ -296,17 +297,9 @@ def measure(a, workers: int) -> dict:
     sims = Sims(ports, secret, workers, _per_proc(a, workers), a.credit,
                 close_fds=[b.stdin.fileno() for b in [broker] + subs])
     origin, hello = _connect(ctx, port, secret, "origin", "origin")
-    meta = ctx.socket(zmq.SUB)
-    secure_client(meta, secret, f"tcp://127.0.0.1:{meta_port}", ENCRYPTION)
-    meta.setsockopt(zmq.SUBSCRIBE, b"")
-    meta.connect(f"tcp://127.0.0.1:{meta_port}")
-    smetas = []
-    for mp_ in sub_metas:  # where tasks wait: each sub-broker's queue and what its workers hold
-        m = ctx.socket(zmq.SUB)
-        secure_client(m, secret, f"tcp://127.0.0.1:{mp_}", ENCRYPTION)
-        m.setsockopt(zmq.SUBSCRIBE, P.STATUS)
-        m.connect(f"tcp://127.0.0.1:{mp_}")
-        smetas.append(m)
+    meta = open_view(ctx, secret, f"tcp://127.0.0.1:{meta_port}", ENCRYPTION)
+    # where tasks wait: each sub-broker's queue and what its workers hold
+    smetas = [open_view(ctx, secret, f"tcp://127.0.0.1:{mp_}", ENCRYPTION) for mp_ in sub_metas]
     window = a.window_per_worker * workers if a.window_per_worker else a.window
     out = {"bench": "broker_capacity", "workers": workers, "sub_brokers": a.federation,
            "sim_processes": len(sims.procs), "window": window, "batch": a.batch}
@@ -364,6 +357,15 @@ def measure(a, workers: int) -> dict:
     return out
 
 
+def _view_message(frames, signer) -> tuple:
+    """(kind, data) of a meta-stream message as a view reads it (scoop.meta), or (None, None)."""
+    if len(frames) == 1 and signer.check(P.META, frames[0]):
+        recs = P.parse(frames[0], []) or ()
+        if recs and recs[0].hdr[:1] in (P.STATUS, P.EVENT):
+            return ("status" if recs[0].hdr[:1] == P.STATUS else "event"), json.loads(bytes(recs[0].body))
+    return None, None
+
+
 def _per_proc(a, workers: int) -> int:
     """Connections per simulating process: ``--per-proc``, or a share of ``--sim-procs``."""
     return -(-workers // a.sim_procs) if a.sim_procs else a.per_proc
@@ -415,17 +417,16 @@ def _load(a, window, origin, signer, index, digest, broker, subs, meta, sims, sm
         while meta.poll(0):
             frames = meta.recv_multipart()
             meta_bytes += sum(len(f) for f in frames)
-            if frames[0] == P.STATUS and marks:
-                for rec in P.parse(frames[1], frames[2:]) or ():
-                    totals = json.loads(bytes(rec.body))["totals"]
-                    routed.append((time.monotonic(), totals["routed_messages"]))
-                    root_seen.append(totals)
+            kind, data = _view_message(frames, signer)
+            if kind == "status" and marks:
+                totals = data["totals"]
+                routed.append((time.monotonic(), totals["routed_messages"]))
+                root_seen.append(totals)
         for m, seen_ in zip(smetas, sub_seen):
             while m.poll(0):
-                frames = m.recv_multipart()
-                if frames[0] == P.STATUS and marks:
-                    for rec in P.parse(frames[1], frames[2:]) or ():
-                        seen_.append((time.monotonic(), json.loads(bytes(rec.body))["totals"]))
+                kind, data = _view_message(m.recv_multipart(), signer)
+                if kind == "status" and marks:
+                    seen_.append((time.monotonic(), data["totals"]))
         wait = 50 if not a.rate else max(0, min(50, int((next_send - time.monotonic()) * 1000)))
         if origin.poll(wait):
             while origin.getsockopt(zmq.EVENTS) & zmq.POLLIN:

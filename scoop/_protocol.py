@@ -134,9 +134,11 @@ FROM_BROKER = b"T<"
 CONTROL_TO_BROKER = b"C>"
 CONTROL_FROM_BROKER = b"C<"
 META = b"M<"
+VIEW_HELLO = b"M>"  # a view's hello to the broker's meta socket (scoop.meta)
 TO_ORIGIN = b"R>"  # a worker's results, straight to the origin on its host (no broker hop)
 TO_WORKER = b"R<"  # tasks the origin leases straight to an idle worker on its host
-CHANNELS = (TO_BROKER, FROM_BROKER, CONTROL_TO_BROKER, CONTROL_FROM_BROKER, META, TO_ORIGIN, TO_WORKER)
+CHANNELS = (TO_BROKER, FROM_BROKER, CONTROL_TO_BROKER, CONTROL_FROM_BROKER, META, VIEW_HELLO, TO_ORIGIN,
+            TO_WORKER)
 
 # plain ints: pyzmq's enum members cost a Python call per operation on the hot path
 EVENTS, POLLIN, RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)

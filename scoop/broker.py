@@ -36,7 +36,8 @@ from . import bulk as _bulk
 from ._seal import PREFIX, TAG
 from .census import Census, status_interval
 from .hangup import end_connection, ignore_resets
-from .liveness import DEFAULT_TIMEOUT, bound_handshakes, configure_socket
+from .liveness import DEFAULT_TIMEOUT, configure_socket
+from .meta import Views
 from .monitor import events
 from .peers import OUT_MAX, SEND_QUEUE
 from .peers import stalled as stalled_bytes
@@ -45,7 +46,6 @@ from .security import Gate, bulk_server, is_network, secure_server
 
 IO_THREADS = 4
 RECV_QUEUE = 64  # messages libzmq reads ahead from one connection (the ROUTER's RCVHWM)
-META_QUEUE = 64  # meta messages queued for one subscriber; PUB drops the newest beyond them
 LOAD_MAX = 64 << 10          # bytes of a worker's load figures (a few hundred in practice)
 LOAD_MAX_BROKER = 4 << 20    # a sub-broker's: its summary, hosts and a page of its workers
 CONTROL_GRACE = 1.0  # seconds a peer whose control connection dropped has to show its task one did too
@@ -80,14 +80,11 @@ class Broker:
             self.main.setsockopt(opt, val)
         configure_socket(self.main, heartbeat_timeout)
         secure_server(self.main, secret, main_addr, encryption)
-        self.meta = self.ctx.socket(zmq.PUB)
-        self.meta.setsockopt(zmq.LINGER, 0)
-        self.meta.setsockopt(zmq.MAXMSGSIZE, 1024)  # what comes in is subscriptions only
-        self.meta.setsockopt(zmq.SNDHWM, META_QUEUE)  # a subscriber that stops reading misses snapshots
-        bound_handshakes(self.meta, heartbeat_timeout)
-        secure_server(self.meta, secret, meta_addr, encryption)
+        # the meta stream: views say hello once and get each message, nothing is filed per
+        # message a view sends (scoop.meta.Views: a PUB's subscriptions would be)
+        self.meta = Views(self.ctx, secret, meta_addr, heartbeat_timeout, encryption)
         self.main_port = _bind(self.main, main_addr)
-        self.meta_port = _bind(self.meta, meta_addr)
+        self.meta_port = _bind(self.meta.sock, meta_addr)
         if is_network(main_addr):
             ignore_resets(self.main_port)  # a peer's reset must not abort libzmq (scoop.hangup)
         self.bulk = self.pairing = None
@@ -243,7 +240,9 @@ class Broker:
         # costs microseconds on each message's path
         gate = self.gate.sock
         bulk = self.bulk
-        items = [(s, P.POLLIN) for s in (gate, main, monitor, *extras)] + ([(bulk, P.POLLIN)] if bulk else [])
+        views = self.meta.sock
+        items = ([(s, P.POLLIN) for s in (gate, main, monitor, views, *extras)]
+                 + ([(bulk, P.POLLIN)] if bulk else []))
         poll = zmq.zmq_poll
         recv = self._recv
         next_check = next_status = next_due = next_size = time.monotonic()
@@ -259,6 +258,8 @@ class Broker:
                 # connection losses first: a reused fd must not be blamed on the peer after it
                 if monitor in ready:
                     self._on_disconnects(monitor)
+                if views in ready:
+                    self.meta.read()
                 more = main in ready or bool(self._dropped)
                 if more:
                     for _ in range(256):  # drain, but let dispatch and flushing run in between
@@ -274,7 +275,7 @@ class Broker:
                 if self._dropped:
                     self._apply_drops(now, more)
                 if extras and len(ready) > ((main in ready) + (monitor in ready) + (gate in ready)
-                                            + (bulk in ready)):
+                                            + (views in ready) + (bulk in ready)):
                     self._on_extra(dict.fromkeys(ready, P.POLLIN))
                 if core.queue or core.pinned:
                     core.dispatch()
@@ -311,7 +312,7 @@ class Broker:
             main.disable_monitor()
             monitor.close(0)
             self.main.close(linger=500)
-            self.meta.close(linger=0)
+            self.meta.close()
             if bulk is not None:
                 bulk.disable_monitor()
                 self.bulk_monitor.close(0)
@@ -689,10 +690,7 @@ class Broker:
         self._publish(P.EVENT, data)
 
     def _publish(self, kind, data):
-        box = P.Outbox()
-        box.add(kind, json.dumps(data).encode())
-        self.meta.send(kind, zmq.SNDMORE)
-        P.send(self.meta, self.signer, P.META, box)
+        self.meta.send(kind, json.dumps(data).encode())
 
     def _publish_status(self, now):
         """A snapshot of a size that does not grow with the workers (scoop.census)."""
@@ -711,6 +709,7 @@ class Broker:
         snap["totals"].update(rate=round(self.rate, 1), dropped_messages=self.dropped,
                               routed_messages=self.routed, cut_connections=self.cut,
                               stalled_peers=self.stalled, bulk_frames=self.bulk_frames,
+                              views=len(self.meta.views),
                               bulk_held=self.pairing.held_bytes() if self.pairing is not None else 0)
         self._publish(P.STATUS, snap)
 

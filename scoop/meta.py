@@ -1,16 +1,32 @@
-"""Subscriber to the broker's meta stream: cluster snapshots and events.
+"""The meta stream: cluster snapshots and events, from the broker to the views.
 
-Observers (the Cluster object, the notebook dashboard, the lab panel) listen here instead of
-polling workers.  Only peers with the secret can subscribe (the handshake) and messages are signed.
+Observers (the Cluster object, the notebook dashboard, the lab panel) read them here instead of
+polling workers.  The broker's meta socket is a ROUTER (:class:`Views`), not a PUB: a PUB files
+every subscription a peer sends in libzmq's trie before the broker sees it, so one peer past the
+handshake could grow the broker without bound with distinct subscriptions.  Here a view (a
+DEALER, :class:`MetaSubscriber`) says hello once, a signed record, and the broker sends each
+message to each view it knows; libzmq keeps nothing per message a view sends.  The bounds:
 
-Each message is one signed record: STATUS (a snapshot) or EVENT, with a JSON body.  A snapshot
-comes every 0.2 s (every ``workers / 20000`` s beyond 4,000 workers), and soon after a join or
-a leave; its size does not grow with the workers (scoop.census):
+* only peers past the handshake (CURVE over TCP, keys from the secret) reach the socket, and a
+  hello must carry the secret's MAC (channel ``P.VIEW_HELLO``): a peer with the PLAIN token of an
+  unencrypted cluster but not the secret is cut at its first message;
+* at most ``VIEWS_MAX`` views at once; a hello beyond them is dropped (the view says hello again
+  every ``HELLO_AGAIN`` s while it hears nothing, so it gets in once a place is free);
+* ``VIEW_QUEUE`` messages queued per view (SNDHWM): a view that stops reading misses snapshots
+  (each one is whole, the newest wins) and costs the broker no more;
+* a view's messages are at most ``VIEW_IN_MAX`` bytes (MAXMSGSIZE); what a registered view sends
+  beyond its hellos is read and dropped, and a view that sends more than ``VIEW_SAYS_MAX`` in
+  ``VIEW_WINDOW`` s is cut (its connection ended: it must handshake again);
+* a view whose connection is gone is forgotten at the next message sent to it (ROUTER_MANDATORY).
+
+Each message is one signed frame with one record: STATUS (a snapshot) or EVENT, with a JSON
+body.  A snapshot comes every 0.2 s (every ``workers / 20000`` s beyond 4,000 workers), and soon
+after a join or a leave; its size does not grow with the workers (scoop.census):
 
     state     "running" | "stopped";   time: epoch seconds;   tick: its sequence number
     totals    workers (the whole cluster), busy (share 0..1), idle, retiring, done, queued,
               in_flight, running (tasks held by workers), rate (tasks/s), lost_workers,
-              dropped_messages, routed_messages
+              dropped_messages, routed_messages, views (views registered now)
     hist      {"held": {"edges", "counts"}, "cpu": {"edges", "counts"}}: workers per bin of tasks
               held and of CPU %, bins starting at each edge
     top       {"busiest", "idle", "changed"}: worker ids (busiest first; idle ones; state changed
@@ -32,7 +48,10 @@ after one rotation).
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
+import socket
 import threading
 import time
 
@@ -40,7 +59,167 @@ import zmq
 
 from . import _protocol as P
 from .census import Book
-from .security import secure_client
+from .liveness import configure_socket
+from .security import secure_client, secure_server
+
+VIEWS_MAX = 64       # views registered at once
+VIEW_QUEUE = 16      # messages queued for one view (SNDHWM); beyond, it misses them
+VIEW_IN_MAX = 512    # bytes of the largest message a view may send (a hello is ~60)
+VIEW_IN_QUEUE = 16   # messages libzmq reads ahead from one view (RCVHWM)
+VIEW_SAYS_MAX = 40   # messages a registered view may send per VIEW_WINDOW (hellos again: ~4)
+VIEW_WINDOW = 10.0   # seconds
+HELLO_AGAIN = 3.0    # seconds a view hears nothing before it says hello again (its connection
+                     # may be new: the broker knows a view by its connection)
+_HELLO_BODY = b"view"
+
+
+def hello(signer: P.Signer) -> bytes:
+    """A view's hello: one signed record, for the meta channel towards the broker only."""
+    box = P.Outbox()
+    box.add(P.HELLO, _HELLO_BODY)
+    data, _ = box.take()
+    return signer.mac(P.VIEW_HELLO, data) + data
+
+
+def open_view(ctx: zmq.Context, secret: bytes, address: str, encryption: bool = True) -> zmq.Socket:
+    """A view's socket, connected to the broker's meta socket at ``address``, its hello sent:
+    read it with :func:`read_view`, and send :func:`hello` again after ``HELLO_AGAIN`` s of
+    silence."""
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDHWM, 1)  # hellos only: an unsent one is replaced by the next
+    s.setsockopt(zmq.RCVHWM, VIEW_QUEUE)
+    secure_client(s, secret, address, encryption)
+    s.connect(address)
+    try:
+        s.send(hello(P.Signer(secret)), zmq.NOBLOCK)
+    except zmq.Again:
+        pass  # not connected yet: the next hello goes
+    return s
+
+
+def read_view(sock: zmq.Socket, signer: P.Signer):
+    """The next message on a view's socket as ``(kind, data)``: kind ``"status"`` or ``"event"``,
+    data the decoded JSON; None for a message that does not verify or decode."""
+    msg = sock.recv_multipart(zmq.NOBLOCK)
+    if len(msg) != 1 or not signer.check(P.META, msg[0]):
+        return None
+    recs = P.parse(msg[0], [])
+    if not recs:
+        return None
+    t = recs[0].hdr[:1]
+    if t not in (P.STATUS, P.EVENT):
+        return None
+    try:
+        data = json.loads(bytes(recs[0].body))
+    except ValueError:
+        return None
+    return ("status" if t == P.STATUS else "event"), data
+
+
+class Views:
+    """The broker's end of the meta stream: a ROUTER on which views register with a hello, and
+    each message goes to each view, dropped for one whose queue is full (see the module's
+    bounds).  The broker polls :attr:`sock` and calls :meth:`read` when it is readable."""
+
+    def __init__(self, ctx: zmq.Context, secret: bytes, address: str, heartbeat_timeout: float,
+                 encryption: bool = True):
+        self.signer = P.Signer(secret)
+        s = self.sock = ctx.socket(zmq.ROUTER)
+        for opt, val in ((zmq.LINGER, 0), (zmq.MAXMSGSIZE, VIEW_IN_MAX), (zmq.SNDHWM, VIEW_QUEUE),
+                         (zmq.RCVHWM, VIEW_IN_QUEUE), (zmq.ROUTER_MANDATORY, 1), (zmq.BACKLOG, 256)):
+            s.setsockopt(opt, val)
+        # heartbeats: a view that is gone (or frozen) drops its connection, and is forgotten
+        configure_socket(s, heartbeat_timeout)
+        secure_server(s, secret, address, encryption)
+        self.views: dict[bytes, int] = {}   # identity (one per connection) -> messages this window
+        self._window = time.monotonic()
+        self.refused = 0   # hellos beyond VIEWS_MAX
+        self.cut = 0       # connections ended: a message that failed the check, or too many
+        self.missed = 0    # messages a view's full queue did not take
+
+    def read(self, most: int = 64) -> None:
+        """What views sent: a valid hello registers its connection; anything else from a
+        stranger to the secret ends its connection; a registered view's messages are counted
+        and dropped."""
+        s = self.sock
+        views = self.views
+        now = time.monotonic()
+        if now - self._window >= VIEW_WINDOW:
+            self._window = now
+            for ident in views:
+                views[ident] = 0
+        for _ in range(most):
+            try:
+                ident = s.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not s.getsockopt(zmq.RCVMORE):
+                continue
+            head = s.recv(copy=False)
+            single = not s.getsockopt(zmq.RCVMORE)
+            while s.getsockopt(zmq.RCVMORE):
+                s.recv(copy=False)
+            said = views.get(ident)
+            if said is not None:
+                views[ident] = said + 1
+                if said < VIEW_SAYS_MAX:
+                    continue  # a hello again, or noise: read, dropped
+                del views[ident]
+            elif single and self.signer.check(P.VIEW_HELLO, head.bytes) and _is_hello(head.bytes):
+                if len(views) < VIEWS_MAX:
+                    views[ident] = 1
+                else:
+                    self.refused += 1
+                continue
+            self._cut(head.get(zmq.SRCFD))
+
+    def send(self, kind: bytes, body: bytes) -> None:
+        """One signed record to every view.  The same frame goes to each (no copy per view)."""
+        box = P.Outbox()
+        box.add(kind, body)
+        data, _ = box.take()
+        frame = zmq.Frame(self.signer.mac(P.META, data) + data)
+        s = self.sock
+        gone = None
+        for ident in self.views:
+            try:
+                s.send(ident, zmq.NOBLOCK | zmq.SNDMORE)
+                s.send(frame, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self.missed += 1  # its queue is full: this one is dropped, the next may go
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
+                gone = gone or []
+                gone.append(ident)  # its connection is gone
+        for ident in gone or ():
+            del self.views[ident]
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    def _cut(self, fd) -> None:
+        """Ends a connection by shutdown() on a duplicate of libzmq's descriptor: libzmq sees it
+        end and closes it as any other."""
+        if fd is None or fd < 0:
+            return
+        try:
+            dup = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            return
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            dup.close()
+        self.cut += 1
+
+
+def _is_hello(header: bytes) -> bool:
+    recs = P.parse(header, [])
+    return bool(recs) and len(recs) == 1 and recs[0].hdr == P.HELLO and bytes(recs[0].body) == _HELLO_BODY
 
 
 class MetaSubscriber(threading.Thread):
@@ -91,30 +270,29 @@ class MetaSubscriber(threading.Thread):
             self.join(2)
 
     def run(self):
-        s = self.ctx.socket(zmq.SUB)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SUBSCRIBE, b"")
-        secure_client(s, self.secret, self.address, self.encryption)
-        s.connect(self.address)
+        s = open_view(self.ctx, self.secret, self.address, self.encryption)
+        again = hello(self.signer)
+        heard = time.monotonic()
         try:
             while not self._halt.is_set():
                 if not s.poll(50):
+                    if time.monotonic() - heard >= HELLO_AGAIN:
+                        # nothing for a while: maybe a new connection the broker does not know yet
+                        heard = time.monotonic()
+                        try:
+                            s.send(again, zmq.NOBLOCK)
+                        except zmq.Again:
+                            pass
                     continue
+                heard = time.monotonic()
                 while True:
                     try:
-                        msg = s.recv_multipart(zmq.NOBLOCK)
+                        got = read_view(s, self.signer)
                     except zmq.Again:
                         break
-                    if len(msg) != 2 or not self.signer.check(P.META, msg[1]):
+                    if got is None:
                         continue
-                    recs = P.parse(msg[1], [])
-                    if not recs:
-                        continue
-                    kind = "status" if recs[0].hdr[:1] == P.STATUS else "event"
-                    try:
-                        data = json.loads(bytes(recs[0].body))
-                    except ValueError:
-                        continue
+                    kind, data = got
                     if kind == "status" and isinstance(data, dict):
                         data = self.book.apply(data)
                     with self._cond:
