@@ -59,7 +59,7 @@ import zmq
 
 from . import _protocol as P
 from .census import Book
-from .liveness import configure_socket
+from .liveness import bound_handshakes
 from .security import secure_client, secure_server
 
 VIEWS_MAX = 64       # views registered at once
@@ -68,6 +68,7 @@ VIEW_IN_MAX = 512    # bytes of the largest message a view may send (a hello is 
 VIEW_IN_QUEUE = 16   # messages libzmq reads ahead from one view (RCVHWM)
 VIEW_SAYS_MAX = 40   # messages a registered view may send per VIEW_WINDOW (hellos again: ~4)
 VIEW_WINDOW = 10.0   # seconds
+VIEW_GONE_MS = 60_000  # ms a view's connection may leave snapshots unacknowledged (TCP_MAXRT)
 HELLO_AGAIN = 3.0    # seconds a view hears nothing before it says hello again (its connection
                      # may be new: the broker knows a view by its connection)
 _HELLO_BODY = b"view"
@@ -127,10 +128,15 @@ class Views:
         self.signer = P.Signer(secret)
         s = self.sock = ctx.socket(zmq.ROUTER)
         for opt, val in ((zmq.LINGER, 0), (zmq.MAXMSGSIZE, VIEW_IN_MAX), (zmq.SNDHWM, VIEW_QUEUE),
-                         (zmq.RCVHWM, VIEW_IN_QUEUE), (zmq.ROUTER_MANDATORY, 1), (zmq.BACKLOG, 256)):
+                         (zmq.RCVHWM, VIEW_IN_QUEUE), (zmq.ROUTER_MANDATORY, 1), (zmq.BACKLOG, 256),
+                         # a view on a host that is gone: its connection drops once snapshots
+                         # stay unacknowledged this long, and it is forgotten
+                         (zmq.TCP_MAXRT, VIEW_GONE_MS)):
             s.setsockopt(opt, val)
-        # heartbeats: a view that is gone (or frozen) drops its connection, and is forgotten
-        configure_socket(s, heartbeat_timeout)
+        # no ZMTP heartbeats: libzmq's heartbeat timer calls out_event(), which asserts
+        # !_io_error, and a connection stopped at RCVHWM (a view that floods) gets _io_error
+        # when it hangs up (as a cut does): the broker would abort
+        bound_handshakes(s, heartbeat_timeout)
         secure_server(s, secret, address, encryption)
         self.views: dict[bytes, int] = {}   # identity (one per connection) -> messages this window
         self._window = time.monotonic()
