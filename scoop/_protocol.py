@@ -423,37 +423,29 @@ class Outbox:
         return out
 
 
-def send_lane(lane, frames, flags: int = 0) -> None:
-    """Bulk-lane frames to (socket, identity or None), each a message of its own."""
-    lsock, lident = lane
-    for fr in frames:
-        if lident is not None:
-            lsock.send(lident, flags | SNDMORE)
-        lsock.send(fr, flags, copy=False)
-
-
 def send(sock, signer: Signer, channel: bytes, box: Outbox, ident=None, flags: int = 0, lane=None) -> None:
-    """Sends what ``box`` holds; payload frames go without copies.  ``lane``: (socket, identity
-    or None) of the receiver's bulk lane, where the box's bulk-lane frames go, ahead of their
-    header (a box with ``lane_ok`` needs it)."""
+    """Sends what ``box`` holds; payload frames go without copies.  ``lane``: the receiver's
+    bulk lane (a :class:`scoop.bulk.Outlet`), where the box's bulk-lane frames go, each message's
+    right after its header (a box with ``lane_ok`` needs it): the broker, holding the header,
+    knows which frames it waits for."""
     for data, frames in box.take_messages():
         header = signer.mac(channel, data) + data
+        bulk = ()
         if lane is not None:
             frames, bulk = split_lane(frames)
-            if bulk:
-                try:  # a lane never refuses (no bound) unless its connection is gone, for good
-                    send_lane(lane, bulk, flags | NOBLOCK)
-                except zmq.Again:
-                    pass  # the broker saw it drop and declares this member lost: it never waits
         if ident is not None:
             sock.send(ident, flags | SNDMORE)
         if not frames:
             sock.send(header, flags)
-            continue
-        sock.send(header, flags | SNDMORE)
-        last = len(frames) - 1
-        for k, fr in enumerate(frames):
-            sock.send(fr, flags | (SNDMORE if k < last else 0), copy=False)
+        else:
+            sock.send(header, flags | SNDMORE)
+            last = len(frames) - 1
+            for k, fr in enumerate(frames):
+                sock.send(fr, flags | (SNDMORE if k < last else 0), copy=False)
+        if bulk:
+            # waits while the lane's queue is full; a lane that is gone takes nothing more, and
+            # the broker, which saw it drop, declares this member lost: nothing waits for them
+            lane.send(bulk)
 
 
 def send_records(sock, signer, channel, records, ident=None, flags: int = 0):

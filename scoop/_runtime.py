@@ -28,7 +28,8 @@ from . import _protocol as P
 from . import _shm
 from ._procutil import SelfLoad, end_children, raise_fd_limit
 from ._seal import Sealer
-from .bulk import Inbox
+from .bulk import Inbox, Outlet
+from .bulk import tune as tune_lane
 from .census import report_interval
 from .direct import DONE_DELAY, OriginEnd, WorkerEnd, socket_dir
 from .direct import available as direct_available
@@ -93,6 +94,7 @@ class Runtime:
         self.sealer = Sealer(secret, bytes.fromhex(self.uid))
         self.lane_seal = None
         self.lane_sock = None
+        self.outlet = None  # the lane's sending end (scoop.bulk.Outlet)
         self.inbox = None
         self.welcome: dict = {}
         self.out = P.Outbox()
@@ -277,9 +279,9 @@ class Runtime:
                 pass
             self.sock.close(linger=500 if notify else 0)
             self.sock = None
-        if self.lane_sock is not None:
-            self.lane_sock.close(linger=500 if notify else 0)
-            self.lane_sock = None
+        if self.outlet is not None:
+            self.outlet.close(linger=500 if notify else 0)
+            self.outlet = self.lane_sock = None
         if self.direct is not None:
             self.direct.close()
         self.direct = self.direct_in = self.direct_out = None
@@ -323,8 +325,8 @@ class Runtime:
             self.submitter.take_leases(self.out)  # they ride along (else the control thread sends them)
         if self.out and self.sock is not None:
             with self.lock:
-                lane = (self.lane_sock, None) if self.out.lane_ok else None
-                P.send(self.sock, self.signer, P.TO_BROKER, self.out, lane=lane)
+                P.send(self.sock, self.signer, P.TO_BROKER, self.out,
+                       lane=self.outlet if self.out.lane_ok else None)
 
     # ---- receiving ---------------------------------------------------------------------------
     def poll(self):
@@ -435,36 +437,34 @@ class Runtime:
         port = P.BULK_HEADER.unpack(rec.hdr)[1]
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.IDENTITY, b"b" + self.uid.encode())
-        s.setsockopt(zmq.SNDHWM, 0)
-        s.setsockopt(zmq.RCVHWM, 0)
-        s.setsockopt(zmq.LINGER, 2000)
-        s.setsockopt(zmq.RECONNECT_IVL, -1)  # its ticket is good once: a lost lane is not reopened
-        configure_socket(s, self.broker_timeout)
+        tune_lane(s, "member", self.broker_timeout)  # a full queue makes the sender wait (Outlet)
         bulk_client(s, self.secret, self.sealer.uid)
         monitor = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                                       | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_CLOSED)
+                                       | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_CLOSED
+                                       | zmq.EVENT_DISCONNECTED)
         s.connect(f"{self.broker.rsplit(':', 1)[0]}:{port}")
         up = None
         deadline = time.monotonic() + LANE_PATIENCE
-        try:
-            while up is None and monitor.poll(max(0, int((deadline - time.monotonic()) * 1000))):
-                for event, _ in events(monitor):
-                    up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED if up is None else up
-        finally:
-            self._stop_monitor(s, monitor)
+        while up is None and monitor.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            for event, _ in events(monitor):
+                up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED if up is None else up
         if not up:  # not reachable here (an SSH tunnel forwards the task port only): payloads stay on CURVE
+            self._stop_monitor(s, monitor)
             s.close(0)
             return
-        s.send(self.sealer.hello())  # names this member to the broker: frames for it come here now
 
         def recv(timeout):
             if s.poll(int(timeout * 1000) + 1):
                 return s.recv(copy=False)
             return None
 
+        # ready to take frames before the hello tells the broker to send them here: a header
+        # read meanwhile (by the control thread too) finds its frames' inbox
         with self.lock:
             self.lane_sock = s
+            self.outlet = Outlet(s, monitor, lambda: self.closed or self.broken is not None)
             self.inbox = Inbox(recv)
+            s.send(self.sealer.hello())  # names this member to the broker: frames for it come here now
             self.out.lane_ok = True
         self.lane_seal = self.sealer
 

@@ -33,7 +33,6 @@ import zmq
 from . import _protocol as P
 from . import _shm
 from . import bulk as _bulk
-from ._seal import PREFIX, TAG
 from .census import Census, status_interval
 from .hangup import end_connection, ignore_resets
 from .liveness import DEFAULT_TIMEOUT, configure_socket
@@ -135,14 +134,11 @@ class Broker:
     # ---- the bulk lane (scoop.bulk) -------------------------------------------------------------
     def _open_bulk(self, main_addr, heartbeat_timeout):
         """A socket beside the task port for sealed payload frames: members only (a ticket per
-        connection), one frame per message (a ZeroMQ message of several parts is held whole
-        before it is read: it could be any size), at most ``RCVHWM`` frames read ahead per
-        connection."""
+        connection), one frame per message, bounded queues each way (scoop.bulk.tune: what a
+        lane's queue does not take waits in its member's outbox), no heartbeats (a member's
+        CURVE connection says whether it is alive)."""
         b = self.bulk = self.ctx.socket(zmq.ROUTER)
-        for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 16), (zmq.LINGER, 1000), (zmq.ROUTER_MANDATORY, 1),
-                         (zmq.MAXMSGSIZE, PREFIX + P.FRAME_CHUNK + TAG), (zmq.BACKLOG, 4096)):
-            b.setsockopt(opt, val)
-        configure_socket(b, heartbeat_timeout)
+        _bulk.tune(b, "broker", heartbeat_timeout)
         bulk_server(b)
         self.bulk_port = b.bind_to_random_port(main_addr.rsplit(":", 1)[0])
         ignore_resets(self.bulk_port)
@@ -202,6 +198,11 @@ class Broker:
                 self.dropped += 1
                 self.bulk_fds.pop(ident, None)
                 self._cut_fd(fd)
+                peer = peers.get(ident[1:])
+                if peer is not None and self.running:
+                    # a member's own lane: what it sent there is gone with it, so the headers
+                    # that name those frames cannot complete: it is lost now, not in MAX_WAIT
+                    self._lose(peer, "lost (its bulk lane sent what does not check)")
                 continue
             self.bulk_fds[ident] = fd
             self.bulk_frames += 1
@@ -602,7 +603,8 @@ class Broker:
                     continue
                 msgs = take(box)
                 box.held = 0
-                if len(msgs) == 1:  # the common case, kept short: one message, queue not full
+                if len(msgs) == 1 and not (box.lane_ok and msgs[0][1]):
+                    # the common case, kept short: one message, queue not full, no bulk-lane frames
                     data, frames = msgs[0]
                     try:
                         main.send(ident, _MORE)
@@ -611,8 +613,7 @@ class Broker:
                     except zmq.ZMQError:
                         continue  # peer not connected (yet/any more); its connection's loss handles it
                     else:
-                        _send_rest(main, mac(channel, data) + data, frames,
-                                   (self.bulk, b"b" + uid, self._lane_gone) if box.lane_ok else None)
+                        _send_rest(main, mac(channel, data) + data, frames)
                         self.routed += 1
                         continue
                 else:
@@ -718,10 +719,13 @@ def _send_all(sock, ident, msgs, lane=None) -> int:
     """Sends ``msgs`` ((signed header, frames), in order) to ``ident`` until its queue is full;
     returns how many went.  With ROUTER_MANDATORY a full queue refuses the identity frame, so a
     message goes whole or not at all; one for a peer not connected is dropped, as ZeroMQ would
-    (its connection's loss handles the peer).  ``lane``: (bulk socket, identity) where the
-    message's bulk-lane frames go once its queue took it (scoop.bulk)."""
+    (its connection's loss handles the peer).  ``lane``: (bulk socket, identity, list of uids
+    whose lane is gone) where a message's bulk-lane frames go first (scoop.bulk); a lane whose
+    queue is full stops the sending too."""
     n = 0
     for header, frames in msgs:
+        if lane is not None and frames and not _send_lane(lane, frames):
+            return n
         try:
             sock.send(ident, _MORE)
         except zmq.Again:
@@ -729,24 +733,42 @@ def _send_all(sock, ident, msgs, lane=None) -> int:
         except zmq.ZMQError:
             n += 1
             continue
-        _send_rest(sock, header, frames, lane)
+        _send_rest(sock, header, frames)
         n += 1
     return n
 
 
-def _send_rest(sock, header, frames, lane=None):
-    """A message after its identity frame went: nothing refuses the rest.  ``lane``: (bulk
-    socket, identity) where its bulk-lane frames go, first (scoop.bulk)."""
-    if lane is not None:
-        frames, bulk = P.split_lane(frames)
-        if bulk:
-            try:
-                P.send_lane(lane[:2], bulk, P.NOBLOCK)
-            except zmq.ZMQError:
-                # its lane is gone: the header cannot complete there, so the receiver is lost
-                # (after this flush) and what it held runs elsewhere
-                if not lane[2] or lane[2][-1] != lane[1][1:]:
-                    lane[2].append(lane[1][1:])
+def _send_lane(lane, frames) -> bool:
+    """A message's bulk-lane frames still in ``frames`` go to the receiver's lane, before its
+    header, leaving its own frames there.  False if the lane's queue filled first: the frames
+    not sent stay in ``frames`` (in place: the message waits in the backlog with them) and go
+    next time.  A lane that is gone takes none: its receiver is lost after this flush, and
+    what it held runs elsewhere."""
+    if not any(type(fr) is P.LaneFrame for fr in frames):
+        return True
+    bulk, lident, gone = lane
+    own = []
+    for i, fr in enumerate(frames):
+        if type(fr) is not P.LaneFrame:
+            own.append(fr)
+            continue
+        try:
+            bulk.send(lident, _MORE)
+        except zmq.Again:
+            frames[:] = own + frames[i:]
+            return False
+        except zmq.ZMQError:
+            if not gone or gone[-1] != lident[1:]:
+                gone.append(lident[1:])
+            frames[:] = own + [f for f in frames[i:] if type(f) is not P.LaneFrame]
+            return True
+        bulk.send(fr.frame, P.NOBLOCK, copy=False)
+    frames[:] = own
+    return True
+
+
+def _send_rest(sock, header, frames):
+    """A message after its identity frame went: nothing refuses the rest."""
     if not frames:
         sock.send(header, P.NOBLOCK)
         return

@@ -20,7 +20,20 @@ The bulk socket admits anyone, so nothing on it is trusted before its prefix is 
   waiting more than ``MAX_WAIT`` seconds with no new frame from that sender is dropped.  A
   member that leaves or is lost leaves nothing here (:meth:`Pairing.forget`).
 
-:class:`Pairing` is the broker's side and :class:`Inbox` the receiver's; neither does I/O.
+What is queued on a lane is bounded both ways, by back-pressure, never by drops: a member queues
+at most ``QUEUE`` frames for the broker and waits for room (:class:`Outlet`), and the broker
+queues at most ``QUEUE`` frames for a member, the rest waiting in that member's outbox with the
+headers that need them.  A member sends a message's header before its frames, so the broker,
+holding the header, knows the frames it waits for and counts them against what the header
+signed, not against ``MAX_UNPAIRED``.
+
+A lane has no heartbeats of its own: its member's CURVE connection says whether the member is
+alive, and a member that is lost has its lane cut.  (libzmq drops a connection whose reading
+it paused at its queue bound once heartbeats go unanswered for the timeout, so a busy broker
+would otherwise lose members that are alive.)
+
+:class:`Pairing` is the broker's side and :class:`Inbox` the receiver's (neither does I/O);
+:class:`Outlet` is a member's sending end.
 """
 from __future__ import annotations
 
@@ -28,15 +41,22 @@ import os
 import time
 from collections import deque
 
-from . import _protocol as P
-from ._seal import KEY, PREFIX, Prefix, frame_key
+import zmq
 
-__all__ = ["Pairing", "Inbox", "enabled", "MAX_UNPAIRED", "MAX_WAITING", "MAX_WAIT", "WINDOW"]
+from . import _protocol as P
+from ._seal import KEY, PREFIX, TAG, Prefix, frame_key
+from .liveness import bound_handshakes
+from .monitor import events
+
+__all__ = ["Pairing", "Inbox", "Outlet", "enabled", "MAX_UNPAIRED", "MAX_WAITING", "MAX_WAIT", "WINDOW",
+           "QUEUE"]
 
 MAX_UNPAIRED = 256 << 20   # bytes of a sender's frames whose header has not come
 MAX_WAITING = 64 << 20     # header bytes of a sender's messages waiting for their frames
 MAX_WAIT = 20.0            # seconds a sender's half-pairs wait with no new frame from it
 WINDOW = 4096              # counters behind the highest one that may still come (reordering)
+QUEUE = 32                 # frames (1 MiB each at most) queued on one lane, each way (its SNDHWM)
+READ_AHEAD = 16            # frames the broker's libzmq reads ahead from one lane (its RCVHWM)
 
 OK, HELLO, BAD = "ok", "hello", "bad"
 SWITCH = "SCOOP_BULK_LANE"  # "on" in the broker's environment: it offers the lane (off by default)
@@ -268,3 +288,65 @@ class Inbox:
             for c in range(n, n + count):
                 store.pop((uid, c), None)
         self._used = []
+
+
+def tune(sock, end: str, timeout: float) -> None:
+    """A lane socket's options, at either ``end`` ("broker": its ROUTER; "member": a member's
+    DEALER), before it binds or connects.  ``QUEUE`` frames queued each way; the broker reads
+    ahead at most ``READ_AHEAD`` frames per connection and none larger than a sealed chunk (a
+    ZeroMQ message of several parts is held whole before it is read); a member reads all that
+    comes (bounded at the broker) and does not reconnect (its ticket is good once).  Handshakes
+    are bounded by ``timeout``; no heartbeats (see the module's docstring)."""
+    if end == "broker":
+        opts = ((zmq.SNDHWM, QUEUE), (zmq.RCVHWM, READ_AHEAD), (zmq.LINGER, 1000), (zmq.ROUTER_MANDATORY, 1),
+                (zmq.MAXMSGSIZE, PREFIX + P.FRAME_CHUNK + TAG), (zmq.BACKLOG, 4096))
+    else:
+        opts = ((zmq.SNDHWM, QUEUE), (zmq.RCVHWM, 0), (zmq.LINGER, 2000), (zmq.RECONNECT_IVL, -1))
+    for opt, val in opts:
+        sock.setsockopt(opt, val)
+    bound_handshakes(sock, timeout)
+
+
+class Outlet:
+    """A member's sending end of its lane: at most ``QUEUE`` frames queued, then :meth:`send`
+    waits for room (back-pressure: a broker that reads slowly slows its senders).  It stops
+    waiting once the lane is gone (its connection dropped: the broker declares this member
+    lost and nothing waits for these frames) or ``stop()`` is true (this process is ending)."""
+
+    __slots__ = ("sock", "monitor", "gone", "stop")
+
+    def __init__(self, sock, monitor, stop=lambda: False):
+        self.sock = sock
+        self.monitor = monitor  # the lane socket's: its drop (EVENT_DISCONNECTED, EVENT_CLOSED)
+        self.gone = False
+        self.stop = stop
+
+    def alive(self) -> bool:
+        if not self.gone:
+            for event, _ in events(self.monitor):
+                if event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED, zmq.EVENT_MONITOR_STOPPED):
+                    self.gone = True
+        return not self.gone
+
+    def send(self, frames) -> bool:
+        """Sends ``frames`` in order, each a message of its own, without copies; waits while
+        the queue is full.  False when the lane is gone (the rest is not sent)."""
+        sock = self.sock
+        for fr in frames:
+            while True:
+                try:
+                    sock.send(fr, zmq.NOBLOCK, copy=False)
+                    break
+                except zmq.Again:
+                    if not self.alive() or self.stop():
+                        return False
+                    sock.poll(50, zmq.POLLOUT)
+        return True
+
+    def close(self, linger: int):
+        try:
+            self.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.monitor.close(0)
+        self.sock.close(linger=linger)

@@ -423,6 +423,122 @@ def test_the_receiver_takes_bulk_frames_in_any_order_and_gives_up_in_time():
     assert P.parse(h1, []) is None                                   # no lane at all: malformed
 
 
+def _lane_pair(router_opts=(), dealer_opts=()):
+    """A ROUTER bound on loopback and a DEALER connected to it, up: (ctx, router, dealer, monitor
+    of the dealer)."""
+    ctx = zmq.Context()
+    r = ctx.socket(zmq.ROUTER)
+    d = ctx.socket(zmq.DEALER)
+    for sock, opts in ((r, router_opts), (d, dealer_opts)):
+        sock.setsockopt(zmq.LINGER, 0)
+        for opt, val in opts:
+            sock.setsockopt(opt, val)
+    r.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    d.setsockopt(zmq.IDENTITY, b"bmember")
+    d.setsockopt(zmq.RECONNECT_IVL, -1)
+    port = r.bind_to_random_port("tcp://127.0.0.1")
+    mon = d.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
+    d.connect(f"tcp://127.0.0.1:{port}")
+    d.send(b"hello")
+    assert r.recv_multipart() == [b"bmember", b"hello"]
+    return ctx, r, d, mon
+
+
+def test_a_lane_outlives_a_broker_that_stops_reading_it_for_longer_than_the_heartbeat_timeout():
+    """A busy broker is not a lost lane.  libzmq stops reading a connection whose queue is full;
+    with heartbeats it then drops it once a timeout passes without a message decoded, discarding
+    what it had read ahead (and aborts on ``!_io_error`` when that peer hangs up meanwhile).  A
+    lane, set up as the broker and members set theirs, keeps every frame through a pause of four
+    timeouts."""
+    from scoop import bulk
+    from scoop.monitor import events
+    timeout = 0.5
+    ctx = zmq.Context()
+    r = ctx.socket(zmq.ROUTER)
+    d = ctx.socket(zmq.DEALER)
+    bulk.tune(r, "broker", timeout)
+    bulk.tune(d, "member", timeout)
+    r.setsockopt(zmq.MAXMSGSIZE, -1)
+    r.setsockopt(zmq.LINGER, 0)
+    d.setsockopt(zmq.LINGER, 0)
+    dropped = r.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        port = r.bind_to_random_port("tcp://127.0.0.1")
+        d.connect(f"tcp://127.0.0.1:{port}")
+        frames = [os.urandom(64 << 10) for _ in range(bulk.QUEUE + 4 * bulk.READ_AHEAD)]
+        outlet_mon = d.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        sender = threading.Thread(target=bulk.Outlet(d, outlet_mon).send, args=(frames,))
+        sender.start()
+        time.sleep(4 * timeout)  # the broker busy elsewhere: its queue from this lane is full
+        got = []
+        while len(got) < len(frames) and r.poll(10_000):
+            got.append(r.recv_multipart()[1])
+        sender.join(10)
+        assert got == frames and not list(events(dropped))
+        outlet_mon.close(0)
+    finally:
+        dropped.close(0)
+        ctx.destroy(0)
+
+
+def test_a_member_waits_while_its_lane_is_full_and_stops_once_it_is_gone():
+    """Back-pressure, not drops: a broker that does not read makes the member's sends wait (its
+    queue holds ``QUEUE`` frames); a lane that drops ends the wait, and nothing more is sent."""
+    from scoop import bulk
+    ctx, r, d, mon = _lane_pair(router_opts=[(zmq.RCVHWM, 1)], dealer_opts=[(zmq.SNDHWM, bulk.QUEUE)])
+    waited = []
+    guard = time.monotonic() + 60  # a guard against a hang, not a timing assertion
+
+    def stop():
+        waited.append(1)
+        return len(waited) > 20 or time.monotonic() > guard
+
+    try:
+        frame = np.zeros(P.FRAME_CHUNK, dtype=np.uint8)
+        outlet = bulk.Outlet(d, mon, stop)
+        assert not outlet.send([frame] * 4096)  # 4 GiB: far more than the queues and the kernel hold
+        assert len(waited) > 20 and outlet.alive()  # it waited, for a lane that is still there
+        r.close(0)                                   # the broker's end goes
+        waited.clear()
+        guard = time.monotonic() + 60
+        outlet.stop = lambda: time.monotonic() > guard
+        assert not outlet.send([frame] * 4096)
+        assert not outlet.alive() and time.monotonic() < guard  # it saw the lane go
+    finally:
+        mon.close(0)
+        ctx.destroy(0)
+
+
+def test_the_broker_queues_a_bounded_number_of_frames_on_a_lane_and_keeps_the_rest():
+    """The broker's end of a lane takes ``SNDHWM`` frames; a message whose frames do not all fit
+    keeps the rest (and its own frames, in order) to send next time, and its header waits for
+    them.  A lane that is gone names its receiver."""
+    from scoop.broker import _send_lane
+    ctx, r, d, mon = _lane_pair(router_opts=[(zmq.SNDHWM, 2)], dealer_opts=[(zmq.RCVHWM, 1)])
+    try:
+        own = [b"own-%d" % i for i in range(2)]
+        lane_frames = [P.LaneFrame(os.urandom(256 << 10)) for _ in range(64)]
+        frames = [own[0], *lane_frames, own[1]]
+        gone = []
+        assert not _send_lane((r, b"bmember", gone), frames)   # 16 MiB: more than the queues hold
+        sent = 64 - sum(type(f) is P.LaneFrame for f in frames)
+        assert 0 < sent < 64 and frames[0] == own[0] and frames[-1] == own[1]
+        got = []
+        while True:
+            while d.poll(100):
+                got.append(d.recv())
+            if _send_lane((r, b"bmember", gone), frames):
+                break
+        while d.poll(500):
+            got.append(d.recv())
+        assert got == [bytes(f.frame) for f in lane_frames] and frames == own and not gone
+        frames = [P.LaneFrame(b"x" * 100), own[0]]
+        assert _send_lane((r, b"bnobody", gone), frames) and frames == [own[0]] and gone == [b"nobody"]
+    finally:
+        mon.close(0)
+        ctx.destroy(0)
+
+
 # ---- the bulk lane with real processes -----------------------------------------------------------------
 
 _REMOTE_ORIGIN = r"""
