@@ -17,7 +17,8 @@ The bulk socket admits anyone, so nothing on it is trusted before its prefix is 
   frame replayed is dropped too.
 * What the broker holds unpaired is bounded per sender: ``MAX_UNPAIRED`` bytes of frames whose
   header has not come, headers waiting for frames up to ``MAX_WAITING`` bytes, and either
-  waiting more than ``MAX_WAIT`` seconds with no new frame from that sender is dropped.  A
+  waiting more than ``MAX_WAIT`` seconds with no new frame from that sender (counted from when
+  the first waiting header came, if later) is dropped.  A
   member that leaves or is lost leaves nothing here (:meth:`Pairing.forget`).
 
 What is queued on a lane is bounded both ways, by back-pressure, never by drops: a member queues
@@ -160,10 +161,12 @@ class Pairing:
         return OK, ()
 
     # ---- messages ---------------------------------------------------------------------------------
-    def message(self, uid: bytes, item, header, frames):
+    def message(self, uid: bytes, item, header, frames, now: float | None = None):
         """A verified message from member ``uid``: its records, or None if it waits for frames
         (it, and every later message of ``uid``, until they come) or is malformed (``P.parse``'s
-        None: the caller drops it)."""
+        None: the caller drops it).  A message that starts waiting starts ``max_wait`` too: its
+        frames come on another connection, maybe later than it, however long the member sent
+        nothing before."""
         sender = self.senders.get(uid)
         if sender is not None and sender.waiting:
             if sender.waiting_bytes + len(header) > self.max_waiting:
@@ -179,6 +182,7 @@ class Pairing:
             sender.waiting.append((item, header, frames))
             sender.waiting_bytes += len(header)
             sender.missing = set(self._misses)
+            sender.last = time.monotonic() if now is None else now
             return None
         return recs
 

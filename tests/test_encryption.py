@@ -394,6 +394,15 @@ def test_what_waits_in_the_pairing_is_bounded_and_a_lost_member_leaves_nothing()
     pairing.frame(uid, lane[0], 10.0)
     assert pairing.expire(14.0) == [] and pairing.expire(16.0) == [uid]
     assert pairing.held_bytes() == 0
+    # a member that sent no frame for longer than max_wait: its next header's frames come on
+    # another connection, maybe later than the header; the wait counts from the header
+    header, _, lane = _lane_message(sealer, a)
+    assert pairing.message(uid, "after a quiet spell", header, [], now=60.0) is None
+    assert pairing.expire(60.1) == [] and pairing.held_bytes() > 0
+    for fr in lane[:-1]:
+        assert pairing.frame(uid, fr, 60.2) == (bulk.OK, ())
+    (item, _), = pairing.frame(uid, lane[-1], 60.3)[1]
+    assert item == "after a quiet spell" and pairing.held_bytes() == 0
     # a member lost mid-transfer: everything of it goes
     header, _, lane = _lane_message(sealer, a)
     assert pairing.message(uid, "cut short", header, []) is None
