@@ -274,14 +274,21 @@ ctx.term()
 """
 
 
+def _median_map(runs=5, n=400, ms=2):
+    """The median time of several maps: one map is noisy on a shared machine."""
+    return sorted(_timed_map(n, ms) for _ in range(runs))[runs // 2]
+
+
 def test_a_peer_with_the_handshake_flooding_huge_headers_is_bounded(cluster):
     """200 MiB header frames from a peer that passed the handshake (no secret): the broker reads
     none of them (no frame over ``P.FRAME_MAX_IN`` is accepted), grows by less than 64 MB and
-    the cluster keeps at least half its throughput."""
+    the cluster keeps at least half its throughput (the median of five maps, against five
+    without the flood).  What the flood costs is the attacker's own CPU (CURVE encrypts each
+    200 MiB frame before sending it) on a machine it shares with the cluster here."""
     wait_idle(cluster)
     broker = psutil.Process(cluster.broker_proc.pid)
     _timed_map(400, 2)
-    base = _timed_map(400, 2)
+    base = _median_map()
     rss0 = broker.memory_info().rss
     peak = [rss0]
 
@@ -299,7 +306,7 @@ def test_a_peer_with_the_handshake_flooding_huge_headers_is_bounded(cluster):
         attacker.stdin.write(json.dumps(cfg) + "\n")
         attacker.stdin.flush()
         time.sleep(1.5)  # the flood is under way
-        attacked = _timed_map(400, 2) + _timed_map(400, 2)
+        attacked = _median_map()
         out, _ = attacker.communicate(timeout=30)
     finally:
         if attacker.poll() is None:
@@ -309,9 +316,9 @@ def test_a_peer_with_the_handshake_flooding_huge_headers_is_bounded(cluster):
         t.join(5)
     growth = (peak[0] - rss0) / 1e6
     print(f"encryption {cluster.options.encryption}: {out.strip()} 200 MiB headers sent; broker growth "
-          f"{growth:.1f} MB; two maps {attacked:.2f} s under the flood vs one {base:.2f} s without")
+          f"{growth:.1f} MB; a map {attacked:.2f} s under the flood vs {base:.2f} s without (medians of 5)")
     assert growth < 64, f"the broker grew by {growth:.0f} MB"
-    assert attacked < 2 * (2 * base) + 1.0
+    assert attacked < 2 * base, f"a map took {attacked:.2f} s under the flood, {base:.2f} s without"
     assert len(cluster.status()["workers"]) == 2
     assert not _quiet(cluster)
 
