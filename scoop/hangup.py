@@ -27,6 +27,8 @@ import sys
 __all__ = ["end_connection", "ignore_resets"]
 
 SO_ATTACH_FILTER = 26  # Linux
+_DISCARD = 1 << 20     # bytes one call discards from a cut connection (MSG_TRUNC: nothing is copied)
+_DISCARD_CALLS = 64
 
 
 class _Insn(ctypes.Structure):
@@ -49,16 +51,22 @@ _PROG = _Prog(len(_DROP_RESETS), _DROP_RESETS)  # lives as long as the module: t
 
 
 def end_connection(fd) -> bool:
-    """Ends a connection ZeroMQ owns: ``shutdown(SHUT_RD)`` on a duplicate of its descriptor.
-    Its engine reads the end of input and closes the connection as any other that ended -- at
-    once, or, if its receive queue is full, once the broker has read that queue down (or at the
-    heartbeat timeout).  False if ``fd`` is no longer open."""
+    """Ends a connection ZeroMQ owns: ``shutdown(SHUT_RD)`` on a duplicate of its descriptor,
+    and what the kernel holds of its input discarded.  Its engine reads the end of input and
+    closes the connection as any other that ended -- at once, or, if its receive queue is full,
+    once the broker has read that queue down (or at the heartbeat timeout).  False if ``fd`` is
+    no longer open."""
     try:
         s = socket.socket(fileno=os.dup(fd))
     except OSError:
         return False
     try:
         s.shutdown(socket.SHUT_RD)
+        # and what the kernel had received is discarded (not copied): the engine reads the end
+        # at once, not after the broker has read every message of it
+        for _ in range(_DISCARD_CALLS):
+            if not s.recv(_DISCARD, socket.MSG_TRUNC | socket.MSG_DONTWAIT):
+                break
     except OSError:
         pass
     finally:
