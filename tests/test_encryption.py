@@ -25,6 +25,17 @@ from netns import netns_hosts_fixture
 # ---- keys and handshakes (no processes) --------------------------------------------------------
 
 
+def test_the_bulk_lane_is_on_with_encryption_unless_switched_off(monkeypatch):
+    from scoop import bulk
+    monkeypatch.delenv(bulk.SWITCH, raising=False)
+    assert bulk.enabled()
+    for off in ("off", "OFF", "0", "no"):
+        monkeypatch.setenv(bulk.SWITCH, off)
+        assert not bulk.enabled()
+    monkeypatch.setenv(bulk.SWITCH, "on")
+    assert bulk.enabled()
+
+
 def test_keys_are_derived_from_the_secret_and_differ_by_role():
     a, b = P.new_secret(), P.new_secret()
     ka, ka2, kb = security.Keys(a), security.Keys(a), security.Keys(b)
