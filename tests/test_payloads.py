@@ -126,6 +126,20 @@ def sealed_held() -> set[str]:
     return found
 
 
+def _holders(left: list[str]) -> list[str]:
+    """Each leftover with the command line and parent of the process holding it."""
+    out = []
+    for entry in left:
+        pid = entry.split("/")[2] if entry.startswith("/proc/") else None
+        try:
+            p = psutil.Process(int(pid))
+            who = f"{' '.join(p.cmdline())[:160]} (parent {p.ppid()}, started {p.create_time():.1f})"
+        except (TypeError, ValueError, psutil.Error):
+            who = "gone"
+        out.append(f"{entry}: {who}")
+    return out
+
+
 def test_a_sent_argument_cannot_be_changed(cluster):
     """Arguments travel in sealed segments: even their user cannot write them after the send."""
     a = np.arange(1 << 18, dtype="f8")  # 2 MB: shared memory
@@ -261,6 +275,7 @@ def test_a_kernel_restart_leaves_no_segment(now):
             time.sleep(0.2)
             left = [n for n in made if os.path.exists(os.path.join(_shm.DIR, n))]
             left += sorted(held & sealed_held())
-        assert not left, f"left in /dev/shm or held after a kernel restart: {left}"
+        assert not left, (f"left in /dev/shm or held after a kernel restart (now {time.time():.1f}): "
+                          f"{_holders(left)}")
     finally:
         k.shutdown(now=True)
