@@ -522,26 +522,17 @@ def table(rows):
 
 
 def federation_table(one, fed):
-    """The federation's goals next to its figures, one broker measured in the same run.  On a
-    box of 2 cores every broker and simulator shares them: the rate per second of broker CPU
-    (all the federation's brokers summed) says what it routes when each broker has a core."""
+    """The federation's goals next to its figures, one broker measured in the same run."""
     subs = fed.get("sub_broker_cpu") or []
-    rpm = [x for x in fed.get("sub_records_per_message") or () if x]
-
-    def per_cpu(r, cpu):
-        return f'{round(r["tasks_per_s"] / cpu):,}' if cpu else "–"
-    fed_cpu = fed["broker_cpu"] + sum(subs)
     return "\n".join([
-        "| run | join s | tasks/s | × one broker (goal ≥ 0.7) | tasks / broker CPU-s | root CPU "
-        "| sub-brokers' CPU | simulators' CPU | records / message to workers | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | join s | tasks/s | × one broker (goal ≥ 0.7) | root CPU | sub-brokers' CPU "
+        "| simulators' CPU |",
+        "|---|---|---|---|---|---|---|",
         f'| one broker, {one["workers"]:,} workers | {one.get("join_s")} | {one["tasks_per_s"]:,} | 1.00 '
-        f'| {per_cpu(one, one["broker_cpu"])} | {one["broker_cpu"]} | – | {one.get("sims_cpu")} '
-        f'| {one.get("records_per_message")} | {one.get("load_avg")} |',
+        f'| {one["broker_cpu"]} | – | {one.get("sims_cpu")} |',
         f'| {fed["sub_brokers"]} sub-brokers, {fed["workers"]:,} workers | {fed.get("join_s")} '
-        f'| {fed["tasks_per_s"]:,} | **{fed["x_one_broker"]:.2f}** | {per_cpu(fed, fed_cpu)} '
-        f'| {fed["broker_cpu"]} | {min(subs, default=0)}-{max(subs, default=0)} each | {fed.get("sims_cpu")} '
-        f'| {min(rpm, default=0)}-{max(rpm, default=0)} | {fed.get("load_avg")} |'])
+        f'| {fed["tasks_per_s"]:,} | **{fed["x_one_broker"]:.2f}** | {fed["broker_cpu"]} '
+        f'| {min(subs, default=0)}-{max(subs, default=0)} each | {fed.get("sims_cpu")} |'])
 
 
 def main(argv=None):

@@ -54,8 +54,6 @@ class Dispatcher(PeerBook):
         self.blobs: dict[bytes, P.Record] = {}
         self.waiting_blob: dict[bytes, list] = {}  # tasks that arrived before their function
         self.visits = 0       # peers looked at by dispatch and steal: constant per task, tested
-        self.pack = 1         # tasks a peer whose credit is at least twice this gets at least in
-                              # one dispatch (a sub-broker packs: scoop.federation)
 
     # ---- tasks in flight -------------------------------------------------------------------
     def _pop_task(self, tid: int) -> Task | None:
@@ -79,20 +77,16 @@ class Dispatcher(PeerBook):
     # ---- dispatch ----------------------------------------------------------------------------
     def dispatch(self):
         """Queued tasks to the peers with credit, least loaded first, a fair share each (a burst
-        spreads evenly), at least ``pack`` each to a peer with twice that credit (it says it starts
-        that many soon): the cost is the tasks sent plus the peers that got some, never the peers
+        spreads evenly): the cost is the tasks sent plus the peers that got some, never the peers
         that did not."""
-        queue, ready, pack = self.queue, self.ready, self.pack
+        queue, ready = self.queue, self.ready
         while queue and self.n_ready:
             served = []
             left = self.n_ready
             for held in sorted(ready):  # distinct loads: as many as the deepest prefetch, at most
                 for w in ready[held]:
                     self.visits += 1
-                    share = -(-len(queue) // left)  # a share of what is left
-                    if share < pack and w.credit >= 2 * pack:
-                        share = pack
-                    self._serve(w, min(w.credit, share))
+                    self._serve(w, min(w.credit, -(-len(queue) // left)))  # a share of what is left
                     served.append(w)
                     left -= 1
                     if not queue:

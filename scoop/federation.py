@@ -28,13 +28,6 @@ from .security import secure_client
 
 SUB_STATUS_INTERVAL = 2.0  # seconds between two snapshots on a sub-broker's own meta stream
 OWED_FOR = 1.0  # seconds tasks our workers give back still go up to the root that asked for them
-# tasks a worker here gets at least in one message when its credit is twice that: the root sends
-# a sub-broker its tasks as its workers' credits come back, a few hundred at a time for thousands
-# of workers, and a fair share of those was one task per message (the messages, on both ends, were
-# then the limit of a stream of tiny tasks).  A worker's credit is what it starts within ~2 ms by
-# its own estimate (scoop.executor): with 16, 8 tasks wait at most ~1 ms there; workers running
-# longer tasks ask for less and get a fair share as before, and stealing evens out the rest
-PACK = 8
 REPORT_MAX = 2.0  # seconds a load report to the root waits at most (the root's own snapshot comes
                   # as seldom from 40,000 workers on)
 
@@ -61,7 +54,6 @@ class SubBroker(Broker):
         self.reported_at = 0.0
         self.reported_count = 0
         self.upstream.out.dirty = self.upstream.cout.dirty = self.core.dirty
-        self.core.pack = PACK
         uid = os.urandom(8).hex().encode()
         self.up = self._dealer(b"t" + uid, upstream)
         self.upc = self._dealer(b"c" + uid, upstream)

@@ -11,7 +11,7 @@ import pytest
 
 from scoop import _protocol as P
 from scoop import futures, shared
-from scoop.federation import PACK, SubBroker
+from scoop.federation import SubBroker
 from scoop.scheduling import Peer, Scheduler
 
 import tasklib as T
@@ -156,34 +156,3 @@ def test_a_sub_broker_walks_its_workers_once_per_report_as_seldom_as_the_root_pu
 def sent_loads(peer):
     data, frames = peer.cout.take()
     return [r for r in (P.parse(data, frames, 0) or []) if r.hdr[:1] == P.LOAD]
-
-
-def _upstream_tasks(core, n):
-    """``n`` tiny tasks from the root, with their function."""
-    d = P.digest(b"the function")
-    box = P.Outbox()
-    box.add(P.BLOB_HEADER.pack(P.BLOB, d), b"callable")
-    for tid in range(1, n + 1):
-        box.add(P.TASK_HEADER.pack(P.TASK, tid, 0, d, 1, 0), b"args")
-    data, frames = box.take()
-    recs = P.parse(data, frames, 0)
-    core.blob(core.upstream, recs[0])
-    for rec in recs[1:]:
-        core.submit(core.upstream, rec)
-
-
-@pytest.mark.parametrize("credit, per_message", [(64, PACK), (2 * PACK, PACK), (2 * PACK - 1, 1), (1, 1)])
-def test_a_sub_broker_packs_tiny_tasks_in_messages_to_its_workers(credit, per_message):
-    """A few hundred tasks for 1,000 workers (the root sends them as credits come back): a
-    worker that says it starts at least twice ``PACK`` soon gets ``PACK`` in one message (a fair
-    share was one each: one message per task); one asking less gets a fair share, as before."""
-    core, peers = _sub_core(1000)
-    core.pack = PACK
-    for p in peers:
-        core.credit(p, credit)
-    core.upstream.out.take()
-    _upstream_tasks(core, 400)
-    core.dispatch()
-    got = [len([r for r in P.parse(*_one_box(p.out)) or () if r.hdr[:1] == P.TASK]) for p in peers if p.out]
-    assert sum(got) == 400 and set(got) == {per_message}
-    assert not core.queue
