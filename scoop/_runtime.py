@@ -443,12 +443,15 @@ class Runtime:
                                        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_CLOSED
                                        | zmq.EVENT_DISCONNECTED)
         s.connect(f"{self.broker.rsplit(':', 1)[0]}:{port}")
-        up = None
+        up = gone = None
         deadline = time.monotonic() + LANE_PATIENCE
         while up is None and monitor.poll(max(0, int((deadline - time.monotonic()) * 1000))):
             for event, _ in events(monitor):
-                up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED if up is None else up
-        if not up:  # not reachable here (an SSH tunnel forwards the task port only): payloads stay on CURVE
+                if up is None:
+                    up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+                elif event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+                    gone = True  # the broker ended right after: its lane with it
+        if not up or gone:  # not reachable here (an SSH tunnel forwards the task port only): payloads stay on CURVE
             self._stop_monitor(s, monitor)
             s.close(0)
             return
@@ -464,7 +467,13 @@ class Runtime:
             self.lane_sock = s
             self.outlet = Outlet(s, monitor, lambda: self.closed or self.broken is not None)
             self.inbox = Inbox(recv)
-            s.send(self.sealer.hello())  # names this member to the broker: frames for it come here now
+            # names this member to the broker: frames for it come here now.  Through the outlet,
+            # never a plain send: a lane whose broker ended has no peer (it does not reconnect),
+            # and a blocking send there would wait for ever
+            if not self.outlet.send([self.sealer.hello()]):
+                self.outlet.close(0)
+                self.outlet = self.lane_sock = self.inbox = None
+                return
             self.out.lane_ok = True
         self.lane_seal = self.sealer
 
@@ -609,7 +618,7 @@ class _Control(threading.Thread):
 
     def _on_connection_event(self, monitor):
         for ev, _ in events(monitor):
-            if ev == zmq.EVENT_DISCONNECTED:
+            if ev in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CONNECT_RETRIED):
                 self.disconnected_at = self.disconnected_at or time.monotonic()
             elif ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.disconnected_at = None
@@ -627,8 +636,10 @@ class _Control(threading.Thread):
         rt = self.rt
         s = rt._socket(b"c" + rt.uid.encode())
         s.setsockopt(zmq.LINGER, 0)
-        monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
-                                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        # a refused connect (CONNECT_RETRIED) counts as a drop: a broker that ended between our
+        # welcome and this connect never connected, so it can never disconnect
+        monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+                                       | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                                        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         s.connect(rt.broker)
         poller = zmq.Poller()
