@@ -451,7 +451,8 @@ class Runtime:
                     up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
                 elif event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
                     gone = True  # the broker ended right after: its lane with it
-        if not up or gone:  # not reachable here (an SSH tunnel forwards the task port only): payloads stay on CURVE
+        if not up or gone:
+            # not reachable here (an SSH tunnel forwards the task port only): payloads stay on CURVE
             self._stop_monitor(s, monitor)
             s.close(0)
             return
