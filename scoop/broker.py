@@ -34,7 +34,7 @@ from . import _protocol as P
 from . import _shm
 from . import bulk as _bulk
 from .census import Census, status_interval
-from .hangup import end_connection, ignore_resets
+from .hangup import end_connection, identity, ignore_resets
 from .liveness import DEFAULT_TIMEOUT, configure_socket
 from .meta import Views
 from .monitor import events
@@ -97,7 +97,9 @@ class Broker:
                               unlink=self.shm.unlink if self.shm is not None else (lambda seg: None))
         self.core.on_event = self._event
         self.census = Census(self.core)
-        self.fds: dict[int, tuple] = {}  # connection (fd) -> (identity, the peer that authenticated on it)
+        # connection (fd) -> (identity, the peer that authenticated on it, the socket's identity:
+        # scoop.hangup, so that a cut never ends a later connection given the same number)
+        self.fds: dict[int, tuple] = {}
         self.fds_of: dict[bytes, set] = {}  # peer uid -> its connections (fds)
         self.connected: set[bytes] = set()  # identities whose connection is watched
         self._dropped: list = []            # (when, peer): peers whose connection dropped
@@ -143,7 +145,7 @@ class Broker:
         self.bulk_port = b.bind_to_random_port(main_addr.rsplit(":", 1)[0])
         ignore_resets(self.bulk_port)
         self.pairing = _bulk.Pairing(self.secret)
-        self.bulk_fds: dict[bytes, int] = {}  # bulk identity -> its connection
+        self.bulk_fds: dict[bytes, tuple] = {}  # bulk identity -> its connection (fd, socket's identity)
         self._bulk_sweep = 0.0
         # a member's lane that drops takes with it frames the member sent or was sent: the member
         # is lost (its tasks run elsewhere; fenced, it rejoins), never left with headers that wait
@@ -155,7 +157,7 @@ class Broker:
         gone = [fd for _, fd in events(self.bulk_monitor)]
         if not gone:
             return
-        owners = {fd: ident for ident, fd in self.bulk_fds.items() if fd in gone}
+        owners = {fd: ident for ident, (fd, _) in self.bulk_fds.items() if fd in gone}
         for fd in gone:
             ident = owners.get(fd)
             if ident is None:
@@ -182,9 +184,8 @@ class Broker:
             except zmq.Again:
                 return
             frame = bulk.recv(copy=False) if bulk.getsockopt(P.RCVMORE) else None
-            fd = self.bulk_fds.get(ident)
-            if fd is None and frame is not None:
-                fd = frame.get(zmq.SRCFD)
+            known = self.bulk_fds.get(ident)
+            fd = known[0] if known is not None else frame.get(zmq.SRCFD) if frame is not None else None
             many = False
             while bulk.getsockopt(P.RCVMORE):
                 bulk.recv(copy=False)
@@ -197,14 +198,15 @@ class Broker:
             if verdict is _bulk.BAD:
                 self.dropped += 1
                 self.bulk_fds.pop(ident, None)
-                self._cut_fd(fd)
+                self._cut_fd(fd, known[1] if known is not None else self._unowned(fd, None))
                 peer = peers.get(ident[1:])
                 if peer is not None and self.running:
                     # a member's own lane: what it sent there is gone with it, so the headers
                     # that name those frames cannot complete: it is lost now, not in MAX_WAIT
                     self._lose(peer, "lost (its bulk lane sent what does not check)")
                 continue
-            self.bulk_fds[ident] = fd
+            if known is None:
+                self.bulk_fds[ident] = (fd, identity(fd) if fd is not None else None)
             self.bulk_frames += 1
             if verdict is _bulk.HELLO:
                 peer = peers.get(ident[1:])
@@ -328,7 +330,7 @@ class Broker:
         process that leaves closes it first, and its goodbye comes on the other one."""
         now = time.monotonic()
         for _, fd in events(monitor):
-            ident, peer = self.fds.pop(fd, (None, None))
+            ident, peer, _ = self.fds.pop(fd, (None, None, None))
             if ident is not None:
                 self.connected.discard(ident)
             if peer is not None:
@@ -360,9 +362,9 @@ class Broker:
             uid = _uid8(peer.uid)
             if uid is not None:
                 self.pairing.forget(uid)
-            fd = self.bulk_fds.pop(b"b" + peer.uid, None)
-            if fd is not None:
-                self._cut_fd(fd)  # a lost member's lane ends with it
+            lane = self.bulk_fds.pop(b"b" + peer.uid, None)
+            if lane is not None:
+                self._cut_fd(*lane)  # a lost member's lane ends with it
 
     def _forget_fds(self, peer):
         for fd in self.fds_of.pop(peer.uid, ()):
@@ -462,14 +464,26 @@ class Broker:
         if fd is None:
             mine = self.fds_of.get(ident[1:], ())
             fd = next((f for f in mine if self.fds.get(f, (None,))[0] == ident), None)
-        self._cut_fd(fd)
+            self._cut_fd(fd, self.fds[fd][2] if fd is not None else None)
+        else:
+            self._cut_fd(fd, self._unowned(fd, ident))
 
-    def _cut_fd(self, fd):
-        if fd is not None and fd >= 0 and end_connection(fd):
+    def _unowned(self, fd, ident):
+        """The socket's identity on ``fd``, just learned from a message of ``ident``; None (nothing
+        is cut) if the number is another peer's connection: the message came on a connection
+        that ended before it was read, and its number was given to that one."""
+        owner = self.fds.get(fd)
+        if owner is not None:
+            return owner[2] if owner[0] == ident else None
+        return identity(fd) if fd is not None and fd >= 0 else None
+
+    def _cut_fd(self, fd, known):
+        """Ends connection ``fd`` if it still is the socket ``known`` (scoop.hangup.identity)."""
+        if fd is not None and fd >= 0 and known is not None and end_connection(fd, known):
             self.cut += 1
 
     def _watch(self, ident, fd, peer):
-        self.fds[fd] = (ident, peer)
+        self.fds[fd] = (ident, peer, identity(fd))
         self.fds_of.setdefault(peer.uid, set()).add(fd)
         self.connected.add(ident)
 
@@ -652,15 +666,15 @@ class Broker:
         held = stalled_bytes(p)
         if not held or p.uid not in self.core.peers:
             return
-        fds = list(self.fds_of.get(p.uid, ()))
+        fds = [(fd, self.fds[fd][2]) for fd in self.fds_of.get(p.uid, ()) if fd in self.fds]
         for which in (0, 1):
             self.blocked.pop((p.uid, which), None)
         self.stalled += 1
         self.log(f"cut {p.role} {p.name} ({p.host}, pid {p.pid}): it stopped reading its connection "
                  f"({held / 1e6:.1f} MB waited for it)")
         self._lose(p, "cut (it stopped reading its connection)")
-        for fd in fds:
-            end_connection(fd)
+        for fd, known in fds:
+            end_connection(fd, known)
 
     def shutdown(self, reason: str):
         if not self.running:

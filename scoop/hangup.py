@@ -16,15 +16,25 @@ broker's next heartbeat provoke the reset).  Two rules keep the state unreachabl
   reset its connection is dropped by the heartbeat timeout (a peer that exits normally closes
   with a FIN and is seen at once, as before).  What else makes a hang-up (TCP's retransmission
   timeout, ~15 minutes) comes long after the heartbeat has closed the connection.
+
+A connection is cut by its descriptor's number, learned from a message (``SRCFD``) and kept for
+later.  If the connection ended meanwhile, the kernel may have given that number to a new one
+(another member's, the origin's): cutting it would end an innocent connection.  So the broker
+keeps the connection's :func:`identity` with its number (its socket's inode, unique while the
+socket lives, and its peer's address and port), and :func:`end_connection` cuts only while the
+number still names that socket; a number whose socket changed is left alone (its own connection
+is gone, and its peer is handled as gone by the drop that ended it).  The check runs on a
+duplicate of the descriptor, so the socket checked is the socket cut.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import socket
+import stat
 import sys
 
-__all__ = ["end_connection", "ignore_resets"]
+__all__ = ["end_connection", "identity", "ignore_resets", "same_connection"]
 
 SO_ATTACH_FILTER = 26  # Linux
 _DISCARD = 1 << 20     # bytes one call discards from a cut connection (MSG_TRUNC: nothing is copied)
@@ -50,15 +60,75 @@ _DROP_RESETS = (_Insn * 4)(
 _PROG = _Prog(len(_DROP_RESETS), _DROP_RESETS)  # lives as long as the module: the kernel copies it
 
 
-def end_connection(fd) -> bool:
+def identity(fd) -> tuple | None:
+    """What tells the connection on descriptor ``fd`` from any later one given the same number:
+    ``(device, inode, peer address)`` of its socket (the peer is None if it has none any more).
+    None if ``fd`` is not an open socket.  A few microseconds: take it once per connection."""
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return None
+    try:
+        return _identity(dup)
+    finally:
+        os.close(dup)
+
+
+def same_connection(fd, known) -> bool:
+    """Whether descriptor ``fd`` still is the connection whose :func:`identity` was ``known``."""
+    return _matches(identity(fd), known)
+
+
+def _identity(fd) -> tuple | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode):
+        return None
+    return st.st_dev, st.st_ino, _peer(fd)
+
+
+def _peer(fd):
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        return s.getpeername()
+    except OSError:
+        return None
+    finally:
+        s.detach()
+
+
+def _matches(now, known) -> bool:
+    """The same socket: same inode (no two live sockets share one), and the same peer where both
+    are known (a connection that was reset may have lost its peer's address)."""
+    if now is None or known is None or now[:2] != known[:2]:
+        return False
+    return now[2] is None or known[2] is None or now[2] == known[2]
+
+
+def end_connection(fd, known=None) -> bool:
     """Ends a connection ZeroMQ owns: ``shutdown(SHUT_RD)`` on a duplicate of its descriptor,
     and what the kernel holds of its input discarded.  Its engine reads the end of input and
     closes the connection as any other that ended -- at once, or, if its receive queue is full,
-    once the broker has read that queue down (or at the heartbeat timeout).  False if ``fd`` is
-    no longer open."""
+    once the broker has read that queue down (or at the heartbeat timeout).  With ``known`` (the
+    connection's :func:`identity` when its number was learned), only if the number still names
+    that connection.  False if nothing was cut: ``fd`` is no longer open, or is another
+    connection now."""
     try:
-        s = socket.socket(fileno=os.dup(fd))
+        dup = os.dup(fd)
     except OSError:
+        return False
+    if known is not None and not _matches(_identity(dup), known):
+        os.close(dup)
+        return False
+    try:
+        s = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
         return False
     try:
         s.shutdown(socket.SHUT_RD)
