@@ -38,13 +38,14 @@ from .hangup import end_connection, identity, ignore_resets
 from .liveness import DEFAULT_TIMEOUT, configure_socket
 from .meta import Views
 from .monitor import events
-from .peers import OUT_MAX, SEND_QUEUE
+from .peers import OUT_MAX, ROUND_REQUESTS, SEND_QUEUE
 from .peers import stalled as stalled_bytes
 from .scheduling import Peer, Scheduler
 from .security import Gate, bulk_server, is_network, secure_server
 
 IO_THREADS = 4
 RECV_QUEUE = 64  # messages libzmq reads ahead from one connection (the ROUTER's RCVHWM)
+ROUND_MESSAGES = 256  # messages read per round of the loop at most: dispatch and flushing run between
 LOAD_MAX = 64 << 10          # bytes of a worker's load figures (a few hundred in practice)
 LOAD_MAX_BROKER = 4 << 20    # a sub-broker's: its summary, hosts and a page of its workers
 CONTROL_GRACE = 1.0  # seconds a peer whose control connection dropped has to show its task one did too
@@ -110,6 +111,7 @@ class Broker:
         self._rate_mark = (time.monotonic(), 0)
         self.rate = 0.0
         self.dropped = 0
+        self.requests = 0     # records answered to their sender alone (ASK, CANCEL): see _read_round
         self.cut = 0          # connections ended for a message that failed the check
         self.stalled = 0      # peers cut because they stopped reading (scoop.peers.stalled)
         self.blocked: dict = {}  # (uid, 0 or 1) of outboxes whose connection's queue was full
@@ -247,7 +249,7 @@ class Broker:
         items = ([(s, P.POLLIN) for s in (gate, main, monitor, views, *extras)]
                  + ([(bulk, P.POLLIN)] if bulk else []))
         poll = zmq.zmq_poll
-        recv = self._recv
+        read_round = self._read_round
         next_check = next_status = next_due = next_size = time.monotonic()
         try:
             while self.running:
@@ -265,11 +267,7 @@ class Broker:
                     self.meta.read()
                 more = main in ready or bool(self._dropped)
                 if more:
-                    for _ in range(256):  # drain, but let dispatch and flushing run in between
-                        if not main.getsockopt(P.EVENTS) & P.POLLIN:
-                            more = False
-                            break
-                        recv()
+                    more = read_round()
                 now = time.monotonic()
                 if bulk is not None:
                     self._on_lane_drops()
@@ -373,16 +371,44 @@ class Broker:
                 del self.fds[fd]
                 self.connected.discard(entry[0])
 
+    def _read_round(self) -> bool:
+        """Messages from the ROUTER for one round of the loop (dispatch and flushing run
+        between rounds); True if more may wait.  ZeroMQ fair-queues messages, not what they
+        cost, and one message may carry thousands of requests that only ask the broker
+        something (ASK, CANCEL): a round also ends once one peer's requests in it pass
+        ``ROUND_REQUESTS``, and the next one starts with the other peers' messages (the fair
+        queue goes on from the next connection).  A peer that floods requests gets that share
+        of each round and no more; what it sends beyond waits in its own connection's receive
+        queue, bounded by libzmq (RCVHWM): nothing is held back here or dropped.  Records that
+        are the cluster's work (tasks, results) never end a round early: at 10,000 workers a
+        shorter round sends fewer records per message, and the cluster's rate falls with it."""
+        main, recv = self.main, self._recv
+        asked = None
+        for _ in range(ROUND_MESSAGES):
+            if not main.getsockopt(P.EVENTS) & P.POLLIN:
+                return False
+            n0 = self.requests
+            ident = recv()
+            n = self.requests - n0
+            if n:
+                if asked is None:
+                    asked = {}
+                n += asked.get(ident, 0)
+                if n > ROUND_REQUESTS:
+                    return True
+                asked[ident] = n
+        return True
+
     def _recv(self):
         """One message from the ROUTER: identity, signed header, payload frames.  The first
         message of each connection is read as a frame to learn its socket (SRCFD): that
-        connection's drop is how this peer's loss will be known."""
+        connection's drop is how this peer's loss will be known.  Returns the identity."""
         main = self.main
         ident = main.recv(P.NOBLOCK)
         self.routed += 1
         if not main.getsockopt(P.RCVMORE):
             self.dropped += 1
-            return
+            return ident
         fd = None
         if ident in self.connected:
             parts = P.recv_parts(main)
@@ -395,7 +421,7 @@ class Broker:
         if not self.signer.check(channel, parts[0]):
             self.dropped += 1  # dropped before any byte of it is interpreted
             self._cut(ident, fd)
-            return
+            return ident
         uid = ident[1:]
         peer = self.core.peers.get(uid)
         if peer is None and (kind != b"t" or parts[0][_FIRST_TYPE:_FIRST_TYPE + 1] != P.HELLO):
@@ -403,20 +429,21 @@ class Broker:
             # is parsed, so a fenced peer that floods costs a MAC check per message
             self._send_now(ident, P.FROM_BROKER if kind == b"t" else P.CONTROL_FROM_BROKER, P.SHUTDOWN,
                            b"declared lost by the broker")
-            return
+            return ident
         if self.pairing is not None and kind == b"t":
             # its sealed frames may be on the bulk lane: it waits for them (and so do the
             # messages after it), and comes back through _recv_bulk
             uid8 = _uid8(uid)
             recs = self.pairing.message(uid8, (ident, fd), parts[0], parts[1:]) if uid8 else None
             if recs is None:
-                return
+                return ident
         else:
             recs = P.parse(parts[0], parts[1:])
         if recs is None:
             self.dropped += 1
-            return
+            return ident
         self._apply(ident, fd, recs)
+        return ident
 
     def _apply(self, ident, fd, recs):
         """The records of a verified message from ``ident``."""
@@ -528,9 +555,11 @@ class Broker:
         self.core.blob(peer, rec)
 
     def _r_cancel(self, peer, rec):
+        self.requests += 1
         self.core.cancel(peer, bytes(rec.hdr))
 
     def _r_ask(self, peer, rec):
+        self.requests += 1
         self.core.ask(peer, bytes(rec.hdr))
 
     def _r_const(self, peer, rec):

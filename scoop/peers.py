@@ -21,13 +21,15 @@ from collections import deque
 
 from . import _protocol as P
 
-__all__ = ["OUT_MAX", "SEND_QUEUE", "SEND_SPLIT", "TARGETS", "Outbox", "Peer", "PeerBook", "stalled"]
+__all__ = ["OUT_MAX", "ROUND_REQUESTS", "SEND_QUEUE", "SEND_SPLIT", "TARGETS", "Outbox", "Peer", "PeerBook",
+           "stalled"]
 
 TARGETS = ("worker", "broker")  # peers that take tasks: workers and sub-brokers
 SEND_QUEUE = 64         # messages libzmq queues for one connection of a peer (the ROUTER's SNDHWM)
 SEND_SPLIT = 64 << 10   # header bytes per message to a peer: that queue holds 4 MiB of them at most
 OUT_MAX = 8 << 20       # bytes waiting for a peer whose queue is full, past which it is cut
 RECORD_COST = 64        # what a record waiting as its own bytes object costs besides its bytes
+ROUND_REQUESTS = 1000   # requests (ASK, CANCEL) of one peer the broker answers in one round of its loop
 
 
 class Outbox(P.Outbox):
