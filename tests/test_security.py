@@ -547,7 +547,7 @@ def test_a_member_that_floods_requests_and_reads_gets_its_share(cluster):
     _timed_map(400, 2)
     base = statistics.median(_timed_map(400, 2) for _ in range(5))
     before = cluster.status()["totals"]
-    member = _member(cluster, seconds=5.0, reads=True)
+    member = _member(cluster, seconds=8.0, reads=True)  # longer than the maps on a loaded machine
     try:
         member.stdout.readline()  # joined
         time.sleep(0.3)
@@ -563,7 +563,7 @@ def test_a_member_that_floods_requests_and_reads_gets_its_share(cluster):
     print(f"{out['sent']} messages of 1,000 ASKs each, {out['answers']} answers read; maps under the flood "
           f"{' '.join(f'{x:.2f}' for x in attacked)} s (median {statistics.median(attacked):.2f}) vs "
           f"{base:.2f} s without; load average {os.getloadavg()[0]:.1f}")
-    assert during < 5.0, "the maps outlasted the flood: not all of them were measured under it"
+    assert during < 7.8, "the maps outlasted the flood: not all of them were measured under it"
     assert out["answers"] > 100_000, "the flood was not served"
     assert after["stalled_peers"] == before["stalled_peers"]
     assert after["lost_workers"] == before["lost_workers"]
