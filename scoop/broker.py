@@ -34,7 +34,7 @@ from . import _protocol as P
 from . import _shm
 from . import bulk as _bulk
 from .census import Census, status_interval
-from .hangup import end_connection, identity, ignore_resets
+from .hangup import Admissions, end_connection, identity, ignore_resets
 from .liveness import DEFAULT_TIMEOUT, configure_socket
 from .meta import Views
 from .monitor import events
@@ -85,8 +85,13 @@ class Broker:
         self.meta = Views(self.ctx, secret, meta_addr, heartbeat_timeout, encryption)
         self.main_port = _bind(self.main, main_addr)
         self.meta_port = _bind(self.meta.sock, meta_addr)
+        self.admissions = None
         if is_network(main_addr):
-            ignore_resets(self.main_port)  # a peer's reset must not abort libzmq (scoop.hangup)
+            # a peer's reset must not abort libzmq: its connection drops resets from just before
+            # its handshake is admitted (scoop.hangup)
+            self.admissions = Admissions(self.main.getsockopt(zmq.LAST_ENDPOINT).decode(),
+                                         self.gate.sock.send_multipart)
+            self.gate.admit = self.admissions.hold
         self.bulk = self.pairing = None
         self.bulk_port = 0
         self.bulk_frames = 0  # taken from the bulk lane (scoop.bulk)
@@ -239,7 +244,8 @@ class Broker:
         main = self.main
         core = self.core
         stop_event = self.stop_event
-        monitor = main.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        monitor = main.get_monitor_socket(zmq.EVENT_DISCONNECTED
+                                          | (zmq.EVENT_ACCEPTED if self.admissions else 0))
         extras = list(self._extra_sockets())
         # zmq_poll on a fixed list: pyzmq's Poller rebuilds it and a dict at every call, which
         # costs microseconds on each message's path
@@ -286,6 +292,8 @@ class Broker:
                 if core.dirty or self.blocked:
                     self._flush()
                 if now >= next_check:
+                    if self.admissions is not None:
+                        self.admissions.tick(now)
                     self._periodic(now)
                     if bulk is not None:
                         self._bulk_tick(now)
@@ -319,6 +327,8 @@ class Broker:
                 self.bulk_monitor.close(0)
                 bulk.close(linger=500)
             self.gate.close()
+            if self.admissions is not None:
+                self.admissions.close()
 
     def _on_disconnects(self, monitor):
         """Connections that dropped: their peers are lost -- after every message that arrived
@@ -327,7 +337,13 @@ class Broker:
         blamed.  A control connection that drops alone gives its peer ``CONTROL_GRACE``: a
         process that leaves closes it first, and its goodbye comes on the other one."""
         now = time.monotonic()
-        for _, fd in events(monitor):
+        admissions = self.admissions
+        for event, fd in events(monitor):
+            if admissions is not None:
+                if event == zmq.EVENT_ACCEPTED:
+                    admissions.accepted(fd)
+                    continue
+                admissions.dropped(fd)
             ident, peer, _ = self.fds.pop(fd, (None, None, None))
             if ident is not None:
                 self.connected.discard(ident)

@@ -11,11 +11,21 @@ broker's next heartbeat provoke the reset).  Two rules keep the state unreachabl
 * :func:`end_connection` ends a connection with ``shutdown(SHUT_RD)``: libzmq reads the end of
   input and closes it as any other, and the kernel reports no hang-up (that needs both
   directions shut, which ``SHUT_RDWR`` gives).
-* :func:`ignore_resets` puts a socket filter on a listening socket, inherited by every
-  connection it accepts, that drops TCP resets.  A reset is then no event at all: a peer that
-  reset its connection is dropped by the heartbeat timeout (a peer that exits normally closes
-  with a FIN and is seen at once, as before).  What else makes a hang-up (TCP's retransmission
-  timeout, ~15 minutes) comes long after the heartbeat has closed the connection.
+* A connection drops TCP resets (a socket filter) from just before its handshake is admitted
+  (:class:`Admissions`; :func:`ignore_resets` puts it on a listening socket, inherited by every
+  connection it accepts).  A reset is then no event at all: a peer that reset its connection is
+  dropped by the heartbeat timeout (a peer that exits normally closes with a FIN and is seen at
+  once, as before).  What else makes a hang-up (TCP's retransmission timeout, ~15 minutes) comes
+  long after the heartbeat has closed the connection.  Before admission libzmq holds no queue
+  and runs no heartbeat for a connection, so resets pass: a stranger that resets is closed at
+  once.  Filtered from accept on, strangers resetting 1,400 connections a second each stayed
+  open until the handshake bound (3 s), then, closed, retried their FIN for minutes (the peer's
+  answering reset is dropped too: all 3,100 of them still after 20 s), and a new connection from
+  such a port could not be made meanwhile (not in 20 s: a member joining from that host could
+  not); filtered at admission, none stays.  A member that resets still leaves
+  that trace; nothing the broker can see tells its reset from one it must not take: the
+  kernel's queue is not libzmq's, and with the reset dropped, ``TCP_INFO`` and a peek show a
+  live connection.
 
 A connection is cut by its descriptor's number, learned from a message (``SRCFD``) and kept for
 later.  If the connection ended meanwhile, the kernel may have given that number to a new one
@@ -33,8 +43,9 @@ import os
 import socket
 import stat
 import sys
+import time
 
-__all__ = ["end_connection", "identity", "ignore_resets", "same_connection"]
+__all__ = ["Admissions", "drop_resets", "end_connection", "identity", "ignore_resets", "same_connection"]
 
 SO_ATTACH_FILTER = 26  # Linux
 _DISCARD = 1 << 20     # bytes one call discards from a cut connection (MSG_TRUNC: nothing is copied)
@@ -168,3 +179,140 @@ def ignore_resets(port: int) -> int:
         finally:
             s.close()
     return n
+
+
+def drop_resets(fd) -> bool:
+    """Puts the reset-dropping filter on connection ``fd``; False if it is no open socket."""
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        return False
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(_PROG))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.detach()
+
+
+def _drop_resets_on_port(port: int) -> int:
+    """The filter on every connection this process accepted on ``port`` (a scan of its
+    descriptors: the fallback when a listener's accepts cannot be followed)."""
+    n = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            s = socket.socket(fileno=int(name))
+        except (OSError, ValueError):
+            continue
+        try:
+            if (s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM
+                    and not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                    and s.getsockname()[1] == port):
+                s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(_PROG))
+                n += 1
+        except OSError:
+            pass
+        finally:
+            s.detach()
+    return n
+
+
+class Admissions:
+    """The reset filter put on each connection of a ZeroMQ listener just before its handshake
+    is admitted, not at accept (:func:`ignore_resets`).  Until its handshake is admitted a
+    connection has no queue in libzmq and no heartbeat, so a reset cannot abort it; a stranger
+    that resets is then closed at once, instead of staying open until the handshake bound and
+    then, closed, retrying its FIN for minutes towards a peer whose reset is dropped (a new
+    connection from that peer's port cannot be made meanwhile).
+
+    libzmq tells the accepted descriptor (``EVENT_ACCEPTED``, fed to :meth:`accepted`) only after
+    handing the connection to its engine, so a handshake may be ready for admission before its
+    accept is told.  Admitting replies therefore wait (:meth:`hold`) for a barrier: this process
+    connects to the listener itself, and once that probe's accept is told, every connection
+    accepted before it -- among them each whose handshake waits -- has been told too (one
+    listener accepts in order, and tells in order); all are filtered, then the replies go.
+    If the probe cannot be made or is not told within ``timeout``, every connection on the port
+    is filtered from a scan of this process's descriptors instead."""
+
+    def __init__(self, endpoint: str, send, timeout: float = 0.5):
+        self.send = send                  # sends one admitting reply
+        host, port = endpoint.split("://", 1)[1].rsplit(":", 1)
+        host = host.strip("[]")
+        self.port = int(port)
+        self.host = {"0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "::": "::1"}.get(host, host)
+        self.timeout = timeout
+        self.unfiltered: set[int] = set()  # connections accepted, not filtered yet
+        self.waiting: list = []            # admitting replies held
+        self._covered = 0                  # how many of them the probe in flight covers
+        self._probe = None
+        self._probe_name = None
+        self._since = 0.0
+        self.barriers = 0
+        self.scans = 0
+
+    def hold(self, reply) -> None:
+        """An admitting reply: sent once its connection carries the filter."""
+        self.waiting.append(reply)
+        if self._probe is None:
+            self._start()
+
+    def accepted(self, fd) -> None:
+        """A connection the listener accepted (its monitor's ``EVENT_ACCEPTED``)."""
+        if self._probe is not None and (_peer(fd) or (None, None))[:2] == self._probe_name:
+            self._release()
+        else:
+            self.unfiltered.add(fd)
+
+    def dropped(self, fd) -> None:
+        self.unfiltered.discard(fd)
+
+    def tick(self, now: float) -> None:
+        """The fallback for a probe not told in time (the listener cannot accept it)."""
+        if self._probe is not None and now - self._since > self.timeout:
+            self._scan()
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
+    def _start(self) -> None:
+        self._covered = len(self.waiting)
+        try:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            self._scan()
+            return
+        try:
+            probe.setblocking(False)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            probe.connect_ex((self.host, self.port))
+            self._probe_name = probe.getsockname()[:2]
+        except OSError:
+            probe.close()
+            self._scan()
+            return
+        self._probe = probe
+        self._since = time.monotonic()
+        self.barriers += 1
+
+    def _scan(self) -> None:
+        self.scans += 1
+        self._covered = len(self.waiting)
+        _drop_resets_on_port(self.port)
+        self._release()
+
+    def _release(self) -> None:
+        for fd in self.unfiltered:
+            drop_resets(fd)
+        self.unfiltered.clear()
+        self.close()
+        covered, self.waiting = self.waiting[:self._covered], self.waiting[self._covered:]
+        for reply in covered:
+            self.send(reply)
+        if self.waiting:
+            self._start()

@@ -144,6 +144,9 @@ class Gate:
         self.member = z85.decode(k.client_public) if curve else None
         self.answered = 0
         self.refused = 0
+        # where admitting replies for the cluster's own sockets go instead of out at once, if set:
+        # a broker filters their connections first (scoop.hangup.Admissions)
+        self.admit = None
         self.sock = ctx.socket(zmq.ROUTER)  # one pipe per handshake: routing id, empty, request
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
@@ -201,6 +204,9 @@ class Gate:
             if self.verdict(frames[2:]):
                 self.answered += 1
                 reply = (b"200", b"OK", PLAIN_USER)
+                if self.admit is not None and frames[4] == _DOMAIN:
+                    self.admit([frames[0], b"", b"1.0", frames[3], *reply, b""])
+                    continue
             else:
                 self.refused += 1
                 reply = (b"400", b"not a member of this cluster", b"")

@@ -266,3 +266,140 @@ def test_a_lost_members_lane_spares_a_newcomer_on_its_number(broker):
         b._forget_lane(p)
         assert b.cut == 0
         _alive(new, new_peer)
+
+
+# ---- the reset filter, put on just before a handshake is admitted (scoop.hangup.Admissions) --------
+def _filtered(sock) -> bool:
+    return len(sock.getsockopt(socket.SOL_SOCKET, 26, 256)) > 0  # SO_GET_FILTER
+
+
+def test_an_admission_waits_until_every_connection_accepted_before_it_is_filtered():
+    """A reply waits for the probe's accept; by then the connection accepted earlier (whose
+    handshake it admits) is filtered, and the reply goes."""
+    from scoop.hangup import Admissions
+    with socket.create_server(("127.0.0.1", 0)) as lst:
+        port = lst.getsockname()[1]
+        sent = []
+        adm = Admissions(f"tcp://0.0.0.0:{port}", sent.append)
+        peer = socket.create_connection(("127.0.0.1", port))
+        mine, _ = lst.accept()
+        with mine, peer:
+            adm.accepted(mine.fileno())
+            assert not _filtered(mine)
+            adm.hold(["reply 1"])
+            adm.hold(["reply 2"])
+            assert sent == [] and adm.barriers == 1
+            probe, _ = lst.accept()  # the barrier: this process's own connection
+            with probe:
+                adm.accepted(probe.fileno())
+            assert _filtered(mine)
+            assert sent == [["reply 1"]]  # the second came after the probe: a probe of its own
+            assert adm.barriers == 2
+            probe, _ = lst.accept()
+            with probe:
+                adm.accepted(probe.fileno())
+            assert sent == [["reply 1"], ["reply 2"]] and adm.scans == 0
+            later = socket.create_connection(("127.0.0.1", port))
+            theirs, _ = lst.accept()
+            with later, theirs:
+                adm.accepted(theirs.fileno())
+                assert not _filtered(theirs)  # no handshake admitted since: resets still pass
+
+
+def test_an_admission_whose_probe_is_not_accepted_filters_every_connection_on_the_port():
+    from scoop.hangup import Admissions
+    with socket.create_server(("127.0.0.1", 0)) as lst:
+        port = lst.getsockname()[1]
+        sent = []
+        adm = Admissions(f"tcp://127.0.0.1:{port}", sent.append, timeout=0.0)
+        peer = socket.create_connection(("127.0.0.1", port))
+        mine, _ = lst.accept()  # accepted, but never told (its accept event is late)
+        with mine, peer:
+            adm.hold(["reply"])
+            assert sent == []
+            adm.tick(time.monotonic() + 1)  # the probe was not told in time
+            assert _filtered(mine) and sent == [["reply"]] and adm.scans == 1
+            adm.close()
+
+
+def test_a_dropped_connection_is_not_filtered_later():
+    from scoop.hangup import Admissions
+    adm = Admissions("tcp://127.0.0.1:1", lambda reply: None)
+    adm.accepted(12345)
+    adm.dropped(12345)
+    assert not adm.unfiltered
+
+
+def _broker_side(port) -> dict:
+    """The broker's TCP sockets on ``port`` (listener aside), by state, from /proc/net/tcp."""
+    states = {"01": "ESTABLISHED", "04": "FIN_WAIT1", "08": "CLOSE_WAIT", "09": "LAST_ACK"}
+    got: dict = {}
+    with open("/proc/net/tcp") as f:
+        for line in list(f)[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] != "0A":
+                st = states.get(fields[3], fields[3])
+                got[st] = got.get(st, 0) + 1
+    return got
+
+
+@pytest.fixture
+def serving():
+    """A broker serving in a thread (CURVE on loopback, as across hosts)."""
+    import threading
+
+    from scoop.broker import Broker
+    ctx = zmq.Context()
+    secret = P.new_secret()
+    b = Broker(secret, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", context=ctx, log=lambda m: None,
+               heartbeat_timeout=10.0)
+    thread = threading.Thread(target=b.serve, daemon=True)
+    thread.start()
+    socks = []
+    try:
+        yield b, secret, socks
+    finally:
+        b.stop_event.set()
+        thread.join(10)
+        for s in socks:
+            s.close(0)
+        ctx.term()
+
+
+def test_strangers_that_reset_are_closed_at_once_and_members_drop_resets(serving):
+    """200 connections that reset before any handshake: none stays open until the handshake
+    bound (10 s here), none stays closing (FIN_WAIT1, for minutes when resets are dropped).
+    A member's connections, admitted, carry the filter."""
+    import struct
+    b, secret, socks = serving
+    for _ in range(200):
+        s = socket.create_connection(("127.0.0.1", b.main_port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.sendall(b"\xff" + b"\0" * 8 + b"\x7f")  # the start of a greeting, then a reset
+        s.close()
+    deadline = time.monotonic() + 5
+    while _broker_side(b.main_port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _broker_side(b.main_port) == {}
+    from scoop.security import secure_client
+    d = zmq.Context.instance().socket(zmq.DEALER)
+    socks.append(d)
+    d.setsockopt(zmq.LINGER, 0)
+    uid = os.urandom(8).hex().encode()
+    d.setsockopt(zmq.IDENTITY, b"t" + uid)
+    secure_client(d, secret, f"tcp://127.0.0.1:{b.main_port}")
+    d.connect(f"tcp://127.0.0.1:{b.main_port}")
+    hello = {"role": "worker", "name": "w", "host": "h", "host_key": 1, "pid": os.getpid()}
+    import json
+    P.send_records(d, P.Signer(secret), P.TO_BROKER, [(P.HELLO, json.dumps(hello).encode())])
+    assert d.poll(10000), "no welcome"
+    deadline = time.monotonic() + 5
+    while not b.fds_of.get(uid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (fd,) = b.fds_of[uid]
+    s = socket.socket(fileno=fd)
+    try:
+        assert _filtered(s)
+    finally:
+        s.detach()
+    assert b.admissions.barriers >= 1 and b.admissions.scans == 0
