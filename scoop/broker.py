@@ -40,6 +40,8 @@ from .meta import Views
 from .monitor import events
 from .peers import OUT_MAX, ROUND_REQUESTS, SEND_QUEUE
 from .peers import stalled as stalled_bytes
+from .readahead import INTERVAL as READ_AHEAD_CHECK
+from .readahead import Unproven
 from .scheduling import Peer, Scheduler
 from .security import Gate, bulk_server, is_network, secure_server
 
@@ -80,6 +82,10 @@ class Broker:
             self.main.setsockopt(opt, val)
         configure_socket(self.main, heartbeat_timeout)
         secure_server(self.main, secret, main_addr, encryption)
+        # before the bind: every connection is seen, and one no message checked on yet may make
+        # libzmq read ahead a bounded number of bytes (a message that never ends: scoop.readahead)
+        self.monitor = self.main.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.unproven = Unproven()
         # the meta stream: views say hello once and get each message, nothing is filed per
         # message a view sends (scoop.meta.Views: a PUB's subscriptions would be)
         self.meta = Views(self.ctx, secret, meta_addr, heartbeat_timeout, encryption)
@@ -244,26 +250,27 @@ class Broker:
         main = self.main
         core = self.core
         stop_event = self.stop_event
-        monitor = main.get_monitor_socket(zmq.EVENT_DISCONNECTED
-                                          | (zmq.EVENT_ACCEPTED if self.admissions else 0))
+        monitor = self.monitor
         extras = list(self._extra_sockets())
         # zmq_poll on a fixed list: pyzmq's Poller rebuilds it and a dict at every call, which
         # costs microseconds on each message's path
         gate = self.gate.sock
         bulk = self.bulk
         views = self.meta.sock
-        items = ([(s, P.POLLIN) for s in (gate, main, monitor, views, *extras)]
+        views_monitor = self.meta.monitor
+        items = ([(s, P.POLLIN) for s in (gate, main, monitor, views, views_monitor, *extras)]
                  + ([(bulk, P.POLLIN)] if bulk else []))
         poll = zmq.zmq_poll
         read_round = self._read_round
-        next_check = next_status = next_due = next_size = time.monotonic()
+        next_check = next_status = next_due = next_size = next_guard = time.monotonic()
         try:
             while self.running:
                 if stop_event.is_set():
                     self.shutdown(self.reason or "stopped")
                     break
                 # a peer whose queue was full is offered its backlog again soon
-                ready = [sock for sock, _ in poll(items, 10 if self.blocked else 100)]
+                watch = self.unproven or self.meta.unproven  # checked every READ_AHEAD_CHECK s
+                ready = [sock for sock, _ in poll(items, 10 if self.blocked or watch else 100)]
                 if gate in ready:
                     self.gate.answer()  # first: a handshake waits on it, and it costs ~10 µs
                 # connection losses first: a reused fd must not be blamed on the peer after it
@@ -275,6 +282,9 @@ class Broker:
                 if more:
                     more = read_round()
                 now = time.monotonic()
+                if views_monitor in ready or (watch and now >= next_guard):
+                    next_guard = now + READ_AHEAD_CHECK
+                    self._guard()
                 if bulk is not None:
                     self._on_lane_drops()
                     if bulk in ready or bulk.getsockopt(P.EVENTS) & P.POLLIN:
@@ -282,7 +292,7 @@ class Broker:
                 if self._dropped:
                     self._apply_drops(now, more)
                 if extras and len(ready) > ((main in ready) + (monitor in ready) + (gate in ready)
-                                            + (views in ready) + (bulk in ready)):
+                                            + (views in ready) + (views_monitor in ready) + (bulk in ready)):
                     self._on_extra(dict.fromkeys(ready, P.POLLIN))
                 if core.queue or core.pinned:
                     core.dispatch()
@@ -338,11 +348,15 @@ class Broker:
         process that leaves closes it first, and its goodbye comes on the other one."""
         now = time.monotonic()
         admissions = self.admissions
+        unproven = self.unproven
         for event, fd in events(monitor):
-            if admissions is not None:
-                if event == zmq.EVENT_ACCEPTED:
+            if event == _ACCEPTED:
+                unproven.opened(fd)
+                if admissions is not None:
                     admissions.accepted(fd)
-                    continue
+                continue
+            unproven.closed(fd)
+            if admissions is not None:
                 admissions.dropped(fd)
             ident, peer, _ = self.fds.pop(fd, (None, None, None))
             if ident is not None:
@@ -438,6 +452,8 @@ class Broker:
             self.dropped += 1  # dropped before any byte of it is interpreted
             self._cut(ident, fd)
             return ident
+        if fd is not None:
+            self.unproven.proven(fd)  # its peer holds the secret (scoop.readahead)
         uid = ident[1:]
         peer = self.core.peers.get(uid)
         if peer is None and (kind != b"t" or parts[0][_FIRST_TYPE:_FIRST_TYPE + 1] != P.HELLO):
@@ -499,6 +515,15 @@ class Broker:
             self.log(f"dropped a malformed message from {uid!r}: {type(exc).__name__}: {exc}")
         if peer is not None and (peer.out.held > OUT_MAX or peer.cout.held > OUT_MAX):
             self._flush()  # what waits for a peer is bounded as it grows, not only between reads
+
+    def _guard(self):
+        """Connections no message checked on yet that made libzmq read more than
+        ``scoop.readahead.LIMIT`` bytes (frames of a message that never ends) are cut, on the
+        task port and the meta socket."""
+        for fd, _ in self.unproven.over():
+            if end_connection(fd):  # just measured: the number still names that connection
+                self.cut += 1
+        self.meta.guard()
 
     def _cut(self, ident, fd):
         """Ends the connection a message that failed the check came on: its peer passed the
@@ -838,6 +863,7 @@ def _send_rest(sock, header, frames):
 
 
 _MORE = P.NOBLOCK | P.SNDMORE
+_ACCEPTED = int(zmq.EVENT_ACCEPTED)
 _FIRST_TYPE = P.MAC_SIZE + P.REC.size  # where a header's first record's type byte is
 
 

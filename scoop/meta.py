@@ -17,7 +17,9 @@ message to each view it knows; libzmq keeps nothing per message a view sends.  T
 * a view's messages are at most ``VIEW_IN_MAX`` bytes (MAXMSGSIZE); what a registered view sends
   beyond its hellos is read and dropped, and a view that sends more than ``VIEW_SAYS_MAX`` in
   ``VIEW_WINDOW`` s is cut (its connection ended: it must handshake again);
-* a view whose connection is gone is forgotten at the next message sent to it (ROUTER_MANDATORY).
+* a view whose connection is gone is forgotten at the next message sent to it (ROUTER_MANDATORY);
+* a connection no valid hello came on yet may make libzmq read ahead at most
+  ``scoop.readahead.LIMIT`` bytes (a message whose frames never end is cut, :meth:`Views.guard`).
 
 Each message is one signed frame with one record: STATUS (a snapshot) or EVENT, with a JSON
 body.  A snapshot comes every 0.2 s (every ``workers / 20000`` s beyond 4,000 workers), and soon
@@ -59,6 +61,8 @@ from . import _protocol as P
 from .census import Book
 from .hangup import end_connection
 from .liveness import bound_handshakes
+from .monitor import events
+from .readahead import Unproven
 from .security import secure_client, secure_server
 
 VIEWS_MAX = 64       # views registered at once
@@ -71,6 +75,7 @@ VIEW_GONE_MS = 60_000  # ms a view's connection may leave snapshots unacknowledg
 HELLO_AGAIN = 3.0    # seconds a view hears nothing before it says hello again (its connection
                      # may be new: the broker knows a view by its connection)
 _HELLO_BODY = b"view"
+_ACCEPTED = int(zmq.EVENT_ACCEPTED)
 
 
 def hello(signer: P.Signer) -> bytes:
@@ -136,6 +141,9 @@ class Views:
         # so a view that fills its receive queue then hangs up cannot provoke it here
         bound_handshakes(s, heartbeat_timeout)
         secure_server(s, secret, address, encryption)
+        # before any bind: every connection is seen, and measured until a valid hello comes
+        self.monitor = s.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.unproven = Unproven()
         self.views: dict[bytes, int] = {}   # identity (one per connection) -> messages this window
         self._window = time.monotonic()
         self.refused = 0   # hellos beyond VIEWS_MAX
@@ -148,6 +156,7 @@ class Views:
         and dropped."""
         s = self.sock
         views = self.views
+        self._connections()  # first: a hello read before its connection's acceptance would not count
         now = time.monotonic()
         if now - self._window >= VIEW_WINDOW:
             self._window = now
@@ -171,6 +180,7 @@ class Views:
                     continue  # a hello again, or noise: read, dropped
                 del views[ident]
             elif single and self.signer.check(P.VIEW_HELLO, head.bytes) and _is_hello(head.bytes):
+                self.unproven.proven(head.get(zmq.SRCFD))
                 if len(views) < VIEWS_MAX:
                     views[ident] = 1
                 else:
@@ -200,7 +210,27 @@ class Views:
         for ident in gone or ():
             del self.views[ident]
 
+    def guard(self) -> None:
+        """Connections accepted and dropped since the last call, and a slice of those no valid
+        hello came on yet measured: one libzmq read more than ``scoop.readahead.LIMIT`` bytes
+        from (a message that never ends) is cut.  Call it every ``scoop.readahead.INTERVAL`` s
+        while :attr:`unproven` is not empty, whether or not :attr:`sock` is readable."""
+        self._connections()
+        if self.unproven:
+            for fd, _ in self.unproven.over():
+                self._cut(fd)
+
+    def _connections(self) -> None:
+        unproven = self.unproven
+        for event, fd in events(self.monitor):
+            if event == _ACCEPTED:
+                unproven.opened(fd)
+            else:
+                unproven.closed(fd)
+
     def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(0)
         self.sock.close(linger=0)
 
     def _cut(self, fd) -> None:

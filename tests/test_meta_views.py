@@ -15,9 +15,11 @@ import zmq
 
 from scoop import _protocol as P
 from scoop import meta as M
+from scoop import readahead as READ_AHEAD
 from scoop.security import Authenticator, keys, secure_client
 
 SECRET = os.urandom(32)
+ENDLESS_PEER = os.path.join(os.path.dirname(__file__), "endless_peer.py")
 
 
 @pytest.fixture(params=[True, False], ids=["encrypted", "plain"])
@@ -147,9 +149,11 @@ def test_a_subscriber_says_hello_again_on_a_new_connection(views):
         views.send(P.STATUS, json.dumps({"tick": 1, "workers": []}).encode())
         assert sub.wait_for(lambda s: s.get("tick") == 1, 5)["tick"] == 1
         port = int(views.address.rsplit(":", 1)[1])
+        views.sock.disable_monitor()
+        views.monitor.close(0)
         views.sock.close(0)
         again = M.Views(views.ctx, SECRET, views.address, 3.0, views.encryption)
-        views.sock = again.sock
+        views.sock, views.monitor, views.unproven = again.sock, again.monitor, again.unproven
         views.views = again.views
         deadline = time.monotonic() + 10
         while True:  # the old listener closes in libzmq's own thread, soon
@@ -168,70 +172,45 @@ def test_a_subscriber_says_hello_again_on_a_new_connection(views):
         sub.stop(wait=True)
 
 
-_ENDLESS_MESSAGE = r'''
-import socket, struct, sys
-port, token, total = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
-s = socket.create_connection(("127.0.0.1", port))
-# ZMTP 3.0 by hand: greeting, PLAIN HELLO with the token, INITIATE as a DEALER
-s.sendall(b"\xff" + b"\0" * 8 + b"\x7f" + bytes([3, 0]) + b"PLAIN".ljust(20, b"\0") + b"\0" * 32)
-
-
-def recvn(n):
-    b = b""
-    while len(b) < n:
-        c = s.recv(n - len(b))
-        if not c:
-            raise SystemExit("the broker closed the connection")
-        b += c
-    return b
-
-
-def command(name, data):
-    body = bytes([len(name)]) + name + data
-    s.sendall(bytes([0x04, len(body)]) + body)
-
-
-def reply():
-    flags = recvn(1)[0]
-    return recvn(struct.unpack(">Q", recvn(8))[0] if flags & 2 else recvn(1)[0])
-
-
-recvn(64)
-command(b"HELLO", bytes([5]) + b"scoop" + bytes([len(token)]) + token)
-assert reply()[1:8] == b"WELCOME"
-command(b"INITIATE", bytes([11]) + b"Socket-Type" + struct.pack(">I", 6) + b"DEALER")
-assert reply()[1:6] == b"READY"
-chunk = (bytes([0x01, 255]) + b"x" * 255) * 4000   # frames that all say "more follows"
-for _ in range(total // len(chunk)):
-    s.sendall(chunk)
-'''
-
-
-@pytest.mark.xfail(strict=True, reason="not bounded yet: libzmq counts a connection's receive bound "
-                   "(RCVHWM) in whole messages, so the frames of a message that never ends pile up "
-                   "in libzmq before the broker can read any of them (on every ZeroMQ socket, the "
-                   "task port too); 1 GB sent grew a meta socket by ~2 GB")
-def test_a_message_whose_frames_never_end_is_bounded(views):
-    """A peer past the handshake that speaks ZMTP itself (here with the PLAIN token of an
-    unencrypted cluster; a member could with its CURVE keys) sends one message whose frames
-    never end: what the meta socket holds must stay bounded."""
-    if views.encryption:
-        pytest.skip("the hand-written peer speaks PLAIN only")
+def test_a_message_whose_frames_never_end_is_cut(views):
+    """A peer past the handshake that speaks ZMTP itself (with the PLAIN token of an unencrypted
+    cluster, or a member's CURVE keys) sends one message whose frames never end: libzmq would
+    keep them all, and the broker would never see one (scoop.readahead).  The connection is cut
+    once libzmq read ``LIMIT`` bytes from it; what the socket's process held stays bounded."""
     me = psutil.Process()
     rss0 = me.memory_info().rss
-    port = views.address.rsplit(":", 1)[1]
-    p = subprocess.Popen([sys.executable, "-c", _ENDLESS_MESSAGE, port, keys(SECRET, False).token.decode(),
-                          str(150 << 20)])
+    port = int(views.address.rsplit(":", 1)[1])
+    k = keys(SECRET, views.encryption)
+    cfg = {"port": port, "total": 1 << 30, "frame": 255}
+    if views.encryption:
+        cfg["curve"] = [k.server_public.decode(), k.client_public.decode(), k.client_secret.decode()]
+    else:
+        cfg["plain"] = k.token.decode()
+    p = subprocess.Popen([sys.executable, ENDLESS_PEER, json.dumps(cfg)], stdout=subprocess.PIPE, text=True)
     peak = 0
     try:
         deadline = time.monotonic() + 60
         while p.poll() is None and time.monotonic() < deadline:
-            if views.sock.poll(20):
+            if views.sock.poll(READ_AHEAD.INTERVAL * 1000):
                 views.read()
+            views.guard()  # the broker's loop does it every INTERVAL s
             peak = max(peak, me.memory_info().rss - rss0)
     finally:
         if p.poll() is None:
             p.kill()
-        p.wait()
-    print(f"150 MB of frames of one message: the meta socket's process grew by {peak / 1e6:.0f} MB")
+        out = p.communicate()[0]
+    sent = json.loads(out)["sent"]
+    print(f"1 GB of frames of one message: cut after {sent / 1e6:.1f} MB; the meta socket's process "
+          f"grew by {peak / 1e6:.0f} MB")
+    assert views.cut == 1 and views.unproven.cut == 1
+    assert sent < 64 << 20
     assert peak < 64e6
+    assert not views.unproven.fds  # forgotten once cut
+
+
+def test_a_view_proves_itself_with_its_hello(views):
+    """A view's hello ends what is measured of its connection: a member is not bounded here."""
+    _view(views)
+    assert _pump(views, lambda: len(views.views) == 1)
+    views.guard()
+    assert not views.unproven.fds and views.cut == 0

@@ -4,10 +4,14 @@ peer stopped reading (scoop.peers).  One real-process test: how the broker ends 
 libzmq owns.  The rest of the real-process side is tests/test_security.py."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import time
 from collections import deque
 
+import psutil
 import pytest
 import zmq
 
@@ -15,6 +19,7 @@ from scoop import _protocol as P
 from scoop.broker import _send_all
 from scoop.peers import OUT_MAX, RECORD_COST, SEND_SPLIT, Outbox, stalled
 from scoop.scheduling import Scheduler
+from scoop.security import keys, secure_client
 
 
 def _records(data) -> list[bytes]:
@@ -232,3 +237,74 @@ def test_a_connection_whose_receive_queue_is_full_ends_without_aborting_the_brok
         pytest.skip("the hazard is shown on libzmq 4.3.5 only")
     bad = _cut("shutdown-rdwr" if how == "cut" else "reset-unfiltered")
     assert bad.returncode < 0 and "!_io_error" in bad.stderr, (bad.returncode, bad.stderr)
+
+
+ENDLESS_PEER = os.path.join(os.path.dirname(__file__), "endless_peer.py")
+
+
+@pytest.mark.parametrize("socket_", ["task", "meta"])
+@pytest.mark.parametrize("encryption", [True, False], ids=["curve", "plain"])
+def test_a_message_whose_frames_never_end_is_cut_by_the_broker(encryption, socket_):
+    """A peer past the handshake that speaks ZMTP itself (a member's CURVE keys, or the PLAIN
+    token of an unencrypted cluster) sends 1 GB as one message whose frames never end.  libzmq
+    would keep every frame and the broker would see none (scoop.readahead): the broker cuts the
+    connection once libzmq read ``LIMIT`` bytes of it, grows by less than 64 MB, and a member
+    still joins."""
+    secret = P.new_secret()
+    cfg = {"secret": secret.hex(), "main": "tcp://127.0.0.1:0", "meta": "tcp://127.0.0.1:0",
+           "heartbeat_timeout": 3, "encryption": encryption}
+    proc = subprocess.Popen([sys.executable, "-m", "scoop.broker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    peer = None
+    ctx = zmq.Context()
+    try:
+        proc.stdin.write((json.dumps(cfg) + "\n").encode())
+        proc.stdin.flush()
+        ports = json.loads(proc.stdout.readline())
+        broker = psutil.Process(proc.pid)
+        time.sleep(0.5)
+        rss0 = broker.memory_info().rss
+        k = keys(secret, encryption)
+        attack = {"port": ports["main_port" if socket_ == "task" else "meta_port"], "total": 1 << 30,
+                  "frame": 255}
+        if encryption:
+            attack["curve"] = [k.server_public.decode(), k.client_public.decode(), k.client_secret.decode()]
+        else:
+            attack["plain"] = k.token.decode()
+        peer = subprocess.Popen([sys.executable, ENDLESS_PEER, json.dumps(attack)], stdout=subprocess.PIPE,
+                                text=True)
+        peak = 0
+        deadline = time.monotonic() + 60
+        while peer.poll() is None and time.monotonic() < deadline:
+            peak = max(peak, broker.memory_info().rss - rss0)
+            time.sleep(0.002)
+        sent = json.loads(peer.communicate(timeout=10)[0])["sent"]
+        print(f"{socket_} port, encryption {'on' if encryption else 'off'}: 1 GB of frames of one "
+              f"message cut after {sent / 1e6:.1f} MB; the broker grew by {peak / 1e6:.0f} MB")
+        assert sent < 64 << 20
+        assert peak < 64e6
+        # and the broker serves its members
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IDENTITY, b"t" + os.urandom(8).hex().encode())
+        addr = f"tcp://127.0.0.1:{ports['main_port']}"
+        secure_client(s, secret, addr, encryption)
+        s.connect(addr)
+        hello = {"role": "worker", "name": "w", "host": "here", "pid": os.getpid()}
+        P.send_records(s, P.Signer(secret), P.TO_BROKER, [(P.HELLO, json.dumps(hello).encode())])
+        assert s.poll(20_000), "a member got no welcome"
+        recs = P.recv_verified(s, P.Signer(secret), P.FROM_BROKER)
+        assert recs and recs[0].hdr[:1] == P.WELCOME
+        s.close(0)
+        assert proc.poll() is None
+    finally:
+        if peer is not None and peer.poll() is None:
+            peer.kill()
+            peer.wait()
+        ctx.term()
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
