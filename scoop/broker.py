@@ -38,7 +38,7 @@ from .hangup import Admissions, end_connection, identity, ignore_resets
 from .liveness import DEFAULT_TIMEOUT, configure_socket
 from .meta import Views
 from .monitor import events
-from .peers import OUT_MAX, ROUND_REQUESTS, SEND_QUEUE
+from .peers import ASKS_MAX, OUT_MAX, ROUND_REQUESTS, SEND_QUEUE, asks_over
 from .peers import stalled as stalled_bytes
 from .readahead import INTERVAL as READ_AHEAD_CHECK
 from .readahead import Unproven
@@ -48,6 +48,8 @@ from .security import Gate, bulk_server, is_network, secure_server
 IO_THREADS = 4
 RECV_QUEUE = 64  # messages libzmq reads ahead from one connection (the ROUTER's RCVHWM)
 ROUND_MESSAGES = 256  # messages read per round of the loop at most: dispatch and flushing run between
+FENCED_QUIET = 0.2   # seconds a peer told "declared lost" is not answered again (its messages dropped unread)
+FENCED_MAX = 64      # messages it sends meanwhile that end its connection (it floods)
 LOAD_MAX = 64 << 10          # bytes of a worker's load figures (a few hundred in practice)
 LOAD_MAX_BROKER = 4 << 20    # a sub-broker's: its summary, hosts and a page of its workers
 CONTROL_GRACE = 1.0  # seconds a peer whose control connection dropped has to show its task one did too
@@ -114,6 +116,7 @@ class Broker:
         self.fds: dict[int, tuple] = {}
         self.fds_of: dict[bytes, set] = {}  # peer uid -> its connections (fds)
         self.connected: set[bytes] = set()  # identities whose connection is watched
+        self._fenced: dict[bytes, list] = {}  # identity told "declared lost" -> [quiet until, messages since]
         self._dropped: list = []            # (when, peer): peers whose connection dropped
         self._last_status = 0.0
         self.running = True
@@ -125,6 +128,7 @@ class Broker:
         self.requests = 0     # records answered to their sender alone (ASK, CANCEL): see _read_round
         self.cut = 0          # connections ended for a message that failed the check
         self.stalled = 0      # peers cut because they stopped reading (scoop.peers.stalled)
+        self.flooding = 0     # peers cut because they sent more ASKs than any process of the cluster does
         self.blocked: dict = {}  # (uid, 0 or 1) of outboxes whose connection's queue was full
         self.stop_event = threading.Event()
         self._last_steal_check = 0.0
@@ -447,6 +451,14 @@ class Broker:
             fd = head.get(zmq.SRCFD)
             parts = [head.bytes] + (P.recv_parts(main) if main.getsockopt(P.RCVMORE) else [])
         kind = ident[:1]
+        quiet = self._fenced.get(ident)
+        if quiet is not None and time.monotonic() < quiet[0] and ident[1:] not in self.core.peers:
+            # told "declared lost" moments ago: what it sends meanwhile is dropped unread, and a
+            # connection that keeps sending is ended (a lost process that comes back sends a few)
+            quiet[1] += 1
+            if quiet[1] % FENCED_MAX == 0:
+                self._cut(ident, fd)
+            return ident
         channel = P.TO_BROKER if kind == b"t" else P.CONTROL_TO_BROKER
         if not self.signer.check(channel, parts[0]):
             self.dropped += 1  # dropped before any byte of it is interpreted
@@ -458,9 +470,15 @@ class Broker:
         peer = self.core.peers.get(uid)
         if peer is None and (kind != b"t" or parts[0][_FIRST_TYPE:_FIRST_TYPE + 1] != P.HELLO):
             # lost, cut or never welcomed, and not saying HELLO first: answered before the rest
-            # is parsed, so a fenced peer that floods costs a MAC check per message
+            # is parsed, then not again for FENCED_QUIET (above)
             self._send_now(ident, P.FROM_BROKER if kind == b"t" else P.CONTROL_FROM_BROKER, P.SHUTDOWN,
                            b"declared lost by the broker")
+            fenced = self._fenced
+            if len(fenced) > 4096:
+                now = time.monotonic()
+                for k in [k for k, q in fenced.items() if q[0] <= now]:
+                    del fenced[k]
+            fenced[ident] = [time.monotonic() + FENCED_QUIET, 0]
             return ident
         if self.pairing is not None and kind == b"t":
             # its sealed frames may be on the bulk lane: it waits for them (and so do the
@@ -601,6 +619,10 @@ class Broker:
 
     def _r_ask(self, peer, rec):
         self.requests += 1
+        if asks_over(peer):
+            self.flooding += 1
+            self._cut_peer(peer, f"it sent over {ASKS_MAX:,} ASKs within a second", "cut (it flooded)")
+            return
         self.core.ask(peer, bytes(rec.hdr))
 
     def _r_const(self, peer, rec):
@@ -736,13 +758,19 @@ class Broker:
         held = stalled_bytes(p)
         if not held or p.uid not in self.core.peers:
             return
+        self.stalled += 1
+        self._cut_peer(p, f"it stopped reading its connection ({held / 1e6:.1f} MB waited for it)",
+                       "cut (it stopped reading its connection)")
+
+    def _cut_peer(self, p, why: str, event: str):
+        """A member that misbehaves is lost as if its connection had dropped (its tasks run
+        elsewhere, and it is fenced: its next message is answered "declared lost"), and its
+        connections are ended, which frees what libzmq queued for them."""
         fds = [(fd, self.fds[fd][2]) for fd in self.fds_of.get(p.uid, ()) if fd in self.fds]
         for which in (0, 1):
             self.blocked.pop((p.uid, which), None)
-        self.stalled += 1
-        self.log(f"cut {p.role} {p.name} ({p.host}, pid {p.pid}): it stopped reading its connection "
-                 f"({held / 1e6:.1f} MB waited for it)")
-        self._lose(p, "cut (it stopped reading its connection)")
+        self.log(f"cut {p.role} {p.name} ({p.host}, pid {p.pid}): {why}")
+        self._lose(p, event)
         for fd, known in fds:
             end_connection(fd, known)
 
@@ -793,7 +821,8 @@ class Broker:
                             "bulk_port": self.bulk_port})
         snap["totals"].update(rate=round(self.rate, 1), dropped_messages=self.dropped,
                               routed_messages=self.routed, cut_connections=self.cut,
-                              stalled_peers=self.stalled, bulk_frames=self.bulk_frames,
+                              stalled_peers=self.stalled, flooding_peers=self.flooding,
+                              bulk_frames=self.bulk_frames,
                               views=len(self.meta.views),
                               bulk_held=self.pairing.held_bytes() if self.pairing is not None else 0)
         self._publish(P.STATUS, snap)

@@ -17,12 +17,13 @@ read does.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from . import _protocol as P
 
-__all__ = ["OUT_MAX", "ROUND_REQUESTS", "SEND_QUEUE", "SEND_SPLIT", "TARGETS", "Outbox", "Peer", "PeerBook",
-           "stalled"]
+__all__ = ["ASKS_MAX", "OUT_MAX", "ROUND_REQUESTS", "SEND_QUEUE", "SEND_SPLIT", "TARGETS", "Outbox", "Peer",
+           "PeerBook", "asks_over", "stalled"]
 
 TARGETS = ("worker", "broker")  # peers that take tasks: workers and sub-brokers
 SEND_QUEUE = 64         # messages libzmq queues for one connection of a peer (the ROUTER's SNDHWM)
@@ -30,6 +31,11 @@ SEND_SPLIT = 64 << 10   # header bytes per message to a peer: that queue holds 4
 OUT_MAX = 8 << 20       # bytes waiting for a peer whose queue is full, past which it is cut
 RECORD_COST = 64        # what a record waiting as its own bytes object costs besides its bytes
 ROUND_REQUESTS = 1000   # requests (ASK, CANCEL) of one peer the broker answers in one round of its loop
+# ASKs a peer other than the origin may send in a second: each waits for its answer (a future's
+# state, a worker's fencing check), so a process of the cluster sends a few thousand at most;
+# one that sends more is flooding, and is cut (:func:`asks_over`).  CANCELs are not counted: an
+# abandoned map cancels all its tasks at once
+ASKS_MAX = 50_000
 
 
 class Outbox(P.Outbox):
@@ -112,6 +118,20 @@ class Outbox(P.Outbox):
         self.held = self.queued()
 
 
+def asks_over(peer) -> bool:
+    """Counts one ASK of ``peer``; True if it sent more than ``ASKS_MAX`` within a second.  O(1)
+    (the clock is read once per ``ASKS_MAX`` ASKs).  Never for the origin (its cluster is its
+    own) nor for a sub-broker (it passes on its workers')."""
+    peer.asked += 1
+    if peer.asked <= ASKS_MAX:
+        return False
+    now = time.monotonic()
+    if now - peer.asked_since >= 1.0:
+        peer.asked, peer.asked_since = 1, now
+        return False
+    return peer.role not in ("origin", "broker")
+
+
 def stalled(peer) -> int:
     """Bytes waiting for ``peer`` if its connection refuses more than ``OUT_MAX`` of them (it
     stopped reading), else 0.  O(1)."""
@@ -126,7 +146,8 @@ class Peer:
 
     __slots__ = ("uid", "index", "name", "host", "host_key", "pid", "role", "credit", "assigned",
                  "have", "load", "out", "cout", "retiring", "last_steal", "takes", "runs",
-                 "bucket", "heavy", "held", "submitted", "behind", "behind_hosts", "finished", "seen")
+                 "bucket", "heavy", "held", "submitted", "behind", "behind_hosts", "finished", "seen",
+                 "asked", "asked_since")
 
     def __init__(self, uid, index, info: dict, dirty: set):
         self.uid = uid
@@ -157,6 +178,8 @@ class Peer:
         self.behind_hosts: dict[int, int] = {}  # a sub-broker: host key -> its workers there
         self.finished = 0    # tasks it finished here (results and DONEs)
         self.seen = 0        # ``finished`` when a steal last looked at it
+        self.asked = 0       # ASKs it sent since ``asked_since`` (asks_over)
+        self.asked_since = 0.0
 
     @property
     def takes_tasks(self) -> bool:
