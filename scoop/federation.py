@@ -178,19 +178,22 @@ class SubBroker(Broker):
                 rest -= k
 
     def _hand_back(self, n) -> int:
-        """Up to ``n`` queued tasks of the root's back to it; how many it still wants."""
+        """Up to ``n`` queued tasks of the root's back to it; how many it still wants.  Each
+        one frees the credit of ours it took at the root (none of our workers holds it)."""
         core = self.core
         kept = []
-        while core.queue and n > 0:
+        given = 0
+        while core.queue and given < n:
             task = core.queue.pop()
             if core.tasks.get(task.id) is task and task.worker is None and task.submitter is self.upstream:
                 core.forget(task)
                 self.upstream.cout.add(P.TID.pack(P.RELEASE, task.id))
-                n -= 1
+                given += 1
             elif core.tasks.get(task.id) is task:
                 kept.append(task)
         core.queue.extend(reversed(kept))
-        return n
+        core.credit_up(given)
+        return n - given
 
     def _r_release(self, peer, rec):
         super()._r_release(peer, rec)
@@ -208,6 +211,7 @@ class SubBroker(Broker):
         ok = task is not None
         if ok:
             self.core.forget(task)
+            self.core.credit_up(1)  # it took a credit of ours at the root, and no worker holds it
         self.upstream.cout.add(P.answer(rec.hdr, ok))
 
     # ---- to the root ------------------------------------------------------------------------------

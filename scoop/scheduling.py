@@ -112,6 +112,7 @@ class Scheduler(Dispatcher):
             self.lost_workers += 1
             self.log(f"worker {peer.name} ({peer.host}, pid {peer.pid}) {why}; "
                      f"re-dispatching {len(peer.assigned)} task(s)")
+        requeued = 0
         for task in sorted(peer.assigned.values(), key=lambda t: t.id, reverse=True):
             task.worker = None
             task.attempts += 0 if graceful else 1
@@ -120,10 +121,12 @@ class Scheduler(Dispatcher):
                                 f"(last: worker {peer.name} on {peer.host}, pid {peer.pid}, {why})")
             else:
                 self.queue.appendleft(task)
+                requeued += 1
         peer.assigned.clear()
-        if self.upstream is not None and peer.takes and peer.credit > 0:
-            # the root counted this credit as ours: it would send tasks for a worker that is gone
-            self.upstream.out.add(P.COUNT.pack(P.CREDIT, -peer.credit))
+        if peer.takes:
+            # the root counted this credit as ours (it would send tasks for a worker that is gone),
+            # and the tasks queued again here need credit of our other workers
+            self.credit_up(-max(peer.credit, 0) - requeued)
         peer.credit = 0
         self._file(peer)
         # tasks this peer submitted have nobody to report to: forget them
@@ -145,6 +148,8 @@ class Scheduler(Dispatcher):
     def submit(self, peer: Peer, rec: P.Record):
         _, tid, group, d, host, flags = P.TASK_HEADER.unpack(rec.hdr)
         if tid in self.tasks or group in self.interrupted:
+            if peer is self.upstream:
+                self.credit_up(1)  # the root spent our credit on it: not here
             return
         if self.upstream is not None and peer is not self.upstream:
             self.local_submitted[tid] = peer
@@ -199,7 +204,16 @@ class Scheduler(Dispatcher):
             return
         peer.credit += n
         self._file(peer)
-        if self.upstream is not None:
+        self.credit_up(n)
+
+    def credit_up(self, n: int):
+        """A sub-broker: its credit at the root changes by ``n``.  The root counts our workers'
+        credit, passed up one for one, less the tasks it sent us: so what it counts is our
+        workers' credit less the root's tasks queued here.  Besides credits, the queue moves it:
+        a task given back to the queue needs a credit again (-1), one that leaves the queue
+        without a worker (handed back, cancelled, dropped) frees one (+1).  Off by one, a single
+        lost credit starves a sub-broker whose one worker asks for one."""
+        if n and self.upstream is not None:
             self.upstream.out.add(P.COUNT.pack(P.CREDIT, n))
 
     def result(self, rec: P.Record):
@@ -280,6 +294,8 @@ class Scheduler(Dispatcher):
             task.worker = None
             self.queue.appendleft(task)
             self._file(peer)
+            if task.submitter is self.upstream:
+                self.credit_up(-1)  # its worker asks for a credit again: this task takes it
 
     def cancel(self, peer: Peer, hdr: bytes):
         """A submitter cancels a task: done at once if still queued; a task a worker holds is
@@ -345,6 +361,7 @@ class Scheduler(Dispatcher):
         leases on their way): rare, the user pressed interrupt."""
         self.interrupted.add(group)
         now = self.now()
+        unqueued = 0
         for tid, task in list(self.tasks.items()):
             if task.group == group:
                 self._pop_task(tid)
@@ -353,6 +370,9 @@ class Scheduler(Dispatcher):
                     w.assigned.pop(tid, None)
                     self._file(w)
                     self.stopped.add(tid, None, now)
+                elif task.submitter is self.upstream:
+                    unqueued += 1
+        self.credit_up(unqueued)
         hdr = P.GROUP.pack(P.INTERRUPT, group)
         for p in self.peers.values():
             if p.takes:
@@ -362,8 +382,7 @@ class Scheduler(Dispatcher):
         p = self.by_index.get(index)
         if p is not None and p.takes and not p.retiring:
             p.retiring = True
-            if self.upstream is not None and p.credit > 0:
-                self.upstream.out.add(P.COUNT.pack(P.CREDIT, -p.credit))
+            self.credit_up(-max(p.credit, 0))
             p.credit = 0
             p.out.add(P.RETIRE)
             self._file(p)

@@ -1006,7 +1006,9 @@ def test_root_steals_back_the_last_task_of_a_sub_broker():
 def check_invariants(core):
     queued = set(waiting(core)) | {t.id for ts in core.waiting_blob.values() for t in ts}
     for p in core.peers.values():
-        assert p.credit >= 0, p.name
+        # a sub-broker's may be below 0: the root's tasks queued there outnumber what its
+        # workers can take (a worker gave some back, or left), and the root sends it none
+        assert p.credit >= 0 or p.role == "broker", p.name
         for tid, t in p.assigned.items():
             assert core.tasks.get(tid) is t and t.worker is p, (p.name, tid)
     for tid, t in core.tasks.items():
@@ -1246,6 +1248,17 @@ class Federation:
         return moved
 
 
+def check_credit(f):
+    """With nothing in flight between the two levels, the root counts as the sub-broker's
+    credit what its workers can take beyond the root's tasks queued there: a credit lost or
+    made up at each steal, loss, cancel or interrupt starves the sub-broker (its one worker
+    idles while the root's run everything, one after another) or floods it."""
+    sub = f.sub
+    workers = sum(p.credit for p in sub.peers.values() if p.takes)
+    queued = sum(1 for t in sub.tasks.values() if t.worker is None)
+    assert f.sub_peer.credit == workers - queued, (f.sub_peer.credit, workers, queued)
+
+
 def run_federated(seed, steps=300):
     fuzz = random.Random(seed)
     f = Federation()
@@ -1300,12 +1313,12 @@ def run_federated(seed, steps=300):
         for _ in range(50):
             root.dispatch()
             sub.dispatch()
-            moved = f.bridge()
             collect()
-            if not moved:
+            if not f.bridge():  # nothing in flight between the two levels
                 break
         check_invariants(root)
         check_invariants(sub)
+        check_credit(f)
 
     def submit(peer, core, group):
         seq[0] += 1
@@ -1406,6 +1419,31 @@ def run_federated(seed, steps=300):
 @pytest.mark.parametrize("seed", range(20))
 def test_random_federated_schedules_keep_exactly_once(seed):
     assert run_federated(seed) > 0
+
+
+def test_a_task_the_root_steals_back_from_a_sub_broker_leaves_its_credit_there():
+    """The root steals back a task queued at a sub-broker (sent as a credit came back, while
+    the root's worker sat idle): the sub-broker's one worker still has its credit.  Before, the
+    root kept it spent, and from then on sent every task to its own worker: a short task waited
+    there behind a long one while the sub-broker's worker idled."""
+    f = Federation()
+    root, sub = f.root.core, f.sub
+    b = sub.join(b"b", {"name": "b", "host_key": HOST, "role": "worker"})
+    sub.credit(b, 1)
+    f.bridge()
+    f.root.submit(1)
+    root.dispatch()
+    f.bridge()  # task 1 is queued at the sub-broker: its worker has not been served yet
+    a = f.root.worker(credit=1)  # the root's worker, idle
+    root.steal(100.0)
+    f.bridge()  # the sub-broker hands task 1 back
+    f.bridge()
+    assert 1 in root.tasks and root.tasks[1].worker is None and f.sub_peer.credit == 1
+    f.root.submit(2, blob=False)
+    root.dispatch()  # a long one and a short one: one each, not both to the root's worker
+    f.bridge()
+    sub.dispatch()
+    assert len(a.assigned) == 1 and len(b.assigned) == 1
 
 
 # ---- cost per operation: independent of the number of workers -------------------------------------
