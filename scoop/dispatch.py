@@ -6,6 +6,14 @@ evenly.  A task whose payload sits in one host's shared memory is pinned: set as
 ready workers of that host.  An idle worker makes the core ask a busy one for its unstarted
 tasks back (work stealing), so short tasks never wait behind a long one while a worker idles.
 
+A sub-broker packs (``pack`` > 1): a burst of tiny tasks spread one per worker over thousands
+of workers is one message per task, and the messages become the limit of a stream.  So a
+worker holding nothing, whose credit says it starts at least twice ``pack`` tasks within ~2 ms,
+gets ``pack`` tasks in one message -- only tasks of functions whose recent runs here were all
+tiny (``PACK_TINY``, timed from their results), so a long task never has tasks packed behind
+it, and none waits behind a task the worker already held.  A task that turns out long anyway
+is a steal's to fix, as for any prefetched task.
+
 Both cost what they send plus a constant: they read the book's indexes (:mod:`scoop.peers`),
 never the peer list.  ``visits`` counts the peers they looked at, so tests can check that.
 """
@@ -17,10 +25,17 @@ from itertools import islice
 from . import _protocol as P
 from .peers import Peer, PeerBook
 
-__all__ = ["STEAL_EVERY", "STEAL_SCAN", "Task", "Dispatcher"]
+__all__ = ["PACK_AFTER", "PACK_DECAY", "PACK_TINY", "STEAL_EVERY", "STEAL_SCAN", "Task", "Dispatcher"]
 
 STEAL_EVERY = 0.02  # seconds between two steal requests to one worker
 STEAL_SCAN = 32  # peers one steal looks at (idle ones for their credit, victims): a constant
+# packing (a sub-broker): a function is packed once PACK_AFTER of its results came here and its
+# recent runs all took less than PACK_TINY (pack of them start within ~2 ms, the worker's own
+# prefetch budget); "recent": the longest run, decaying by PACK_DECAY per result, so one long
+# run keeps the function unpacked for its next ~270 results
+PACK_TINY = 0.00025
+PACK_AFTER = 16
+PACK_DECAY = 0.97
 
 
 class Task:
@@ -54,6 +69,10 @@ class Dispatcher(PeerBook):
         self.blobs: dict[bytes, P.Record] = {}
         self.waiting_blob: dict[bytes, list] = {}  # tasks that arrived before their function
         self.visits = 0       # peers looked at by dispatch and steal: constant per task, tested
+        self.pack = 1         # tasks an idle peer with credit of twice that gets in one dispatch,
+                              # if they are tiny: 1 is no packing (the root)
+        self.run_times: dict[bytes, list] = {}  # digest -> [longest recent run (s), results seen]
+        self.tiny: set[bytes] = set()      # digests whose tasks are packed
 
     # ---- tasks in flight -------------------------------------------------------------------
     def _pop_task(self, tid: int) -> Task | None:
@@ -74,19 +93,42 @@ class Dispatcher(PeerBook):
     def queued(self) -> int:
         return len(self.queue) + sum(len(q) for q in self.pinned.values())
 
+    # ---- run times (packing) ------------------------------------------------------------------
+    def timed(self, digest: bytes, seconds: float):
+        """A task of function ``digest`` ran ``seconds`` (its worker's clock, from its result)."""
+        r = self.run_times.get(digest)
+        if r is None:
+            r = self.run_times[digest] = [seconds, 1]
+        else:
+            r[0] = max(seconds, r[0] * PACK_DECAY)
+            r[1] += 1
+        if r[0] < PACK_TINY and r[1] >= PACK_AFTER:
+            self.tiny.add(digest)
+        else:
+            self.tiny.discard(digest)
+
+    def _tiny_ahead(self) -> bool:
+        """The next ``pack`` queued tasks are all of functions known to be tiny."""
+        tiny = self.tiny
+        return all(t.digest in tiny for t in islice(self.queue, self.pack))
+
     # ---- dispatch ----------------------------------------------------------------------------
     def dispatch(self):
         """Queued tasks to the peers with credit, least loaded first, a fair share each (a burst
-        spreads evenly): the cost is the tasks sent plus the peers that got some, never the peers
-        that did not."""
-        queue, ready = self.queue, self.ready
+        spreads evenly), or ``pack`` tiny ones to a peer that holds nothing: the cost is the
+        tasks sent plus the peers that got some, never the peers that did not."""
+        queue, ready, pack = self.queue, self.ready, self.pack
         while queue and self.n_ready:
             served = []
             left = self.n_ready
             for held in sorted(ready):  # distinct loads: as many as the deepest prefetch, at most
+                packs = pack > 1 and not held and self.tiny and not self.pinned
                 for w in ready[held]:
                     self.visits += 1
-                    self._serve(w, min(w.credit, -(-len(queue) // left)))  # a share of what is left
+                    share = -(-len(queue) // left)  # a share of what is left
+                    if packs and share < pack and w.credit >= 2 * pack and self._tiny_ahead():
+                        share = pack
+                    self._serve(w, min(w.credit, share))
                     served.append(w)
                     left -= 1
                     if not queue:

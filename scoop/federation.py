@@ -28,6 +28,10 @@ from .security import secure_client
 
 SUB_STATUS_INTERVAL = 2.0  # seconds between two snapshots on a sub-broker's own meta stream
 OWED_FOR = 1.0  # seconds tasks our workers give back still go up to the root that asked for them
+# tiny tasks a worker here gets in one message (scoop.dispatch): the root sends a sub-broker its
+# tasks as its workers' credits come back, a few hundred at a time for thousands of workers, and
+# a fair share of those was one task per message (the messages, on both ends, were then the limit)
+PACK = 8
 REPORT_MAX = 2.0  # seconds a load report to the root waits at most (the root's own snapshot comes
                   # as seldom from 40,000 workers on)
 
@@ -54,6 +58,7 @@ class SubBroker(Broker):
         self.reported_at = 0.0
         self.reported_count = 0
         self.upstream.out.dirty = self.upstream.cout.dirty = self.core.dirty
+        self.core.pack = PACK
         uid = os.urandom(8).hex().encode()
         self.up = self._dealer(b"t" + uid, upstream)
         self.upc = self._dealer(b"c" + uid, upstream)

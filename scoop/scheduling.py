@@ -221,8 +221,13 @@ class Scheduler(Dispatcher):
         orphaned one is dropped: exactly once."""
         tid = P.task_id(rec.hdr)
         # read before anything changes: a malformed record must not leave the task half-done
-        inputs = P.RESULT_HEADER.unpack(rec.hdr)[3] if rec.hdr[:1] == P.RESULT else 0
+        if rec.hdr[:1] == P.RESULT:
+            _, _, _, inputs, started, ended, _ = P.RESULT_HEADER.unpack(rec.hdr)
+        else:
+            inputs = 0
         task = self._finished(tid, inputs)
+        if inputs and self.pack > 1 and task is not None:
+            self.timed(task.digest, ended - started)
         if task is None:
             sub = self.local_submitted.pop(tid, None)  # a sub-broker: the root's answer
             origin = self.origin

@@ -11,7 +11,8 @@ import pytest
 
 from scoop import _protocol as P
 from scoop import futures, shared
-from scoop.federation import SubBroker
+from scoop.dispatch import PACK_AFTER
+from scoop.federation import PACK, SubBroker
 from scoop.scheduling import Peer, Scheduler
 
 import tasklib as T
@@ -28,6 +29,14 @@ def test_a_short_task_does_not_wait_behind_a_long_one_across_brokers(no_leak):
     # the root steals from a sub-broker whose worker holds both tasks: the sub-broker asks its
     # worker for the unstarted one and hands it up (before, it gave back only what it had queued)
     r = run_scoop(["-n", "2", "-b", "2", "short_behind_long.py"])
+    assert r.returncode == 0, r.stderr
+    assert "LATE []" in r.stdout, r.stdout
+
+
+def test_tiny_tasks_packed_behind_a_long_one_do_not_wait_for_it(no_leak):
+    # two workers behind the sub-broker: it packs tiny tasks to one of them, and one turning out
+    # long has the others it holds asked back for the idle one
+    r = run_scoop(["-n", "4", "-b", "2", "packed_long_task.py"])
     assert r.returncode == 0, r.stderr
     assert "LATE []" in r.stdout, r.stdout
 
@@ -156,3 +165,147 @@ def test_a_sub_broker_walks_its_workers_once_per_report_as_seldom_as_the_root_pu
 def sent_loads(peer):
     data, frames = peer.cout.take()
     return [r for r in (P.parse(data, frames, 0) or []) if r.hdr[:1] == P.LOAD]
+
+
+# ---- packing tiny tasks (pure) -------------------------------------------------------------------
+FN = P.digest(b"the function")
+OTHER = P.digest(b"another function")
+
+
+def _from_root(core, tids, fn=FN):
+    """Tasks the root sent, with their function."""
+    box = P.Outbox()
+    box.add(P.BLOB_HEADER.pack(P.BLOB, fn), b"callable")
+    for tid in tids:
+        box.add(P.TASK_HEADER.pack(P.TASK, tid, 0, fn, 1, 0), b"args")
+    recs = P.parse(*_one_box(box))
+    core.blob(core.upstream, recs[0])
+    for rec in recs[1:]:
+        core.submit(core.upstream, rec)
+
+
+def _result(tid, seconds):
+    hdr = P.RESULT_HEADER.pack(P.RESULT, tid, P.OK, 1, 1000.0, 1000.0 + seconds, b"w" * 12)
+    box = P.Outbox()
+    box.add(hdr, b"value")
+    return P.parse(*_one_box(box))[0]
+
+
+def _timed(core, fn, seconds, n, first=1 << 40):
+    """``n`` tasks of ``fn`` run by one worker, each in ``seconds``, their results back here."""
+    w = core.join(b"timer%d" % first, {"role": "worker", "host_key": 1})
+    core.credit(w, n)
+    _from_root(core, range(first, first + n), fn)
+    core.dispatch()
+    for tid in range(first, first + n):
+        core.result(_result(tid, seconds))
+    core.leave(w, "left")
+    core.upstream.out.take()
+
+
+def _packed_core(workers, credit, tiny=True):
+    core, peers = _sub_core(workers)
+    core.pack = PACK
+    if tiny:
+        _timed(core, FN, 0.00001, PACK_AFTER)
+    for p in peers:
+        core.credit(p, credit)
+    core.upstream.out.take()
+    return core, peers
+
+
+def _tasks_per_message(peers):
+    return [len([r for r in P.parse(*_one_box(p.out)) or () if r.hdr[:1] == P.TASK]) for p in peers if p.out]
+
+
+@pytest.mark.parametrize("credit, per_message", [(64, PACK), (2 * PACK, PACK), (2 * PACK - 1, 1), (1, 1)])
+def test_a_sub_broker_packs_tiny_tasks_in_messages_to_its_workers(credit, per_message):
+    """A few hundred tiny tasks for 1,000 idle workers (the root sends them as credits come back):
+    a worker that says it starts at least twice ``PACK`` soon gets ``PACK`` in one message (a
+    fair share was one each: one message per task); one asking less gets a fair share."""
+    core, peers = _packed_core(1000, credit)
+    _from_root(core, range(1, 401))
+    v0 = core.visits
+    core.dispatch()
+    assert core.visits - v0 == 400 // per_message  # a peer visited per message, no more
+    got = _tasks_per_message(peers)
+    assert sum(got) == 400 and set(got) == {per_message}
+    assert not core.queue
+
+
+@pytest.mark.parametrize("runs, seconds", [(0, 0.0), (PACK_AFTER - 1, 0.00001), (PACK_AFTER, 0.001)])
+def test_a_function_not_known_to_be_tiny_is_not_packed(runs, seconds):
+    """Never run here, too few results yet, or runs that are not tiny: one task per idle worker,
+    so a long task never has others packed behind it."""
+    core, peers = _packed_core(1000, 64, tiny=False)
+    if runs:
+        _timed(core, FN, seconds, runs)
+    _from_root(core, range(1, 401))
+    core.dispatch()
+    assert set(_tasks_per_message(peers)) == {1}
+
+
+def test_one_long_run_unpacks_a_function_for_its_next_results():
+    core, peers = _packed_core(10, 64)
+    assert FN in core.tiny
+    _timed(core, FN, 2.0, 1, first=1 << 41)
+    assert FN not in core.tiny
+    _timed(core, FN, 0.00001, 200, first=1 << 42)
+    assert FN not in core.tiny  # 2 s decays below PACK_TINY over ~270 results
+    _timed(core, FN, 0.00001, 100, first=1 << 43)
+    assert FN in core.tiny
+
+
+def test_only_tiny_tasks_are_packed_and_nothing_behind_a_held_task():
+    """A task of another function among the next ``PACK`` stops packing; a worker that already
+    holds a task gets a fair share only (a packed one would wait behind what it holds)."""
+    core, peers = _packed_core(8, 64)
+    _from_root(core, range(1, 4))
+    _from_root(core, [4], OTHER)
+    _from_root(core, range(5, 17))
+    core.dispatch()  # a fair share (16 over 8) while OTHER is among the next PACK, then packs
+    assert _tasks_per_message(peers) == [2, 2, PACK, 4]
+    assert set(peers[1].assigned) == {3, 4}
+    core, peers = _packed_core(4, 64)
+    _from_root(core, [1])
+    core.dispatch()
+    held = [p for p in peers if p.assigned]
+    _from_root(core, range(2, 2 + 3 + PACK))
+    core.dispatch()
+    got = {p: len(p.assigned) for p in peers}
+    assert got[held[0]] == 1  # nothing packed behind the task it holds
+    assert sorted(got.values()) == [0, 1, 3, PACK]  # the idle ones: packs
+
+
+def test_a_packed_worker_is_asked_for_its_unstarted_tasks_when_another_is_idle():
+    """The safety net, for a task that turns out long: the next steal asks the packed worker
+    for all but the one it runs."""
+    core, peers = _packed_core(2, 64)
+    _from_root(core, range(1, PACK + 1))
+    core.dispatch()
+    packed = [p for p in peers if p.assigned]
+    assert len(packed) == 1 and len(packed[0].assigned) == PACK
+    packed[0].cout.take()
+    core.steal(100.0)
+    got = [P.COUNT.unpack(r.hdr)[1] for r in P.parse(*_one_box(packed[0].cout)) or () if r.hdr[:1] == P.STEAL]
+    assert got == [PACK - 1]
+
+
+def test_the_root_does_not_pack_nor_time_results():
+    core = Scheduler()
+    peers = [core.join(f"w{k}".encode(), {"role": "worker", "host_key": 1}) for k in range(100)]
+    origin = core.join(b"o", {"role": "origin", "host_key": 1})
+    for p in peers:
+        core.credit(p, 64)
+    box = P.Outbox()
+    box.add(P.BLOB_HEADER.pack(P.BLOB, FN), b"callable")
+    for tid in range(1, 51):
+        box.add(P.TASK_HEADER.pack(P.TASK, tid, 0, FN, 1, 0), b"args")
+    recs = P.parse(*_one_box(box))
+    core.blob(origin, recs[0])
+    for rec in recs[1:]:
+        core.submit(origin, rec)
+    core.dispatch()
+    for tid in range(1, 51):
+        core.result(_result(tid, 0.0))
+    assert not core.run_times and not core.tiny

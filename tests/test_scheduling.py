@@ -1185,7 +1185,7 @@ class Federation:
     sub-broker's own handlers from scoop.federation, with no socket behind them)."""
 
     def __init__(self):
-        from scoop.federation import SubBroker
+        from scoop.federation import PACK, SubBroker
         self.root = Cluster()
         self.sub_peer = self.root.core.join(b"sub", {"name": "sub", "role": "broker"})
         self.up = Peer(b"^", 0, {"role": "upstream", "host": "upstream"}, set())
@@ -1193,6 +1193,7 @@ class Federation:
         self.sub.next_index = (self.sub_peer.index << 12) + 1
         fed = SubBroker.__new__(SubBroker)  # its handlers only need the core and the upstream peer
         fed.core, fed.upstream = self.sub, self.up
+        self.sub.pack = PACK  # as SubBroker sets it
         self.fed = fed
 
     def bridge(self):
