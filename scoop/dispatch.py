@@ -10,9 +10,9 @@ A sub-broker packs (``pack`` > 1): a burst of tiny tasks spread one per worker o
 of workers is one message per task, and the messages become the limit of a stream.  So a
 worker holding nothing, whose credit says it starts at least twice ``pack`` tasks within ~2 ms,
 gets ``pack`` tasks in one message -- only tasks of functions whose recent runs here were all
-tiny (``PACK_TINY``, timed from their results), so a long task never has tasks packed behind
-it, and none waits behind a task the worker already held.  A task that turns out long anyway
-is a steal's to fix, as for any prefetched task.
+tiny (``PACK_TINY``, timed from their results), and only to a worker that holds nothing else:
+so no task is packed behind one that may be long.  A task that
+turns out long anyway is a steal's to fix, as for any prefetched task.
 
 Both cost what they send plus a constant: they read the book's indexes (:mod:`scoop.peers`),
 never the peer list.  ``visits`` counts the peers they looked at, so tests can check that.
@@ -115,18 +115,20 @@ class Dispatcher(PeerBook):
     # ---- dispatch ----------------------------------------------------------------------------
     def dispatch(self):
         """Queued tasks to the peers with credit, least loaded first, a fair share each (a burst
-        spreads evenly), or ``pack`` tiny ones to a peer that holds nothing: the cost is the
-        tasks sent plus the peers that got some, never the peers that did not."""
-        queue, ready, pack = self.queue, self.ready, self.pack
+        spreads evenly), or ``pack`` tiny ones to a peer that holds nothing else: the cost is
+        the tasks sent plus the peers that got some, never the peers that did not."""
+        queue, ready, pack, tiny = self.queue, self.ready, self.pack, self.tiny
         while queue and self.n_ready:
             served = []
             left = self.n_ready
             for held in sorted(ready):  # distinct loads: as many as the deepest prefetch, at most
-                packs = pack > 1 and not held and self.tiny and not self.pinned
+                # packs go to peers holding fewer than a pack, all tiny: a look at 7 tasks at most
+                packs = pack > 1 and held < pack and tiny and not self.pinned
                 for w in ready[held]:
                     self.visits += 1
                     share = -(-len(queue) // left)  # a share of what is left
-                    if packs and share < pack and w.credit >= 2 * pack and self._tiny_ahead():
+                    if (packs and share < pack and w.credit >= 2 * pack and self._tiny_ahead()
+                            and (not held or all(t.digest in tiny for t in w.assigned.values()))):
                         share = pack
                     self._serve(w, min(w.credit, share))
                     served.append(w)

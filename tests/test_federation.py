@@ -256,9 +256,10 @@ def test_one_long_run_unpacks_a_function_for_its_next_results():
     assert FN in core.tiny
 
 
-def test_only_tiny_tasks_are_packed_and_nothing_behind_a_held_task():
-    """A task of another function among the next ``PACK`` stops packing; a worker that already
-    holds a task gets a fair share only (a packed one would wait behind what it holds)."""
+def test_only_tiny_tasks_are_packed_and_never_behind_another():
+    """A task of another function among the next ``PACK`` stops packing; a worker that holds
+    a task not known to be tiny gets a fair share only (a packed one would wait behind it), one
+    that holds tiny ones only is packed."""
     core, peers = _packed_core(8, 64)
     _from_root(core, range(1, 4))
     _from_root(core, [4], OTHER)
@@ -266,15 +267,15 @@ def test_only_tiny_tasks_are_packed_and_nothing_behind_a_held_task():
     core.dispatch()  # a fair share (16 over 8) while OTHER is among the next PACK, then packs
     assert _tasks_per_message(peers) == [2, 2, PACK, 4]
     assert set(peers[1].assigned) == {3, 4}
-    core, peers = _packed_core(4, 64)
-    _from_root(core, [1])
-    core.dispatch()
-    held = [p for p in peers if p.assigned]
-    _from_root(core, range(2, 2 + 3 + PACK))
-    core.dispatch()
-    got = {p: len(p.assigned) for p in peers}
-    assert got[held[0]] == 1  # nothing packed behind the task it holds
-    assert sorted(got.values()) == [0, 1, 3, PACK]  # the idle ones: packs
+    for first, then in ((OTHER, [2, 3, 1]), (FN, [4, 1, 1])):
+        core, peers = _packed_core(3, 64)
+        for tid, fn in ((1, first), (2, FN), (3, FN)):  # one each, the first of ``first``
+            _from_root(core, [tid], fn)
+            core.dispatch()
+        assert [len(p.assigned) for p in peers] == [1, 1, 1]
+        _from_root(core, [4, 5, 6])
+        core.dispatch()  # a fair share of one each, or packs to who holds tiny ones only
+        assert [len(p.assigned) for p in peers] == then, first
 
 
 def test_a_packed_worker_is_asked_for_its_unstarted_tasks_when_another_is_idle():
