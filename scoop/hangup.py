@@ -34,7 +34,11 @@ keeps the connection's :func:`identity` with its number (its socket's inode, uni
 socket lives, and its peer's address and port), and :func:`end_connection` cuts only while the
 number still names that socket; a number whose socket changed is left alone (its own connection
 is gone, and its peer is handled as gone by the drop that ended it).  The check runs on a
-duplicate of the descriptor, so the socket checked is the socket cut.
+duplicate of the descriptor, so the socket checked is the socket cut.  What it cannot tell: a
+message read after its connection ended carries a number the kernel may have given since to a
+connection the broker does not know yet, and libzmq tells no more than the number; such a
+number is taken for the message's (a number another known peer holds is not: the broker cuts
+nothing then).
 """
 from __future__ import annotations
 
