@@ -93,6 +93,9 @@ class Broker:
         self.meta = Views(self.ctx, secret, meta_addr, heartbeat_timeout, encryption)
         self.main_port = _bind(self.main, main_addr)
         self.meta_port = _bind(self.meta.sock, meta_addr)
+        if is_network(meta_addr):
+            # no heartbeats there, but a view's PING read before a reset aborts libzmq as well
+            ignore_resets(self.meta_port)
         self.admissions = None
         if is_network(main_addr):
             # a peer's reset must not abort libzmq: its connection drops resets from just before

@@ -26,6 +26,12 @@ broker's next heartbeat provoke the reset).  Two rules keep the state unreachabl
   that trace; nothing the broker can see tells its reset from one it must not take: the
   kernel's queue is not libzmq's, and with the reset dropped, ``TCP_INFO`` and a peek show a
   live connection.
+* A socket without heartbeats of its own is no safer: once the broker reads the queue down,
+  libzmq decodes what it had read before it stopped, and a peer's PING among it is answered on
+  the same path (``out_event``): it aborted a ROUTER without heartbeats in 1 of 3 runs here (a
+  peer pinging every millisecond while it fills the queue, then reset).  So the meta stream's
+  listener filters resets too (its strangers that reset linger as described above), and so
+  does the bulk lane's.
 
 A connection is cut by its descriptor's number, learned from a message (``SRCFD``) and kept for
 later.  If the connection ended meanwhile, the kernel may have given that number to a new one

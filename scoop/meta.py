@@ -137,8 +137,8 @@ class Views:
                          # stay unacknowledged this long, and it is forgotten
                          (zmq.TCP_MAXRT, VIEW_GONE_MS)):
             s.setsockopt(opt, val)
-        # no ZMTP heartbeats: the libzmq abort scoop.hangup describes happens at a heartbeat,
-        # so a view that fills its receive queue then hangs up cannot provoke it here
+        # no ZMTP heartbeats; resets are dropped all the same (the broker filters this socket:
+        # a view's own PING, read before it reset, aborts libzmq as a heartbeat would, scoop.hangup)
         bound_handshakes(s, heartbeat_timeout)
         secure_server(s, secret, address, encryption)
         # before any bind: every connection is seen, and measured until a valid hello comes

@@ -403,3 +403,28 @@ def test_strangers_that_reset_are_closed_at_once_and_members_drop_resets(serving
     finally:
         s.detach()
     assert b.admissions.barriers >= 1 and b.admissions.scans == 0
+
+
+def test_the_meta_streams_connections_drop_resets(serving):
+    """The meta stream has no heartbeats, but a view's PING read before its reset aborts
+    libzmq the same way: its connections carry the filter from accept."""
+    b, _, _ = serving
+    with socket.create_connection(("127.0.0.1", b.meta_port)) as c:
+        deadline = time.monotonic() + 5
+        found = []
+        while not found and time.monotonic() < deadline:
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    s = socket.socket(fileno=int(name))
+                except (OSError, ValueError):
+                    continue
+                try:
+                    if (s.family == socket.AF_INET and s.type == socket.SOCK_STREAM
+                            and not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                            and s.getsockname()[1] == b.meta_port and s.getpeername() == c.getsockname()):
+                        found.append(_filtered(s))
+                except OSError:
+                    pass
+                finally:
+                    s.detach()
+        assert found == [True]
