@@ -182,6 +182,8 @@ def broker():
     try:
         yield b
     finally:
+        b.main.disable_monitor()
+        b.monitor.close(0)
         b.main.close(0)
         b.meta.close()
         if b.bulk is not None:
