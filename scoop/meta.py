@@ -148,6 +148,10 @@ class Views:
         self._window = time.monotonic()
         self.refused = 0   # hellos beyond VIEWS_MAX
         self.cut = 0       # connections ended: a message that failed the check, or too many
+        # descriptors of connections cut and not yet closed: libzmq may still hand over what it
+        # had read from them (the frames of a message cut short), which must not cut that number
+        # again -- by then it may name another connection
+        self._ended: set = set()
         self.missed = 0    # messages a view's full queue did not take
 
     def read(self, most: int = 64) -> None:
@@ -223,6 +227,7 @@ class Views:
     def _connections(self) -> None:
         unproven = self.unproven
         for event, fd in events(self.monitor):
+            self._ended.discard(fd)
             if event == _ACCEPTED:
                 unproven.opened(fd)
             else:
@@ -235,7 +240,8 @@ class Views:
 
     def _cut(self, fd) -> None:
         """Ends a view's connection as the broker ends any other (scoop.hangup)."""
-        if fd is not None and fd >= 0 and end_connection(fd):
+        if fd is not None and fd >= 0 and fd not in self._ended and end_connection(fd):
+            self._ended.add(fd)
             self.cut += 1
 
 
