@@ -19,6 +19,26 @@ SESSION_MARK = "SCOOP_TEST_SESSION"
 os.environ.setdefault(SESSION_MARK, f"{os.getpid()}-{time.time_ns()}")
 
 
+EXIT_GRACE = 60.0  # seconds the session may take to end once its summary is out
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    """A socket a failing test left open makes zmq's Context.term, run by pytest's last garbage
+    collection, wait for ever: the run would hang after its summary.  This ends it with the
+    session's own status instead, saying so."""
+    import threading
+
+    def leave():
+        time.sleep(EXIT_GRACE)
+        sys.stderr.write(f"\nthe test session did not end within {EXIT_GRACE:.0f} s of its summary "
+                         "(a ZeroMQ context whose sockets a test left open?): exiting\n")
+        sys.stderr.flush()
+        os._exit(int(exitstatus) or 1)
+
+    threading.Thread(target=leave, name="exit-guard", daemon=True).start()
+
+
 def scoop_processes(exclude=(), session_only: bool = True):
     """Live broker/worker processes by command line (by default only this test session's)."""
     found = []
