@@ -170,25 +170,7 @@ def ignore_resets(port: int) -> int:
     after ``bind``, before connections arrive); returns how many it filtered (0 off Linux)."""
     if not sys.platform.startswith("linux"):
         return 0
-    n = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                continue
-            s = socket.socket(fileno=os.dup(int(name)))
-        except (OSError, ValueError):
-            continue
-        try:
-            if (s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM
-                    and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                    and s.getsockname()[1] == port):
-                s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(_PROG))
-                n += 1
-        except OSError:
-            pass
-        finally:
-            s.close()
-    return n
+    return _filter_on_port(port, listening=True)
 
 
 def drop_resets(fd) -> bool:
@@ -209,6 +191,12 @@ def drop_resets(fd) -> bool:
 def _drop_resets_on_port(port: int) -> int:
     """The filter on every connection this process accepted on ``port`` (a scan of its
     descriptors: the fallback when a listener's accepts cannot be followed)."""
+    return _filter_on_port(port, listening=False)
+
+
+def _filter_on_port(port: int, listening: bool) -> int:
+    """The filter on this process's TCP sockets on local ``port``: its listeners, or the
+    connections they accepted; how many it filtered."""
     n = 0
     for name in os.listdir("/proc/self/fd"):
         try:
@@ -219,14 +207,14 @@ def _drop_resets_on_port(port: int) -> int:
             continue
         try:
             if (s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM
-                    and not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                    and bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)) == listening
                     and s.getsockname()[1] == port):
                 s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(_PROG))
                 n += 1
         except OSError:
             pass
         finally:
-            s.detach()
+            s.detach()  # the descriptor stays ZeroMQ's
     return n
 
 
