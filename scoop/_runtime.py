@@ -223,6 +223,9 @@ class Runtime:
                 self.shm.hand_to(os.path.join(socket_dir(self.secret), _shm.INBOX))
         if self.direct is not None:
             self._poll_items.append((self.direct.sock, zmq.POLLIN))
+        # the control connection is up before the hello shows our uid on the wire: nobody who
+        # reads it there can take the control connection's id first (scoop.security.Once)
+        control = _Control(self)
         hello = dict(self.info, uid=self.uid, role=self.role, pid=os.getpid(), name=self.name,
                      host=self.info.get("host") or _socket.gethostname(), host_key=self.host_key)
         self.out.add(P.HELLO, json.dumps(hello).encode())
@@ -250,10 +253,13 @@ class Runtime:
                 if self.broken:
                     raise ClusterError(self.broken)
                 self.pump(min(left, 0.2))
+        except BaseException:
+            control.discard()
+            raise
         finally:
             self._stop_monitor(s, admitted)
         self.confirmed = time.monotonic()  # welcomed
-        self.control = _Control(self)
+        self.control = control
         self.control.start()
         if self.shm is not None:
             _exit_cleanup.append(self.shm)
@@ -595,6 +601,14 @@ class _Control(threading.Thread):
         os.set_blocking(self._wake_w, False)
         self._proc = None
         self.disconnected_at = None
+        self.sock = s = rt._socket(b"c" + rt.uid.encode())
+        s.setsockopt(zmq.LINGER, 0)
+        # a refused connect (CONNECT_RETRIED) counts as a drop: a broker that ended between our
+        # welcome and this connect never connected, so it can never disconnect
+        self.monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+                                            | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        s.connect(rt.broker)
 
     def wake(self):
         self.dozing = False
@@ -635,14 +649,7 @@ class _Control(threading.Thread):
 
     def run(self):
         rt = self.rt
-        s = rt._socket(b"c" + rt.uid.encode())
-        s.setsockopt(zmq.LINGER, 0)
-        # a refused connect (CONNECT_RETRIED) counts as a drop: a broker that ended between our
-        # welcome and this connect never connected, so it can never disconnect
-        monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
-                                       | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                                       | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
-        s.connect(rt.broker)
+        s, monitor = self.sock, self.monitor
         poller = zmq.Poller()
         poller.register(s, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
@@ -697,12 +704,17 @@ class _Control(threading.Thread):
                     self._lost(f"lost the SCOOP broker at {rt.broker} (its connection dropped and did not "
                                f"come back within {grace:.0f} s)")
         finally:
-            s.disable_monitor()
-            monitor.close(0)
-            s.close(0)
-            os.close(self._wake_r)
-            w, self._wake_w = self._wake_w, -1
-            os.close(w)
+            self.discard()
+
+    def discard(self):
+        """Closes what this thread holds, also when it never ran (a join that failed)."""
+        s = self.sock
+        s.disable_monitor()
+        self.monitor.close(0)
+        s.close(0)
+        os.close(self._wake_r)
+        w, self._wake_w = self._wake_w, -1
+        os.close(w)
 
     def _interrupt(self, s, rec):
         if self.rt.executor is not None:

@@ -43,7 +43,7 @@ from .peers import stalled as stalled_bytes
 from .readahead import INTERVAL as READ_AHEAD_CHECK
 from .readahead import Unproven
 from .scheduling import Peer, Scheduler
-from .security import Gate, bulk_server, is_network, secure_server
+from .security import Gate, Once, bulk_server, hello_names, is_network, secure_server
 
 IO_THREADS = 4
 RECV_QUEUE = 64  # messages libzmq reads ahead from one connection (the ROUTER's RCVHWM)
@@ -120,6 +120,8 @@ class Broker:
         self.fds_of: dict[bytes, set] = {}  # peer uid -> its connections (fds)
         self.connected: set[bytes] = set()  # identities whose connection is watched
         self._fenced: dict[bytes, list] = {}  # identity told "declared lost" -> [quiet until, messages since]
+        self.joined = Once()  # uids welcomed: a hello read off the wire and sent again joins nobody
+        self.replayed = 0     # hellos refused: used before, or not naming their own connection
         self._dropped: list = []            # (when, peer): peers whose connection dropped
         self._last_status = 0.0
         self.running = True
@@ -474,14 +476,7 @@ class Broker:
         if peer is None and (kind != b"t" or parts[0][_FIRST_TYPE:_FIRST_TYPE + 1] != P.HELLO):
             # lost, cut or never welcomed, and not saying HELLO first: answered before the rest
             # is parsed, then not again for FENCED_QUIET (above)
-            self._send_now(ident, P.FROM_BROKER if kind == b"t" else P.CONTROL_FROM_BROKER, P.SHUTDOWN,
-                           b"declared lost by the broker")
-            fenced = self._fenced
-            if len(fenced) > 4096:
-                now = time.monotonic()
-                for k in [k for k, q in fenced.items() if q[0] <= now]:
-                    del fenced[k]
-            fenced[ident] = [time.monotonic() + FENCED_QUIET, 0]
+            self._fence(ident, b"declared lost by the broker")
             return ident
         if self.pairing is not None and kind == b"t":
             # its sealed frames may be on the bulk lane: it waits for them (and so do the
@@ -509,7 +504,9 @@ class Broker:
                     t = rec.hdr[:1]
                     if t == P.HELLO:
                         peer = self._hello(uid, rec)
-                        if peer is not None and fd is not None:
+                        if peer is None:
+                            return
+                        if fd is not None:
                             self._watch(ident, fd, peer)
                         continue
                     if peer is None:
@@ -576,6 +573,17 @@ class Broker:
         self.fds_of.setdefault(peer.uid, set()).add(fd)
         self.connected.add(ident)
 
+    def _fence(self, ident, why: bytes):
+        """Tells ``ident`` it is not (or no longer) a member, once: what it sends within
+        ``FENCED_QUIET`` is dropped unread (see _recv)."""
+        self._send_now(ident, P.FROM_BROKER if ident[:1] == b"t" else P.CONTROL_FROM_BROKER, P.SHUTDOWN, why)
+        fenced = self._fenced
+        if len(fenced) > 4096:
+            now = time.monotonic()
+            for k in [k for k, q in fenced.items() if q[0] <= now]:
+                del fenced[k]
+        fenced[ident] = [time.monotonic() + FENCED_QUIET, 0]
+
     def _send_now(self, ident, channel, hdr, body=P.EMPTY):
         box = P.Outbox()
         box.add(hdr, body)
@@ -586,7 +594,20 @@ class Broker:
 
     # ---- records ------------------------------------------------------------------------------
     def _hello(self, uid, rec):
+        """The peer a hello admits, or None (it was told why, and fenced).  A hello is good once,
+        for the connection it names (scoop.security.Once): one read off an unencrypted wire and
+        sent again admits nobody."""
+        peer = self.core.peers.get(uid)
+        if peer is not None:
+            return peer  # said again on its own connection: nothing new
         info = json.loads(bytes(rec.body))
+        why = hello_names(uid, info)
+        if why is None and not self.joined.take(uid):
+            why = "this uid has joined before: a hello is good once"
+        if why is not None:
+            self.replayed += 1
+            self._fence(b"t" + uid, f"refused: {why}".encode())
+            return None
         peer = self.core.join(uid, info)
         if peer is not None and self.pairing is not None and _uid8(uid) is not None:
             self.pairing.join(_uid8(uid))
@@ -825,6 +846,7 @@ class Broker:
         snap["totals"].update(rate=round(self.rate, 1), dropped_messages=self.dropped,
                               routed_messages=self.routed, cut_connections=self.cut,
                               stalled_peers=self.stalled, flooding_peers=self.flooding,
+                              refused_hellos=self.replayed,
                               bulk_frames=self.bulk_frames,
                               views=len(self.meta.views),
                               bulk_held=self.pairing.held_bytes() if self.pairing is not None else 0)

@@ -88,7 +88,8 @@ class SubBroker(Broker):
         return s
 
     def _join(self, upstream, timeout=30.0):
-        hello = {"role": "broker", "host": socket.gethostname(), "pid": os.getpid(), "name": "broker"}
+        hello = {"uid": self.up.getsockopt(zmq.IDENTITY)[1:].decode(), "role": "broker",
+                 "host": socket.gethostname(), "pid": os.getpid(), "name": "broker"}
         P.send_records(self.up, self.signer, P.TO_BROKER, [(P.HELLO, json.dumps(hello).encode())])
         if not self.up.poll(int(timeout * 1000)):
             raise zmq.ZMQError(msg=f"no answer from the root broker at {upstream}")

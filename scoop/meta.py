@@ -9,7 +9,8 @@ message to each view it knows; libzmq keeps nothing per message a view sends.  T
 
 * only peers past the handshake (CURVE over TCP, keys from the secret) reach the socket, and a
   hello must carry the secret's MAC (channel ``P.VIEW_HELLO``): a peer with the PLAIN token of an
-  unencrypted cluster but not the secret is cut at its first message;
+  unencrypted cluster but not the secret is cut at its first message, and each hello carries a
+  nonce and is taken once (one read off an unencrypted wire and sent again is cut too);
 * at most ``VIEWS_MAX`` views at once; a hello beyond them is dropped (the view says hello again
   every ``HELLO_AGAIN`` s while it hears nothing, so it gets in once a place is free);
 * ``VIEW_QUEUE`` messages queued per view (SNDHWM): a view that stops reading misses snapshots
@@ -28,7 +29,8 @@ after a join or a leave; its size does not grow with the workers (scoop.census):
     state     "running" | "stopped";   time: epoch seconds;   tick: its sequence number
     totals    workers (the whole cluster), busy (share 0..1), idle, retiring, done, queued,
               in_flight, running (tasks held by workers), rate (tasks/s), lost_workers,
-              dropped_messages, routed_messages, views (views registered now)
+              dropped_messages, routed_messages, views (views registered now), refused_hellos
+              (peers' hellos refused: used before, or not naming their own connection)
     hist      {"held": {"edges", "counts"}, "cpu": {"edges", "counts"}}: workers per bin of tasks
               held and of CPU %, bins starting at each edge
     top       {"busiest", "idle", "changed"}: worker ids (busiest first; idle ones; state changed
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import threading
 import time
 
@@ -63,7 +66,7 @@ from .hangup import end_connection
 from .liveness import bound_handshakes
 from .monitor import events
 from .readahead import Unproven
-from .security import secure_client, secure_server
+from .security import Once, secure_client, secure_server
 
 VIEWS_MAX = 64       # views registered at once
 VIEW_QUEUE = 16      # messages queued for one view (SNDHWM); beyond, it misses them
@@ -75,13 +78,16 @@ VIEW_GONE_MS = 60_000  # ms a view's connection may leave snapshots unacknowledg
 HELLO_AGAIN = 3.0    # seconds a view hears nothing before it says hello again (its connection
                      # may be new: the broker knows a view by its connection)
 _HELLO_BODY = b"view"
+_NONCE = 16
 _ACCEPTED = int(zmq.EVENT_ACCEPTED)
 
 
 def hello(signer: P.Signer) -> bytes:
-    """A view's hello: one signed record, for the meta channel towards the broker only."""
+    """A view's hello: one signed record, for the meta channel towards the broker only, with a
+    nonce of its own: the broker takes each hello once (scoop.security.Once), so one read off an
+    unencrypted wire registers nobody."""
     box = P.Outbox()
-    box.add(P.HELLO, _HELLO_BODY)
+    box.add(P.HELLO, _HELLO_BODY + os.urandom(_NONCE))
     data, _ = box.take()
     return signer.mac(P.VIEW_HELLO, data) + data
 
@@ -147,6 +153,8 @@ class Views:
         self.views: dict[bytes, int] = {}   # identity (one per connection) -> messages this window
         self._window = time.monotonic()
         self.refused = 0   # hellos beyond VIEWS_MAX
+        self.hellos = Once()  # nonces of the hellos taken
+        self.replayed = 0  # hellos taken before: read off the wire and sent again
         self.cut = 0       # connections ended: a message that failed the check, or too many
         # descriptors of connections cut and not yet closed: libzmq may still hand over what it
         # had read from them (the frames of a message cut short), which must not cut that number
@@ -178,18 +186,23 @@ class Views:
             while s.getsockopt(zmq.RCVMORE):
                 s.recv(copy=False)
             said = views.get(ident)
+            checked = single and self.signer.check(P.VIEW_HELLO, head.bytes)
+            nonce = _hello_nonce(head.bytes) if checked else None
+            fresh = nonce is not None and self.hellos.take(nonce)  # every hello's, so none is taken twice
             if said is not None:
                 views[ident] = said + 1
                 if said < VIEW_SAYS_MAX:
                     continue  # a hello again, or noise: read, dropped
                 del views[ident]
-            elif single and self.signer.check(P.VIEW_HELLO, head.bytes) and _is_hello(head.bytes):
+            elif fresh:
                 self.unproven.proven(head.get(zmq.SRCFD))
                 if len(views) < VIEWS_MAX:
                     views[ident] = 1
                 else:
                     self.refused += 1
                 continue
+            elif nonce is not None:
+                self.replayed += 1
             self._cut(head.get(zmq.SRCFD))
 
     def send(self, kind: bytes, body: bytes) -> None:
@@ -245,9 +258,15 @@ class Views:
             self.cut += 1
 
 
-def _is_hello(header: bytes) -> bool:
+def _hello_nonce(header: bytes) -> bytes | None:
+    """The nonce of a view's hello (its MAC checked), None for anything else."""
     recs = P.parse(header, [])
-    return bool(recs) and len(recs) == 1 and recs[0].hdr == P.HELLO and bytes(recs[0].body) == _HELLO_BODY
+    if not recs or len(recs) != 1 or recs[0].hdr != P.HELLO:
+        return None
+    body = bytes(recs[0].body)
+    if len(body) != len(_HELLO_BODY) + _NONCE or not body.startswith(_HELLO_BODY):
+        return None
+    return body[len(_HELLO_BODY):]
 
 
 class MetaSubscriber(threading.Thread):
@@ -299,7 +318,6 @@ class MetaSubscriber(threading.Thread):
 
     def run(self):
         s = open_view(self.ctx, self.secret, self.address, self.encryption)
-        again = hello(self.signer)
         heard = time.monotonic()
         try:
             while not self._halt.is_set():
@@ -308,7 +326,7 @@ class MetaSubscriber(threading.Thread):
                         # nothing for a while: maybe a new connection the broker does not know yet
                         heard = time.monotonic()
                         try:
-                            s.send(again, zmq.NOBLOCK)
+                            s.send(hello(self.signer), zmq.NOBLOCK)
                         except zmq.Again:
                             pass
                     continue

@@ -125,6 +125,43 @@ def secure_client(sock, secret: bytes, address: str, encryption: bool = True) ->
         sock.plain_password = k.token
 
 
+class Once:
+    """Names (a peer's uid, a view's hello nonce) that may each be used once in a broker's life.
+
+    With ``--encryption off`` a signed message can be read off the wire and sent again on a
+    connection of one's own.  Anything that admits a connection is therefore good once: a hello
+    names its own connection's routing id (which libzmq gives one connection at a time) and
+    joins once; a view's hello carries a nonce.  A captured hello then admits nobody: its
+    connection is either still up (the id is taken) or gone (the name was used).  The oldest
+    names are forgotten past ``cap`` (~100 B each), long after any capture could matter."""
+
+    __slots__ = ("_seen", "cap")
+
+    def __init__(self, cap: int = 1 << 21):
+        self._seen: dict = {}
+        self.cap = cap
+
+    def take(self, name) -> bool:
+        """True the first time ``name`` is offered, False ever after."""
+        seen = self._seen
+        if name in seen:
+            return False
+        seen[name] = None
+        if len(seen) > self.cap:
+            del seen[next(iter(seen))]
+        return True
+
+
+def hello_names(uid: bytes, info) -> str | None:
+    """Why a peer's hello on routing id kind+``uid`` is refused (None: it may join): it must be a
+    JSON object that names that uid."""
+    if not isinstance(info, dict):
+        return "a hello must be a JSON object"
+    if info.get("uid") != uid.decode("latin-1"):
+        return "a hello must name its own connection's uid"
+    return None
+
+
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq sends a context's authentication requests
 
 

@@ -74,7 +74,8 @@ def test_hundreds_of_workers_connecting_at_once_all_join(encryption):
             s.connect(addr)
             socks.append(s)
         for k, s in enumerate(socks):
-            hello = {"role": "worker", "name": f"w{k}", "host": "here", "pid": os.getpid()}
+            hello = {"uid": s.getsockopt(zmq.IDENTITY)[1:].decode(), "role": "worker", "name": f"w{k}",
+                     "host": "here", "pid": os.getpid()}
             P.send_records(s, signer, P.TO_BROKER, [(P.HELLO, json.dumps(hello).encode())])
         indexes = set()
         for s in socks:

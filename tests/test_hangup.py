@@ -391,7 +391,8 @@ def test_strangers_that_reset_are_closed_at_once_and_members_drop_resets(serving
     d.setsockopt(zmq.IDENTITY, b"t" + uid)
     secure_client(d, secret, f"tcp://127.0.0.1:{b.main_port}")
     d.connect(f"tcp://127.0.0.1:{b.main_port}")
-    hello = {"role": "worker", "name": "w", "host": "h", "host_key": 1, "pid": os.getpid()}
+    hello = {"uid": uid.decode(), "role": "worker", "name": "w", "host": "h", "host_key": 1,
+             "pid": os.getpid()}
     import json
     P.send_records(d, P.Signer(secret), P.TO_BROKER, [(P.HELLO, json.dumps(hello).encode())])
     assert d.poll(10000), "no welcome"

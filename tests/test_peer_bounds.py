@@ -287,11 +287,12 @@ def test_a_message_whose_frames_never_end_is_cut_by_the_broker(encryption, socke
         # and the broker serves its members
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.IDENTITY, b"t" + os.urandom(8).hex().encode())
+        uid = os.urandom(8).hex()
+        s.setsockopt(zmq.IDENTITY, b"t" + uid.encode())
         addr = f"tcp://127.0.0.1:{ports['main_port']}"
         secure_client(s, secret, addr, encryption)
         s.connect(addr)
-        hello = {"role": "worker", "name": "w", "host": "here", "pid": os.getpid()}
+        hello = {"uid": uid, "role": "worker", "name": "w", "host": "here", "pid": os.getpid()}
         P.send_records(s, P.Signer(secret), P.TO_BROKER, [(P.HELLO, json.dumps(hello).encode())])
         assert s.poll(20_000), "a member got no welcome"
         recs = P.recv_verified(s, P.Signer(secret), P.FROM_BROKER)

@@ -628,3 +628,12 @@ def test_callable_digest_is_stable_and_distinct():
     d3, _ = P.pack_callable(test_find_unpicklable_names_the_argument)
     assert d1 == d2 != d3 and len(d1) == 16
     assert P.loads(p1.body)() is None
+
+
+def test_a_name_is_taken_once_and_the_oldest_are_forgotten_past_the_cap():
+    from scoop.security import Once, hello_names
+    once = Once(cap=3)
+    assert [once.take(n) for n in (b"a", b"b", b"a", b"c")] == [True, True, False, True]
+    assert once.take(b"d") and once.take(b"a")  # past the cap the oldest, b"a", was forgotten
+    assert hello_names(b"ab12", {"uid": "ab12"}) is None
+    assert hello_names(b"ab12", {"uid": "cd34"}) and hello_names(b"ab12", {}) and hello_names(b"ab12", [1])

@@ -267,6 +267,94 @@ def _attack_with_replays_and_forgeries(cluster, ctx, meta, socks, trap, trap_fil
     assert list(futures.map(T.square, range(10))) == [x * x for x in range(10)]
 
 
+def _signed(signer, channel, hdr, body) -> bytes:
+    """One record as its sender puts it on the wire: what a sniffer copies, byte for byte."""
+    box = P.Outbox()
+    box.add(hdr, body)
+    data, _ = box.take()
+    return bytes(signer.mac(channel, data) + data)
+
+
+def _answer(s, signer, wait_ms=5000):
+    """The first record the broker sends ``s`` as (type, body), or None if it sends nothing."""
+    if not s.poll(wait_ms):
+        return None
+    recs = P.recv_verified(s, signer, P.FROM_BROKER)
+    return (recs[0].hdr[:1], bytes(recs[0].body)) if recs else None
+
+
+def test_a_hello_copied_off_the_wire_admits_nobody(cluster):
+    """Without encryption a sniffer can copy every message and send it again on a connection of
+    its own.  A member's hello is good once, for the connection it names: sent again under
+    another id, under the member's id while it is connected, or after it left, it admits
+    nobody, so no phantom worker or origin joins.  A view's hello is taken once too."""
+    signer = P.Signer(cluster.secret)
+    mode = cluster.options.encryption
+    addr = _main_addr(cluster)
+    ctx = zmq.Context()
+    socks = []
+
+    def dealer(ident, address=addr):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        if ident:
+            s.setsockopt(zmq.IDENTITY, ident)
+        secure_client(s, cluster.secret, address, mode)
+        s.connect(address)
+        socks.append(s)
+        return s
+
+    try:
+        before = cluster.status()["totals"]
+        uid = os.urandom(8).hex()
+        hello = _signed(signer, P.TO_BROKER, P.HELLO, json.dumps(
+            {"uid": uid, "role": "client", "name": "member", "host": "h", "host_key": 1,
+             "pid": os.getpid()}).encode())
+        member = dealer(b"t" + uid.encode())
+        member.send(hello)
+        assert _answer(member, signer, 20_000)[0] == P.WELCOME, "the genuine hello was not welcomed"
+        # the same bytes from a connection of the sniffer's own
+        other = dealer(b"t" + os.urandom(8).hex().encode())
+        other.send(hello)
+        assert _answer(other, signer) == (P.SHUTDOWN, b"refused: a hello must name its own connection's uid")
+        # under the member's id while it is connected: libzmq keeps the id for one connection
+        twin = dealer(b"t" + uid.encode())
+        twin.send(hello)
+        assert _answer(twin, signer, 1500) is None
+        # after the member left
+        member.send(_signed(signer, P.TO_BROKER, P.BYE, b""))
+        time.sleep(1.0)  # a client's goodbye is not answered
+        member.close(0)
+        late = dealer(b"t" + uid.encode())
+        late.send(hello)
+        assert _answer(late, signer) == (P.SHUTDOWN,
+                                         b"refused: this uid has joined before: a hello is good once")
+        deadline = time.monotonic() + 10
+        while True:  # the status the broker publishes next
+            after = cluster.status()["totals"]
+            if after["refused_hellos"] - before["refused_hellos"] >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert after["refused_hellos"] - before["refused_hellos"] == 2
+        assert after["workers"] == before["workers"] and after["lost_workers"] == before["lost_workers"]
+
+        # a view's hello, copied: the first connection gets the stream, the copy nothing
+        meta_addr = f"tcp://127.0.0.1:{cluster.meta_port}"
+        greeting = meta_hello(signer)
+        view = dealer(None, meta_addr)
+        copy = dealer(None, meta_addr)
+        view.send(greeting)
+        assert view.poll(20_000), "a genuine view got no snapshot"
+        time.sleep(0.3)
+        copy.send(greeting)
+        assert not copy.poll(2000), "a copied view hello registered a second view"
+        assert list(futures.map(T.square, range(10))) == [x * x for x in range(10)]
+    finally:
+        for s in socks:
+            s.close(0)
+        ctx.term()
+
+
 _FLOOD = """
 import json, os, sys, time
 import zmq
