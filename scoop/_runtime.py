@@ -219,20 +219,25 @@ class Runtime:
                     self.shm.listen(os.path.join(socket_dir(self.secret), _shm.INBOX))
         elif self.role == "worker" and direct_available():
             self.direct = self.direct_out = WorkerEnd(self.ctx, self.secret, self.signer, self.uid)
-            if self.shm is not None:
-                self.shm.hand_to(os.path.join(socket_dir(self.secret), _shm.INBOX))
+            if self.shm is not None:  # once the origin's directory here is known to be ours
+                self.shm.hand_to(os.path.join(socket_dir(self.secret), _shm.INBOX), self.direct_out.reach)
         if self.direct is not None:
             self._poll_items.append((self.direct.sock, zmq.POLLIN))
-        # the control connection is up before the hello shows our uid on the wire: nobody who
-        # reads it there can take the control connection's id first (scoop.security.Once)
-        control = _Control(self)
         hello = dict(self.info, uid=self.uid, role=self.role, pid=os.getpid(), name=self.name,
                      host=self.info.get("host") or _socket.gethostname(), host_key=self.host_key)
-        self.out.add(P.HELLO, json.dumps(hello).encode())
-        self.send_out()
         deadline = time.monotonic() + timeout
+        control = None
+        said = False
         try:
+            # the hello names our control connection's id (random), and goes once that
+            # connection is up: nobody who reads the id off the wire can take it first
+            control = _Control(self)
+            hello["control"] = control.id
             while self.index < 0:
+                if not said and control.up():
+                    self.out.add(P.HELLO, json.dumps(hello).encode())
+                    self.send_out()
+                    said = True
                 for event, _ in events(admitted):
                     if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                         # the broker is alive and took our credentials; it may be busy welcoming
@@ -252,9 +257,10 @@ class Runtime:
                                        f"(is it running, and is this the cluster's secret?)")
                 if self.broken:
                     raise ClusterError(self.broken)
-                self.pump(min(left, 0.2))
+                self.pump(min(left, 0.2 if said else 0.005))
         except BaseException:
-            control.discard()
+            if control is not None:
+                control.discard()
             raise
         finally:
             self._stop_monitor(s, admitted)
@@ -601,14 +607,35 @@ class _Control(threading.Thread):
         os.set_blocking(self._wake_w, False)
         self._proc = None
         self.disconnected_at = None
-        self.sock = s = rt._socket(b"c" + rt.uid.encode())
-        s.setsockopt(zmq.LINGER, 0)
-        # a refused connect (CONNECT_RETRIED) counts as a drop: a broker that ended between our
-        # welcome and this connect never connected, so it can never disconnect
-        self.monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
-                                            | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                                            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
-        s.connect(rt.broker)
+        self.id = os.urandom(8).hex()  # not the uid: read off the wire, that one tells nothing of this
+        self.sock = self.monitor = None
+        try:
+            self.sock = s = rt._socket(b"c" + self.id.encode())
+            s.setsockopt(zmq.LINGER, 0)
+            # a refused connect (CONNECT_RETRIED) counts as a drop: a broker that ended between
+            # our welcome and this connect never connected, so it can never disconnect
+            self.monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+                                                | zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                                | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            s.connect(rt.broker)
+        except BaseException:
+            self.discard()
+            raise
+        self._up = False
+
+    def up(self) -> bool:
+        """Whether this connection's handshake succeeded (before the thread runs: the join
+        waits for it).  Events before that one are of no use to the thread."""
+        if not self._up:
+            for event, _ in events(self.monitor):  # read lazily: later events stay for the thread
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    self._up = True
+                    break
+                if event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                    raise ClusterError(f"the broker at {self.rt.broker} refused this process's "
+                                       f"credentials (not this cluster's secret)")
+        return self._up
 
     def wake(self):
         self.dozing = False
@@ -709,9 +736,11 @@ class _Control(threading.Thread):
     def discard(self):
         """Closes what this thread holds, also when it never ran (a join that failed)."""
         s = self.sock
-        s.disable_monitor()
-        self.monitor.close(0)
-        s.close(0)
+        if s is not None:
+            s.disable_monitor()
+            s.close(0)
+        if self.monitor is not None:
+            self.monitor.close(0)
         os.close(self._wake_r)
         w, self._wake_w = self._wake_w, -1
         os.close(w)

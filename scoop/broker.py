@@ -121,6 +121,13 @@ class Broker:
         self.connected: set[bytes] = set()  # identities whose connection is watched
         self._fenced: dict[bytes, list] = {}  # identity told "declared lost" -> [quiet until, messages since]
         self.joined = Once()  # uids welcomed: a hello read off the wire and sent again joins nobody
+        # a member's control connection has a routing id of its own, named in its hello (so that
+        # nobody who reads the hello's uid off the wire can take that id first): id <-> uid
+        self.control_uid: dict[bytes, bytes] = {}
+        self.control_of: dict[bytes, bytes] = {}
+        # identity -> (fd, socket identity) of the connection it joined on: a message under that
+        # identity from any other connection (one who took the id after a drop) is refused
+        self.bound: dict[bytes, tuple] = {}
         self.replayed = 0     # hellos refused: used before, or not naming their own connection
         self._dropped: list = []            # (when, peer): peers whose connection dropped
         self._last_status = 0.0
@@ -374,7 +381,11 @@ class Broker:
                 fds = self.fds_of.get(peer.uid)
                 if fds is not None:
                     fds.discard(fd)
-                self._dropped.append((now + (CONTROL_GRACE if ident[:1] == b"c" else 0.0), peer))
+                control = ident[:1] == b"c"
+                if control:
+                    # its id is dead: whoever takes it next is fenced, not read as this peer
+                    self.control_uid.pop(ident, None)
+                self._dropped.append((now + (CONTROL_GRACE if control else 0.0), peer))
 
     def _apply_drops(self, now, more: bool):
         """Peers whose connection dropped are lost once every message before the drop is read
@@ -404,6 +415,11 @@ class Broker:
                 self._cut_fd(*lane)  # a lost member's lane ends with it
 
     def _forget_fds(self, peer):
+        self.bound.pop(b"t" + peer.uid, None)
+        control = self.control_of.pop(peer.uid, None)
+        if control is not None:
+            self.control_uid.pop(control, None)
+            self.bound.pop(control, None)
         for fd in self.fds_of.pop(peer.uid, ()):
             entry = self.fds.get(fd)
             if entry is not None and entry[1] is peer:
@@ -456,8 +472,13 @@ class Broker:
             fd = head.get(zmq.SRCFD)
             parts = [head.bytes] + (P.recv_parts(main) if main.getsockopt(P.RCVMORE) else [])
         kind = ident[:1]
+        if kind != b"t" and kind != b"c":  # no member has any other
+            self.dropped += 1
+            self._cut(ident, fd)
+            return ident
+        uid = ident[1:] if kind == b"t" else self.control_uid.get(ident, b"")
         quiet = self._fenced.get(ident)
-        if quiet is not None and time.monotonic() < quiet[0] and ident[1:] not in self.core.peers:
+        if quiet is not None and time.monotonic() < quiet[0] and uid not in self.core.peers:
             # told "declared lost" moments ago: what it sends meanwhile is dropped unread, and a
             # connection that keeps sending is ended (a lost process that comes back sends a few)
             quiet[1] += 1
@@ -471,12 +492,14 @@ class Broker:
             return ident
         if fd is not None:
             self.unproven.proven(fd)  # its peer holds the secret (scoop.readahead)
-        uid = ident[1:]
         peer = self.core.peers.get(uid)
         if peer is None and (kind != b"t" or parts[0][_FIRST_TYPE:_FIRST_TYPE + 1] != P.HELLO):
             # lost, cut or never welcomed, and not saying HELLO first: answered before the rest
             # is parsed, then not again for FENCED_QUIET (above)
             self._fence(ident, b"declared lost by the broker")
+            return ident
+        if fd is not None and peer is not None and not self._joined_on(ident, fd):
+            self._fence(ident, b"declared lost by the broker")  # another connection under its id
             return ident
         if self.pairing is not None and kind == b"t":
             # its sealed frames may be on the bulk lane: it waits for them (and so do the
@@ -493,10 +516,26 @@ class Broker:
         self._apply(ident, fd, recs)
         return ident
 
+    def _joined_on(self, ident, fd) -> bool:
+        """Whether a message read from connection ``fd`` under a member's ``ident`` came on the
+        connection that identity joined on (or on none yet): a copy of its messages sent by
+        whoever took the id after that connection dropped is not.  What the dropped connection
+        had sent still counts, unless its number was given to another socket meanwhile."""
+        b = self.bound.get(ident)
+        if b is None or fd < 0:
+            return True
+        if fd != b[0]:
+            return False
+        now = identity(fd)
+        return now is None or now == b[1]
+
+    def _uid_of(self, ident) -> bytes:
+        return ident[1:] if ident[:1] == b"t" else self.control_uid.get(ident, b"")
+
     def _apply(self, ident, fd, recs):
         """The records of a verified message from ``ident``."""
         kind = ident[:1]
-        uid = ident[1:]
+        uid = self._uid_of(ident)
         peer = self.core.peers.get(uid)
         try:
             if kind == b"t":
@@ -548,7 +587,7 @@ class Broker:
         handshake without the secret, and gets one message per handshake (a valid one cannot
         fail)."""
         if fd is None:
-            mine = self.fds_of.get(ident[1:], ())
+            mine = self.fds_of.get(self._uid_of(ident), ())
             fd = next((f for f in mine if self.fds.get(f, (None,))[0] == ident), None)
             self._cut_fd(fd, self.fds[fd][2] if fd is not None else None)
         else:
@@ -569,7 +608,14 @@ class Broker:
             self.cut += 1
 
     def _watch(self, ident, fd, peer):
-        self.fds[fd] = (ident, peer, identity(fd))
+        known = identity(fd)
+        self.bound.setdefault(ident, (fd, known))
+        if known is None and fd >= 0:
+            # its connection closed before this message was read (its drop passed unattributed):
+            # lost once what it sent before is read, as for any drop
+            self._dropped.append((time.monotonic() + (CONTROL_GRACE if ident[:1] == b"c" else 0.0), peer))
+            return
+        self.fds[fd] = (ident, peer, known)
         self.fds_of.setdefault(peer.uid, set()).add(fd)
         self.connected.add(ident)
 
@@ -602,6 +648,10 @@ class Broker:
             return peer  # said again on its own connection: nothing new
         info = json.loads(bytes(rec.body))
         why = hello_names(uid, info)
+        # its control connection's id, if it has one (a process that only submits need not)
+        control = b"c" + str(info["control"]).encode() if why is None and "control" in info else None
+        if control is not None and (not 9 <= len(control) <= 65 or control in self.control_uid):
+            why = "a hello's control id must be 8 to 64 bytes and its own"
         if why is None and not self.joined.take(uid):
             why = "this uid has joined before: a hello is good once"
         if why is not None:
@@ -609,6 +659,9 @@ class Broker:
             self._fence(b"t" + uid, f"refused: {why}".encode())
             return None
         peer = self.core.join(uid, info)
+        if peer is not None and control is not None:
+            self.control_uid[control] = uid
+            self.control_of[uid] = control
         if peer is not None and self.pairing is not None and _uid8(uid) is not None:
             self.pairing.join(_uid8(uid))
             peer.out.add(P.BULK_HEADER.pack(P.BULK, self.bulk_port))  # where its bulk lane goes
@@ -727,7 +780,7 @@ class Broker:
                 continue
             box = p.cout if which else p.out
             channel = P.CONTROL_FROM_BROKER if which else P.FROM_BROKER
-            ident = (b"c" if which else b"t") + uid
+            ident = (self.control_of.get(uid, b"") if which else b"t" + uid)
             if box.backlog is None:
                 if not box.parts:
                     continue
@@ -848,7 +901,8 @@ class Broker:
                               stalled_peers=self.stalled, flooding_peers=self.flooding,
                               refused_hellos=self.replayed,
                               bulk_frames=self.bulk_frames,
-                              views=len(self.meta.views),
+                              views=len(self.meta.views), views_refused=self.meta.refused,
+                              views_cut=self.meta.cut, views_replayed=self.meta.replayed,
                               bulk_held=self.pairing.held_bytes() if self.pairing is not None else 0)
         self._publish(P.STATUS, snap)
 

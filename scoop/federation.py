@@ -60,8 +60,11 @@ class SubBroker(Broker):
         self.upstream.out.dirty = self.upstream.cout.dirty = self.core.dirty
         self.core.pack = PACK
         uid = os.urandom(8).hex().encode()
+        self.control_id = os.urandom(8).hex()  # its own, named in our hello (scoop.security)
+        self.upc = self._dealer(b"c" + self.control_id.encode(), upstream, connect=False)
+        self.upc_monitor = self.upc.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.upc.connect(upstream)
         self.up = self._dealer(b"t" + uid, upstream)
-        self.upc = self._dealer(b"c" + uid, upstream)
         self.up_monitor = self.up.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.next_beat = 0.0
         self.owed = None  # (tasks the root asked back that our workers hold, since when)
@@ -77,19 +80,25 @@ class SubBroker(Broker):
         }
         self._join(upstream)
 
-    def _dealer(self, ident, addr):
+    def _dealer(self, ident, addr, connect=True):
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.IDENTITY, ident)
         for opt, val in ((zmq.SNDHWM, 0), (zmq.RCVHWM, 0), (zmq.LINGER, 500)):
             s.setsockopt(opt, val)
         configure_socket(s, self.heartbeat_timeout)
         secure_client(s, self.secret, addr, self.encryption)
-        s.connect(addr)
+        if connect:
+            s.connect(addr)
         return s
 
     def _join(self, upstream, timeout=30.0):
-        hello = {"uid": self.up.getsockopt(zmq.IDENTITY)[1:].decode(), "role": "broker",
-                 "host": socket.gethostname(), "pid": os.getpid(), "name": "broker"}
+        hello = {"uid": self.up.getsockopt(zmq.IDENTITY)[1:].decode(), "control": self.control_id,
+                 "role": "broker", "host": socket.gethostname(), "pid": os.getpid(), "name": "broker"}
+        up = self.upc_monitor.poll(int(timeout * 1000))
+        self.upc.disable_monitor()
+        self.upc_monitor.close(0)
+        if not up:
+            raise zmq.ZMQError(msg=f"no answer from the root broker at {upstream}")
         P.send_records(self.up, self.signer, P.TO_BROKER, [(P.HELLO, json.dumps(hello).encode())])
         if not self.up.poll(int(timeout * 1000)):
             raise zmq.ZMQError(msg=f"no answer from the root broker at {upstream}")

@@ -25,6 +25,7 @@ import hmac
 import struct
 import threading
 import time
+from collections import OrderedDict
 
 import zmq
 from blake3 import blake3 as _blake3
@@ -138,7 +139,7 @@ class Once:
     __slots__ = ("_seen", "cap")
 
     def __init__(self, cap: int = 1 << 21):
-        self._seen: dict = {}
+        self._seen: OrderedDict = OrderedDict()
         self.cap = cap
 
     def take(self, name) -> bool:
@@ -148,7 +149,7 @@ class Once:
             return False
         seen[name] = None
         if len(seen) > self.cap:
-            del seen[next(iter(seen))]
+            seen.popitem(last=False)
         return True
 
 

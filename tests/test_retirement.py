@@ -99,8 +99,8 @@ class FakePeer:
         uid = os.urandom(8).hex().encode()
         self.t = self._socket(ctx, b"t" + uid, port, secret, secure_client)
         self.c = self._socket(ctx, b"c" + uid, port, secret, secure_client)
-        hello = {"uid": uid.decode(), "role": role, "name": name, "host": "h", "host_key": 1,
-                 "pid": os.getpid()}
+        hello = {"uid": uid.decode(), "control": uid.decode(), "role": role, "name": name, "host": "h",
+                 "host_key": 1, "pid": os.getpid()}
         self.send(self.t, [(P.HELLO, json.dumps(hello).encode())])
         assert self.recv(self.t)[0].hdr[:1] == P.WELCOME
 

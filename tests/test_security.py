@@ -276,11 +276,14 @@ def _signed(signer, channel, hdr, body) -> bytes:
 
 
 def _answer(s, signer, wait_ms=5000):
-    """The first record the broker sends ``s`` as (type, body), or None if it sends nothing."""
-    if not s.poll(wait_ms):
-        return None
-    recs = P.recv_verified(s, signer, P.FROM_BROKER)
-    return (recs[0].hdr[:1], bytes(recs[0].body)) if recs else None
+    """The first record the broker sends ``s`` as (type, body), cluster sizes skipped, or None
+    if it sends nothing else."""
+    deadline = time.monotonic() + wait_ms / 1000
+    while s.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+        for rec in P.recv_verified(s, signer, P.FROM_BROKER) or ():
+            if rec.hdr[:1] != P.SIZE:
+                return rec.hdr[:1], bytes(rec.body)
+    return None
 
 
 def test_a_hello_copied_off_the_wire_admits_nobody(cluster):
@@ -308,8 +311,8 @@ def test_a_hello_copied_off_the_wire_admits_nobody(cluster):
         before = cluster.status()["totals"]
         uid = os.urandom(8).hex()
         hello = _signed(signer, P.TO_BROKER, P.HELLO, json.dumps(
-            {"uid": uid, "role": "client", "name": "member", "host": "h", "host_key": 1,
-             "pid": os.getpid()}).encode())
+            {"uid": uid, "control": os.urandom(8).hex(), "role": "client", "name": "member", "host": "h",
+             "host_key": 1, "pid": os.getpid()}).encode())
         member = dealer(b"t" + uid.encode())
         member.send(hello)
         assert _answer(member, signer, 20_000)[0] == P.WELCOME, "the genuine hello was not welcomed"
@@ -348,6 +351,71 @@ def test_a_hello_copied_off_the_wire_admits_nobody(cluster):
         time.sleep(0.3)
         copy.send(greeting)
         assert not copy.poll(2000), "a copied view hello registered a second view"
+        assert list(futures.map(T.square, range(10))) == [x * x for x in range(10)]
+    finally:
+        for s in socks:
+            s.close(0)
+        ctx.term()
+
+
+def test_a_copied_control_message_changes_no_liveness(cluster):
+    """A member's control connection has a random id of its own, named in its hello.  A copy
+    of any control message sent under a made-up id (the member's uid with another kind, or as
+    a control id) is cut or fenced, and dropping that connection declares nobody lost; after
+    the member's own control connection drops, whoever takes its id is fenced too."""
+    signer = P.Signer(cluster.secret)
+    mode = cluster.options.encryption
+    addr = _main_addr(cluster)
+    ctx = zmq.Context()
+    socks = []
+
+    def dealer(ident):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IDENTITY, ident)
+        secure_client(s, cluster.secret, addr, mode)
+        s.connect(addr)
+        socks.append(s)
+        return s
+
+    def totals():
+        time.sleep(1.5)  # the drop's grace, then the next snapshot
+        return cluster.status()["totals"]
+
+    def join(role):
+        uid, control = os.urandom(8).hex(), os.urandom(8).hex()
+        ctl = dealer(b"c" + control.encode())
+        time.sleep(0.3)
+        member = dealer(b"t" + uid.encode())
+        member.send(_signed(signer, P.TO_BROKER, P.HELLO, json.dumps(
+            {"uid": uid, "control": control, "role": role, "name": "member", "host": "h",
+             "host_key": 1, "pid": os.getpid()}).encode()))
+        assert _answer(member, signer, 20_000)[0] == P.WELCOME, "the genuine hello was not welcomed"
+        ctl.send(load)
+        return uid, control, member, ctl
+
+    load = _signed(signer, P.CONTROL_TO_BROKER, P.LOAD, b'{"cpu": 1}')
+    try:
+        uid, _, member, _ = join("worker")
+        before = totals()
+        for ident in (b"X" + uid.encode(), b"c" + uid.encode()):
+            s = dealer(ident)
+            s.send(load)
+            time.sleep(0.3)
+            s.close(0)
+        after = totals()
+        assert after["workers"] == before["workers"] and after["lost_workers"] == before["lost_workers"], \
+            "a copied control message under a made-up id changed which workers are alive"
+        member.send(_signed(signer, P.TO_BROKER, P.BYE, b""))  # leaves as it came, nothing printed
+        assert _answer(member, signer) == (P.SHUTDOWN, b"goodbye")
+        _, control, _, ctl = join("client")
+        ctl.close(0)  # the member's control connection drops: its id is dead
+        time.sleep(0.2)
+        squat = dealer(b"c" + control.encode())
+        squat.send(load)
+        assert squat.poll(5000), "no answer to a message on a dead control id"
+        recs = P.recv_verified(squat, signer, P.CONTROL_FROM_BROKER)
+        assert recs and recs[0].hdr[:1] == P.SHUTDOWN, recs
         assert list(futures.map(T.square, range(10))) == [x * x for x in range(10)]
     finally:
         for s in socks:
