@@ -108,6 +108,7 @@ class Segments:
         self._got: dict[tuple[int, int], int] = {}  # (pid, counter) -> a segment handed to us
         self._reading = threading.Lock()  # one reader of the inbox (a kernel pumps from two threads)
         self._to = None     # a worker: the origin's inbox
+        self._trusted = None
         self._out = None    # and our socket to it
         self.pid = -1  # set for this process (again in a forked child) by _own()
         _LIVE.add(self)
@@ -182,9 +183,11 @@ class Segments:
             return
         self._inbox = s
 
-    def hand_to(self, path: str) -> None:
-        """A worker: segments for the origin are handed to its inbox at ``path``."""
+    def hand_to(self, path: str, trusted=None) -> None:
+        """A worker: segments for the origin are handed to its inbox at ``path``, once
+        ``trusted()`` says its directory is ours (asked until it does)."""
         self._to = path
+        self._trusted = trusted
 
     def put_handed(self, view) -> bytes:
         """Copies ``view`` into a sealed segment and hands its descriptor to the origin's inbox,
@@ -192,6 +195,10 @@ class Segments:
         segment when that cannot be (no inbox here, its queue full)."""
         if self._to is None or not self.sealed:
             return self.put_named(view)
+        if self._trusted is not None:
+            if not self._trusted():
+                return self.put_named(view)
+            self._trusted = None
         n, fd = self._seal(view)
         seg = _SEALED_ID.pack(self.pid, n | SEALED | HANDED, 0)
         try:

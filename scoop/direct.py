@@ -230,8 +230,20 @@ class WorkerEnd:
         s.setsockopt(zmq.RECONNECT_IVL, 50)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         secure_client(s, secret, address(secret))
-        s.connect(address(secret))
         self.sock = s
+        self._dir, self._addr = socket_dir(secret), address(secret)
+        self._reached = False
+        self.reach()
+
+    def reach(self) -> bool:
+        """Connects once the origin's directory on this host is a private one of our user (an
+        lstat until then: the origin makes it as it starts).  On a host where the origin does
+        not run, another user may have made one of that name (it shows in /tmp on the origin's
+        host), and must get no handshake token, result or segment."""
+        if not self._reached and _private(self._dir):
+            self.sock.connect(self._addr)
+            self._reached = True
+        return self._reached
 
     def add(self, hdr: bytes, packed: P.Packed, tid: int, inputs: int):
         self.pending.append((hdr, packed, tid, inputs))
@@ -259,6 +271,10 @@ class WorkerEnd:
         when the origin is out of reach, the results themselves go into ``out``.  ``idle``: this
         worker has nothing else to run, and may be leased a task."""
         items, self.pending = self.pending, []
+        if not self.reach():
+            for hdr, packed, _tid, _inputs in items:
+                out.add(hdr, packed=packed)
+            return
         box = P.Outbox()
         for hdr, packed, _tid, _inputs in items:
             box.add(hdr, packed=packed)
@@ -284,6 +300,8 @@ class WorkerEnd:
         """This worker said it was idle and starts other work now: no lease should wait behind
         it (one small message per such change, none while the origin's leases keep it busy)."""
         self.said_idle = False
+        if not self._reached:
+            return
         box = P.Outbox()
         box.add(P.BUSY)
         try:

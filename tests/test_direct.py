@@ -328,3 +328,29 @@ def test_a_long_task_does_not_hold_back_the_done_of_a_result_sent_straight(one, 
         go.touch()
     futures.wait(fs, timeout=60)
     wait_idle(one, timeout=10)
+
+
+def test_a_worker_reaches_the_origins_directory_only_if_it_is_private():
+    """On a host where the origin does not run, another user may make a directory of the
+    origin's name first: a worker sends it nothing (no handshake, result or segment) until the
+    directory is a private one of its own user."""
+    secret = os.urandom(32)
+    path = direct.socket_dir(secret)
+    ctx = zmq.Context()
+    os.mkdir(path, 0o755)
+    try:
+        os.chmod(path, 0o755)  # whatever the umask: open to others, as a stranger's would be
+        end = WorkerEnd(ctx, secret, P.Signer(secret), "w")
+        try:
+            assert not end.reach()
+            box = P.Outbox()
+            end.add(b"r", P.pack(1), 1, 1)
+            end.flush(box)
+            assert box and not end.waiting(), "a result went towards a directory that is not ours"
+            os.chmod(path, 0o700)
+            assert end.reach()
+        finally:
+            end.close()
+    finally:
+        os.rmdir(path)
+        ctx.term()
