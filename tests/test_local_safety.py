@@ -104,6 +104,9 @@ def test_a_frozen_worker_resumed_after_the_timeout_starts_no_task(tmp_path):
         victim = int(log.read_text().split()[1])
         time.sleep(0.5)
         os.kill(victim, signal.SIGSTOP)
+        # the signal lands when the victim next enters the kernel: what it logs before counts
+        while psutil.Process(victim).status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+            time.sleep(0.001)
         frozen = [line.split() for line in log.read_text().splitlines()]
         time.sleep(3 * timeout + 1)  # declared lost, its tasks run elsewhere
         os.kill(victim, signal.SIGCONT)
