@@ -30,15 +30,17 @@ def execute(name: str, env: dict | None = None, monkeypatch=None):
 
 
 def text_of(nb) -> str:
-    """Every text output of the notebook, in order."""
+    """Every text output of the notebook, in order.  A stream's text is kept as it came (one
+    print may arrive in several outputs, its own newlines in them)."""
     parts = []
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream":
                 parts.append(out["text"])
             elif "data" in out and "text/plain" in out["data"]:
-                parts.append(out["data"]["text/plain"])
-    return "\n".join(parts)
+                parts.append("\n" + out["data"]["text/plain"] + "\n")
+        parts.append("\n")
+    return "".join(parts)
 
 
 @pytest.fixture
