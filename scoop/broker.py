@@ -34,7 +34,7 @@ from . import _protocol as P
 from . import _shm
 from . import bulk as _bulk
 from .census import Census, status_interval
-from .hangup import Admissions, end_connection, identity, ignore_resets
+from .hangup import Admissions, Reused, end_connection, identity, ignore_resets
 from .liveness import DEFAULT_TIMEOUT, configure_socket
 from .meta import Views
 from .monitor import events
@@ -128,6 +128,7 @@ class Broker:
         # identity -> (fd, socket identity) of the connection it joined on: a message under that
         # identity from any other connection (one who took the id after a drop) is refused
         self.bound: dict[bytes, tuple] = {}
+        self.reused = Reused()  # numbers of connections closed lately: never cut by number
         self.replayed = 0     # hellos refused: used before, or not naming their own connection
         self._dropped: list = []            # (when, peer): peers whose connection dropped
         self._last_status = 0.0
@@ -372,6 +373,7 @@ class Broker:
                     admissions.accepted(fd)
                 continue
             unproven.closed(fd)
+            self.reused.closed(fd)
             if admissions is not None:
                 admissions.dropped(fd)
             ident, peer, _ = self.fds.pop(fd, (None, None, None))
@@ -417,7 +419,7 @@ class Broker:
     def _forget_fds(self, peer):
         self.bound.pop(b"t" + peer.uid, None)
         control = self.control_of.pop(peer.uid, None)
-        if control is not None:
+        if control is not None and self.control_uid.get(control) == peer.uid:
             self.control_uid.pop(control, None)
             self.bound.pop(control, None)
         for fd in self.fds_of.pop(peer.uid, ()):
@@ -600,7 +602,9 @@ class Broker:
         owner = self.fds.get(fd)
         if owner is not None:
             return owner[2] if owner[0] == ident else None
-        return identity(fd) if fd is not None and fd >= 0 else None
+        if fd is None or fd < 0 or self.reused.lately(fd):
+            return None  # it may name a newcomer now (scoop.hangup.Reused)
+        return identity(fd)
 
     def _cut_fd(self, fd, known):
         """Ends connection ``fd`` if it still is the socket ``known`` (scoop.hangup.identity)."""
@@ -610,9 +614,10 @@ class Broker:
     def _watch(self, ident, fd, peer):
         known = identity(fd)
         self.bound.setdefault(ident, (fd, known))
-        if known is None and fd >= 0:
-            # its connection closed before this message was read (its drop passed unattributed):
-            # lost once what it sent before is read, as for any drop
+        owner = self.fds.get(fd)
+        if fd >= 0 and (known is None or (owner is not None and owner[1] is not peer)):
+            # its connection closed before this message was read (its drop passed unattributed;
+            # its number may be another's now): lost once what it sent before is read
             self._dropped.append((time.monotonic() + (CONTROL_GRACE if ident[:1] == b"c" else 0.0), peer))
             return
         self.fds[fd] = (ident, peer, known)

@@ -49,6 +49,7 @@ nothing then).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 import stat
@@ -87,12 +88,43 @@ def identity(fd) -> tuple | None:
     None if ``fd`` is not an open socket.  A few microseconds: take it once per connection."""
     try:
         dup = os.dup(fd)
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            return None
+        # out of descriptors: this one is open, and cannot be told from another
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino, _peer(fd)) if stat.S_ISSOCK(st.st_mode) else None
     try:
         return _identity(dup)
     finally:
         os.close(dup)
+
+
+class Reused:
+    """Descriptor numbers closed lately: a message read now may have come on the connection
+    that closed, and the number may name a newcomer since (the lowest free number is given
+    next).  A message that fails the check on such a number is dropped, its connection not cut:
+    the cut could end the newcomer (a member joining).  Its sender's connection is bounded all
+    the same (scoop.readahead) and gets nothing."""
+
+    SECONDS = 5.0  # far longer than a closed connection's last messages wait to be read
+
+    __slots__ = ("_closed",)
+
+    def __init__(self):
+        self._closed: dict[int, float] = {}
+
+    def closed(self, fd) -> None:
+        now = time.monotonic()
+        closed = self._closed
+        if len(closed) > 4096:
+            for k in [k for k, t in closed.items() if now - t > self.SECONDS]:
+                del closed[k]
+        closed[fd] = now
+
+    def lately(self, fd) -> bool:
+        t = self._closed.get(fd)
+        return t is not None and time.monotonic() - t < self.SECONDS
 
 
 def same_connection(fd, known) -> bool:
@@ -104,7 +136,7 @@ def _identity(fd) -> tuple | None:
     try:
         st = os.fstat(fd)
     except OSError:
-        return None
+        return None  # closed: os.dup in identity() failed first on anything else
     if not stat.S_ISSOCK(st.st_mode):
         return None
     return st.st_dev, st.st_ino, _peer(fd)

@@ -62,7 +62,7 @@ import zmq
 
 from . import _protocol as P
 from .census import Book
-from .hangup import end_connection
+from .hangup import end_connection, identity
 from .liveness import bound_handshakes
 from .monitor import events
 from .readahead import Unproven
@@ -160,6 +160,9 @@ class Views:
         # had read from them (the frames of a message cut short), which must not cut that number
         # again -- by then it may name another connection
         self._ended: set = set()
+        # this socket's open connections: fd -> socket identity (scoop.hangup), so that a cut
+        # never ends a number another socket of the broker (a member's) was given since
+        self._open: dict[int, tuple | None] = {}
         self.missed = 0    # messages a view's full queue did not take
 
     def read(self, most: int = 64) -> None:
@@ -243,8 +246,10 @@ class Views:
             self._ended.discard(fd)
             if event == _ACCEPTED:
                 unproven.opened(fd)
+                self._open[fd] = identity(fd)
             else:
                 unproven.closed(fd)
+                self._open.pop(fd, None)
 
     def close(self) -> None:
         self.sock.disable_monitor()
@@ -252,8 +257,13 @@ class Views:
         self.sock.close(linger=0)
 
     def _cut(self, fd) -> None:
-        """Ends a view's connection as the broker ends any other (scoop.hangup)."""
-        if fd is not None and fd >= 0 and fd not in self._ended and end_connection(fd):
+        """Ends a view's connection as the broker ends any other (scoop.hangup): only one of
+        this socket's, still the socket it was when accepted."""
+        if fd is None or fd < 0 or fd in self._ended:
+            return
+        self._connections()  # a number closed since is not this socket's any more
+        known = self._open.get(fd)
+        if known is not None and end_connection(fd, known):
             self._ended.add(fd)
             self.cut += 1
 

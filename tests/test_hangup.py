@@ -431,3 +431,10 @@ def test_the_meta_streams_connections_drop_resets(serving):
                 finally:
                     s.detach()
         assert found == [True]
+
+
+def test_numbers_closed_lately_are_told_apart():
+    from scoop.hangup import Reused
+    r = Reused()
+    r.closed(5)
+    assert r.lately(5) and not r.lately(6)

@@ -163,7 +163,8 @@ def test_with_a_valid_handshake_but_not_the_secret_nothing_is_unpickled(cluster,
     """A peer that passes the handshake (a stolen CURVE key, or the PLAIN token sniffed off an
     unencrypted network) but lacks the secret gets its messages dropped: headers are MAC'd with
     the secret, per channel and direction, and payload frames are checked against signed
-    digests.  Each message that fails the check also cuts its connection.  Replayed meta
+    digests.  A message that fails the check also cuts its connection (unless its number was
+    closed lately: it may name a newcomer now).  Replayed meta
     messages, forged multi-frame messages, spliced frames: nothing is unpickled, nothing
     printed, nobody declared lost."""
     wait_idle(cluster)
@@ -259,8 +260,10 @@ def _attack_with_replays_and_forgeries(cluster, ctx, meta, socks, trap, trap_fil
     print(f"{sent} hostile messages queued, {dropped} reached the broker and were dropped, "
           f"{cut} connections cut")
     # a few dozen at least; fewer right after the churn test, whose reset connections the broker
-    # no longer drops at once (scoop.hangup: resets are filtered) and whose ports then collide
-    assert dropped >= 5 and cut >= 5
+    # no longer drops at once (scoop.hangup: resets are filtered) and whose ports then collide.
+    # Cuts are fewer than drops: a connection on a number closed lately is not cut by number
+    # (scoop.hangup.Reused), and a cut one comes back
+    assert dropped >= 5
     assert snap["totals"]["lost_workers"] == before["lost_workers"]
     assert len(snap["workers"]) == 2
     assert not _quiet(cluster), "hostile input made a process print"
