@@ -257,7 +257,10 @@ class Runtime:
                                        f"(is it running, and is this the cluster's secret?)")
                 if self.broken:
                     raise ClusterError(self.broken)
-                self.pump(min(left, 0.2 if said else 0.005))
+                if said:
+                    self.pump(min(left, 0.2))
+                else:  # nothing comes before our hello: wait for the control connection
+                    control.monitor.poll(int(min(left, 0.2) * 1000) + 1)
         except BaseException:
             if control is not None:
                 control.discard()
