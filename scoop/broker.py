@@ -228,7 +228,10 @@ class Broker:
             if verdict is _bulk.BAD:
                 self.dropped += 1
                 self.bulk_fds.pop(ident, None)
-                self._cut_fd(fd, known[1] if known is not None else self._unowned(fd, None))
+                # only members (a one-time ticket from the secret) reach this socket: no stranger
+                # can time a closed connection's number against a newcomer here
+                self._cut_fd(fd, known[1] if known is not None else
+                             identity(fd) if fd is not None and fd >= 0 else None)
                 peer = peers.get(ident[1:])
                 if peer is not None and self.running:
                     # a member's own lane: what it sent there is gone with it, so the headers
