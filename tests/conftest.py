@@ -108,6 +108,17 @@ def cluster():
     yield from origin_cluster(2)
 
 
+def end_stdin_process(proc, timeout: float = 10.0):
+    """Ends a process that serves until its stdin closes (a broker run on its own), killing it
+    if it has not ended within ``timeout``."""
+    proc.stdin.close()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_idle(cluster, timeout=30.0):
     """Waits until the broker holds no task in flight, so one test's leftovers cannot
     change the next test's scheduling."""

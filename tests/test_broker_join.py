@@ -14,6 +14,8 @@ from zmq.utils import z85
 from scoop import _protocol as P
 from scoop.security import PLAIN_USER, Gate, keys, secure_client
 
+from conftest import end_stdin_process
+
 
 def _request(mechanism: bytes, *creds, domain=b"scoop", version=b"1.0"):
     return [version, b"1", domain, b"127.0.0.1", b"", mechanism, *creds]
@@ -89,9 +91,4 @@ def test_hundreds_of_workers_connecting_at_once_all_join(encryption):
         for s in socks:
             s.close(0)
         ctx.term()
-        proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_stdin_process(proc)

@@ -21,6 +21,8 @@ from scoop.peers import OUT_MAX, RECORD_COST, SEND_SPLIT, Outbox, stalled
 from scoop.scheduling import Scheduler
 from scoop.security import keys, secure_client
 
+from conftest import end_stdin_process
+
 
 def _records(data) -> list[bytes]:
     recs = P.parse(data, [], start=0)
@@ -304,9 +306,4 @@ def test_a_message_whose_frames_never_end_is_cut_by_the_broker(encryption, socke
             peer.kill()
             peer.wait()
         ctx.term()
-        proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_stdin_process(proc)

@@ -653,6 +653,16 @@ def _member(cluster, role="client", credit=0, hold=0, seconds=6.0, reads=False, 
     return proc
 
 
+def _unflooded(cluster):
+    """Before a flood (measured on one cluster only: the same broker code either way): the
+    median map time without it, and the broker's totals."""
+    if not cluster.options.encryption:
+        pytest.skip("the same broker code either way: measured once")
+    wait_idle(cluster)
+    _timed_map(400, 2)
+    return statistics.median(_timed_map(400, 2) for _ in range(5)), cluster.status()["totals"]
+
+
 def _peak_rss(pid):
     """A background watch of a process's peak RSS: (stop event, thread, [peak])."""
     proc = psutil.Process(pid)
@@ -684,12 +694,7 @@ def test_a_member_that_floods_requests_and_never_reads_is_bounded(cluster, kind)
     once) when more than ``OUT_MAX`` of answers wait for it.  The cluster keeps serving
     meanwhile, maps within 2x of their time without the flood (medians: the broker reads a
     peer's share of requests a round, scoop.broker.Broker._read_round), before the cut and after."""
-    if not cluster.options.encryption:
-        pytest.skip("the same broker code either way: measured once")
-    wait_idle(cluster)
-    _timed_map(400, 2)
-    base = statistics.median(_timed_map(400, 2) for _ in range(5))
-    before = cluster.status()["totals"]
+    base, before = _unflooded(cluster)
     member = _member(cluster, seconds=6.0, kind=kind)
     try:
         member.stdout.readline()  # joined
@@ -728,12 +733,7 @@ def test_a_member_that_floods_asks_and_reads_is_cut(cluster, kind="ASK"):
     unread (scoop.broker.FENCED_QUIET).  Maps stay within 2x of their time without it
     (medians) for as long as it floods.  (The same with CANCELs, which are not counted, is not
     cut: it gets its share of each round, and maps took 1.6-1.9x here.)"""
-    if not cluster.options.encryption:
-        pytest.skip("the same broker code either way: measured once")
-    wait_idle(cluster)
-    _timed_map(400, 2)
-    base = statistics.median(_timed_map(400, 2) for _ in range(5))
-    before = cluster.status()["totals"]
+    base, before = _unflooded(cluster)
     member = _member(cluster, seconds=8.0, reads=True, kind=kind)  # longer than the maps on a loaded machine
     try:
         member.stdout.readline()  # joined
